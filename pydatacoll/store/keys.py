@@ -1,0 +1,146 @@
+"""Every Redis key and channel name PyDataColl uses, in one place.
+
+Templates use ``%s`` for ids (``DEVICE % "1"`` -> ``HS:DEVICE:1``); ids never contain
+``%``, ``:``, ``*``, ``?`` or ``[`` (see `pydatacoll.model.ID_PATTERN`), so a key names
+exactly one entity and no id can widen a pattern. The Lua scripts receive these same
+templates, so a name changes here only.
+
+Entity hashes hold one field per attribute; every field value is JSON text
+(``"\\"meter 1\\""``, ``"2404"``, ``"true"``), so numbers stay numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# -- configuration --------------------------------------------------------------------
+DEVICE = "HS:DEVICE:%s"
+DEVICES = "SET:DEVICE"
+TERM = "HS:TERM:%s"
+TERMS = "SET:TERM"
+DEVICE_TERMS = "SET:DEVICE_TERM:%s"
+ITEM = "HS:ITEM:%s"
+ITEMS = "SET:ITEM"
+TERM_ITEM = "HS:TERM_ITEM:%s:%s"
+TERM_ITEMS = "SET:TERM_ITEM:%s"
+ITEM_TERMS = "SET:ITEM_TERM:%s"
+CONFIG_VERSION = "STR:CONFIG_VERSION"
+
+# -- runtime data (written by the collector; deleted here with their point/device) ------
+POINT_DATA = "XS:DATA:%s:%s:%s"
+DEVICE_VALUES = "HS:VALUE:%s"
+DEVICE_STATUS = "HS:DEVICE_STATUS:%s"
+FRAME_LOG = "LST:FRAME:%s"
+
+# -- channels ---------------------------------------------------------------------------
+CHANNEL_PREFIX = "CHANNEL:"
+DEVICE_ADD = "CHANNEL:DEVICE_ADD"
+DEVICE_FRESH = "CHANNEL:DEVICE_FRESH"
+DEVICE_DEL = "CHANNEL:DEVICE_DEL"
+TERM_ADD = "CHANNEL:TERM_ADD"
+TERM_FRESH = "CHANNEL:TERM_FRESH"
+TERM_DEL = "CHANNEL:TERM_DEL"
+ITEM_ADD = "CHANNEL:ITEM_ADD"
+ITEM_FRESH = "CHANNEL:ITEM_FRESH"
+ITEM_DEL = "CHANNEL:ITEM_DEL"
+TERM_ITEM_ADD = "CHANNEL:TERM_ITEM_ADD"
+TERM_ITEM_FRESH = "CHANNEL:TERM_ITEM_FRESH"
+TERM_ITEM_DEL = "CHANNEL:TERM_ITEM_DEL"
+DEVICE_CALL = "CHANNEL:DEVICE_CALL"
+DEVICE_CTRL = "CHANNEL:DEVICE_CTRL"
+DEVICE_DATA = "CHANNEL:DEVICE_DATA:%s:%s:%s"
+
+#: entity -> operation -> channel of its change messages.
+CHANGE_CHANNELS: dict[str, dict[str, str]] = {
+    "device": {"add": DEVICE_ADD, "fresh": DEVICE_FRESH, "del": DEVICE_DEL},
+    "term": {"add": TERM_ADD, "fresh": TERM_FRESH, "del": TERM_DEL},
+    "item": {"add": ITEM_ADD, "fresh": ITEM_FRESH, "del": ITEM_DEL},
+    "term_item": {"add": TERM_ITEM_ADD, "fresh": TERM_ITEM_FRESH, "del": TERM_ITEM_DEL},
+}
+
+_CHANGE = (
+    '{"entity", "op": "add"|"fresh"|"del", "id", "data" (the entity after), '
+    '"old" (before; fresh and del), "cascade" (del: removed terms and term-items), '
+    '"version" (STR:CONFIG_VERSION after the change)}'
+)
+
+
+def documentation() -> dict[str, Any]:
+    """What ``GET /api/v1/redis_key`` serves: every key and channel with its meaning."""
+    return {
+        "str": {
+            CONFIG_VERSION: "configuration version, incremented by every change",
+        },
+        "hash": {
+            DEVICE % "{device_id}": "device; one JSON value per field",
+            TERM % "{term_id}": "term (station behind a device); one JSON value per field",
+            ITEM % "{item_id}": "item (what is measured); one JSON value per field",
+            TERM_ITEM % ("{term_id}", "{item_id}"): "term-item (a point); JSON values",
+            DEVICE_VALUES % "{device_id}": "latest sample of each point, field {term_id}:{item_id}",
+            DEVICE_STATUS % "{device_id}": "link state and counters of a running device",
+        },
+        "set": {
+            DEVICES: "all device ids",
+            TERMS: "all term ids",
+            ITEMS: "all item ids",
+            DEVICE_TERMS % "{device_id}": "term ids of a device",
+            TERM_ITEMS % "{term_id}": "item ids linked to a term",
+            ITEM_TERMS % "{item_id}": "term ids an item is linked to",
+        },
+        "list": {
+            FRAME_LOG % "{device_id}": "bounded log of raw frames: {iso_time},{send|recv},{hex}",
+        },
+        "stream": {
+            POINT_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
+                "bounded sample history of a point; entry field 'sample' holds the JSON "
+                "sample {value, quality, source_time, receive_time}"
+            ),
+        },
+        "channel": {
+            DEVICE_ADD: "device created: " + _CHANGE,
+            DEVICE_FRESH: "device changed: " + _CHANGE,
+            DEVICE_DEL: "device deleted, with its terms and term-items: " + _CHANGE,
+            TERM_ADD: "term created: " + _CHANGE,
+            TERM_FRESH: "term changed (possibly moved to another device): " + _CHANGE,
+            TERM_DEL: "term deleted, with its term-items: " + _CHANGE,
+            ITEM_ADD: "item created: " + _CHANGE,
+            ITEM_FRESH: "item changed: " + _CHANGE,
+            ITEM_DEL: "item deleted, with its term-items: " + _CHANGE,
+            TERM_ITEM_ADD: "term-item created: " + _CHANGE,
+            TERM_ITEM_FRESH: "term-item changed: " + _CHANGE,
+            TERM_ITEM_DEL: "term-item deleted: " + _CHANGE,
+            DEVICE_CALL: (
+                'read-now request: {"request_id", "device_id", "term_id", "item_id", '
+                '"reply_to", "deadline"}'
+            ),
+            DEVICE_CTRL: (
+                'command request: {"request_id", "device_id", "term_id", "item_id", '
+                '"value", "select", "reply_to", "deadline", "client", "token_id"}'
+            ),
+            DEVICE_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
+                'a new sample of a point: {"device_id", "term_id", "item_id", "value", '
+                '"quality", "source_time", "receive_time"}'
+            ),
+        },
+    }
+
+
+def lua_templates() -> dict[str, str]:
+    """The key and channel templates the configuration scripts need."""
+    return {
+        "device": DEVICE,
+        "devices": DEVICES,
+        "term": TERM,
+        "terms": TERMS,
+        "device_terms": DEVICE_TERMS,
+        "item": ITEM,
+        "items": ITEMS,
+        "term_item": TERM_ITEM,
+        "term_items": TERM_ITEMS,
+        "item_terms": ITEM_TERMS,
+        "config_version": CONFIG_VERSION,
+        "point_data": POINT_DATA,
+        "device_values": DEVICE_VALUES,
+        "device_status": DEVICE_STATUS,
+        "frame_log": FRAME_LOG,
+    }

@@ -1,0 +1,108 @@
+"""The shared txredisapi connection pool, as a service that fails fast while Redis is away."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pydatacoll.config import RedisAddress
+from pydatacoll.errors import StoreUnavailable
+
+
+class RedisClient(Service):
+    """A pool of Redis connections that reconnects by itself (txredisapi's backoff).
+
+    `call` fails at once with `StoreUnavailable` while no connection is up, instead of
+    queueing the command until Redis returns, so a request gets its 503 in time.
+    ``ready`` (optional) is a callable returning a Deferred that fires when the Redis
+    server can be reached (the embedded server's start).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        address: RedisAddress | None,
+        *,
+        timeout: float,
+        pool_size: int,
+        address_source: Any = None,
+    ) -> None:
+        self._address = address
+        self._address_source = address_source
+        self._timeout = timeout
+        self._pool_size = pool_size
+        self._handler: Any = None
+
+    @property
+    def address(self) -> RedisAddress:
+        """Where Redis is (known once the service has started)."""
+        if self._address is None:
+            self._address = self._address_source.address
+        assert self._address is not None
+        return self._address
+
+    def startService(self) -> None:
+        """Open the pool (after the embedded server, when there is one, is ready)."""
+        super().startService()
+        if self._address_source is not None:
+            ready: Deferred[Any] = self._address_source.when_ready()
+        else:
+            ready = succeed(None)
+        ready.addCallback(lambda _: self._connect())
+        ready.addErrback(lambda f: self.log.failure("cannot connect to Redis", f))
+
+    def _connect(self) -> None:
+        if not self.running:
+            return
+        address = self.address
+        options = dict(
+            dbid=address.db,
+            poolsize=self._pool_size,
+            reconnect=True,
+            password=address.password,
+            connectTimeout=self._timeout,
+            replyTimeout=self._timeout,
+            convertNumbers=False,
+        )
+        if address.path is not None:
+            self._handler = txredisapi.lazyUnixConnectionPool(address.path, **options)
+        else:
+            self._handler = txredisapi.lazyConnectionPool(address.host, address.port, **options)
+        self.log.info("connecting to Redis at {redis}", redis=address.describe())
+
+    def stopService(self) -> Deferred[None]:
+        """Close every connection; fires when they are closed."""
+        super().stopService()
+        handler, self._handler = self._handler, None
+        if handler is None:
+            return succeed(None)
+        d: Deferred[None] = handler.disconnect()
+        d.addErrback(lambda f: self.log.failure("closing the Redis pool", f))
+        return d
+
+    @property
+    def connected(self) -> bool:
+        """Whether at least one connection to Redis is up."""
+        return self._handler is not None and self._handler._factory.size > 0
+
+    def call(self, command: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Run a txredisapi command; `StoreUnavailable` when Redis cannot be reached."""
+        if not self.connected:
+            return fail(StoreUnavailable("Redis is not reachable"))
+        try:
+            d: Deferred[Any] = getattr(self._handler, command)(*args, **kwargs)
+        except txredisapi.ConnectionError:
+            return fail(StoreUnavailable("Redis is not reachable"))
+        return d.addErrback(_unavailable)
+
+
+def _unavailable(failure: Failure) -> Failure:
+    if failure.check(txredisapi.ConnectionError):  # TimeoutError is a ConnectionError
+        raise StoreUnavailable(f"Redis is not reachable ({failure.getErrorMessage()})")
+    return failure

@@ -1,0 +1,43 @@
+"""``twistd pydatacoll``: the command line and the service it builds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from pydatacoll.config import CLI_OPTIONS, load_settings
+from pydatacoll.errors import ConfigError, EmbeddedRedisError
+
+
+class Options(usage.Options):
+    """twistd pydatacoll [--config FILE] [--api ENDPOINT] [--redis URL] [--data-dir DIR] [--api-token TOKEN]"""
+
+    optParameters = [
+        ["config", "c", None, "INI configuration file (see etc/pydatacoll.ini)."],
+        ["api", None, None, "Endpoint of the REST API [default: tcp:8080:interface=127.0.0.1]."],
+        ["redis", None, None, "redis://[:password@]host:port/db or unix:///path.sock?db=N "
+                              "[default: an embedded redis-server in --data-dir]."],
+        ["data-dir", None, None, "Directory of the embedded Redis [default: ./pydatacoll-data]."],
+        ["api-token", None, None, "Bearer token required for changes and device commands."],
+    ]
+
+    def postOptions(self) -> None:  # noqa: N802 (Twisted API)
+        """Build the settings; a bad value is a UsageError naming its key."""
+        overrides = {attribute: self[name] for name, attribute in CLI_OPTIONS.items()}
+        try:
+            self["settings"] = load_settings(self["config"], overrides)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> Any:  # noqa: N802 (twistd API)
+    """The root service; the only place that picks the reactor."""
+    from twisted.internet import reactor
+
+    from pydatacoll.service import make_root_service
+
+    try:
+        return make_root_service(options["settings"], reactor)
+    except EmbeddedRedisError as e:
+        raise usage.UsageError(str(e)) from None

@@ -1,0 +1,1 @@
+"""Public test helpers: a private redis-server, fixtures."""

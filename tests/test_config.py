@@ -1,0 +1,60 @@
+"""Settings: defaults, INI file, command line."""
+
+import configparser
+import os
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from pydatacoll.config import OPTIONS, Settings, load_settings, parse_redis_url
+from pydatacoll.errors import ConfigError
+from pydatacoll.tap import Options
+
+ETC = os.path.join(os.path.dirname(__file__), "..", "etc", "pydatacoll.ini")
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_ini_mirrors_defaults(self):
+        """etc/pydatacoll.ini documents every option with its default."""
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(ETC)
+        for option in OPTIONS:
+            self.assertEqual(parser.get(option.section, option.name), option.default, option.name)
+        self.assertEqual(load_settings(ETC), Settings())
+        self.assertEqual(load_settings(), Settings())
+
+    def test_command_line_wins(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[api]\nendpoint = tcp:9000\ntoken = fromfile\n")
+        options = Options()
+        options.parseOptions(["--config", path, "--api", "tcp:9001", "--redis", "redis://h:7/2"])
+        settings = options["settings"]
+        self.assertEqual(settings.api_endpoint, "tcp:9001")
+        self.assertEqual(settings.api_token, "fromfile")
+        self.assertEqual((settings.redis.host, settings.redis.port, settings.redis.db), ("h", 7, 2))
+        self.assertFalse(settings.embedded_redis)
+
+    def test_bad_values_name_their_key(self):
+        for args, key in (
+            (["--api", "nonsense:1:2"], "api.endpoint"),
+            (["--redis", "http://x"], "redis.url"),
+            (["--api-token", "a b"], "api.token"),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                Options().parseOptions(args)
+            self.assertIn(key, str(caught.exception))
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[api]\nmax_body = lots\n[nope]\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_settings(path)
+        self.assertEqual(caught.exception.key, "api.max_body")
+
+    def test_redis_urls(self):
+        address = parse_redis_url("redis://:s%40cret@10.0.0.1:6380/3")
+        self.assertEqual((address.host, address.port, address.db, address.password),
+                         ("10.0.0.1", 6380, 3, "s@cret"))
+        unix = parse_redis_url("unix:///run/redis.sock?db=4")
+        self.assertEqual((unix.path, unix.db), ("/run/redis.sock", 4))
+        self.assertNotIn("cret", repr(address))
