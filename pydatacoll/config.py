@@ -162,6 +162,8 @@ OPTIONS: tuple[Option, ...] = (
            "Largest accepted request body in bytes (413 above)."),
     Option("api", "device_timeout", "device_timeout", "10", _bounded_float(0.1, 600.0),
            "Seconds device_call/device_ctrl wait for the collector's answer (504 after)."),
+    Option("api", "access_log", "access_log", "false", _boolean,
+           "Log one line per HTTP request (device_ctrl requests are always logged)."),
     Option("redis", "url", "redis", "", _optional_redis,
            "redis://[:password@]host:port/db or unix:///path.sock?db=N; empty: embedded."),
     Option("redis", "server", "redis_server", "", _optional_path,
@@ -192,6 +194,7 @@ class Settings:
     protect_reads: bool = False
     max_body: int = 1048576
     device_timeout: float = 10.0
+    access_log: bool = False
     redis: RedisAddress | None = None
     redis_server: str | None = None
     redis_timeout: float = 5.0

@@ -71,6 +71,8 @@ class ApiApp:
 
         _Request.max_body = max_body
         site = Site(self.app.resource(), requestFactory=_Request)
+        if not self.settings.access_log:
+            site.log = lambda request: None  # type: ignore[method-assign]
         site.displayTracebacks = False
         return site
 
