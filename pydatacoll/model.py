@@ -154,7 +154,9 @@ class Field:
                 numeric["minimum"] = self.minimum
             if self.maximum is not None:
                 numeric["maximum"] = self.maximum
-            schema = {"oneOf": [numeric, {"type": "string", "pattern": r"^\s*[+-]?[0-9.eE+-]+\s*$"}]}
+            schema = {
+                "oneOf": [numeric, {"type": "string", "pattern": r"^\s*[+-]?[0-9.eE+-]+\s*$"}]
+            }
         else:
             schema = {
                 "oneOf": [
@@ -235,7 +237,7 @@ class Entity:
     @property
     def key(self) -> str:
         """The entity's id as used in URLs and change messages."""
-        return str(getattr(self, "id"))
+        return str(self.id)
 
 
 def _extra() -> Any:
@@ -250,12 +252,28 @@ class Device(Entity):
     FIELDS: ClassVar[tuple[Field, ...]] = (
         Field("id", "id", "device id", required=True, example="1"),
         Field("name", "string", "display name", example="concentrator 1"),
-        Field("protocol", "string", "device protocol, see GET /api/v1/device_protocols",
-              required=True, max_length=64, example="iec104"),
-        Field("ip", "host", "address of the device (required for protocols with a link)",
-              example="127.0.0.1"),
-        Field("port", "integer", "TCP port (default: the protocol's)", minimum=1,
-              maximum=65535, example=2404),
+        Field(
+            "protocol",
+            "string",
+            "device protocol, see GET /api/v1/device_protocols",
+            required=True,
+            max_length=64,
+            example="iec104",
+        ),
+        Field(
+            "ip",
+            "host",
+            "address of the device (required for protocols with a link)",
+            example="127.0.0.1",
+        ),
+        Field(
+            "port",
+            "integer",
+            "TCP port (default: the protocol's)",
+            minimum=1,
+            maximum=65535,
+            example=2404,
+        ),
         Field("identify", "string", "free identifier", example="111"),
     )
 
@@ -294,13 +312,25 @@ class Term(Entity):
     KIND: ClassVar[str] = "term"
     FIELDS: ClassVar[tuple[Field, ...]] = (
         Field("id", "id", "term id", required=True, example="10"),
-        Field("device_id", "id", "the device the term is reached through", required=True,
-              example="1"),
+        Field(
+            "device_id", "id", "the device the term is reached through", required=True, example="1"
+        ),
         Field("name", "string", "display name", example="meter 1"),
-        Field("protocol", "string", "the term's own protocol (informational)", max_length=64,
-              example="dlt645"),
-        Field("address", "integer", "IEC 104 common address or Modbus unit id", minimum=0,
-              maximum=65535, example=5),
+        Field(
+            "protocol",
+            "string",
+            "the term's own protocol (informational)",
+            max_length=64,
+            example="dlt645",
+        ),
+        Field(
+            "address",
+            "integer",
+            "IEC 104 common address or Modbus unit id",
+            minimum=0,
+            maximum=65535,
+            example=5,
+        ),
         Field("identify", "string", "free identifier", example="term10"),
     )
 
@@ -322,8 +352,12 @@ class Item(Entity):
         Field("id", "id", "item id", required=True, example="1000"),
         Field("name", "string", "display name", example="phase A voltage"),
         Field("view_code", "string", "display code", example="1000"),
-        Field("func_type", "string", "kind of item (measurement, telecontrol, ...)",
-              example="measurement"),
+        Field(
+            "func_type",
+            "string",
+            "kind of item (measurement, telecontrol, ...)",
+            example="measurement",
+        ),
         Field("unit", "string", "engineering unit", max_length=32, example="V"),
     )
 
@@ -344,13 +378,21 @@ class TermItem(Entity):
         Field("term_id", "id", "the term", required=True, example="10"),
         Field("item_id", "id", "the item", required=True, example="1000"),
         Field("device_id", "id", "the term's device (filled in from the term)", example="1"),
-        Field("protocol_code", "integer",
-              "protocol address: IEC 104 information object address, Modbus register",
-              minimum=0, maximum=16777215, example=100),
-        Field("code_type", "scalar",
-              "IEC 104 type id used for commands; Modbus register table", example=36),
-        Field("coefficient", "number", "scale: value = raw * coefficient + base_val",
-              example=1),
+        Field(
+            "protocol_code",
+            "integer",
+            "protocol address: IEC 104 information object address, Modbus register",
+            minimum=0,
+            maximum=16777215,
+            example=100,
+        ),
+        Field(
+            "code_type",
+            "scalar",
+            "IEC 104 type id used for commands; Modbus register table",
+            example=36,
+        ),
+        Field("coefficient", "number", "scale: value = raw * coefficient + base_val", example=1),
         Field("base_val", "number", "offset: value = raw * coefficient + base_val", example=0),
         Field("up_limit", "number", "upper limit", example=230),
         Field("down_limit", "number", "lower limit", example=220),

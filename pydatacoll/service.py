@@ -19,11 +19,17 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     root = MultiService()
     embedded = None
     if settings.embedded_redis:
-        embedded = EmbeddedRedis(reactor, find_redis_server(settings.redis_server), settings.data_dir)
+        embedded = EmbeddedRedis(
+            reactor, find_redis_server(settings.redis_server), settings.data_dir
+        )
         embedded.setName("redis-server")
         embedded.setServiceParent(root)
-    client = RedisClient(settings.redis, timeout=settings.redis_timeout,
-                         pool_size=settings.redis_pool_size, address_source=embedded)
+    client = RedisClient(
+        settings.redis,
+        timeout=settings.redis_timeout,
+        pool_size=settings.redis_pool_size,
+        address_source=embedded,
+    )
     client.setName("redis")
     client.setServiceParent(root)
     api = ApiApp(ConfigStore(client), settings)

@@ -11,13 +11,19 @@ from pydatacoll.errors import ConfigError, EmbeddedRedisError
 
 
 class Options(usage.Options):
-    """twistd pydatacoll [--config FILE] [--api ENDPOINT] [--redis URL] [--data-dir DIR] [--api-token TOKEN]"""
+    """``twistd pydatacoll [--config FILE] [--api ENDPOINT] [--redis URL] [--data-dir DIR]
+    [--api-token TOKEN]``"""
 
     optParameters = [
         ["config", "c", None, "INI configuration file (see etc/pydatacoll.ini)."],
         ["api", None, None, "Endpoint of the REST API [default: tcp:8080:interface=127.0.0.1]."],
-        ["redis", None, None, "redis://[:password@]host:port/db or unix:///path.sock?db=N "
-                              "[default: an embedded redis-server in --data-dir]."],
+        [
+            "redis",
+            None,
+            None,
+            "redis://[:password@]host:port/db or unix:///path.sock?db=N "
+            "[default: an embedded redis-server in --data-dir].",
+        ],
         ["data-dir", None, None, "Directory of the embedded Redis [default: ./pydatacoll-data]."],
         ["api-token", None, None, "Bearer token required for changes and device commands."],
     ]

@@ -53,8 +53,10 @@ class ConfigTests(SynchronousTestCase):
 
     def test_redis_urls(self):
         address = parse_redis_url("redis://:s%40cret@10.0.0.1:6380/3")
-        self.assertEqual((address.host, address.port, address.db, address.password),
-                         ("10.0.0.1", 6380, 3, "s@cret"))
+        self.assertEqual(
+            (address.host, address.port, address.db, address.password),
+            ("10.0.0.1", 6380, 3, "s@cret"),
+        )
         unix = parse_redis_url("unix:///run/redis.sock?db=4")
         self.assertEqual((unix.path, unix.db), ("/run/redis.sock", 4))
         self.assertNotIn("cret", repr(address))

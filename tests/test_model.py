@@ -9,17 +9,22 @@ from pydatacoll.model import ENTITIES, Device, TermItem
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
 
 class ModelTests(SynchronousTestCase):
     def test_typed_and_normalised(self):
-        device = Device.from_json({"id": 4, "protocol": "iec104", "ip": "127.0.0.1",
-                                   "port": "2407", "colour": ["red"]})
-        self.assertEqual(device.to_json(), {"id": "4", "protocol": "iec104", "ip": "127.0.0.1",
-                                            "port": 2407, "colour": ["red"]})
+        device = Device.from_json(
+            {"id": 4, "protocol": "iec104", "ip": "127.0.0.1", "port": "2407", "colour": ["red"]}
+        )
+        self.assertEqual(
+            device.to_json(),
+            {"id": "4", "protocol": "iec104", "ip": "127.0.0.1", "port": 2407, "colour": ["red"]},
+        )
         self.assertEqual(Device.from_json({"id": "m", "protocol": "modbus", "ip": "h"}).port, 502)
 
     def test_errors_name_the_field(self):
@@ -30,7 +35,11 @@ class ModelTests(SynchronousTestCase):
             (Device, {"id": "1", "protocol": "iec104"}, "ip"),
             (Device, {"id": "1", "protocol": "iec104", "ip": "a", "port": 70000}, "port"),
             (Device, {"id": True, "protocol": "iec104", "ip": "a"}, "id"),
-            (TermItem, {"term_id": "1", "item_id": "2", "up_limit": 1, "down_limit": 2}, "down_limit"),
+            (
+                TermItem,
+                {"term_id": "1", "item_id": "2", "up_limit": 1, "down_limit": 2},
+                "down_limit",
+            ),
             (TermItem, {"term_id": "1", "item_id": "2", "coefficient": "x"}, "coefficient"),
         ]
         for entity, body, field in cases:
@@ -38,11 +47,32 @@ class ModelTests(SynchronousTestCase):
                 entity.from_json(body)
             self.assertEqual(caught.exception.field, field, body)
 
-    @given(entity=st.sampled_from(sorted(ENTITIES)),
-           body=st.dictionaries(st.sampled_from(["id", "device_id", "term_id", "item_id", "protocol",
-                                                  "ip", "port", "address", "coefficient", "code_type",
-                                                  "protocol_code", "up_limit", "x"]) | st.text(max_size=5),
-                                json_values, max_size=8) | json_values)
+    @given(
+        entity=st.sampled_from(sorted(ENTITIES)),
+        body=st.dictionaries(
+            st.sampled_from(
+                [
+                    "id",
+                    "device_id",
+                    "term_id",
+                    "item_id",
+                    "protocol",
+                    "ip",
+                    "port",
+                    "address",
+                    "coefficient",
+                    "code_type",
+                    "protocol_code",
+                    "up_limit",
+                    "x",
+                ]
+            )
+            | st.text(max_size=5),
+            json_values,
+            max_size=8,
+        )
+        | json_values,
+    )
     def test_hostile_bodies_raise_only_validation_errors(self, entity, body):
         try:
             ENTITIES[entity].from_json(body)

@@ -88,10 +88,15 @@ class ApiApp:
         if isinstance(error, HTTPException):
             code = error.code or 500
             name = {404: "not_found", 405: "method_not_allowed"}.get(code, "http_error")
-            return _json(request, code, {"error": name, "message": error.description or "", "field": None})
-        self.log.failure("unexpected error in {method} {uri}", failure,
-                         method=request.method, uri=request.uri)
-        return _json(request, 500, {"error": "internal", "message": "internal error", "field": None})
+            return _json(
+                request, code, {"error": name, "message": error.description or "", "field": None}
+            )
+        self.log.failure(
+            "unexpected error in {method} {uri}", failure, method=request.method, uri=request.uri
+        )
+        return _json(
+            request, 500, {"error": "internal", "message": "internal error", "field": None}
+        )
 
     def _authorize(self, request: Any, mutating: bool) -> None:
         token = self.settings.api_token
@@ -115,7 +120,9 @@ class ApiApp:
         """The list of routes, as text."""
         self._read(request)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        base = f"{'https' if request.isSecure() else 'http'}://{request.getRequestHostname().decode()}"
+        base = (
+            f"{'https' if request.isSecure() else 'http'}://{request.getRequestHostname().decode()}"
+        )
         port = request.getHost().port
         base += f":{port}"
         lines = ["PyDataColl is running, available API:", ""]
@@ -165,7 +172,9 @@ class ApiApp:
         """One device / term / item."""
         self._read(request)
         entity = collection[:-1]
-        fields = {} if not is_valid_id(entity_id) else (yield self.store.get_fields(entity, entity_id))
+        fields = (
+            {} if not is_valid_id(entity_id) else (yield self.store.get_fields(entity, entity_id))
+        )
         if not fields:
             raise errors.NotFound(f"{entity}_id not found!", field=f"{entity}_id")
         return _json(request, 200, decode_fields(fields))
@@ -206,7 +215,9 @@ class ApiApp:
         if not (yield self.store.exists(keys.ITEM % item_id)):
             raise errors.NotFound("item_id not found!", field="item_id")
         fields = yield self.store.get_term_item_fields(term_id, item_id)
-        if not fields or (device_id is not None and json.loads(fields.get("device_id", "null")) != device_id):
+        if not fields or (
+            device_id is not None and json.loads(fields.get("device_id", "null")) != device_id
+        ):
             raise errors.NotFound("term_item not found!", field="term_item")
         return fields
 
@@ -230,8 +241,9 @@ class ApiApp:
         samples = yield self.store.read_samples((device_id, term_id, item_id), limit, since, until)
         return _json(request, 200, samples)
 
-    @app.route("/api/v1/devices/<device_id>/terms/<term_id>/items/<item_id>/datas/<index>",
-               methods=["GET"])
+    @app.route(
+        "/api/v1/devices/<device_id>/terms/<term_id>/items/<item_id>/datas/<index>", methods=["GET"]
+    )
     @inlineCallbacks
     def get_data(self, request: Any, device_id: str, term_id: str, item_id: str, index: str) -> Any:
         """One sample by arrival index (-1 = latest)."""
@@ -288,15 +300,25 @@ class ApiApp:
         """Change a device / term / item (fields merged; null removes one)."""
         body = self._body(request)
         entity = collection[:-1]
-        return self._update(request, entity, {"id": entity_id}, body,
-                            lambda: self.store.get_fields(entity, entity_id))
+        return self._update(
+            request,
+            entity,
+            {"id": entity_id},
+            body,
+            lambda: self.store.get_fields(entity, entity_id),
+        )
 
     @app.route("/api/v1/terms/<term_id>/items/<item_id>", methods=["PUT"])
     def update_term_item(self, request: Any, term_id: str, item_id: str) -> Any:
         """Change a term-item (fields merged; null removes one)."""
         body = self._body(request)
-        return self._update(request, "term_item", {"term_id": term_id, "item_id": item_id}, body,
-                            lambda: self._term_item_fields(term_id, item_id))
+        return self._update(
+            request,
+            "term_item",
+            {"term_id": term_id, "item_id": item_id},
+            body,
+            lambda: self._term_item_fields(term_id, item_id),
+        )
 
     @inlineCallbacks
     def _update(self, request: Any, entity: str, ids: dict[str, str], body: Any, read: Any) -> Any:
@@ -304,9 +326,13 @@ class ApiApp:
             raise errors.ValidationError(f"a {entity} must be a JSON object")
         for name, value in ids.items():
             if not is_valid_id(value):
-                raise errors.NotFound(f"{entity}_id not found!" if name == "id" else f"{name} not found!", field=name)
+                raise errors.NotFound(
+                    f"{entity}_id not found!" if name == "id" else f"{name} not found!", field=name
+                )
             if body.get(name) is not None and normalize_id(body[name], name) != value:
-                raise errors.Conflict(f"{name} cannot be changed by PUT (create a new {entity})", field=name)
+                raise errors.Conflict(
+                    f"{name} cannot be changed by PUT (create a new {entity})", field=name
+                )
         for _attempt in range(MAX_RETRIES):
             fields = yield read()
             if not fields:
@@ -362,8 +388,9 @@ class ApiApp:
                 e.index = index
                 raise
             if entity.key in seen:
-                raise errors.ValidationError(f"duplicate {entity.KIND} {entity.key} in the batch",
-                                             field="id", index=index)
+                raise errors.ValidationError(
+                    f"duplicate {entity.KIND} {entity.key} in the batch", field="id", index=index
+                )
             seen.add(entity.key)
             ops.append(_op("put", entity))
         results = yield self._apply(ops, batch=True) if ops else []
@@ -382,8 +409,10 @@ class ApiApp:
                 if entity == "term_item":
                     if not isinstance(element, dict):
                         raise errors.ValidationError("each element must be {term_id, item_id}")
-                    op = _term_item_delete(normalize_id(element.get("term_id"), "term_id"),
-                                           normalize_id(element.get("item_id"), "item_id"))
+                    op = _term_item_delete(
+                        normalize_id(element.get("term_id"), "term_id"),
+                        normalize_id(element.get("item_id"), "item_id"),
+                    )
                 else:
                     op = {"op": "delete", "entity": entity, "id": normalize_id(element, "id")}
             except errors.ApiError as e:
@@ -406,43 +435,64 @@ class ApiApp:
         body = self._body(request)
         if not isinstance(body, dict):
             raise errors.ValidationError("the request must be a JSON object")
-        ids = {name: normalize_id(body.get(name), name) for name in ("device_id", "term_id", "item_id")}
+        ids = {
+            name: normalize_id(body.get(name), name) for name in ("device_id", "term_id", "item_id")
+        }
         message: dict[str, Any] = {"request_id": uuid.uuid4().hex, **ids}
         if action == "device_ctrl":
             value = body.get("value")
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (
-                isinstance(value, str) and len(value) > 256
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float, str))
+                or (isinstance(value, str) and len(value) > 256)
             ):
-                raise errors.ValidationError("value must be a number, a boolean as 0/1, or a short string",
-                                             field="value")
+                raise errors.ValidationError(
+                    "value must be a number, a boolean as 0/1, or a short string", field="value"
+                )
             select = body.get("select", False)
             if not isinstance(select, bool):
                 raise errors.ValidationError("select must be true or false", field="select")
-            message.update(value=value, select=select,
-                           client=request.getClientAddress().host if request.getClientAddress() else None)
+            message.update(
+                value=value,
+                select=select,
+                client=request.getClientAddress().host if request.getClientAddress() else None,
+            )
         yield self._term_item_fields(ids["term_id"], ids["item_id"], ids["device_id"])
         message["deadline"] = time.time() + self.settings.device_timeout
         channel = keys.DEVICE_CALL if action == "device_call" else keys.DEVICE_CTRL
         if action == "device_ctrl":
-            self.log.info("device_ctrl {request_id} from {client}: {device_id}:{term_id}:{item_id} = {value}",
-                          **message)
+            self.log.info(
+                "device_ctrl {request_id} from {client}: {device_id}:{term_id}:{item_id} = {value}",
+                **message,
+            )
         receivers = yield self.store.publish(channel, message)
         if not receivers:
-            raise errors.Unavailable("no collector is running for this device; nothing was sent",
-                                     field="device_id")
+            raise errors.Unavailable(
+                "no collector is running for this device; nothing was sent", field="device_id"
+            )
         raise errors.GatewayTimeout("the collector did not answer in time", field="device_id")
 
 
 def _op(kind: str, entity: Any) -> dict[str, Any]:
-    op: dict[str, Any] = {"op": kind, "entity": entity.KIND, "id": entity.key, "fields": entity.to_fields()}
+    op: dict[str, Any] = {
+        "op": kind,
+        "entity": entity.KIND,
+        "id": entity.key,
+        "fields": entity.to_fields(),
+    }
     if entity.KIND == "term_item":
         op.update(term_id=entity.term_id, item_id=entity.item_id)
     return op
 
 
 def _term_item_delete(term_id: str, item_id: str) -> dict[str, Any]:
-    return {"op": "delete", "entity": "term_item", "id": f"{term_id}:{item_id}",
-            "term_id": term_id, "item_id": item_id}
+    return {
+        "op": "delete",
+        "entity": "term_item",
+        "id": f"{term_id}:{item_id}",
+        "term_id": term_id,
+        "item_id": item_id,
+    }
 
 
 def _batch(body: Any) -> list[Any]:
@@ -497,5 +547,5 @@ def _expand(path: str) -> list[str]:
         return [re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", path)]
     results = []
     for option in match.group(1).split(","):
-        results.extend(_expand(path[: match.start()] + option.strip() + path[match.end():]))
+        results.extend(_expand(path[: match.start()] + option.strip() + path[match.end() :]))
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from klein import Klein
@@ -47,14 +48,27 @@ def _operation(method: str, path: str) -> dict[str, Any]:
         if part.startswith("{")
     ]
     responses: dict[str, Any] = {
-        code: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-        for code, text in (("400", "invalid request"), ("401", "token required"), ("404", "not found"),
-                           ("503", "Redis or the collector unreachable"))
+        code: {
+            "description": text,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for code, text in (
+            ("400", "invalid request"),
+            ("401", "token required"),
+            ("404", "not found"),
+            ("503", "Redis or the collector unreachable"),
+        )
     }
-    operation: dict[str, Any] = {"parameters": parameters, "responses": responses,
-                                 "operationId": f"{method.lower()}{path.replace('/', '_').replace('{', '').replace('}', '')}"}
+    operation: dict[str, Any] = {
+        "parameters": parameters,
+        "responses": responses,
+        "operationId": method.lower() + re.sub(r"[/{}]", "_", path),
+    }
     if method == "GET":
-        responses["200"] = {"description": "the resource", "content": {"application/json": {"schema": {}}}}
+        responses["200"] = {
+            "description": "the resource",
+            "content": {"application/json": {"schema": {}}},
+        }
     elif method == "DELETE":
         responses["204"] = {"description": "deleted (with what hangs on it)"}
     else:
@@ -71,14 +85,20 @@ def _operation(method: str, path: str) -> dict[str, Any]:
             schema = {"oneOf": [ref, {"type": "array", "items": ref}]}
         else:
             schema = {"$ref": f"#/components/schemas/{entity}"}
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
-        responses.update({
-            "409": {"description": "exists already / rename refused"},
-            "413": {"description": "body too large"},
-            "415": {"description": "not JSON"},
-        })
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+        responses.update(
+            {
+                "409": {"description": "exists already / rename refused"},
+                "413": {"description": "body too large"},
+                "415": {"description": "not JSON"},
+            }
+        )
         responses["201" if method == "POST" and path.startswith("/api/v1/") else "200"] = {
-            "description": "the stored entity"}
+            "description": "the stored entity"
+        }
         if path.endswith("/del"):
             responses["204"] = {"description": "deleted"}
     return operation
@@ -96,7 +116,13 @@ def document(app: Klein) -> dict[str, Any]:
     schemas["DeviceRequest"] = {
         "type": "object",
         "required": ["device_id", "term_id", "item_id"],
-        "properties": {"device_id": {}, "term_id": {}, "item_id": {}, "value": {}, "select": {"type": "boolean"}},
+        "properties": {
+            "device_id": {},
+            "term_id": {},
+            "item_id": {},
+            "value": {},
+            "select": {"type": "boolean"},
+        },
         "examples": [{"device_id": "1", "term_id": "10", "item_id": "1000", "value": 1}],
     }
     return {

@@ -53,11 +53,11 @@ TERM_PROTOCOLS: dict[str, str] = {
 }
 
 register_protocol(
-    DeviceProtocol("iec104", "IEC 60870-5-104 (DL/T 634.5104) controlled station over TCP",
-                   default_port=2404)
+    DeviceProtocol(
+        "iec104", "IEC 60870-5-104 (DL/T 634.5104) controlled station over TCP", default_port=2404
+    )
 )
 register_protocol(DeviceProtocol("modbus", "Modbus TCP server (slave)", default_port=502))
 register_protocol(
-    DeviceProtocol("formula", "computed points (no link; sources are other points)",
-                   has_link=False)
+    DeviceProtocol("formula", "computed points (no link; sources are other points)", has_link=False)
 )

@@ -95,10 +95,14 @@ class ConfigStore:
         """The sample at ``index`` in arrival order (-1 = latest), or None."""
         key = keys.POINT_DATA % point
         if index >= 0:
-            entries = yield self.redis.call("execute_command", "XRANGE", key, "-", "+", "COUNT", index + 1)
+            entries = yield self.redis.call(
+                "execute_command", "XRANGE", key, "-", "+", "COUNT", index + 1
+            )
             position = index
         else:
-            entries = yield self.redis.call("execute_command", "XREVRANGE", key, "+", "-", "COUNT", -index)
+            entries = yield self.redis.call(
+                "execute_command", "XREVRANGE", key, "+", "-", "COUNT", -index
+            )
             position = -index - 1
         if len(entries) <= position:
             return None

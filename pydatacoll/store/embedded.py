@@ -67,9 +67,23 @@ class EmbeddedRedis(Service):
         if os.path.exists(self.address.path or ""):
             os.unlink(self.address.path or "")  # stale socket of an earlier run
         args = [
-            self._binary, "--port", "0", "--unixsocket", self.address.path, "--unixsocketperm",
-            "700", "--dir", self._data_dir, "--appendonly", "yes", "--save", "",
-            "--daemonize", "no", "--logfile", "redis.log",
+            self._binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            self.address.path,
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            self._data_dir,
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
         ]
         self._process = _RedisProcess()
         self._transport = self._reactor.spawnProcess(
@@ -88,8 +102,10 @@ class EmbeddedRedis(Service):
         if tries and self._process is not None and not self._process.ended.called:
             deferLater(self._reactor, 0.05, self._poll, tries - 1)
         else:
-            self.log.error("embedded redis-server did not start; see {data_dir}/redis.log",
-                           data_dir=self._data_dir)
+            self.log.error(
+                "embedded redis-server did not start; see {data_dir}/redis.log",
+                data_dir=self._data_dir,
+            )
 
     def when_ready(self) -> Deferred[None]:
         """Fires when the server accepts connections."""

@@ -28,8 +28,19 @@ class PrivateRedis:
         self._dir = tempfile.mkdtemp(prefix="pydatacoll-redis-")
         binary = find_redis_server()
         version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self._dir]
+        args = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+        ]
         if " v=6." not in version:
             args += ["--enable-debug-command", "yes"]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
@@ -74,4 +85,6 @@ def digest(client: object) -> str:
     return str(client.execute_command("DEBUG", "DIGEST"))  # type: ignore[attr-defined]
 
 
-os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "pydatacoll-hypothesis"))
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "pydatacoll-hypothesis")
+)

@@ -17,13 +17,33 @@ from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.testing.redis import digest, shared_redis
 
-DEVICE = {"id": "1", "name": "concentrator 1", "ip": "127.0.0.1", "port": "2404",
-          "identify": "111", "protocol": "iec104"}
-TERM = {"id": "10", "name": "meter 1", "address": "5", "identify": "term10",
-        "protocol": "dlt645", "device_id": "1"}
+DEVICE = {
+    "id": "1",
+    "name": "concentrator 1",
+    "ip": "127.0.0.1",
+    "port": "2404",
+    "identify": "111",
+    "protocol": "iec104",
+}
+TERM = {
+    "id": "10",
+    "name": "meter 1",
+    "address": "5",
+    "identify": "term10",
+    "protocol": "dlt645",
+    "device_id": "1",
+}
 ITEM = {"id": "1000", "name": "phase A voltage", "view_code": "1000", "func_type": "measurement"}
-TERM_ITEM = {"term_id": "10", "item_id": "1000", "protocol_code": "100", "code_type": "36",
-             "base_val": "0", "coefficient": "1", "down_limit": "220", "up_limit": "230"}
+TERM_ITEM = {
+    "term_id": "10",
+    "item_id": "1000",
+    "protocol_code": "100",
+    "code_type": "36",
+    "base_val": "0",
+    "coefficient": "1",
+    "down_limit": "220",
+    "up_limit": "230",
+}
 
 
 class ApiTests(TestCase):
@@ -59,7 +79,9 @@ class ApiTests(TestCase):
         if body is not None:
             data = json.dumps(body).encode()
             headers.setdefault(b"Content-Type", [b"application/json"])
-        response = yield treq.request(method, self.base + path, data=data, headers=headers, pool=self.pool)
+        response = yield treq.request(
+            method, self.base + path, data=data, headers=headers, pool=self.pool
+        )
         text = (yield treq.content(response)).decode()
         try:
             parsed = json.loads(text) if text else None
@@ -69,8 +91,12 @@ class ApiTests(TestCase):
 
     @inlineCallbacks
     def seed(self):
-        for path, body in (("/api/v1/devices", DEVICE), ("/api/v1/terms", TERM),
-                           ("/api/v1/items", ITEM), ("/api/v1/terms/10/items", TERM_ITEM)):
+        for path, body in (
+            ("/api/v1/devices", DEVICE),
+            ("/api/v1/terms", TERM),
+            ("/api/v1/items", ITEM),
+            ("/api/v1/terms/10/items", TERM_ITEM),
+        ):
             status, result = yield self.call("POST", path, body)
             self.assertEqual(status, 201, result)
 
@@ -81,19 +107,27 @@ class ApiTests(TestCase):
         self.assertEqual((status, device["port"], device["name"]), (200, 2404, "concentrator 1"))
         status, error = yield self.call("POST", "/api/v1/devices", DEVICE)
         self.assertEqual((status, error["error"]), (409, "conflict"))
-        self.assertEqual((yield self.call("GET", "/api/v1/devices/99")),
-                         (404, {"error": "not_found", "message": "device_id not found!", "field": "device_id"}))
+        self.assertEqual(
+            (yield self.call("GET", "/api/v1/devices/99")),
+            (404, {"error": "not_found", "message": "device_id not found!", "field": "device_id"}),
+        )
         self.assertEqual((yield self.call("GET", "/api/v1/devices/1/terms")), (200, ["10"]))
         self.assertEqual((yield self.call("GET", "/api/v1/terms/10/items")), (200, ["1000"]))
         status, point = yield self.call("GET", "/api/v1/terms/10/items/1000")
-        self.assertEqual((point["device_id"], point["protocol_code"], point["up_limit"]), ("1", 100, 230))
-        status, changed = yield self.call("PUT", "/api/v1/devices/1", {"name": "renamed", "identify": None})
+        self.assertEqual(
+            (point["device_id"], point["protocol_code"], point["up_limit"]), ("1", 100, 230)
+        )
+        status, changed = yield self.call(
+            "PUT", "/api/v1/devices/1", {"name": "renamed", "identify": None}
+        )
         self.assertEqual((status, changed["name"], "identify" in changed), (200, "renamed", False))
         status, error = yield self.call("PUT", "/api/v1/devices/1", {"id": "5"})
         self.assertEqual((status, error["field"]), (409, "id"))
         status, _ = yield self.call("PUT", "/api/v1/terms/10/items/1000", {"protocol_code": 101})
         self.assertEqual(json.loads(self.sync.hget("HS:TERM_ITEM:10:1000", "protocol_code")), 101)
-        self.assertEqual((yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas")), (200, []))
+        self.assertEqual(
+            (yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas")), (200, [])
+        )
         status, _ = yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas/-1")
         self.assertEqual(status, 404)
 
@@ -101,11 +135,21 @@ class ApiTests(TestCase):
     def test_samples_are_read_newest_first(self):
         yield self.seed()
         for value in (100.0, 101.0, 102.0):
-            self.sync.xadd("XS:DATA:1:10:1000", {"sample": json.dumps({"value": value, "quality": 0})})
-        status, samples = yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas?limit=2")
+            self.sync.xadd(
+                "XS:DATA:1:10:1000", {"sample": json.dumps({"value": value, "quality": 0})}
+            )
+        status, samples = yield self.call(
+            "GET", "/api/v1/devices/1/terms/10/items/1000/datas?limit=2"
+        )
         self.assertEqual([s["value"] for s in samples], [102.0, 101.0])
-        self.assertEqual((yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas/-1"))[1]["value"], 102.0)
-        self.assertEqual((yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas/0"))[1]["value"], 100.0)
+        self.assertEqual(
+            (yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas/-1"))[1]["value"],
+            102.0,
+        )
+        self.assertEqual(
+            (yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas/0"))[1]["value"],
+            100.0,
+        )
         status, _ = yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas/x")
         self.assertEqual(status, 400)
 
@@ -124,7 +168,9 @@ class ApiTests(TestCase):
         self.assertFalse(self.sync.exists("XS:DATA:1:10:1000"))
         status, _ = yield self.call("DELETE", "/api/v1/devices/1")
         self.assertEqual(status, 204)
-        self.assertEqual(sorted(self.sync.keys("*")), ["HS:ITEM:2000", "SET:ITEM", "STR:CONFIG_VERSION"])
+        self.assertEqual(
+            sorted(self.sync.keys("*")), ["HS:ITEM:2000", "SET:ITEM", "STR:CONFIG_VERSION"]
+        )
 
     @inlineCallbacks
     def test_change_messages(self):
@@ -137,26 +183,44 @@ class ApiTests(TestCase):
         while (m := pubsub.get_message(timeout=0.5)) is not None:
             messages.append((m["channel"], json.loads(m["data"])))
         pubsub.close()
-        self.assertEqual([c for c, _ in messages],
-                         ["CHANNEL:DEVICE_ADD", "CHANNEL:TERM_ADD", "CHANNEL:ITEM_ADD",
-                          "CHANNEL:TERM_ITEM_ADD", "CHANNEL:TERM_DEL"])
+        self.assertEqual(
+            [c for c, _ in messages],
+            [
+                "CHANNEL:DEVICE_ADD",
+                "CHANNEL:TERM_ADD",
+                "CHANNEL:ITEM_ADD",
+                "CHANNEL:TERM_ITEM_ADD",
+                "CHANNEL:TERM_DEL",
+            ],
+        )
         deleted = messages[-1][1]
-        self.assertEqual(deleted["cascade"], {"terms": ["10"], "term_items": [
-            {"device_id": "1", "term_id": "10", "item_id": "1000"}]})
+        self.assertEqual(
+            deleted["cascade"],
+            {
+                "terms": ["10"],
+                "term_items": [{"device_id": "1", "term_id": "10", "item_id": "1000"}],
+            },
+        )
         self.assertEqual(deleted["version"], 5)
 
     @inlineCallbacks
     def test_batches_are_all_or_nothing(self):
         yield self.seed()
         before = digest(self.sync)
-        status, error = yield self.call("POST", "/api/v2/devices", [dict(DEVICE, id="7"), {"id": "8", "protocol": "x"}])
+        status, error = yield self.call(
+            "POST", "/api/v2/devices", [dict(DEVICE, id="7"), {"id": "8", "protocol": "x"}]
+        )
         self.assertEqual((status, error["index"], error["field"]), (400, 1, "protocol"))
-        status, error = yield self.call("POST", "/api/v2/terms", [dict(TERM, id="30"), dict(TERM, id="31", device_id="99")])
+        status, error = yield self.call(
+            "POST", "/api/v2/terms", [dict(TERM, id="30"), dict(TERM, id="31", device_id="99")]
+        )
         self.assertEqual((status, error["index"], error["field"]), (404, 1, "device_id"))
         status, error = yield self.call("POST", "/api/v2/devices/del", ["1", "99"])
         self.assertEqual((status, error["index"]), (404, 1))
         self.assertEqual(digest(self.sync), before)
-        status, stored = yield self.call("POST", "/api/v2/devices", [dict(DEVICE, id="7"), dict(DEVICE, id=8)])
+        status, stored = yield self.call(
+            "POST", "/api/v2/devices", [dict(DEVICE, id="7"), dict(DEVICE, id=8)]
+        )
         self.assertEqual((status, [d["id"] for d in stored]), (200, ["7", "8"]))
         status, _ = yield self.call("POST", "/api/v2/devices/del", [7, "8"])
         self.assertEqual((status, self.sync.smembers("SET:DEVICE")), (204, {"1"}))
@@ -172,8 +236,12 @@ class ApiTests(TestCase):
             code, error = yield self.call("POST", "/api/v1/devices", raw=raw, headers=headers)
             self.assertEqual(code, status, error)
             self.assertIn("message", error)
-        code, _ = yield self.call("POST", "/api/v1/devices", raw=b" " * (2 << 20),
-                                  headers={b"Content-Type": [b"application/json"]})
+        code, _ = yield self.call(
+            "POST",
+            "/api/v1/devices",
+            raw=b" " * (2 << 20),
+            headers={b"Content-Type": [b"application/json"]},
+        )
         self.assertEqual(code, 413)
         code, error = yield self.call("PATCH", "/api/v1/devices")
         self.assertEqual((code, error["error"]), (405, "method_not_allowed"))
@@ -181,11 +249,19 @@ class ApiTests(TestCase):
     @inlineCallbacks
     def test_device_call_without_collector(self):
         yield self.seed()
-        status, error = yield self.call("POST", "/api/v1/device_call", {"device_id": 1, "term_id": "10", "item_id": 1000})
+        status, error = yield self.call(
+            "POST", "/api/v1/device_call", {"device_id": 1, "term_id": "10", "item_id": 1000}
+        )
         self.assertEqual((status, error["error"]), (503, "unavailable"))
-        status, error = yield self.call("POST", "/api/v1/device_ctrl", {"device_id": "1", "term_id": "10", "item_id": "9"})
+        status, error = yield self.call(
+            "POST", "/api/v1/device_ctrl", {"device_id": "1", "term_id": "10", "item_id": "9"}
+        )
         self.assertEqual((status, error["field"]), (400, "value"))
-        status, error = yield self.call("POST", "/api/v1/device_ctrl", {"device_id": "1", "term_id": "10", "item_id": "9", "value": 1})
+        status, error = yield self.call(
+            "POST",
+            "/api/v1/device_ctrl",
+            {"device_id": "1", "term_id": "10", "item_id": "9", "value": 1},
+        )
         self.assertEqual((status, error["field"]), (404, "item_id"))
 
     @inlineCallbacks
@@ -205,7 +281,7 @@ class ApiTests(TestCase):
             self.assertIn(f"{method:<8} URL: {self.base}{path}", text)
         import jsonschema
 
-        for name, schema in document(self.api.app)["components"]["schemas"].items():
+        for schema in document(self.api.app)["components"]["schemas"].values():
             for example in schema.get("examples", []):
                 jsonschema.validate(example, schema)
 
@@ -222,8 +298,9 @@ class TokenTests(ApiTests):
     def test_token_required_for_changes(self):
         status, error = yield ApiTests.call(self, "POST", "/api/v1/devices", DEVICE)
         self.assertEqual((status, error["error"]), (401, "unauthorized"))
-        status, _ = yield ApiTests.call(self, "POST", "/api/v1/devices", DEVICE,
-                                        headers={b"Authorization": [b"Bearer wrong"]})
+        status, _ = yield ApiTests.call(
+            self, "POST", "/api/v1/devices", DEVICE, headers={b"Authorization": [b"Bearer wrong"]}
+        )
         self.assertEqual(status, 401)
         status, _ = yield ApiTests.call(self, "GET", "/api/v1/devices")
         self.assertEqual(status, 200)

@@ -17,7 +17,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pydatacoll.testing.redis import digest, free_port, shared_redis
 
-TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
+TWISTD = [
+    sys.executable,
+    "-c",
+    "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+]
 EXAMPLES = int(os.environ.get("PYDATACOLL_HOSTILE_EXAMPLES", "2000"))
 
 
@@ -29,9 +33,19 @@ class Daemon:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(workdir, f"twistd-{self.port}.log"), "wb")
         self.process = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "pydatacoll", "--api",
-             f"tcp:{self.port}:interface=127.0.0.1", *args],
-            cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                *TWISTD,
+                "-n",
+                "--pidfile=",
+                "pydatacoll",
+                "--api",
+                f"tcp:{self.port}:interface=127.0.0.1",
+                *args,
+            ],
+            cwd=workdir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -54,7 +68,9 @@ class Daemon:
 
 def request(method, url, body=None, raw=None, content_type="application/json"):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": content_type})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": content_type}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as response:
             text = response.read()
@@ -64,13 +80,43 @@ def request(method, url, body=None, raw=None, content_type="application/json"):
 
 
 WALK = [
-    ("POST", "/api/v1/devices", {"id": "1", "name": "c1", "ip": "127.0.0.1", "port": "2404",
-                                 "identify": "111", "protocol": "iec104"}),
-    ("POST", "/api/v1/terms", {"id": "10", "name": "t1", "address": "5", "identify": "term10",
-                               "protocol": "dlt645", "device_id": "1"}),
+    (
+        "POST",
+        "/api/v1/devices",
+        {
+            "id": "1",
+            "name": "c1",
+            "ip": "127.0.0.1",
+            "port": "2404",
+            "identify": "111",
+            "protocol": "iec104",
+        },
+    ),
+    (
+        "POST",
+        "/api/v1/terms",
+        {
+            "id": "10",
+            "name": "t1",
+            "address": "5",
+            "identify": "term10",
+            "protocol": "dlt645",
+            "device_id": "1",
+        },
+    ),
     ("POST", "/api/v1/items", {"id": "1000", "name": "Ua", "view_code": "1000", "func_type": "m"}),
-    ("POST", "/api/v1/terms/10/items", {"term_id": "10", "item_id": "1000", "protocol_code": "100",
-                                        "code_type": "36", "base_val": "0", "coefficient": "1"}),
+    (
+        "POST",
+        "/api/v1/terms/10/items",
+        {
+            "term_id": "10",
+            "item_id": "1000",
+            "protocol_code": "100",
+            "code_type": "36",
+            "base_val": "0",
+            "coefficient": "1",
+        },
+    ),
 ]
 
 
@@ -87,34 +133,77 @@ class EmbeddedDaemonTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(os.path.join(workdir, "pydatacoll-data", "redis.sock")))
         daemon = Daemon(workdir)
         try:
-            self.assertEqual(request("GET", daemon.base + "/api/v1/terms/10/items/1000")[1]["protocol_code"], 100)
+            self.assertEqual(
+                request("GET", daemon.base + "/api/v1/terms/10/items/1000")[1]["protocol_code"], 100
+            )
             self.assertEqual(request("GET", daemon.base + "/api/v1/devices/1/terms")[1], ["10"])
             status, text = request("GET", daemon.base + "/")
             self.assertIn(b"available API", text)
         finally:
             daemon.stop()
-        leftover = subprocess.run(["pgrep", "-f", os.path.join(workdir, "pydatacoll-data")],
-                                  capture_output=True).stdout
+        leftover = subprocess.run(
+            ["pgrep", "-f", os.path.join(workdir, "pydatacoll-data")], capture_output=True
+        ).stdout
         self.assertEqual(leftover, b"")
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=10,
 )
-FIELDS = st.sampled_from(["id", "name", "protocol", "ip", "port", "device_id", "term_id", "item_id",
-                          "address", "protocol_code", "code_type", "coefficient", "base_val",
-                          "up_limit", "down_limit", "value", "select"])
-bodies = st.one_of(json_values, st.dictionaries(FIELDS | st.text(max_size=6), json_values, max_size=8),
-                   st.lists(st.dictionaries(FIELDS, json_values, max_size=6), max_size=3))
-ROUTES = ["POST /api/v1/devices", "POST /api/v1/terms", "POST /api/v1/items",
-          "POST /api/v1/terms/10/items", "POST /api/v2/devices", "POST /api/v2/terms",
-          "POST /api/v2/items", "POST /api/v2/term_items", "POST /api/v2/devices/del",
-          "POST /api/v2/terms/del", "POST /api/v2/items/del", "POST /api/v2/term_items/del",
-          "PUT /api/v1/devices/1", "PUT /api/v1/terms/10", "PUT /api/v1/items/1000",
-          "PUT /api/v1/terms/10/items/1000", "POST /api/v1/device_call", "POST /api/v1/device_ctrl"]
+FIELDS = st.sampled_from(
+    [
+        "id",
+        "name",
+        "protocol",
+        "ip",
+        "port",
+        "device_id",
+        "term_id",
+        "item_id",
+        "address",
+        "protocol_code",
+        "code_type",
+        "coefficient",
+        "base_val",
+        "up_limit",
+        "down_limit",
+        "value",
+        "select",
+    ]
+)
+bodies = st.one_of(
+    json_values,
+    st.dictionaries(FIELDS | st.text(max_size=6), json_values, max_size=8),
+    st.lists(st.dictionaries(FIELDS, json_values, max_size=6), max_size=3),
+)
+ROUTES = [
+    "POST /api/v1/devices",
+    "POST /api/v1/terms",
+    "POST /api/v1/items",
+    "POST /api/v1/terms/10/items",
+    "POST /api/v2/devices",
+    "POST /api/v2/terms",
+    "POST /api/v2/items",
+    "POST /api/v2/term_items",
+    "POST /api/v2/devices/del",
+    "POST /api/v2/terms/del",
+    "POST /api/v2/items/del",
+    "POST /api/v2/term_items/del",
+    "PUT /api/v1/devices/1",
+    "PUT /api/v1/terms/10",
+    "PUT /api/v1/items/1000",
+    "PUT /api/v1/terms/10/items/1000",
+    "POST /api/v1/device_call",
+    "POST /api/v1/device_ctrl",
+]
 
 
 class HostileJsonTests(SynchronousTestCase):

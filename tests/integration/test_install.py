@@ -16,19 +16,51 @@ class WheelTests(SynchronousTestCase):
         if not os.path.exists(os.path.join(ROOT, "setup.cfg")):
             raise AssertionError("run from a checkout")
         out = tempfile.mkdtemp()
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                        "-w", out, ROOT], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                out,
+                ROOT,
+            ],
+            check=True,
+        )
         (wheel,) = [f for f in os.listdir(out) if f.endswith(".whl")]
         names = zipfile.ZipFile(os.path.join(out, wheel)).namelist()
         self.assertIn("twisted/plugins/pydatacoll_plugin.py", names)
         self.assertIn("pydatacoll/store/config.lua", names)
         self.assertNotIn("twisted/__init__.py", names)
         target = os.path.join(out, "site")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target,
-                        os.path.join(out, wheel)], check=True)
-        code = ("import sys; sys.path.insert(0, sys.argv[1]); import pydatacoll; "
-                "assert pydatacoll.__file__.startswith(sys.argv[1]), pydatacoll.__file__; "
-                "from twisted.scripts.twistd import run; sys.argv[1:] = ['--help']; run()")
-        result = subprocess.run([sys.executable, "-c", code, target], cwd=out, capture_output=True,
-                                text=True, check=False)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                target,
+                os.path.join(out, wheel),
+            ],
+            check=True,
+        )
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); import pydatacoll; "
+            "assert pydatacoll.__file__.startswith(sys.argv[1]), pydatacoll.__file__; "
+            "from twisted.scripts.twistd import run; sys.argv[1:] = ['--help']; run()"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, target],
+            cwd=out,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         self.assertIn("pydatacoll", result.stdout)

@@ -3,5 +3,8 @@
 from twisted.application.service import ServiceMaker
 
 pydatacoll = ServiceMaker(
-    "PyDataColl", "pydatacoll.tap", "SCADA front-end processor (REST API, devices, Redis)", "pydatacoll"
+    "PyDataColl",
+    "pydatacoll.tap",
+    "SCADA front-end processor (REST API, devices, Redis)",
+    "pydatacoll",
 )
