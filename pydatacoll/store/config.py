@@ -15,7 +15,8 @@ from pydatacoll.store.redis import RedisClient
 
 _SCRIPT = files("pydatacoll.store").joinpath("config.lua").read_text(encoding="utf-8")
 _ERRORS: dict[int, type[ApiError]] = {400: ValidationError, 404: NotFound, 409: Conflict}
-_MAX_RETRIES = 5
+#: How often an update that raced another change is read and tried again.
+MAX_RETRIES = 5
 _DIGITS = re.compile(r"(\d+)")
 
 ENTITY_KEYS = {"device": keys.DEVICE, "term": keys.TERM, "item": keys.ITEM}
@@ -116,8 +117,6 @@ class ConfigStore:
 class RetryChange(Exception):
     """An update raced another change of the same entity; read again and retry."""
 
-
-MAX_RETRIES = _MAX_RETRIES
 
 
 def _sample(entry: Any) -> Any:

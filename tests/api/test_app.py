@@ -15,35 +15,9 @@ from pydatacoll.api.openapi import document
 from pydatacoll.config import load_settings
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.redis import RedisClient
+from pydatacoll.testing.fixtures import CREATE_ALL, DEVICE, ITEM, TERM, TERM_ITEM
 from pydatacoll.testing.redis import digest, shared_redis
 
-DEVICE = {
-    "id": "1",
-    "name": "concentrator 1",
-    "ip": "127.0.0.1",
-    "port": "2404",
-    "identify": "111",
-    "protocol": "iec104",
-}
-TERM = {
-    "id": "10",
-    "name": "meter 1",
-    "address": "5",
-    "identify": "term10",
-    "protocol": "dlt645",
-    "device_id": "1",
-}
-ITEM = {"id": "1000", "name": "phase A voltage", "view_code": "1000", "func_type": "measurement"}
-TERM_ITEM = {
-    "term_id": "10",
-    "item_id": "1000",
-    "protocol_code": "100",
-    "code_type": "36",
-    "base_val": "0",
-    "coefficient": "1",
-    "down_limit": "220",
-    "up_limit": "230",
-}
 
 
 class ApiTests(TestCase):
@@ -91,13 +65,8 @@ class ApiTests(TestCase):
 
     @inlineCallbacks
     def seed(self):
-        for path, body in (
-            ("/api/v1/devices", DEVICE),
-            ("/api/v1/terms", TERM),
-            ("/api/v1/items", ITEM),
-            ("/api/v1/terms/10/items", TERM_ITEM),
-        ):
-            status, result = yield self.call("POST", path, body)
+        for method, path, body in CREATE_ALL:
+            status, result = yield self.call(method, path, body)
             self.assertEqual(status, 201, result)
 
     @inlineCallbacks

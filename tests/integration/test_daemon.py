@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from pydatacoll.testing.fixtures import CREATE_ALL
 from pydatacoll.testing.redis import digest, free_port, shared_redis
 
 TWISTD = [
@@ -79,45 +80,7 @@ def request(method, url, body=None, raw=None, content_type="application/json"):
         return e.code, json.loads(e.read() or b"null")
 
 
-WALK = [
-    (
-        "POST",
-        "/api/v1/devices",
-        {
-            "id": "1",
-            "name": "c1",
-            "ip": "127.0.0.1",
-            "port": "2404",
-            "identify": "111",
-            "protocol": "iec104",
-        },
-    ),
-    (
-        "POST",
-        "/api/v1/terms",
-        {
-            "id": "10",
-            "name": "t1",
-            "address": "5",
-            "identify": "term10",
-            "protocol": "dlt645",
-            "device_id": "1",
-        },
-    ),
-    ("POST", "/api/v1/items", {"id": "1000", "name": "Ua", "view_code": "1000", "func_type": "m"}),
-    (
-        "POST",
-        "/api/v1/terms/10/items",
-        {
-            "term_id": "10",
-            "item_id": "1000",
-            "protocol_code": "100",
-            "code_type": "36",
-            "base_val": "0",
-            "coefficient": "1",
-        },
-    ),
-]
+WALK = CREATE_ALL
 
 
 class EmbeddedDaemonTests(SynchronousTestCase):
