@@ -118,7 +118,6 @@ class RetryChange(Exception):
     """An update raced another change of the same entity; read again and retry."""
 
 
-
 def _sample(entry: Any) -> Any:
     _entry_id, flat = entry
     fields = dict(zip(flat[::2], flat[1::2], strict=False))

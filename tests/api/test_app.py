@@ -1,4 +1,4 @@
-"""The REST API through StubTreq, against a real (private) redis-server."""
+"""The REST API over real HTTP, against a real (private) redis-server."""
 
 import json
 
@@ -17,7 +17,6 @@ from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.testing.fixtures import CREATE_ALL, DEVICE, ITEM, TERM, TERM_ITEM
 from pydatacoll.testing.redis import digest, shared_redis
-
 
 
 class ApiTests(TestCase):
