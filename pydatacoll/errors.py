@@ -110,3 +110,16 @@ class StoreUnavailable(Unavailable):
 
 class EmbeddedRedisError(PyDataCollError):
     """The embedded redis-server cannot be found or started."""
+
+
+class RemoteProtocolError(PyDataCollError):
+    """A peer device sent bytes that do not decode; ``offset`` is where decoding stopped.
+
+    Each protocol codec raises its own subclass; the link that carried the bytes is closed
+    (and re-opened with backoff), other devices are not touched.
+    """
+
+    def __init__(self, message: str, *, offset: int | None = None, data: bytes = b"") -> None:
+        super().__init__(message if offset is None else f"{message} (at offset {offset})")
+        self.offset = offset
+        self.data = bytes(data[:300])
