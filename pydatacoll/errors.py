@@ -123,3 +123,76 @@ class RemoteProtocolError(PyDataCollError):
         super().__init__(message if offset is None else f"{message} (at offset {offset})")
         self.offset = offset
         self.data = bytes(data[:300])
+
+
+class Iec104Error(RemoteProtocolError):
+    """IEC 60870-5-104 bytes that do not decode."""
+
+
+class ApciError(Iec104Error):
+    """A broken APCI (start octet, length, control field): the link must be closed."""
+
+
+class AsduError(Iec104Error):
+    """A broken ASDU inside a well-framed I-frame: it is skipped, the link stays up."""
+
+
+class UnknownTypeError(AsduError):
+    """An ASDU whose type identification this codec does not know; ``type_id`` names it."""
+
+    def __init__(self, type_id: int, *, data: bytes = b"") -> None:
+        super().__init__(f"unknown type identification {type_id}", offset=0, data=data)
+        self.type_id = type_id
+
+
+class ModbusError(PyDataCollError):
+    """Base class of the errors a Modbus request can fail with (other than bad bytes)."""
+
+
+class ModbusFrameError(RemoteProtocolError):
+    """A Modbus peer sent bytes that are not a valid MBAP frame or response PDU.
+
+    The link that carried them is closed; ``data`` holds the offending bytes (logged as hex).
+    """
+
+
+class ModbusExceptionResponse(ModbusError):
+    """The device answered with a Modbus exception response (function code + 0x80)."""
+
+    #: Exception code -> name, from the Modbus Application Protocol v1.1b3, clause 7.
+    NAMES = {
+        1: "illegal function",
+        2: "illegal data address",
+        3: "illegal data value",
+        4: "server device failure",
+        5: "acknowledge",
+        6: "server device busy",
+        8: "memory parity error",
+        10: "gateway path unavailable",
+        11: "gateway target device failed to respond",
+    }
+
+    def __init__(self, function_code: int, exception_code: int, unit_id: int) -> None:
+        self.function_code = function_code
+        self.exception_code = exception_code
+        self.unit_id = unit_id
+        self.name = self.NAMES.get(exception_code, "unknown exception")
+        super().__init__(
+            f"unit {unit_id} function {function_code}: exception {exception_code} ({self.name})"
+        )
+
+
+class ModbusTimeout(ModbusError):
+    """A Modbus request got no response within its timeout."""
+
+
+class ModbusNotConnected(ModbusError):
+    """A Modbus request could not be sent, or its answer not received: the link is down."""
+
+
+class ModbusQueueFull(ModbusError):
+    """A Modbus request was refused because the connection's request queue is full."""
+
+
+class ModbusVerifyError(ModbusError):
+    """A written value did not read back as written."""
