@@ -18,6 +18,7 @@ import attrs
 
 from pydatacoll.errors import ValidationError
 from pydatacoll.protocols import device_protocols, get_protocol
+from pydatacoll.protocols.modbus.codec import point_format
 
 #: What an id may be: it goes into Redis key names and URLs, so no ``:``, ``*``, ``/`` ...
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -396,6 +397,38 @@ class TermItem(Entity):
         Field("base_val", "number", "offset: value = raw * coefficient + base_val", example=0),
         Field("up_limit", "number", "upper limit", example=230),
         Field("down_limit", "number", "lower limit", example=220),
+        Field(
+            "data_type",
+            "string",
+            "Modbus: bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, "
+            "string (default: bool for coils and discrete inputs, uint16 for registers)",
+            max_length=16,
+            example="float32",
+        ),
+        Field(
+            "byte_order",
+            "string",
+            "Modbus: ABCD, BADC, CDAB or DCBA (64-bit also ABCDEFGH, BADCFEHG, GHEFCDAB, "
+            "HGFEDCBA); default: the device's byte_order",
+            max_length=8,
+            example="CDAB",
+        ),
+        Field(
+            "bit",
+            "integer",
+            "Modbus: the bit (0 = least significant) of a bool point in a register",
+            minimum=0,
+            maximum=15,
+            example=3,
+        ),
+        Field(
+            "count",
+            "integer",
+            "Modbus: registers of a string point (2 characters each)",
+            minimum=1,
+            maximum=125,
+            example=8,
+        ),
     )
 
     term_id: str
@@ -407,16 +440,35 @@ class TermItem(Entity):
     base_val: int | float | None = None
     up_limit: int | float | None = None
     down_limit: int | float | None = None
+    data_type: str | None = None
+    byte_order: str | None = None
+    bit: int | None = None
+    count: int | None = None
     extra: Mapping[str, Any] = _extra()
 
     def check(self) -> None:
-        """``down_limit`` may not exceed ``up_limit``."""
+        """``down_limit`` may not exceed ``up_limit``; Modbus fields must fit together.
+
+        The Modbus rules apply only when a Modbus field (``data_type``, ``byte_order``,
+        ``bit``, ``count``) is present: a term-item does not know its device's protocol,
+        so an IEC 104 point (``code_type`` 45, say) is not judged by them. The Modbus
+        driver checks every point of a Modbus device in full when it loads it.
+        """
         if (
             self.up_limit is not None
             and self.down_limit is not None
             and self.down_limit > self.up_limit
         ):
             raise ValidationError("down_limit must not exceed up_limit", field="down_limit")
+        if any(v is not None for v in (self.data_type, self.byte_order, self.bit, self.count)):
+            point_format(
+                self.code_type,
+                self.data_type,
+                self.byte_order,
+                self.bit,
+                self.count,
+                address=self.protocol_code,
+            )
 
     @property
     def key(self) -> str:

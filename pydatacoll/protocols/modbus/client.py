@@ -1,0 +1,347 @@
+"""A thin Modbus TCP client `Protocol`: framing in, transactions matched, Deferreds out.
+
+The protocol sends `pdu.Request` values to unit ids, matches responses by MBAP
+transaction id, times each request out on the injected clock and discards a late
+response (its transaction id is no longer pending, so it cannot answer a newer request).
+At most ``max_in_flight`` requests are outstanding; the others wait in a queue bounded by
+``max_queue`` (overflow policy: the new request fails at once with `ModbusQueueFull`).
+Bytes that do not frame or decode close the link (logged with their hex); the
+supervisor (`link.ModbusLink`) reconnects.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pydatacoll.errors import (
+    ModbusExceptionResponse,
+    ModbusFrameError,
+    ModbusNotConnected,
+    ModbusQueueFull,
+    ModbusTimeout,
+)
+from pydatacoll.protocols.modbus import pdu as pdus
+from pydatacoll.protocols.modbus.codec import Table
+from pydatacoll.protocols.modbus.framing import decode_adus, encode_adu
+
+
+@attrs.define
+class LinkStats:
+    """Counters of one device link, kept across reconnects; `snapshot` is a plain dict."""
+
+    state: str = "stopped"
+    connects: int = 0
+    reconnects: int = 0
+    requests: int = 0
+    responses: int = 0
+    timeouts: int = 0
+    exceptions: int = 0
+    frame_errors: int = 0
+    late_responses: int = 0
+    queue_full: int = 0
+    not_connected: int = 0
+    rtt_last: float | None = None
+    rtt_avg: float | None = None
+    rtt_max: float | None = None
+    last_error: str | None = None
+    last_error_time: float | None = None
+    last_response_time: float | None = None
+    queued: int = 0
+    in_flight: int = 0
+
+    def record_rtt(self, rtt: float) -> None:
+        """Update the round-trip figures (``rtt_avg`` is an EWMA over ~16 responses)."""
+        self.rtt_last = rtt
+        self.rtt_avg = rtt if self.rtt_avg is None else self.rtt_avg + (rtt - self.rtt_avg) / 16
+        self.rtt_max = rtt if self.rtt_max is None else max(self.rtt_max, rtt)
+
+    def record_error(self, message: str, when: float) -> None:
+        """Remember the last error and when it happened."""
+        self.last_error = message
+        self.last_error_time = when
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as a plain dict (JSON-ready)."""
+        return attrs.asdict(self)
+
+
+@attrs.define(eq=False)
+class _Transaction:
+    unit_id: int
+    request: pdus.Request
+    deferred: Deferred[pdus.Response]
+    transaction_id: int = 0
+    sent_at: float = 0.0
+    timer: IDelayedCall | None = None
+
+
+class ModbusClientProtocol(Protocol):
+    """One Modbus TCP connection to a device (several unit ids may share it)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        timeout: float = 1.0,
+        max_in_flight: int = 1,
+        max_queue: int = 256,
+        request_pause: float = 0.0,
+        connect_pause: float = 0.0,
+        silent_timeouts: int = 3,
+        stats: LinkStats | None = None,
+        name: str = "modbus",
+    ) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.max_in_flight = max(1, max_in_flight)
+        self.max_queue = max_queue
+        self.request_pause = request_pause
+        self.connect_pause = connect_pause
+        #: Consecutive timeouts with nothing received that mean a half-open link.
+        self.silent_timeouts = silent_timeouts
+        self.stats = stats if stats is not None else LinkStats()
+        self.name = name
+        self.connected = False
+        self._buffer = b""
+        self._queue: deque[_Transaction] = deque()
+        self._pending: dict[int, _Transaction] = {}
+        self._next_tid = 0
+        self._hold: IDelayedCall | None = None
+        self._silent = 0
+        self.on_connection_lost: Callable[[Failure], None] | None = None
+
+    # Twisted's Protocol interface
+
+    def connectionMade(self) -> None:
+        """Start sending (after ``connect_pause``, for devices that need a moment)."""
+        self.connected = True
+        if hasattr(self.transport, "setTcpKeepAlive"):
+            self.transport.setTcpKeepAlive(True)
+        if self.connect_pause > 0:
+            self._hold_for(self.connect_pause)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Frame, match and deliver responses; bad bytes close the link."""
+        self._silent = 0
+        self._buffer += data
+        try:
+            adus, self._buffer = decode_adus(self._buffer)
+            for adu in adus:
+                self._response(adu.transaction_id, adu.unit_id, adu.pdu)
+        except ModbusFrameError as e:
+            self._frame_error(e)
+            return
+        self._send_more()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Fail every queued and pending request: their answers can no longer come."""
+        self.connected = False
+        if self._hold is not None and self._hold.active():
+            self._hold.cancel()
+        self._hold = None
+        error = ModbusNotConnected(f"link lost: {reason.getErrorMessage()}")
+        waiting = list(self._pending.values()) + list(self._queue)
+        self._pending.clear()
+        self._queue.clear()
+        self._update_depths()
+        for transaction in waiting:
+            if transaction.timer is not None and transaction.timer.active():
+                transaction.timer.cancel()
+            transaction.deferred.errback(Failure(error))
+        if self.on_connection_lost is not None:
+            self.on_connection_lost(reason)
+
+    # public commands
+
+    def request(self, unit_id: int, request: pdus.Request) -> Deferred[pdus.Response]:
+        """Send ``request`` to ``unit_id``; fires with the `pdu.Response`.
+
+        Fails with `ModbusExceptionResponse`, `ModbusTimeout`, `ModbusQueueFull`,
+        `ModbusNotConnected` or `ModbusFrameError`.
+        """
+        if not self.connected:
+            self.stats.not_connected += 1
+            return _failed(ModbusNotConnected("not connected"))
+        if len(self._queue) >= self.max_queue:
+            self.stats.queue_full += 1
+            return _failed(ModbusQueueFull(f"{self.max_queue} requests are already queued"))
+        transaction = _Transaction(unit_id, request, Deferred(self._cancel))
+        transaction.deferred.addCallback(self._check_exception, transaction)
+        self._queue.append(transaction)
+        self._send_more()
+        self._update_depths()
+        return transaction.deferred
+
+    def read(self, unit_id: int, table: Table, address: int, count: int) -> Deferred[Any]:
+        """FC1/2/3/4; fires with a tuple of registers or of bools."""
+        d = self.request(unit_id, pdus.read_request(table, address, count))
+        return d.addCallback(lambda r: r.bits if table.is_bits else r.registers)
+
+    def write_coil(self, unit_id: int, address: int, value: bool) -> Deferred[pdus.Response]:
+        """FC5."""
+        return self.request(unit_id, pdus.write_coil(address, value))
+
+    def write_register(self, unit_id: int, address: int, value: int) -> Deferred[pdus.Response]:
+        """FC6."""
+        return self.request(unit_id, pdus.write_register(address, value))
+
+    def write_coils(self, unit_id: int, address: int, values: list[bool]) -> Deferred[Any]:
+        """FC15."""
+        return self.request(unit_id, pdus.write_coils(address, values))
+
+    def write_registers(self, unit_id: int, address: int, values: list[int]) -> Deferred[Any]:
+        """FC16."""
+        return self.request(unit_id, pdus.write_registers(address, values))
+
+    def mask_write_register(
+        self, unit_id: int, address: int, and_mask: int, or_mask: int
+    ) -> Deferred[pdus.Response]:
+        """FC22."""
+        return self.request(unit_id, pdus.mask_write_register(address, and_mask, or_mask))
+
+    # internals
+
+    def _send_more(self) -> None:
+        while (
+            self.connected
+            and self._queue
+            and len(self._pending) < self.max_in_flight
+            and self._hold is None
+        ):
+            transaction = self._queue.popleft()
+            tid = self._new_tid()
+            transaction.transaction_id = tid
+            transaction.sent_at = self.clock.seconds()
+            transaction.timer = self.clock.callLater(self.timeout, self._timed_out, tid)
+            self._pending[tid] = transaction
+            self.stats.requests += 1
+            self.transport.write(encode_adu(tid, transaction.unit_id, transaction.request.pdu))
+            if self.request_pause > 0:
+                # the pause runs from the answer, see _done; nothing else goes out meanwhile
+                break
+        self._update_depths()
+
+    def _new_tid(self) -> int:
+        # skip ids still pending; with at most max_in_flight pending this ends quickly
+        while True:
+            self._next_tid = (self._next_tid + 1) & 0xFFFF
+            if self._next_tid not in self._pending:
+                return self._next_tid
+
+    def _response(self, tid: int, unit_id: int, data: bytes) -> None:
+        transaction = self._pending.get(tid)
+        if transaction is None:
+            # late (timed out, cancelled) or never asked for: never give it to anyone else
+            self.stats.late_responses += 1
+            self.log.debug(
+                "{name}: discarded response with transaction id {tid}", name=self.name, tid=tid
+            )
+            return
+        if unit_id != transaction.unit_id:
+            raise ModbusFrameError(
+                f"transaction {tid} was for unit {transaction.unit_id}, answered by {unit_id}",
+                offset=6,
+                data=data,
+            )
+        response = pdus.decode_response(transaction.request, data)
+        del self._pending[tid]
+        now = self.clock.seconds()
+        if transaction.timer is not None and transaction.timer.active():
+            transaction.timer.cancel()
+        self.stats.responses += 1
+        self.stats.last_response_time = now
+        self.stats.record_rtt(now - transaction.sent_at)
+        self._done()
+        transaction.deferred.callback(response)
+
+    def _check_exception(self, response: pdus.Response, transaction: _Transaction) -> Any:
+        if response.exception_code is not None:
+            self.stats.exceptions += 1
+            error = ModbusExceptionResponse(
+                transaction.request.function_code, response.exception_code, transaction.unit_id
+            )
+            self.stats.record_error(str(error), self.clock.seconds())
+            raise error
+        return response
+
+    def _timed_out(self, tid: int) -> None:
+        transaction = self._pending.pop(tid, None)
+        if transaction is None:
+            return
+        self.stats.timeouts += 1
+        message = f"unit {transaction.unit_id}: no response in {self.timeout:g} s"
+        self.stats.record_error(message, self.clock.seconds())
+        self._silent += 1
+        self._done()
+        transaction.deferred.errback(Failure(ModbusTimeout(message)))
+        if self.silent_timeouts and self._silent >= self.silent_timeouts and self.connected:
+            self.log.warn(
+                "{name}: {count} timeouts with nothing received, closing the link",
+                name=self.name,
+                count=self._silent,
+            )
+            self.transport.abortConnection()
+            return
+        self._send_more()
+
+    def _done(self) -> None:
+        if self.request_pause > 0 and self.connected:
+            self._hold_for(self.request_pause)
+
+    def _hold_for(self, delay: float) -> None:
+        if self._hold is not None and self._hold.active():
+            self._hold.cancel()
+        self._hold = self.clock.callLater(delay, self._release)
+
+    def _release(self) -> None:
+        self._hold = None
+        self._send_more()
+
+    def _cancel(self, deferred: Deferred[Any]) -> None:
+        # A cancelled request leaves the queue; if it was sent, its slot stays taken until
+        # its answer or timeout so the transaction id cannot be reused meanwhile.
+        for transaction in self._queue:
+            if transaction.deferred is deferred:
+                self._queue.remove(transaction)
+                break
+        for transaction in self._pending.values():
+            if transaction.deferred is deferred:
+                transaction.deferred = Deferred()
+                transaction.deferred.addErrback(lambda _: None)
+                break
+        self._update_depths()
+        deferred.errback(Failure(CancelledError()))
+
+    def _frame_error(self, error: ModbusFrameError) -> None:
+        self.stats.frame_errors += 1
+        self.stats.record_error(str(error), self.clock.seconds())
+        self.log.error(
+            "{name}: closing the link on a bad frame: {error}; bytes: {hex}",
+            name=self.name,
+            error=str(error),
+            hex=error.data.hex(" "),
+        )
+        self._buffer = b""
+        self.connected = False  # nothing more goes out on this transport
+        self.transport.abortConnection()
+
+    def _update_depths(self) -> None:
+        self.stats.queued = len(self._queue)
+        self.stats.in_flight = len(self._pending)
+
+
+def _failed(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(Failure(error))
+    return d

@@ -1,0 +1,171 @@
+"""A supervised Modbus TCP link: `ClientService` reconnects with capped backoff and jitter.
+
+`ModbusLink` keeps one `client.ModbusClientProtocol` connected while it runs and sends
+requests through it; with no connection a request fails at once (`ModbusNotConnected`)
+rather than waiting, so a dead device never builds a backlog. Its `LinkStats` survive
+reconnects and are what the device manager shows.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pydatacoll.errors import ModbusNotConnected
+from pydatacoll.protocols.modbus import pdu as pdus
+from pydatacoll.protocols.modbus.client import LinkStats, ModbusClientProtocol
+from pydatacoll.protocols.modbus.config import ModbusSettings
+
+
+def backoff_with_jitter(
+    initial: float, maximum: float, factor: float, jitter: float = 0.25, rng: Any = random
+) -> Callable[[int], float]:
+    """A `ClientService` retry policy: ``initial * factor**(attempt-1)``, capped at
+    ``maximum``, less up to ``jitter`` of it at random so that devices cut off together
+    do not all come back in the same instant."""
+
+    def policy(attempt: int) -> float:
+        exponent = min(max(attempt - 1, 0), 64)  # no float overflow after long outages
+        delay = min(maximum, initial * factor**exponent)
+        return float(delay * (1 - jitter * rng.random()))
+
+    return policy
+
+
+@implementer(IStreamClientEndpoint)
+class _ObservedEndpoint:
+    """Wraps an endpoint to count and remember failed connection attempts."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, link: ModbusLink) -> None:
+        self._endpoint = endpoint
+        self._link = link
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self._link.stats.state = "connecting"
+        d = self._endpoint.connect(factory)
+        d.addErrback(self._link._connect_failed)
+        return d
+
+
+class _LinkFactory(Factory):
+    def __init__(self, link: ModbusLink) -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: Any) -> ModbusClientProtocol:
+        return self.link._build_protocol()
+
+
+class ModbusLink(Service):
+    """One device connection, kept up by a `ClientService`; requests go through it."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        clock: IReactorTime,
+        settings: ModbusSettings,
+        *,
+        name: str = "modbus",
+        rng: Any = random,
+    ) -> None:
+        self.clock = clock
+        self.settings = settings
+        self.name = name
+        self.stats = LinkStats()
+        self.protocol: ModbusClientProtocol | None = None
+        self._building: ModbusClientProtocol | None = None
+        self._service = ClientService(
+            _ObservedEndpoint(endpoint, self),
+            _LinkFactory(self),
+            retryPolicy=backoff_with_jitter(
+                settings.reconnect_initial,
+                settings.reconnect_max,
+                settings.reconnect_factor,
+                rng=rng,
+            ),
+            clock=clock,
+            prepareConnection=self._connected,
+        )
+
+    def startService(self) -> None:
+        """Start connecting (and reconnecting)."""
+        super().startService()
+        self.stats.state = "connecting"
+        self._service.startService()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop reconnecting and close the link; fires when it is closed."""
+        super().stopService()
+        d: Deferred[None] = self._service.stopService()
+
+        def stopped(result: Any) -> Any:
+            self.stats.state = "stopped"
+            return result
+
+        return d.addBoth(stopped)
+
+    def request(self, unit_id: int, request: pdus.Request) -> Deferred[pdus.Response]:
+        """Send ``request`` on the current connection (see `ModbusClientProtocol.request`)."""
+        protocol = self.protocol
+        if protocol is None or not protocol.connected:
+            self.stats.not_connected += 1
+            d: Deferred[pdus.Response] = Deferred()
+            d.errback(Failure(ModbusNotConnected(f"{self.name}: not connected")))
+            return d
+        return protocol.request(unit_id, request)
+
+    def _build_protocol(self) -> ModbusClientProtocol:
+        s = self.settings
+        protocol = ModbusClientProtocol(
+            self.clock,
+            timeout=s.timeout,
+            max_in_flight=s.max_in_flight,
+            max_queue=s.max_queue,
+            request_pause=s.request_pause,
+            connect_pause=s.connect_pause,
+            silent_timeouts=s.silent_timeouts,
+            stats=self.stats,
+            name=self.name,
+        )
+        self._building = protocol
+        return protocol
+
+    def _connected(self, proxy: Any) -> None:
+        protocol = self._building
+        self._building = None
+        if protocol is None:
+            return
+        protocol.on_connection_lost = lambda reason, p=protocol: self._lost(p, reason)
+        self.protocol = protocol
+        self.stats.connects += 1
+        if self.stats.connects > 1:
+            self.stats.reconnects += 1
+        self.stats.state = "connected"
+        self.log.info("{name}: connected", name=self.name)
+
+    def _lost(self, protocol: ModbusClientProtocol, reason: Failure) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+            if self.running:
+                self.stats.state = "disconnected"
+                self.log.info(
+                    "{name}: link lost: {reason}", name=self.name, reason=reason.getErrorMessage()
+                )
+
+    def _connect_failed(self, failure: Failure) -> Failure:
+        self.stats.state = "disconnected"
+        self.stats.record_error(
+            f"connect failed: {failure.getErrorMessage()}", self.clock.seconds()
+        )
+        return failure

@@ -1,0 +1,319 @@
+"""The driver and its supervised link, over StringTransports and a Clock."""
+
+import random
+import struct
+
+from twisted.internet.defer import succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from pydatacoll.errors import ModbusVerifyError, NotFound, ValidationError
+from pydatacoll.model import Device, Term, TermItem
+from pydatacoll.protocols.modbus import driver as drv
+from pydatacoll.protocols.modbus.config import ModbusSettings, build_points
+from pydatacoll.protocols.modbus.framing import decode_adus, encode_adu
+from pydatacoll.protocols.modbus.link import ModbusLink, backoff_with_jitter
+
+
+class FakeDevice:
+    """Answers FC1/3/5/6/15/16/22 from memory; units in ``silent`` never answer."""
+
+    def __init__(self):
+        self.registers = {}
+        self.coils = {}
+        self.silent = set()
+        self.refuse = set()  # addresses that give exception 2
+        self.log = []
+
+    def pump(self, transport, protocol):
+        while transport.value():
+            adus, rest = decode_adus(transport.value())
+            transport.clear()
+            for adu in adus:
+                self.log.append((adu.unit_id, adu.pdu))
+                if adu.unit_id in self.silent:
+                    continue
+                protocol.dataReceived(encode_adu(adu.transaction_id, adu.unit_id, self.answer(adu)))
+
+    def answer(self, adu):
+        fc, address = adu.pdu[0], int.from_bytes(adu.pdu[1:3], "big")
+        if fc in (1, 3):
+            count = int.from_bytes(adu.pdu[3:5], "big")
+            if any(a in self.refuse for a in range(address, address + count)):
+                return bytes([fc | 0x80, 2])
+            if fc == 1:
+                bits = [self.coils.get(address + i, False) for i in range(count)]
+                data = bytes(
+                    sum(1 << j for j, b in enumerate(bits[i : i + 8]) if b)
+                    for i in range(0, count, 8)
+                )
+            else:
+                regs = [self.registers.get(address + i, 0) for i in range(count)]
+                data = struct.pack(f">{count}H", *regs)
+            return bytes([fc, len(data)]) + data
+        if fc == 5:
+            self.coils[address] = adu.pdu[3] == 0xFF
+        elif fc == 6:
+            self.registers[address] = int.from_bytes(adu.pdu[3:5], "big")
+        elif fc == 16:
+            count = int.from_bytes(adu.pdu[3:5], "big")
+            for i in range(count):
+                self.registers[address + i] = int.from_bytes(adu.pdu[6 + 2 * i : 8 + 2 * i], "big")
+            return adu.pdu[:5]
+        elif fc == 22:
+            and_mask, or_mask = struct.unpack(">HH", adu.pdu[3:7])
+            current = self.registers.get(address, 0)
+            self.registers[address] = (current & and_mask) | (or_mask & ~and_mask & 0xFFFF)
+        return adu.pdu
+
+
+class FakeEndpoint:
+    """Connects each protocol to a new StringTransport; fails while ``down`` is set."""
+
+    def __init__(self):
+        self.connections = []
+        self.down = False
+        self.attempts = 0
+
+    def connect(self, factory):
+        self.attempts += 1
+        if self.down:
+            from twisted.internet.defer import fail
+
+            return fail(ConnectionRefusedError("down"))
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append((transport, protocol))
+        return succeed(protocol)
+
+
+def make_driver(extra_device=None, items=None, terms=None, **kwargs):
+    device = Device.from_json(
+        {"id": "d1", "protocol": "modbus", "ip": "127.0.0.1", **(extra_device or {})}
+    )
+    settings = ModbusSettings.from_device(device)
+    terms = terms or [Term.from_json({"id": "t1", "device_id": "d1", "address": 1})]
+    items = [TermItem.from_json({"term_id": "t1", **i}) for i in items or []]
+    points = build_points(settings, terms, items)
+    clock = Clock()
+    endpoint = FakeEndpoint()
+    link = ModbusLink(endpoint, clock, settings, rng=random.Random(1))
+    batches = []
+    driver = drv.ModbusDriver(
+        "d1", settings, points, batches.append, reactor=clock, link=link, **kwargs
+    )
+    return driver, clock, endpoint, batches
+
+
+ITEMS = [
+    {"item_id": "v", "protocol_code": 0, "data_type": "uint16", "coefficient": 0.1},
+    {"item_id": "f", "protocol_code": 1, "data_type": "float32", "byte_order": "CDAB"},
+    {"item_id": "b", "protocol_code": 3, "data_type": "bool", "bit": 2},
+]
+
+
+class DriverTests(SynchronousTestCase):
+    def setUp(self):
+        self.device = FakeDevice()
+        self.device.registers.update({0: 2305, 1: 0, 2: 0x4148, 3: 0b100})
+
+    def pump(self, endpoint):
+        for transport, protocol in endpoint.connections:
+            self.device.pump(transport, protocol)
+
+    def test_polls_one_merged_read_per_interval(self):
+        driver, clock, endpoint, batches = make_driver(items=ITEMS, start_delay=0.5)
+        driver.startService()
+        clock.advance(0.5)
+        self.pump(endpoint)
+        [batch] = batches
+        self.assertEqual(
+            (batch.unit_id, batch.table, batch.address, batch.count), (1, "holding", 0, 4)
+        )
+        values = {v.key: (v.value, v.quality) for v in batch.values}
+        self.assertEqual(values["t1:f"], (12.5, "good"))
+        self.assertEqual(values["t1:b"], (True, "good"))
+        self.assertAlmostEqual(values["t1:v"][0], 230.5)
+        for _ in range(4):
+            clock.advance(1.0)
+            self.pump(endpoint)
+        self.assertEqual(len(batches), 5)
+        self.assertEqual(len(self.device.log), 5)
+        self.assertEqual(driver.stats()["link"]["responses"], 5)
+        d = driver.stopService()
+        [(transport, protocol)] = endpoint.connections
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)
+        self.assertEqual(driver.link.stats.state, "stopped")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_start_is_staggered_by_device_id(self):
+        driver, clock, endpoint, batches = make_driver(items=ITEMS)
+        driver.startService()
+        [call] = [c for c in clock.getDelayedCalls() if c.func == driver._tick]
+        self.assertTrue(0 <= call.getTime() < 1.0)
+        others = set()
+        for i in range(20):
+            other = drv.ModbusDriver(f"dev{i}", driver.settings, [], list.append, reactor=clock,
+                                     link=driver.link)  # fmt: skip
+            other.schedules = {1.0: drv._Schedule(1.0, [])}
+            other.startService()
+            others.add(round(other.schedules[1.0].next_due, 3))
+        self.assertGreater(len(others), 15)
+
+    def test_overrun_is_counted_not_stacked(self):
+        driver, clock, endpoint, batches = make_driver({"timeout": 5}, items=ITEMS, start_delay=0)
+        driver.startService()
+        clock.advance(0)
+        [(transport, protocol)] = endpoint.connections
+        first = transport.value()
+        for _ in range(3):
+            clock.advance(1.0)
+        self.assertEqual(transport.value(), first)  # nothing more was sent
+        self.assertEqual(driver.stats()["scans"]["1.0"]["overruns"], 3)
+        self.device.pump(transport, protocol)
+        clock.advance(1.0)
+        self.device.pump(transport, protocol)
+        self.assertEqual(len(batches), 2)
+
+    def test_failing_unit_backs_off_without_slowing_the_other(self):
+        terms = [
+            Term.from_json({"id": "t1", "device_id": "d1", "address": 1}),
+            Term.from_json({"id": "t2", "device_id": "d1", "address": 2}),
+        ]
+        items = ITEMS + [{"item_id": "x", "protocol_code": 0}]
+        items[-1]["term_id"] = "t2"
+        driver, clock, endpoint, batches = make_driver(
+            {"timeout": 0.2, "degrade_after": 2, "degrade_time": 5, "silent_timeouts": 0},
+            items=items[:3],
+            terms=terms,
+            start_delay=0,
+        )
+        driver.points.update(
+            {p.key: p for p in build_points(driver.settings, terms, [TermItem.from_json(items[3])])}
+        )
+        driver.__init__("d1", driver.settings, list(driver.points.values()), batches.append,
+                        reactor=clock, link=driver.link, start_delay=0)  # fmt: skip
+        self.device.silent.add(2)
+        driver.startService()
+        for _ in range(15):
+            clock.advance(0.1)
+            self.pump(endpoint)
+        good = [b for b in batches if b.unit_id == 1]
+        bad = [b for b in batches if b.unit_id == 2]
+        self.assertTrue(all(b.values[0].quality == "good" for b in good))
+        self.assertEqual([b.values[0].quality for b in bad], ["timeout", "timeout"])
+        self.assertIn("2", driver.stats()["degraded_units"])
+        asked = len([u for u, _ in self.device.log if u == 2])
+        for _ in range(30):
+            clock.advance(0.1)
+            self.pump(endpoint)
+        self.assertEqual(len([u for u, _ in self.device.log if u == 2]), asked)  # skipped
+        self.assertGreaterEqual(len([b for b in batches if b.unit_id == 1]), 4)
+        self.device.silent.clear()
+        for _ in range(30):
+            clock.advance(0.1)
+            self.pump(endpoint)
+        self.assertEqual(batches[-1].values[0].quality, "good")
+        self.assertEqual(driver.stats()["degraded_units"], {})
+
+    def test_refused_gap_splits_the_read(self):
+        items = [{"item_id": "a", "protocol_code": 0}, {"item_id": "b", "protocol_code": 3}]
+        driver, clock, endpoint, batches = make_driver(items=items, start_delay=0)
+        self.device.refuse.add(1)
+        driver.startService()
+        clock.advance(0)
+        self.pump(endpoint)
+        self.assertEqual(batches[0].values[0].quality, "exception")
+        clock.advance(1)
+        self.pump(endpoint)
+        self.assertEqual([(b.address, b.count) for b in batches[1:]], [(0, 1), (3, 1)])
+        self.assertTrue(all(b.values[0].quality == "good" for b in batches[1:]))
+
+    def test_not_connected_and_reconnect(self):
+        driver, clock, endpoint, batches = make_driver(items=ITEMS, start_delay=0.5)
+        endpoint.down = True
+        driver.startService()
+        clock.advance(0.5)
+        self.assertEqual(batches[-1].values[0].quality, "not_connected")
+        self.assertEqual(driver.link.stats.state, "disconnected")
+        self.assertIn("connect failed", driver.link.stats.last_error)
+        endpoint.down = False
+        clock.advance(1.0)  # first retry after about 1 s
+        self.pump(endpoint)
+        self.assertEqual(driver.link.stats.state, "connected")
+        self.assertEqual(batches[-1].values[0].quality, "good")
+        transport, protocol = endpoint.connections[-1]
+        protocol.connectionLost(Failure(ConnectionResetError()))
+        self.assertEqual(driver.link.stats.state, "disconnected")
+        for _ in range(3):
+            clock.advance(1.0)
+            self.pump(endpoint)
+        self.assertEqual(driver.link.stats.reconnects, 1)
+        self.assertEqual(batches[-1].values[0].quality, "good")
+
+    def test_callback_errors_do_not_stop_polling(self):
+        driver, clock, endpoint, batches = make_driver(items=ITEMS, start_delay=0)
+        calls = []
+
+        def broken(batch):
+            calls.append(batch)
+            raise RuntimeError("boom")
+
+        driver.on_batch = broken
+        driver.startService()
+        for _ in range(3):
+            clock.advance(1)
+            self.pump(endpoint)
+        self.assertEqual(len(calls), 3)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+
+    def test_read_and_write_points(self):
+        items = ITEMS + [
+            {"item_id": "c", "protocol_code": 7, "code_type": "coil"},
+            {"item_id": "i", "protocol_code": 9, "code_type": "input"},
+            {"item_id": "d", "protocol_code": 20, "data_type": "float64", "byte_order": "DCBA"},
+        ]
+        driver, clock, endpoint, batches = make_driver(items=items, start_delay=100)
+        driver.startService()
+        d = driver.read_point("t1:f")
+        self.pump(endpoint)
+        self.assertEqual(self.successResultOf(d).value, 12.5)
+        for key, value in (("t1:f", -3.25), ("t1:v", 100.0), ("t1:b", False), ("t1:c", True),
+                           ("t1:d", 1e100)):  # fmt: skip
+            d = driver.write_point(key, value, verify=True)
+            self.pump(endpoint)
+            self.assertEqual(self.successResultOf(d).value, value, key)
+        functions = [pdu[0] for _, pdu in self.device.log]
+        self.assertEqual(functions, [3, 16, 3, 6, 3, 22, 3, 5, 1, 16, 3])
+        self.assertEqual(self.device.registers[3], 0)
+        self.failureResultOf(driver.write_point("t1:i", 1), ValidationError)
+        self.failureResultOf(driver.write_point("t1:v", 1e9), ValidationError)
+        self.failureResultOf(driver.read_point("nope"), NotFound)
+        # a device that silently ignores the write fails verification
+        original = self.device.answer
+
+        def ignore_writes(adu):
+            if adu.pdu[0] == 6:
+                return adu.pdu
+            return original(adu)
+
+        self.device.answer = ignore_writes
+        d = driver.write_point("t1:v", 5.0, verify=True)
+        self.pump(endpoint)
+        self.failureResultOf(d, ModbusVerifyError)
+
+
+class BackoffTests(SynchronousTestCase):
+    def test_exponential_capped_with_jitter(self):
+        policy = backoff_with_jitter(1.0, 30.0, 2.0, jitter=0.25, rng=random.Random(3))
+        delays = [policy(n) for n in range(1, 12)]
+        for n, delay in enumerate(delays, 1):
+            nominal = min(30.0, 2.0 ** (n - 1))
+            self.assertTrue(0.75 * nominal <= delay <= nominal, (n, delay))
+        self.assertLessEqual(policy(10_000), 30.0)
