@@ -833,6 +833,6 @@ def encode_asdu(asdu: Asdu, params: AsduParams = IEC104) -> bytes:
                 _cp56_fields(when, params.tz, bool(q & Quality.TIME_INVALID), cp)
                 fields += struct.unpack_from("<" + (_CP56 if spec.time == 7 else _CP24), cp)
         body = _layout(spec, count, sequence, params.ioa_size).pack(*fields)
-    except struct.error as exc:
+    except (struct.error, OverflowError) as exc:
         raise ValueError(f"{spec.name}: {exc}") from None
     return bytes(head) + body
