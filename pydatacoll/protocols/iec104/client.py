@@ -585,6 +585,18 @@ class Iec104Master(Iec104Link):
                     self.send_asdu(execute)
                 except (Iec104Error, ValueError) as exc:
                     self._resolve(key, CommandResult(Outcome.REFUSED, str(exc)))
+            elif cause == Cause.ACTIVATION_CON and pending.kind == "deactivation":
+                # Only DEACT_CON confirms a cancel; lib60870 answers ACT_CON and executes.
+                self._resolve(
+                    key,
+                    CommandResult(
+                        Outcome.NEGATIVE,
+                        "the station answered the deactivation with ACT_CON, "
+                        "not DEACT_CON: the command may have been executed",
+                        cause,
+                        asdu,
+                    ),
+                )
             elif cause == Cause.ACTIVATION_CON:
                 if self.station.wait_termination and pending.kind == "command":
                     pending.confirmed = True
@@ -628,8 +640,10 @@ class Iec104Master(Iec104Link):
                     asdu,
                 ),
             )
-        elif cause == Cause.ACTIVATION_CON and key[0] in ("gi", "ci"):
-            pending.confirmed = True  # done at ACT_TERM
+        elif cause == Cause.ACTIVATION_CON and key[0] in ("gi", "ci", "rd"):
+            # Interrogations end at ACT_TERM; a read ends with its data (COT 5), even when
+            # the station first confirms it (lib60870 does, the standard does not).
+            pending.confirmed = True
         elif cause in (Cause.ACTIVATION_CON, Cause.ACTIVATION_TERM):
             outcome = Outcome.TERMINATED if cause == Cause.ACTIVATION_TERM else Outcome.CONFIRMED
             self._resolve(key, CommandResult(outcome, outcome.value, cause, asdu))

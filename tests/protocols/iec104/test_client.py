@@ -286,6 +286,14 @@ class CommandTests(SynchronousTestCase):
             (cancelled[0].outcome, cancelled[0].message), (Outcome.CONFIRMED, "deactivated")
         )
 
+    def test_deactivation_answered_with_act_con_is_not_a_success(self):
+        s = Station()
+        s.start()
+        cancelled = results(s.master.deactivate(1, 8, 45, True))
+        (deact,) = s.received()
+        s.send(s.reply(deact, Cause.ACTIVATION_CON))
+        self.assertEqual(cancelled[0].outcome, Outcome.NEGATIVE)
+
     def test_values_are_checked_per_type(self):
         s = Station()
         s.start()
@@ -340,6 +348,16 @@ class ReadAndSystemTests(SynchronousTestCase):
         self.assertEqual(done[0].outcome, Outcome.CONFIRMED)
         self.assertEqual(done[0].reply.values, [4.5])
         self.assertEqual(s.data[0].values, [4.5])
+
+    def test_read_confirmed_first_still_waits_for_the_data(self):
+        s = Station()
+        s.start()
+        done = results(s.master.read(1, 7))
+        (rd,) = s.received()
+        s.send(s.reply(rd, Cause.ACTIVATION_CON))
+        self.assertEqual(done, [])
+        s.send(Asdu(1, Cause.REQUEST, 1, [7], [True], [0]))
+        self.assertEqual(done[0].reply.values, [True])
 
     def test_read_of_an_unknown_ioa(self):
         s = Station()
