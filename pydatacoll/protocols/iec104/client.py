@@ -707,6 +707,8 @@ class Iec104Client(service.Service):
         on_state: Callable[[Iec104Client], None] | None = None,
         retry: Callable[[int], float] | None = None,
         name: str = "iec104",
+        frame_observer: Callable[[str, bytes], None] | None = None,
+        log_frames: bool = False,
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = reactor  # type: ignore[assignment]
@@ -730,6 +732,9 @@ class Iec104Client(service.Service):
         self.since = self.clock.seconds()
         self.protocol: Iec104Master | None = None
         self._service: ClientService | None = None
+        #: Sees every frame ("rx"/"tx", octets): for a bounded frame log in Redis.
+        self.frame_observer = frame_observer
+        self.log_frames = log_frames
 
     def startService(self) -> None:
         super().startService()
@@ -757,9 +762,22 @@ class Iec104Client(service.Service):
             on_data=self.on_data,
             on_event=self._link_event,
         )
+        if self.frame_observer is not None or self.log_frames:
+            master.frame_observer = self._observe_frame
         self.protocol = master
         self._set_state(LinkState.STOPPED)
         return master
+
+    def _observe_frame(self, direction: str, frame: bytes) -> None:
+        if self.log_frames:
+            self.log.debug(
+                "{name} {direction} {hex}", name=self.name, direction=direction, hex=frame.hex(" ")
+            )
+        if self.frame_observer is not None:
+            try:
+                self.frame_observer(direction, frame)
+            except Exception:
+                self.log.failure("{name}: frame observer failed", name=self.name)
 
     def _link_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "started":

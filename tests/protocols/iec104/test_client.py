@@ -429,6 +429,31 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(results(client.command(1, 1, 45, True)), [])
         client.stopService()
 
+    def test_frames_reach_the_observer(self):
+        reactor = MemoryReactorClock()
+        frames = []
+        client = Iec104Client(
+            reactor,
+            [("127.0.0.1", 2404)],
+            log_frames=True,
+            frame_observer=lambda d, f: frames.append((d, f)),
+        )
+        client.startService()
+        protocol = reactor.tcpClients[0][2].buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(encode_u(UFunction.STARTDT_CON) + encode_u(UFunction.TESTFR_ACT))
+        self.assertEqual(
+            frames[:3],
+            [
+                ("tx", encode_u(UFunction.STARTDT_ACT)),
+                ("rx", encode_u(UFunction.STARTDT_CON)),
+                ("rx", encode_u(UFunction.TESTFR_ACT)),
+            ],
+        )
+        self.assertIn(("tx", encode_u(UFunction.TESTFR_CON)), frames[3:])
+        self.assertEqual({d for d, f in frames[3:]}, {"tx"})  # clock sync, GI, TESTFR con
+        client.stopService()
+
     def test_offline_device_answers_link_down(self):
         client = Iec104Client(MemoryReactorClock(), [("127.0.0.1", 2404)])
         self.assertEqual(results(client.read(1, 1))[0].outcome, Outcome.LINK_DOWN)
