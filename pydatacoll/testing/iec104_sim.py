@@ -43,7 +43,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -152,6 +152,8 @@ class FloodConfig:
     frames: int = 0
     #: Stop after this many seconds (0 = no limit).
     duration: float = 0.0
+    #: Seconds between STARTDT and the first frame (lets a master set itself up first).
+    delay: float = 0.0
 
     @property
     def chunks(self) -> int:
@@ -431,6 +433,7 @@ class Iec104Station(Iec104Link):
         self._flooding = False
         self._flood_index = 0
         self._flood_started = 0.0
+        self._flood_call: IDelayedCall | None = None
         #: Flood frames sent on this connection.
         self.flood_frames = 0
         self._closed: list[defer.Deferred[None]] = []
@@ -454,6 +457,8 @@ class Iec104Station(Iec104Link):
             self.registry.connections.remove(self)
         self._jobs.clear()
         self._flooding = False
+        if self._flood_call is not None and self._flood_call.active():
+            self._flood_call.cancel()
         waiting, self._closed = self._closed, []
         for d in waiting:
             d.callback(None)
@@ -464,10 +469,17 @@ class Iec104Station(Iec104Link):
                 self.send_safely(
                     self.registry._end_of_init(station.common_address, station.end_of_init)
                 )
-        if self.registry.config.flood is not None and not self._flooding and not self.flood_frames:
-            self._flooding = True
-            self._flood_started = self.clock.seconds()
-            self.log.info("{name}: flood started", name=self.name)
+        flood = self.registry.config.flood
+        if flood is not None and self._flood_call is None:
+            self._flood_call = self.clock.callLater(flood.delay, self._start_flood)
+        self._pump()
+
+    def _start_flood(self) -> None:
+        if self.state is not LinkState.STARTED:
+            return
+        self._flooding = True
+        self._flood_started = self.clock.seconds()
+        self.log.info("{name}: flood started", name=self.name)
         self._pump()
 
     def window_open(self) -> None:
@@ -844,6 +856,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--flood", action="store_true", help="flood SQ=1 float frames")
     parser.add_argument("--flood-frames", type=int, default=0, help="stop after N (0: never)")
     parser.add_argument("--flood-duration", type=float, default=0.0, help="stop after S s")
+    parser.add_argument("--flood-delay", type=float, default=0.0, help="start S s after STARTDT")
     parser.add_argument(
         "--spontaneous-interval", type=float, default=0.0, help="change a point every S s"
     )
@@ -878,7 +891,7 @@ def main(reactor: Any, argv: Sequence[str] | None = None) -> defer.Deferred[None
     )
     log = Logger(namespace="iec104_sim")
     flood = (
-        FloodConfig(args.ca, args.points, args.flood_frames, args.flood_duration)
+        FloodConfig(args.ca, args.points, args.flood_frames, args.flood_duration, args.flood_delay)
         if args.flood
         else None
     )

@@ -497,6 +497,18 @@ class FloodTests(unittest.TestCase):
         self.assertGreater(len(set(first)), 1)  # the values change
         self.assertEqual(station.window_free(), link.k)
 
+    @defer.inlineCallbacks
+    def test_flood_delay(self) -> Any:
+        """With a delay, the flood starts that long after STARTDT, and stops at its count."""
+        h = Harness(self)
+        yield h.start(SimulatorConfig(flood=FloodConfig(CA, 48, frames=10, delay=0.1)))
+        master = yield h.connect()
+        started = reactor.seconds()
+        self.assertEqual(master.counters.asdus_received, 0)
+        yield h.until(lambda: master.counters.asdus_received == 10)
+        self.assertGreaterEqual(reactor.seconds() - started, 0.09)
+        self.assertEqual(h.registry.connections[0].flood_frames, 10)
+
 
 class DemoConfigTests(unittest.SynchronousTestCase):
     """The command line station."""
