@@ -129,7 +129,7 @@ class ModbusInteropTests(TestCase):
     def latest(self):
         values = {}
         for batch in self.batches:
-            for v in batch.values:
+            for v in batch.point_values():
                 values[v.key] = v
         return values
 
@@ -255,11 +255,11 @@ class ModbusInteropTests(TestCase):
         self.addCleanup(driver.stopService)
 
         def good_since(n):
-            return [b for b in batches[n:] if b.values[0].quality == "good"]
+            return [b for b in batches[n:] if b.qualities[0] == "good"]
 
         yield wait_for(lambda: len(good_since(0)) >= 10)
         yield sim.kill()
-        yield wait_for(lambda: batches[-1].values[0].quality == "not_connected")
+        yield wait_for(lambda: batches[-1].qualities[0] == "not_connected")
         mark = len(batches)
         yield deferLater(reactor, 0.5, lambda: None)
         yield self.start_sim(mapping, port=self.port)
@@ -267,7 +267,7 @@ class ModbusInteropTests(TestCase):
         self.assertGreaterEqual(driver.link.stats.reconnects, 1)
         self.assertEqual(driver.link.stats.state, "connected")
         for batch in batches:
-            for v in batch.values:
+            for v in batch.point_values():
                 if v.quality == "good":
                     unit = int(v.key[1])
                     offset = 0 if v.key.endswith(":a") else 1

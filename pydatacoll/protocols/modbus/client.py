@@ -177,7 +177,6 @@ class ModbusClientProtocol(Protocol):
             self.stats.queue_full += 1
             return _failed(ModbusQueueFull(f"{self.max_queue} requests are already queued"))
         transaction = _Transaction(unit_id, request, Deferred(self._cancel))
-        transaction.deferred.addCallback(self._check_exception, transaction)
         self._queue.append(transaction)
         self._send_more()
         self._update_depths()
@@ -263,17 +262,15 @@ class ModbusClientProtocol(Protocol):
         self.stats.last_response_time = now
         self.stats.record_rtt(now - transaction.sent_at)
         self._done()
-        transaction.deferred.callback(response)
-
-    def _check_exception(self, response: pdus.Response, transaction: _Transaction) -> Any:
-        if response.exception_code is not None:
-            self.stats.exceptions += 1
-            error = ModbusExceptionResponse(
-                transaction.request.function_code, response.exception_code, transaction.unit_id
-            )
-            self.stats.record_error(str(error), self.clock.seconds())
-            raise error
-        return response
+        if response.exception_code is None:
+            transaction.deferred.callback(response)
+            return
+        self.stats.exceptions += 1
+        error = ModbusExceptionResponse(
+            transaction.request.function_code, response.exception_code, transaction.unit_id
+        )
+        self.stats.record_error(str(error), now)
+        transaction.deferred.errback(Failure(error))
 
     def _timed_out(self, tid: int) -> None:
         transaction = self._pending.pop(tid, None)

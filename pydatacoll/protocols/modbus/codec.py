@@ -114,6 +114,9 @@ BYTE_ORDERS_16: dict[str, tuple[bool, bool]] = {"AB": (False, False), "BA": (Tru
 MAX_STRING_REGISTERS = 125
 
 
+_WORD, _BIT, _REGISTER_BIT, _STRUCT = range(4)
+
+
 @attrs.frozen
 class PointFormat:
     """How one point sits in its table: type, order, bit, width; encodes and decodes it."""
@@ -127,19 +130,33 @@ class PointFormat:
     width: int = 1
     _unpack: Any = attrs.field(init=False, repr=False, eq=False)
     _words: Any = attrs.field(init=False, repr=False, eq=False)
+    #: Decoding shortcut (the hot path: one call per point per scan): see `decode`.
+    _mode: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         code, _ = DATA_TYPES[self.data_type]
         words = f"{'<' if self.swap_bytes else '>'}{self.width}H"
         object.__setattr__(self, "_words", struct.Struct(words))
         object.__setattr__(self, "_unpack", struct.Struct(">" + code) if code else None)
+        if self.table.is_bits:
+            mode = _BIT
+        elif self.bit is not None:
+            mode = _REGISTER_BIT
+        elif self.data_type == "uint16" and not self.swap_bytes:
+            mode = _WORD
+        else:
+            mode = _STRUCT
+        object.__setattr__(self, "_mode", mode)
 
     def decode(self, data: Sequence[Any], offset: int) -> bool | int | float | str:
         """The raw value at ``offset`` of a block of registers (or of bits)."""
-        if self.table.is_bits:
+        mode = self._mode
+        if mode == _WORD:
+            return data[offset]  # type: ignore[no-any-return]
+        if mode == _BIT:
             return bool(data[offset])
-        if self.bit is not None:
-            return bool((data[offset] >> self.bit) & 1)
+        if mode == _REGISTER_BIT:
+            return bool((data[offset] >> self.bit) & 1)  # type: ignore[operator]
         words = data[offset : offset + self.width]
         if self.reverse_words:
             words = words[::-1]

@@ -3,8 +3,8 @@
 `ModbusDriver` is a `Service` (the device manager makes it a named child): it keeps the
 link up (`link.ModbusLink`), runs one scan schedule per scan interval with a staggered
 first start, sends the planned reads at most ``max_in_flight`` at a time, decodes every
-response as one block and hands a `ReadBatch` of scaled `PointValue` values to the
-callback. A scan still running when the next is due is counted as an overrun and that
+response as one block and hands a `ReadBatch` of scaled values with their qualities to
+the callback. A scan still running when the next is due is counted as an overrun and that
 scan is skipped (never stacked). A unit whose reads keep failing is skipped for a growing
 period (``degrade_*`` settings) while its neighbours and other devices carry on.
 """
@@ -66,7 +66,12 @@ class PointValue:
 
 @attrs.frozen
 class ReadBatch:
-    """The values of one read: every point it serves, from one response (or failure)."""
+    """The values of one read, from one response (or failure), as parallel tuples.
+
+    ``keys[i]`` (``term_id:item_id``) has ``values[i]`` (scaled; None unless good) and
+    ``qualities[i]``. Parallel tuples rather than an object per point keep the hot path
+    lean; `point_values` gives `PointValue` objects for code that prefers them.
+    """
 
     device_id: str
     unit_id: int
@@ -76,20 +81,44 @@ class ReadBatch:
     #: When the request went out and when the response (or the failure) came.
     sent_at: float
     time: float
-    values: tuple[PointValue, ...]
+    keys: tuple[str, ...]
+    values: tuple[Any, ...]
+    qualities: tuple[str, ...]
     error: str | None = None
 
+    def point_values(self) -> tuple[PointValue, ...]:
+        """One `PointValue` per point."""
+        return tuple(
+            PointValue(k, v, q, self.time)
+            for k, v, q in zip(self.keys, self.values, self.qualities, strict=True)
+        )
 
-def decode_read(read: PlannedRead, data: Sequence[Any], when: float) -> tuple[PointValue, ...]:
-    """The point values of a read's registers (or bits), scaled."""
+
+def decode_read(read: PlannedRead, data: Sequence[Any]) -> tuple[tuple[Any, ...], tuple[str, ...]]:
+    """The scaled values of a read's registers (or bits) and their qualities."""
     values = []
+    append = values.append
+    invalid = False
     for point, offset in read.points:
-        value = scale(point.format.decode(data, offset), point.coefficient, point.base_val)
-        if isinstance(value, float) and not math.isfinite(value):
-            values.append(PointValue(point.key, None, INVALID, when))
-        else:
-            values.append(PointValue(point.key, value, GOOD, when))
-    return tuple(values)
+        value = point.format.decode(data, offset)
+        if point.coefficient is not None or point.base_val is not None:
+            value = scale(value, point.coefficient, point.base_val)
+        if value.__class__ is float and not math.isfinite(value):
+            invalid = True
+        append(value)
+    if not invalid:
+        return tuple(values), read.all_good
+    qualities = tuple(INVALID if _not_finite(v) else GOOD for v in values)
+    return tuple(None if _not_finite(v) else v for v in values), qualities
+
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _point_value(read: PlannedRead, data: Sequence[Any], when: float) -> PointValue:
+    values, qualities = decode_read(read, data)
+    return PointValue(read.keys[0], values[0], qualities[0], when)
 
 
 def quality_of(failure: Failure) -> str:
@@ -227,7 +256,7 @@ class ModbusDriver(Service):
         d = self.link.request(
             point.unit_id, pdus.read_request(point.table, point.address, point.width)
         )
-        return d.addCallback(lambda r: decode_read(read, _data(r, point), self.clock.seconds())[0])
+        return d.addCallback(lambda r: _point_value(read, _data(r, point), self.clock.seconds()))
 
     def _write_point(self, key: str, value: Any, verify: bool | None) -> Deferred[PointValue]:
         point = self._point(key)
@@ -247,7 +276,7 @@ class ModbusDriver(Service):
             data = [bool(words[0])]
         elif point.format.bit is not None:
             data = [words[0] << point.format.bit]
-        return d.addCallback(lambda _: decode_read(read, data, self.clock.seconds())[0])
+        return d.addCallback(lambda _: _point_value(read, data, self.clock.seconds()))
 
     def stats(self) -> dict[str, Any]:
         """Link counters, scan counters per interval and degraded units, as a plain dict."""
@@ -305,20 +334,19 @@ class ModbusDriver(Service):
             d = self.link.request(
                 read.unit_id, pdus.read_request(read.table, read.address, read.count)
             )
-            d.addCallbacks(
-                self._read_done,
-                self._read_failed,
-                callbackArgs=(schedule, read, sent),
-                errbackArgs=(schedule, read, sent),
-            )
-            d.addErrback(
-                lambda f: self.log.failure(
-                    "device {device_id}: handling a read failed", f, device_id=self.device_id
-                )
-            )
-            d.addBoth(self._read_finished, schedule)
+            d.addBoth(self._read_result, schedule, read, sent)
 
-    def _read_finished(self, _: Any, schedule: _Schedule) -> None:
+    def _read_result(
+        self, result: Any, schedule: _Schedule, read: PlannedRead, sent: float
+    ) -> None:
+        # one callback for both outcomes: this runs for every read, keep it lean
+        try:
+            if isinstance(result, Failure):
+                self._read_failed(result, schedule, read, sent)
+            else:
+                self._read_done(result, schedule, read, sent)
+        except Exception:
+            self.log.failure("device {device_id}: handling a read failed", device_id=self.device_id)
         schedule.in_flight -= 1
         if self.running:
             self._issue(schedule)
@@ -331,7 +359,7 @@ class ModbusDriver(Service):
         data = response.bits if read.table.is_bits else response.registers
         self._deliver(ReadBatch(
             self.device_id, read.unit_id, read.table.value, read.address, read.count,
-            sent, now, decode_read(read, data, now),
+            sent, now, read.keys, *decode_read(read, data),
         ))  # fmt: skip
 
     def _read_failed(
@@ -367,10 +395,11 @@ class ModbusDriver(Service):
         elif isinstance(error, ModbusExceptionResponse):
             self._unit_ok(read.unit_id)
         quality = quality_of(failure)
-        values = tuple(PointValue(p.key, None, quality, now) for p, _ in read.points)
+        n = len(read.points)
         self._deliver(ReadBatch(
             self.device_id, read.unit_id, read.table.value, read.address, read.count,
-            sent, now, values, error=str(error) or type(error).__name__,
+            sent, now, read.keys, (None,) * n, (quality,) * n,
+            error=str(error) or type(error).__name__,
         ))  # fmt: skip
 
     def _deliver(self, batch: ReadBatch) -> None:
@@ -434,7 +463,7 @@ class ModbusDriver(Service):
                     f"device {self.device_id} point {point.key}: wrote {words}, "
                     f"read back {list(data)}"
                 )
-            return decode_read(_single_read(point), data, self.clock.seconds())[0]
+            return _point_value(_single_read(point), data, self.clock.seconds())
 
         return d.addCallback(check)
 

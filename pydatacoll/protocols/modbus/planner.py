@@ -27,6 +27,13 @@ class PlannedRead:
     count: int
     interval: float
     points: tuple[tuple[ModbusPoint, int], ...]
+    #: The points' keys, and the qualities of a good answer: built once, shared by batches.
+    keys: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    all_good: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "keys", tuple(p.key for p, _ in self.points))
+        object.__setattr__(self, "all_good", ("good",) * len(self.points))
 
     @property
     def bridges_gap(self) -> bool:

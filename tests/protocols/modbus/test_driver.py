@@ -134,7 +134,7 @@ class DriverTests(SynchronousTestCase):
         self.assertEqual(
             (batch.unit_id, batch.table, batch.address, batch.count), (1, "holding", 0, 4)
         )
-        values = {v.key: (v.value, v.quality) for v in batch.values}
+        values = {v.key: (v.value, v.quality) for v in batch.point_values()}
         self.assertEqual(values["t1:f"], (12.5, "good"))
         self.assertEqual(values["t1:b"], (True, "good"))
         self.assertAlmostEqual(values["t1:v"][0], 230.5)
@@ -206,8 +206,8 @@ class DriverTests(SynchronousTestCase):
             self.pump(endpoint)
         good = [b for b in batches if b.unit_id == 1]
         bad = [b for b in batches if b.unit_id == 2]
-        self.assertTrue(all(b.values[0].quality == "good" for b in good))
-        self.assertEqual([b.values[0].quality for b in bad], ["timeout", "timeout"])
+        self.assertTrue(all(b.qualities[0] == "good" for b in good))
+        self.assertEqual([b.qualities[0] for b in bad], ["timeout", "timeout"])
         self.assertIn("2", driver.stats()["degraded_units"])
         asked = len([u for u, _ in self.device.log if u == 2])
         for _ in range(30):
@@ -219,7 +219,7 @@ class DriverTests(SynchronousTestCase):
         for _ in range(30):
             clock.advance(0.1)
             self.pump(endpoint)
-        self.assertEqual(batches[-1].values[0].quality, "good")
+        self.assertEqual(batches[-1].qualities[0], "good")
         self.assertEqual(driver.stats()["degraded_units"], {})
 
     def test_refused_gap_splits_the_read(self):
@@ -229,25 +229,25 @@ class DriverTests(SynchronousTestCase):
         driver.startService()
         clock.advance(0)
         self.pump(endpoint)
-        self.assertEqual(batches[0].values[0].quality, "exception")
+        self.assertEqual(batches[0].qualities[0], "exception")
         clock.advance(1)
         self.pump(endpoint)
         self.assertEqual([(b.address, b.count) for b in batches[1:]], [(0, 1), (3, 1)])
-        self.assertTrue(all(b.values[0].quality == "good" for b in batches[1:]))
+        self.assertTrue(all(b.qualities[0] == "good" for b in batches[1:]))
 
     def test_not_connected_and_reconnect(self):
         driver, clock, endpoint, batches = make_driver(items=ITEMS, start_delay=0.5)
         endpoint.down = True
         driver.startService()
         clock.advance(0.5)
-        self.assertEqual(batches[-1].values[0].quality, "not_connected")
+        self.assertEqual(batches[-1].qualities[0], "not_connected")
         self.assertEqual(driver.link.stats.state, "disconnected")
         self.assertIn("connect failed", driver.link.stats.last_error)
         endpoint.down = False
         clock.advance(1.0)  # first retry after about 1 s
         self.pump(endpoint)
         self.assertEqual(driver.link.stats.state, "connected")
-        self.assertEqual(batches[-1].values[0].quality, "good")
+        self.assertEqual(batches[-1].qualities[0], "good")
         transport, protocol = endpoint.connections[-1]
         protocol.connectionLost(Failure(ConnectionResetError()))
         self.assertEqual(driver.link.stats.state, "disconnected")
@@ -255,7 +255,7 @@ class DriverTests(SynchronousTestCase):
             clock.advance(1.0)
             self.pump(endpoint)
         self.assertEqual(driver.link.stats.reconnects, 1)
-        self.assertEqual(batches[-1].values[0].quality, "good")
+        self.assertEqual(batches[-1].qualities[0], "good")
 
     def test_callback_errors_do_not_stop_polling(self):
         driver, clock, endpoint, batches = make_driver(items=ITEMS, start_delay=0)
