@@ -68,7 +68,10 @@ def measure_c104_client(
     cpu_start = time.process_time()
     client, connection = _connect(host, port)
     try:
-        station = connection.add_station(common_address=common_address)
+        # A flood that arrives first makes c104 create the station itself.
+        station = connection.get_station(common_address=common_address) or connection.add_station(
+            common_address=common_address
+        )
         if mode == "callback":
 
             def on_point(

@@ -782,7 +782,7 @@ def connect_c104_client(
     host: str,
     port: int,
     init: c104.Init = c104.Init.NONE,
-    command_timeout_ms: int = 1000,
+    command_timeout_ms: int = 5000,
     tick_rate_ms: int = 50,
     timeout: float = 5.0,
 ):

@@ -580,6 +580,8 @@ class Iec104Master(Iec104Link):
             elif cause == Cause.ACTIVATION_CON and pending.execute is not None:
                 # Select confirmed: now the execute (same pending request, same timeout).
                 execute, pending.execute = pending.execute, None
+                if execute.times is not None:  # the execute carries its own send time
+                    execute = attrs.evolve(execute, times=[self._now()])
                 pending.request = execute
                 try:
                     self.send_asdu(execute)

@@ -25,8 +25,16 @@ from twisted.python.failure import Failure
 from pydatacoll.errors import ApciError, AsduError, Iec104Error, UnknownTypeError
 from pydatacoll.protocols.iec104 import apci
 from pydatacoll.protocols.iec104.apci import IFrame, SFrame, UFrame, UFunction
-from pydatacoll.protocols.iec104.asdu import IEC104, Asdu, AsduParams, decode_asdu, encode_asdu
+from pydatacoll.protocols.iec104.asdu import (
+    IEC104,
+    TYPES,
+    Asdu,
+    AsduParams,
+    decode_asdu,
+    encode_asdu,
+)
 
+_CP24_TYPES = frozenset(t for t, spec in TYPES.items() if spec.time == 3)
 _ACT_OF_CON = {
     UFunction.STARTDT_CON: UFunction.STARTDT_ACT,
     UFunction.STOPDT_CON: UFunction.STOPDT_ACT,
@@ -189,7 +197,10 @@ class Iec104Link(Protocol):
             self._send_s()
         self.counters.asdus_received += 1
         try:
-            asdu = decode_asdu(frame.asdu, self.asdu_params, self._now())
+            data = frame.asdu
+            # Only CP24Time2a types need the current time (for their hour).
+            now = self._now() if data[0] in _CP24_TYPES else None
+            asdu = decode_asdu(data, self.asdu_params, now)
         except UnknownTypeError as exc:
             self.counters.asdus_skipped += 1
             self.log.info(

@@ -323,6 +323,16 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(cmd.type_name, "C_SC_TA_1")
         self.assertEqual(cmd.times[0], datetime.datetime.fromtimestamp(1_700_000_000, UTC))
 
+    def test_time_tagged_execute_carries_its_own_time(self):
+        s = Station()
+        s.start()
+        s.master.command(1, 1, 58, True, select=True)
+        (select,) = s.received()
+        s.clock.advance(2)
+        s.send(s.reply(select, Cause.ACTIVATION_CON))
+        (execute,) = s.received()
+        self.assertEqual((execute.times[0] - select.times[0]).total_seconds(), 2)
+
     def test_link_loss_fails_every_pending_request(self):
         s = Station()
         s.start()
