@@ -203,3 +203,26 @@ class CodecTests(SynchronousTestCase):
     def test_nan_stays_nan(self):
         fmt = point_format("input", "float32")
         self.assertTrue(math.isnan(fmt.decode([0x7FC0, 0], 0)))
+
+
+class EveryCombinationTests(SynchronousTestCase):
+    def test_every_type_and_order_round_trips_known_samples(self):
+        """Every data type x every byte order it accepts, with extreme and ordinary values."""
+        combinations = 0
+        for data_type, strategy in NUMERIC.items():
+            code = CODES[data_type]
+            bits = struct.calcsize(code) * 8
+            if data_type.startswith("float"):
+                samples = [0.0, -1.5, 12.5, 2.0**127 if bits == 32 else 1e300]
+            elif data_type.startswith("u"):
+                samples = [0, 1, 2**bits - 1, 0x0102030405060708 % 2**bits]
+            else:
+                samples = [0, -1, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1]
+            for order in valid_orders(data_type):
+                fmt = point_format("holding", data_type, order)
+                for value in samples:
+                    registers = fmt.encode(value)
+                    self.assertEqual(registers, reference_registers(code, value, order))
+                    self.assertEqual(fmt.decode(registers, 0), value, (data_type, order))
+                combinations += 1
+        self.assertEqual(combinations, 2 * 6 + 3 * 4 + 3 * 8)
