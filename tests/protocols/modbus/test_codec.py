@@ -209,7 +209,7 @@ class EveryCombinationTests(SynchronousTestCase):
     def test_every_type_and_order_round_trips_known_samples(self):
         """Every data type x every byte order it accepts, with extreme and ordinary values."""
         combinations = 0
-        for data_type, strategy in NUMERIC.items():
+        for data_type in NUMERIC:
             code = CODES[data_type]
             bits = struct.calcsize(code) * 8
             if data_type.startswith("float"):
