@@ -131,6 +131,17 @@ class _Pending:
     objects: int = 0
 
 
+def _refusal(pending: _Pending, asdu: Asdu) -> CommandResult:
+    """The result of a negative confirmation or a COT 44..47 reply to ``pending``."""
+    negative = " (negative)" if asdu.negative else ""
+    return CommandResult(
+        Outcome.NEGATIVE,
+        f"{pending.kind} refused: {cause_name(asdu.cause)}{negative}",
+        asdu.cause,
+        asdu,
+    )
+
+
 class Iec104Master(Iec104Link):
     """The controlling station's end of the link."""
 
@@ -567,16 +578,7 @@ class Iec104Master(Iec104Link):
                 )
                 continue
             if asdu.negative or cause >= Cause.UNKNOWN_TYPE:
-                self._resolve(
-                    key,
-                    CommandResult(
-                        Outcome.NEGATIVE,
-                        f"{pending.kind} refused: {cause_name(cause)}"
-                        + (" (negative)" if asdu.negative else ""),
-                        cause,
-                        asdu,
-                    ),
-                )
+                self._resolve(key, _refusal(pending, asdu))
             elif cause == Cause.ACTIVATION_CON and pending.execute is not None:
                 # Select confirmed: now the execute (same pending request, same timeout).
                 execute, pending.execute = pending.execute, None
@@ -632,16 +634,7 @@ class Iec104Master(Iec104Link):
             self.log.info("{name}: unmatched reply {asdu}", name=self.name, asdu=asdu.describe())
             return
         if asdu.negative or cause >= Cause.UNKNOWN_TYPE:
-            self._resolve(
-                key,
-                CommandResult(
-                    Outcome.NEGATIVE,
-                    f"{pending.kind} refused: {cause_name(cause)}"
-                    + (" (negative)" if asdu.negative else ""),
-                    cause,
-                    asdu,
-                ),
-            )
+            self._resolve(key, _refusal(pending, asdu))
         elif cause == Cause.ACTIVATION_CON and key[0] in ("gi", "ci", "rd"):
             # Interrogations end at ACT_TERM; a read ends with its data (COT 5), even when
             # the station first confirms it (lib60870 does, the standard does not).
