@@ -242,12 +242,89 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 
+
+def _role(text: str) -> str:
+    role = text.strip().lower()
+    if role not in ROLES:
+        raise ValueError(f"must be one of {', '.join(ROLES)}")
+    return role
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.replace("\n", ",").split(",") if n.strip())
+    for name in names:
+        if not _PLUGIN_NAME_RE.match(name):
+            raise ValueError(f"{name!r} is not a plugin name (letters, digits, _ and -)")
+    if len(set(names)) != len(names):
+        raise ValueError("a plugin is named twice")
+    return names
+
+
+#: What a daemon runs: the REST API, the collector (devices and processors), or both.
+ROLES = ("all", "api", "collector")
+_PLUGIN_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+#: INI sections ``[plugin:NAME]`` hold a plugin's own options; the plugin checks them.
+PLUGIN_SECTION = "plugin:"
+
+OPTIONS += (
+    Option(
+        "daemon",
+        "role",
+        "role",
+        "all",
+        _role,
+        "What this process runs: all, api (REST only) or collector (devices and plugins).",
+    ),
+    Option(
+        "collector",
+        "history_length",
+        "history_length",
+        "1000",
+        _bounded_int(1, 1_000_000),
+        "Samples kept per point in its Redis stream (older ones are trimmed).",
+    ),
+    Option(
+        "collector",
+        "buffer_samples",
+        "buffer_samples",
+        "100000",
+        _bounded_int(100, 10_000_000),
+        "Samples kept in memory while Redis is unreachable; past it the oldest are dropped "
+        "(and counted).",
+    ),
+    Option(
+        "collector",
+        "frame_log_length",
+        "frame_log_length",
+        "0",
+        _bounded_int(0, 100_000),
+        "Raw frames kept per device in LST:FRAME:{device_id} (0: none).",
+    ),
+    Option(
+        "api",
+        "ctrl_log_length",
+        "ctrl_log_length",
+        "10000",
+        _bounded_int(10, 10_000_000),
+        "Entries kept in the device_ctrl audit stream.",
+    ),
+    Option(
+        "plugins",
+        "enabled",
+        "plugins_enabled",
+        "",
+        _names,
+        "Processor plugins to run, by name, comma separated (GET /api/v1/plugins lists them).",
+    ),
+)
+
 #: Command-line option name -> option attribute.
 CLI_OPTIONS: Mapping[str, str] = {
     "api": "api_endpoint",
     "redis": "redis",
     "data-dir": "data_dir",
     "api-token": "api_token",
+    "role": "role",
 }
 
 
@@ -266,6 +343,24 @@ class Settings:
     redis_timeout: float = 5.0
     redis_pool_size: int = 4
     data_dir: str = "./pydatacoll-data"
+    role: str = "all"
+    history_length: int = 1000
+    buffer_samples: int = 100000
+    frame_log_length: int = 0
+    ctrl_log_length: int = 10000
+    plugins_enabled: tuple[str, ...] = ()
+    #: ``[plugin:NAME]`` sections: plugin name -> option -> text (checked by the plugin).
+    plugin_options: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, eq=False)
+
+    @property
+    def runs_api(self) -> bool:
+        """Whether this process serves the REST API."""
+        return self.role in ("all", "api")
+
+    @property
+    def runs_collector(self) -> bool:
+        """Whether this process runs the devices and the processor plugins."""
+        return self.role in ("all", "collector")
 
     @property
     def embedded_redis(self) -> bool:
@@ -282,8 +377,10 @@ def load_settings(
     Raises `ConfigError` naming the key of the first bad value.
     """
     texts = {option.attribute: option.default for option in OPTIONS}
+    plugin_options: dict[str, dict[str, str]] = {}
     if config_file is not None:
-        texts.update(_read_ini(config_file))
+        file_texts, plugin_options = _read_ini(config_file)
+        texts.update(file_texts)
     for attribute, text in (overrides or {}).items():
         if text is not None:
             texts[attribute] = text
@@ -293,10 +390,10 @@ def load_settings(
             values[option.attribute] = option.parse(texts[option.attribute])
         except ValueError as e:
             raise ConfigError(f"{option.section}.{option.name}", str(e)) from None
-    return Settings(**values)
+    return Settings(**values, plugin_options=plugin_options)
 
 
-def _read_ini(path: str) -> dict[str, str]:
+def _read_ini(path: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(path, encoding="utf-8") as f:
@@ -307,9 +404,16 @@ def _read_ini(path: str) -> dict[str, str]:
         raise ConfigError("config", f"{path} is not a valid INI file: {e.message}") from None
     known = {(o.section, o.name): o.attribute for o in OPTIONS}
     texts = {}
+    plugins: dict[str, dict[str, str]] = {}
     for section in parser.sections():
+        if section.startswith(PLUGIN_SECTION):
+            plugin = section[len(PLUGIN_SECTION) :].strip()
+            if not _PLUGIN_NAME_RE.match(plugin):
+                raise ConfigError(section, "not a plugin name (letters, digits, _ and -)")
+            plugins[plugin] = dict(parser.items(section))
+            continue
         for name, value in parser.items(section):
             if (section, name) not in known:
                 raise ConfigError(f"{section}.{name}", f"unknown option in {path}")
             texts[known[(section, name)]] = value
-    return texts
+    return texts, plugins

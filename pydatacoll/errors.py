@@ -196,3 +196,44 @@ class ModbusQueueFull(ModbusError):
 
 class ModbusVerifyError(ModbusError):
     """A written value did not read back as written."""
+
+
+class DeviceError(PyDataCollError):
+    """A device could not do what was asked; ``outcome`` names why (see `ControlOutcome`)."""
+
+    outcome = "failed"
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cause = cause
+
+
+class DeviceOffline(DeviceError):
+    """The device's link is not up."""
+
+    outcome = "offline"
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer in time."""
+
+    outcome = "timeout"
+
+
+class DeviceRefused(DeviceError):
+    """The device answered negatively (``cause`` is its reason)."""
+
+    outcome = "negative"
+
+
+class DeviceBusy(DeviceError):
+    """A request for the same point is already in flight."""
+
+    outcome = "busy"
+
+
+class RequestRefused(DeviceError):
+    """The request cannot be sent (a value the point's type cannot carry)."""
+
+    outcome = "refused"

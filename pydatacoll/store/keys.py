@@ -31,6 +31,13 @@ POINT_DATA = "XS:DATA:%s:%s:%s"
 DEVICE_VALUES = "HS:VALUE:%s"
 DEVICE_STATUS = "HS:DEVICE_STATUS:%s"
 FRAME_LOG = "LST:FRAME:%s"
+#: device_ctrl audit stream (bounded by [api] ctrl_log_length).
+CTRL_LOG = "XS:CTRL_LOG"
+#: Active alarms, field {device}:{term}:{item}:{kind} -> JSON event; and their history.
+ALARMS = "HS:ALARM"
+ALARM_LOG = "XS:ALARM_LOG"
+#: Plugin states, field plugin name -> JSON status.
+PLUGIN_STATUS = "HS:PLUGIN_STATUS"
 
 # -- channels ---------------------------------------------------------------------------
 CHANNEL_PREFIX = "CHANNEL:"
@@ -49,6 +56,12 @@ TERM_ITEM_DEL = "CHANNEL:TERM_ITEM_DEL"
 DEVICE_CALL = "CHANNEL:DEVICE_CALL"
 DEVICE_CTRL = "CHANNEL:DEVICE_CTRL"
 DEVICE_DATA = "CHANNEL:DEVICE_DATA:%s:%s:%s"
+#: Every sample of a device, in batches: {"device_id", "samples": [message, ...]}.
+DEVICE_SAMPLES = "CHANNEL:DEVICE_SAMPLES:%s"
+#: Replies to device_call/device_ctrl: CHANNEL:REPLY:{api instance}:{request_id}.
+REPLY = "CHANNEL:REPLY:%s:%s"
+REPLY_PATTERN = "CHANNEL:REPLY:%s:*"
+ALARM = "CHANNEL:ALARM"
 
 #: entity -> operation -> channel of its change messages.
 CHANGE_CHANNELS: dict[str, dict[str, str]] = {
@@ -78,6 +91,8 @@ def documentation() -> dict[str, Any]:
             TERM_ITEM % ("{term_id}", "{item_id}"): "term-item (a point); JSON values",
             DEVICE_VALUES % "{device_id}": "latest sample of each point, field {term_id}:{item_id}",
             DEVICE_STATUS % "{device_id}": "link state and counters of a running device",
+            ALARMS: "active alarms, field {device_id}:{term_id}:{item_id}:{kind}",
+            PLUGIN_STATUS: "state of each processor plugin, field = plugin name",
         },
         "set": {
             DEVICES: "all device ids",
@@ -93,8 +108,13 @@ def documentation() -> dict[str, Any]:
         "stream": {
             POINT_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
                 "bounded sample history of a point; entry field 'sample' holds the JSON "
-                "sample {value, quality, source_time, receive_time}"
+                "sample {value, quality, flags, source_time, receive_time}"
             ),
+            CTRL_LOG: (
+                "device_ctrl audit: fields time, client, token_id, device_id, term_id, "
+                "item_id, value, select, outcome, message"
+            ),
+            ALARM_LOG: "alarm events (raise and clear), bounded",
         },
         "channel": {
             DEVICE_ADD: "device created: " + _CHANGE,
@@ -111,12 +131,25 @@ def documentation() -> dict[str, Any]:
             TERM_ITEM_DEL: "term-item deleted: " + _CHANGE,
             DEVICE_CALL: (
                 'read-now request: {"request_id", "device_id", "term_id", "item_id", '
-                '"reply_to", "deadline"}'
+                '"reply_to", "deadline"}; the collector running the device answers on '
+                "reply_to"
             ),
             DEVICE_CTRL: (
                 'command request: {"request_id", "device_id", "term_id", "item_id", '
-                '"value", "select", "reply_to", "deadline", "client", "token_id"}'
+                '"value", "select", "reply_to", "deadline", "client", "token_id"}; the '
+                "collector running the device answers on reply_to"
             ),
+            REPLY % ("{api_instance}", "{request_id}"): (
+                'reply to one device_call/device_ctrl: {"request_id", "ok", "outcome": '
+                '"confirmed"|"terminated"|"negative"|"busy"|"refused"|"not_found"|"offline"|'
+                '"timeout"|"failed", "message", "cause" (the device\'s reason), "sample"}'
+            ),
+            DEVICE_SAMPLES % "{device_id}": (
+                'every sample of a device, one message per frame or scan: {"device_id", '
+                '"samples": [{"device_id", "term_id", "item_id", "value", "quality", '
+                '"flags", "source_time", "receive_time"}, ...]}'
+            ),
+            ALARM: 'alarm raised or cleared: {"event": "raise"|"clear", "device_id", ...}',
             DEVICE_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
                 'a new sample of a point: {"device_id", "term_id", "item_id", "value", '
                 '"quality", "source_time", "receive_time"}'

@@ -1,0 +1,73 @@
+"""Every zope Interface of PyDataColl: protocol drivers, device runtimes, processors.
+
+A third-party package extends PyDataColl by providing one of these through
+``twisted.plugin`` in the ``pydatacoll.plugins`` drop-in package (see docs/plugins.rst).
+Every implementation has a ``verifyObject`` test.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class ISampleSink(Interface):
+    """Where samples go: the ingest path (Redis) and the processors."""
+
+    def samples_received(samples):  # type: ignore[no-untyped-def]
+        """Take a batch of `pydatacoll.model.Sample` (one frame or scan); never block."""
+
+
+class IDeviceRuntime(Interface):
+    """A running device: an `IService` holding its link, built by its protocol driver."""
+
+    device_id = Attribute("the device's id")
+
+    def update_points(terms, term_items):  # type: ignore[no-untyped-def]
+        """Take a new point configuration (terms, term-items) without dropping the link."""
+
+    def read_point(term_id, item_id):  # type: ignore[no-untyped-def]
+        """Read a point now: a Deferred firing with a `Sample`, or failing with a
+        `pydatacoll.errors.DeviceError` (offline, refused, timeout)."""
+
+    def control_point(term_id, item_id, value, select):  # type: ignore[no-untyped-def]
+        """Command a point: a Deferred firing with a `ControlOutcome`."""
+
+    def status():  # type: ignore[no-untyped-def]
+        """The link state, since when, the last error and the counters, as a JSON object."""
+
+
+class IProtocolDriver(Interface):
+    """What the device manager needs to run devices of one protocol."""
+
+    name = Attribute("the protocol name, the value of device.protocol")
+    description = Attribute("one line for GET /api/v1/device_protocols")
+    default_port = Attribute("the TCP port of a device that gives none, or None")
+
+    def build(device, terms, term_items, sink, reactor, settings):  # type: ignore[no-untyped-def]
+        """An `IDeviceRuntime` for ``device``; raise `pydatacoll.errors.ValidationError`
+        when the device's settings are wrong for this protocol."""
+
+
+class IProcessor(Interface):
+    """A processing plugin: an `IService` that sees every sample and configuration change."""
+
+    name = Attribute("the plugin's unique name")
+
+    def samples_received(samples):  # type: ignore[no-untyped-def]
+        """A batch of samples (never block; queue in a bounded buffer if needed)."""
+
+    def config_changed(change):  # type: ignore[no-untyped-def]
+        """A configuration change message (the JSON object of the change channels)."""
+
+    def status():  # type: ignore[no-untyped-def]
+        """The plugin's state and counters, as a JSON object."""
+
+
+class IProcessorFactory(Interface):
+    """A ``twisted.plugin`` provider that builds one `IProcessor`."""
+
+    name = Attribute("the plugin's unique name, used in [plugins] enabled")
+    description = Attribute("one line for GET /api/v1/plugins")
+
+    def build(context):  # type: ignore[no-untyped-def]
+        """The processor service, given a `pydatacoll.processing.ProcessorContext`."""
