@@ -1,0 +1,28 @@
+"""Built-in processors (formulas, limit checks, history) and what every processor is given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from pydatacoll.config import Settings
+from pydatacoll.model import Sample
+
+
+@attrs.frozen
+class ProcessorContext:
+    """What an `IProcessorFactory.build` receives."""
+
+    reactor: Any
+    settings: Settings
+    #: The plugin's own ``[plugin:NAME]`` options, as text (the plugin checks them).
+    options: Mapping[str, str]
+    #: The shared Redis pool (`pydatacoll.store.redis.RedisClient`).
+    redis: Any
+    #: Hand samples the processor produces (formula results) to the ingest path and to
+    #: the other processors, exactly like samples from a device.
+    emit: Callable[[Sequence[Sample]], None]
+    #: A directory of the plugin's own under the data dir (created on demand).
+    data_dir: str
