@@ -43,7 +43,12 @@ class PrivateRedis:
         ]
         if " v=6." not in version:
             args += ["--enable-debug-command", "yes"]
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        self._args = args
+        self._start()
+        atexit.register(self.stop)
+
+    def _start(self) -> None:
+        self._process = subprocess.Popen(self._args, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -54,7 +59,17 @@ class PrivateRedis:
                     self.stop()
                     raise RuntimeError("the private redis-server did not start") from None
                 time.sleep(0.02)  # harness start-up only, not test logic
-        atexit.register(self.stop)
+
+    def kill(self) -> None:
+        """End the server but keep its port and directory (an outage; see `restart`)."""
+        if self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(10)
+
+    def restart(self) -> None:
+        """Start the server again on the same port (empty: nothing is kept on disk)."""
+        self.kill()
+        self._start()
 
     @property
     def url(self) -> str:

@@ -192,18 +192,42 @@ class ModbusDriver(Service):
             link = ModbusLink(endpoint, reactor, settings, name=f"modbus device {device_id}")
         self.link = link
         self.start_delay = start_delay
+        self.schedules: dict[float, _Schedule] = self._plan(points)
+        self.units: dict[int, _Unit] = {p.unit_id: _Unit() for p in points}
+
+    def _plan(self, points: Sequence[ModbusPoint]) -> dict[float, _Schedule]:
+        settings = self.settings
         limits = PlanLimits(
             settings.max_read_registers,
             settings.max_read_bits,
             settings.max_register_gap,
             settings.max_bit_gap,
         )
-        self.schedules: dict[float, _Schedule] = {}
+        schedules: dict[float, _Schedule] = {}
         for read in plan_reads(points, limits):
-            self.schedules.setdefault(read.interval, _Schedule(read.interval, [])).reads.append(
-                read
-            )
-        self.units: dict[int, _Unit] = {p.unit_id: _Unit() for p in points}
+            schedules.setdefault(read.interval, _Schedule(read.interval, [])).reads.append(read)
+        return schedules
+
+    def update_points(self, points: Sequence[ModbusPoint]) -> None:
+        """Poll ``points`` from now on; the link stays up and unit back-off is kept.
+
+        Reads in flight finish (their values still reach the callback); the new scans
+        start at once, each schedule then keeps its own interval.
+        """
+        for schedule in self.schedules.values():
+            if schedule.timer is not None and schedule.timer.active():
+                schedule.timer.cancel()
+            schedule.timer = None
+            schedule.pending.clear()
+        self.points = {p.key: p for p in points}
+        self.schedules = self._plan(points)
+        for point in points:
+            self.units.setdefault(point.unit_id, _Unit())
+        if self.running:
+            now = self.clock.seconds()
+            for schedule in self.schedules.values():
+                schedule.next_due = now
+                schedule.timer = self.clock.callLater(0, self._tick, schedule)
 
     # service
 

@@ -1,0 +1,415 @@
+"""The IEC 104 protocol driver: a device's settings, its point map, samples and commands.
+
+Device settings are the device's free attributes (all optional): ``k``, ``w``, ``t0`` ..
+``t3``, ``timezone`` (IANA name, default UTC), ``endpoints`` (redundant ``"host:port"``
+list tried after ``ip:port``), ``interrogation_interval``, ``interrogation_groups``,
+``counter_interval``, ``clock_sync_interval``, ``clock_sync`` (on start, default true),
+``command_timeout``, ``wait_termination``. A term is a station: its ``address`` is the
+common address (default 1). A term-item is a point: ``protocol_code`` is its IOA,
+``code_type`` the command type for ``device_ctrl`` (45..64), ``select`` its default for
+select-before-operate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from pydatacoll import errors
+from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
+from pydatacoll.model import ControlOutcome, Device, Field, Sample, Term, TermItem
+from pydatacoll.protocols.iec104.asdu import (
+    COMMAND_TYPES,
+    IEC104,
+    Asdu,
+    AsduParams,
+    Quality,
+    cause_name,
+)
+from pydatacoll.protocols.iec104.client import (
+    CommandResult,
+    Iec104Client,
+    Outcome,
+    StationParams,
+)
+from pydatacoll.protocols.iec104.link import LinkParams
+
+#: Device attributes and how they are checked.
+SETTINGS = (
+    Field("k", "integer", "k: unacknowledged I-frames we may send", minimum=1, maximum=32767),
+    Field("w", "integer", "w: acknowledge after this many I-frames", minimum=1, maximum=32767),
+    Field("t0", "number", "t0: connect timeout (s)", minimum=0.1, maximum=255),
+    Field("t1", "number", "t1: acknowledgement timeout (s)", minimum=0.1, maximum=255),
+    Field("t2", "number", "t2: acknowledge a quiet link after (s)", minimum=0.1, maximum=255),
+    Field("t3", "number", "t3: test an idle link after (s)", minimum=0.1, maximum=172800),
+    Field("interrogation_interval", "number", "periodic GI (s, 0 = off)", minimum=0, maximum=1e6),
+    Field("counter_interval", "number", "periodic counter interrogation", minimum=0, maximum=1e6),
+    Field("clock_sync_interval", "number", "periodic clock sync (s)", minimum=0, maximum=1e6),
+    Field("command_timeout", "number", "command confirmation timeout", minimum=0.1, maximum=600),
+)
+
+_QUALITY_FLAGS = (
+    (Quality.IV, "IV"),
+    (Quality.NT, "NT"),
+    (Quality.SB, "SB"),
+    (Quality.BL, "BL"),
+    (Quality.OV, "OV"),
+    (Quality.EI, "EI"),
+    (Quality.TRANSIENT, "TRANSIENT"),
+    (Quality.CY, "CY"),
+    (Quality.CA, "CA"),
+    (Quality.TIME_INVALID, "TIME_INVALID"),
+)
+_OUTCOMES = {
+    Outcome.CONFIRMED: "confirmed",
+    Outcome.TERMINATED: "terminated",
+    Outcome.NEGATIVE: "negative",
+    Outcome.TIMEOUT: "timeout",
+    Outcome.LINK_DOWN: "offline",
+    Outcome.BUSY: "busy",
+    Outcome.REFUSED: "refused",
+}
+_SETPOINTS = frozenset({48, 49, 50, 61, 62, 63})
+
+
+def quality_of(bits: int) -> tuple[str, tuple[str, ...]]:
+    """Our quality and flag names of IEC 104 quality bits."""
+    if not bits:
+        return "good", ()
+    flags = tuple(name for bit, name in _QUALITY_FLAGS if bits & bit)
+    if bits & Quality.IV:
+        return "invalid", flags
+    return "questionable", flags
+
+
+@attrs.frozen
+class PointRef:
+    """Where a decoded object goes: its point, scaling and command settings."""
+
+    term_id: str
+    item_id: str
+    coefficient: float | None
+    base_val: float | None
+    code_type: int | None
+    select: bool
+
+
+def _scale(value: Any, ref: PointRef) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if ref.coefficient is None and ref.base_val is None:
+        return value
+    return value * (1 if ref.coefficient is None else ref.coefficient) + (ref.base_val or 0)
+
+
+def _settings(device: Device) -> dict[str, Any]:
+    values = {}
+    for field in SETTINGS:
+        if device.extra.get(field.name) is not None:
+            values[field.name] = field.convert(device.extra[field.name])
+    return values
+
+
+def _endpoints(device: Device) -> list[tuple[str, int]]:
+    assert device.ip is not None
+    endpoints = [(device.ip, device.port or 2404)]
+    extra = device.extra.get("endpoints") or []
+    if not isinstance(extra, list) or len(extra) > 8:
+        raise errors.ValidationError(
+            "endpoints is a list of at most 8 host:port", field="endpoints"
+        )
+    for text in extra:
+        host, _, port = str(text).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise errors.ValidationError(f"{text!r} is not host:port", field="endpoints")
+        endpoints.append((host, int(port)))
+    return endpoints
+
+
+def _timezone(device: Device) -> datetime.tzinfo:
+    name = device.extra.get("timezone") or "UTC"
+    if name == "UTC":
+        return datetime.UTC
+    try:
+        return zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise errors.ValidationError(f"unknown time zone {name!r}", field="timezone") from None
+
+
+def point_map(
+    terms: Iterable[Term], term_items: Iterable[TermItem]
+) -> tuple[dict[tuple[int, int], list[PointRef]], dict[tuple[str, str], tuple[int, int]]]:
+    """(common address, IOA) -> the points there, and (term, item) -> (CA, IOA)."""
+    addresses = {term.id: 1 if term.address is None else term.address for term in terms}
+    by_address: dict[tuple[int, int], list[PointRef]] = {}
+    by_point: dict[tuple[str, str], tuple[int, int]] = {}
+    for ti in term_items:
+        if ti.term_id not in addresses or ti.protocol_code is None:
+            continue
+        code_type = ti.code_type if isinstance(ti.code_type, int) else None
+        ref = PointRef(
+            ti.term_id,
+            ti.item_id,
+            ti.coefficient,
+            ti.base_val,
+            code_type,
+            bool(ti.extra.get("select", False)),
+        )
+        where = (addresses[ti.term_id], ti.protocol_code)
+        by_address.setdefault(where, []).append(ref)
+        by_point[(ti.term_id, ti.item_id)] = where
+    return by_address, by_point
+
+
+@implementer(IDeviceRuntime)
+class Iec104Runtime(Service):
+    """One IEC 104 device: a supervised master and the map from objects to points."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        device: Device,
+        terms: Sequence[Term],
+        term_items: Sequence[TermItem],
+        sink: ISampleSink,
+        reactor: Any,
+        frame_observer: Any = None,
+    ) -> None:
+        self.device_id = device.id
+        self.clock = reactor
+        self.sink = sink
+        values = _settings(device)
+        link = {k: values[k] for k in ("k", "w", "t0", "t1", "t2", "t3") if k in values}
+        try:
+            self.link_params = LinkParams(**link)
+        except ValueError as exc:
+            raise errors.ValidationError(str(exc), field=next(iter(link), "k")) from None
+        tz = _timezone(device)
+        self.asdu_params = AsduParams(tz=tz) if tz is not datetime.UTC else IEC104
+        self.base_station = {
+            "interrogation_interval": values.get("interrogation_interval", 0.0),
+            "counter_interval": values.get("counter_interval", 0.0),
+            "clock_sync_interval": values.get("clock_sync_interval", 0.0),
+            "command_timeout": values.get("command_timeout", 10.0),
+            "clock_sync_on_start": bool(device.extra.get("clock_sync", True)),
+            "wait_termination": bool(device.extra.get("wait_termination", False)),
+        }
+        groups = device.extra.get("interrogation_groups")
+        if groups is not None:
+            if not isinstance(groups, list) or not all(
+                isinstance(g, int) and not isinstance(g, bool) and 0 <= g <= 16 for g in groups
+            ):
+                raise errors.ValidationError(
+                    "interrogation_groups is a list of 0 (station) to 16",
+                    field="interrogation_groups",
+                )
+            self.base_station["interrogation_groups"] = tuple(groups) or (0,)
+        self.points_updated = 0
+        self.last_value_time: float | None = None
+        self._map: dict[tuple[int, int], list[PointRef]] = {}
+        self._where: dict[tuple[str, str], tuple[int, int]] = {}
+        self.client = Iec104Client(
+            reactor,
+            _endpoints(device),
+            link=self.link_params,
+            station=self._station(terms),
+            asdu_params=self.asdu_params,
+            on_data=self._on_data,
+            name=f"iec104 device {device.id}",
+            frame_observer=frame_observer,
+        )
+        self.update_points(terms, term_items)
+
+    def _station(self, terms: Iterable[Term]) -> StationParams:
+        addresses = sorted({1 if t.address is None else t.address for t in terms}) or [1]
+        return StationParams(common_addresses=tuple(addresses), **self.base_station)
+
+    def update_points(self, terms: Sequence[Term], term_items: Sequence[TermItem]) -> None:
+        """Take new terms and points; the link stays up (new stations are interrogated)."""
+        self._map, self._where = point_map(terms, term_items)
+        station = self._station(terms)
+        old = set(self.client.station.common_addresses)
+        self.client.station = station
+        master = self.client.protocol
+        if master is not None:
+            master.station = station
+            for ca in set(station.common_addresses) - old:
+                master.interrogate(ca)
+
+    def startService(self) -> None:
+        super().startService()
+        self.client.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.client.stopService()
+
+    # --- samples ---------------------------------------------------------------------
+
+    def _on_data(self, asdu: Asdu) -> None:
+        points = self._map
+        ca = asdu.common_address
+        now = self.clock.seconds()
+        times = asdu.times
+        samples = []
+        append = samples.append
+        device_id = self.device_id
+        for i, ioa in enumerate(asdu.ioas):
+            refs = points.get((ca, ioa))
+            if refs is None:
+                continue
+            bits = asdu.qualities[i]
+            quality, flags = quality_of(bits) if bits else ("good", ())
+            when = times[i] if times is not None else None
+            source = when.timestamp() if when is not None else None
+            value = asdu.values[i]
+            for ref in refs:
+                append(
+                    Sample(
+                        device_id,
+                        ref.term_id,
+                        ref.item_id,
+                        _scale(value, ref),
+                        quality,
+                        flags,
+                        source,
+                        now,
+                    )
+                )
+        if samples:
+            self.points_updated += len(samples)
+            self.last_value_time = now
+            self.sink.samples_received(samples)
+
+    # --- device_call / device_ctrl ---------------------------------------------------
+
+    def _locate(self, term_id: str, item_id: str) -> tuple[int, int, PointRef]:
+        where = self._where.get((term_id, item_id))
+        if where is None:
+            raise errors.RequestRefused(f"point {term_id}:{item_id} has no IOA on this device")
+        ref = next(r for r in self._map[where] if (r.term_id, r.item_id) == (term_id, item_id))
+        return where[0], where[1], ref
+
+    def read_point(self, term_id: str, item_id: str) -> defer.Deferred[Sample]:
+        """C_RD_NA_1 on the point's IOA; fires with the fresh sample."""
+        try:
+            ca, ioa, ref = self._locate(term_id, item_id)
+        except errors.DeviceError as exc:
+            return defer.fail(exc)
+
+        def done(result: CommandResult) -> Sample:
+            if not result.ok or result.reply is None:
+                raise _error(result)
+            reply = result.reply
+            index = list(reply.ioas).index(ioa)
+            quality, flags = quality_of(reply.qualities[index])
+            when = reply.times[index] if reply.times is not None else None
+            return Sample(
+                self.device_id,
+                term_id,
+                item_id,
+                _scale(reply.values[index], ref),
+                quality,
+                flags,
+                when.timestamp() if when else None,
+                self.clock.seconds(),
+            )
+
+        return self.client.read(ca, ioa).addCallback(done)
+
+    def control_point(
+        self, term_id: str, item_id: str, value: Any, select: bool | None
+    ) -> defer.Deferred[ControlOutcome]:
+        """The term-item's command type (``code_type``) with ``value``, direct or SBO."""
+        try:
+            ca, ioa, ref = self._locate(term_id, item_id)
+        except errors.DeviceError as exc:
+            return defer.succeed(ControlOutcome(exc.outcome, exc.message))
+        if ref.code_type not in COMMAND_TYPES:
+            return defer.succeed(
+                ControlOutcome(
+                    "refused",
+                    f"code_type {ref.code_type!r} is not an IEC 104 command type (45..64)",
+                )
+            )
+        raw = value
+        if (
+            ref.code_type in _SETPOINTS
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ):
+            # Set-points are given in engineering units: undo the point's scaling.
+            raw = (value - (ref.base_val or 0)) / (ref.coefficient or 1)
+            if ref.code_type in (49, 62):
+                raw = round(raw)
+        elif ref.code_type in (45, 58) and value in (0, 1):
+            raw = bool(value)
+        d = self.client.command(
+            ca, ioa, ref.code_type, raw, select=ref.select if select is None else select
+        )
+        return d.addCallback(
+            lambda r: ControlOutcome(
+                _OUTCOMES[r.outcome],
+                r.message,
+                cause_name(r.cause) if r.cause is not None else None,
+            )
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Link state and counters, points updated, last value time."""
+        status = self.client.status()
+        return {
+            "protocol": "iec104",
+            "state": status.pop("state"),
+            "since": status.pop("since"),
+            "last_error": status.get("last_error"),
+            "points_updated": self.points_updated,
+            "last_value_time": self.last_value_time,
+            "counters": status,
+        }
+
+
+def _error(result: CommandResult) -> errors.DeviceError:
+    cause = cause_name(result.cause) if result.cause is not None else None
+    kind = {
+        Outcome.LINK_DOWN: errors.DeviceOffline,
+        Outcome.TIMEOUT: errors.DeviceTimeout,
+        Outcome.NEGATIVE: errors.DeviceRefused,
+        Outcome.BUSY: errors.DeviceBusy,
+    }.get(result.outcome, errors.RequestRefused)
+    return kind(result.message, cause)
+
+
+@implementer(IPlugin, IProtocolDriver)
+class Iec104Driver:
+    """The ``iec104`` protocol driver."""
+
+    name = "iec104"
+    description = "IEC 60870-5-104 (DL/T 634.5104) controlled station over TCP"
+    default_port = 2404
+
+    def build(
+        self,
+        device: Device,
+        terms: Sequence[Term],
+        term_items: Sequence[TermItem],
+        sink: ISampleSink,
+        reactor: Any,
+        settings: Any,
+        frame_observer: Any = None,
+    ) -> Iec104Runtime:
+        """An `Iec104Runtime` for ``device``."""
+        return Iec104Runtime(device, terms, term_items, sink, reactor, frame_observer)
+
+
+driver = Iec104Driver()

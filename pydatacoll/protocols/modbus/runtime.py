@@ -1,0 +1,184 @@
+"""The Modbus protocol driver: `ModbusDriver` as an `IDeviceRuntime` of the device manager.
+
+The settings are described in docs/modbus.rst. A term is a unit (its ``address`` is the
+unit id), and a term-item is a point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pydatacoll import errors
+from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
+from pydatacoll.model import ControlOutcome, Device, Sample, Term, TermItem
+from pydatacoll.protocols.modbus.config import ModbusSettings, build_points
+from pydatacoll.protocols.modbus.driver import GOOD, ModbusDriver, PointValue, ReadBatch
+
+_ERRORS: tuple[tuple[type[Exception], type[errors.DeviceError]], ...] = (
+    (errors.ModbusNotConnected, errors.DeviceOffline),
+    (errors.ModbusTimeout, errors.DeviceTimeout),
+    (errors.ModbusExceptionResponse, errors.DeviceRefused),
+    (errors.ModbusVerifyError, errors.DeviceRefused),
+    (errors.ModbusQueueFull, errors.DeviceBusy),
+    (errors.ValidationError, errors.RequestRefused),
+    (errors.NotFound, errors.RequestRefused),
+)
+
+
+def device_error(failure: Failure) -> errors.DeviceError:
+    """The `DeviceError` that says what a failed Modbus request means."""
+    error = failure.value
+    for modbus, device in _ERRORS:
+        if isinstance(error, modbus):
+            cause = None
+            if isinstance(error, errors.ModbusExceptionResponse):
+                cause = f"exception {error.exception_code}"
+            message = getattr(error, "message", None) or str(error) or type(error).__name__
+            return device(message, cause)
+    return errors.DeviceError(str(error) or type(error).__name__)
+
+
+@implementer(IDeviceRuntime)
+class ModbusRuntime(Service):
+    """One Modbus TCP device under the device manager."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        device: Device,
+        terms: Sequence[Term],
+        term_items: Sequence[TermItem],
+        sink: ISampleSink,
+        reactor: Any,
+    ) -> None:
+        self.device_id = device.id
+        self.clock = reactor
+        self.sink = sink
+        self.settings = ModbusSettings.from_device(device)
+        self.points_updated = 0
+        self.last_value_time: float | None = None
+        self.driver = ModbusDriver(
+            device.id,
+            self.settings,
+            build_points(self.settings, terms, term_items),
+            self._on_batch,
+            reactor=reactor,
+        )
+
+    def update_points(self, terms: Sequence[Term], term_items: Sequence[TermItem]) -> None:
+        """Re-plan the polls for the new points; the link stays up."""
+        self.driver.update_points(build_points(self.settings, terms, term_items))
+
+    def startService(self) -> None:
+        super().startService()
+        self.driver.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.driver.stopService()
+
+    def _on_batch(self, batch: ReadBatch) -> None:
+        device_id = self.device_id
+        when = batch.time
+        samples = []
+        for key, value, quality in zip(batch.keys, batch.values, batch.qualities, strict=True):
+            term_id, _, item_id = key.partition(":")
+            if quality == GOOD:
+                samples.append(Sample(device_id, term_id, item_id, value, "good", (), when, when))
+            else:
+                samples.append(
+                    Sample(device_id, term_id, item_id, None, "invalid", (quality,), when, when)
+                )
+        self.points_updated += len(samples)
+        self.last_value_time = when
+        self.sink.samples_received(samples)
+
+    def _sample(self, key: str, point: PointValue) -> Sample:
+        term_id, _, item_id = key.partition(":")
+        good = point.quality == GOOD
+        return Sample(
+            self.device_id,
+            term_id,
+            item_id,
+            point.value if good else None,
+            "good" if good else "invalid",
+            () if good else (point.quality,),
+            point.time,
+            self.clock.seconds(),
+        )
+
+    def read_point(self, term_id: str, item_id: str) -> defer.Deferred[Sample]:
+        """A read of this point alone, now."""
+        key = f"{term_id}:{item_id}"
+        d = self.driver.read_point(key)
+
+        def failed(failure: Failure) -> Failure:
+            return Failure(device_error(failure))
+
+        return d.addCallbacks(lambda value: self._sample(key, value), failed)
+
+    def control_point(
+        self, term_id: str, item_id: str, value: Any, select: bool | None
+    ) -> defer.Deferred[ControlOutcome]:
+        """A write through the point's codec (with read-back when configured)."""
+        key = f"{term_id}:{item_id}"
+        if select:
+            return defer.succeed(ControlOutcome("refused", "Modbus has no select-before-operate"))
+        d = self.driver.write_point(key, value)
+
+        def done(point: PointValue) -> ControlOutcome:
+            return ControlOutcome("confirmed", "written", sample=self._sample(key, point))
+
+        def failed(failure: Failure) -> ControlOutcome:
+            error = device_error(failure)
+            return ControlOutcome(error.outcome, error.message, error.cause)
+
+        return d.addCallbacks(done, failed)
+
+    def status(self) -> dict[str, Any]:
+        """Link state and counters, scans, points updated, last value time."""
+        stats = self.driver.stats()
+        link = stats.get("link", {})
+        return {
+            "protocol": "modbus",
+            "state": link.get("state", "unknown"),
+            "since": link.get("since"),
+            "last_error": link.get("last_error"),
+            "points_updated": self.points_updated,
+            "last_value_time": self.last_value_time,
+            "counters": stats,
+        }
+
+
+@implementer(IPlugin, IProtocolDriver)
+class ModbusProtocolDriver:
+    """The ``modbus`` protocol driver."""
+
+    name = "modbus"
+    description = "Modbus TCP server (slave)"
+    default_port = 502
+
+    def build(
+        self,
+        device: Device,
+        terms: Sequence[Term],
+        term_items: Sequence[TermItem],
+        sink: ISampleSink,
+        reactor: Any,
+        settings: Any,
+        frame_observer: Any = None,
+    ) -> ModbusRuntime:
+        """A `ModbusRuntime` for ``device``."""
+        return ModbusRuntime(device, terms, term_items, sink, reactor)
+
+
+driver = ModbusProtocolDriver()

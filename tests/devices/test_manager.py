@@ -1,0 +1,338 @@
+"""The device manager against a real Redis and our IEC 104 simulator over TCP."""
+
+import json
+
+import redis as redis_py
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from pydatacoll.config import load_settings
+from pydatacoll.devices.manager import DeviceManager, discover_drivers
+from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
+from pydatacoll.model import Device, Item, Term, TermItem
+from pydatacoll.store import keys
+from pydatacoll.store.config import ConfigStore
+from pydatacoll.store.redis import RedisClient
+from pydatacoll.testing.iec104_sim import (
+    Behaviour,
+    CommandPoint,
+    MonitorPoint,
+    SimulatorConfig,
+    StationConfig,
+    start_simulator,
+)
+from pydatacoll.testing.redis import PrivateRedis, shared_redis
+
+
+def op(kind, entity):
+    body = {"op": kind, "entity": entity.KIND, "id": entity.key, "fields": entity.to_fields()}
+    if entity.KIND == "term_item":
+        body.update(term_id=entity.term_id, item_id=entity.item_id)
+    return body
+
+
+@defer.inlineCallbacks
+def until(predicate, timeout=10.0, what="condition"):
+    """Poll ``predicate`` (may return a Deferred) until truthy; fail after ``timeout``."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = yield defer.maybeDeferred(predicate)
+        if result:
+            return result
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield deferLater(reactor, 0.05, lambda: None)
+
+
+STATION = StationConfig(
+    common_address=5,
+    points=(
+        MonitorPoint(100, 13, 12.5),
+        MonitorPoint(101, 13, 20.0, quality=0x40),
+        MonitorPoint(200, 1, True),
+        MonitorPoint(300, 11, 1234),
+    ),
+    commands=(
+        CommandPoint(400, 45, monitor_ioa=200),
+        CommandPoint(401, 50, select_before_operate=True, monitor_ioa=100),
+        CommandPoint(402, 45, behaviour=Behaviour.REJECT),
+    ),
+)
+
+
+class _Base(TestCase):
+    timeout = 60
+    redis_server = None
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        server = self.redis_server or shared_redis()
+        self.server = server
+        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
+        self.sync.flushall()
+        self.addCleanup(self.sync.close)
+        self.settings = load_settings(None, {"redis": server.url, "history_length": "50"})
+        self.client = RedisClient(self.settings.redis, timeout=2, pool_size=2)
+        self.client.startService()
+        self.addCleanup(self.client.stopService)
+        yield until(lambda: self.client.connected, what="redis")
+        self.store = ConfigStore(self.client)
+        listening, self.registry = yield start_simulator(
+            reactor, config=SimulatorConfig(stations=(STATION,))
+        )
+        self.addCleanup(listening.stopListening)
+        self.sim_port = listening.getHost().port
+        self.seen = []
+        sink = _Recorder(self.seen)
+        self.manager = DeviceManager(self.client, self.settings, reactor, sinks=[sink])
+
+    def start_manager(self):
+        self.manager.startService()
+        self.addCleanup(self.manager.stopService)
+        return until(lambda: self.manager.subscriber.subscribed, what="subscription")
+
+    def configure(self, *extra_points):
+        device = Device.from_json(
+            {"id": "d1", "protocol": "iec104", "ip": "127.0.0.1", "port": self.sim_port, "t3": 5}
+        )
+        term = Term.from_json({"id": "t1", "device_id": "d1", "address": 5})
+        items = [op("create", term)]
+        for item_id in ("i100", "i101", "i200", "i300", "i400", "i401", "i402", *extra_points):
+            items.append(op("create", Item.from_json({"id": item_id})))
+        ops = []
+        points = [
+            ("i100", 100, None, 2, 1),
+            ("i101", 101, None, None, None),
+            ("i200", 200, None, None, None),
+            ("i300", 300, None, 0.1, None),
+            ("i400", 400, 45, None, None),
+            ("i401", 401, 50, 2, 1),
+            ("i402", 402, 45, None, None),
+        ]
+        for item_id, ioa, code_type, coefficient, base_val in points:
+            body = {"term_id": "t1", "item_id": item_id, "protocol_code": ioa}
+            if code_type:
+                body["code_type"] = code_type
+            if coefficient is not None:
+                body["coefficient"] = coefficient
+            if base_val is not None:
+                body["base_val"] = base_val
+            ops.append(op("create", TermItem.from_json(body)))
+        # A term needs its device, a point its term and item: three changes, in order.
+        d = self.store.apply([op("create", device)])
+        d.addCallback(lambda _: self.store.apply(items))
+        d.addCallback(lambda _: self.store.apply(ops))
+        return d
+
+    def latest(self, item_id):
+        text = self.sync.hget(keys.DEVICE_VALUES % "d1", f"t1:{item_id}")
+        return json.loads(text) if text else None
+
+    @defer.inlineCallbacks
+    def request(self, channel, body):
+        """Publish a device_call/ctrl request and wait for its reply (a test-side client)."""
+        reply_to = keys.REPLY % ("test", body["request_id"])
+        pubsub = self.sync.pubsub()
+        pubsub.subscribe(reply_to)
+        self.addCleanup(pubsub.close)
+        pubsub.get_message(timeout=1)
+        self.sync.publish(
+            channel, json.dumps({**body, "reply_to": reply_to, "deadline": reactor.seconds() + 30})
+        )
+
+        def poll():
+            message = pubsub.get_message(timeout=0)
+            return json.loads(message["data"]) if message and message["type"] == "message" else None
+
+        reply = yield until(poll, what="reply")
+        return reply
+
+
+class ManagerTests(_Base):
+    def test_driver_interfaces(self):
+        drivers = discover_drivers()
+        self.assertEqual(sorted(drivers), ["iec104", "modbus"])
+        for driver in drivers.values():
+            verifyObject(IProtocolDriver, driver)
+        verifyObject(ISampleSink, self.manager)
+
+    @defer.inlineCallbacks
+    def test_configured_device_delivers_scaled_values(self):
+        yield self.configure()
+        yield self.start_manager()
+        yield until(lambda: self.latest("i300"), what="interrogation values")
+        self.assertEqual(self.latest("i100")["value"], 12.5 * 2 + 1)
+        self.assertEqual(self.latest("i101")["quality"], "questionable")
+        self.assertEqual(self.latest("i101")["flags"], ["NT"])
+        self.assertEqual(self.latest("i200")["value"], True)
+        self.assertAlmostEqual(self.latest("i300")["value"], 123.4)
+        history = self.sync.xrevrange(keys.POINT_DATA % ("d1", "t1", "i100"))
+        self.assertEqual(json.loads(history[0][1]["sample"])["value"], 26.0)
+        runtime = self.manager.running_devices["d1"].runtime
+        verifyObject(IDeviceRuntime, runtime)
+        self.assertTrue(self.seen)
+        # Spontaneous change: stored, published, and given to the processors.
+        self.registry.update(5, 100, 40.0)
+        yield until(lambda: (self.latest("i100") or {}).get("value") == 81.0, what="spontaneous")
+        yield until(lambda: self.sync.hget(keys.DEVICE_STATUS % "d1", "status"), what="status")
+        status = json.loads(self.sync.hget(keys.DEVICE_STATUS % "d1", "status"))
+        self.assertEqual(status["state"], "online")
+        self.assertGreater(status["points_updated"], 4)
+
+    @defer.inlineCallbacks
+    def test_changes_follow_without_dropping_the_link(self):
+        yield self.configure("i999")
+        yield self.start_manager()
+        yield until(lambda: self.latest("i100"), what="values")
+        connects = len(self.registry.connections)
+        # Point i999 appears at IOA 101 (moved from i101): no new link, new values.
+        yield self.store.apply(
+            [
+                {
+                    "op": "delete",
+                    "entity": "term_item",
+                    "id": "t1:i101",
+                    "term_id": "t1",
+                    "item_id": "i101",
+                },
+                op(
+                    "create",
+                    TermItem.from_json({"term_id": "t1", "item_id": "i999", "protocol_code": 101}),
+                ),
+            ]
+        )
+        running = self.manager.running_devices["d1"]
+        yield until(
+            lambda: any(ti.item_id == "i999" for ti in running.config.term_items), what="new points"
+        )
+        self.registry.update(5, 101, 77.0)
+        yield until(lambda: (self.latest("i999") or {}).get("value") == 77.0, what="moved point")
+        self.assertEqual(len(self.registry.connections), connects)
+        # A changed address restarts the device only; deleting it stops it.
+        yield self.store.apply(
+            [
+                op(
+                    "put",
+                    Device.from_json(
+                        {
+                            "id": "d1",
+                            "protocol": "iec104",
+                            "ip": "127.0.0.1",
+                            "port": self.sim_port,
+                            "t3": 6,
+                        }
+                    ),
+                )
+            ]
+        )
+        yield until(
+            lambda: self.manager.running_devices["d1"].config.device.extra.get("t3") == 6,
+            what="restart",
+        )
+        yield self.store.apply([{"op": "delete", "entity": "device", "id": "d1"}])
+        yield until(lambda: "d1" not in self.manager.running_devices, what="stop")
+
+    @defer.inlineCallbacks
+    def test_device_call_and_ctrl(self):
+        yield self.configure()
+        yield self.start_manager()
+        yield until(lambda: self.latest("i100"), what="values")
+        reply = yield self.request(
+            keys.DEVICE_CALL,
+            {"request_id": "r1", "device_id": "d1", "term_id": "t1", "item_id": "i300"},
+        )
+        self.assertEqual(reply["outcome"], "confirmed")
+        self.assertAlmostEqual(reply["sample"]["value"], 123.4)
+        reply = yield self.request(
+            keys.DEVICE_CTRL,
+            {"request_id": "r2", "device_id": "d1", "term_id": "t1", "item_id": "i400", "value": 0},
+        )
+        self.assertEqual((reply["ok"], reply["outcome"]), (True, "confirmed"))
+        received = self.registry.received(5)
+        self.assertEqual([(r.asdu.ioas[0], r.asdu.values[0]) for r in received][-1], (400, False))
+        # Set-point in engineering units, select-before-operate: raw = (91 - 1) / 2.
+        reply = yield self.request(
+            keys.DEVICE_CTRL,
+            {
+                "request_id": "r3",
+                "device_id": "d1",
+                "term_id": "t1",
+                "item_id": "i401",
+                "value": 91,
+                "select": True,
+            },
+        )
+        self.assertEqual(reply["outcome"], "confirmed")
+        self.assertEqual(self.registry.received(5)[-1].asdu.values[0], 45.0)
+        reply = yield self.request(
+            keys.DEVICE_CTRL,
+            {"request_id": "r4", "device_id": "d1", "term_id": "t1", "item_id": "i402", "value": 1},
+        )
+        self.assertEqual((reply["ok"], reply["outcome"]), (False, "negative"))
+        self.assertEqual(reply["cause"], "ACTIVATION_CON")
+        reply = yield self.request(
+            keys.DEVICE_CTRL,
+            {"request_id": "r5", "device_id": "d1", "term_id": "t1", "item_id": "i100", "value": 1},
+        )
+        self.assertEqual(reply["outcome"], "refused")  # no command type on this point
+        reply = yield self.request(
+            keys.DEVICE_CALL,
+            {"request_id": "r6", "device_id": "d1", "term_id": "t1", "item_id": "nope"},
+        )
+        self.assertEqual(reply["outcome"], "not_found")
+
+    @defer.inlineCallbacks
+    def test_offline_device(self):
+        yield self.configure()
+        yield self.start_manager()
+        yield until(lambda: self.latest("i100"), what="values")
+        for connection in list(self.registry.connections):
+            connection.transport.loseConnection()
+        runtime = self.manager.running_devices["d1"].runtime
+        yield until(lambda: runtime.client.state.value != "started", what="offline")
+        # The simulator accepts again at once: the link comes back by itself.
+        yield until(lambda: runtime.client.state.value == "started", what="reconnect")
+
+
+class OutageTests(_Base):
+    """The same manager with a Redis of its own, stopped and restarted mid-flow."""
+
+    def setUp(self):
+        self.redis_server = PrivateRedis()
+        self.addCleanup(self.redis_server.stop)
+        return super().setUp()
+
+    @defer.inlineCallbacks
+    def test_samples_during_an_outage_are_stored_afterwards(self):
+        yield self.configure()
+        yield self.start_manager()
+        yield until(lambda: self.latest("i100"), what="values")
+        config = {k: self.sync.hgetall(k) for k in self.sync.keys("HS:*") if "VALUE" not in k}
+        sets = {k: self.sync.smembers(k) for k in self.sync.keys("SET:*")}
+        self.server.kill()
+        yield until(lambda: not self.client.connected, what="redis down")
+        for value in range(10):
+            self.registry.update(5, 300, 1000 + value)
+        yield until(lambda: self.manager.ingest.status()["buffered"] >= 10, what="buffering")
+        self.server.restart()
+        self.sync = redis_py.Redis(port=self.server.port, decode_responses=True)
+        self.addCleanup(self.sync.close)
+        for key, fields in config.items():  # the new server is empty: put the config back
+            self.sync.hset(key, mapping=fields)
+        for key, members in sets.items():
+            self.sync.sadd(key, *members)
+        yield until(lambda: self.manager.ingest.status()["buffered"] == 0, 30, what="flush")
+        history = self.sync.xrange(keys.POINT_DATA % ("d1", "t1", "i300"))
+        values = [json.loads(e[1]["sample"])["value"] for e in history]
+        self.assertEqual([round(v, 1) for v in values[-10:]], [100.0 + v / 10 for v in range(10)])
+        self.assertEqual(self.manager.ingest.status()["dropped"], 0)
+
+
+class _Recorder:
+    def __init__(self, seen):
+        self.seen = seen
+
+    def samples_received(self, samples):
+        self.seen.extend(samples)
