@@ -160,6 +160,7 @@ class DeviceManager(MultiService):
             self._message,
             channels=[*_CHANGE_CHANNELS, keys.DEVICE_CALL, keys.DEVICE_CTRL],
             on_subscribed=lambda: self.reconcile(),
+            ready=redis.when_ready,
             name="device manager subscription",
         )
         self.subscriber.setName("subscription")

@@ -50,12 +50,16 @@ class RedisClient(Service):
     def startService(self) -> None:
         """Open the pool (after the embedded server, when there is one, is ready)."""
         super().startService()
-        if self._address_source is not None:
-            ready: Deferred[Any] = self._address_source.when_ready()
-        else:
-            ready = succeed(None)
+        ready = self.when_ready()
         ready.addCallback(lambda _: self._connect())
         ready.addErrback(lambda f: self.log.failure("cannot connect to Redis", f))
+
+    def when_ready(self) -> Deferred[Any]:
+        """Fires when the Redis server can be reached (at once unless it is embedded)."""
+        if self._address_source is not None:
+            ready: Deferred[Any] = self._address_source.when_ready()
+            return ready
+        return succeed(None)
 
     def _connect(self) -> None:
         if not self.running:

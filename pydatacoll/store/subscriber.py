@@ -62,6 +62,7 @@ class Subscriber(Service):
         channels: Sequence[str] = (),
         patterns: Sequence[str] = (),
         on_subscribed: Callable[[], None] | None = None,
+        ready: Callable[[], defer.Deferred[Any]] | None = None,
         name: str = "subscriber",
     ) -> None:
         self.reactor = reactor
@@ -72,11 +73,21 @@ class Subscriber(Service):
         self.on_subscribed = on_subscribed
         self.label = name
         self.subscribed = False
+        self._ready = ready
         self._factory: _Factory | None = None
         self._conn: Any = None
 
     def startService(self) -> None:
         super().startService()
+        ready = self._ready() if self._ready is not None else defer.succeed(None)
+        ready.addCallback(lambda _: self._connect())
+        ready.addErrback(
+            lambda f: self.log.failure("{name}: Redis never came up", f, name=self.label)
+        )
+
+    def _connect(self) -> None:
+        if not self.running:
+            return
         address = self._address()
         if address.path is not None:
             endpoint: Any = UNIXClientEndpoint(self.reactor, address.path)

@@ -23,7 +23,7 @@ def free_port() -> int:
 class PrivateRedis:
     """A redis-server process of the tests' own; `stop` (or exit) ends it."""
 
-    def __init__(self) -> None:
+    def __init__(self, persistent: bool = False) -> None:
         self.port = free_port()
         self._dir = tempfile.mkdtemp(prefix="pydatacoll-redis-")
         binary = find_redis_server()
@@ -37,7 +37,10 @@ class PrivateRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            # persistent: the configuration survives `restart` (an outage, not a wipe)
+            "yes" if persistent else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             self._dir,
         ]
