@@ -8,6 +8,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 
 from pydatacoll.api.app import ApiApp
+from pydatacoll.api.replies import ReplyListener
 from pydatacoll.config import Settings
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.embedded import EmbeddedRedis, find_redis_server
@@ -15,7 +16,8 @@ from pydatacoll.store.redis import RedisClient
 
 
 def make_root_service(settings: Settings, reactor: Any) -> MultiService:
-    """Children in start order: ``redis-server`` (embedded only), ``redis``, ``api``."""
+    """Children in start order: ``redis-server`` (embedded only), ``redis``, then for the
+    roles that serve the REST API ``replies`` and ``api``."""
     root = MultiService()
     embedded = None
     if settings.embedded_redis:
@@ -32,8 +34,21 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     )
     client.setName("redis")
     client.setServiceParent(root)
-    api = ApiApp(ConfigStore(client), settings)
+    if settings.runs_api:
+        _add_api(root, settings, reactor, client, embedded)
+    return root
+
+
+def _add_api(
+    root: MultiService, settings: Settings, reactor: Any, client: RedisClient, embedded: Any
+) -> None:
+    """The reply listener of device_call/device_ctrl and the REST API listening."""
+    replies = ReplyListener(
+        reactor, settings.redis, address_source=embedded, connect_timeout=settings.redis_timeout
+    )
+    replies.setName("replies")
+    replies.setServiceParent(root)
+    api = ApiApp(ConfigStore(client), settings, replies=replies, clock=reactor)
     api_service = strports.service(settings.api_endpoint, api.site(), reactor=reactor)
     api_service.setName("api")
     api_service.setServiceParent(root)
-    return root

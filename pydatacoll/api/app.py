@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import re
@@ -11,18 +12,27 @@ from datetime import datetime
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
 from pydatacoll import errors
 from pydatacoll.api.jsonbody import dumps, read_json
+from pydatacoll.api.replies import DeviceAnswer, ReplyListener, ReplyTimeout
 from pydatacoll.config import Settings
-from pydatacoll.model import ENTITIES, TermItem, decode_fields, is_valid_id, normalize_id
+from pydatacoll.model import (
+    ENTITIES,
+    TermItem,
+    decode_fields,
+    is_valid_id,
+    iso_time,
+    normalize_id,
+)
 from pydatacoll.protocols import TERM_PROTOCOLS, device_protocols
 from pydatacoll.store import keys
-from pydatacoll.store.config import MAX_RETRIES, ConfigStore, RetryChange
+from pydatacoll.store.config import MAX_RETRIES, ConfigStore, RetryChange, natural_key
 
 MAX_BATCH = 10000
 MAX_SAMPLES = 10000
@@ -52,15 +62,42 @@ def _json(request: Any, status: int, body: Any) -> bytes:
     return dumps(body)
 
 
+class _WallClock:
+    """``seconds()`` from `time.time`, for an `ApiApp` built without a reactor."""
+
+    @staticmethod
+    def seconds() -> float:
+        return time.time()
+
+
 class ApiApp:
-    """The REST API bound to a configuration store and the settings."""
+    """The REST API bound to a configuration store and the settings.
+
+    ``replies`` receives the collector's answers to device_call/device_ctrl (without it
+    those routes answer 503); ``clock`` gives the times of requests and audit entries.
+    """
 
     app = Klein()
     log = Logger()
 
-    def __init__(self, store: ConfigStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: ConfigStore,
+        settings: Settings,
+        *,
+        replies: ReplyListener | None = None,
+        clock: Any = None,
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.replies = replies
+        self.clock = clock or (replies.clock if replies is not None else _WallClock())
+        #: A short, non-secret id of the API token for the audit log ("-" without one).
+        self.token_id = (
+            hashlib.sha256(settings.api_token.encode()).hexdigest()[:8]
+            if settings.api_token
+            else "-"
+        )
 
     def site(self) -> Site:
         """A `Site` serving this API with the body size limit applied."""
@@ -427,19 +464,96 @@ class ApiApp:
         request.setResponseCode(204)
         return b""
 
+    # -- live values and status ------------------------------------------------------------
+    @inlineCallbacks
+    def _device_fields(self, device_id: str) -> Any:
+        fields = (
+            {} if not is_valid_id(device_id) else (yield self.store.get_fields("device", device_id))
+        )
+        if not fields:
+            raise errors.NotFound("device_id not found!", field="device_id")
+        return fields
+
+    @app.route("/api/v1/devices/<device_id>/values", methods=["GET"])
+    @inlineCallbacks
+    def device_values(self, request: Any, device_id: str) -> Any:
+        """The latest sample of every point of a device: ``{"term_id:item_id": sample}``."""
+        self._read(request)
+        yield self._device_fields(device_id)
+        stored = yield self.store.redis.call("hgetall", keys.DEVICE_VALUES % device_id)
+        values = decode_fields(stored)
+        return _json(request, 200, {k: values[k] for k in sorted(values, key=natural_key)})
+
+    @app.route("/api/v1/devices/<device_id>/status", methods=["GET"])
+    @inlineCallbacks
+    def device_status(self, request: Any, device_id: str) -> Any:
+        """The collector's status of a device; ``"state": "unknown"`` before it wrote one."""
+        self._read(request)
+        fields = yield self._device_fields(device_id)
+        text = yield self.store.redis.call("hget", keys.DEVICE_STATUS % device_id, "status")
+        status: Any = None
+        if text is not None:
+            try:
+                status = json.loads(text)
+            except ValueError:
+                status = None
+        if not isinstance(status, dict):
+            status = {
+                "device_id": device_id,
+                "protocol": decode_fields(fields).get("protocol"),
+                "state": "unknown",
+                "since": None,
+                "last_error": None if text is None else "the stored status is not a JSON object",
+                "counters": {},
+                "points_updated": 0,
+                "last_value_time": None,
+                "collector": None,
+            }
+        return _json(request, 200, status)
+
     # -- device_call / device_ctrl --------------------------------------------------------
     @app.route("/api/v1/<any(device_call,device_ctrl):action>", methods=["POST"])
     @inlineCallbacks
     def device_request(self, request: Any, action: str) -> Any:
-        """Validate a read-now or command request and hand it to the collector."""
+        """Read a point now / command a point, through the collector running its device.
+
+        The round trip runs to its end (reply or timeout, and the audit entry) even if
+        the client goes away; the answer's outcome gives the HTTP status.
+        """
         body = self._body(request)
         if not isinstance(body, dict):
             raise errors.ValidationError("the request must be a JSON object")
         ids = {
             name: normalize_id(body.get(name), name) for name in ("device_id", "term_id", "item_id")
         }
-        message: dict[str, Any] = {"request_id": uuid.uuid4().hex, **ids}
-        if action == "device_ctrl":
+        request_id = uuid.uuid4().hex
+        if action == "device_call":
+            work = self._round_trip(action, request_id, ids, {})
+        else:
+            work = self._device_ctrl(request_id, ids, body, _client(request))
+        answer = yield _detached(work)
+        return _json(request, answer.status, answer.to_json())
+
+    @inlineCallbacks
+    def _device_ctrl(
+        self, request_id: str, ids: dict[str, str], body: dict[str, Any], client: str
+    ) -> Any:
+        """Validate, send and audit one command; every outcome gets its audit entry."""
+        entry = {
+            "time": iso_time(self.clock.seconds()),
+            "request_id": request_id,
+            "client": client,
+            "token_id": self.token_id,
+            **ids,
+            "value": _short_json(body.get("value")),
+            "select": _short_json(body.get("select", False)),
+        }
+        self.log.info(
+            "device_ctrl {request_id} from {client} (token {token_id}): "
+            "{device_id}:{term_id}:{item_id} = {value} select={select}",
+            **{k: v for k, v in entry.items() if k != "time"},  # "time" is the logger's
+        )
+        try:
             value = body.get("value")
             if (
                 isinstance(value, bool)
@@ -452,25 +566,157 @@ class ApiApp:
             select = body.get("select", False)
             if not isinstance(select, bool):
                 raise errors.ValidationError("select must be true or false", field="select")
-            message.update(
-                value=value,
-                select=select,
-                client=request.getClientAddress().host if request.getClientAddress() else None,
-            )
+            extra = {"value": value, "select": select, "client": client, "token_id": self.token_id}
+            answer = yield self._round_trip("device_ctrl", request_id, ids, extra)
+        except errors.ApiError as e:
+            outcome = e.outcome if isinstance(e, DeviceAnswer) else e.code
+            yield self._audit(entry, outcome, e.status, e.message, getattr(e, "cause", None))
+            raise
+        except Exception:
+            yield self._audit(entry, "failed", 500, "internal error", None)
+            raise
+        yield self._audit(entry, answer.outcome, answer.status, answer.message, answer.cause)
+        return answer
+
+    @inlineCallbacks
+    def _round_trip(
+        self, action: str, request_id: str, ids: dict[str, str], extra: dict[str, Any]
+    ) -> Any:
+        """Publish one request and await its own reply: a `DeviceAnswer` (raised if not 2xx)."""
         yield self._term_item_fields(ids["term_id"], ids["item_id"], ids["device_id"])
-        message["deadline"] = time.time() + self.settings.device_timeout
+        if self.replies is None:
+            raise DeviceAnswer(request_id, "unavailable", "device requests are not served here")
+        timeout = self.settings.device_timeout
+        waiting = self.replies.wait(request_id, timeout)  # before publishing: no reply missed
+        message = {
+            "request_id": request_id,
+            **ids,
+            **extra,
+            "reply_to": self.replies.reply_channel(request_id),
+            "deadline": self.clock.seconds() + timeout,
+        }
         channel = keys.DEVICE_CALL if action == "device_call" else keys.DEVICE_CTRL
-        if action == "device_ctrl":
-            self.log.info(
-                "device_ctrl {request_id} from {client}: {device_id}:{term_id}:{item_id} = {value}",
-                **message,
-            )
-        receivers = yield self.store.publish(channel, message)
+        try:
+            receivers = yield self.store.publish(channel, message)
+        except BaseException:
+            _forget(waiting)
+            raise
         if not receivers:
-            raise errors.Unavailable(
-                "no collector is running for this device; nothing was sent", field="device_id"
+            _forget(waiting)
+            raise DeviceAnswer(
+                request_id, "unavailable", "no collector is running; nothing was sent"
             )
-        raise errors.GatewayTimeout("the collector did not answer in time", field="device_id")
+        try:
+            reply = yield waiting
+        except ReplyTimeout:
+            maybe = "; the command may still have been executed" if action == "device_ctrl" else ""
+            raise DeviceAnswer(
+                request_id, "timeout", f"no answer from the collector within {timeout:g} s{maybe}"
+            ) from None
+        answer = DeviceAnswer.from_reply(request_id, reply)
+        if answer.status >= 400:
+            raise answer
+        return answer
+
+    @inlineCallbacks
+    def _audit(
+        self, entry: dict[str, Any], outcome: str, status: int, message: str, cause: Any
+    ) -> Any:
+        """Append one command to the bounded audit stream; a failure is logged, not raised."""
+        fields = dict(
+            entry, outcome=outcome, status=str(status), message=message[:500], cause=cause or ""
+        )
+        flat: list[str] = []
+        for name, text in fields.items():
+            flat += [name, str(text)]
+        try:
+            yield self.store.redis.call(
+                "execute_command",
+                "XADD",
+                keys.CTRL_LOG,
+                "MAXLEN",
+                "=",
+                self.settings.ctrl_log_length,
+                "*",
+                *flat,
+            )
+        except Exception:
+            self.log.failure("device_ctrl audit entry not written: {entry}", entry=fields)
+        self.log.info(
+            "device_ctrl {request_id}: {outcome} ({status}) {message}",
+            request_id=entry["request_id"],
+            outcome=outcome,
+            status=status,
+            message=message,
+        )
+
+    @app.route("/api/v1/device_ctrl/log", methods=["GET"])
+    @inlineCallbacks
+    def device_ctrl_log(self, request: Any) -> Any:
+        """The device_ctrl audit log, newest first (``?limit=``, ``?since=``, ``?until=``)."""
+        self._read(request)
+        limit = _int_arg(request, "limit", 100, 1, MAX_SAMPLES)
+        since = _time_arg(request, "since")
+        until = _time_arg(request, "until")
+        entries = yield self.store.redis.call(
+            "execute_command",
+            "XREVRANGE",
+            keys.CTRL_LOG,
+            "+" if until is None else str(until),
+            "-" if since is None else str(since),
+            "COUNT",
+            limit,
+        )
+        return _json(request, 200, [_audit_entry(e) for e in entries])
+
+
+def _client(request: Any) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or type(address).__name__)
+
+
+def _short_json(value: Any) -> str:
+    """A value as JSON text of at most 256 characters (audit fields)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = json.dumps(repr(value))
+    return text[:256]
+
+
+def _audit_entry(entry: Any) -> dict[str, Any]:
+    entry_id, flat = entry
+    fields: dict[str, Any] = dict(zip(flat[::2], flat[1::2], strict=False))
+    for name in ("value", "select"):
+        try:
+            fields[name] = json.loads(fields.get(name, "null"))
+        except ValueError:
+            pass
+    if str(fields.get("status", "")).isdigit():
+        fields["status"] = int(fields["status"])
+    fields["cause"] = fields.get("cause") or None
+    return {"id": entry_id, **fields}
+
+
+def _forget(waiting: Deferred[Any]) -> None:
+    waiting.addErrback(lambda f: f.trap(CancelledError))
+    waiting.cancel()
+
+
+def _detached(work: Deferred[Any]) -> Deferred[Any]:
+    """A Deferred following ``work``; cancelling it (client gone) leaves ``work`` running."""
+    result: Deferred[Any] = Deferred()
+
+    def forward(outcome: Any) -> None:
+        if result.called:
+            return
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+
+    work.addBoth(forward)
+    return result
 
 
 def _op(kind: str, entity: Any) -> dict[str, Any]:

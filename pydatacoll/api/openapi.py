@@ -101,7 +101,179 @@ def _operation(method: str, path: str) -> dict[str, Any]:
         }
         if path.endswith("/del"):
             responses["204"] = {"description": "deleted"}
+    _specialise(method, path, operation)
     return operation
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+_QUERY = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+        "description": "at most this many entries (default 100 for the log, 1000 for datas)",
+    },
+    {
+        "name": "since",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "format": "date-time"},
+        "description": "ISO 8601 time with a zone: entries written at or after it",
+    },
+    {
+        "name": "until",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "format": "date-time"},
+        "description": "ISO 8601 time with a zone: entries written at or before it",
+    },
+]
+
+_DEVICE_OUTCOMES = {
+    "200": "confirmed or terminated: the answer (device_call: with the fresh sample)",
+    "400": "invalid request, or the collector refused it (outcome refused)",
+    "404": "unknown device/term/item/point, or the collector does not run it (not_found)",
+    "409": "the device answered negatively (outcome negative, with its cause) or is busy",
+    "502": "the request failed in the collector (outcome failed)",
+    "503": "no collector, reply channel not subscribed, too many requests, device offline",
+    "504": "no answer within [api] device_timeout (outcome timeout)",
+}
+
+
+def _specialise(method: str, path: str, operation: dict[str, Any]) -> None:
+    """Descriptions and schemas of the routes that are not plain CRUD."""
+    responses = operation["responses"]
+    if method == "POST" and path in ("/api/v1/device_call", "/api/v1/device_ctrl"):
+        responses.pop("201", None)
+        for code, text in _DEVICE_OUTCOMES.items():
+            responses[code] = {"description": text, **_ref("DeviceAnswer")}
+        operation["description"] = (
+            "Sent to the collector running the device; it answers on a reply channel of "
+            "this request only. device_ctrl needs the token (when one is set), is logged, "
+            "and is appended to the audit log whatever its outcome."
+        )
+    elif path == "/api/v1/device_ctrl/log":
+        operation["parameters"] = _QUERY
+        operation["description"] = "The device_ctrl audit log, newest first."
+        responses["200"] = {
+            "description": "audit entries",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/CtrlLogEntry"},
+                    }
+                }
+            },
+        }
+    elif path.endswith("/datas"):
+        operation["parameters"] = operation["parameters"] + _QUERY
+    elif path == "/api/v1/devices/{device_id}/values":
+        operation["description"] = "The latest sample of every point of the device ({} if none)."
+        responses["200"] = {
+            "description": 'field "{term_id}:{item_id}" -> sample',
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": {"$ref": "#/components/schemas/Sample"},
+                    }
+                }
+            },
+        }
+    elif path == "/api/v1/devices/{device_id}/status":
+        operation["description"] = (
+            'The collector\'s status of the device; "state": "unknown" while none was written.'
+        )
+        responses["200"] = {"description": "the device status", **_ref("DeviceStatus")}
+
+
+_SAMPLE = {
+    "type": "object",
+    "properties": {
+        "value": {},
+        "quality": {"enum": ["good", "questionable", "invalid"]},
+        "flags": {"type": "array", "items": {"type": "string"}},
+        "source_time": {"type": ["string", "null"], "format": "date-time"},
+        "receive_time": {"type": ["string", "null"], "format": "date-time"},
+    },
+    "additionalProperties": True,
+}
+
+_DEVICE_ANSWER = {
+    "type": "object",
+    "required": ["request_id", "outcome", "message"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "outcome": {
+            "enum": [
+                "confirmed",
+                "terminated",
+                "negative",
+                "busy",
+                "refused",
+                "not_found",
+                "offline",
+                "timeout",
+                "failed",
+                "unavailable",
+            ]
+        },
+        "message": {"type": "string"},
+        "cause": {"type": ["string", "null"], "description": "the device's own reason"},
+        "sample": {
+            "oneOf": [{"$ref": "#/components/schemas/Sample"}, {"type": "null"}],
+            "description": "the value read (device_call) or read back, with its point ids",
+        },
+        "error": {"type": "string", "description": "errors only: the outcome"},
+        "field": {"type": "null"},
+    },
+}
+
+_CTRL_LOG_ENTRY = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "stream entry id (ms of the outcome)"},
+        "time": {"type": "string", "format": "date-time", "description": "request received"},
+        "request_id": {"type": "string"},
+        "client": {"type": "string", "description": "client address"},
+        "token_id": {"type": "string", "description": "sha256 prefix of the token, or -"},
+        "device_id": {"type": "string"},
+        "term_id": {"type": "string"},
+        "item_id": {"type": "string"},
+        "value": {"description": "the value as sent"},
+        "select": {"description": "as sent (true/false when valid)"},
+        "outcome": {"type": "string", "description": "a device outcome or an API error code"},
+        "status": {"type": "integer", "description": "the HTTP status answered"},
+        "message": {"type": "string"},
+        "cause": {"type": ["string", "null"]},
+    },
+}
+
+_DEVICE_STATUS = {
+    "type": "object",
+    "required": ["state"],
+    "properties": {
+        "device_id": {"type": "string"},
+        "protocol": {"type": ["string", "null"]},
+        "state": {
+            "type": "string",
+            "description": "connecting, started, stopped, offline, error, ...; unknown before "
+            "the collector wrote a status",
+        },
+        "since": {"type": ["string", "null"], "format": "date-time"},
+        "last_error": {"type": ["string", "null"]},
+        "counters": {"type": "object"},
+        "points_updated": {"type": "integer"},
+        "last_value_time": {"type": ["string", "null"], "format": "date-time"},
+        "collector": {"type": ["string", "null"]},
+    },
+    "additionalProperties": True,
+}
 
 
 def document(app: Klein) -> dict[str, Any]:
@@ -117,14 +289,24 @@ def document(app: Klein) -> dict[str, Any]:
         "type": "object",
         "required": ["device_id", "term_id", "item_id"],
         "properties": {
-            "device_id": {},
-            "term_id": {},
-            "item_id": {},
-            "value": {},
-            "select": {"type": "boolean"},
+            "device_id": {"type": ["string", "integer"]},
+            "term_id": {"type": ["string", "integer"]},
+            "item_id": {"type": ["string", "integer"]},
+            "value": {
+                "type": ["number", "string"],
+                "description": "device_ctrl only (required): a number, 0/1, or a short string",
+            },
+            "select": {
+                "type": "boolean",
+                "description": "device_ctrl only: select before operate (default false)",
+            },
         },
         "examples": [{"device_id": "1", "term_id": "10", "item_id": "1000", "value": 1}],
     }
+    schemas["DeviceAnswer"] = _DEVICE_ANSWER
+    schemas["Sample"] = _SAMPLE
+    schemas["CtrlLogEntry"] = _CTRL_LOG_ENTRY
+    schemas["DeviceStatus"] = _DEVICE_STATUS
     return {
         "openapi": "3.1.0",
         "info": {"title": "PyDataColl REST API", "version": "1"},
