@@ -546,7 +546,7 @@ class ApiApp:
             "token_id": self.token_id,
             **ids,
             "value": _short_json(body.get("value")),
-            "select": _short_json(body.get("select", False)),
+            "select": _short_json(body.get("select")),
         }
         self.log.info(
             "device_ctrl {request_id} from {client} (token {token_id}): "
@@ -563,9 +563,9 @@ class ApiApp:
                 raise errors.ValidationError(
                     "value must be a number, a boolean as 0/1, or a short string", field="value"
                 )
-            select = body.get("select", False)
-            if not isinstance(select, bool):
-                raise errors.ValidationError("select must be true or false", field="select")
+            select = body.get("select")  # None: the term-item's default mode
+            if select is not None and not isinstance(select, bool):
+                raise errors.ValidationError("select must be true, false or null", field="select")
             extra = {"value": value, "select": select, "client": client, "token_id": self.token_id}
             answer = yield self._round_trip("device_ctrl", request_id, ids, extra)
         except errors.ApiError as e:

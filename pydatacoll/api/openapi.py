@@ -246,7 +246,7 @@ _CTRL_LOG_ENTRY = {
         "term_id": {"type": "string"},
         "item_id": {"type": "string"},
         "value": {"description": "the value as sent"},
-        "select": {"description": "as sent (true/false when valid)"},
+        "select": {"description": "as sent (true, false, or null for the point's default)"},
         "outcome": {"type": "string", "description": "a device outcome or an API error code"},
         "status": {"type": "integer", "description": "the HTTP status answered"},
         "message": {"type": "string"},
@@ -297,8 +297,9 @@ def document(app: Klein) -> dict[str, Any]:
                 "description": "device_ctrl only (required): a number, 0/1, or a short string",
             },
             "select": {
-                "type": "boolean",
-                "description": "device_ctrl only: select before operate (default false)",
+                "type": ["boolean", "null"],
+                "description": "device_ctrl only: select before operate; omitted or null: "
+                "the term-item's default",
             },
         },
         "examples": [{"device_id": "1", "term_id": "10", "item_id": "1000", "value": 1}],

@@ -183,7 +183,7 @@ class DeviceApiTests(_DeviceApiBase):
 
     @inlineCallbacks
     def test_negative_confirmation_is_409_with_the_cause(self):
-        yield self.collector(
+        fake = yield self.collector(
             lambda channel, request: {
                 "ok": False,
                 "outcome": "negative",
@@ -196,6 +196,11 @@ class DeviceApiTests(_DeviceApiBase):
         self.assertEqual(
             (body["error"], body["outcome"], body["cause"], body["message"], body["field"]),
             ("negative", "negative", "UNKNOWN_IOA", "the RTU refused", None),
+        )
+        [(channel, request)] = fake.requests
+        self.assertEqual(
+            (channel, request["value"], request["select"], request["client"], request["token_id"]),
+            (keys.DEVICE_CTRL, 1, None, "127.0.0.1", "-"),
         )
 
     @inlineCallbacks
@@ -418,7 +423,9 @@ class AuditTests(_DeviceApiBase):
             (oldest["client"], oldest["token_id"], oldest["device_id"], oldest["select"]),
             ("127.0.0.1", token_id, "1", True),
         )
-        self.assertEqual((log[3]["cause"], log[3]["message"]), ("COT 47", "negative"))
+        self.assertEqual(
+            (log[3]["cause"], log[3]["message"], log[3]["select"]), ("COT 47", "negative", None)
+        )
         self.assertEqual(newest["message"], "item_id not found!")
         self.assertTrue(oldest["time"].endswith("+00:00"))
         self.assertEqual(len((yield self.call("GET", "/api/v1/device_ctrl/log?limit=2"))[1]), 2)
