@@ -795,3 +795,6 @@ def _expand(path: str) -> list[str]:
     for option in match.group(1).split(","):
         results.extend(_expand(path[: match.start()] + option.strip() + path[match.end() :]))
     return results
+
+
+from pydatacoll.api import processing as _processing  # noqa: E402,F401

@@ -2,7 +2,8 @@
 --
 -- ARGV[1] is JSON: {"k": key templates, "c": change channels (both from
 -- pydatacoll/store/keys.py), "ops": [op, ...]}.
--- op = {"op": "create"|"put"|"update"|"delete", "entity": "device"|"term"|"item"|"term_item",
+-- op = {"op": "create"|"put"|"update"|"delete",
+--       "entity": "device"|"term"|"item"|"term_item"|"formula",
 --       "id": id (term_item: "term_id:item_id"), "term_id", "item_id" (term_item),
 --       "fields": {name: JSON text} (create/put/update), "expect": {name: JSON text} (update)}
 -- Every op is checked first; only when all pass is anything written, so a batch is
@@ -62,7 +63,112 @@ local function exists(k)
 end
 
 -- phase 1: check every op against what is stored -----------------------------------
-local LABEL = {device = "device", term = "term", item = "item", term_item = "term_item"}
+local LABEL = {device = "device", term = "term", item = "item", term_item = "term_item",
+  formula = "formula"}
+
+-- formulas: the graph as the batch leaves it (overlay over what is stored) --------------
+local formula_overlay = {}  -- id -> {result, params} or false (deleted in this batch)
+
+-- a formula's result point and parameters ("d:t:i"), from its fields (JSON texts)
+local function formula_from_fields(fields)
+  local params = {}
+  for name, text in pairs(fields) do
+    if string.match(name, "^p%d+$") then params[name] = cjson.decode(text) end
+  end
+  return {
+    result = cjson.decode(fields.device_id) .. ":" .. cjson.decode(fields.term_id) .. ":"
+      .. cjson.decode(fields.item_id),
+    params = params,
+  }
+end
+
+local function stored_formula(flat)
+  local fields = {}
+  for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
+  return formula_from_fields(fields)
+end
+
+local function formula_def(id)
+  local o = formula_overlay[id]
+  if o ~= nil then
+    if o == false then return nil end
+    return o
+  end
+  local flat = redis.call("HGETALL", key("formula", id))
+  if #flat == 0 then return nil end
+  return stored_formula(flat)
+end
+
+-- ids of the formulas that use a point
+local function formula_users(point)
+  local users = {}
+  for _, id in ipairs(redis.call("SMEMBERS", key("formula_param", point))) do
+    if formula_overlay[id] == nil then users[#users + 1] = id end
+  end
+  for id, def in pairs(formula_overlay) do
+    if def then
+      for _, p in pairs(def.params) do
+        if p == point then users[#users + 1] = id; break end
+      end
+    end
+  end
+  table.sort(users)
+  return users
+end
+
+local function split_point(point)
+  local d, t, i = string.match(point, "^([^:]+):([^:]+):([^:]+)$")
+  return d, t, i
+end
+
+local function point_exists(point)
+  local d, t, i = split_point(point)
+  local text = redis.call("HGET", key("term_item", t, i), "device_id")
+  return text and text == quote(d)
+end
+
+local function check_formula(op, index)
+  if op.op == "delete" then
+    formula_overlay[op.id] = false
+    return
+  end
+  local def = formula_from_fields(op.fields)
+  local names = {}
+  for name, _ in pairs(def.params) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    if not point_exists(def.params[name]) then
+      fail(404, "not_found", "parameter not found: " .. name .. "=" .. def.params[name], name, index)
+    end
+  end
+  if not point_exists(def.result) then
+    fail(404, "not_found", "result point " .. def.result .. " not found!", "item_id", index)
+  end
+  formula_overlay[op.id] = def
+  -- a cycle: following results to the formulas that use them leads back to this one
+  local visited = {}
+  local stack = {{point = def.result, path = op.id}}
+  while #stack > 0 do
+    local top = table.remove(stack)
+    for _, id in ipairs(formula_users(top.point)) do
+      if id == op.id then
+        local field = "formula"
+        for _, name in ipairs(names) do
+          if def.params[name] == top.point then field = name; break end
+        end
+        fail(409, "conflict", "cycle: formula " .. top.path .. " -> formula " .. op.id
+          .. " (" .. field .. " = " .. top.point .. ")", field, index)
+      end
+      if not visited[id] then
+        visited[id] = true
+        local def = formula_def(id)
+        if def then
+          stack[#stack + 1] = {point = def.result, path = top.path .. " -> " .. id}
+        end
+      end
+    end
+  end
+end
 
 local function check(op, index)
   local k = entity_key(op)
@@ -85,6 +191,7 @@ local function check(op, index)
     for _, _ in pairs(op.expect) do count = count - 1 end
     if count ~= 0 then error({retry = true}) end
   end
+  if op.entity == "formula" then return check_formula(op, index) end
   if op.op == "delete" then return end
   if op.entity == "term" then
     local device_id = cjson.decode(op.fields.device_id)
@@ -160,12 +267,34 @@ local function move_term(term_id, old_device, new_device)
   end
 end
 
+local function unindex_formula(id, old)
+  if #old == 0 then return end
+  for _, point in pairs(stored_formula(old).params) do
+    redis.call("SREM", key("formula_param", point), id)
+  end
+end
+
 local function apply(op)
   local k = entity_key(op)
   local old = redis.call("HGETALL", k)
   local kind
   cascade_terms, cascade_points = {}, {}
-  if op.op == "delete" then
+  if op.entity == "formula" then
+    unindex_formula(op.id, old)
+    if op.op == "delete" then
+      kind = "del"
+      redis.call("DEL", k)
+      redis.call("SREM", key("formulas"), op.id)
+      redis.call("HDEL", key("formula_status"), op.id)
+    else
+      kind = (#old == 0) and "add" or "fresh"
+      write_hash(k, op.fields)
+      redis.call("SADD", key("formulas"), op.id)
+      for _, point in pairs(formula_from_fields(op.fields).params) do
+        redis.call("SADD", key("formula_param", point), op.id)
+      end
+    end
+  elseif op.op == "delete" then
     kind = "del"
     if op.entity == "device" then
       for _, term_id in ipairs(redis.call("SMEMBERS", key("device_terms", op.id))) do

@@ -19,8 +19,18 @@ _ERRORS: dict[int, type[ApiError]] = {400: ValidationError, 404: NotFound, 409: 
 MAX_RETRIES = 5
 _DIGITS = re.compile(r"(\d+)")
 
-ENTITY_KEYS = {"device": keys.DEVICE, "term": keys.TERM, "item": keys.ITEM}
-ENTITY_SETS = {"device": keys.DEVICES, "term": keys.TERMS, "item": keys.ITEMS}
+ENTITY_KEYS = {
+    "device": keys.DEVICE,
+    "term": keys.TERM,
+    "item": keys.ITEM,
+    "formula": keys.FORMULA,
+}
+ENTITY_SETS = {
+    "device": keys.DEVICES,
+    "term": keys.TERMS,
+    "item": keys.ITEMS,
+    "formula": keys.FORMULAS,
+}
 
 
 def natural_key(text: str) -> list[Any]:

@@ -25,6 +25,10 @@ TERM_ITEM = "HS:TERM_ITEM:%s:%s"
 TERM_ITEMS = "SET:TERM_ITEM:%s"
 ITEM_TERMS = "SET:ITEM_TERM:%s"
 CONFIG_VERSION = "STR:CONFIG_VERSION"
+#: Formulas (calculated points); the reverse index is keyed by the point "d:t:i".
+FORMULA = "HS:FORMULA:%s"
+FORMULAS = "SET:FORMULA"
+FORMULA_PARAM = "SET:FORMULA_PARAM:%s"
 
 # -- runtime data (written by the collector; deleted here with their point/device) ------
 POINT_DATA = "XS:DATA:%s:%s:%s"
@@ -38,6 +42,8 @@ ALARMS = "HS:ALARM"
 ALARM_LOG = "XS:ALARM_LOG"
 #: Plugin states, field plugin name -> JSON status.
 PLUGIN_STATUS = "HS:PLUGIN_STATUS"
+#: Formula states (written by the formulas plugin), field formula id -> JSON status.
+FORMULA_STATUS = "HS:FORMULA_STATUS"
 
 # -- channels ---------------------------------------------------------------------------
 CHANNEL_PREFIX = "CHANNEL:"
@@ -62,6 +68,9 @@ DEVICE_SAMPLES = "CHANNEL:DEVICE_SAMPLES:%s"
 REPLY = "CHANNEL:REPLY:%s:%s"
 REPLY_PATTERN = "CHANNEL:REPLY:%s:*"
 ALARM = "CHANNEL:ALARM"
+FORMULA_ADD = "CHANNEL:FORMULA_ADD"
+FORMULA_FRESH = "CHANNEL:FORMULA_FRESH"
+FORMULA_DEL = "CHANNEL:FORMULA_DEL"
 
 #: entity -> operation -> channel of its change messages.
 CHANGE_CHANNELS: dict[str, dict[str, str]] = {
@@ -69,6 +78,7 @@ CHANGE_CHANNELS: dict[str, dict[str, str]] = {
     "term": {"add": TERM_ADD, "fresh": TERM_FRESH, "del": TERM_DEL},
     "item": {"add": ITEM_ADD, "fresh": ITEM_FRESH, "del": ITEM_DEL},
     "term_item": {"add": TERM_ITEM_ADD, "fresh": TERM_ITEM_FRESH, "del": TERM_ITEM_DEL},
+    "formula": {"add": FORMULA_ADD, "fresh": FORMULA_FRESH, "del": FORMULA_DEL},
 }
 
 _CHANGE = (
@@ -93,6 +103,11 @@ def documentation() -> dict[str, Any]:
             DEVICE_STATUS % "{device_id}": "link state and counters of a running device",
             ALARMS: "active alarms, field {device_id}:{term_id}:{item_id}:{kind}",
             PLUGIN_STATUS: "state of each processor plugin, field = plugin name",
+            FORMULA % "{formula_id}": (
+                "formula: formula (expression), device_id/term_id/item_id (the result "
+                "point), p1..pN (input points 'd:t:i'); one JSON value per field"
+            ),
+            FORMULA_STATUS: "state of each formula (last value or error), field = formula id",
         },
         "set": {
             DEVICES: "all device ids",
@@ -101,6 +116,8 @@ def documentation() -> dict[str, Any]:
             DEVICE_TERMS % "{device_id}": "term ids of a device",
             TERM_ITEMS % "{term_id}": "item ids linked to a term",
             ITEM_TERMS % "{item_id}": "term ids an item is linked to",
+            FORMULAS: "all formula ids",
+            FORMULA_PARAM % "{device_id}:{term_id}:{item_id}": "ids of the formulas using a point",
         },
         "list": {
             FRAME_LOG % "{device_id}": "bounded log of raw frames: {iso_time},{send|recv},{hex}",
@@ -149,6 +166,9 @@ def documentation() -> dict[str, Any]:
                 '"samples": [{"device_id", "term_id", "item_id", "value", "quality", '
                 '"flags", "source_time", "receive_time"}, ...]}'
             ),
+            FORMULA_ADD: "formula created: " + _CHANGE,
+            FORMULA_FRESH: "formula changed: " + _CHANGE,
+            FORMULA_DEL: "formula deleted: " + _CHANGE,
             ALARM: 'alarm raised or cleared: {"event": "raise"|"clear", "device_id", ...}',
             DEVICE_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
                 'a new sample of a point: {"device_id", "term_id", "item_id", "value", '
@@ -176,4 +196,8 @@ def lua_templates() -> dict[str, str]:
         "device_values": DEVICE_VALUES,
         "device_status": DEVICE_STATUS,
         "frame_log": FRAME_LOG,
+        "formula": FORMULA,
+        "formulas": FORMULAS,
+        "formula_param": FORMULA_PARAM,
+        "formula_status": FORMULA_STATUS,
     }

@@ -1,0 +1,587 @@
+"""The ``formulas`` processor: calculated points, recomputed when an input changes.
+
+A formula (`pydatacoll.model.Formula`, stored in ``HS:FORMULA:{id}``) names its input
+points ``p1..pN`` and its result point. When a batch brings a new sample of an input,
+the formulas that use it, and the formulas that use their results, are recomputed once,
+in dependency order (the store refuses cycles), after the batch: several batches that
+arrive while a computation runs are folded into the next one. Each result goes out
+through ``emit`` with the worst quality of its inputs; a formula that fails emits an
+``invalid`` sample with no value and keeps its error in ``HS:FORMULA_STATUS``.
+
+Buffers: the pending set holds formula ids (at most every formula once); the latest
+value is kept for input and result points only; window reads are bounded by
+``window_samples`` entries per point.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from pydatacoll.errors import ConfigError, PyDataCollError
+from pydatacoll.interfaces import IProcessor, IProcessorFactory
+from pydatacoll.model import Formula, Sample, decode_fields, parse_point, worst_quality
+from pydatacoll.processing import ProcessorContext
+from pydatacoll.processing.expression import (
+    Expression,
+    ExpressionError,
+    Window,
+    compile_expression,
+    evaluate,
+)
+from pydatacoll.store import keys
+
+Point = tuple[str, str, str]
+#: Flags of the samples a formula produces.
+CALCULATED = "calculated"
+FORMULA_ERROR = "formula_error"
+
+
+def _int_option(options: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"plugin:formulas.{name}", f"expected an integer, not {text!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"plugin:formulas.{name}", f"must be between {low} and {high}")
+    return value
+
+
+def _float_option(
+    options: Mapping[str, str], section: str, name: str, default: float, low: float, high: float
+) -> float:
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{section}.{name}", f"expected a number, not {text!r}") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"{section}.{name}", f"must be between {low} and {high}")
+    return value
+
+
+def _seconds(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+# -- reading points from Redis (shared with POST /api/v1/formula_check) ----------------
+def _entry_sample(entry: Any) -> dict[str, Any] | None:
+    _entry_id, flat = entry
+    fields = dict(zip(flat[::2], flat[1::2], strict=False))
+    try:
+        sample = json.loads(fields.get("sample", "null"))
+    except ValueError:
+        return None
+    return sample if isinstance(sample, dict) else None
+
+
+def read_latest(redis: Any, point: Point) -> Deferred[dict[str, Any] | None]:
+    """The newest stored sample of a point (its JSON object), or None."""
+    d = redis.call("execute_command", "XREVRANGE", keys.POINT_DATA % point, "+", "-", "COUNT", 1)
+    return d.addCallback(lambda entries: _entry_sample(entries[0]) if entries else None)
+
+
+def read_window(
+    redis: Any, point: Point, since: float, limit: int
+) -> Deferred[list[dict[str, Any]]]:
+    """The stored samples of a point since ``since`` (epoch seconds), oldest first, at most
+    ``limit`` (the newest ones)."""
+    d = redis.call(
+        "execute_command",
+        "XREVRANGE",
+        keys.POINT_DATA % point,
+        "+",
+        str(max(0, int(since * 1000))),
+        "COUNT",
+        limit,
+    )
+
+    def samples(entries: list[Any]) -> list[dict[str, Any]]:
+        found = [_entry_sample(entry) for entry in reversed(entries)]
+        return [s for s in found if s is not None]
+
+    return d.addCallback(samples)
+
+
+def _numeric(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def window_values(samples: Iterable[Mapping[str, Any]]) -> tuple[list[float], list[str]]:
+    """The usable values of window samples (numbers, not invalid) and their qualities."""
+    values, qualities = [], []
+    for sample in samples:
+        quality = sample.get("quality", "good")
+        value = _numeric(sample.get("value"))
+        if value is None or quality == "invalid":
+            continue
+        values.append(value)
+        qualities.append(quality if quality in ("good", "questionable") else "questionable")
+    return values, qualities
+
+
+@inlineCallbacks
+def check_formula(redis: Any, body: Any, now: float, window_samples: int = 1000) -> Any:
+    """What POST /api/v1/formula_check answers: the formula evaluated on stored values.
+
+    ``{"ok": true, "value", "quality"}`` or ``{"ok": false, "error", "message", "field"}``.
+    """
+    from pydatacoll.errors import ValidationError
+
+    if not isinstance(body, dict):
+        raise ValidationError("the request must be a JSON object")
+    text = body.get("formula")
+    if not isinstance(text, str):
+        raise ValidationError("formula must be a string", field="formula")
+    params: dict[str, Point] = {}
+    for name, value in body.items():
+        if isinstance(name, str) and name.startswith("p") and name[1:].isdigit():
+            if len(params) >= 32 or len(name) > 4:
+                raise ValidationError("at most 32 parameters p0..p999", field=name[:8])
+            params[name] = parse_point(value, name)
+    try:
+        expression = compile_expression(text, params)
+    except ExpressionError as e:
+        return {"ok": False, "error": "invalid", "message": e.message, "field": "formula"}
+    values, qualities = {}, []
+    for name in sorted(expression.params):
+        point = params[name]
+        fields = yield redis.call("hgetall", keys.TERM_ITEM % point[1:])
+        if not fields or decode_fields(fields).get("device_id") != point[0]:
+            message = f"parameter not found: {name}={':'.join(point)}"
+            return {"ok": False, "error": "not_found", "message": message, "field": name}
+        sample = yield read_latest(redis, point)
+        if sample is not None:
+            values[name] = sample.get("value")
+            qualities.append(sample.get("quality", "good"))
+    windows = {}
+    for window in expression.windows:
+        stored = yield read_window(
+            redis, params[window.param], now - window.seconds, window_samples
+        )
+        windows[window], window_qualities = window_values(stored)
+        qualities.extend(window_qualities)
+    try:
+        value = evaluate(expression, values, windows)
+    except ExpressionError as e:
+        return {"ok": False, "error": "failed", "message": e.message, "field": "formula"}
+    return {"ok": True, "value": value, "quality": worst_quality(qualities)}
+
+
+# -- the processor ---------------------------------------------------------------------
+@attrs.frozen
+class _Compiled:
+    formula: Formula
+    expression: Expression
+    params: Mapping[str, Point]
+
+    @property
+    def result(self) -> Point:
+        return self.formula.result
+
+
+@implementer(IProcessor)
+class FormulasProcessor(Service):
+    """Computes every formula when one of its inputs changes (see the module docstring)."""
+
+    log = Logger()
+    name = "formulas"
+
+    def __init__(self, context: ProcessorContext) -> None:
+        options = context.options
+        self.reactor = context.reactor
+        self.redis = context.redis
+        self._emit = context.emit
+        self.max_formulas = _int_option(options, "max_formulas", 10000, 1, 1_000_000)
+        self.window_samples = _int_option(options, "window_samples", 1000, 1, 100_000)
+        self.time_budget = _float_option(
+            options, "plugin:formulas", "time_budget", 0.05, 0.001, 1.0
+        )
+        self.retry_delay = _float_option(
+            options, "plugin:formulas", "retry_delay", 5.0, 0.01, 3600.0
+        )
+        self._formulas: dict[str, _Compiled] = {}
+        self._users: dict[Point, set[str]] = {}
+        self._rank: dict[str, int] = {}
+        self._latest: dict[Point, Sample] = {}
+        self._own: dict[Point, tuple[float, Any]] = {}
+        self._pending: set[str] = set()
+        self._scheduled: Any = None
+        self._running = False
+        self._loaded = False
+        self._statuses: dict[str, dict[str, Any]] = {}
+        self._dirty_status: set[str] = set()
+        self._retry: Any = None
+        self.counters = {"runs": 0, "evaluations": 0, "failures": 0, "emitted": 0, "refused": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def startService(self) -> None:
+        """Load the formulas from Redis (retried until it works)."""
+        super().startService()
+        self._start_loading()
+
+    def _start_loading(self) -> None:
+        self._retry = None
+        if not self.running:
+            return
+        d = self._load_all()
+
+        def failed(failure: Any) -> None:
+            self.log.warn(
+                "formulas not loaded ({error}); retrying in {delay}s",
+                error=failure.getErrorMessage(),
+                delay=self.retry_delay,
+            )
+            if self.running:
+                self._retry = self.reactor.callLater(self.retry_delay, self._start_loading)
+
+        d.addErrback(failed)
+
+    def stopService(self) -> Deferred[None]:
+        """Cancel timers; nothing is written afterwards."""
+        super().stopService()
+        for call in (self._retry, self._scheduled):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._scheduled = None
+        return succeed(None)
+
+    @inlineCallbacks
+    def _load_all(self) -> Any:
+        ids = yield self.redis.call("smembers", keys.FORMULAS)
+        formulas = []
+        for formula_id in sorted(ids)[: self.max_formulas]:
+            fields = yield self.redis.call("hgetall", keys.FORMULA % formula_id)
+            if fields:
+                formulas.append((formula_id, decode_fields(fields)))
+        for formula_id, body in formulas:
+            self._install(formula_id, body)
+        self._reorder()
+        yield self._load_latest(self._formulas)
+        self._loaded = True
+        self.log.info("{count} formulas loaded", count=len(self._formulas))
+        self._pending.update(self._formulas)
+        self._schedule()
+
+    @inlineCallbacks
+    def _load_latest(self, formula_ids: Iterable[str]) -> Any:
+        points = {
+            point
+            for formula_id in formula_ids
+            if formula_id in self._formulas
+            for point in self._formulas[formula_id].params.values()
+            if point not in self._latest
+        }
+        for point in sorted(points):
+            stored = yield read_latest(self.redis, point)
+            if stored is not None and point not in self._latest:
+                self._latest[point] = Sample.from_message(
+                    {"device_id": point[0], "term_id": point[1], "item_id": point[2], **stored}
+                )
+
+    # -- the formula set ----------------------------------------------------------------
+    def _install(self, formula_id: str, body: Any) -> None:
+        self._remove(formula_id)
+        try:
+            formula = Formula.from_json(body)
+            params = formula.params
+            compiled = _Compiled(formula, compile_expression(formula.formula, params), params)
+        except (PyDataCollError, ExpressionError) as e:
+            self.counters["refused"] += 1
+            self._set_status(formula_id, state="error", error=getattr(e, "message", str(e)))
+            return
+        if len(self._formulas) >= self.max_formulas:
+            self.counters["refused"] += 1
+            self._set_status(formula_id, state="error", error="over max_formulas")
+            return
+        self._formulas[formula_id] = compiled
+        for point in compiled.params.values():
+            self._users.setdefault(point, set()).add(formula_id)
+        self._set_status(formula_id, state="waiting", error=None)
+
+    def _remove(self, formula_id: str) -> None:
+        compiled = self._formulas.pop(formula_id, None)
+        if compiled is None:
+            return
+        for point in compiled.params.values():
+            users = self._users.get(point)
+            if users is not None:
+                users.discard(formula_id)
+                if not users:
+                    del self._users[point]
+        self._pending.discard(formula_id)
+        self._statuses.pop(formula_id, None)
+        self._forget_points()
+
+    def _forget_points(self) -> None:
+        wanted = set(self._users) | {c.result for c in self._formulas.values()}
+        for point in [p for p in self._latest if p not in wanted]:
+            del self._latest[point]
+        for point in [p for p in self._own if p not in wanted]:
+            del self._own[point]
+
+    def _reorder(self) -> None:
+        """Rank the formulas so that each comes after the formulas it reads (Kahn)."""
+        depends: dict[str, set[str]] = {}
+        producers: dict[Point, set[str]] = {}
+        for formula_id, compiled in self._formulas.items():
+            producers.setdefault(compiled.result, set()).add(formula_id)
+        for formula_id, compiled in self._formulas.items():
+            depends[formula_id] = {
+                producer
+                for point in compiled.params.values()
+                for producer in producers.get(point, ())
+                if producer != formula_id
+            }
+        rank: dict[str, int] = {}
+        queue = deque(sorted(f for f, d in depends.items() if not d))
+        dependents: dict[str, set[str]] = {}
+        for formula_id, needed in depends.items():
+            for other in needed:
+                dependents.setdefault(other, set()).add(formula_id)
+        remaining = {f: len(d) for f, d in depends.items()}
+        while queue:
+            formula_id = queue.popleft()
+            rank[formula_id] = len(rank)
+            for dependent in sorted(dependents.get(formula_id, ())):
+                remaining[dependent] -= 1
+                if remaining[dependent] == 0:
+                    queue.append(dependent)
+        for formula_id in depends:
+            if formula_id not in rank:  # only if the store's cycle check was bypassed
+                self._set_status(formula_id, state="error", error="part of a cycle")
+        self._rank = rank
+
+    # -- IProcessor -----------------------------------------------------------------------
+    def config_changed(self, change: Any) -> None:
+        """Follow formula changes (add, fresh, del)."""
+        if not isinstance(change, dict) or change.get("entity") != "formula":
+            return
+        formula_id = str(change.get("id"))
+        if change.get("op") == "del" or not isinstance(change.get("data"), dict):
+            self._remove(formula_id)
+            self._reorder()
+            self._write_deleted_status(formula_id)
+            return
+        self._install(formula_id, change["data"])
+        self._reorder()
+        if formula_id not in self._formulas:
+            self._write_status()
+            return
+        d = self._load_latest([formula_id])
+        d.addCallback(lambda _: self._trigger([formula_id]))
+        d.addErrback(lambda f: self.log.failure("loading inputs of formula {id}", f, id=formula_id))
+
+    def samples_received(self, samples: Sequence[Sample]) -> None:
+        """Remember the new values of inputs and schedule the formulas that use them."""
+        triggered: set[str] = set()
+        for sample in samples:
+            point = sample.point
+            users = self._users.get(point)
+            own = self._own.get(point)
+            if users is None and own is None:
+                continue
+            self._latest[point] = sample
+            if own is not None and own == (sample.receive_time, sample.value):
+                del self._own[point]  # our own result coming back: dependents are done
+                continue
+            if users:
+                triggered.update(users)
+        if triggered:
+            self._trigger(triggered)
+
+    def _trigger(self, formula_ids: Iterable[str]) -> None:
+        self._pending.update(f for f in formula_ids if f in self._formulas)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._pending and not self._running and self._scheduled is None and self.running:
+            self._scheduled = self.reactor.callLater(0, self._run)
+
+    def status(self) -> dict[str, Any]:
+        """Counters and the number of formulas by state."""
+        states: dict[str, int] = {}
+        for entry in self._statuses.values():
+            states[entry["state"]] = states.get(entry["state"], 0) + 1
+        return {
+            "loaded": self._loaded,
+            "formulas": len(self._formulas),
+            "states": states,
+            "pending": len(self._pending),
+            **self.counters,
+        }
+
+    def formula_status(self, formula_id: str) -> dict[str, Any] | None:
+        """One formula's state: ok/waiting/error, last value, quality, error, time."""
+        return self._statuses.get(formula_id)
+
+    # -- computing ------------------------------------------------------------------------
+    def _closure(self, formula_ids: Iterable[str]) -> list[str]:
+        """The formulas and everything downstream of them, in dependency order."""
+        seen: set[str] = set()
+        stack = list(formula_ids)
+        while stack:
+            formula_id = stack.pop()
+            if formula_id in seen or formula_id not in self._rank:
+                continue
+            seen.add(formula_id)
+            stack.extend(self._users.get(self._formulas[formula_id].result, ()))
+        return sorted(seen, key=self._rank.__getitem__)
+
+    def _run(self) -> None:
+        self._scheduled = None
+        self._running = True
+        d = self._compute()
+
+        def done(result: Any) -> None:
+            self._running = False
+            self._schedule()
+
+        d.addErrback(lambda f: self.log.failure("formula computation failed", f))
+        d.addBoth(done)
+
+    @inlineCallbacks
+    def _compute(self) -> Any:
+        order = self._closure(self._pending)
+        self._pending.clear()
+        if not order:
+            return
+        self.counters["runs"] += 1
+        now = self.reactor.seconds()
+        needed = {
+            (self._formulas[f].params[w.param], w.seconds)
+            for f in order
+            for w in self._formulas[f].expression.windows
+        }
+        history: dict[tuple[Point, int], Any] = {}
+        if needed:
+            wanted = sorted(needed)
+            reads = [
+                read_window(self.redis, point, now - seconds, self.window_samples).addErrback(
+                    lambda f: f.getErrorMessage()
+                )
+                for point, seconds in wanted
+            ]
+            results = yield gatherResults(reads)
+            history = dict(zip(wanted, results, strict=True))
+        if not self.running:
+            return
+        produced: list[Sample] = []
+        for formula_id in order:
+            compiled = self._formulas.get(formula_id)
+            if compiled is None:
+                continue
+            sample = self._evaluate(formula_id, compiled, history, now)
+            if sample is None:
+                continue
+            self._latest[sample.point] = sample
+            self._own[sample.point] = (sample.receive_time, sample.value)
+            produced.append(sample)
+        if produced:
+            self.counters["emitted"] += len(produced)
+            self._emit(produced)
+        self._write_status()
+
+    def _evaluate(
+        self, formula_id: str, compiled: _Compiled, history: Mapping[Any, Any], now: float
+    ) -> Sample | None:
+        expression = compiled.expression
+        values: dict[str, Any] = {}
+        qualities: list[str] = []
+        source_times: list[float] = []
+        for name in expression.params:
+            sample = self._latest.get(compiled.params[name])
+            if sample is None:
+                self._set_status(formula_id, state="waiting", error=f"no value for {name} yet")
+                return None
+            values[name] = sample.value
+            qualities.append(sample.quality)
+            if sample.source_time is not None:
+                source_times.append(sample.source_time)
+        windows: dict[Window, list[float]] = {}
+        error = None
+        for window in expression.windows:
+            point = compiled.params[window.param]
+            stored = history.get((point, window.seconds), [])
+            if isinstance(stored, str):
+                error = f"history of {window.param} not readable: {stored}"
+                break
+            stored = list(stored)
+            latest = self._latest.get(point)
+            newest = _seconds(stored[-1].get("receive_time")) if stored else None
+            if latest is not None and (newest is None or latest.receive_time > newest + 0.001):
+                stored.append({"value": latest.value, "quality": latest.quality})
+            windows[window], window_qualities = window_values(stored)
+            qualities.extend(window_qualities)
+        self.counters["evaluations"] += 1
+        result = compiled.result
+        if error is None:
+            try:
+                value = evaluate(expression, values, windows, budget=self.time_budget)
+            except ExpressionError as e:
+                error = e.message
+        if error is not None:
+            self.counters["failures"] += 1
+            self._set_status(formula_id, state="error", error=error, quality="invalid", value=None)
+            return Sample(*result, None, "invalid", (CALCULATED, FORMULA_ERROR), None, now)
+        quality = worst_quality(qualities)
+        self._set_status(formula_id, state="ok", error=None, quality=quality, value=value)
+        source_time = max(source_times) if source_times else None
+        return Sample(*result, value, quality, (CALCULATED,), source_time, now)
+
+    # -- status -----------------------------------------------------------------------------
+    def _set_status(self, formula_id: str, **fields: Any) -> None:
+        entry = self._statuses.setdefault(formula_id, {"id": formula_id, "state": "waiting"})
+        entry.update(fields)
+        entry["time"] = self.reactor.seconds()
+        self._dirty_status.add(formula_id)
+
+    def _write_status(self) -> None:
+        dirty = {f: self._statuses[f] for f in self._dirty_status if f in self._statuses}
+        self._dirty_status.clear()
+        if not dirty:
+            return
+        fields = {f: json.dumps(entry, ensure_ascii=False) for f, entry in dirty.items()}
+        d = self.redis.call("hmset", keys.FORMULA_STATUS, fields)
+        d.addErrback(lambda f: self.log.warn("formula status not written: {e}", e=f.value))
+
+    def _write_deleted_status(self, formula_id: str) -> None:
+        d = self.redis.call("hdel", keys.FORMULA_STATUS, [formula_id])
+        d.addErrback(lambda f: self.log.warn("formula status not removed: {e}", e=f.value))
+
+
+@implementer(IPlugin, IProcessorFactory)
+class FormulasFactory:
+    """Builds the ``formulas`` processor."""
+
+    name = "formulas"
+    description = "calculated points: formulas over other points, recomputed on change"
+
+    def build(self, context: ProcessorContext) -> FormulasProcessor:
+        """A `FormulasProcessor`; `ConfigError` for a bad ``[plugin:formulas]`` option."""
+        return FormulasProcessor(context)

@@ -1,0 +1,475 @@
+"""The ``limits`` processor: alarms from per-point limits, rate of change and frozen values.
+
+A term-item's limits (numbers; numeric text is accepted and converted):
+
+- ``up_limit`` / ``down_limit``: alarm kinds ``high`` / ``low``;
+- ``hihi_limit`` / ``lolo_limit``: kinds ``hihi`` / ``lolo``;
+- ``deadband``: hysteresis of the level alarms: ``high`` raised above ``up_limit``,
+  cleared at or below ``up_limit - deadband`` (``low`` mirrored);
+- ``rate_limit``: kind ``rate``, raised when the change per second between two samples
+  exceeds it, cleared when a later change is within it;
+- ``frozen_after``: kind ``frozen``, raised when the value has not changed for that many
+  seconds (checked every ``check_interval`` seconds), cleared by the next change.
+
+Samples of ``invalid`` quality and values that are not numbers are not judged. Each raise
+and clear is one event: appended to ``XS:ALARM_LOG`` (trimmed to about ``log_length``),
+set in or removed from ``HS:ALARM`` and published on ``CHANNEL:ALARM``, all in one script
+so that the three always agree. Events wait in a queue of at most ``queue_length`` while
+Redis is away; past it the oldest are dropped and counted (``events_dropped``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from pydatacoll.errors import ValidationError
+from pydatacoll.interfaces import IProcessor, IProcessorFactory
+from pydatacoll.model import Field, Sample, decode_fields, iso_time
+from pydatacoll.processing import ProcessorContext
+from pydatacoll.processing.formulas import _float_option
+from pydatacoll.store import keys
+
+#: Term-item fields read by the limit checks, with the alarm kind they drive.
+LIMIT_FIELDS = {
+    "up_limit": "high",
+    "down_limit": "low",
+    "hihi_limit": "hihi",
+    "lolo_limit": "lolo",
+    "rate_limit": "rate",
+    "frozen_after": "frozen",
+}
+_NUMBER_FIELDS = tuple(LIMIT_FIELDS) + ("deadband",)
+
+_EVENT_SCRIPT = """
+redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[1], "*", "event", ARGV[2])
+if ARGV[3] == "raise" then
+  redis.call("HSET", KEYS[2], ARGV[4], ARGV[2])
+else
+  redis.call("HDEL", KEYS[2], ARGV[4])
+end
+redis.call("PUBLISH", ARGV[5], ARGV[2])
+return 1
+"""
+
+
+@attrs.frozen
+class PointLimits:
+    """The limits of one point, as numbers (None: not configured)."""
+
+    device_id: str
+    term_id: str
+    item_id: str
+    up_limit: float | None = None
+    down_limit: float | None = None
+    hihi_limit: float | None = None
+    lolo_limit: float | None = None
+    deadband: float = 0.0
+    rate_limit: float | None = None
+    frozen_after: float | None = None
+
+    @property
+    def configured(self) -> bool:
+        """Whether any check applies."""
+        return any(getattr(self, name) is not None for name in LIMIT_FIELDS)
+
+    @classmethod
+    def from_term_item(cls, body: Mapping[str, Any]) -> PointLimits:
+        """Limits from a term-item JSON object; `ValidationError` names a bad field."""
+        values: dict[str, Any] = {}
+        for name in _NUMBER_FIELDS:
+            value = body.get(name)
+            if value is None:
+                continue
+            number = float(Field(name, "number", name).convert(value))
+            if name in ("deadband", "rate_limit", "frozen_after") and number < 0:
+                raise ValidationError(f"{name} must not be negative", field=name)
+            values[name] = number
+        return cls(str(body.get("device_id")), str(body["term_id"]), str(body["item_id"]), **values)
+
+
+@attrs.define
+class _PointState:
+    last_value: float | None = None
+    last_time: float | None = None
+    last_change: float = 0.0
+    active: set[str] = attrs.Factory(set)
+
+
+def _option_int(options: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    return int(_float_option(options, "plugin:limits", name, default, low, high))
+
+
+@implementer(IProcessor)
+class LimitsProcessor(Service):
+    """Raises and clears alarms (see the module docstring)."""
+
+    log = Logger()
+    name = "limits"
+
+    def __init__(self, context: ProcessorContext) -> None:
+        options = context.options
+        self.reactor = context.reactor
+        self.redis = context.redis
+        self.check_interval = _float_option(
+            options, "plugin:limits", "check_interval", 1.0, 0.01, 3600.0
+        )
+        self.log_length = _option_int(options, "log_length", 100_000, 100, 100_000_000)
+        self.queue_length = _option_int(options, "queue_length", 10_000, 10, 10_000_000)
+        self.retry_delay = _float_option(options, "plugin:limits", "retry_delay", 5.0, 0.01, 3600.0)
+        self._limits: dict[tuple[str, str], PointLimits] = {}
+        self._states: dict[tuple[str, str], _PointState] = {}
+        self._queue: deque[dict[str, Any]] = deque()
+        self._writing = False
+        self._retry: Any = None
+        self._load_retry: Any = None
+        self._loop: LoopingCall | None = None
+        self._loaded = False
+        self.counters = {
+            "samples": 0,
+            "raised": 0,
+            "cleared": 0,
+            "events_written": 0,
+            "events_dropped": 0,
+            "config_errors": 0,
+            "loop_errors": 0,
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def startService(self) -> None:
+        """Load limits and active alarms from Redis; start the frozen-value check."""
+        super().startService()
+        self._loop = LoopingCall(self._check_frozen)
+        self._loop.clock = self.reactor
+        self._loop.start(self.check_interval, now=False)
+        self._start_loading()
+
+    def _start_loading(self) -> None:
+        self._load_retry = None
+        if not self.running:
+            return
+        d = self._load()
+
+        def failed(failure: Any) -> None:
+            self.log.warn(
+                "limits not loaded ({e}); retrying in {delay}s",
+                e=failure.getErrorMessage(),
+                delay=self.retry_delay,
+            )
+            if self.running:
+                self._load_retry = self.reactor.callLater(self.retry_delay, self._start_loading)
+
+        d.addErrback(failed)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the timers (queued events that could not be written stay unwritten)."""
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        for call in (self._retry, self._load_retry):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._load_retry = None
+        return succeed(None)
+
+    @inlineCallbacks
+    def _load(self) -> Any:
+        active = yield self.redis.call("hgetall", keys.ALARMS)
+        terms = yield self.redis.call("smembers", keys.TERMS)
+        loaded = {}
+        for term_id in sorted(terms):
+            item_ids = yield self.redis.call("smembers", keys.TERM_ITEMS % term_id)
+            for item_id in sorted(item_ids):
+                fields = yield self.redis.call("hgetall", keys.TERM_ITEM % (term_id, item_id))
+                if fields:
+                    loaded[(term_id, item_id)] = decode_fields(fields)
+        now = self.reactor.seconds()
+        for point, body in loaded.items():
+            self._configure(point, body, now)
+        for event_text in active.values():
+            try:
+                event = json.loads(event_text)
+                point = (str(event["term_id"]), str(event["item_id"]))
+                kind = str(event["kind"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            limits = self._limits.get(point)
+            if limits is not None and self._kind_configured(limits, kind):
+                self._states[point].active.add(kind)
+            else:
+                self._event(
+                    "clear", event, kind, None, None, "limit removed from the configuration"
+                )
+        self._loaded = True
+        self.log.info("limit checks on {count} points", count=len(self._limits))
+
+    @staticmethod
+    def _kind_configured(limits: PointLimits, kind: str) -> bool:
+        return any(getattr(limits, f) is not None for f, k in LIMIT_FIELDS.items() if k == kind)
+
+    # -- configuration --------------------------------------------------------------------
+    def _configure(self, point: tuple[str, str], body: Mapping[str, Any], now: float) -> None:
+        try:
+            limits = PointLimits.from_term_item(body)
+        except (ValidationError, KeyError) as e:
+            self.counters["config_errors"] += 1
+            self.log.warn("limits of {point} ignored: {e}", point=":".join(point), e=str(e))
+            self._unconfigure(point, "limit configuration is not valid")
+            return
+        if not limits.configured:
+            self._unconfigure(point, "limit removed from the configuration")
+            return
+        old = self._limits.get(point)
+        self._limits[point] = limits
+        state = self._states.setdefault(point, _PointState(last_change=now))
+        if old is not None and old.device_id != limits.device_id:
+            self._clear_all(old, state, "point moved to another device")
+        for kind in sorted(state.active):
+            if not self._kind_configured(limits, kind):
+                self._clear(limits, state, kind, None, "limit removed from the configuration")
+
+    def _unconfigure(self, point: tuple[str, str], reason: str) -> None:
+        limits = self._limits.pop(point, None)
+        state = self._states.pop(point, None)
+        if limits is not None and state is not None:
+            self._clear_all(limits, state, reason)
+
+    def _clear_all(self, limits: PointLimits, state: _PointState, reason: str) -> None:
+        for kind in sorted(state.active):
+            self._clear(limits, state, kind, None, reason)
+
+    def config_changed(self, change: Any) -> None:
+        """Follow term-item changes, and the term-items removed with a device, term or item."""
+        if not isinstance(change, dict):
+            return
+        entity, op = change.get("entity"), change.get("op")
+        now = self.reactor.seconds()
+        if (
+            entity == "term_item"
+            and op in ("add", "fresh")
+            and isinstance(change.get("data"), dict)
+        ):
+            data = change["data"]
+            self._configure((str(data.get("term_id")), str(data.get("item_id"))), data, now)
+        elif entity == "term_item" and op == "del" and isinstance(change.get("old"), dict):
+            old = change["old"]
+            self._unconfigure((str(old.get("term_id")), str(old.get("item_id"))), "point deleted")
+        elif op == "del" and isinstance(change.get("cascade"), dict):
+            for point in change["cascade"].get("term_items") or ():
+                if isinstance(point, dict):
+                    key = (str(point.get("term_id")), str(point.get("item_id")))
+                    self._unconfigure(key, "point deleted")
+        elif entity == "term" and op == "fresh" and isinstance(change.get("data"), dict):
+            term_id = str(change.get("id"))
+            device_id = str(change["data"].get("device_id"))
+            for point, limits in list(self._limits.items()):
+                if point[0] == term_id and limits.device_id != device_id:
+                    state = self._states[point]
+                    self._clear_all(limits, state, "point moved to another device")
+                    self._limits[point] = attrs.evolve(limits, device_id=device_id)
+
+    # -- checks ---------------------------------------------------------------------------
+    def samples_received(self, samples: Sequence[Sample]) -> None:
+        """Judge every sample of a point with limits."""
+        now = self.reactor.seconds()
+        for sample in samples:
+            point = (sample.term_id, sample.item_id)
+            limits = self._limits.get(point)
+            if limits is None or sample.quality == "invalid":
+                continue
+            value = sample.value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            value = float(value)
+            if not math.isfinite(value):
+                continue
+            self.counters["samples"] += 1
+            self._check(limits, self._states[point], value, sample, now)
+
+    def _check(
+        self, limits: PointLimits, state: _PointState, value: float, sample: Sample, now: float
+    ) -> None:
+        band = limits.deadband
+        for kind, limit, above in (
+            ("hihi", limits.hihi_limit, True),
+            ("high", limits.up_limit, True),
+            ("low", limits.down_limit, False),
+            ("lolo", limits.lolo_limit, False),
+        ):
+            if limit is None:
+                continue
+            outside = value > limit if above else value < limit
+            back = value <= limit - band if above else value >= limit + band
+            if kind not in state.active and outside:
+                word = "above" if above else "below"
+                self._raise(limits, state, kind, value, limit, f"{value:g} is {word} {limit:g}")
+            elif kind in state.active and back:
+                self._clear(limits, state, kind, value, f"{value:g} is back within {limit:g}")
+        moment = sample.source_time if sample.source_time is not None else sample.receive_time
+        if (
+            limits.rate_limit is not None
+            and state.last_value is not None
+            and state.last_time is not None
+            and moment > state.last_time
+        ):
+            rate = abs(value - state.last_value) / (moment - state.last_time)
+            if "rate" not in state.active and rate > limits.rate_limit:
+                message = f"changes by {rate:g}/s, more than {limits.rate_limit:g}/s"
+                self._raise(limits, state, "rate", value, limits.rate_limit, message)
+            elif "rate" in state.active and rate <= limits.rate_limit:
+                self._clear(limits, state, "rate", value, f"changes by {rate:g}/s")
+        if state.last_value is None or value != state.last_value:
+            state.last_change = now
+            if "frozen" in state.active:
+                self._clear(limits, state, "frozen", value, "the value changes again")
+        state.last_value = value
+        if state.last_time is None or moment >= state.last_time:
+            state.last_time = moment
+
+    def _check_frozen(self) -> None:
+        # Run by a LoopingCall: it must never raise, or the loop would stop for good.
+        try:
+            now = self.reactor.seconds()
+            for point, limits in list(self._limits.items()):
+                state = self._states[point]
+                if (
+                    limits.frozen_after is not None
+                    and "frozen" not in state.active
+                    and now - state.last_change >= limits.frozen_after
+                ):
+                    message = f"unchanged for {now - state.last_change:g}s"
+                    self._raise(
+                        limits, state, "frozen", state.last_value, limits.frozen_after, message
+                    )
+        except Exception:
+            self.counters["loop_errors"] += 1
+            self.log.failure("frozen-value check failed; it goes on")
+
+    # -- events ---------------------------------------------------------------------------
+    def _raise(
+        self,
+        limits: PointLimits,
+        state: _PointState,
+        kind: str,
+        value: Any,
+        limit: Any,
+        message: str,
+    ) -> None:
+        state.active.add(kind)
+        self.counters["raised"] += 1
+        self._event("raise", attrs.asdict(limits), kind, value, limit, message)
+
+    def _clear(
+        self, limits: PointLimits, state: _PointState, kind: str, value: Any, message: str
+    ) -> None:
+        state.active.discard(kind)
+        self.counters["cleared"] += 1
+        self._event("clear", attrs.asdict(limits), kind, value, None, message)
+
+    def _event(
+        self,
+        event: str,
+        ids: Mapping[str, Any],
+        kind: str,
+        value: Any,
+        limit: Any,
+        message: str,
+    ) -> None:
+        body = {
+            "event": event,
+            "device_id": str(ids.get("device_id")),
+            "term_id": str(ids.get("term_id")),
+            "item_id": str(ids.get("item_id")),
+            "kind": kind,
+            "value": value,
+            "limit": limit,
+            "time": iso_time(self.reactor.seconds()),
+            "message": message,
+        }
+        self.log.info(
+            "alarm {event} {kind} on {point}: {message}",
+            event=event,
+            kind=kind,
+            point=f"{body['device_id']}:{body['term_id']}:{body['item_id']}",
+            message=message,
+        )
+        if len(self._queue) >= self.queue_length:
+            self._queue.popleft()
+            self.counters["events_dropped"] += 1
+        self._queue.append(body)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._writing or not self._queue or self._retry is not None:
+            return
+        body = self._queue[0]
+        self._writing = True
+        field = f"{body['device_id']}:{body['term_id']}:{body['item_id']}:{body['kind']}"
+        text = json.dumps(body, ensure_ascii=False)
+        try:
+            d = self.redis.call(
+                "eval",
+                _EVENT_SCRIPT,
+                [keys.ALARM_LOG, keys.ALARMS],
+                [str(self.log_length), text, body["event"], field, keys.ALARM],
+            )
+        except Exception as e:  # a broken client must not lose the queue
+            d = Deferred()
+            d.errback(e)
+
+        def written(_: Any) -> None:
+            self._writing = False
+            if self._queue and self._queue[0] is body:
+                self._queue.popleft()
+            self.counters["events_written"] += 1
+            self._flush()
+
+        def failed(failure: Any) -> None:
+            self._writing = False
+            self.log.warn(
+                "alarm event not written ({e}); {n} waiting, retry in {delay}s",
+                e=failure.getErrorMessage(),
+                n=len(self._queue),
+                delay=self.retry_delay,
+            )
+            if self.running:
+                self._retry = self.reactor.callLater(self.retry_delay, self._retry_flush)
+
+        d.addCallbacks(written, failed)
+
+    def _retry_flush(self) -> None:
+        self._retry = None
+        self._flush()
+
+    def status(self) -> dict[str, Any]:
+        """Counters, points checked, active alarms and queued events."""
+        return {
+            "loaded": self._loaded,
+            "points": len(self._limits),
+            "active": sum(len(s.active) for s in self._states.values()),
+            "queued": len(self._queue),
+            **self.counters,
+        }
+
+
+@implementer(IPlugin, IProcessorFactory)
+class LimitsFactory:
+    """Builds the ``limits`` processor."""
+
+    name = "limits"
+    description = "limit checks: high/low, hihi/lolo with hysteresis, rate of change, frozen"
+
+    def build(self, context: ProcessorContext) -> LimitsProcessor:
+        """A `LimitsProcessor`; `ConfigError` for a bad ``[plugin:limits]`` option."""
+        return LimitsProcessor(context)

@@ -1,0 +1,297 @@
+"""Find, check, build and run the processor plugins; fan samples and changes out to them.
+
+The device manager owns one `Processors` (a `MultiService`, one child per running plugin)
+and calls `Processors.samples_received` for every sample batch and
+`Processors.config_changed` for every configuration change message. A plugin that is
+broken (fails `verifyObject`, shares its name, raises in ``build`` or ``startService``)
+is reported in `Processors.status` and in ``HS:PLUGIN_STATUS`` and left out; a plugin
+that raises while handling samples is logged and counted, and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.plugin import getPlugins
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
+
+from pydatacoll.config import Settings
+from pydatacoll.interfaces import IProcessor, IProcessorFactory
+from pydatacoll.model import Sample
+from pydatacoll.processing import ProcessorContext
+from pydatacoll.store import keys
+
+#: Plugin states, as reported by `Processors.status` and GET /api/v1/plugins.
+RUNNING, FAILED, DISABLED, DUPLICATE, NOT_INSTALLED, STOPPED = (
+    "running",
+    "failed",
+    "disabled",
+    "duplicate",
+    "not_installed",
+    "stopped",
+)
+
+
+def discover(package: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The installed processor factories by name, and the refused ones (name -> reason).
+
+    Every provider is checked with ``verifyObject``; a name provided twice is refused for
+    every provider (which one is meant cannot be known).
+    """
+    if package is None:
+        import pydatacoll.plugins as package
+    found: dict[str, list[Any]] = {}
+    refused: dict[str, str] = {}
+    for factory in getPlugins(IProcessorFactory, package):
+        module = type(factory).__module__
+        try:
+            verifyObject(IProcessorFactory, factory)
+            name = factory.name
+            if not isinstance(name, str) or not name:
+                raise Invalid("its name is not a non-empty string")
+        except Invalid as e:
+            label = str(getattr(factory, "name", module))
+            refused[label] = f"{module}: does not provide IProcessorFactory ({e})"[:500]
+            continue
+        found.setdefault(name, []).append(factory)
+    factories = {}
+    for name, providers in found.items():
+        if len(providers) > 1:
+            modules = ", ".join(sorted(type(p).__module__ for p in providers))
+            refused[name] = f"the name {name!r} is provided more than once ({modules})"
+        else:
+            factories[name] = providers[0]
+    return factories, refused
+
+
+class Processors(MultiService):
+    """The running processor plugins, one named child each, and their states.
+
+    ``emit`` takes the samples a plugin produces (formula results) to the ingest path;
+    each plugin may emit at most ``emit_per_second`` samples per second (a bucket
+    refilled continuously), beyond that its samples are dropped and counted, so that a
+    loop of processors feeding each other cannot run away.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        redis: Any,
+        emit: Callable[[Sequence[Sample]], None],
+        *,
+        package: Any = None,
+        status_interval: float = 10.0,
+        emit_per_second: float = 10000.0,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        self.redis = redis
+        self._emit = emit
+        self._package = package
+        self._status_interval = status_interval
+        self._emit_rate = emit_per_second
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._buckets: dict[str, list[float]] = {}
+        self._loaded = False
+        self._status_loop: LoopingCall | None = None
+
+    # -- loading ------------------------------------------------------------------------
+    def load(self) -> None:
+        """Discover the installed plugins and build the enabled ones (once)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        enabled = set(self.settings.plugins_enabled)
+        try:
+            factories, refused = discover(self._package)
+        except Exception as e:
+            self.log.failure("plugin discovery failed")
+            factories, refused = {}, {}
+            for name in enabled:
+                self._entry(name, "", name in enabled, FAILED, f"discovery failed: {e}")
+        for name, reason in refused.items():
+            self.log.error("plugin {name} refused: {reason}", name=name, reason=reason)
+            self._entry(
+                name,
+                "",
+                name in enabled,
+                DUPLICATE if "more than once" in reason else FAILED,
+                reason,
+            )
+        for name, factory in sorted(factories.items()):
+            description = str(getattr(factory, "description", ""))
+            if name not in enabled:
+                self._entry(name, description, False, DISABLED, None)
+                continue
+            self._build(name, factory, description)
+        for name in self.settings.plugins_enabled:
+            if name not in self._entries:
+                self.log.error("plugin {name} is enabled but not installed", name=name)
+                self._entry(name, "", True, NOT_INSTALLED, "enabled but not installed")
+
+    def _entry(
+        self, name: str, description: str, enabled: bool, state: str, error: str | None
+    ) -> None:
+        self._entries[name] = {
+            "name": name,
+            "description": description,
+            "enabled": enabled,
+            "state": state,
+            "error": error,
+            "errors": 0,
+            "emitted": 0,
+            "emit_dropped": 0,
+        }
+
+    def _build(self, name: str, factory: Any, description: str) -> None:
+        data_dir = os.path.join(self.settings.data_dir, "plugins", name)
+        context = ProcessorContext(
+            reactor=self.reactor,
+            settings=self.settings,
+            options=dict(self.settings.plugin_options.get(name, {})),
+            redis=self.redis,
+            emit=lambda samples: self._emit_from(name, samples),
+            data_dir=data_dir,
+        )
+        try:
+            processor = factory.build(context)
+            verifyObject(IProcessor, processor)
+            verifyObject(IService, processor)
+        except Exception as e:
+            self.log.failure("plugin {name} could not be built", name=name)
+            self._entry(name, description, True, FAILED, _describe(e))
+            return
+        self._entry(name, description, True, STOPPED, None)
+        processor.setName(name)
+        processor.setServiceParent(self)
+
+    # -- service ------------------------------------------------------------------------
+    def startService(self) -> None:
+        """Start every built plugin; one that raises is reported and removed."""
+        self.load()
+        Service.startService(self)
+        for child in list(self):
+            name = child.name
+            try:
+                child.startService()
+            except Exception as e:
+                self.log.failure("plugin {name} failed to start", name=name)
+                self._entries[name].update(state=FAILED, error=_describe(e))
+                self._drop(child)
+                continue
+            self._entries[name]["state"] = RUNNING
+            self.log.info("plugin {name} running", name=name)
+        self._status_loop = LoopingCall(self._publish_status)
+        self._status_loop.clock = self.reactor
+        self._status_loop.start(self._status_interval, now=True)
+
+    def _drop(self, child: Any) -> None:
+        d = maybeDeferred(child.stopService)
+        d.addErrback(lambda f: self.log.failure("stopping failed plugin {n}", f, n=child.name))
+        self.services.remove(child)
+        self.namedServices.pop(child.name, None)
+        child.parent = None
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop every plugin (in reverse order); fires when all have stopped."""
+        if self._status_loop is not None and self._status_loop.running:
+            self._status_loop.stop()
+        d: Deferred[Any] = maybeDeferred(MultiService.stopService, self)
+
+        def stopped(result: Any) -> Any:
+            for child in self:
+                self._entries[child.name]["state"] = STOPPED
+            self._publish_status()
+            return result
+
+        return d.addBoth(stopped)
+
+    # -- fan-out --------------------------------------------------------------------------
+    def samples_received(self, samples: Sequence[Sample]) -> None:
+        """Hand a batch to every running plugin; a plugin's exception stays its own."""
+        for child in list(self):
+            try:
+                child.samples_received(samples)
+            except Exception:
+                self._entries[child.name]["errors"] += 1
+                self.log.failure("plugin {name} failed on a sample batch", name=child.name)
+
+    def config_changed(self, change: Any) -> None:
+        """Hand a configuration change message to every running plugin."""
+        for child in list(self):
+            try:
+                child.config_changed(change)
+            except Exception:
+                self._entries[child.name]["errors"] += 1
+                self.log.failure("plugin {name} failed on a config change", name=child.name)
+
+    def _emit_from(self, name: str, samples: Sequence[Sample]) -> None:
+        now = self.reactor.seconds()
+        bucket = self._buckets.setdefault(name, [self._emit_rate, now])
+        bucket[0] = min(self._emit_rate, bucket[0] + (now - bucket[1]) * self._emit_rate)
+        bucket[1] = now
+        entry = self._entries[name]
+        allowed = int(bucket[0])
+        if allowed < len(samples):
+            entry["emit_dropped"] += len(samples) - allowed
+            self.log.warn(
+                "plugin {name} emits over {rate}/s: {dropped} samples dropped",
+                name=name,
+                rate=self._emit_rate,
+                dropped=len(samples) - allowed,
+            )
+            samples = samples[:allowed]
+        if not samples:
+            return
+        bucket[0] -= len(samples)
+        entry["emitted"] += len(samples)
+        self._emit(samples)
+
+    # -- status ---------------------------------------------------------------------------
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Plugin name -> its entry (name, description, enabled, state, error, counters,
+        and the plugin's own ``status()`` as ``detail`` while it runs)."""
+        result = {}
+        for name, entry in sorted(self._entries.items()):
+            body = dict(entry)
+            child = self.namedServices.get(name)
+            if child is not None and entry["state"] == RUNNING:
+                try:
+                    body["detail"] = child.status()
+                except Exception as e:
+                    body["detail"] = {"error": _describe(e)}
+            result[name] = body
+        return result
+
+    def _publish_status(self) -> Deferred[Any]:
+        try:
+            fields = {
+                name: json.dumps(body, ensure_ascii=False, default=str)
+                for name, body in self.status().items()
+            }
+            if not fields:
+                return succeed(None)
+            d: Deferred[Any] = self.redis.call("hmset", keys.PLUGIN_STATUS, fields)
+        except Exception:
+            self.log.failure("building the plugin status")
+            return succeed(None)
+        d.addErrback(
+            lambda f: self.log.warn("plugin status not written: {e}", e=f.getErrorMessage())
+        )
+        return d
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:500]
