@@ -10,14 +10,15 @@ from twisted.application.service import MultiService
 from pydatacoll.api.app import ApiApp
 from pydatacoll.api.replies import ReplyListener
 from pydatacoll.config import Settings
+from pydatacoll.devices.collector import make_collector
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.embedded import EmbeddedRedis, find_redis_server
 from pydatacoll.store.redis import RedisClient
 
 
 def make_root_service(settings: Settings, reactor: Any) -> MultiService:
-    """Children in start order: ``redis-server`` (embedded only), ``redis``, then for the
-    roles that serve the REST API ``replies`` and ``api``."""
+    """Children in start order: ``redis-server`` (embedded only), ``redis``, then
+    ``collector`` (roles all and collector) and ``replies`` and ``api`` (roles all and api)."""
     root = MultiService()
     embedded = None
     if settings.embedded_redis:
@@ -34,6 +35,10 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     )
     client.setName("redis")
     client.setServiceParent(root)
+    if settings.runs_collector:
+        collector = make_collector(settings, reactor, client)
+        collector.setName("collector")
+        collector.setServiceParent(root)
     if settings.runs_api:
         _add_api(root, settings, reactor, client, embedded)
     return root

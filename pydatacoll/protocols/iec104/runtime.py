@@ -79,6 +79,8 @@ _OUTCOMES = {
     Outcome.REFUSED: "refused",
 }
 _SETPOINTS = frozenset({48, 49, 50, 61, 62, 63})
+#: Seconds between a change of points and the interrogation that fetches their values.
+GI_DEBOUNCE = 0.5
 
 
 def quality_of(bits: int) -> tuple[str, tuple[str, ...]]:
@@ -216,6 +218,8 @@ class Iec104Runtime(Service):
             self.base_station["interrogation_groups"] = tuple(groups) or (0,)
         self.points_updated = 0
         self.last_value_time: float | None = None
+        self._pending_gi: set[int] = set()
+        self._gi_call: Any = None
         self._map: dict[tuple[int, int], list[PointRef]] = {}
         self._where: dict[tuple[str, str], tuple[int, int]] = {}
         self.client = Iec104Client(
@@ -235,16 +239,34 @@ class Iec104Runtime(Service):
         return StationParams(common_addresses=tuple(addresses), **self.base_station)
 
     def update_points(self, terms: Sequence[Term], term_items: Sequence[TermItem]) -> None:
-        """Take new terms and points; the link stays up (new stations are interrogated)."""
+        """Take new terms and points; the link stays up.
+
+        A station with new points is interrogated (after ``GI_DEBOUNCE``, so that a burst
+        of configuration changes costs one interrogation): their values are known at once
+        rather than at the next spontaneous change.
+        """
+        old_points = set(self._map)
         self._map, self._where = point_map(terms, term_items)
         station = self._station(terms)
-        old = set(self.client.station.common_addresses)
         self.client.station = station
-        master = self.client.protocol
-        if master is not None:
-            master.station = station
-            for ca in set(station.common_addresses) - old:
-                master.interrogate(ca)
+        if self.client.protocol is not None:
+            self.client.protocol.station = station
+        if self.running:
+            self._pending_gi.update(ca for ca, _ in set(self._map) - old_points)
+            if self._pending_gi and (self._gi_call is None or not self._gi_call.active()):
+                self._gi_call = self.clock.callLater(GI_DEBOUNCE, self._interrogate_new)
+
+    def _interrogate_new(self, attempt: int = 0) -> None:
+        addresses, self._pending_gi = self._pending_gi, set()
+        for ca in sorted(addresses):
+
+            def done(result: CommandResult, ca: int = ca) -> None:
+                if result.outcome is Outcome.BUSY and attempt < 3:
+                    # An interrogation is running: ask again once it is likely done.
+                    self._pending_gi.add(ca)
+                    self._gi_call = self.clock.callLater(2.0, self._interrogate_new, attempt + 1)
+
+            self.client.interrogate(ca).addCallback(done)
 
     def startService(self) -> None:
         super().startService()
@@ -252,6 +274,8 @@ class Iec104Runtime(Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        if self._gi_call is not None and self._gi_call.active():
+            self._gi_call.cancel()
         return self.client.stopService()
 
     # --- samples ---------------------------------------------------------------------
