@@ -532,6 +532,8 @@ class DeviceManager(MultiService):
             body["last_error"] = running.error
         body["last_value_time"] = iso_time(body.get("last_value_time"))
         body["updated"] = iso_time(now)
+        # The ingest path is shared by all devices: its drops concern every one of them.
+        body["ingest"] = self.ingest.status()
         return body
 
     @defer.inlineCallbacks

@@ -128,8 +128,8 @@ def documentation() -> dict[str, Any]:
                 "sample {value, quality, flags, source_time, receive_time}"
             ),
             CTRL_LOG: (
-                "device_ctrl audit: fields time, client, token_id, device_id, term_id, "
-                "item_id, value, select, outcome, message"
+                "device_ctrl audit: fields time, request_id, client, token_id, device_id, "
+                "term_id, item_id, value, select, outcome, status, message, cause"
             ),
             ALARM_LOG: "alarm events (raise and clear), bounded",
         },
@@ -153,8 +153,9 @@ def documentation() -> dict[str, Any]:
             ),
             DEVICE_CTRL: (
                 'command request: {"request_id", "device_id", "term_id", "item_id", '
-                '"value", "select", "reply_to", "deadline", "client", "token_id"}; the '
-                "collector running the device answers on reply_to"
+                '"value", "select" (true, false, or null: the term-item\'s default), '
+                '"reply_to", "deadline", "client", "token_id"}; the collector running the '
+                "device answers on reply_to"
             ),
             REPLY % ("{api_instance}", "{request_id}"): (
                 'reply to one device_call/device_ctrl: {"request_id", "ok", "outcome": '
