@@ -1,4 +1,4 @@
-"""The collector role: the device manager (and, with issue 6, the processor plugins)."""
+"""The collector role: the device manager and the processor plugins, wired together."""
 
 from __future__ import annotations
 
@@ -8,12 +8,27 @@ from twisted.application.service import MultiService
 
 from pydatacoll.config import Settings
 from pydatacoll.devices.manager import DeviceManager
+from pydatacoll.processing.loader import Processors
 
 
 def make_collector(settings: Settings, reactor: Any, redis: Any) -> MultiService:
-    """``devices``: the device manager, with its ingest path into Redis."""
+    """``devices`` (the device manager) and ``processors`` (the enabled plugins).
+
+    Every sample of every device goes to the ingest path and then to the processors. What
+    the processors emit (formula results) takes the same path, so results of results work
+    (the loader bounds each plugin's emit rate, so a loop cannot run away).
+    """
     collector = MultiService()
-    manager = DeviceManager(redis, settings, reactor)
+    manager: DeviceManager | None = None
+
+    def emit(samples: Any) -> None:
+        if manager is not None:
+            manager.samples_received(samples)
+
+    processors = Processors(settings, reactor, redis, emit)
+    manager = DeviceManager(redis, settings, reactor, sinks=[processors])
     manager.setName("devices")
     manager.setServiceParent(collector)
+    processors.setName("processors")
+    processors.setServiceParent(collector)
     return collector
