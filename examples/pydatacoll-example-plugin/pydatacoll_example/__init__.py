@@ -1,0 +1,1 @@
+"""An example third-party processor plugin for PyDataColl."""
