@@ -11,6 +11,7 @@ from pydatacoll.api.app import ApiApp
 from pydatacoll.api.replies import ReplyListener
 from pydatacoll.config import Settings
 from pydatacoll.devices.collector import make_collector
+from pydatacoll.processing.history import history_reader
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.embedded import EmbeddedRedis, find_redis_server
 from pydatacoll.store.redis import RedisClient
@@ -53,7 +54,13 @@ def _add_api(
     )
     replies.setName("replies")
     replies.setServiceParent(root)
-    api = ApiApp(ConfigStore(client), settings, replies=replies, clock=reactor)
+    api = ApiApp(
+        ConfigStore(client),
+        settings,
+        replies=replies,
+        clock=reactor,
+        history=history_reader(settings, reactor),
+    )
     api_service = strports.service(settings.api_endpoint, api.site(), reactor=reactor)
     api_service.setName("api")
     api_service.setServiceParent(root)

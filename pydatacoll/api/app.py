@@ -87,10 +87,13 @@ class ApiApp:
         *,
         replies: ReplyListener | None = None,
         clock: Any = None,
+        history: Any = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.replies = replies
+        #: The history database (`HistoryDatabase`), for ranges older than Redis holds.
+        self.history = history
         self.clock = clock or (replies.clock if replies is not None else _WallClock())
         #: A short, non-secret id of the API token for the audit log ("-" without one).
         self.token_id = (
@@ -275,8 +278,30 @@ class ApiApp:
         since = _time_arg(request, "since")
         until = _time_arg(request, "until")
         yield self._term_item_fields(term_id, item_id, device_id)
-        samples = yield self.store.read_samples((device_id, term_id, item_id), limit, since, until)
+        point = (device_id, term_id, item_id)
+        samples = yield self.store.read_samples(point, limit, since, until)
+        if self.history is not None and len(samples) < limit:
+            # Redis keeps the newest samples only: the older part of the range is in the
+            # history database (strictly before the oldest one Redis gave, no duplicates).
+            older = until
+            if samples and samples[-1].get("receive_time"):
+                oldest = datetime.fromisoformat(samples[-1]["receive_time"]).timestamp()
+                older = int(oldest * 1000) - 1
+            rows = yield self._history_rows(point, since, older, limit - len(samples))
+            samples.extend(rows)
         return _json(request, 200, samples)
+
+    @inlineCallbacks
+    def _history_rows(self, point: Any, since: int | None, until: int | None, limit: int) -> Any:
+        from pydatacoll.processing.history import row_sample
+
+        try:
+            rows = yield self.history.read(point, since, until, limit)
+        except Exception as exc:
+            # The samples Redis has are still worth answering with: say what is missing.
+            self.log.warn("history database not readable: {error}", error=exc)
+            return []
+        return [row_sample(row).to_json() for row in rows]
 
     @app.route(
         "/api/v1/devices/<device_id>/terms/<term_id>/items/<item_id>/datas/<index>", methods=["GET"]

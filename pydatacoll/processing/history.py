@@ -825,6 +825,13 @@ class HistoryDatabase:
         )
         return cls(pool, "sqlite", f"sqlite:{path}")
 
+    @classmethod
+    def open(cls, options: HistoryOptions, data_dir: str, reactor: Any) -> HistoryDatabase:
+        """The configured database: MySQL at ``url``, else SQLite in ``data_dir``."""
+        if options.url:
+            return cls.mysql(options.url, options, reactor)
+        return cls.sqlite(os.path.join(data_dir, options.sqlite_file), options, reactor)
+
     def sql(self, statement: str) -> str:
         """``statement`` in the driver's paramstyle (constant text only)."""
         return statement.replace("%s", "?") if self.dialect == "sqlite" else statement
@@ -925,6 +932,20 @@ class HistoryDatabase:
         self.pool.close()
 
 
+def history_reader(settings: Any, reactor: Any) -> HistoryDatabase | None:
+    """The history database for the REST API's reads, when the history plugin is enabled.
+
+    It is the same database the plugin writes (for SQLite, the same file in the plugin's
+    data dir), opened with the same ``[plugin:history]`` options.
+    """
+    if "history" not in settings.plugins_enabled:
+        return None
+    options = HistoryOptions.parse(settings.plugin_options.get("history", {}))
+    data_dir = os.path.join(settings.data_dir, "plugins", "history")
+    os.makedirs(data_dir, exist_ok=True)
+    return HistoryDatabase.open(options, data_dir, reactor)
+
+
 def _transient_exception(e: BaseException) -> bool:
     return is_transient(Failure(e))
 
@@ -1014,11 +1035,7 @@ class HistoryProcessor(Service):
         """Build it from a `pydatacoll.processing.ProcessorContext`."""
         options = HistoryOptions.parse(context.options)
         os.makedirs(context.data_dir, exist_ok=True)
-        if options.url:
-            database = HistoryDatabase.mysql(options.url, options, context.reactor)
-        else:
-            path = os.path.join(context.data_dir, options.sqlite_file)
-            database = HistoryDatabase.sqlite(path, options, context.reactor)
+        database = HistoryDatabase.open(options, context.data_dir, context.reactor)
         spool = Spool(
             os.path.join(context.data_dir, "spool"),
             max_bytes=int(options.spool_max_mb * 1024 * 1024),
