@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 
 from pydatacoll.api.app import ApiApp
 from pydatacoll.api.replies import ReplyListener
@@ -17,10 +19,30 @@ from pydatacoll.store.embedded import EmbeddedRedis, find_redis_server
 from pydatacoll.store.redis import RedisClient
 
 
+class OrderedService(MultiService):
+    """A MultiService that stops its children one at a time, the last started first.
+
+    Twisted's MultiService stops them all at once; here the API stops before the
+    collector, and the collector (which writes what it still holds) before Redis.
+    """
+
+    log = Logger()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        d: Deferred[Any] = succeed(None)
+        for child in reversed(list(self)):
+            d.addCallback(lambda _, child=child: child.stopService())
+            d.addErrback(
+                lambda f, child=child: self.log.failure("stopping {name}", f, name=child.name)
+            )
+        return d.addCallback(lambda _: None)
+
+
 def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     """Children in start order: ``redis-server`` (embedded only), ``redis``, then
     ``collector`` (roles all and collector) and ``replies`` and ``api`` (roles all and api)."""
-    root = MultiService()
+    root = OrderedService()
     embedded = None
     if settings.embedded_redis:
         embedded = EmbeddedRedis(

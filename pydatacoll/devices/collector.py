@@ -18,7 +18,9 @@ def make_collector(settings: Settings, reactor: Any, redis: Any) -> MultiService
     the processors emit (formula results) takes the same path, so results of results work
     (the loader bounds each plugin's emit rate, so a loop cannot run away).
     """
-    collector = MultiService()
+    from pydatacoll.service import OrderedService
+
+    collector = OrderedService()
     manager: DeviceManager | None = None
 
     def emit(samples: Any) -> None:

@@ -1,16 +1,25 @@
-"""The ingest path: samples into Redis in batches, with a bounded buffer for outages.
+"""The ingest path: samples into Redis in batches, with bounds for overload and outages.
 
 Every batch is one ``EVALSHA`` of ``store/ingest.lua``. For each sample the script sets
 the point's latest value (``HS:VALUE:{device}``), appends it to the point's bounded
 history stream (``XS:DATA:...``, ``MAXLEN ~ [collector] history_length``) and
 publishes it on the point's data channel. It then sends one message per device on the
-device channel. Nothing waits per sample, so one round trip carries a whole frame or
-scan.
+device channel. Nothing waits per sample, so one round trip carries many frames.
 
-While Redis is unreachable, samples wait in memory, at most ``[collector]
-buffer_samples`` of them. When the buffer is full the *oldest* are dropped and counted,
-because the newest values matter most to a control room. The samples are written in
-arrival order once Redis is back.
+Samples wait in memory as they arrived and are encoded only when their batch is written.
+There are two bounds:
+
+- *Overload* (Redis is up but slower than the devices): above ``HIGH_WATER`` waiting
+  samples, the devices are asked to pause their input (`pause_input`; an IEC 104 link
+  then stops reading, so the RTU's own k window holds its data back and nothing is lost).
+  They resume below ``LOW_WATER``.
+- *Outage* (Redis unreachable): the devices are not paused, so their links stay
+  supervised. At most ``[collector] buffer_samples`` samples wait; past that the *oldest*
+  are dropped and counted, because the newest values matter most to a control room. They
+  are written in arrival order once Redis is back.
+
+On shutdown the samples still waiting are written first, for up to ``FLUSH_TIMEOUT``
+seconds.
 """
 
 from __future__ import annotations
@@ -18,11 +27,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -40,47 +51,63 @@ _TEMPLATES = json.dumps(
         "point_data": keys.POINT_DATA,
         "device_data": keys.DEVICE_DATA,
         "device_samples": keys.DEVICE_SAMPLES,
+        "config_version": keys.CONFIG_VERSION,
     }
 )
 #: Samples per script call: large enough to amortise the round trip, small enough that
-#: one call never holds Redis for long (about 1 ms per 1000 samples).
+#: one call never holds Redis for long (a few ms).
 BATCH = 2000
+HIGH_WATER = 20000
+LOW_WATER = 5000
+FLUSH_TIMEOUT = 5.0
+
+_INFINITIES = (math.inf, -math.inf)
 
 
-def encode(sample: Sample) -> tuple[str, str, str, str, str]:
-    """The script arguments of one sample: ids, sample JSON, message JSON."""
-    body = json.dumps(
-        {
-            "value": sample.value,
-            "quality": sample.quality,
-            "flags": list(sample.flags),
-            "source_time": iso_time(sample.source_time),
-            "receive_time": iso_time(sample.receive_time),
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-        default=str,
-    )
-    ids = json.dumps(
-        {"device_id": sample.device_id, "term_id": sample.term_id, "item_id": sample.item_id},
-        separators=(",", ":"),
-    )
-    # {"device_id":..,"term_id":..,"item_id":..,"value":..}: ids first, then the sample.
-    return sample.device_id, sample.term_id, sample.item_id, body, ids[:-1] + "," + body[1:]
+class _Times:
+    """ISO texts of epoch seconds, memoised: the samples of a frame share their times."""
+
+    def __init__(self) -> None:
+        self.cache: dict[float, str] = {}
+
+    def text(self, seconds: float) -> str:
+        text = self.cache.get(seconds)
+        if text is None:
+            if len(self.cache) > 4096:  # bounded: times move on
+                self.cache.clear()
+            text = self.cache[seconds] = iso_time(seconds) or ""
+        return text
 
 
-def _finite(sample: Sample) -> Sample:
-    """NaN and infinities are not JSON: such a value is stored as null, invalid."""
-    return Sample(
-        sample.device_id,
-        sample.term_id,
-        sample.item_id,
-        None,
-        "invalid",
-        (*sample.flags, "not_finite"),
-        sample.source_time,
-        sample.receive_time,
+def _value_json(value: Any) -> str | None:
+    """The JSON text of a value, or None for one JSON cannot carry (NaN, infinities)."""
+    kind = type(value)
+    if kind is float:
+        if value != value or value in _INFINITIES:
+            return None
+        return repr(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return str(value)
+    if value is None:
+        return "null"
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def encode(sample: Sample, times: _Times) -> str:
+    """The stored JSON text of a sample (as `Sample.to_json`, without spaces)."""
+    value = _value_json(sample.value)
+    quality = sample.quality
+    flags = sample.flags
+    if value is None:  # not JSON: stored as null, invalid
+        value, quality, flags = "null", "invalid", (*flags, "not_finite")
+    flags_text = json.dumps(list(flags)) if flags else "[]"
+    source = sample.source_time
+    source_text = "null" if source is None else '"' + times.text(source) + '"'
+    return (
+        f'{{"value":{value},"quality":"{quality}","flags":{flags_text},'
+        f'"source_time":{source_text},"receive_time":"{times.text(sample.receive_time)}"}}'
     )
 
 
@@ -90,58 +117,82 @@ class RedisIngest(Service):
 
     log = Logger()
 
-    def __init__(self, redis: Any, reactor: Any, history_length: int, buffer_samples: int):
+    def __init__(
+        self,
+        redis: Any,
+        reactor: Any,
+        history_length: int,
+        buffer_samples: int,
+        on_congestion: Callable[[bool], None] | None = None,
+    ) -> None:
         self.redis = redis
         self.clock = reactor
         self.history_length = history_length
-        self.buffer: collections.deque[tuple[str, str, str, str, str]] = collections.deque()
+        self.buffer: collections.deque[Sample] = collections.deque()
         self.buffer_limit = buffer_samples
+        self.high_water = min(HIGH_WATER, buffer_samples)
+        self.low_water = min(LOW_WATER, self.high_water // 2)
+        #: Called with True to pause the devices' input, False to resume it.
+        self.on_congestion = on_congestion
+        #: The configuration version the collector runs at ("" while it is catching up).
+        self.settled_version = ""
+        self.congested = False
         self.written = 0
         self.skipped = 0
         self.dropped = 0
         self.failures = 0
-        self._writing = False
+        self.pauses = 0
+        self._times = _Times()
+        self._writing: defer.Deferred[None] | None = None
         self._retry: IDelayedCall | None = None
         self._retry_delay = 0.5
 
     def samples_received(self, samples: Sequence[Sample]) -> None:
         """Queue a batch and start writing; never blocks."""
         buffer = self.buffer
-        for sample in samples:
-            try:
-                buffer.append(encode(sample))
-            except ValueError:  # NaN or infinity
-                buffer.append(encode(_finite(sample)))
+        buffer.extend(samples)
         excess = len(buffer) - self.buffer_limit
         if excess > 0:
             for _ in range(excess):
                 buffer.popleft()
             self.dropped += excess
-        if not self._writing and self._retry is None and self.running:
+        if len(buffer) > self.high_water and not self.congested and self.redis.connected:
+            self._congestion(True)
+        if self._writing is None and self._retry is None and self.running:
             self._write()
+
+    def _congestion(self, congested: bool) -> None:
+        self.congested = congested
+        if congested:
+            self.pauses += 1
+        if self.on_congestion is not None:
+            try:
+                self.on_congestion(congested)
+            except Exception:
+                self.log.failure("pausing or resuming the devices")
 
     def _write(self) -> None:
         self._retry = None
-        if not self.buffer or not self.running:
-            self._writing = False
+        if not self.buffer:
             return
-        self._writing = True
         count = min(BATCH, len(self.buffer))
         batch = [self.buffer.popleft() for _ in range(count)]
-        args: list[Any] = [_TEMPLATES, self.history_length]
-        for entry in batch:
-            args.extend(entry)
+        times = self._times
+        groups: dict[str, list[Any]] = {}
+        for sample in batch:
+            group = groups.get(sample.device_id)
+            if group is None:
+                group = groups[sample.device_id] = []
+            group += (sample.term_id, sample.item_id, encode(sample, times))
+        args: list[Any] = [_TEMPLATES, self.history_length, self.settled_version]
+        for device_id, group in groups.items():
+            args += (device_id, len(group) // 3)
+            args += group
         d = self.redis.call("evalsha", _SHA, [], args)
+        self._writing = d  # before the callbacks: they may run at once and clear it
         d.addErrback(self._no_script, args)
         d.addCallbacks(self._written, self._failed, errbackArgs=(batch,))
         d.addErrback(self._loop_error)
-
-    def _loop_error(self, failure: Any) -> None:
-        # A bug in the reply handling must not stop the loop (house style 5).
-        self.log.failure("ingest loop", failure)
-        self._writing = False
-        if self._retry is None and self.running:
-            self._retry = self.clock.callLater(self._retry_delay, self._write)
 
     def _no_script(self, failure: Any, args: list[Any]) -> Any:
         message = failure.getErrorMessage()
@@ -150,14 +201,19 @@ class RedisIngest(Service):
         return failure
 
     def _written(self, reply: Any) -> None:
+        self._writing = None
         written, skipped = (int(n) for n in reply)
         self.written += written
         self.skipped += skipped
         self._retry_delay = 0.5
-        self._write()
+        if self.congested and len(self.buffer) < self.low_water:
+            self._congestion(False)
+        if self.running:
+            self._write()
 
-    def _failed(self, failure: Any, batch: list[tuple[str, str, str, str, str]]) -> None:
+    def _failed(self, failure: Any, batch: list[Sample]) -> None:
         # Put the batch back in front, in order, and try again later (capped backoff).
+        self._writing = None
         self.failures += 1
         self.buffer.extendleft(reversed(batch))
         excess = len(self.buffer) - self.buffer_limit
@@ -165,6 +221,8 @@ class RedisIngest(Service):
             for _ in range(excess):
                 self.buffer.popleft()
             self.dropped += excess
+        if self.congested:
+            self._congestion(False)  # an outage: keep the links reading, buffer instead
         self.log.warn(
             "cannot store {count} samples ({error}); {buffered} buffered, retry in {delay} s",
             count=len(batch),
@@ -172,18 +230,37 @@ class RedisIngest(Service):
             buffered=len(self.buffer),
             delay=self._retry_delay,
         )
-        self._writing = False
-        self._retry = self.clock.callLater(self._retry_delay, self._write)
-        self._retry_delay = min(self._retry_delay * 2, 5.0)
+        if self.running:
+            self._retry = self.clock.callLater(self._retry_delay, self._write)
+            self._retry_delay = min(self._retry_delay * 2, 5.0)
 
+    def _loop_error(self, failure: Any) -> None:
+        # A bug in the reply handling must not stop the loop (house style 5).
+        self.log.failure("ingest loop", failure)
+        self._writing = None
+        if self._retry is None and self.running:
+            self._retry = self.clock.callLater(self._retry_delay, self._write)
+
+    @defer.inlineCallbacks
     def stopService(self) -> Any:
+        """Write what waits (for up to ``FLUSH_TIMEOUT`` s), then stop."""
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        deadline = self.clock.seconds() + FLUSH_TIMEOUT
+        while self.clock.seconds() < deadline:
+            if self._writing is not None:
+                yield _quietly(self._writing)
+            elif self.buffer and self.redis.connected:
+                self._write()
+            else:
+                break
+        if self.buffer:
+            self.log.warn("stopping with {n} samples not stored", n=len(self.buffer))
 
     def status(self) -> dict[str, Any]:
-        """Counters: written, skipped (point gone), dropped (buffer full), buffered."""
+        """Counters: written, skipped (point gone), dropped (buffer full), buffered, pauses."""
         return {
             "written": self.written,
             "skipped": self.skipped,
@@ -191,4 +268,13 @@ class RedisIngest(Service):
             "buffered": len(self.buffer),
             "buffer_limit": self.buffer_limit,
             "write_failures": self.failures,
+            "congested": self.congested,
+            "pauses": self.pauses,
         }
+
+
+def _quietly(d: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """A Deferred that fires when ``d`` does, without taking its result."""
+    waiter: defer.Deferred[None] = defer.Deferred()
+    d.addBoth(lambda result: (waiter.callback(None), result)[1])
+    return waiter

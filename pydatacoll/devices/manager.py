@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
@@ -143,7 +143,13 @@ class DeviceManager(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.drivers = drivers if drivers is not None else discover_drivers()
-        self.ingest = RedisIngest(redis, reactor, settings.history_length, settings.buffer_samples)
+        self.ingest = RedisIngest(
+            redis,
+            reactor,
+            settings.history_length,
+            settings.buffer_samples,
+            on_congestion=self._congestion,
+        )
         self.ingest.setName("ingest")
         self.ingest.setServiceParent(self)
         self.sinks = list(sinks)
@@ -153,6 +159,7 @@ class DeviceManager(MultiService):
         self._dirty: set[str] | None = None  # None: everything
         self._again = False
         self._requests = 0
+        self._read_version = ""
         self._frames: dict[str, collections.deque[str]] = {}
         self.subscriber = Subscriber(
             reactor,
@@ -179,13 +186,20 @@ class DeviceManager(MultiService):
         self._loops[0].start(STATUS_INTERVAL, now=False)
         self._loops[1].start(RECONCILE_INTERVAL, now=False)
 
-    def stopService(self) -> defer.Deferred[Any]:
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        """Stop the devices, then the subscription, then write what the ingest holds."""
         for loop in self._loops:
             if loop.running:
                 loop.stop()
-        d: defer.Deferred[Any] = defer.maybeDeferred(super().stopService)
+        Service.stopService(self)
+        devices = [child for child in self if child not in (self.ingest, self.subscriber)]
+        yield defer.DeferredList(
+            [defer.maybeDeferred(child.stopService) for child in devices], consumeErrors=True
+        )
+        yield defer.maybeDeferred(self.subscriber.stopService)
+        yield defer.maybeDeferred(self.ingest.stopService)
         self.running_devices.clear()
-        return d
 
     # --- samples ---------------------------------------------------------------------
 
@@ -197,6 +211,21 @@ class DeviceManager(MultiService):
                 sink.samples_received(samples)
             except Exception:
                 self.log.failure("a sample consumer failed")
+
+    def _congestion(self, congested: bool) -> None:
+        """Pause (or resume) the devices' input while Redis is slower than they are."""
+        self.log.info(
+            "ingest {what}: {n} samples wait",
+            n=len(self.ingest.buffer),
+            what="congested, pausing the devices" if congested else "caught up",
+        )
+        for running in self.running_devices.values():
+            switch = getattr(running.runtime, "pause_input" if congested else "resume_input", None)
+            if switch is not None:
+                try:
+                    switch()
+                except Exception:
+                    self.log.failure("pausing or resuming a device")
 
     # --- reconciling -----------------------------------------------------------------
 
@@ -228,6 +257,9 @@ class DeviceManager(MultiService):
                     self._dirty = None
                     break
                 if not self._again and not self._dirty:
+                    # Every change up to this version is applied: the ingest script may
+                    # trust that each running point is where it is configured.
+                    self.ingest.settled_version = self._read_version
                     break
         finally:
             self._reconciling = None
@@ -235,6 +267,7 @@ class DeviceManager(MultiService):
     @defer.inlineCallbacks
     def _reconcile(self, dirty: set[str] | None) -> Any:
         version = yield self.redis.call("get", keys.CONFIG_VERSION)
+        self._read_version = str(version) if version is not None else ""
         stored = yield self.redis.call("smembers", keys.DEVICES)
         stored = set(stored or ())
         if dirty is None:
@@ -381,6 +414,7 @@ class DeviceManager(MultiService):
             self._change(message)
 
     def _change(self, message: dict[str, Any]) -> None:
+        self.ingest.settled_version = ""  # check every point until this change is applied
         version = message.get("version")
         if isinstance(version, int) and self.version is not None:
             if version != self.version + 1:

@@ -278,6 +278,18 @@ class Iec104Runtime(Service):
             self._gi_call.cancel()
         return self.client.stopService()
 
+    def pause_input(self) -> None:
+        """Stop reading the link (the RTU's k window then holds its data back)."""
+        master = self.client.protocol
+        if master is not None and master.transport is not None:
+            master.transport.pauseProducing()
+
+    def resume_input(self) -> None:
+        """Read the link again."""
+        master = self.client.protocol
+        if master is not None and master.transport is not None:
+            master.transport.resumeProducing()
+
     # --- samples ---------------------------------------------------------------------
 
     def _on_data(self, asdu: Asdu) -> None:

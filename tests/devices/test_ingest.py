@@ -1,0 +1,145 @@
+"""The ingest path's bounds: pause on overload, buffer on outage, flush on stop.
+
+The Redis side is a scripted stand-in here (each script call is a Deferred the test
+fires); `test_manager` runs the same code against a real redis-server.
+"""
+
+import json
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from pydatacoll.devices import ingest
+from pydatacoll.devices.ingest import RedisIngest, encode
+from pydatacoll.errors import StoreUnavailable
+from pydatacoll.model import Sample
+
+
+class ScriptedRedis:
+    def __init__(self):
+        self.connected = True
+        self.calls = []
+
+    def call(self, command, sha, keys, args):
+        d = defer.Deferred()
+        self.calls.append((args, d))
+        return d
+
+    def answer(self):
+        args, d = self.calls.pop(0)
+        d.callback([(len(args) - 3) // 3, 0])
+        return args
+
+    def fail(self):
+        args, d = self.calls.pop(0)
+        d.errback(StoreUnavailable("Redis is not reachable"))
+
+
+def samples(n, start=0):
+    return [Sample("d", "t", f"i{i}", float(i), receive_time=1.5) for i in range(start, start + n)]
+
+
+class IngestTests(SynchronousTestCase):
+    def setUp(self):
+        self.patch(ingest, "BATCH", 10)
+        self.patch(ingest, "HIGH_WATER", 40)
+        self.patch(ingest, "LOW_WATER", 10)
+        self.redis = ScriptedRedis()
+        self.clock = Clock()
+        self.switches = []
+        self.ingest = RedisIngest(
+            self.redis, self.clock, 100, 100, on_congestion=self.switches.append
+        )
+        self.ingest.startService()
+
+    def test_one_script_call_per_batch_in_order(self):
+        self.ingest.samples_received(samples(25))
+        self.assertEqual(len(self.redis.calls), 1)
+        args = self.redis.answer()
+        self.assertEqual(args[3:5], ["d", 10])
+        self.assertEqual(args[5:7], ["t", "i0"])
+        self.assertEqual(json.loads(args[7])["value"], 0.0)
+        self.redis.answer()
+        self.redis.answer()
+        self.assertEqual(self.ingest.status()["written"], 25)
+        self.assertEqual(self.redis.calls, [])
+
+    def test_overload_pauses_the_devices_until_caught_up(self):
+        self.ingest.samples_received(samples(50))
+        self.assertEqual(self.switches, [True])
+        while len(self.ingest.buffer) >= 10:
+            self.redis.answer()
+        self.redis.answer()
+        self.assertEqual(self.switches, [True, False])
+        self.assertEqual(self.ingest.status()["dropped"], 0)
+
+    def test_outage_buffers_drops_the_oldest_and_writes_in_order_later(self):
+        self.ingest.samples_received(samples(10))
+        self.redis.connected = False
+        self.redis.fail()
+        self.ingest.samples_received(samples(100, start=10))  # 110 > 100: 10 oldest dropped
+        self.assertEqual(self.switches, [])  # an outage does not pause the links
+        self.assertEqual(self.ingest.status()["dropped"], 10)
+        self.redis.connected = True
+        self.clock.advance(0.5)
+        first = self.redis.answer()
+        self.assertEqual(first[6], "i10")
+
+    def test_stop_writes_what_waits(self):
+        self.ingest.samples_received(samples(25))
+        d = self.ingest.stopService()
+        self.assertNoResult(d)
+        self.redis.answer()
+        self.redis.answer()
+        self.redis.answer()
+        self.successResultOf(d)
+        self.assertEqual(self.ingest.status()["written"], 25)
+
+    def test_encoding(self):
+        cases = [
+            (
+                Sample("d", "t", "i", 1.25, "good", (), 2.0, 3.0),
+                {
+                    "value": 1.25,
+                    "quality": "good",
+                    "flags": [],
+                    "source_time": "1970-01-01T00:00:02.000+00:00",
+                    "receive_time": "1970-01-01T00:00:03.000+00:00",
+                },
+            ),
+            (
+                Sample("d", "t", "i", True, "questionable", ("NT", "SB"), None, 3.0),
+                {
+                    "value": True,
+                    "quality": "questionable",
+                    "flags": ["NT", "SB"],
+                    "source_time": None,
+                    "receive_time": "1970-01-01T00:00:03.000+00:00",
+                },
+            ),
+            (
+                Sample("d", "t", "i", float("nan"), "good", (), None, 3.0),
+                {
+                    "value": None,
+                    "quality": "invalid",
+                    "flags": ["not_finite"],
+                    "source_time": None,
+                    "receive_time": "1970-01-01T00:00:03.000+00:00",
+                },
+            ),
+            (
+                Sample("d", "t", "i", 'a "text"', "good", (), None, 3.0),
+                {
+                    "value": 'a "text"',
+                    "quality": "good",
+                    "flags": [],
+                    "source_time": None,
+                    "receive_time": "1970-01-01T00:00:03.000+00:00",
+                },
+            ),
+        ]
+        for sample, expected in cases:
+            self.assertEqual(json.loads(encode(sample, ingest._Times())), expected)
+            if sample.value == sample.value:
+                self.assertEqual(json.loads(encode(sample, ingest._Times())), sample.to_json())
