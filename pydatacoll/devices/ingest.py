@@ -57,6 +57,9 @@ _TEMPLATES = json.dumps(
 #: Samples per script call: large enough to amortise the round trip, small enough that
 #: one call never holds Redis for long (a few ms).
 BATCH = 2000
+#: Script calls in flight on the ingest connection: the next batch is encoded while
+#: Redis runs the previous one (one connection keeps them in order).
+IN_FLIGHT = 2
 HIGH_WATER = 20000
 LOW_WATER = 5000
 FLUSH_TIMEOUT = 5.0
@@ -143,7 +146,10 @@ class RedisIngest(Service):
         self.failures = 0
         self.pauses = 0
         self._times = _Times()
-        self._writing: defer.Deferred[None] | None = None
+        #: Batches sent and not yet answered, oldest first: (samples, Deferred).
+        self._in_flight: collections.deque[tuple[list[Sample], defer.Deferred[Any]]] = (
+            collections.deque()
+        )
         self._retry: IDelayedCall | None = None
         self._retry_delay = 0.5
 
@@ -158,7 +164,7 @@ class RedisIngest(Service):
             self.dropped += excess
         if len(buffer) > self.high_water and not self.congested and self.redis.connected:
             self._congestion(True)
-        if self._writing is None and self._retry is None and self.running:
+        if self._retry is None and self.running:
             self._write()
 
     def _congestion(self, congested: bool) -> None:
@@ -173,8 +179,11 @@ class RedisIngest(Service):
 
     def _write(self) -> None:
         self._retry = None
-        if not self.buffer:
-            return
+        # A failure (even at once, Redis being away) schedules a retry and ends the loop.
+        while self.buffer and len(self._in_flight) < IN_FLIGHT and self._retry is None:
+            self._send()
+
+    def _send(self) -> None:
         count = min(BATCH, len(self.buffer))
         batch = [self.buffer.popleft() for _ in range(count)]
         times = self._times
@@ -189,9 +198,10 @@ class RedisIngest(Service):
             args += (device_id, len(group) // 3)
             args += group
         d = self.redis.call("evalsha", _SHA, [], args)
-        self._writing = d  # before the callbacks: they may run at once and clear it
+        entry = (batch, d)
+        self._in_flight.append(entry)  # before the callbacks: they may run at once
         d.addErrback(self._no_script, args)
-        d.addCallbacks(self._written, self._failed, errbackArgs=(batch,))
+        d.addCallbacks(self._written, self._failed, callbackArgs=(entry,), errbackArgs=(entry,))
         d.addErrback(self._loop_error)
 
     def _no_script(self, failure: Any, args: list[Any]) -> Any:
@@ -200,22 +210,30 @@ class RedisIngest(Service):
             return self.redis.call("eval", _SCRIPT, [], args)
         return failure
 
-    def _written(self, reply: Any) -> None:
-        self._writing = None
+    def _written(self, reply: Any, entry: Any) -> None:
+        if entry not in self._in_flight:
+            return  # put back by an earlier failure: it will be written again
+        self._in_flight.remove(entry)
         written, skipped = (int(n) for n in reply)
         self.written += written
         self.skipped += skipped
         self._retry_delay = 0.5
         if self.congested and len(self.buffer) < self.low_water:
             self._congestion(False)
-        if self.running:
+        if self.running and self._retry is None:
             self._write()
 
-    def _failed(self, failure: Any, batch: list[Sample]) -> None:
-        # Put the batch back in front, in order, and try again later (capped backoff).
-        self._writing = None
+    def _failed(self, failure: Any, entry: Any) -> None:
+        if entry not in self._in_flight:
+            return
+        # Put every batch in flight back in front, in order (a later one may have been
+        # written: then it is written twice, never lost), and retry with capped backoff.
         self.failures += 1
-        self.buffer.extendleft(reversed(batch))
+        count = 0
+        for batch, _ in reversed(self._in_flight):
+            self.buffer.extendleft(reversed(batch))
+            count += len(batch)
+        self._in_flight.clear()
         excess = len(self.buffer) - self.buffer_limit
         if excess > 0:
             for _ in range(excess):
@@ -225,19 +243,19 @@ class RedisIngest(Service):
             self._congestion(False)  # an outage: keep the links reading, buffer instead
         self.log.warn(
             "cannot store {count} samples ({error}); {buffered} buffered, retry in {delay} s",
-            count=len(batch),
+            count=count,
             error=failure.getErrorMessage(),
             buffered=len(self.buffer),
             delay=self._retry_delay,
         )
-        if self.running:
+        if self.running and self._retry is None:
             self._retry = self.clock.callLater(self._retry_delay, self._write)
             self._retry_delay = min(self._retry_delay * 2, 5.0)
 
     def _loop_error(self, failure: Any) -> None:
         # A bug in the reply handling must not stop the loop (house style 5).
         self.log.failure("ingest loop", failure)
-        self._writing = None
+        self._in_flight.clear()
         if self._retry is None and self.running:
             self._retry = self.clock.callLater(self._retry_delay, self._write)
 
@@ -250,8 +268,8 @@ class RedisIngest(Service):
         self._retry = None
         deadline = self.clock.seconds() + FLUSH_TIMEOUT
         while self.clock.seconds() < deadline:
-            if self._writing is not None:
-                yield _quietly(self._writing)
+            if self._in_flight:
+                yield _quietly(self._in_flight[-1][1])
             elif self.buffer and self.redis.connected:
                 self._write()
             else:

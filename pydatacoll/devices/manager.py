@@ -143,8 +143,13 @@ class DeviceManager(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.drivers = drivers if drivers is not None else discover_drivers()
+        # The ingest path has a connection of its own, so its batches stay in order.
+        ingest_redis = redis.dedicated() if hasattr(redis, "dedicated") else redis
+        if ingest_redis is not redis:
+            ingest_redis.setName("ingest-redis")
+            ingest_redis.setServiceParent(self)
         self.ingest = RedisIngest(
-            redis,
+            ingest_redis,
             reactor,
             settings.history_length,
             settings.buffer_samples,
@@ -193,12 +198,18 @@ class DeviceManager(MultiService):
             if loop.running:
                 loop.stop()
         Service.stopService(self)
-        devices = [child for child in self if child not in (self.ingest, self.subscriber)]
+        devices = [
+            child
+            for child in self
+            if child not in (self.ingest, self.subscriber, self.ingest.redis)
+        ]
         yield defer.DeferredList(
             [defer.maybeDeferred(child.stopService) for child in devices], consumeErrors=True
         )
         yield defer.maybeDeferred(self.subscriber.stopService)
         yield defer.maybeDeferred(self.ingest.stopService)
+        if self.ingest.redis is not self.redis:
+            yield defer.maybeDeferred(self.ingest.redis.stopService)
         self.running_devices.clear()
 
     # --- samples ---------------------------------------------------------------------

@@ -39,6 +39,19 @@ class RedisClient(Service):
         self._pool_size = pool_size
         self._handler: Any = None
 
+    def dedicated(self) -> RedisClient:
+        """A client of one connection to the same Redis (not started).
+
+        Commands on one connection run in the order they were sent, so several can be
+        in flight without overtaking each other (the ingest path relies on it).
+        """
+        return RedisClient(
+            self._address,
+            timeout=self._timeout,
+            pool_size=1,
+            address_source=self._address_source,
+        )
+
     @property
     def address(self) -> RedisAddress:
         """Where Redis is (known once the service has started)."""

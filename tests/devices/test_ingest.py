@@ -55,7 +55,7 @@ class IngestTests(SynchronousTestCase):
 
     def test_one_script_call_per_batch_in_order(self):
         self.ingest.samples_received(samples(25))
-        self.assertEqual(len(self.redis.calls), 1)
+        self.assertEqual(len(self.redis.calls), 2)  # the next batch is sent while one runs
         args = self.redis.answer()
         self.assertEqual(args[3:5], ["d", 10])
         self.assertEqual(args[5:7], ["t", "i0"])
@@ -85,6 +85,16 @@ class IngestTests(SynchronousTestCase):
         self.clock.advance(0.5)
         first = self.redis.answer()
         self.assertEqual(first[6], "i10")
+
+    def test_a_failure_puts_every_batch_in_flight_back_in_order(self):
+        self.ingest.samples_received(samples(30))
+        self.assertEqual(len(self.redis.calls), 2)
+        self.redis.fail()  # the connection went: the second batch's answer never comes
+        self.redis.calls.pop(0)[1].errback(StoreUnavailable("lost"))
+        self.assertEqual([s.item_id for s in self.ingest.buffer][:3], ["i0", "i1", "i2"])
+        self.assertEqual(len(self.ingest.buffer), 30)
+        self.clock.advance(0.5)
+        self.assertEqual(self.redis.answer()[6], "i0")
 
     def test_stop_writes_what_waits(self):
         self.ingest.samples_received(samples(25))
