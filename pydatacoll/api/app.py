@@ -439,22 +439,7 @@ class ApiApp:
     @inlineCallbacks
     def batch_upsert(self, request: Any, collection: str) -> Any:
         """Create or replace many entities, all or nothing: 200 with the stored entities."""
-        body = self._body(request)
-        elements = _batch(body)
-        entity_type = ENTITIES[collection[:-1]]
-        ops, seen = [], set()
-        for index, element in enumerate(elements):
-            try:
-                entity = entity_type.from_json(element)
-            except errors.ApiError as e:
-                e.index = index
-                raise
-            if entity.key in seen:
-                raise errors.ValidationError(
-                    f"duplicate {entity.KIND} {entity.key} in the batch", field="id", index=index
-                )
-            seen.add(entity.key)
-            ops.append(_op("put", entity))
+        ops = batch_put_ops(ENTITIES[collection[:-1]], _batch(self._body(request)))
         results = yield self._apply(ops, batch=True) if ops else []
         return _json(request, 200, results)
 
@@ -683,15 +668,7 @@ class ApiApp:
         limit = _int_arg(request, "limit", 100, 1, MAX_SAMPLES)
         since = _time_arg(request, "since")
         until = _time_arg(request, "until")
-        entries = yield self.store.redis.call(
-            "execute_command",
-            "XREVRANGE",
-            keys.CTRL_LOG,
-            "+" if until is None else str(until),
-            "-" if since is None else str(since),
-            "COUNT",
-            limit,
-        )
+        entries = yield self.store.read_stream(keys.CTRL_LOG, limit, since, until)
         return _json(request, 200, [_audit_entry(e) for e in entries])
 
 
@@ -710,8 +687,8 @@ def _short_json(value: Any) -> str:
 
 
 def _audit_entry(entry: Any) -> dict[str, Any]:
-    entry_id, flat = entry
-    fields: dict[str, Any] = dict(zip(flat[::2], flat[1::2], strict=False))
+    entry_id, stored = entry
+    fields: dict[str, Any] = dict(stored)
     for name in ("value", "select"):
         try:
             fields[name] = json.loads(fields.get(name, "null"))
@@ -754,6 +731,24 @@ def _op(kind: str, entity: Any) -> dict[str, Any]:
     if entity.KIND == "term_item":
         op.update(term_id=entity.term_id, item_id=entity.item_id)
     return op
+
+
+def batch_put_ops(entity_type: Any, elements: list[Any]) -> list[dict[str, Any]]:
+    """The "put" operations of a v2 batch; errors name the element's ``index``."""
+    ops, seen = [], set()
+    for index, element in enumerate(elements):
+        try:
+            entity = entity_type.from_json(element)
+        except errors.ApiError as e:
+            e.index = index
+            raise
+        if entity.key in seen:
+            raise errors.ValidationError(
+                f"duplicate {entity.KIND} {entity.key} in the batch", field="id", index=index
+            )
+        seen.add(entity.key)
+        ops.append(_op("put", entity))
+    return ops
 
 
 def _term_item_delete(term_id: str, item_id: str) -> dict[str, Any]:

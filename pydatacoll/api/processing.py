@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from pydatacoll import errors
-from pydatacoll.api.app import ApiApp, _batch, _int_arg, _json, _op, _time_arg
+from pydatacoll.api.app import ApiApp, _batch, _int_arg, _json, _op, _time_arg, batch_put_ops
 from pydatacoll.model import Formula, decode_fields, is_valid_id, normalize_id
 from pydatacoll.processing.formulas import check_formula
 from pydatacoll.store import keys
@@ -126,20 +126,7 @@ def delete_formula(self: ApiApp, request: Any, formula_id: str) -> Any:
 @inlineCallbacks
 def batch_formulas(self: ApiApp, request: Any) -> Any:
     """Create or replace many formulas, all or nothing: 200 with the stored formulas."""
-    elements = _batch(self._body(request))
-    ops, seen = [], set()
-    for index, element in enumerate(elements):
-        try:
-            formula = Formula.from_json(element)
-        except errors.ApiError as e:
-            e.index = index
-            raise
-        if formula.key in seen:
-            raise errors.ValidationError(
-                f"duplicate formula {formula.key} in the batch", field="id", index=index
-            )
-        seen.add(formula.key)
-        ops.append(_op("put", formula))
+    ops = batch_put_ops(Formula, _batch(self._body(request)))
     results = yield self._apply(ops, batch=True) if ops else []
     return _json(request, 200, results)
 
@@ -194,18 +181,9 @@ def alarm_history(self: ApiApp, request: Any) -> Any:
     limit = _int_arg(request, "limit", 100, 1, MAX_EVENTS)
     since = _time_arg(request, "since")
     until = _time_arg(request, "until")
-    entries = yield self.store.redis.call(
-        "execute_command",
-        "XREVRANGE",
-        keys.ALARM_LOG,
-        str(until) if until is not None else "+",
-        str(since) if since is not None else "-",
-        "COUNT",
-        limit,
-    )
+    entries = yield self.store.read_stream(keys.ALARM_LOG, limit, since, until)
     events = []
-    for entry_id, flat in entries:
-        fields = dict(zip(flat[::2], flat[1::2], strict=False))
+    for entry_id, fields in entries:
         try:
             event = json.loads(fields.get("event", "null"))
         except ValueError:

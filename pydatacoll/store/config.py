@@ -90,16 +90,26 @@ class ConfigStore:
             raise error_type(result["message"], field=result["field"], index=result["index"])
         return result["results"]
 
+    def read_stream(
+        self, key: str, limit: int, since_ms: int | None, until_ms: int | None
+    ) -> Deferred[list[tuple[str, dict[str, str]]]]:
+        """A stream's entries (id, fields), newest first, in an arrival-time range (ms)."""
+        high = str(until_ms) if until_ms is not None else "+"
+        low = str(since_ms) if since_ms is not None else "-"
+        d = self.redis.call("execute_command", "XREVRANGE", key, high, low, "COUNT", limit)
+        return d.addCallback(
+            lambda entries: [
+                (entry_id, dict(zip(flat[::2], flat[1::2], strict=False)))
+                for entry_id, flat in entries
+            ]
+        )
+
     def read_samples(
         self, point: tuple[str, str, str], limit: int, since_ms: int | None, until_ms: int | None
     ) -> Deferred[list[Any]]:
         """A point's stored samples, newest first."""
-        high = str(until_ms) if until_ms is not None else "+"
-        low = str(since_ms) if since_ms is not None else "-"
-        d = self.redis.call(
-            "execute_command", "XREVRANGE", keys.POINT_DATA % point, high, low, "COUNT", limit
-        )
-        return d.addCallback(lambda entries: [_sample(entry) for entry in entries])
+        d = self.read_stream(keys.POINT_DATA % point, limit, since_ms, until_ms)
+        return d.addCallback(lambda entries: [_json_field(f, "sample") for _, f in entries])
 
     @inlineCallbacks
     def sample_at(self, point: tuple[str, str, str], index: int) -> Any:
@@ -130,8 +140,11 @@ class RetryChange(Exception):
 
 def _sample(entry: Any) -> Any:
     _entry_id, flat = entry
-    fields = dict(zip(flat[::2], flat[1::2], strict=False))
+    return _json_field(dict(zip(flat[::2], flat[1::2], strict=False)), "sample")
+
+
+def _json_field(fields: dict[str, str], name: str) -> Any:
     try:
-        return json.loads(fields.get("sample", "null"))
+        return json.loads(fields.get(name, "null"))
     except ValueError:
         return None

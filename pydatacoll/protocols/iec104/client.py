@@ -336,18 +336,16 @@ class Iec104Master(Iec104Link):
         set-points; an int for bitstrings. ``qualifier`` is QU (0..31) or QL (0..127).
         ``timestamp`` picks the time-tagged type (default: as ``type_id`` says).
         """
-        try:
-            request = self._command_asdu(common_address, ioa, type_id, value, qualifier, timestamp)
-        except (ValueError, TypeError) as exc:
-            return defer.succeed(CommandResult(Outcome.REFUSED, str(exc)))
-        if select and request.type_id not in SELECTABLE_TYPES:
-            return defer.succeed(
-                CommandResult(Outcome.REFUSED, f"{request.type_name} has no select")
+        execute = self._prepare(common_address, ioa, type_id, value, qualifier, timestamp)
+        if isinstance(execute, CommandResult):
+            return defer.succeed(execute)
+        if not select:
+            return self._request(
+                ("cmd", common_address, ioa), "command", execute, self.station.command_timeout
             )
-        execute = None
-        if select:
-            execute = request
-            request = attrs.evolve(request, qualities=[request.qualities[0] | SELECT])
+        request = self._selected(execute)
+        if isinstance(request, CommandResult):
+            return defer.succeed(request)
         return self._request(
             ("cmd", common_address, ioa),
             "command",
@@ -360,28 +358,43 @@ class Iec104Master(Iec104Link):
         self, common_address: int, ioa: int, type_id: int, value: Any, qualifier: int = 0
     ) -> defer.Deferred[CommandResult]:
         """Only the select of a select-before-operate command (see `deactivate`)."""
-        try:
-            request = self._command_asdu(common_address, ioa, type_id, value, qualifier, None)
-        except (ValueError, TypeError) as exc:
-            return defer.succeed(CommandResult(Outcome.REFUSED, str(exc)))
-        if request.type_id not in SELECTABLE_TYPES:
-            return defer.succeed(
-                CommandResult(Outcome.REFUSED, f"{request.type_name} has no select")
-            )
-        request = attrs.evolve(request, qualities=[request.qualities[0] | SELECT])
+        request = self._prepare(common_address, ioa, type_id, value, qualifier, None)
+        if not isinstance(request, CommandResult):
+            request = self._selected(request)
+        if isinstance(request, CommandResult):
+            return defer.succeed(request)
         return self._request(
             ("cmd", common_address, ioa), "select", request, self.station.command_timeout
         )
+
+    def _prepare(
+        self,
+        common_address: int,
+        ioa: int,
+        type_id: int,
+        value: Any,
+        qualifier: int,
+        timestamp: bool | None,
+    ) -> Asdu | CommandResult:
+        try:
+            return self._command_asdu(common_address, ioa, type_id, value, qualifier, timestamp)
+        except (ValueError, TypeError) as exc:
+            return CommandResult(Outcome.REFUSED, str(exc))
+
+    @staticmethod
+    def _selected(request: Asdu) -> Asdu | CommandResult:
+        if request.type_id not in SELECTABLE_TYPES:
+            return CommandResult(Outcome.REFUSED, f"{request.type_name} has no select")
+        return attrs.evolve(request, qualities=[request.qualities[0] | SELECT])
 
     def deactivate(
         self, common_address: int, ioa: int, type_id: int, value: Any, qualifier: int = 0
     ) -> defer.Deferred[CommandResult]:
         """Deactivate (cancel) a selected command: COT 8, done at DEACT_CON."""
-        try:
-            request = self._command_asdu(common_address, ioa, type_id, value, qualifier, None)
-        except (ValueError, TypeError) as exc:
-            return defer.succeed(CommandResult(Outcome.REFUSED, str(exc)))
-        request = attrs.evolve(request, cause=Cause.DEACTIVATION)
+        prepared = self._prepare(common_address, ioa, type_id, value, qualifier, None)
+        if isinstance(prepared, CommandResult):
+            return defer.succeed(prepared)
+        request = attrs.evolve(prepared, cause=Cause.DEACTIVATION)
         key = ("cmd", common_address, ioa)
         waiting = self._pending.pop(key, None)
         if waiting is not None:
