@@ -82,10 +82,6 @@ class ExamplePluginPackageTests(SynchronousTestCase):
         python = os.path.join(venv, "bin", "python")
         purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
         purelib = purelib.stdout.strip()
-        # PyDataColl's dependencies come from this environment (appended after the venv's
-        # own packages); PyDataColl itself and the example are installed in the venv.
-        with open(os.path.join(purelib, "deps.pth"), "w") as f:
-            f.write("\n".join(site.getsitepackages()) + "\n")
         run(
             sys.executable,
             "-m",
@@ -98,6 +94,12 @@ class ExamplePluginPackageTests(SynchronousTestCase):
             "--no-index",
             *[os.path.join(wheels, w) for w in sorted(os.listdir(wheels))],
         )
+        # PyDataColl's dependencies come from this environment (appended after the venv's
+        # own packages); PyDataColl itself and the example are installed in the venv.
+        # Written after the install: pip would otherwise see this environment's
+        # PyDataColl as installed already and skip the wheel.
+        with open(os.path.join(purelib, "deps.pth"), "w") as f:
+            f.write("\n".join(site.getsitepackages()) + "\n")
         result = run(python, "-c", SCRIPT, os.path.join(work, "data"), cwd=work)
         report = json.loads(result.stdout.strip().splitlines()[-1])
         self.assertTrue(report["pydatacoll"].startswith(purelib), report["pydatacoll"])
