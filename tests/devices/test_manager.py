@@ -2,6 +2,7 @@
 
 import json
 
+import attrs
 import redis as redis_py
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -282,6 +283,19 @@ class ManagerTests(_Base):
             {"request_id": "r6", "device_id": "d1", "term_id": "t1", "item_id": "nope"},
         )
         self.assertEqual(reply["outcome"], "not_found")
+
+    @defer.inlineCallbacks
+    def test_frame_log_is_bounded(self):
+        self.manager = DeviceManager(
+            self.client, attrs.evolve(self.settings, frame_log_length=5), reactor
+        )
+        yield self.configure()
+        yield self.start_manager()
+        yield until(lambda: self.sync.llen(keys.FRAME_LOG % "d1") == 5, what="frame log")
+        entry = self.sync.lrange(keys.FRAME_LOG % "d1", -1, -1)[0]
+        when, direction, octets = entry.split(",")
+        self.assertIn(direction, ("send", "recv"))
+        self.assertTrue(octets.startswith("68"))
 
     @defer.inlineCallbacks
     def test_offline_device(self):
