@@ -119,7 +119,9 @@ class RemoteProtocolError(PyDataCollError):
     (and re-opened with backoff), other devices are not touched.
     """
 
-    def __init__(self, message: str, *, offset: int | None = None, data: bytes = b"") -> None:
+    def __init__(
+        self, message: str, *, offset: int | None = None, data: bytes | bytearray = b""
+    ) -> None:
         super().__init__(message if offset is None else f"{message} (at offset {offset})")
         self.offset = offset
         self.data = bytes(data[:300])

@@ -239,7 +239,7 @@ class Entity:
     @property
     def key(self) -> str:
         """The entity's id as used in URLs and change messages."""
-        return str(self.id)
+        return str(self.id)  # type: ignore[attr-defined]  # every entity but TermItem has it
 
 
 def _extra() -> Any:

@@ -8,6 +8,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pydatacoll.api.app import ApiApp
 from pydatacoll.api.replies import ReplyListener
@@ -32,11 +33,16 @@ class OrderedService(MultiService):
         Service.stopService(self)
         d: Deferred[Any] = succeed(None)
         for child in reversed(list(self)):
-            d.addCallback(lambda _, child=child: child.stopService())
-            d.addErrback(
-                lambda f, child=child: self.log.failure("stopping {name}", f, name=child.name)
-            )
+            d.addCallback(_stop, child)
+            d.addErrback(self._stop_failed, child)
         return d.addCallback(lambda _: None)
+
+    def _stop_failed(self, failure: Failure, child: Any) -> None:
+        self.log.failure("stopping {name}", failure, name=child.name)
+
+
+def _stop(_: object, child: Any) -> Any:
+    return child.stopService()
 
 
 def make_root_service(settings: Settings, reactor: Any) -> MultiService:

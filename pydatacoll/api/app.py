@@ -50,7 +50,8 @@ class LimitedRequest(Request):
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
-        if self.body_too_large or self.content.tell() + len(data) > self.max_body:
+        content: Any = self.content
+        if self.body_too_large or content.tell() + len(data) > self.max_body:
             self.body_too_large = True
             return
         super().handleContentChunk(data)

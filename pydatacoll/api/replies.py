@@ -246,7 +246,10 @@ class ReplyListener(Service):
             endpoint = UNIXClientEndpoint(self._reactor, address.path, self._connect_timeout)
         else:
             endpoint = HostnameEndpoint(
-                self._reactor, address.host, address.port, self._connect_timeout
+                self._reactor,
+                address.host or "127.0.0.1",
+                address.port or 6379,
+                self._connect_timeout,
             )
         self._service = ClientService(
             endpoint,

@@ -294,5 +294,10 @@ class RedisIngest(Service):
 def _quietly(d: defer.Deferred[Any]) -> defer.Deferred[None]:
     """A Deferred that fires when ``d`` does, without taking its result."""
     waiter: defer.Deferred[None] = defer.Deferred()
-    d.addBoth(lambda result: (waiter.callback(None), result)[1])
+
+    def fired(result: Any) -> Any:
+        waiter.callback(None)
+        return result
+
+    d.addBoth(fired)
     return waiter

@@ -135,7 +135,7 @@ class DeviceManager(MultiService):
         redis: Any,
         settings: Settings,
         reactor: Any,
-        sinks: Sequence[ISampleSink] = (),
+        sinks: Sequence[Any] = (),
         drivers: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -171,7 +171,7 @@ class DeviceManager(MultiService):
             lambda: redis.address,
             self._message,
             channels=[*_CHANGE_CHANNELS, keys.DEVICE_CALL, keys.DEVICE_CTRL],
-            on_subscribed=lambda: self.reconcile(),
+            on_subscribed=self._subscribed,
             ready=redis.when_ready,
             name="device manager subscription",
         )
@@ -222,6 +222,10 @@ class DeviceManager(MultiService):
                 sink.samples_received(samples)
             except Exception:
                 self.log.failure("a sample consumer failed")
+
+    def _subscribed(self) -> None:
+        # Messages may have been missed while the subscription was down: catch up.
+        self.reconcile()
 
     def _congestion(self, congested: bool) -> None:
         """Pause (or resume) the devices' input while Redis is slower than they are."""

@@ -294,7 +294,7 @@ def _check_call(node: ast.Call, params: Collection[str]) -> Window | None:
     if is_window:
         if not (isinstance(args[0], ast.Name) and args[0].id in params):
             raise ExpressionError(f"{name}(pN, '15m'): the first argument must be a parameter")
-        window_text = args[1].value
+        window_text = args[1].value  # type: ignore[attr-defined]  # a Constant, checked above
         assert isinstance(window_text, str)
         return Window(args[0].id, parse_window(window_text), window_text)
     if name in WINDOW_FUNCTIONS and name not in FUNCTIONS:

@@ -210,7 +210,7 @@ class FormulasProcessor(Service):
     """Computes every formula when one of its inputs changes (see the module docstring)."""
 
     log = Logger()
-    name = "formulas"
+    name = "formulas"  # type: ignore[assignment]  # Service declares it None
 
     def __init__(self, context: ProcessorContext) -> None:
         options = context.options

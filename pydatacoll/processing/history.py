@@ -473,7 +473,7 @@ class Spool:
 
     def append(self, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
         """Append rows in order; ``(accepted, refused)`` (refused: the spool is full)."""
-        lines = []
+        lines: list[Any] = []
         added_bytes = 0
         for row in rows:
             line = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
@@ -974,7 +974,7 @@ class HistoryProcessor(Service):
     docs/history.rst. ``read`` serves the history route."""
 
     log = Logger()
-    name = NAME
+    name = NAME  # type: ignore[assignment]  # Service declares it None
 
     def __init__(
         self,

@@ -116,7 +116,7 @@ class LimitsProcessor(Service):
     """Raises and clears alarms (see the module docstring)."""
 
     log = Logger()
-    name = "limits"
+    name = "limits"  # type: ignore[assignment]  # Service declares it None
 
     def __init__(self, context: ProcessorContext) -> None:
         options = context.options

@@ -92,7 +92,9 @@ class Subscriber(Service):
         if address.path is not None:
             endpoint: Any = UNIXClientEndpoint(self.reactor, address.path)
         else:
-            endpoint = HostnameEndpoint(self.reactor, address.host, address.port)
+            endpoint = HostnameEndpoint(
+                self.reactor, address.host or "127.0.0.1", address.port or 6379
+            )
         self._factory = _Factory(self, address.password)
         self._factory.startConnecting(endpoint)
 

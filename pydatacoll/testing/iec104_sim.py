@@ -809,7 +809,8 @@ def start_simulator(
     registry = StationRegistry(reactor, config)
     tcp: IReactorTCP = reactor
     try:
-        listening = tcp.listenTCP(port, SimulatorFactory(registry), interface=interface)
+        factory: Any = SimulatorFactory(registry)
+        listening = tcp.listenTCP(port, factory, interface=interface)
     except Exception:
         return defer.fail()
     return defer.succeed((listening, registry))
@@ -902,7 +903,7 @@ def main(reactor: Any, argv: Sequence[str] | None = None) -> defer.Deferred[None
 
     def started(result: tuple[IListeningPort, StationRegistry]) -> defer.Deferred[None]:
         listening, registry = result
-        address = listening.getHost()
+        address: Any = listening.getHost()
         log.info(
             "iec104 simulator listening on {host}:{port} (CA {ca}, {points} points{flood})",
             host=address.host,

@@ -82,11 +82,13 @@ class ModbusSimProcess(ProcessProtocol):
             raise RuntimeError("too many control commands waiting")
         d: Deferred[Any] = Deferred()
         self._waiting.append(d)
+        assert self.transport is not None
         self.transport.write(line.encode() + b"\n")
         return d
 
     def kill(self) -> Deferred[None]:
         """SIGKILL the simulator (no goodbye to its clients); fires when it is gone."""
         if self.running:
+            assert self.transport is not None
             self.transport.signalProcess(signal.SIGKILL)
         return self._ended

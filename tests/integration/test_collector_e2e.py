@@ -24,7 +24,7 @@ from tests.integration.iec104_peer import (
 from tests.integration.test_daemon import TWISTD, Daemon, request
 
 
-def wait(predicate, timeout=15.0, what="condition"):
+def wait(predicate, timeout=30.0, what="condition"):
     """Poll ``predicate`` until it is truthy (subprocesses and c104 threads move on)."""
     deadline = time.monotonic() + timeout
     while True:

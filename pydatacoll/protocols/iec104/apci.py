@@ -60,7 +60,7 @@ class UFrame:
 Frame = IFrame | SFrame | UFrame
 
 
-def decode_apdus(buffer: bytes) -> tuple[list[Frame], int]:
+def decode_apdus(buffer: bytes | bytearray) -> tuple[list[Frame], int]:
     """The whole frames at the start of ``buffer`` and how many octets they used.
 
     A partial frame at the end is left for the next call. Anything that is not a valid

@@ -757,7 +757,8 @@ def decode_asdu(
         for i in range(count):
             o = i * stride + tbase
             if time_fields == 6:
-                when, invalid = decode_cp56(*flat[o : o + 6], tz=tz)
+                ms, minute, hour, day, month, year = flat[o : o + 6]
+                when, invalid = decode_cp56(ms, minute, hour, day, month, year, tz)
             else:
                 when, invalid = decode_cp24(flat[o], flat[o + 1], reference)
             times.append(when)

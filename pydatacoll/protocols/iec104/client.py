@@ -725,7 +725,7 @@ class Iec104Client(service.Service):
         self.asdu_params = asdu_params
         self.on_data = on_data
         self.on_state = on_state
-        self.name = name
+        self.name = name  # type: ignore[assignment]  # Service declares it None
         self.endpoint = RotatingEndpoint(
             [
                 TCP4ClientEndpoint(reactor, host, port, timeout=self.link.t0)

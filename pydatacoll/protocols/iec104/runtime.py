@@ -282,13 +282,13 @@ class Iec104Runtime(Service):
         """Stop reading the link (the RTU's k window then holds its data back)."""
         master = self.client.protocol
         if master is not None and master.transport is not None:
-            master.transport.pauseProducing()
+            master.transport.pauseProducing()  # type: ignore[attr-defined]  # a TCP transport
 
     def resume_input(self) -> None:
         """Read the link again."""
         master = self.client.protocol
         if master is not None and master.transport is not None:
-            master.transport.resumeProducing()
+            master.transport.resumeProducing()  # type: ignore[attr-defined]
 
     # --- samples ---------------------------------------------------------------------
 
@@ -297,7 +297,7 @@ class Iec104Runtime(Service):
         ca = asdu.common_address
         now = self.clock.seconds()
         times = asdu.times
-        samples = []
+        samples: list[Sample] = []
         append = samples.append
         device_id = self.device_id
         for i, ioa in enumerate(asdu.ioas):

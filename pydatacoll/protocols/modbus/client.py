@@ -126,8 +126,9 @@ class ModbusClientProtocol(Protocol):
     def connectionMade(self) -> None:
         """Start sending (after ``connect_pause``, for devices that need a moment)."""
         self.connected = True
-        if hasattr(self.transport, "setTcpKeepAlive"):
-            self.transport.setTcpKeepAlive(True)
+        transport: Any = self.transport  # a TCP transport (ITCPTransport)
+        if hasattr(transport, "setTcpKeepAlive"):
+            transport.setTcpKeepAlive(True)
         if self.connect_pause > 0:
             self._hold_for(self.connect_pause)
 
@@ -225,6 +226,7 @@ class ModbusClientProtocol(Protocol):
             transaction.timer = self.clock.callLater(self.timeout, self._timed_out, tid)
             self._pending[tid] = transaction
             self.stats.requests += 1
+            assert self.transport is not None
             self.transport.write(encode_adu(tid, transaction.unit_id, transaction.request.pdu))
             if self.request_pause > 0:
                 # the pause runs from the answer, see _done; nothing else goes out meanwhile
@@ -288,7 +290,7 @@ class ModbusClientProtocol(Protocol):
                 name=self.name,
                 count=self._silent,
             )
-            self.transport.abortConnection()
+            self._abort()
             return
         self._send_more()
 
@@ -331,7 +333,12 @@ class ModbusClientProtocol(Protocol):
         )
         self._buffer = b""
         self.connected = False  # nothing more goes out on this transport
-        self.transport.abortConnection()
+        self._abort()
+
+    def _abort(self) -> None:
+        transport: Any = self.transport  # TCP transports can abort (ITCPTransport)
+        if transport is not None:
+            transport.abortConnection()
 
     def _update_depths(self) -> None:
         self.stats.queued = len(self._queue)

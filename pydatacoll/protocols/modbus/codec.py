@@ -265,7 +265,7 @@ def point_format(
         flags = (False, False)
         width = 1
     else:
-        width = count if data_type == "string" else DATA_TYPES[data_type][1]
+        width = (count or 0) if data_type == "string" else DATA_TYPES[data_type][1]
         flags = _byte_order(byte_order, default_byte_order, data_type, width)
         if data_type == "string" or width == 1:
             flags = (flags[0], False)

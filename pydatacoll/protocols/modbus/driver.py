@@ -96,7 +96,7 @@ class ReadBatch:
 
 def decode_read(read: PlannedRead, data: Sequence[Any]) -> tuple[tuple[Any, ...], tuple[str, ...]]:
     """The scaled values of a read's registers (or bits) and their qualities."""
-    values = []
+    values: list[Any] = []
     append = values.append
     invalid = False
     for point, offset in read.points:

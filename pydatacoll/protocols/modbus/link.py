@@ -81,7 +81,7 @@ class ModbusLink(Service):
     ) -> None:
         self.clock = clock
         self.settings = settings
-        self.name = name
+        self.name = name  # type: ignore[assignment]  # Service declares it None
         self.stats = LinkStats()
         self.protocol: ModbusClientProtocol | None = None
         self._building: ModbusClientProtocol | None = None
@@ -136,7 +136,7 @@ class ModbusLink(Service):
             connect_pause=s.connect_pause,
             silent_timeouts=s.silent_timeouts,
             stats=self.stats,
-            name=self.name,
+            name=str(self.name),
         )
         self._building = protocol
         return protocol

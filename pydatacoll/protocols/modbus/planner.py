@@ -38,7 +38,7 @@ class PlannedRead:
     @property
     def bridges_gap(self) -> bool:
         """Whether the read also covers addresses no point asked for."""
-        covered = set()
+        covered: set[int] = set()
         for point, offset in self.points:
             covered.update(range(offset, offset + point.width))
         return len(covered) < self.count
