@@ -2,7 +2,7 @@
 
 500 devices x 30 holding registers (uint16, addresses 0-29, unit 1), each device polled
 once a second over its own TCP connection, against pymodbus' own server
-(`pydatacoll.testing.modbus_sim`, run as ``--servers`` processes on 127.0.0.1). Four
+(`pydatacoll.testing.modbus_sim`, run as ``--servers`` processes on 127.0.0.1). Five
 phases run one after the other, each in its own process so that its CPU is its own:
 
 ``ours``
@@ -16,16 +16,33 @@ phases run one after the other, each in its own process so that its CPU is its o
     one AsyncModbusTcpClient per device on asyncio, one ``read_holding_registers(0,
     count=30)`` per device per second (the same merged read);
 ``pymodbus-naive``
-    the same clients, one ``read_holding_registers(n, count=1)`` per point per second.
+    the same clients, one ``read_holding_registers(n, count=1)`` per point per second;
+``daemon``
+    the whole daemon, ``twistd -n pydatacoll`` with a private ``redis-server`` (a free
+    port of 127.0.0.1, no persistence; never the shared Redis on 6379), configured over
+    REST only (``POST /api/v2/items``, ``devices``, ``terms``, ``term_items``): one
+    ``modbus`` device per simulator connection (``timeout`` 3, ``scan_interval`` 1), one
+    term each (unit id 1), 30 holding-register uint16 points each. It decodes, scales,
+    stores (``store/ingest.lua``: HSET of the latest value, XADD to the point's stream,
+    PUBLISH) and publishes every sample. Once every device has reported values it warms
+    up, then measures the CPU of the daemon and of redis-server (``/proc/PID/stat``),
+    samples stored per second (the delta of ``XADD`` calls in Redis' ``INFO
+    commandstats``) and samples decoded per second (``points_updated`` of each device's
+    status, the ``HS:DEVICE_STATUS`` hash ``GET /api/v1/devices/{id}/status`` serves).
+    The target (issue 4) is at most 0.3 core for the daemon. ``--py-spy FILE`` samples
+    the daemon with py-spy during the window. The process plumbing (private Redis,
+    daemon start, REST and RESP clients) is ``bench/ingest.py``'s.
 
 Each phase warms up for ``--warmup`` s and is then measured for ``--duration`` s: CPU
-seconds of its process per wall second (``getrusage``) and points delivered per second.
-The figures are printed side by side with the ratio of each peer to ours.
+seconds of its process per wall second (``getrusage``; for ``daemon`` the daemon's) and
+points delivered per second (for ``daemon``: stored). The figures are printed side by
+side with the ratio of each peer to ours, and the daemon's to its 0.3-core target.
 
 Usage::
 
     python bench/modbus_poll.py
     python bench/modbus_poll.py --devices 100 --duration 5
+    python bench/modbus_poll.py --phases daemon --py-spy /tmp/daemon.raw
 """
 
 from __future__ import annotations
@@ -250,6 +267,186 @@ def run_pymodbus(args: argparse.Namespace, ports: list[int], naive: bool) -> dic
     return asyncio.run(main())
 
 
+# ---------------------------------------------------------------- phase: the whole daemon
+
+#: The issue 4 target for the whole daemon at 500 devices x 30 points a second.
+DAEMON_TARGET = 0.3
+#: Elements per v2 batch request (the API takes up to 10,000 and 1 MiB per body).
+CONFIG_BATCH = 5000
+#: Seconds to wait for every device to report values after the configuration.
+READY_TIMEOUT = 120.0
+#: Seconds without configuration reads before the daemon counts as settled.
+SETTLE_QUIET = 2.0
+
+
+def _ingest_kit():
+    """``bench/ingest.py``: private redis-server, daemon start, REST and RESP clients."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    import ingest
+
+    return ingest
+
+
+def configure_modbus(kit, base: str, args: argparse.Namespace, ports: list[int]) -> None:
+    """Over REST: ``args.devices`` Modbus devices, a term (unit 1) and ``args.points`` each."""
+
+    def post(collection: str, elements: list[dict]) -> None:
+        for start in range(0, len(elements), CONFIG_BATCH):
+            kit.http(base, "POST", f"/api/v2/{collection}", elements[start : start + CONFIG_BATCH])
+
+    devices = range(args.devices)
+    post("items", [{"id": f"p{i}.{n}", "name": f"device {i} register {n}"}
+                   for i in devices for n in range(args.points)])  # fmt: skip
+    post("devices", [
+        {"id": f"m{i}", "name": f"bench device {i}", "protocol": "modbus", "ip": kit.HOST,
+         "port": ports[i % len(ports)], "timeout": 3, "scan_interval": 1}
+        for i in devices
+    ])  # fmt: skip
+    post("terms", [{"id": f"t{i}", "name": f"unit 1 of m{i}", "device_id": f"m{i}",
+                    "address": 1} for i in devices])  # fmt: skip
+    post("term_items", [
+        {"term_id": f"t{i}", "item_id": f"p{i}.{n}", "protocol_code": n,
+         "code_type": "holding", "data_type": "uint16"}
+        for i in devices for n in range(args.points)
+    ])  # fmt: skip
+
+
+def config_reads(snapshot: dict) -> int:
+    """HGETALL + SMEMBERS calls so far: the device manager reading the configuration."""
+    stats = snapshot["stats"]
+    return stats.get("hgetall", (0, 0))[0] + stats.get("smembers", (0, 0))[0]
+
+
+def device_statuses(redis, count: int) -> dict[str, dict]:
+    """Device id -> the status the collector last wrote (what the REST status route serves)."""
+    statuses = {}
+    for i in range(count):
+        text = redis.call("HGET", f"HS:DEVICE_STATUS:m{i}", "status")
+        if text:
+            statuses[f"m{i}"] = json.loads(text)
+    return statuses
+
+
+def decoded_per_s(before: dict[str, dict], after: dict[str, dict]) -> float:
+    """Sum over devices of the rate of ``points_updated`` between two statuses."""
+    from datetime import datetime
+
+    rate = 0.0
+    for device_id, s1 in after.items():
+        s0 = before.get(device_id)
+        if not s0 or s0.get("updated") == s1.get("updated"):
+            continue
+        span = datetime.fromisoformat(s1["updated"]) - datetime.fromisoformat(s0["updated"])
+        rate += (s1["points_updated"] - s0["points_updated"]) / span.total_seconds()
+    return rate
+
+
+def _link_counters(statuses: dict[str, dict]) -> dict[str, int]:
+    totals = {"timeouts": 0, "reconnects": 0, "overruns": 0}
+    for status in statuses.values():
+        counters = status.get("counters") or {}
+        link = counters.get("link") or {}
+        totals["timeouts"] += link.get("timeouts", 0)
+        totals["reconnects"] += link.get("reconnects", 0)
+        for scans in (counters.get("scans") or {}).values():
+            totals["overruns"] += scans.get("overruns", 0)
+    return totals
+
+
+def run_daemon(args: argparse.Namespace, ports: list[int]) -> dict:
+    """The whole daemon against the simulators; its CPU, Redis' and samples stored."""
+    import contextlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    kit = _ingest_kit()
+    workdir = Path(tempfile.mkdtemp(prefix="pydatacoll-bench-modbus-"))
+    result: dict = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            redis_child, redis_port = kit.start_redis(stack, workdir)
+            daemon, base = kit.start_daemon(stack, workdir, redis_port)
+            redis = kit.Resp(redis_port)
+            stack.callback(redis.close)
+            started = time.monotonic()
+            configure_modbus(kit, base, args, ports)
+            result["configure_s"] = round(time.monotonic() - started, 1)
+
+            quiet = {"reads": -1, "since": time.monotonic()}
+
+            def settled() -> bool:
+                # every device reports values, and the manager has stopped reading the
+                # configuration (it reconciles after the change messages of the set-up)
+                reads = config_reads(kit.snapshot(redis, {}))
+                if reads != quiet["reads"]:
+                    quiet.update(reads=reads, since=time.monotonic())
+                if time.monotonic() - quiet["since"] < SETTLE_QUIET:
+                    return False
+                statuses = device_statuses(redis, args.devices)
+                reporting = sum(1 for s in statuses.values() if s.get("points_updated"))
+                return reporting == args.devices
+
+            kit.wait_until("every device reporting values", settled, daemon, READY_TIMEOUT)
+            result["ready_s"] = round(time.monotonic() - started, 1)
+            time.sleep(args.warmup)
+            children = {"daemon": daemon, "redis": redis_child}
+            status0 = device_statuses(redis, args.devices)
+            spy = None
+            if args.py_spy:
+                spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+                spy = subprocess.Popen(
+                    [spy_bin, "record", "-p", str(daemon.pid), "-d", str(int(args.duration)),
+                     "-r", "200", "-f", "raw", "-o", args.py_spy, "--nonblocking"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                )  # fmt: skip
+            before = kit.snapshot(redis, children)
+            time.sleep(args.duration)
+            after = kit.snapshot(redis, children)
+            status1 = device_statuses(redis, args.devices)
+            result["load"] = os.getloadavg()
+            result["daemon_rss_mib"] = round(kit.rss_mib(daemon.pid))
+            if spy is not None:
+                _, err = spy.communicate(timeout=args.duration + 30)
+                if spy.returncode:
+                    result["py_spy_error"] = err.decode(errors="replace").strip()[-300:]
+            code = daemon.stop()
+            if code not in (0, -signal.SIGTERM):
+                result["problem"] = f"pydatacoll exited with {code}"
+            tracebacks = daemon.text().count("Traceback")
+            if tracebacks:
+                result["problem"] = f"pydatacoll logged {tracebacks} tracebacks"
+    except kit.BenchError as error:
+        raise SystemExit(f"daemon phase: {error}") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    wall = after["time"] - before["time"]
+    xadd = kit.delta(before, after, "xadd")[0]
+    ingest0 = next(iter(status0.values()), {}).get("ingest", {})
+    ingest1 = next(iter(status1.values()), {}).get("ingest", {})
+    lost = sum(ingest1.get(k, 0) - ingest0.get(k, 0) for k in ("dropped", "skipped"))
+    counters0, counters1 = _link_counters(status0), _link_counters(status1)
+    result.update(
+        cpu=after["cpu"]["daemon"] - before["cpu"]["daemon"],
+        wall=wall,
+        points=xadd,
+        bad=lost,
+        redis_cpu=(after["cpu"]["redis"] - before["cpu"]["redis"]) / wall,
+        machine_cpu=(after["cpu"]["machine"] - before["cpu"]["machine"]) / wall,
+        decoded_per_s=decoded_per_s(status0, status1),
+        publish_per_s=kit.delta(before, after, "publish")[0] / wall,
+        hset_per_s=kit.delta(before, after, "hset")[0] / wall,
+        scripts_per_s=kit.delta(before, after, "evalsha")[0] / wall,
+        config_reads=config_reads(after) - config_reads(before),
+        **{k: counters1[k] - counters0[k] for k in counters1},
+    )
+    if args.py_spy and "py_spy_error" not in result and Path(args.py_spy).exists():
+        result["py_spy"] = kit.summarise_py_spy(Path(args.py_spy), 25)
+    return result
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -279,6 +476,8 @@ def run_phase(phase: str, args: argparse.Namespace, ports: list[int]) -> dict:
     argv += ["--ports", ",".join(map(str, ports))]
     for name in ("devices", "points", "duration", "warmup"):
         argv += [f"--{name}", str(getattr(args, name))]
+    if phase == "daemon" and args.py_spy:
+        argv += ["--py-spy", args.py_spy]
     output = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
     if output.returncode:
         raise RuntimeError(f"phase {phase} failed:\n{output.stderr[-2000:]}")
@@ -294,7 +493,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     parser.add_argument("--servers", type=int, default=2, help="simulator processes")
     parser.add_argument("--ports-per-server", type=int, default=5)
-    parser.add_argument("--phases", default="ours,ours-protocol,pymodbus-merged,pymodbus-naive")
+    parser.add_argument(
+        "--phases", default="ours,ours-protocol,pymodbus-merged,pymodbus-naive,daemon"
+    )
+    parser.add_argument("--py-spy", metavar="FILE", help="sample the daemon into FILE (raw)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--ports", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this file")
@@ -306,6 +508,8 @@ def main() -> None:
             result = run_ours(args, ports)
         elif args.phase == "ours-protocol":
             result = run_ours_protocol(args, ports)
+        elif args.phase == "daemon":
+            result = run_daemon(args, ports)
         else:
             result = run_pymodbus(args, ports, naive=args.phase == "pymodbus-naive")
         print(json.dumps(result))
@@ -343,7 +547,9 @@ def main() -> None:
     for phase, r in results.items():
         cpu = r["cpu"] / r["wall"]
         ratios = ""
-        if not phase.startswith("ours"):
+        if phase == "daemon":
+            ratios = f"{cpu / DAEMON_TARGET:>8.2f}x of the {DAEMON_TARGET} core target"
+        elif not phase.startswith("ours"):
             ratios = f"{cpu / ours:>8.2f}x" if ours else " " * 9
             ratios += f"{cpu / ours_protocol:>15.2f}x" if ours_protocol else ""
         print(
@@ -353,10 +559,36 @@ def main() -> None:
     ours = results.get("ours")
     if ours:
         print(f"\nours: {ours.get('timeouts', 0)} timeouts, {ours.get('reconnects', 0)} reconnects")
-    print(
-        "The whole-daemon target (decode, scale, store in Redis, publish) cannot be measured "
-        "until the device manager (issue 5) exists."
-    )
+    daemon = results.get("daemon")
+    if daemon:
+        cpu = daemon["cpu"] / daemon["wall"]
+        verdict = "met" if cpu <= DAEMON_TARGET else "NOT met"
+        print(
+            f"\ndaemon (decode, scale, store in Redis, publish): {cpu:.3f} cores, "
+            f"{cpu / DAEMON_TARGET:.2f}x the {DAEMON_TARGET} core target ({verdict}); "
+            f"redis-server {daemon['redis_cpu']:.3f} cores; machine busy "
+            f"{daemon['machine_cpu']:.2f} cores"
+        )
+        print(
+            f"  per second: {daemon['points'] / daemon['wall']:,.0f} samples stored (XADD), "
+            f"{daemon['decoded_per_s']:,.0f} decoded (points_updated), "
+            f"{daemon['publish_per_s']:,.0f} PUBLISH, {daemon['hset_per_s']:,.0f} HSET, "
+            f"{daemon['scripts_per_s']:,.0f} ingest scripts"
+        )
+        print(
+            f"  {daemon['timeouts']} timeouts, {daemon['reconnects']} reconnects, "
+            f"{daemon['overruns']} overruns, {daemon['config_reads']} configuration reads "
+            f"in the window; configured in "
+            f"{daemon['configure_s']} s, every device reporting after {daemon['ready_s']} s; "
+            f"RSS {daemon['daemon_rss_mib']} MiB"
+        )
+        load = ", ".join(f"{x:.2f}" for x in daemon["load"])
+        print(f"  load average at the end of the window: {load} (nproc {os.cpu_count()})")
+        for line in [daemon.get("problem"), daemon.get("py_spy_error")]:
+            if line:
+                print(f"  warning: {line}")
+        for line in daemon.get("py_spy", []):
+            print("  " + line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)
