@@ -60,6 +60,9 @@ BATCH = 2000
 #: Script calls in flight on the ingest connection: the next batch is encoded while
 #: Redis runs the previous one (one connection keeps them in order).
 IN_FLIGHT = 2
+#: Seconds a partial batch waits for more samples: many small reads (500 Modbus devices)
+#: then share one script call instead of one each.
+LINGER = 0.02
 HIGH_WATER = 20000
 LOW_WATER = 5000
 FLUSH_TIMEOUT = 5.0
@@ -152,6 +155,7 @@ class RedisIngest(Service):
         )
         self._retry: IDelayedCall | None = None
         self._retry_delay = 0.5
+        self._linger: IDelayedCall | None = None
 
     def samples_received(self, samples: Sequence[Sample]) -> None:
         """Queue a batch and start writing; never blocks."""
@@ -164,8 +168,16 @@ class RedisIngest(Service):
             self.dropped += excess
         if len(buffer) > self.high_water and not self.congested and self.redis.connected:
             self._congestion(True)
-        if self._retry is None and self.running:
-            self._write()
+        if self._retry is None and self.running and self._linger is None:
+            if len(buffer) >= BATCH or self.congested:
+                self._write()
+            elif not self._in_flight:
+                self._linger = self.clock.callLater(LINGER, self._lingered)
+            # else: the reply to the batch in flight writes what has come meanwhile
+
+    def _lingered(self) -> None:
+        self._linger = None
+        self._write()
 
     def _congestion(self, congested: bool) -> None:
         self.congested = congested
@@ -263,9 +275,10 @@ class RedisIngest(Service):
     def stopService(self) -> Any:
         """Write what waits (for up to ``FLUSH_TIMEOUT`` s), then stop."""
         super().stopService()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+        for call in (self._retry, self._linger):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._linger = None
         deadline = self.clock.seconds() + FLUSH_TIMEOUT
         while self.clock.seconds() < deadline:
             if self._in_flight:

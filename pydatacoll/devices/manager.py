@@ -587,28 +587,34 @@ class DeviceManager(MultiService):
 
     @defer.inlineCallbacks
     def _write_status(self) -> Any:
+        # Every device's status at once (the pool pipelines them), not one round trip each.
+        writes = []
         try:
             for device_id in list(self.running_devices):
                 status = self.device_status(device_id)
                 if status is None:
                     continue
-                yield self.redis.call(
-                    "hset",
-                    keys.DEVICE_STATUS % device_id,
-                    "status",
-                    json.dumps(status, default=str),
+                key = keys.DEVICE_STATUS % device_id
+                writes.append(
+                    self.redis.call("hset", key, "status", json.dumps(status, default=str))
                 )
                 frames = self._frames.get(device_id)
                 if frames:
                     batch = list(frames)
                     frames.clear()
-                    key = keys.FRAME_LOG % device_id
-                    yield self.redis.call("rpush", key, batch)
-                    yield self.redis.call("ltrim", key, -self.settings.frame_log_length, -1)
-        except errors.StoreUnavailable:
-            pass
+                    writes.append(self._write_frames(keys.FRAME_LOG % device_id, batch))
         except Exception:
             self.log.failure("writing the device status")
+        results = yield defer.DeferredList(writes, consumeErrors=True)
+        for ok, result in results:
+            if not ok and not result.check(errors.StoreUnavailable):
+                self.log.failure("writing the device status", result)
+                break
+
+    @defer.inlineCallbacks
+    def _write_frames(self, key: str, frames: list[str]) -> Any:
+        yield self.redis.call("rpush", key, frames)
+        yield self.redis.call("ltrim", key, -self.settings.frame_log_length, -1)
 
     def _frame_observer(self, device_id: str) -> Callable[[str, bytes], None]:
         frames: collections.deque[str] = collections.deque(maxlen=self.settings.frame_log_length)

@@ -96,6 +96,14 @@ class IngestTests(SynchronousTestCase):
         self.clock.advance(0.5)
         self.assertEqual(self.redis.answer()[6], "i0")
 
+    def test_small_batches_linger_to_share_a_call(self):
+        for i in range(3):
+            self.ingest.samples_received(samples(2, start=2 * i))
+        self.assertEqual(self.redis.calls, [])
+        self.clock.advance(ingest.LINGER)
+        args = self.redis.answer()
+        self.assertEqual(args[3:5], ["d", 6])
+
     def test_stop_writes_what_waits(self):
         self.ingest.samples_received(samples(25))
         d = self.ingest.stopService()
