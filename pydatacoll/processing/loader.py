@@ -106,6 +106,8 @@ class Processors(MultiService):
         self._buckets: dict[str, list[float]] = {}
         self._loaded = False
         self._status_loop: LoopingCall | None = None
+        self._status_ever_written = False
+        self._status_retry: Any = None
 
     # -- loading ------------------------------------------------------------------------
     def load(self) -> None:
@@ -208,6 +210,9 @@ class Processors(MultiService):
         """Stop every plugin (in reverse order); fires when all have stopped."""
         if self._status_loop is not None and self._status_loop.running:
             self._status_loop.stop()
+        if self._status_retry is not None and self._status_retry.active():
+            self._status_retry.cancel()
+        self._status_retry = None
         d: Deferred[Any] = maybeDeferred(MultiService.stopService, self)
 
         def stopped(result: Any) -> Any:
@@ -287,10 +292,23 @@ class Processors(MultiService):
         except Exception:
             self.log.failure("building the plugin status")
             return succeed(None)
-        d.addErrback(
-            lambda f: self.log.warn("plugin status not written: {e}", e=f.getErrorMessage())
-        )
+        d.addCallbacks(self._status_written, self._status_failed)
         return d
+
+    def _status_written(self, _: Any) -> None:
+        self._status_ever_written = True
+
+    def _status_failed(self, failure: Any) -> None:
+        self.log.warn("plugin status not written: {e}", e=failure.getErrorMessage())
+        # Until it is written once (Redis may still be starting), try every second rather
+        # than at the next status interval, so GET /api/v1/plugins is not empty for long.
+        if not self._status_ever_written and self.running and self._status_retry is None:
+            self._status_retry = self.reactor.callLater(1.0, self._retry_status)
+
+    def _retry_status(self) -> None:
+        self._status_retry = None
+        if self.running:
+            self._publish_status()
 
 
 def _describe(error: BaseException) -> str:
