@@ -30,7 +30,7 @@ from pydatacoll.model import (
     iso_time,
     normalize_id,
 )
-from pydatacoll.protocols import TERM_PROTOCOLS, device_protocols
+from pydatacoll.protocols import TERM_PROTOCOLS, device_protocols, get_protocol
 from pydatacoll.store import keys
 from pydatacoll.store.config import MAX_RETRIES, ConfigStore, RetryChange, natural_key
 
@@ -723,6 +723,12 @@ def _detached(work: Deferred[Any]) -> Deferred[Any]:
 
 
 def _op(kind: str, entity: Any) -> dict[str, Any]:
+    if entity.KIND == "device":
+        # The protocol's own settings (IEC 104 k/w/timers, Modbus timeouts...) are checked
+        # here, at the REST boundary, so a device that cannot run is refused with a 400.
+        protocol = get_protocol(entity.protocol)
+        if protocol is not None:
+            protocol.check(entity)
     op: dict[str, Any] = {
         "op": kind,
         "entity": entity.KIND,
@@ -740,6 +746,7 @@ def batch_put_ops(entity_type: Any, elements: list[Any]) -> list[dict[str, Any]]
     for index, element in enumerate(elements):
         try:
             entity = entity_type.from_json(element)
+            op = _op("put", entity)
         except errors.ApiError as e:
             e.index = index
             raise
@@ -748,7 +755,7 @@ def batch_put_ops(entity_type: Any, elements: list[Any]) -> list[dict[str, Any]]
                 f"duplicate {entity.KIND} {entity.key} in the batch", field="id", index=index
             )
         seen.add(entity.key)
-        ops.append(_op("put", entity))
+        ops.append(op)
     return ops
 
 

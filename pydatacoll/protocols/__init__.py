@@ -7,6 +7,9 @@ serves it. The built-in entries are below; a protocol driver adds its own entry 
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import attrs
 
 
@@ -20,6 +23,16 @@ class DeviceProtocol:
     has_link: bool = True
     #: The port used when a device leaves ``port`` out.
     default_port: int | None = None
+    #: ``"module:function"`` checking a device's protocol settings (imported when first
+    #: used: the drivers import the model). It raises `ValidationError` naming the field.
+    checker: str | None = None
+
+    def check(self, device: Any) -> None:
+        """Check ``device``'s protocol settings (nothing to check without a checker)."""
+        if self.checker is None:
+            return
+        module, _, function = self.checker.partition(":")
+        getattr(importlib.import_module(module), function)(device)
 
 
 _REGISTRY: dict[str, DeviceProtocol] = {}
@@ -54,10 +67,20 @@ TERM_PROTOCOLS: dict[str, str] = {
 
 register_protocol(
     DeviceProtocol(
-        "iec104", "IEC 60870-5-104 (DL/T 634.5104) controlled station over TCP", default_port=2404
+        "iec104",
+        "IEC 60870-5-104 (DL/T 634.5104) controlled station over TCP",
+        default_port=2404,
+        checker="pydatacoll.protocols.iec104.runtime:check_device",
     )
 )
-register_protocol(DeviceProtocol("modbus", "Modbus TCP server (slave)", default_port=502))
+register_protocol(
+    DeviceProtocol(
+        "modbus",
+        "Modbus TCP server (slave)",
+        default_port=502,
+        checker="pydatacoll.protocols.modbus.runtime:check_device",
+    )
+)
 register_protocol(
     DeviceProtocol("formula", "computed points (no link; sources are other points)", has_link=False)
 )

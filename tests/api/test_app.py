@@ -194,6 +194,40 @@ class ApiTests(TestCase):
         self.assertEqual((status, self.sync.smembers("SET:DEVICE")), (204, {"1"}))
 
     @inlineCallbacks
+    def test_protocol_settings_are_checked(self):
+        """A device its driver could not run is refused with 400 naming the setting."""
+        base = {"id": "9", "ip": "127.0.0.1"}
+        for body, field in [
+            ({**base, "protocol": "iec104", "k": 0}, "k"),
+            ({**base, "protocol": "iec104", "k": 4, "w": 8}, "k"),
+            ({**base, "protocol": "iec104", "t1": 5, "t2": 10}, "t1"),
+            ({**base, "protocol": "iec104", "timezone": "Mars/Olympus"}, "timezone"),
+            ({**base, "protocol": "iec104", "endpoints": ["nohost"]}, "endpoints"),
+            ({**base, "protocol": "iec104", "interrogation_groups": [17]}, "interrogation_groups"),
+            ({**base, "protocol": "modbus", "timeout": -1}, "timeout"),
+            ({**base, "protocol": "modbus", "byte_order": "XYZW"}, "byte_order"),
+        ]:
+            before = digest(self.sync)
+            status, reply = yield self.call("POST", "/api/v1/devices", body)
+            self.assertEqual((status, reply["field"]), (400, field), (body, reply))
+            self.assertEqual(digest(self.sync), before)
+        status, _ = yield self.call(
+            "POST", "/api/v1/devices", {**base, "protocol": "iec104", "k": 24, "w": 12}
+        )
+        self.assertEqual(status, 201)
+        status, reply = yield self.call("PUT", "/api/v1/devices/9", {"w": 30})
+        self.assertEqual((status, reply["field"]), (400, "k"))
+        status, reply = yield self.call(
+            "POST",
+            "/api/v2/devices",
+            [
+                {**base, "protocol": "modbus"},
+                {**base, "id": "10", "protocol": "modbus", "timeout": 0},
+            ],
+        )
+        self.assertEqual((status, reply["field"], reply["index"]), (400, "timeout", 1))
+
+    @inlineCallbacks
     def test_bad_requests(self):
         for raw, headers, status in (
             (b"{", {b"Content-Type": [b"application/json"]}, 400),

@@ -143,8 +143,55 @@ def _timezone(device: Device) -> datetime.tzinfo:
         return datetime.UTC
     try:
         return zoneinfo.ZoneInfo(str(name))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         raise errors.ValidationError(f"unknown time zone {name!r}", field="timezone") from None
+
+
+@attrs.frozen
+class DeviceSettings:
+    """An ``iec104`` device's settings, checked."""
+
+    link: LinkParams
+    asdu: AsduParams
+    #: `StationParams` fields other than the common addresses (those come from terms).
+    station: dict[str, Any]
+    endpoints: list[tuple[str, int]]
+
+
+def parse_device(device: Device) -> DeviceSettings:
+    """The settings of an ``iec104`` device; `ValidationError` names the bad attribute."""
+    values = _settings(device)
+    link = {k: values[k] for k in ("k", "w", "t0", "t1", "t2", "t3") if k in values}
+    try:
+        link_params = LinkParams(**link)
+    except ValueError as exc:
+        raise errors.ValidationError(str(exc), field=next(iter(link), "k")) from None
+    tz = _timezone(device)
+    station: dict[str, Any] = {
+        "interrogation_interval": values.get("interrogation_interval", 0.0),
+        "counter_interval": values.get("counter_interval", 0.0),
+        "clock_sync_interval": values.get("clock_sync_interval", 0.0),
+        "command_timeout": values.get("command_timeout", 10.0),
+        "clock_sync_on_start": bool(device.extra.get("clock_sync", True)),
+        "wait_termination": bool(device.extra.get("wait_termination", False)),
+    }
+    groups = device.extra.get("interrogation_groups")
+    if groups is not None:
+        if not isinstance(groups, list) or not all(
+            isinstance(g, int) and not isinstance(g, bool) and 0 <= g <= 16 for g in groups
+        ):
+            raise errors.ValidationError(
+                "interrogation_groups is a list of 0 (station) to 16",
+                field="interrogation_groups",
+            )
+        station["interrogation_groups"] = tuple(groups) or (0,)
+    asdu = AsduParams(tz=tz) if tz is not datetime.UTC else IEC104
+    return DeviceSettings(link_params, asdu, station, _endpoints(device))
+
+
+def check_device(device: Device) -> None:
+    """Refuse (with `ValidationError`) settings an ``iec104`` device cannot run with."""
+    parse_device(device)
 
 
 def point_map(
@@ -190,32 +237,10 @@ class Iec104Runtime(Service):
         self.device_id = device.id
         self.clock = reactor
         self.sink = sink
-        values = _settings(device)
-        link = {k: values[k] for k in ("k", "w", "t0", "t1", "t2", "t3") if k in values}
-        try:
-            self.link_params = LinkParams(**link)
-        except ValueError as exc:
-            raise errors.ValidationError(str(exc), field=next(iter(link), "k")) from None
-        tz = _timezone(device)
-        self.asdu_params = AsduParams(tz=tz) if tz is not datetime.UTC else IEC104
-        self.base_station = {
-            "interrogation_interval": values.get("interrogation_interval", 0.0),
-            "counter_interval": values.get("counter_interval", 0.0),
-            "clock_sync_interval": values.get("clock_sync_interval", 0.0),
-            "command_timeout": values.get("command_timeout", 10.0),
-            "clock_sync_on_start": bool(device.extra.get("clock_sync", True)),
-            "wait_termination": bool(device.extra.get("wait_termination", False)),
-        }
-        groups = device.extra.get("interrogation_groups")
-        if groups is not None:
-            if not isinstance(groups, list) or not all(
-                isinstance(g, int) and not isinstance(g, bool) and 0 <= g <= 16 for g in groups
-            ):
-                raise errors.ValidationError(
-                    "interrogation_groups is a list of 0 (station) to 16",
-                    field="interrogation_groups",
-                )
-            self.base_station["interrogation_groups"] = tuple(groups) or (0,)
+        parsed = parse_device(device)
+        self.link_params = parsed.link
+        self.asdu_params = parsed.asdu
+        self.base_station = parsed.station
         self.points_updated = 0
         self.last_value_time: float | None = None
         self._pending_gi: set[int] = set()
@@ -224,7 +249,7 @@ class Iec104Runtime(Service):
         self._where: dict[tuple[str, str], tuple[int, int]] = {}
         self.client = Iec104Client(
             reactor,
-            _endpoints(device),
+            parsed.endpoints,
             link=self.link_params,
             station=self._station(terms),
             asdu_params=self.asdu_params,

@@ -278,9 +278,9 @@ def point_format(
 
 
 def _byte_order(name: str | None, default: str, data_type: str, width: int) -> tuple[bool, bool]:
-    field = "byte_order"
+    source = ""
     if name is None:
-        name, field = default, "byte_order (device default)"
+        name, source = default, " (the device's default)"
     key = name.strip().upper()
     if key in BYTE_ORDERS:
         return BYTE_ORDERS[key]
@@ -291,8 +291,9 @@ def _byte_order(name: str | None, default: str, data_type: str, width: int) -> t
     raise ValidationError(
         f"byte_order must be one of ABCD, BADC, CDAB, DCBA for {data_type}"
         + (" (or ABCDEFGH, BADCFEHG, GHEFCDAB, HGFEDCBA)" if width == 4 else "")
-        + (" (or AB, BA)" if width == 1 or data_type == "string" else ""),
-        field=field,
+        + (" (or AB, BA)" if width == 1 or data_type == "string" else "")
+        + source,
+        field="byte_order",
     )
 
 

@@ -33,6 +33,11 @@ _ERRORS: tuple[tuple[type[Exception], type[errors.DeviceError]], ...] = (
 )
 
 
+def check_device(device: Device) -> None:
+    """Refuse (with `ValidationError`) settings a ``modbus`` device cannot run with."""
+    ModbusSettings.from_device(device)
+
+
 def device_error(failure: Failure) -> errors.DeviceError:
     """The `DeviceError` that says what a failed Modbus request means."""
     error = failure.value
