@@ -16,6 +16,7 @@ adbapi thread pool; every spool call runs in one dedicated worker thread.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import math
@@ -1029,6 +1030,7 @@ class HistoryProcessor(Service):
         self.last_error: str | None = None
         self.last_write: float | None = None
         self.spool_peak = 0
+        self._alarms: Any = None  # the CHANNEL:ALARM subscription (a real Redis only)
 
     @classmethod
     def from_context(cls, context: Any) -> HistoryProcessor:
@@ -1216,12 +1218,52 @@ class HistoryProcessor(Service):
             self._load_config()
         else:
             self._config_loaded = True
+        if hasattr(self.redis, "when_ready"):  # a real pool: alarm events can be followed
+            from pydatacoll.store.subscriber import Subscriber
+
+            self._alarms = Subscriber(
+                self.reactor,
+                lambda: self.redis.address,
+                self._alarm_event,
+                channels=[keys.ALARM],
+                ready=self.redis.when_ready,
+                name="history alarm subscription",
+            )
+            self._alarms.startService()
+
+    def _alarm_event(self, channel: str, text: str) -> None:
+        """An event of the limits plugin (CHANNEL:ALARM) into the alarms table.
+
+        Alarms are not spooled: while the database is away they are counted as failed;
+        the limits plugin keeps every event in its Redis stream (XS:ALARM_LOG) meanwhile.
+        """
+        try:
+            event = json.loads(text)
+            when = datetime.datetime.fromisoformat(event["time"]).timestamp()
+            d = self.store_alarm(
+                event["device_id"],
+                event["term_id"],
+                event["item_id"],
+                event["kind"],
+                event["event"],
+                event.get("value"),
+                event.get("limit"),
+                when,
+                str(event.get("message", "")),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            self.log.warn("not an alarm event: {e}: {text}", e=e, text=text[:200])
+            return
+        d.addErrback(lambda f: self.log.warn("alarm not stored: {e}", e=f.getErrorMessage()))
 
     @inlineCallbacks
     def stopService(self) -> Any:
         """Stop the writer after its current database call; unwritten rows go to the
         spool (the batch owed first), then the threads stop."""
         super().stopService()
+        alarms, self._alarms = self._alarms, None
+        if alarms is not None:
+            yield alarms.stopService()
         for wait in (self._idle, self._sleep, self._config_sleep):
             if wait is not None and not wait.called:
                 wait.cancel()
