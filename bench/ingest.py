@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -58,6 +57,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
+    from rest import BenchError, Child, free_port
+else:
+    from .rest import BenchError, Child, free_port
+
 HOST = "127.0.0.1"
 #: ``twistd`` run by this Python (the venv's ``twistd`` script may not see the plugin).
 TWISTD = [
@@ -74,11 +78,6 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
 _RPS = re.compile(r"HSET:\s*([0-9.]+)\s+requests per second")
-_PDEATHSIG = 1
-
-
-class BenchError(Exception):
-    """A failure that ends the benchmark with a message (exit status 1)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -101,67 +100,6 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the benchmark dies, so nothing lingers."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PDEATHSIG, signal.SIGTERM)
-
-
-class Child:
-    """A subprocess logging to a file; `stop` sends SIGTERM to its PID, then SIGKILL."""
-
-    def __init__(
-        self, name: str, argv: Sequence[str], log_path: Path, cwd: Path | None = None
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            self.argv,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        self.pid = self.process.pid
-
-    def check_running(self) -> None:
-        """`BenchError` with the end of the log if the process has exited."""
-        code = self.process.poll()
-        if code is not None:
-            raise BenchError(f"{self.name} exited with status {code}\n{self.tail()}")
-
-    def stop(self) -> int | None:
-        """SIGTERM, wait, SIGKILL if need be; the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                print(f"warning: {self.name} ignored SIGTERM; killed")
-                self.process.kill()
-        code = self.process.wait()
-        self._log.close()
-        return code
-
-    def text(self) -> str:
-        """Everything it logged so far."""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def tail(self, lines: int = 30) -> str:
-        """The last lines of its log, indented."""
-        body = "\n".join("    " + line for line in self.text().splitlines()[-lines:])
-        return f"  last lines of {self.log_path}:\n{body or '    (empty)'}"
-
-
 def wait_until(what: str, ready: Callable[[], Any], child: Child, timeout: float) -> Any:
     """Poll ``ready`` until it returns something true; `BenchError` on timeout or exit."""
     deadline = time.monotonic() + timeout
@@ -171,7 +109,7 @@ def wait_until(what: str, ready: Callable[[], Any], child: Child, timeout: float
         if result:
             return result
         if time.monotonic() > deadline:
-            raise BenchError(f"{what}: not ready after {timeout:.0f} s\n{child.tail()}")
+            raise BenchError(f"{what}: not ready after {timeout:.0f} s\n{child.log_tail()}")
         time.sleep(0.1)
 
 
@@ -399,7 +337,7 @@ def start_simulator(
     stack.callback(child.stop)
 
     def listening() -> int | None:
-        match = _LISTENING.search(child.text())
+        match = _LISTENING.search(child.log_text())
         return int(match.group(2)) if match else None
 
     return child, wait_until("simulator", listening, child, START_TIMEOUT)
@@ -424,7 +362,7 @@ def start_daemon(stack: contextlib.ExitStack, workdir: Path, redis_port: int) ->
 
 def snapshot(redis: Resp, children: dict[str, Child]) -> dict[str, Any]:
     """Wall time, commandstats and the CPU seconds of every child, read together."""
-    cpu = {name: cpu_seconds(child.pid) for name, child in children.items()}
+    cpu = {name: cpu_seconds(child.process.pid) for name, child in children.items()}
     cpu["machine"] = machine_busy_seconds()
     return {"time": time.perf_counter(), "stats": redis.commandstats(), "cpu": cpu}
 
@@ -460,12 +398,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         time.sleep(args.warmup)
         children = {"daemon": daemon, "redis": redis_child, "simulator": sim}
         status0 = device_status(base)
-        rss0 = rss_mib(daemon.pid)
+        rss0 = rss_mib(daemon.process.pid)
         spy = None
         if args.py_spy:
             spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
             spy_argv = [
-                spy_bin, "record", "-p", str(daemon.pid), "-d", str(int(args.duration)),
+                spy_bin, "record", "-p", str(daemon.process.pid), "-d", str(int(args.duration)),
                 "-r", "200", "-f", "raw", "-o", args.py_spy, "--nonblocking",
             ]  # fmt: skip
             spy = subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -473,7 +411,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         time.sleep(args.duration)
         after = snapshot(redis, children)
         status1 = device_status(base)
-        figures["daemon_rss_mib"] = (round(rss0), round(rss_mib(daemon.pid)))
+        figures["daemon_rss_mib"] = (round(rss0), round(rss_mib(daemon.process.pid)))
         if spy is not None:
             _, err = spy.communicate(timeout=args.duration + 30)
             if spy.returncode != 0:
@@ -488,7 +426,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             code = child.stop()
             if child is daemon and code not in (0, -signal.SIGTERM):
                 figures.setdefault("problems", []).append(f"pydatacoll exited with {code}")
-        tracebacks = len(re.findall(r"Traceback|Unhandled error", daemon.text()))
+        tracebacks = len(re.findall(r"Traceback|Unhandled error", daemon.log_text()))
         if tracebacks:
             figures.setdefault("problems", []).append(
                 f"pydatacoll logged {tracebacks} tracebacks/unhandled errors"

@@ -397,7 +397,8 @@ def run_daemon(args: argparse.Namespace, ports: list[int]) -> dict:
             if args.py_spy:
                 spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
                 spy = subprocess.Popen(
-                    [spy_bin, "record", "-p", str(daemon.pid), "-d", str(int(args.duration)),
+                    [spy_bin, "record", "-p", str(daemon.process.pid),
+                     "-d", str(int(args.duration)),
                      "-r", "200", "-f", "raw", "-o", args.py_spy, "--nonblocking"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 )  # fmt: skip
@@ -406,7 +407,7 @@ def run_daemon(args: argparse.Namespace, ports: list[int]) -> dict:
             after = kit.snapshot(redis, children)
             status1 = device_statuses(redis, args.devices)
             result["load"] = os.getloadavg()
-            result["daemon_rss_mib"] = round(kit.rss_mib(daemon.pid))
+            result["daemon_rss_mib"] = round(kit.rss_mib(daemon.process.pid))
             if spy is not None:
                 _, err = spy.communicate(timeout=args.duration + 30)
                 if spy.returncode:
@@ -414,7 +415,7 @@ def run_daemon(args: argparse.Namespace, ports: list[int]) -> dict:
             code = daemon.stop()
             if code not in (0, -signal.SIGTERM):
                 result["problem"] = f"pydatacoll exited with {code}"
-            tracebacks = daemon.text().count("Traceback")
+            tracebacks = daemon.log_text().count("Traceback")
             if tracebacks:
                 result["problem"] = f"pydatacoll logged {tracebacks} tracebacks"
     except kit.BenchError as error:
