@@ -19,6 +19,23 @@ from pydatacoll.testing.fixtures import CREATE_ALL, DEVICE, ITEM, TERM, TERM_ITE
 from pydatacoll.testing.redis import digest, shared_redis
 
 
+@inlineCallbacks
+def http_call(url, method, pool, body=None, raw=None, headers=None):
+    """One HTTP request over real TCP; fires with (status, parsed JSON or text)."""
+    headers = dict(headers or {})
+    data = raw
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers.setdefault(b"Content-Type", [b"application/json"])
+    response = yield treq.request(method, url, data=data, headers=headers, pool=pool)
+    text = (yield treq.content(response)).decode()
+    try:
+        parsed = json.loads(text) if text else None
+    except ValueError:
+        parsed = text
+    return response.code, parsed
+
+
 class ApiTests(TestCase):
     token = None
 
@@ -44,23 +61,9 @@ class ApiTests(TestCase):
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(self.pool.closeCachedConnections)
 
-    @inlineCallbacks
     def call(self, method, path, body=None, raw=None, headers=None):
         """One request; returns (status, parsed JSON or text)."""
-        headers = dict(headers or {})
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers.setdefault(b"Content-Type", [b"application/json"])
-        response = yield treq.request(
-            method, self.base + path, data=data, headers=headers, pool=self.pool
-        )
-        text = (yield treq.content(response)).decode()
-        try:
-            parsed = json.loads(text) if text else None
-        except ValueError:
-            parsed = text
-        return response.code, parsed
+        return http_call(self.base + path, method, self.pool, body, raw, headers)
 
     @inlineCallbacks
     def seed(self):

@@ -8,7 +8,6 @@ import hashlib
 import json
 
 import redis as redis_py
-import treq
 import txredisapi
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
@@ -25,6 +24,7 @@ from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.testing.fixtures import CREATE_ALL
 from pydatacoll.testing.redis import shared_redis
+from tests.api.test_app import http_call
 
 POINT = {"device_id": "1", "term_id": "10", "item_id": "1000"}
 SAMPLE = {
@@ -138,24 +138,11 @@ class _DeviceApiBase(TestCase):
         self.addCleanup(fake.stop)
         return fake
 
-    @inlineCallbacks
     def call(self, method, path, body=None, raw=None, headers=None, token=True):
         headers = dict(headers or {})
         if self.token and token:
             headers.setdefault(b"Authorization", [b"Bearer " + self.token.encode()])
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers.setdefault(b"Content-Type", [b"application/json"])
-        response = yield treq.request(
-            method, self.base + path, data=data, headers=headers, pool=self.pool
-        )
-        text = (yield treq.content(response)).decode()
-        try:
-            parsed = json.loads(text) if text else None
-        except ValueError:
-            parsed = text
-        return response.code, parsed
+        return http_call(self.base + path, method, self.pool, body, raw, headers)
 
 
 class DeviceApiTests(_DeviceApiBase):
