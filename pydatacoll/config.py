@@ -312,9 +312,10 @@ OPTIONS += (
         "plugins",
         "enabled",
         "plugins_enabled",
-        "",
+        "formulas, limits",
         _names,
-        "Processor plugins to run, by name, comma separated (GET /api/v1/plugins lists them).",
+        "Processor plugins to run, by name, comma separated (GET /api/v1/plugins lists them); "
+        "empty: none.",
     ),
 )
 
@@ -348,7 +349,7 @@ class Settings:
     buffer_samples: int = 100000
     frame_log_length: int = 0
     ctrl_log_length: int = 10000
-    plugins_enabled: tuple[str, ...] = ()
+    plugins_enabled: tuple[str, ...] = ("formulas", "limits")
     #: ``[plugin:NAME]`` sections: plugin name -> option -> text (checked by the plugin).
     plugin_options: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, eq=False)
 

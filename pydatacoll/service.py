@@ -15,6 +15,7 @@ from pydatacoll.api.replies import ReplyListener
 from pydatacoll.config import Settings
 from pydatacoll.devices.collector import make_collector
 from pydatacoll.processing.history import history_reader
+from pydatacoll.processing.loader import PluginDirectory
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.embedded import EmbeddedRedis, find_redis_server
 from pydatacoll.store.redis import RedisClient
@@ -64,17 +65,24 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     )
     client.setName("redis")
     client.setServiceParent(root)
+    processors = None
     if settings.runs_collector:
         collector = make_collector(settings, reactor, client)
         collector.setName("collector")
         collector.setServiceParent(root)
+        processors = collector.getServiceNamed("processors")
     if settings.runs_api:
-        _add_api(root, settings, reactor, client, embedded)
+        _add_api(root, settings, reactor, client, embedded, processors)
     return root
 
 
 def _add_api(
-    root: MultiService, settings: Settings, reactor: Any, client: RedisClient, embedded: Any
+    root: MultiService,
+    settings: Settings,
+    reactor: Any,
+    client: RedisClient,
+    embedded: Any,
+    processors: Any,
 ) -> None:
     """The reply listener of device_call/device_ctrl and the REST API listening."""
     replies = ReplyListener(
@@ -88,6 +96,7 @@ def _add_api(
         replies=replies,
         clock=reactor,
         history=history_reader(settings, reactor),
+        plugins=PluginDirectory(settings, client, reactor, processors=processors),
     )
     api_service = strports.service(settings.api_endpoint, api.site(), reactor=reactor)
     api_service.setName("api")

@@ -8,6 +8,7 @@ from twisted.python import usage
 
 from pydatacoll.config import CLI_OPTIONS, load_settings
 from pydatacoll.errors import ConfigError, EmbeddedRedisError
+from pydatacoll.processing.loader import check_plugin_options
 
 
 class Options(usage.Options):
@@ -34,6 +35,7 @@ class Options(usage.Options):
         overrides = {attribute: self[name] for name, attribute in CLI_OPTIONS.items()}
         try:
             self["settings"] = load_settings(self["config"], overrides)
+            check_plugin_options(self["settings"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

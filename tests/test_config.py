@@ -23,6 +23,14 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(load_settings(ETC), Settings())
         self.assertEqual(load_settings(), Settings())
 
+    def test_default_plugins_are_formulas_and_limits(self):
+        """Formulas and limit alarms work with the default configuration; history is opt-in."""
+        self.assertEqual(load_settings().plugins_enabled, ("formulas", "limits"))
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[plugins]\nenabled =\n")
+        self.assertEqual(load_settings(path).plugins_enabled, ())
+
     def test_command_line_wins(self):
         path = self.mktemp()
         with open(path, "w") as f:

@@ -89,6 +89,7 @@ class ApiApp:
         replies: ReplyListener | None = None,
         clock: Any = None,
         history: Any = None,
+        plugins: Any = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -96,6 +97,12 @@ class ApiApp:
         #: The history database (`HistoryDatabase`), for ranges older than Redis holds.
         self.history = history
         self.clock = clock or (replies.clock if replies is not None else _WallClock())
+        if plugins is None:
+            from pydatacoll.processing.loader import PluginDirectory
+
+            plugins = PluginDirectory(settings, store.redis, self.clock)
+        #: The processor plugins and where they run (`PluginDirectory`).
+        self.plugins = plugins
         #: A short, non-secret id of the API token for the audit log ("-" without one).
         self.token_id = (
             hashlib.sha256(settings.api_token.encode()).hexdigest()[:8]
@@ -325,6 +332,26 @@ class ApiApp:
 
     # -- changes --------------------------------------------------------------------------
     @inlineCallbacks
+    def plugin_warning(self, name: str) -> Any:
+        """Why a feature of plugin ``name`` will do nothing, or None when a collector runs
+        it (or Redis cannot tell)."""
+        try:
+            runs = yield self.plugins.runs_somewhere(name)
+        except errors.StoreUnavailable:
+            return None
+        return None if runs else self.plugins.not_running_reason(name)
+
+    @inlineCallbacks
+    def _limits_warned(self, stored: dict[str, Any]) -> Any:
+        """A stored term-item, with a ``warning`` when it sets limits nothing checks."""
+        from pydatacoll.processing.limits import LIMIT_FIELDS
+
+        if not any(stored.get(name) is not None for name in LIMIT_FIELDS):
+            return stored
+        warning = yield self.plugin_warning("limits")
+        return stored if warning is None else {**stored, "warning": warning}
+
+    @inlineCallbacks
     def _apply(self, ops: list[dict[str, Any]], batch: bool) -> Any:
         try:
             results = yield self.store.apply(ops)
@@ -356,7 +383,8 @@ class ApiApp:
                 raise errors.ValidationError("term_id mismatch in url and body!", field="term_id")
         entity = TermItem.from_json(body)
         results = yield self._apply([_op("create", entity)], batch=False)
-        return _json(request, 201, results[0])
+        answer = yield self._limits_warned(results[0])
+        return _json(request, 201, answer)
 
     @app.route("/api/v1/<any(devices,terms,items):collection>/<entity_id>", methods=["PUT"])
     def update_entity(self, request: Any, collection: str, entity_id: str) -> Any:
@@ -411,7 +439,10 @@ class ApiApp:
                 results = yield self._apply([op], batch=False)
             except RetryChange:
                 continue
-            return _json(request, 200, results[0])
+            answer = results[0]
+            if entity == "term_item":
+                answer = yield self._limits_warned(answer)
+            return _json(request, 200, answer)
         raise errors.Conflict("the entity kept changing; try again")
 
     @app.route("/api/v1/<any(devices,terms,items):collection>/<entity_id>", methods=["DELETE"])

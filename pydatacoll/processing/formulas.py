@@ -581,6 +581,8 @@ class FormulasFactory:
 
     name = "formulas"
     description = "calculated points: formulas over other points, recomputed on change"
+    #: The keys of ``[plugin:formulas]`` (any other is refused at start).
+    options = ("max_formulas", "window_samples", "time_budget", "retry_delay")
 
     def build(self, context: ProcessorContext) -> FormulasProcessor:
         """A `FormulasProcessor`; `ConfigError` for a bad ``[plugin:formulas]`` option."""

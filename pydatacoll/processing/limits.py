@@ -469,6 +469,8 @@ class LimitsFactory:
 
     name = "limits"
     description = "limit checks: high/low, hihi/lolo with hysteresis, rate of change, frozen"
+    #: The keys of ``[plugin:limits]`` (any other is refused at start).
+    options = ("check_interval", "log_length", "queue_length", "retry_delay")
 
     def build(self, context: ProcessorContext) -> LimitsProcessor:
         """A `LimitsProcessor`; `ConfigError` for a bad ``[plugin:limits]`` option."""

@@ -42,6 +42,8 @@ ALARMS = "HS:ALARM"
 ALARM_LOG = "XS:ALARM_LOG"
 #: Plugin states, field plugin name -> JSON status.
 PLUGIN_STATUS = "HS:PLUGIN_STATUS"
+#: Collectors running a plugin, field collector instance -> ISO time of its last report.
+PLUGIN_RUNNING = "HS:PLUGIN_RUNNING:%s"
 #: Formula states (written by the formulas plugin), field formula id -> JSON status.
 FORMULA_STATUS = "HS:FORMULA_STATUS"
 
@@ -103,6 +105,10 @@ def documentation() -> dict[str, Any]:
             DEVICE_STATUS % "{device_id}": "link state and counters of a running device",
             ALARMS: "active alarms, field {device_id}:{term_id}:{item_id}:{kind}",
             PLUGIN_STATUS: "state of each processor plugin, field = plugin name",
+            PLUGIN_RUNNING % "{plugin}": (
+                "collectors running a plugin: field = collector instance, value = ISO time "
+                "of its last report (every 10 s; removed when it stops)"
+            ),
             FORMULA % "{formula_id}": (
                 "formula: formula (expression), device_id/term_id/item_id (the result "
                 "point), p1..pN (input points 'd:t:i'); one JSON value per field"
