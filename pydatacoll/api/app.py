@@ -597,13 +597,13 @@ class ApiApp:
         )
         try:
             value = body.get("value")
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float, str))
-                or (isinstance(value, str) and len(value) > 256)
+            # JSON true/false go to the driver as they are: a coil or an IEC 104 single
+            # command takes them, a double command maps them to 2/1, others to 1/0.
+            if not isinstance(value, (bool, int, float, str)) or (
+                isinstance(value, str) and len(value) > 256
             ):
                 raise errors.ValidationError(
-                    "value must be a number, a boolean as 0/1, or a short string", field="value"
+                    "value must be a number, true/false, or a short string", field="value"
                 )
             select = body.get("select")  # None: the term-item's default mode
             if select is not None and not isinstance(select, bool):

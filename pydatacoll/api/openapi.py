@@ -293,8 +293,10 @@ def document(app: Klein) -> dict[str, Any]:
             "term_id": {"type": ["string", "integer"]},
             "item_id": {"type": ["string", "integer"]},
             "value": {
-                "type": ["number", "string"],
-                "description": "device_ctrl only (required): a number, 0/1, or a short string",
+                "type": ["number", "boolean", "string"],
+                "description": "device_ctrl only (required): a number, true/false (a coil, an "
+                "IEC 104 single command; a double command takes true as 2 on, false as 1 off), "
+                "or a short string",
             },
             "select": {
                 "type": ["boolean", "null"],
