@@ -590,11 +590,6 @@ class ApiApp:
             "value": _short_json(body.get("value")),
             "select": _short_json(body.get("select")),
         }
-        self.log.info(
-            "device_ctrl {request_id} from {client} (token {token_id}): "
-            "{device_id}:{term_id}:{item_id} = {value} select={select}",
-            **{k: v for k, v in entry.items() if k != "time"},  # "time" is the logger's
-        )
         try:
             value = body.get("value")
             # JSON true/false go to the driver as they are: a coil or an IEC 104 single
@@ -684,9 +679,12 @@ class ApiApp:
             )
         except Exception:
             self.log.failure("device_ctrl audit entry not written: {entry}", entry=fields)
+        # One line per command, with its outcome (the collector does not log it again).
         self.log.info(
-            "device_ctrl {request_id}: {outcome} ({status}) {message}",
-            request_id=entry["request_id"],
+            "device_ctrl {request_id} from {client} (token {token_id}): "
+            "{device_id}:{term_id}:{item_id} = {value} select={select}: "
+            "{outcome} ({status}) {message}",
+            **{k: v for k, v in entry.items() if k != "time"},  # "time" is the logger's
             outcome=outcome,
             status=status,
             message=message,

@@ -10,7 +10,6 @@ import uuid
 
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from pydatacoll.config import Settings
@@ -22,7 +21,7 @@ from pydatacoll.processing.loader import (
     check_plugin_options,
     discover,
 )
-from pydatacoll.tap import Options
+from pydatacoll.tap import BadConfiguration, Options
 
 PLUGINS = {
     "good.py": """
@@ -232,7 +231,7 @@ class LoaderTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("[plugin:formulas]\ntime_budjet = 0.1\n")
-        with self.assertRaises(usage.UsageError) as caught:
+        with self.assertRaises(BadConfiguration) as caught:
             Options().parseOptions(["--config", path])
         self.assertIn("plugin:formulas.time_budjet", str(caught.exception))
 
