@@ -105,6 +105,8 @@ class _PointState:
     last_time: float | None = None
     last_change: float = 0.0
     active: set[str] = attrs.Factory(set)
+    #: The limit each active alarm was raised at (its clear carries the same).
+    raised_at: dict[str, Any] = attrs.Factory(dict)
 
 
 def _option_int(options: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -207,9 +209,15 @@ class LimitsProcessor(Service):
             limits = self._limits.get(point)
             if limits is not None and self._kind_configured(limits, kind):
                 self._states[point].active.add(kind)
+                self._states[point].raised_at[kind] = event.get("limit")
             else:
                 self._event(
-                    "clear", event, kind, None, None, "limit removed from the configuration"
+                    "clear",
+                    event,
+                    kind,
+                    None,
+                    event.get("limit"),
+                    "limit removed from the configuration",
                 )
         self._loaded = True
         self.log.info("limit checks on {count} points", count=len(self._limits))
@@ -367,6 +375,7 @@ class LimitsProcessor(Service):
         message: str,
     ) -> None:
         state.active.add(kind)
+        state.raised_at[kind] = limit
         self.counters["raised"] += 1
         self._event("raise", attrs.asdict(limits), kind, value, limit, message)
 
@@ -374,8 +383,9 @@ class LimitsProcessor(Service):
         self, limits: PointLimits, state: _PointState, kind: str, value: Any, message: str
     ) -> None:
         state.active.discard(kind)
+        limit = state.raised_at.pop(kind, None)
         self.counters["cleared"] += 1
-        self._event("clear", attrs.asdict(limits), kind, value, None, message)
+        self._event("clear", attrs.asdict(limits), kind, value, limit, message)
 
     def _event(
         self,
