@@ -595,6 +595,8 @@ class DeviceManager(MultiService):
         if running.error is not None:
             body["last_error"] = running.error
         body["last_value_time"] = iso_time(body.get("last_value_time"))
+        if isinstance(body.get("counters"), dict):
+            body["counters"] = _iso_times(body["counters"])
         body["updated"] = iso_time(now)
         # The ingest path is shared by all devices: its drops concern every one of them.
         body["ingest"] = self.ingest.status()
@@ -661,6 +663,24 @@ _STATES = {
     "disconnected": "offline",
     "closed": "stopped",
 }
+
+
+def _iso_times(value: Any) -> Any:
+    """``value`` with every epoch time (a number under a key ``since`` or ``*_time``) as
+    ISO 8601: the API shows times in one format, whatever a driver's counters hold."""
+    if not isinstance(value, dict):
+        return value
+    result = {}
+    for key, item in value.items():
+        if (
+            (key == "since" or str(key).endswith("_time"))
+            and isinstance(item, (int, float))
+            and not isinstance(item, bool)
+        ):
+            result[key] = iso_time(item)
+        else:
+            result[key] = _iso_times(item)
+    return result
 
 
 def _normalise(state: Any) -> str:

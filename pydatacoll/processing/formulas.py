@@ -31,7 +31,14 @@ from zope.interface import implementer
 
 from pydatacoll.errors import ConfigError, PyDataCollError
 from pydatacoll.interfaces import IProcessor, IProcessorFactory
-from pydatacoll.model import Formula, Sample, decode_fields, parse_point, worst_quality
+from pydatacoll.model import (
+    Formula,
+    Sample,
+    decode_fields,
+    iso_time,
+    parse_point,
+    worst_quality,
+)
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.processing.expression import (
     Expression,
@@ -558,7 +565,7 @@ class FormulasProcessor(Service):
     def _set_status(self, formula_id: str, **fields: Any) -> None:
         entry = self._statuses.setdefault(formula_id, {"id": formula_id, "state": "waiting"})
         entry.update(fields)
-        entry["time"] = self.reactor.seconds()
+        entry["time"] = iso_time(self.reactor.seconds())
         self._dirty_status.add(formula_id)
 
     def _write_status(self) -> None:
