@@ -68,6 +68,8 @@ class FormulaProcessorTests(TestCase):
         self.assertIn("calculated", self.emitted[0].flags)
         status = json.loads(self.sync.hget("HS:FORMULA_STATUS", "2"))
         self.assertEqual((status["state"], status["value"]), ("ok", 11))
+        # times are ISO 8601, like every other time the API shows
+        self.assertRegex(status["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
         # a later input change flows through both again
         self.ingest(Sample("1", "10", "1000", 6, "invalid", (), now, time.time()))
         yield wait_for(lambda: len(self.values("1003")) == 2)
