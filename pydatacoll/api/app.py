@@ -316,7 +316,8 @@ class ApiApp:
     )
     @inlineCallbacks
     def get_data(self, request: Any, device_id: str, term_id: str, item_id: str, index: str) -> Any:
-        """One sample by arrival index (-1 = latest)."""
+        """One sample by its index in the list ``datas`` answers (newest first): 0 is the
+        newest, 1 the one before it; -1 the oldest kept, -2 the one after it."""
         self._read(request)
         try:
             position = int(index)
