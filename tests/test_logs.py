@@ -1,5 +1,6 @@
 """Logs an operator can read: no debug chatter, no Twisted retry lines, repeats counted."""
 
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
@@ -7,8 +8,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from pydatacoll.logs import RateLimitedLog, logger
+from pydatacoll.model import Device
 from pydatacoll.protocols.iec104.apci import UFunction, encode_u
 from pydatacoll.protocols.iec104.client import Iec104Client
+from pydatacoll.protocols.modbus.config import ModbusSettings
+from pydatacoll.protocols.modbus.link import ModbusLink
 
 
 class Captured:
@@ -70,7 +74,32 @@ class RateLimitTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class _RefusingEndpoint:
+    def __init__(self):
+        self.attempts = 0
+
+    def connect(self, factory):
+        self.attempts += 1
+        return fail(ConnectionRefusedError())
+
+
 class OfflineDeviceTests(SynchronousTestCase):
+    def test_an_unreachable_modbus_device_writes_nothing_per_retry(self):
+        captured = Captured(self)
+        clock = Clock()
+        device = Device.from_json(
+            {"id": "m1", "protocol": "modbus", "ip": "127.0.0.1", "reconnect_initial": 1}
+        )
+        endpoint = _RefusingEndpoint()
+        link = ModbusLink(endpoint, clock, ModbusSettings.from_device(device))
+        link.startService()
+        for _ in range(20):
+            clock.advance(60)
+        self.assertGreater(endpoint.attempts, 10)
+        self.assertEqual(captured.lines(), [])
+        self.assertEqual(link.stats.state, "disconnected")
+        link.stopService()
+
     def test_retries_write_nothing_and_commands_are_not_debug_chatter(self):
         """An unreachable IEC 104 device: no "Starting factory", no "Scheduling retry";
         a started link sends its clock sync and interrogation without a debug line."""
