@@ -435,6 +435,21 @@ class PluginDirectory:
 
     def not_running_reason(self, name: str) -> str:
         """Why a feature of plugin ``name`` does nothing, for a status or a warning."""
+        entry = self._local().get(name)
+        if (
+            entry is not None
+            and entry["enabled"]
+            and entry["state"]
+            in (
+                FAILED,
+                DUPLICATE,
+                NOT_INSTALLED,
+            )
+        ):
+            return (
+                f"the {name} plugin is enabled but {entry['state']}: {entry['error']} "
+                "(GET /api/v1/plugins shows the plugin states)"
+            )
         return (
             f"the {name} plugin runs in no collector: add {name} to [plugins] enabled "
             "and restart the collector (GET /api/v1/plugins shows the plugin states)"

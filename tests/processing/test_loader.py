@@ -12,7 +12,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pydatacoll.config import Settings
+from pydatacoll.config import Settings, load_settings
 from pydatacoll.errors import ConfigError
 from pydatacoll.model import Sample, iso_time
 from pydatacoll.processing.loader import (
@@ -23,6 +23,7 @@ from pydatacoll.processing.loader import (
 )
 from pydatacoll.tap import BadConfiguration, Options
 
+ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "pydatacoll.ini")
 PLUGINS = {
     "good.py": """
         from twisted.application.service import Service
@@ -187,6 +188,15 @@ class LoaderTests(SynchronousTestCase):
             ("hdel", "HS:PLUGIN_RUNNING:first", [processors.instance]), self.redis.commands
         )
 
+    def test_a_failed_plugin_is_named_as_the_reason(self):
+        processors = self.processors("bad_build")
+        self.flushLoggedErrors()
+        directory = PluginDirectory(
+            processors.settings, self.redis, self.clock, processors=processors
+        )
+        reason = directory.not_running_reason("bad_build")
+        self.assertIn("enabled but failed: ValueError: bad option", reason)
+
     def test_directory_lists_this_process_states(self):
         """With a collector in this process, the API lists its states, enabled or not."""
         processors = self.processors("first")
@@ -225,6 +235,7 @@ class LoaderTests(SynchronousTestCase):
             "history": {"url": ""},
         }
         check_plugin_options(Settings(plugin_options=good))
+        check_plugin_options(load_settings(ETC))  # the shipped file passes its own check
         self.flushLoggedErrors()
 
     def test_twistd_refuses_an_unknown_plugin_option(self):
