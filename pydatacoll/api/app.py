@@ -342,15 +342,25 @@ class ApiApp:
             return None
         return None if runs else self.plugins.not_running_reason(name)
 
-    @inlineCallbacks
     def _limits_warned(self, stored: dict[str, Any]) -> Any:
         """A stored term-item, with a ``warning`` when it sets limits nothing checks."""
+        return self._limits_warned_all([stored]).addCallback(lambda items: items[0])
+
+    @inlineCallbacks
+    def _limits_warned_all(self, stored: list[dict[str, Any]]) -> Any:
+        """Stored term-items; those setting limits get a ``warning`` when nothing checks
+        them (one look-up for the whole list)."""
         from pydatacoll.processing.limits import LIMIT_FIELDS
 
-        if not any(stored.get(name) is not None for name in LIMIT_FIELDS):
+        def has_limits(item: dict[str, Any]) -> bool:
+            return any(item.get(name) is not None for name in LIMIT_FIELDS)
+
+        if not any(has_limits(item) for item in stored):
             return stored
         warning = yield self.plugin_warning("limits")
-        return stored if warning is None else {**stored, "warning": warning}
+        if warning is None:
+            return stored
+        return [{**item, "warning": warning} if has_limits(item) else item for item in stored]
 
     @inlineCallbacks
     def _apply(self, ops: list[dict[str, Any]], batch: bool) -> Any:
@@ -474,6 +484,8 @@ class ApiApp:
         """Create or replace many entities, all or nothing: 200 with the stored entities."""
         ops = batch_put_ops(ENTITIES[collection[:-1]], _batch(self._body(request)))
         results = yield self._apply(ops, batch=True) if ops else []
+        if collection == "term_items":
+            results = yield self._limits_warned_all(results)
         return _json(request, 200, results)
 
     @app.route("/api/v2/<any(devices,terms,items,term_items):collection>/del", methods=["POST"])

@@ -136,6 +136,9 @@ def batch_formulas(self: ApiApp, request: Any) -> Any:
     """Create or replace many formulas, all or nothing: 200 with the stored formulas."""
     ops = batch_put_ops(Formula, _batch(self._body(request)))
     results = yield self._apply(ops, batch=True) if ops else []
+    warning = (yield self.plugin_warning("formulas")) if results else None
+    if warning is not None:
+        results = [{**result, "warning": warning} for result in results]
     return _json(request, 200, results)
 
 

@@ -198,6 +198,22 @@ class RouteTests(TestCase):
         self.assertIn("limits plugin runs in no collector", changed["warning"])
         status, plain = yield self.call("PUT", "/api/v1/terms/10/items/1004", {"name": "x"})
         self.assertNotIn("warning", plain)
+        status, batch = yield self.call(
+            "POST", "/api/v2/formulas", [{**F1, "id": "9", "item_id": "1004"}]
+        )
+        self.assertEqual(status, 200)
+        self.assertIn("formulas plugin runs in no collector", batch[0]["warning"])
+        status, batch = yield self.call(
+            "POST",
+            "/api/v2/term_items",
+            [
+                {"term_id": "10", "item_id": "1004", "lolo_limit": 1},
+                {"term_id": "10", "item_id": "1001"},
+            ],
+        )
+        self.assertEqual(status, 200, batch)
+        self.assertIn("limits plugin runs in no collector", batch[0]["warning"])
+        self.assertNotIn("warning", batch[1])
         # a collector reports both plugins running: no warning, the stored status is shown
         for name in ("formulas", "limits"):
             self.sync.hset(f"HS:PLUGIN_RUNNING:{name}", "c1", iso_time(time.time()))
