@@ -470,7 +470,8 @@ class PluginDirectory:
                 if entry["state"] is None:
                     entry["state"] = UNKNOWN if count is None else RUNNING if count else NOT_RUNNING
                 entry["collectors"] = count
-                result.append(entry)
+                # a plugin's own status() may hold anything: JSON as the status hash has it
+                result.append(json.loads(json.dumps(entry, ensure_ascii=False, default=str)))
             return result
 
         return d.addCallback(merge)

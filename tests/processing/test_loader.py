@@ -212,6 +212,7 @@ class LoaderTests(SynchronousTestCase):
         self.assertEqual(
             (entries["second"]["state"], entries["second"]["collectors"]), ("disabled", 0)
         )
+        self.assertEqual(entries["first"]["detail"], {"batches": 0})
         self.assertTrue(self.successResultOf(directory.runs_somewhere("first")))
         self.assertFalse(self.successResultOf(directory.runs_somewhere("second")))
 
