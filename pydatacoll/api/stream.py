@@ -261,8 +261,12 @@ class StreamHub(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, redis: Any, *, max_clients: int = 100) -> None:
+    def __init__(
+        self, reactor: Any, redis: Any, *, max_clients: int = 100, clock: Any = None
+    ) -> None:
         self.reactor = reactor
+        #: Runs the heartbeat and the idle timer (the reactor unless a test gives a Clock).
+        self.clock = clock if clock is not None else reactor
         self.redis = redis
         self.live = LiveStore(redis)
         self.max_clients = max_clients
@@ -277,7 +281,7 @@ class StreamHub(Service):
         self._waiting: list[defer.Deferred[None]] = []
         self._idle: Any = None
         self._heartbeat = task.LoopingCall(self._beat)
-        self._heartbeat.clock = reactor
+        self._heartbeat.clock = self.clock
 
     # -- service and subscription -------------------------------------------------------
     def startService(self) -> None:
@@ -396,7 +400,7 @@ class StreamHub(Service):
         if client in self.clients:
             self.clients.discard(client)
             if not self.clients and self.running and self.subscriber is not None:
-                self._idle = self.reactor.callLater(IDLE_UNSUBSCRIBE, self._idle_timeout)
+                self._idle = self.clock.callLater(IDLE_UNSUBSCRIBE, self._idle_timeout)
 
     def drop(self, client: _Client, reason: str) -> None:
         """Close a client that cannot be served (it does not read): abort its connection."""
