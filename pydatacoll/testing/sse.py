@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import _ChunkedTransferDecoder
 
 
@@ -104,13 +105,15 @@ class SseProtocol(Protocol):
         self.parser = SseParser()
         self.closed: defer.Deferred[None] = defer.Deferred()
 
+    transport: Any
+
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
         self.transport.write(request_bytes(self.path, self.extra))
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         self.parser.feed(data)
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted API)
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.closed.callback(None)
 
     def pause_reading(self) -> None:
