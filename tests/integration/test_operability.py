@@ -30,7 +30,7 @@ IDLE_CLIENTS = 20
 #: Seconds the idle clients are kept open while the device floods.
 FLOOD_SECONDS = 15
 #: Most the daemon's RSS may grow over its flooding baseline meanwhile (bytes).
-RSS_BOUND = 40 * 1024 * 1024
+RSS_BOUND = 20 * 1024 * 1024
 
 
 def rss(pid):
