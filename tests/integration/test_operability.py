@@ -173,6 +173,10 @@ class FloodTests(SynchronousTestCase):
         wait(lambda: reader.samples() > 10, 30, what="live samples on a reading stream")
         time.sleep(3)  # flooding steady state: the baseline
         baseline = rss(daemon.process.pid)
+        written = value(
+            metrics(daemon.base + "/metrics"), "pydatacoll_ingest_samples_written_total"
+        )
+        started = time.monotonic()
         idle = [BlockingSse(port, "/api/v1/stream", rcvbuf=4096) for _ in range(IDLE_CLIENTS)]
         for client in idle:
             self.addCleanup(client.close)
@@ -182,12 +186,15 @@ class FloodTests(SynchronousTestCase):
             peak = max(peak, rss(daemon.process.pid))
             time.sleep(0.2)  # sampling another process' memory
         m = metrics(daemon.base + "/metrics")
+        rate = (value(m, "pydatacoll_ingest_samples_written_total") - written) / (
+            time.monotonic() - started
+        )
         dropped = value(m, "pydatacoll_stream_clients_dropped_total")
         print(
             f"\nRSS flooding baseline {baseline / 2**20:.1f} MiB, peak with {IDLE_CLIENTS} idle"
             f" clients over {FLOOD_SECONDS} s {peak / 2**20:.1f} MiB"
             f" (+{(peak - baseline) / 2**20:.1f} MiB); dropped {dropped:g};"
-            f" written {value(m, 'pydatacoll_ingest_samples_written_total'):g}",
+            f" {rate:.0f} samples/s stored meanwhile",
             file=sys.stderr,
         )
         self.assertEqual(dropped, IDLE_CLIENTS)
