@@ -507,15 +507,16 @@ class StreamHub(Service):
     # -- fan-out --------------------------------------------------------------------------
     def _message(self, channel: str, text: str) -> None:
         if channel.startswith(_SAMPLES_PREFIX):
-            self._samples(text)
+            self._samples(channel[len(_SAMPLES_PREFIX) :], text)
         elif channel == keys.ALARM:
             self._alarm(text)
         elif channel.startswith(_STATUS_PREFIX):
             self._status(channel[len(_STATUS_PREFIX) :], text)
 
-    def _samples(self, text: str) -> None:
-        if not self.clients:
-            # Nobody listens: only keep the position (the last sample's entry id).
+    def _samples(self, device_id: str, text: str) -> None:
+        if not any(c.filters.wants_device(device_id) for c in self.clients):
+            # Nobody listens to this device: only keep the position (the last sample's
+            # entry id), without decoding the message.
             at = text.rfind('"id":"')
             if at >= 0:
                 entry_id = text[at + 6 : text.find('"', at + 6)]
