@@ -90,12 +90,18 @@ class ApiApp:
         clock: Any = None,
         history: Any = None,
         plugins: Any = None,
+        stream_hub: Any = None,
+        metrics: Any = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.replies = replies
         #: The history database (`HistoryDatabase`), for ranges older than Redis holds.
         self.history = history
+        #: The process's event stream (`pydatacoll.api.stream.StreamHub`) and metrics
+        #: (`pydatacoll.metrics.ProcessMetrics`); without them those routes answer 503.
+        self.stream_hub = stream_hub
+        self.metrics = metrics
         self.clock = clock or (replies.clock if replies is not None else _WallClock())
         if plugins is None:
             from pydatacoll.processing.loader import PluginDirectory
@@ -122,6 +128,8 @@ class ApiApp:
         if not self.settings.access_log:
             site.log = lambda request: None  # type: ignore[method-assign]
         site.displayTracebacks = False
+        if self.metrics is not None:
+            self.metrics.time_requests(site, self.app)
         return site
 
     # -- plumbing -----------------------------------------------------------------------
@@ -673,6 +681,8 @@ class ApiApp:
         self, entry: dict[str, Any], outcome: str, status: int, message: str, cause: Any
     ) -> Any:
         """Append one command to the bounded audit stream; a failure is logged, not raised."""
+        if self.metrics is not None:
+            self.metrics.commands.labels(outcome).inc()
         fields = dict(
             entry, outcome=outcome, status=str(status), message=message[:500], cause=cause or ""
         )
@@ -867,4 +877,6 @@ def _expand(path: str) -> list[str]:
     return results
 
 
+from pydatacoll.api import metrics as _metrics  # noqa: E402,F401
 from pydatacoll.api import processing as _processing  # noqa: E402,F401
+from pydatacoll.api import stream as _stream  # noqa: E402,F401

@@ -53,13 +53,14 @@ LIMIT_FIELDS = {
 _NUMBER_FIELDS = tuple(LIMIT_FIELDS) + ("deadband",)
 
 _EVENT_SCRIPT = """
-redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[1], "*", "event", ARGV[2])
+local id = redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[1], "*", "event", ARGV[2])
 if ARGV[3] == "raise" then
   redis.call("HSET", KEYS[2], ARGV[4], ARGV[2])
 else
   redis.call("HDEL", KEYS[2], ARGV[4])
 end
-redis.call("PUBLISH", ARGV[5], ARGV[2])
+-- published with its log entry id, as GET /api/v1/alarms/history answers it
+redis.call("PUBLISH", ARGV[5], string.sub(ARGV[2], 1, -2) .. ',"id":"' .. id .. '"}')
 return 1
 """
 

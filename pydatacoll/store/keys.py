@@ -66,6 +66,8 @@ DEVICE_CTRL = "CHANNEL:DEVICE_CTRL"
 DEVICE_DATA = "CHANNEL:DEVICE_DATA:%s:%s:%s"
 #: Every sample of a device, in batches: {"device_id", "samples": [message, ...]}.
 DEVICE_SAMPLES = "CHANNEL:DEVICE_SAMPLES:%s"
+#: A device's status, JSON, on every write: CHANNEL:DEVICE_STATUS:{device_id}.
+DEVICE_STATUS_CHANNEL = "CHANNEL:DEVICE_STATUS:%s"
 #: Replies to device_call/device_ctrl: CHANNEL:REPLY:{api instance}:{request_id}.
 REPLY = "CHANNEL:REPLY:%s:%s"
 REPLY_PATTERN = "CHANNEL:REPLY:%s:*"
@@ -170,16 +172,21 @@ def documentation() -> dict[str, Any]:
             ),
             DEVICE_SAMPLES % "{device_id}": (
                 'every sample of a device, one message per frame or scan: {"device_id", '
-                '"samples": [{"device_id", "term_id", "item_id", "value", "quality", '
-                '"flags", "source_time", "receive_time"}, ...]}'
+                '"samples": [{"device_id", "term_id", "item_id", "id" (its entry id in '
+                'XS:DATA), "value", "quality", "flags", "source_time", "receive_time"}, ...]}'
             ),
             FORMULA_ADD: "formula created: " + _CHANGE,
             FORMULA_FRESH: "formula changed: " + _CHANGE,
             FORMULA_DEL: "formula deleted: " + _CHANGE,
-            ALARM: 'alarm raised or cleared: {"event": "raise"|"clear", "device_id", ...}',
+            ALARM: (
+                'alarm raised or cleared: {"event": "raise"|"clear", "device_id", "term_id", '
+                '"item_id", "kind", "value", "limit", "time", "message", "id" (its entry id in '
+                "XS:ALARM_LOG)}"
+            ),
             DEVICE_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
-                'a new sample of a point: {"device_id", "term_id", "item_id", "value", '
-                '"quality", "source_time", "receive_time"}'
+                'a new sample of a point: {"device_id", "term_id", "item_id", "id" (its '
+                'entry id in XS:DATA), "value", "quality", "flags", "source_time", '
+                '"receive_time"}'
             ),
         },
     }
