@@ -4,10 +4,14 @@ The real daemons' expositions are parsed in tests/integration/test_operability.p
 """
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import HTTPConnectionPool
 
-from pydatacoll.metrics import ProcessMetrics, device_figures
+from pydatacoll.metrics import ProcessMetrics, device_figures, metrics_site
+from tests.api.test_app import http_call
 
 MODBUS = {
     "device_id": "m1",
@@ -136,3 +140,26 @@ class MetricsTests(SynchronousTestCase):
         self.assertIsNot(one.registry, two.registry)
         found = parse(self.successResultOf(two.exposition()).decode())
         self.assertNotIn(("pydatacoll_commands_total", (("outcome", "confirmed"),)), found)
+
+
+class MetricsSiteTests(TestCase):
+    """The /metrics-only listener of a collector process, over real HTTP."""
+
+    @inlineCallbacks
+    def test_token_path_and_exposition(self):
+        metrics = ProcessMetrics(reactor)
+        metrics.watch_collector(_Manager(), _Processors())
+        port = reactor.listenTCP(0, metrics_site(metrics, "s3cret"), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        base = f"http://127.0.0.1:{port.getHost().port}"
+        status, error = yield http_call(base + "/metrics", "GET", pool)
+        self.assertEqual((status, error["error"]), (401, "unauthorized"))
+        auth = {b"Authorization": [b"Bearer s3cret"]}
+        status, error = yield http_call(base + "/api/v1/devices", "GET", pool, headers=auth)
+        self.assertEqual((status, error["error"]), (404, "not_found"))
+        status, text = yield http_call(base + "/metrics", "GET", pool, headers=auth)
+        self.assertEqual(status, 200)
+        found = parse(text)
+        self.assertEqual(found[("pydatacoll_ingest_samples_written_total", ())], 10)

@@ -293,6 +293,9 @@ class StreamHub(Service):
         super().stopService()
         if self._heartbeat.running:
             self._heartbeat.stop()
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
         for client in list(self.clients):
             self.remove(client)
             if not client.done.called:
@@ -306,7 +309,7 @@ class StreamHub(Service):
         self._idle = None
         if self.subscriber is not None and self.subscriber.subscribed and self._positioned:
             return defer.succeed(None)
-        waiter: defer.Deferred[None] = defer.Deferred()
+        waiter: defer.Deferred[None] = defer.Deferred(self._gave_up)
         self._waiting.append(waiter)
         if self.subscriber is None:
             self.subscriber = Subscriber(
@@ -322,6 +325,19 @@ class StreamHub(Service):
             self.subscriber.startService()
         return waiter
 
+    def _gave_up(self, waiter: defer.Deferred[None]) -> None:
+        """A request stopped waiting for the subscription (timeout or client gone)."""
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        """Close the subscription ``IDLE_UNSUBSCRIBE`` s from now unless a client comes."""
+        if self.clients or self._waiting or not self.running or self.subscriber is None:
+            return
+        if self._idle is None or not self._idle.active():
+            self._idle = self.clock.callLater(IDLE_UNSUBSCRIBE, self._idle_timeout)
+
     def _unsubscribe(self) -> defer.Deferred[None]:
         subscriber, self.subscriber = self.subscriber, None
         self._positioned = False
@@ -336,7 +352,7 @@ class StreamHub(Service):
 
     def _idle_timeout(self) -> None:
         self._idle = None
-        if not self.clients:
+        if not self.clients and not self._waiting:
             self._unsubscribe()
 
     def _subscription_up(self) -> None:
@@ -399,8 +415,7 @@ class StreamHub(Service):
         client.close()
         if client in self.clients:
             self.clients.discard(client)
-            if not self.clients and self.running and self.subscriber is not None:
-                self._idle = self.clock.callLater(IDLE_UNSUBSCRIBE, self._idle_timeout)
+            self._maybe_idle()
 
     def drop(self, client: _Client, reason: str) -> None:
         """Close a client that cannot be served (it does not read): abort its connection."""
