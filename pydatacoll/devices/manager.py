@@ -48,6 +48,9 @@ from .ingest import RedisIngest
 
 STATUS_INTERVAL = 2.0
 RECONCILE_INTERVAL = 30.0
+#: Seconds before a failed reconcile is tried again, doubling up to RETRY_MAX.
+RETRY_INITIAL = 0.25
+RETRY_MAX = 2.0
 #: Requests (device_call / device_ctrl) handled at once; more are answered "busy".
 MAX_REQUESTS = 256
 
@@ -161,6 +164,8 @@ class DeviceManager(MultiService):
         self.running_devices: dict[str, _Running] = {}
         self.version: int | None = None
         self._reconciling: defer.Deferred[None] | None = None
+        self._retry: Any = None
+        self._retry_delay = RETRY_INITIAL
         self._dirty: set[str] | None = None  # None: everything
         self._again = False
         self._requests = 0
@@ -197,6 +202,9 @@ class DeviceManager(MultiService):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         Service.stopService(self)
         devices = [
             child
@@ -245,7 +253,11 @@ class DeviceManager(MultiService):
     # --- reconciling -----------------------------------------------------------------
 
     def reconcile(self, device_ids: Iterable[str] | None = None) -> defer.Deferred[None]:
-        """Compare the named devices (default: all) with Redis; one pass runs at a time."""
+        """Compare the named devices (default: all) with Redis; one pass runs at a time.
+
+        A pass that cannot reach Redis is retried (``RETRY_INITIAL`` doubling to
+        ``RETRY_MAX`` s) until one works: no failure leaves the manager deaf.
+        """
         if device_ids is None:
             self._dirty = None
         elif self._dirty is not None:
@@ -253,31 +265,61 @@ class DeviceManager(MultiService):
         if self._reconciling is not None:
             self._again = True
             return self._reconciling
-        self._reconciling = self._reconcile_loop()
-        return self._reconciling
+        d = self._reconcile_loop()
+        # Set before the callback that clears it: the loop may have finished already
+        # (Redis failing at once), and then the callback runs right here.
+        self._reconciling = d
+        d.addBoth(self._reconcile_ended, d)
+        return d
+
+    def _reconcile_ended(self, result: Any, d: defer.Deferred[None]) -> Any:
+        if self._reconciling is d:
+            self._reconciling = None
+        return result
+
+    def _schedule_reconcile(self) -> None:
+        if not self.running or (self._retry is not None and self._retry.active()):
+            return
+        delay = self._retry_delay
+        self._retry_delay = min(delay * 2, RETRY_MAX)
+        self._retry = self.reactor.callLater(delay, self._retry_reconcile)
+
+    def _retry_reconcile(self) -> None:
+        self._retry = None
+        if self.running:
+            self.reconcile()
 
     @defer.inlineCallbacks
     def _reconcile_loop(self) -> Any:
-        try:
-            while True:
-                dirty, self._dirty, self._again = self._dirty, set(), False
-                try:
-                    yield self._reconcile(dirty)
-                except errors.StoreUnavailable as exc:
-                    self.log.warn("reconcile postponed: {error}", error=exc)
-                    self._dirty = None
-                    break
-                except Exception:
-                    self.log.failure("reconcile failed")
-                    self._dirty = None
-                    break
-                if not self._again and not self._dirty:
-                    # Every change up to this version is applied: the ingest script may
-                    # trust that each running point is where it is configured.
-                    self.ingest.settled_version = self._read_version
-                    break
-        finally:
-            self._reconciling = None
+        while True:
+            if not getattr(self.redis, "connected", True):
+                # Not even a connection: wait for one rather than fail and retry.
+                yield self.redis.when_connected()
+                if not self.running:
+                    return
+            dirty, self._dirty, self._again = self._dirty, set(), False
+            try:
+                yield self._reconcile(dirty)
+            except errors.StoreUnavailable as exc:
+                self.log.warn(
+                    "reconcile postponed: {error}; retrying in {delay} s",
+                    error=exc,
+                    delay=self._retry_delay,
+                )
+                self._dirty = None
+                self._schedule_reconcile()
+                return
+            except Exception:
+                self.log.failure("reconcile failed; retrying in {delay} s", delay=self._retry_delay)
+                self._dirty = None
+                self._schedule_reconcile()
+                return
+            self._retry_delay = RETRY_INITIAL
+            if not self._again and not self._dirty:
+                # Every change up to this version is applied: the ingest script may
+                # trust that each running point is where it is configured.
+                self.ingest.settled_version = self._read_version
+                return
 
     @defer.inlineCallbacks
     def _reconcile(self, dirty: set[str] | None) -> Any:
@@ -287,7 +329,7 @@ class DeviceManager(MultiService):
         stored = set(stored or ())
         if dirty is None:
             names = stored | set(self.running_devices)
-            self.version = int(version) if version else 0
+            self.version = _version_number(version)
         else:
             names = set(dirty)
         for device_id in sorted(names):
@@ -403,13 +445,22 @@ class DeviceManager(MultiService):
 
     @defer.inlineCallbacks
     def _check_version(self) -> Any:
+        # Run by a LoopingCall: it must never raise, or the loop would stop for good.
         try:
-            version = yield self.redis.call("get", keys.CONFIG_VERSION)
+            if self.version is None:
+                # Never reconciled yet (or the last pass failed): make sure one is coming.
+                if self._reconciling is None and (self._retry is None or not self._retry.active()):
+                    self.reconcile()
+                return
+            try:
+                version = yield self.redis.call("get", keys.CONFIG_VERSION)
+            except errors.StoreUnavailable:
+                return
+            if version is not None and _version_number(version) != self.version:
+                self.log.info("configuration version moved without messages: reconciling")
+                self.reconcile()
         except Exception:
-            return
-        if version is not None and self.version is not None and int(version) != self.version:
-            self.log.info("configuration version moved without messages: reconciling")
-            self.reconcile()
+            self.log.failure("checking the configuration version")
 
     # --- messages --------------------------------------------------------------------
 
@@ -646,6 +697,18 @@ _STATES = {
     "disconnected": "offline",
     "closed": "stopped",
 }
+
+
+def _version_number(text: Any) -> int:
+    """STR:CONFIG_VERSION as a number; 0 when absent, -1 when it is not an integer
+    (then every check sees a change and reconciles, which is the safe side)."""
+    if text is None or text == "":
+        return 0
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        DeviceManager.log.warn("STR:CONFIG_VERSION is not an integer: {text!r}", text=text)
+        return -1
 
 
 def _normalise(state: Any) -> str:

@@ -28,6 +28,7 @@ from pydatacoll.interfaces import IProcessor, IProcessorFactory
 from pydatacoll.model import Sample
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.store import keys
+from pydatacoll.store.redis import when_connected
 
 #: Plugin states, as reported by `Processors.status` and GET /api/v1/plugins.
 RUNNING, FAILED, DISABLED, DUPLICATE, NOT_INSTALLED, STOPPED = (
@@ -197,7 +198,12 @@ class Processors(MultiService):
             self.log.info("plugin {name} running", name=name)
         self._status_loop = LoopingCall(self._publish_status)
         self._status_loop.clock = self.reactor
-        self._status_loop.start(self._status_interval, now=True)
+        self._status_loop.start(self._status_interval, now=False)
+        # The first write as soon as Redis is connected (then retried every second until
+        # it works), not a failure logged while the pool is still connecting.
+        when_connected(self.redis).addCallback(
+            lambda _: self._publish_status() if self.running else None
+        )
 
     def _drop(self, child: Any) -> None:
         d = maybeDeferred(child.stopService)
@@ -218,8 +224,8 @@ class Processors(MultiService):
         def stopped(result: Any) -> Any:
             for child in self:
                 self._entries[child.name]["state"] = STOPPED
-            self._publish_status()
-            return result
+            # Waited for: the Redis pool closes after the collector has stopped.
+            return self._publish_status().addBoth(lambda _: result)
 
         return d.addBoth(stopped)
 

@@ -19,6 +19,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
 from pydatacoll.config import RedisAddress
+from pydatacoll.store.redis import RECONNECT_MAX_DELAY
 
 Handler = Callable[[str, str], None]  # (channel, message)
 
@@ -40,7 +41,7 @@ class _Factory(txredisapi.SubscriberFactory):
         self.owner = owner
         self.password = password
         self.convertNumbers = False  # messages stay text: "007" must not become 7
-        self.maxDelay = 5
+        self.maxDelay = RECONNECT_MAX_DELAY
 
     def addConnection(self, conn: Any) -> None:  # noqa: N802 (txredisapi API)
         super().addConnection(conn)

@@ -1,0 +1,195 @@
+"""Faults, end to end: real twistd daemons, a private redis-server, pymodbus' server.
+
+Redis absent when the daemon starts, twenty starts in a row against a running Redis,
+Redis SIGKILLed under load and restarted on its append-only file.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from datetime import datetime
+
+import redis as redis_py
+from twisted.trial.unittest import SynchronousTestCase
+
+from pydatacoll.store import keys
+from pydatacoll.testing.redis import PrivateRedis, free_port
+from tests.integration.test_collector_e2e import ModbusSim, wait
+from tests.integration.test_daemon import TWISTD, Daemon, request
+
+#: twistd's exit status after SIGTERM (it ends by its own signal once it has shut down).
+STOPPED = (0, -signal.SIGTERM)
+#: Start-ups timed in `test_twenty_starts_in_a_row`.
+STARTS = int(os.environ.get("PYDATACOLL_FAULT_STARTS", "20"))
+
+
+class Twistd:
+    """``twistd -n pydatacoll`` started without waiting for anything (Redis may be away)."""
+
+    def __init__(self, workdir, redis_url, *args):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.path = os.path.join(workdir, f"twistd-{self.port}.log")
+        self.log = open(self.path, "wb")
+        self.started = time.time()
+        self.process = subprocess.Popen(
+            [
+                *TWISTD,
+                "-n",
+                "--pidfile=",
+                "pydatacoll",
+                "--api",
+                f"tcp:{self.port}:interface=127.0.0.1",
+                "--redis",
+                redis_url,
+                *args,
+            ],
+            cwd=workdir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def text(self):
+        with open(self.path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(30)
+        self.log.close()
+        return self.process.returncode
+
+
+def answering(base):
+    """Whether the daemon's REST API answers (with Redis up)."""
+    try:
+        return request("GET", base + "/api/v1/devices")[0] == 200
+    except OSError:
+        return False
+
+
+def received(sample_text):
+    """Epoch seconds of a stored sample's receive_time."""
+    return datetime.fromisoformat(json.loads(sample_text)["receive_time"]).timestamp()
+
+
+class FaultTests(SynchronousTestCase):
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp()
+        self.redis = PrivateRedis(persistent=True)  # appendonly yes, appendfsync always
+        self.addCleanup(self.redis.stop)
+        self.sync = redis_py.Redis(port=self.redis.port, decode_responses=True)
+        self.addCleanup(self.sync.close)
+        self.modbus = ModbusSim(free_port(), self.workdir)
+        self.addCleanup(self.modbus.kill)
+
+    def daemon(self, *args):
+        daemon = Twistd(self.workdir, self.redis.url, *args)
+        self.addCleanup(daemon.stop)
+        return daemon
+
+    def ok(self, base, method, path, body=None):
+        status, reply = request(method, base + path, body)
+        self.assertIn(status, (200, 201, 204), f"{method} {path}: {status} {reply}")
+        return reply
+
+    def add_device(self, base, device_id):
+        """A Modbus device with a counting input register and a holding register."""
+        self.ok(
+            base,
+            "POST",
+            "/api/v1/devices",
+            {
+                "id": device_id,
+                "protocol": "modbus",
+                "ip": "127.0.0.1",
+                "port": self.modbus.port,
+                "scan_interval": 0.3,
+                "timeout": 0.5,
+                "reconnect_initial": 0.2,
+                "reconnect_max": 1,
+            },
+        )
+        term = f"t{device_id}"
+        self.ok(base, "POST", "/api/v1/terms", {"id": term, "device_id": device_id, "address": 1})
+        for item, body in (
+            ("count", {"protocol_code": 0, "code_type": "input"}),
+            ("reg", {"protocol_code": 0, "code_type": "holding"}),
+        ):
+            if device_id == "m1":
+                self.ok(base, "POST", "/api/v1/items", {"id": item})
+            self.ok(base, "POST", f"/api/v1/terms/{term}/items", {"item_id": item, **body})
+
+    def configure(self):
+        """m1 and m2 configured over REST through a daemon that is then stopped."""
+        api = Daemon(self.workdir, "--redis", self.redis.url)
+        try:
+            self.add_device(api.base, "m1")
+            self.add_device(api.base, "m2")
+            self.wait_fresh([("m1", "tm1:count"), ("m2", "tm2:count")], time.time(), 30)
+        finally:
+            api.stop()
+
+    def fresh(self, points, since):
+        for device_id, point in points:
+            text = self.sync.hget(keys.DEVICE_VALUES % device_id, point)
+            if text is None or received(text) <= since:
+                return False
+        return True
+
+    def wait_fresh(self, points, since, timeout=30.0):
+        """Seconds until every point has a value received after ``since``."""
+        wait(lambda: self.fresh(points, since), timeout, what=f"fresh values of {points}")
+        return time.time() - since
+
+    def test_redis_absent_at_start(self):
+        """Redis starts 5 s after the daemon: collection within 5 s, REST changes followed."""
+        self.configure()
+        self.redis.kill()
+        daemon = self.daemon()
+        time.sleep(5)  # the daemon runs without Redis (the fault itself)
+        self.redis.start()
+        back = time.time()
+        elapsed = self.wait_fresh([("m1", "tm1:count"), ("m2", "tm2:count")], back)
+        self.assertLess(elapsed, 5.0, f"collecting {elapsed:.1f} s after Redis was back")
+        # Changes made over REST after that are followed: a new device, a new point.
+        wait(lambda: answering(daemon.base), 10, what="api")
+        changed = time.time()
+        self.add_device(daemon.base, "m3")
+        self.ok(daemon.base, "POST", "/api/v1/items", {"id": "extra"})
+        self.ok(
+            daemon.base,
+            "POST",
+            "/api/v1/terms/tm1/items",
+            {"item_id": "extra", "protocol_code": 1, "code_type": "holding"},
+        )
+        elapsed = self.wait_fresh([("m3", "tm3:count"), ("m1", "tm1:extra")], changed)
+        self.assertLess(elapsed, 5.0, f"REST changes followed after {elapsed:.1f} s")
+        wait(
+            lambda: self.ok(daemon.base, "GET", "/api/v1/devices/m3/status")["state"] == "online",
+            5,
+            what="m3 online",
+        )
+        self.assertIn(daemon.stop(), STOPPED, daemon.text()[-3000:])
+        self.assertNotIn("Traceback", daemon.text())
+
+    def test_twenty_starts_in_a_row(self):
+        """Each of STARTS daemon starts against a running Redis collects within 3 s."""
+        self.configure()
+        times = []
+        for _ in range(STARTS):
+            daemon = Twistd(self.workdir, self.redis.url, "--role", "collector")
+            try:
+                elapsed = self.wait_fresh(
+                    [("m1", "tm1:count"), ("m2", "tm2:count")], daemon.started, 20
+                )
+            finally:
+                self.assertIn(daemon.stop(), STOPPED, daemon.text()[-3000:])
+            self.assertNotIn("not reachable", daemon.text())
+            times.append(elapsed)
+        print(f"\n{STARTS} starts, seconds from spawn to collecting: {sorted(times)}")
+        self.assertLess(max(times), 3.0, times)
