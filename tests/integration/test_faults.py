@@ -43,8 +43,7 @@ class Twistd:
                 "pydatacoll",
                 "--api",
                 f"tcp:{self.port}:interface=127.0.0.1",
-                "--redis",
-                redis_url,
+                *(["--redis", redis_url] if redis_url else []),
                 *args,
             ],
             cwd=workdir,
@@ -193,3 +192,19 @@ class FaultTests(SynchronousTestCase):
             times.append(elapsed)
         print(f"\n{STARTS} starts, seconds from spawn to collecting: {sorted(times)}")
         self.assertLess(max(times), 3.0, times)
+
+    def test_embedded_start_waits_for_redis(self):
+        """With the embedded Redis, nothing needing Redis starts before it is reachable."""
+        config = os.path.join(self.workdir, "pydatacoll.ini")
+        with open(config, "w") as f:
+            f.write("[plugins]\nenabled = formulas, limits\n")
+        daemon = Twistd(self.workdir, None, "--config", config)
+        self.addCleanup(daemon.stop)
+        wait(lambda: answering(daemon.base), 30, what="api")
+        wait(lambda: "formulas loaded" in daemon.text(), 10, what="formulas loaded")
+        wait(lambda: "limit checks on" in daemon.text(), 10, what="limits loaded")
+        self.assertIn(daemon.stop(), STOPPED)
+        text = daemon.text()
+        self.assertNotIn("not reachable", text)
+        self.assertNotIn("not written", text)
+        self.assertNotIn("retrying", text)
