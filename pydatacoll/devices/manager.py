@@ -42,11 +42,19 @@ from pydatacoll.config import Settings
 from pydatacoll.interfaces import IProtocolDriver, ISampleSink
 from pydatacoll.model import ControlOutcome, Device, Sample, Term, TermItem, decode_fields, iso_time
 from pydatacoll.store import keys
+from pydatacoll.store.status import write_statuses
 from pydatacoll.store.subscriber import Subscriber
 
 from .ingest import RedisIngest
 
 STATUS_INTERVAL = 2.0
+#: Seconds between two looks at the devices' link states: a change is written (and
+#: published) at most this long after it happened, well within 1 s.
+STATE_CHECK_INTERVAL = 0.25
+#: A status not rewritten for this long is served with ``"stale": true``.
+STALE_AFTER = 3 * STATUS_INTERVAL
+#: States in which a device's values are not topical (its latest samples are flagged NT).
+NOT_LIVE = frozenset({"offline", "error", "stopped"})
 RECONCILE_INTERVAL = 30.0
 #: Seconds before a failed reconcile is tried again, doubling up to RETRY_MAX.
 RETRY_INITIAL = 0.25
@@ -182,9 +190,12 @@ class DeviceManager(MultiService):
         )
         self.subscriber.setName("subscription")
         self.subscriber.setServiceParent(self)
+        self._written_state: dict[str, str] = {}
+        self._not_live: set[str] = set()
         self._loops = [
             task.LoopingCall(self._write_status),
             task.LoopingCall(self._check_version),
+            task.LoopingCall(self._watch_states),
         ]
         for loop in self._loops:
             loop.clock = reactor
@@ -195,6 +206,7 @@ class DeviceManager(MultiService):
         super().startService()
         self._loops[0].start(STATUS_INTERVAL, now=False)
         self._loops[1].start(RECONCILE_INTERVAL, now=False)
+        self._loops[2].start(STATE_CHECK_INTERVAL, now=False)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -215,6 +227,9 @@ class DeviceManager(MultiService):
             [defer.maybeDeferred(child.stopService) for child in devices], consumeErrors=True
         )
         yield defer.maybeDeferred(self.subscriber.stopService)
+        # Nothing collects them any more: their values are not topical from now on.
+        for device_id in self.running_devices:
+            self.ingest.mark_not_topical(device_id)
         yield defer.maybeDeferred(self.ingest.stopService)
         if self.ingest.redis is not self.redis:
             yield defer.maybeDeferred(self.ingest.redis.stopService)
@@ -224,6 +239,16 @@ class DeviceManager(MultiService):
 
     def samples_received(self, samples: Sequence[Sample]) -> None:
         """Every batch from every device (and from the processors' ``emit``)."""
+        if self._not_live:
+            # What a device reports while it is not live (its driver's "not_connected"
+            # placeholders) is not topical either; a good value is fresh and stays as is.
+            not_live = self._not_live
+            samples = [
+                attrs.evolve(s, flags=(*s.flags, "NT"))
+                if s.device_id in not_live and s.quality != "good" and "NT" not in s.flags
+                else s
+                for s in samples
+            ]
         self.ingest.samples_received(samples)
         for sink in self.sinks:
             try:
@@ -415,6 +440,8 @@ class DeviceManager(MultiService):
     def _stop(self, device_id: str) -> None:
         running = self.running_devices.pop(device_id, None)
         self._frames.pop(device_id, None)
+        self._written_state.pop(device_id, None)
+        self._not_live.discard(device_id)
         if running is not None and running.runtime is not None:
             d = defer.maybeDeferred(running.runtime.disownServiceParent)
             d.addErrback(lambda f: self.log.failure("stopping device {d}", f, d=device_id))
@@ -636,24 +663,57 @@ class DeviceManager(MultiService):
         body["ingest"] = self.ingest.status()
         return body
 
-    @defer.inlineCallbacks
-    def _write_status(self) -> Any:
-        # Every device's status at once (the pool pipelines them), not one round trip each.
-        writes = []
+    def _state_now(self, running: _Running) -> str:
+        """The device's state as `device_status` would report it now."""
+        if running.runtime is None:
+            return running.state
         try:
-            for device_id in list(self.running_devices):
+            return _normalise(running.runtime.status().get("state"))
+        except Exception:
+            return "error"
+
+    def _watch_states(self) -> None:
+        """Write the status of every device whose state changed since it was written."""
+        # Run by a LoopingCall: it must never raise, or the loop would stop for good.
+        try:
+            changed = [
+                device_id
+                for device_id, running in self.running_devices.items()
+                if self._written_state.get(device_id) != self._state_now(running)
+            ]
+            if changed:
+                self._write_status(changed)
+        except Exception:
+            self.log.failure("watching the device states")
+
+    @defer.inlineCallbacks
+    def _write_status(self, device_ids: Iterable[str] | None = None) -> Any:
+        """Write (and publish) the statuses of ``device_ids`` (default: every device, and
+        the frame logs) in one script call; flag a device's values NT when it stops
+        being live."""
+        writes = []
+        statuses: dict[str, str] = {}
+        try:
+            for device_id in list(self.running_devices if device_ids is None else device_ids):
                 status = self.device_status(device_id)
                 if status is None:
                     continue
-                key = keys.DEVICE_STATUS % device_id
-                writes.append(
-                    self.redis.call("hset", key, "status", json.dumps(status, default=str))
-                )
-                frames = self._frames.get(device_id)
+                statuses[device_id] = json.dumps(status, default=str)
+                previous = self._written_state.get(device_id)
+                self._written_state[device_id] = state = status["state"]
+                if state in NOT_LIVE:
+                    self._not_live.add(device_id)
+                    if previous not in NOT_LIVE:
+                        self.ingest.mark_not_topical(device_id)
+                else:
+                    self._not_live.discard(device_id)
+                frames = self._frames.get(device_id) if device_ids is None else None
                 if frames:
                     batch = list(frames)
                     frames.clear()
                     writes.append(self._write_frames(keys.FRAME_LOG % device_id, batch))
+            if statuses:
+                writes.append(write_statuses(self.redis, statuses))
         except Exception:
             self.log.failure("writing the device status")
         results = yield defer.DeferredList(writes, consumeErrors=True)

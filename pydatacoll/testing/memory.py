@@ -6,13 +6,17 @@ calls (``fail_next``), so the bad orderings (Redis absent at start, lost mid-way
 late) are inputs of a test on a `twisted.internet.task.Clock`. Like the real client it
 fails at once with `StoreUnavailable` while down, and ``when_connected`` fires when it
 is up. It covers the commands the collector uses (strings, hashes, sets, lists,
-PUBLISH); a command it does not know raises `NotImplementedError`, so a test never
-passes on a command that silently did nothing.
+PUBLISH, and the ingest and status scripts, emulated in Python); a command it does not
+know raises `NotImplementedError`, so a test never passes on a command that silently did
+nothing. Streams are lists of ``(id, fields)``.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +40,9 @@ class MemoryRedis:
         self._up = connected
         self._fail: dict[str, int] = {}
         self._waiters: list[Deferred[None]] = []
+        #: Lua scripts by SHA1 -> a Python emulation ``(store, keys, args) -> reply``.
+        self.scripts: dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]] = _scripts()
+        self._stream_ids = 0
 
     # -- the failure switch ----------------------------------------------------------------
     def down(self) -> None:
@@ -181,3 +188,98 @@ class MemoryRedis:
         for listener in list(self.listeners):
             listener(channel, message)
         return len(self.listeners)
+
+    def _evalsha(self, sha: str, keys: Any, args: Any) -> Any:
+        script = self.scripts.get(sha)
+        if script is None:
+            raise RuntimeError("NOSCRIPT No matching script. Please use EVAL.")
+        return script(self, keys, [str(a) for a in args])
+
+    def _eval(self, text: str, keys: Any, args: Any) -> Any:
+        sha = hashlib.sha1(text.encode()).hexdigest()
+        if sha not in self.scripts:
+            raise NotImplementedError("MemoryRedis has no emulation of this script")
+        return self._evalsha(sha, keys, args)
+
+    def _xadd(self, key: str, fields: dict[str, str], maxlen: int | None = None) -> str:
+        stream = self._typed(key, list)
+        self._stream_ids += 1
+        entry_id = f"{self._stream_ids}-0"
+        stream.append((entry_id, dict(fields)))
+        if maxlen is not None and len(stream) > maxlen:
+            del stream[: len(stream) - maxlen]
+        return entry_id
+
+    def _xrange(self, key: str, start: str = "-", end: str = "+") -> list[Any]:
+        return list(self.data.get(key) or [])
+
+
+# -- the scripts, emulated -----------------------------------------------------------------
+
+_STORED = re.compile(r'^(.*),"quality":"([A-Za-z]+)","flags":\[(.*?)\],(.*)$', re.DOTALL)
+
+
+def _status_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/status.lua: HSET each status and PUBLISH it."""
+    for i in range(2, len(args), 2):
+        store._hset(args[0] % args[i], "status", args[i + 1])
+        store._publish(args[1] % args[i], args[i + 1])
+    return (len(args) - 2) // 2
+
+
+def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
+    """store/ingest.lua: latest values, bounded history, publications, NT marks."""
+    t = json.loads(args[0])
+    maxlen, settled = int(args[1]), args[2]
+    check = settled == "" or store._get(t["config_version"]) != settled
+    written = skipped = 0
+    i = 3
+    while i < len(args):
+        device, n = args[i], int(args[i + 1])
+        i += 2
+        prefix = '{"device_id":"' + device + '","term_id":"'
+        values = t["device_values"] % device
+        if n < 0:
+            messages = []
+            for point, sample in sorted(store._hgetall(values).items()):
+                match = _STORED.match(sample)
+                if match is None or '"NT"' in match.group(3):
+                    continue
+                head, quality, flags, tail = match.groups()
+                quality = "questionable" if quality == "good" else quality
+                flags = flags + ',"NT"' if flags else '"NT"'
+                text = f'{head},"quality":"{quality}","flags":[{flags}],{tail}'
+                store._hset(values, point, text)
+                term, _, item = point.partition(":")
+                message = prefix + term + '","item_id":"' + item + '",' + text[1:]
+                store._publish(t["device_data"] % (device, term, item), message)
+                messages.append(message)
+            if messages:
+                body = '{"device_id":"' + device + '","samples":[' + ",".join(messages) + "]}"
+                store._publish(t["device_samples"] % device, body)
+            continue
+        messages = []
+        for _ in range(n):
+            term, item, sample = args[i], args[i + 1], args[i + 2]
+            i += 3
+            owner = store._hget(t["term_item"] % (term, item), "device_id")
+            if check and owner != json.dumps(device):
+                skipped += 1
+                continue
+            store._hset(values, f"{term}:{item}", sample)
+            store._xadd(t["point_data"] % (device, term, item), {"sample": sample}, maxlen)
+            message = prefix + term + '","item_id":"' + item + '",' + sample[1:]
+            store._publish(t["device_data"] % (device, term, item), message)
+            messages.append(message)
+            written += 1
+        if messages:
+            body = '{"device_id":"' + device + '","samples":[' + ",".join(messages) + "]}"
+            store._publish(t["device_samples"] % device, body)
+    return [written, skipped]
+
+
+def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.devices import ingest
+    from pydatacoll.store import status
+
+    return {ingest._SHA: _ingest_script, status._SHA: _status_script}

@@ -6,6 +6,7 @@ and back, the subscription returning before the pool, a garbage configuration ve
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -17,9 +18,15 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from pydatacoll.config import load_settings
-from pydatacoll.devices.manager import RECONCILE_INTERVAL, RETRY_MAX, DeviceManager
+from pydatacoll.devices.manager import (
+    RECONCILE_INTERVAL,
+    RETRY_MAX,
+    STATUS_INTERVAL,
+    DeviceManager,
+)
+from pydatacoll.errors import ValidationError
 from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver
-from pydatacoll.model import ControlOutcome
+from pydatacoll.model import ControlOutcome, Sample
 from pydatacoll.store import keys
 from pydatacoll.testing.memory import MemoryRedis
 
@@ -57,6 +64,7 @@ class FakeDriver:
 
     def __init__(self) -> None:
         self.runtimes: dict[str, FakeRuntime] = {}
+        self.fail = False
 
     def build(
         self,
@@ -68,6 +76,8 @@ class FakeDriver:
         settings: Any,
         **kw: Any,
     ) -> FakeRuntime:
+        if self.fail:
+            raise ValidationError("a setting this device cannot run with", field="port")
         runtime = self.runtimes[device.id] = FakeRuntime(device, sink)
         return runtime
 
@@ -182,3 +192,126 @@ class StartUpOrderTests(SynchronousTestCase):
         configure(self.store, "a")
         self.clock.advance(RECONCILE_INTERVAL)
         self.assertEqual(self.running(), {"a"})
+
+
+class StatusAndTopicalityTests(SynchronousTestCase):
+    """Items 3 and 4: status on every transition, values flagged NT while not live."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)  # wall-clock-like times for the ISO texts
+        self.store = MemoryRedis()
+        self.driver = FakeDriver()
+        self.manager = DeviceManager(
+            self.store, load_settings(None, {}), self.clock, drivers={"modbus": self.driver}
+        )
+        configure(self.store, "a", "b")
+        for device_id in ("a", "b"):
+            for item in ("i1", "i2"):
+                self.store.data[keys.TERM_ITEM % (f"t{device_id}", item)] = {
+                    "device_id": json.dumps(device_id)
+                }
+        self.manager.startService()
+        self.addCleanup(self.manager.stopService)
+        self.manager._subscribed()
+        self.channel: list[dict[str, Any]] = []
+        self.store.listeners.append(self._heard)
+
+    def _heard(self, channel: str, message: str) -> None:
+        if channel == keys.DEVICE_STATUS_CHANNEL % "a":
+            self.channel.append(json.loads(message))
+
+    def status(self, device_id: str = "a") -> dict[str, Any]:
+        return json.loads(self.store.data[keys.DEVICE_STATUS % device_id]["status"])
+
+    def value(self, point: str, device_id: str = "a") -> dict[str, Any]:
+        stored = self.store.data[keys.DEVICE_VALUES % device_id]
+        return json.loads(stored[f"t{device_id}:{point}"])
+
+    def send(self, device_id: str, value: float) -> None:
+        self.manager.samples_received(
+            [
+                Sample(device_id, f"t{device_id}", item, value, receive_time=self.clock.seconds())
+                for item in ("i1", "i2")
+            ]
+        )
+
+    def test_every_transition_is_written_and_published_within_1_s(self) -> None:
+        runtime = self.driver.runtimes["a"]
+        self.clock.advance(0.25)
+        self.assertEqual(self.status()["state"], "offline")  # link "connecting"
+        for link_state, state in (("connected", "online"), ("disconnected", "offline")):
+            runtime.state = link_state
+            changed = self.clock.seconds()
+            for _ in range(4):
+                self.clock.advance(0.25)
+                if self.status()["state"] == state:
+                    break
+            self.assertEqual(self.status()["state"], state)
+            self.assertLessEqual(self.clock.seconds() - changed, 1.0)
+            self.assertEqual(self.channel[-1], self.status())  # the same object, published
+            updated = datetime.datetime.fromisoformat(self.status()["updated"]).timestamp()
+            self.assertAlmostEqual(updated, self.clock.seconds(), delta=0.01)
+        # The periodic refresh goes on without a change.
+        heard = len(self.channel)
+        self.clock.advance(STATUS_INTERVAL)
+        self.assertEqual(len(self.channel), heard + 1)
+
+    def test_values_are_not_topical_while_offline(self) -> None:
+        runtime = self.driver.runtimes["a"]
+        runtime.state = self.driver.runtimes["b"].state = "connected"
+        self.send("a", 1.5)
+        self.send("b", 2.5)
+        self.clock.advance(0.25)
+        self.assertEqual(self.value("i1"), self.value("i1") | {"quality": "good", "flags": []})
+        published = len(self.store.published)
+        scripts = sum(1 for c, _ in self.store.calls if c == "evalsha")
+        # A sample read just before the link went down is stored before the mark.
+        self.send("a", 3.5)
+        runtime.state = "disconnected"
+        for _ in range(20):  # marked within 1 s of the link going down
+            self.clock.advance(0.05)
+        for point in ("i1", "i2"):
+            sample = self.value(point)
+            self.assertEqual(
+                (sample["value"], sample["quality"], sample["flags"]),
+                (3.5, "questionable", ["NT"]),
+            )
+        self.assertEqual(self.value("i1", "b")["flags"], [])  # other devices untouched
+        # On each point's channel, and with few script calls (not one per point).
+        data = [
+            json.loads(m)
+            for c, m in self.store.published[published:]
+            if c == keys.DEVICE_DATA % ("a", "ta", "i1")
+        ]
+        self.assertEqual([(m["value"], m["flags"]) for m in data], [(3.5, []), (3.5, ["NT"])])
+        calls = sum(1 for c, _ in self.store.calls if c == "evalsha") - scripts
+        self.assertLessEqual(calls, 3)  # the samples, the mark, the status
+        # Another look at the same state marks nothing again; a fresh value clears it.
+        self.clock.advance(STATUS_INTERVAL)
+        self.assertEqual(self.value("i1")["flags"], ["NT"])
+        runtime.state = "connected"
+        self.send("a", 4.5)
+        self.clock.advance(0.25)
+        self.assertEqual((self.value("i1")["value"], self.value("i1")["flags"]), (4.5, []))
+
+    def test_a_device_that_cannot_run_is_marked(self) -> None:
+        self.send("a", 1.5)
+        self.clock.advance(0.25)
+        self.driver.fail = True
+        configure(self.store, "a", version=2)
+        self.store.data[keys.DEVICE % "a"]["port"] = "2"  # a changed device restarts
+        self.manager._message(
+            keys.DEVICE_FRESH, json.dumps({"entity": "device", "id": "a", "version": 2})
+        )
+        self.clock.advance(0.25)
+        self.assertEqual(self.status()["state"], "error")
+        self.assertEqual(self.value("i1")["flags"], ["NT"])
+
+    def test_stopping_the_collector_marks_its_values(self) -> None:
+        self.driver.runtimes["a"].state = "connected"
+        self.send("a", 1.5)
+        self.clock.advance(0.25)
+        self.assertEqual(self.value("i1")["flags"], [])
+        self.manager.stopService()
+        self.assertEqual(self.value("i1")["flags"], ["NT"])

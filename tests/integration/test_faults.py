@@ -208,3 +208,82 @@ class FaultTests(SynchronousTestCase):
         self.assertNotIn("not reachable", text)
         self.assertNotIn("not written", text)
         self.assertNotIn("retrying", text)
+
+    def test_status_and_values_tell_the_truth(self):
+        """Status within 1 s of each link change, published; values NT while offline;
+        a dead collector's devices are stale."""
+        self.configure()
+        api = self.daemon("--role", "api")
+        collector = self.daemon("--role", "collector")
+        wait(lambda: answering(api.base), 30, what="api")
+        pubsub = self.sync.pubsub()
+        self.addCleanup(pubsub.close)
+        pubsub.subscribe(keys.DEVICE_STATUS_CHANNEL % "m1")
+        pubsub.get_message(timeout=5)
+
+        def status():
+            return self.ok(api.base, "GET", "/api/v1/devices/m1/status")
+
+        def values():
+            return self.ok(api.base, "GET", "/api/v1/devices/m1/values")
+
+        def drain():
+            while pubsub.get_message(timeout=0.05) is not None:
+                pass
+
+        def heard(state, since):
+            """Seconds from ``since`` to the first status published with ``state``."""
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                message = pubsub.get_message(timeout=0.1)
+                if message and message["type"] == "message":
+                    body = json.loads(message["data"])
+                    if body["state"] == state:
+                        return time.time() - since, body
+            raise AssertionError(f"no status {state} published")
+
+        # Online within 1 s of the first value (not "unknown" for 2 s).
+        self.wait_fresh([("m1", "tm1:count")], collector.started)
+        first = received(self.sync.hget(keys.DEVICE_VALUES % "m1", "tm1:count"))
+        wait(lambda: status()["state"] == "online", 5, what="online")
+        updated = datetime.fromisoformat(status()["updated"]).timestamp()
+        self.assertFalse(status()["stale"])
+        since = datetime.fromisoformat(status()["since"]).timestamp()
+        self.assertLess(since - first, 1.0)
+        self.assertLess(abs(updated - time.time()), 5.0)  # refreshed every 2 s
+        # The peer dies: offline published within 1 s, the values flagged NT.
+        drain()
+        killed = time.time()
+        self.modbus.kill()
+        elapsed, body = heard("offline", killed)
+        self.assertLess(elapsed, 1.0, body)
+        wait(
+            lambda: all("NT" in v["flags"] for v in values().values()),
+            1,
+            what=f"values flagged NT ({time.time() - killed:.2f} s)",
+        )
+        # the last value (questionable) or the driver's not_connected placeholder (invalid)
+        self.assertNotEqual(values()["tm1:count"]["quality"], "good")
+        # It returns: online published within 1 s of its first good value, NT gone.
+        drain()
+        self.modbus.start()
+        back = time.time()
+        elapsed, body = heard("online", back)
+        good = wait(
+            lambda: [v for v in values().values() if v["quality"] == "good"],
+            10,
+            what="good values",
+        )
+        first_good = min(datetime.fromisoformat(v["receive_time"]).timestamp() for v in good)
+        self.assertLess(datetime.fromisoformat(body["updated"]).timestamp() - first_good, 1.0)
+        wait(
+            lambda: [v["flags"] for v in values().values()] == [[], []],
+            2,
+            what="both points fresh",
+        )
+        # The collector dies (SIGKILL: nothing written): within 3 intervals it is stale.
+        collector.process.kill()
+        collector.process.wait(10)
+        dead = time.time()
+        wait(lambda: status()["stale"], 10, what="stale")
+        self.assertLess(time.time() - dead, 3 * 2.0 + 1.5)
