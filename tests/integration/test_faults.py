@@ -287,3 +287,48 @@ class FaultTests(SynchronousTestCase):
         dead = time.time()
         wait(lambda: status()["stale"], 10, what="stale")
         self.assertLess(time.time() - dead, 3 * 2.0 + 1.5)
+
+    def test_redis_sigkilled_under_load(self):
+        """Redis SIGKILLed for 15 s and restarted on its AOF: the outage's samples are kept."""
+        self.configure()
+        daemon = self.daemon()
+        wait(lambda: answering(daemon.base), 30, what="api")
+        points = [("m1", "tm1", "count"), ("m1", "tm1", "reg"), ("m2", "tm2", "count")]
+        self.wait_fresh([(d, f"{t}:{i}") for d, t, i in points], time.time())
+        before = time.time()
+        self.redis.kill(hard=True)
+        time.sleep(15)  # the outage itself
+        after = time.time()
+        self.redis.start()
+        # Collection resumes by itself.
+        elapsed = self.wait_fresh([(d, f"{t}:{i}") for d, t, i in points], after)
+        self.assertLess(elapsed, 5.0)
+
+        def outage_history(point):
+            device_id, term_id, item_id = point
+            entries = self.sync.xrange(keys.POINT_DATA % point)
+            inside = [
+                json.loads(fields["sample"])
+                for _, fields in entries
+                if before + 0.5 < received(fields["sample"]) < after - 0.5
+            ]
+            # scans every 0.3 s for 14 s: about 46 samples; allow for a loaded machine
+            return inside if len(inside) >= 30 else None
+
+        for point in points:
+            history = wait(lambda p=point: outage_history(p), 30, what=f"outage samples {point}")
+            times = [
+                datetime.fromisoformat(sample["receive_time"]).timestamp() for sample in history
+            ]
+            self.assertEqual(times, sorted(times), f"{point} out of order")
+            if point[2] == "count":
+                counts = [sample["value"] for sample in history]
+                self.assertEqual(counts, sorted(counts), point)
+        status = self.ok(daemon.base, "GET", "/api/v1/devices/m1/status")
+        self.assertEqual(status["ingest"]["dropped"], 0, status)
+        # Configuration changes are followed again after the restart.
+        changed = time.time()
+        self.add_device(daemon.base, "m3")
+        elapsed = self.wait_fresh([("m3", "tm3:count")], changed)
+        self.assertLess(elapsed, 5.0, f"a new device collects after {elapsed:.1f} s")
+        self.assertIn(daemon.stop(), STOPPED, daemon.text()[-3000:])
