@@ -87,7 +87,11 @@ class _Times:
         if text is None:
             if len(self.cache) > 4096:  # bounded: times move on
                 self.cache.clear()
-            text = self.cache[seconds] = iso_time(seconds) or ""
+            try:
+                text = iso_time(seconds) or ""
+            except (ValueError, OverflowError, OSError, TypeError):
+                text = ""  # NaN or out of range (a device's clock): no time, never a crash
+            self.cache[seconds] = text
         return text
 
 
@@ -116,7 +120,8 @@ def encode(sample: Sample, times: _Times) -> str:
         value, quality, flags = "null", "invalid", (*flags, "not_finite")
     flags_text = json.dumps(list(flags)) if flags else "[]"
     source = sample.source_time
-    source_text = "null" if source is None else '"' + times.text(source) + '"'
+    source_text = "" if source is None else times.text(source)
+    source_text = '"' + source_text + '"' if source_text else "null"  # no (valid) time: null
     return (
         f'{{"value":{value},"quality":"{quality}","flags":{flags_text},'
         f'"source_time":{source_text},"receive_time":"{times.text(sample.receive_time)}"}}'
@@ -215,12 +220,19 @@ class RedisIngest(Service):
     def _write(self) -> None:
         self._retry = None
         # A failure (even at once, Redis being away) schedules a retry and ends the loop.
-        while (
-            (self.buffer or self._marks)
-            and len(self._in_flight) < IN_FLIGHT
-            and self._retry is None
-        ):
-            self._send()
+        try:
+            while (
+                (self.buffer or self._marks)
+                and len(self._in_flight) < IN_FLIGHT
+                and self._retry is None
+            ):
+                self._send()
+        except Exception:
+            # A bug (a sample that cannot be encoded): that batch is lost and logged; the
+            # path goes on with the next one rather than stop writing for good.
+            self.log.failure("ingest: a batch could not be sent")
+            if self.running and self._retry is None:
+                self._retry = self.clock.callLater(self._retry_delay, self._write)
 
     def _send(self) -> None:
         count = min(BATCH, len(self.buffer))

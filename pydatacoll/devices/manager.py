@@ -360,7 +360,19 @@ class DeviceManager(MultiService):
         for device_id in sorted(names):
             config = None
             if device_id in stored:
-                config = yield self._read_config(device_id)
+                try:
+                    config = yield self._read_config(device_id)
+                except errors.StoreUnavailable:
+                    raise
+                except Exception as exc:
+                    # One unreadable device (edited in Redis by hand) must not keep every
+                    # other device from starting: it is left as it is, and said so.
+                    self.log.error(
+                        "device {device_id}: stored configuration unreadable: {error}",
+                        device_id=device_id,
+                        error=getattr(exc, "message", None) or str(exc) or type(exc).__name__,
+                    )
+                    continue
             self._apply(device_id, config)
 
     @defer.inlineCallbacks

@@ -118,7 +118,8 @@ class Subscriber(Service):
                 yield conn.psubscribe(self.patterns)
         except Exception:
             self.log.failure("{name}: subscribing failed", name=self.label)
-            conn.transport.loseConnection()
+            if conn.transport is not None:  # reconnected (and subscribed) by the factory
+                conn.transport.loseConnection()
             return
         if conn is not self._conn or not self.running:
             return

@@ -300,3 +300,34 @@ class NotTopicalScriptTests(TestCase):
         memory = MemoryRedis()
         yield self.run_ingest(memory)
         self.assertEqual(self.stored(memory._hgetall), self.stored(self.sync.hgetall))
+
+
+class LoopNeverDiesTests(SynchronousTestCase):
+    def setUp(self):
+        self.redis = ScriptedRedis()
+        self.clock = Clock()
+        self.ingest = RedisIngest(self.redis, self.clock, 100, 100)
+        self.ingest.startService()
+
+    def test_a_device_time_out_of_range_is_stored_as_no_time(self):
+        times = ingest._Times()
+        for bad in (float("nan"), 1e20, float("inf")):
+            stored = json.loads(encode(Sample("d", "t", "i", 1.0, source_time=bad), times))
+            self.assertEqual((stored["value"], stored["source_time"]), (1.0, None))
+
+    def test_a_batch_that_cannot_be_encoded_does_not_stop_the_path(self):
+        real = ingest.encode
+
+        def broken(sample, times):
+            if sample.item_id == "bad":
+                raise RuntimeError("a bug")
+            return real(sample, times)
+
+        self.patch(ingest, "encode", broken)
+        self.ingest.samples_received([Sample("d", "t", "bad", 1.0)])
+        self.clock.advance(ingest.LINGER)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.ingest.samples_received([Sample("d", "t", "good", 2.0)])
+        self.clock.advance(5)
+        self.assertEqual(len(self.redis.calls), 1)
+        self.assertEqual(self.redis.answer()[4:7], [1, "t", "good"])

@@ -315,3 +315,19 @@ class StatusAndTopicalityTests(SynchronousTestCase):
         self.assertEqual(self.value("i1")["flags"], [])
         self.manager.stopService()
         self.assertEqual(self.value("i1")["flags"], ["NT"])
+
+
+class UnreadableDeviceTests(SynchronousTestCase):
+    def test_one_unreadable_device_does_not_keep_the_others_from_starting(self) -> None:
+        clock = Clock()
+        store = MemoryRedis()
+        driver = FakeDriver()
+        manager = DeviceManager(store, load_settings(None, {}), clock, drivers={"modbus": driver})
+        configure(store, "a", "b")
+        store.data[keys.DEVICE % "a"]["protocol"] = json.dumps("no such protocol")
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        manager._subscribed()
+        self.assertEqual(set(driver.runtimes), {"b"})
+        self.assertIsNone(manager._reconciling)
+        self.assertEqual(manager.ingest.settled_version, "1")  # the pass completed
