@@ -42,6 +42,8 @@ ALARMS = "HS:ALARM"
 ALARM_LOG = "XS:ALARM_LOG"
 #: Plugin states, field plugin name -> JSON status.
 PLUGIN_STATUS = "HS:PLUGIN_STATUS"
+#: Collectors running a plugin, field collector instance -> ISO time of its last report.
+PLUGIN_RUNNING = "HS:PLUGIN_RUNNING:%s"
 #: Formula states (written by the formulas plugin), field formula id -> JSON status.
 FORMULA_STATUS = "HS:FORMULA_STATUS"
 
@@ -111,6 +113,10 @@ def documentation() -> dict[str, Any]:
             ),
             ALARMS: "active alarms, field {device_id}:{term_id}:{item_id}:{kind}",
             PLUGIN_STATUS: "state of each processor plugin, field = plugin name",
+            PLUGIN_RUNNING % "{plugin}": (
+                "collectors running a plugin: field = collector instance, value = ISO time "
+                "of its last report (every 10 s; removed when it stops)"
+            ),
             FORMULA % "{formula_id}": (
                 "formula: formula (expression), device_id/term_id/item_id (the result "
                 "point), p1..pN (input points 'd:t:i'); one JSON value per field"
@@ -172,8 +178,8 @@ def documentation() -> dict[str, Any]:
             ),
             DEVICE_SAMPLES % "{device_id}": (
                 'every sample of a device, one message per frame or scan: {"device_id", '
-                '"samples": [{"device_id", "term_id", "item_id", "value", "quality", '
-                '"flags", "source_time", "receive_time"}, ...]}'
+                '"samples": [{"device_id", "term_id", "item_id", "id" (its entry id in '
+                'XS:DATA), "value", "quality", "flags", "source_time", "receive_time"}, ...]}'
             ),
             DEVICE_STATUS_CHANNEL % "{device_id}": (
                 "a device's status on every write (state changes within 1 s, and every 2 s): "
@@ -183,12 +189,17 @@ def documentation() -> dict[str, Any]:
             FORMULA_ADD: "formula created: " + _CHANGE,
             FORMULA_FRESH: "formula changed: " + _CHANGE,
             FORMULA_DEL: "formula deleted: " + _CHANGE,
-            ALARM: 'alarm raised or cleared: {"event": "raise"|"clear", "device_id", ...}',
+            ALARM: (
+                'alarm raised or cleared: {"event": "raise"|"clear", "device_id", "term_id", '
+                '"item_id", "kind", "value", "limit", "time", "message", "id" (its entry id in '
+                "XS:ALARM_LOG)}"
+            ),
             DEVICE_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
-                'a new sample of a point: {"device_id", "term_id", "item_id", "value", '
-                '"quality", "flags", "source_time", "receive_time"}; when its device goes '
-                'offline or cannot run, its latest sample again with "NT" (not topical) '
-                'added to its flags and "good" quality made "questionable"'
+                'a new sample of a point: {"device_id", "term_id", "item_id", "id" (its '
+                'entry id in XS:DATA), "value", "quality", "flags", "source_time", '
+                '"receive_time"}; when its device goes offline or cannot run, its latest '
+                'sample again with "NT" (not topical) added to its flags and "good" quality '
+                'made "questionable"'
             ),
         },
     }

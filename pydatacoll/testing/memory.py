@@ -267,8 +267,10 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
                 skipped += 1
                 continue
             store._hset(values, f"{term}:{item}", sample)
-            store._xadd(t["point_data"] % (device, term, item), {"sample": sample}, maxlen)
-            message = prefix + term + '","item_id":"' + item + '",' + sample[1:]
+            entry_id = store._xadd(
+                t["point_data"] % (device, term, item), {"sample": sample}, maxlen
+            )
+            message = f'{prefix}{term}","item_id":"{item}","id":"{entry_id}",{sample[1:]}'
             store._publish(t["device_data"] % (device, term, item), message)
             messages.append(message)
             written += 1
