@@ -1,7 +1,8 @@
 """The ingest path's bounds: pause on overload, buffer on outage, flush on stop.
 
 The Redis side is a scripted stand-in here (each script call is a Deferred the test
-fires); `test_manager` runs the same code against a real redis-server.
+fires); `test_manager` runs the same code against a real redis-server, and
+`NotTopicalScriptTests` runs the NT marks of ingest.lua on one (and on MemoryRedis).
 """
 
 import json
