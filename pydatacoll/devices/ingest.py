@@ -170,6 +170,7 @@ class RedisIngest(Service):
         self._retry: IDelayedCall | None = None
         self._retry_delay = 0.5
         self._linger: IDelayedCall | None = None
+        self._awaiting_connection = False
         #: Samples ever queued; the oldest in the buffer is number appended - len(buffer).
         self._appended = 0
         #: Pending not-topical marks: device id -> the number of samples queued before it.
@@ -326,6 +327,24 @@ class RedisIngest(Service):
         if self.running and self._retry is None:
             self._retry = self.clock.callLater(self._retry_delay, self._write)
             self._retry_delay = min(self._retry_delay * 2, 5.0)
+            self._wait_for_connection()
+
+    def _wait_for_connection(self) -> None:
+        """Write at once when the connection is back, not at the end of the backoff."""
+        if self._awaiting_connection or getattr(self.redis, "connected", True):
+            return
+        when_connected = getattr(self.redis, "when_connected", None)
+        if when_connected is None:
+            return
+        self._awaiting_connection = True
+
+        def back(_: Any) -> None:
+            self._awaiting_connection = False
+            if self.running and self._retry is not None and self._retry.active():
+                self._retry.cancel()
+                self._write()
+
+        when_connected().addCallback(back).addErrback(self._loop_error)
 
     def _loop_error(self, failure: Any) -> None:
         # A bug in the reply handling must not stop the loop (house style 5).

@@ -332,3 +332,21 @@ class LoopNeverDiesTests(SynchronousTestCase):
         self.clock.advance(5)
         self.assertEqual(len(self.redis.calls), 1)
         self.assertEqual(self.redis.answer()[4:7], [1, "t", "good"])
+
+
+class ReconnectTests(SynchronousTestCase):
+    def test_writes_as_soon_as_redis_is_back_not_at_the_end_of_the_backoff(self):
+        clock = Clock()
+        store = MemoryRedis()
+        store._set(keys.CONFIG_VERSION, "1")
+        sink = RedisIngest(store, clock, 100, 1000)
+        sink.settled_version = "1"
+        sink.startService()
+        store.down()
+        sink.samples_received([Sample("d", "t", "i", 1.0, receive_time=1.5)])
+        for _ in range(6):  # 15 s of outage: the backoff has grown to 5 s
+            clock.advance(2.5)
+        self.assertEqual(sink.status()["buffered"], 1)
+        store.up()  # the connection is back: no waiting for the timer
+        self.assertEqual((sink.status()["written"], sink.status()["buffered"]), (1, 0))
+        self.assertIn("t:i", store._hgetall(keys.DEVICE_VALUES % "d"))
