@@ -22,6 +22,7 @@ from pydatacoll import errors
 from pydatacoll.api.jsonbody import dumps, read_json
 from pydatacoll.api.replies import DeviceAnswer, ReplyListener, ReplyTimeout
 from pydatacoll.config import Settings
+from pydatacoll.devices.manager import STALE_AFTER
 from pydatacoll.model import (
     ENTITIES,
     TermItem,
@@ -550,7 +551,8 @@ class ApiApp:
     @app.route("/api/v1/devices/<device_id>/status", methods=["GET"])
     @inlineCallbacks
     def device_status(self, request: Any, device_id: str) -> Any:
-        """The collector's status of a device; ``"state": "unknown"`` before it wrote one."""
+        """The collector's status of a device; ``"state": "unknown"`` before it wrote one,
+        ``"stale": true`` when no collector has refreshed it for ``STALE_AFTER`` s."""
         self._read(request)
         fields = yield self._device_fields(device_id)
         text = yield self.store.redis.call("hget", keys.DEVICE_STATUS % device_id, "status")
@@ -572,7 +574,18 @@ class ApiApp:
                 "last_value_time": None,
                 "collector": None,
             }
+        else:
+            status["stale"] = self._stale(status.get("updated"))
         return _json(request, 200, status)
+
+    def _stale(self, updated: Any) -> bool:
+        """Whether no collector has refreshed a status for ``STALE_AFTER`` seconds (its
+        collector stopped or lost Redis: the state it says is not known to be true)."""
+        try:
+            written = datetime.fromisoformat(updated).timestamp()
+        except (TypeError, ValueError):
+            return True
+        return bool(self.clock.seconds() - written > STALE_AFTER)
 
     # -- device_call / device_ctrl --------------------------------------------------------
     @app.route("/api/v1/<any(device_call,device_ctrl):action>", methods=["POST"])

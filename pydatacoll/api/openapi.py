@@ -339,6 +339,17 @@ _DEVICE_STATUS = {
         "points_updated": {"type": "integer"},
         "last_value_time": {"type": ["string", "null"], "format": "date-time"},
         "collector": {"type": ["string", "null"]},
+        "updated": {
+            "type": "string",
+            "format": "date-time",
+            "description": "when the collector wrote this status (on every state change, "
+            "within 1 s, and every 2 s)",
+        },
+        "stale": {
+            "type": "boolean",
+            "description": "true when no collector has refreshed the status for 6 s (3 "
+            "status intervals): its state is not known to be true",
+        },
     },
     "additionalProperties": True,
 }

@@ -28,6 +28,7 @@ from pydatacoll import errors
 from pydatacoll.config import RedisAddress
 from pydatacoll.model import OUTCOME_STATUS
 from pydatacoll.store import keys
+from pydatacoll.store.redis import RECONNECT_MAX_DELAY
 
 #: Requests waiting for a reply at most; past it `ReplyListener.wait` refuses (503).
 MAX_PENDING = 10000
@@ -165,7 +166,9 @@ class ReplyListener(Service):
         self._prefix = keys.REPLY % (self.instance_id, "")
         self.max_pending = max_pending
         self._connect_timeout = connect_timeout
-        self._retry_policy = retry_policy or backoffPolicy(initialDelay=0.5, maxDelay=10.0)
+        self._retry_policy = retry_policy or backoffPolicy(
+            initialDelay=0.5, maxDelay=RECONNECT_MAX_DELAY
+        )
         self._pending: dict[str, tuple[Deferred[dict[str, Any]], Any]] = {}
         self._protocol: _ReplyProtocol | None = None
         self._service: ClientService | None = None

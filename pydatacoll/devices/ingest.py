@@ -18,6 +18,12 @@ There are two bounds:
   are dropped and counted, because the newest values matter most to a control room. They
   are written in arrival order once Redis is back.
 
+When a device goes offline or cannot run, `RedisIngest.mark_not_topical` queues a mark
+in the same stream: the script then flags the latest sample of each of the device's
+points ``NT`` (not topical), after every sample of that device that arrived before the
+mark and before any that arrives after it. At most one mark per device waits (a newer one
+replaces it); marks are never dropped by the outage bound.
+
 On shutdown the samples still waiting are written first, for up to ``FLUSH_TIMEOUT``
 seconds.
 """
@@ -81,7 +87,11 @@ class _Times:
         if text is None:
             if len(self.cache) > 4096:  # bounded: times move on
                 self.cache.clear()
-            text = self.cache[seconds] = iso_time(seconds) or ""
+            try:
+                text = iso_time(seconds) or ""
+            except (ValueError, OverflowError, OSError, TypeError):
+                text = ""  # NaN or out of range (a device's clock): no time, never a crash
+            self.cache[seconds] = text
         return text
 
 
@@ -110,7 +120,8 @@ def encode(sample: Sample, times: _Times) -> str:
         value, quality, flags = "null", "invalid", (*flags, "not_finite")
     flags_text = json.dumps(list(flags)) if flags else "[]"
     source = sample.source_time
-    source_text = "null" if source is None else '"' + times.text(source) + '"'
+    source_text = "" if source is None else times.text(source)
+    source_text = '"' + source_text + '"' if source_text else "null"  # no (valid) time: null
     return (
         f'{{"value":{value},"quality":"{quality}","flags":{flags_text},'
         f'"source_time":{source_text},"receive_time":"{times.text(sample.receive_time)}"}}'
@@ -152,17 +163,25 @@ class RedisIngest(Service):
         self.observe_batch: Callable[[int, float], None] | None = None
         self._times = _Times()
         #: Batches sent and not yet answered, oldest first: (samples, Deferred).
-        self._in_flight: collections.deque[tuple[list[Sample], defer.Deferred[Any]]] = (
-            collections.deque()
-        )
+        #: ... and the marks they carry: (samples, Deferred, [(number, device_id)]).
+        self._in_flight: collections.deque[
+            tuple[list[Sample], defer.Deferred[Any], list[tuple[int, str]]]
+        ] = collections.deque()
         self._retry: IDelayedCall | None = None
         self._retry_delay = 0.5
         self._linger: IDelayedCall | None = None
+        self._awaiting_connection = False
+        #: Samples ever queued; the oldest in the buffer is number appended - len(buffer).
+        self._appended = 0
+        #: Pending not-topical marks: device id -> the number of samples queued before it.
+        self._marks: dict[str, int] = {}
+        self.marks = 0
 
     def samples_received(self, samples: Sequence[Sample]) -> None:
         """Queue a batch and start writing; never blocks."""
         buffer = self.buffer
         buffer.extend(samples)
+        self._appended += len(samples)
         excess = len(buffer) - self.buffer_limit
         if excess > 0:
             for _ in range(excess):
@@ -170,6 +189,16 @@ class RedisIngest(Service):
             self.dropped += excess
         if len(buffer) > self.high_water and not self.congested and self.redis.connected:
             self._congestion(True)
+        self._kick()
+
+    def mark_not_topical(self, device_id: str) -> None:
+        """Flag the latest value of each of the device's points NT, in sample order."""
+        self._marks.pop(device_id, None)  # the newer mark covers everything the older did
+        self._marks[device_id] = self._appended
+        self._kick()
+
+    def _kick(self) -> None:
+        buffer = self.buffer
         if self._retry is None and self.running and self._linger is None:
             if len(buffer) >= BATCH or self.congested:
                 self._write()
@@ -194,25 +223,45 @@ class RedisIngest(Service):
     def _write(self) -> None:
         self._retry = None
         # A failure (even at once, Redis being away) schedules a retry and ends the loop.
-        while self.buffer and len(self._in_flight) < IN_FLIGHT and self._retry is None:
-            self._send()
+        try:
+            while (
+                (self.buffer or self._marks)
+                and len(self._in_flight) < IN_FLIGHT
+                and self._retry is None
+            ):
+                self._send()
+        except Exception:
+            # A bug (a sample that cannot be encoded): that batch is lost and logged; the
+            # path goes on with the next one rather than stop writing for good.
+            self.log.failure("ingest: a batch could not be sent")
+            if self.running and self._retry is None:
+                self._retry = self.clock.callLater(self._retry_delay, self._write)
 
     def _send(self) -> None:
         count = min(BATCH, len(self.buffer))
+        first = self._appended - len(self.buffer)
+        marks: list[tuple[int, str]] = []
+        if self._marks:
+            marks = sorted((n, d) for d, n in self._marks.items() if n <= first + count)
+            for _, device_id in marks:
+                del self._marks[device_id]
         batch = [self.buffer.popleft() for _ in range(count)]
         times = self._times
-        groups: dict[str, list[Any]] = {}
-        for sample in batch:
-            group = groups.get(sample.device_id)
-            if group is None:
-                group = groups[sample.device_id] = []
-            group += (sample.term_id, sample.item_id, encode(sample, times))
         args: list[Any] = [_TEMPLATES, self.history_length, self.settled_version]
-        for device_id, group in groups.items():
-            args += (device_id, len(group) // 3)
-            args += group
+        if not marks:
+            groups: dict[str, list[Any]] = {}
+            for sample in batch:
+                group = groups.get(sample.device_id)
+                if group is None:
+                    group = groups[sample.device_id] = []
+                group += (sample.term_id, sample.item_id, encode(sample, times))
+            for device_id, group in groups.items():
+                args += (device_id, len(group) // 3)
+                args += group
+        else:
+            args += _segments(batch, first, marks, times)
         d = self.redis.call("evalsha", _SHA, [], args)
-        entry = (batch, d)
+        entry = (batch, d, marks)
         self._in_flight.append(entry)  # before the callbacks: they may run at once
         d.addErrback(self._no_script, args)
         if self.observe_batch is not None:
@@ -238,6 +287,7 @@ class RedisIngest(Service):
         if entry not in self._in_flight:
             return  # put back by an earlier failure: it will be written again
         self._in_flight.remove(entry)
+        self.marks += len(entry[2])
         written, skipped = (int(n) for n in reply)
         self.written += written
         self.skipped += skipped
@@ -254,9 +304,11 @@ class RedisIngest(Service):
         # written: then it is written twice, never lost), and retry with capped backoff.
         self.failures += 1
         count = 0
-        for batch, _ in reversed(self._in_flight):
+        for batch, _, marks in reversed(self._in_flight):
             self.buffer.extendleft(reversed(batch))
             count += len(batch)
+            for number, device_id in marks:  # back, unless a newer mark came meanwhile
+                self._marks.setdefault(device_id, number)
         self._in_flight.clear()
         excess = len(self.buffer) - self.buffer_limit
         if excess > 0:
@@ -275,6 +327,24 @@ class RedisIngest(Service):
         if self.running and self._retry is None:
             self._retry = self.clock.callLater(self._retry_delay, self._write)
             self._retry_delay = min(self._retry_delay * 2, 5.0)
+            self._wait_for_connection()
+
+    def _wait_for_connection(self) -> None:
+        """Write at once when the connection is back, not at the end of the backoff."""
+        if self._awaiting_connection or getattr(self.redis, "connected", True):
+            return
+        when_connected = getattr(self.redis, "when_connected", None)
+        if when_connected is None:
+            return
+        self._awaiting_connection = True
+
+        def back(_: Any) -> None:
+            self._awaiting_connection = False
+            if self.running and self._retry is not None and self._retry.active():
+                self._retry.cancel()
+                self._write()
+
+        when_connected().addCallback(back).addErrback(self._loop_error)
 
     def _loop_error(self, failure: Any) -> None:
         # A bug in the reply handling must not stop the loop (house style 5).
@@ -295,7 +365,7 @@ class RedisIngest(Service):
         while self.clock.seconds() < deadline:
             if self._in_flight:
                 yield _quietly(self._in_flight[-1][1])
-            elif self.buffer and self.redis.connected:
+            elif (self.buffer or self._marks) and self.redis.connected:
                 self._write()
             else:
                 break
@@ -313,7 +383,39 @@ class RedisIngest(Service):
             "write_failures": self.failures,
             "congested": self.congested,
             "pauses": self.pauses,
+            "marks_written": self.marks,
         }
+
+
+def _segments(
+    batch: list[Sample], first: int, marks: list[tuple[int, str]], times: _Times
+) -> list[Any]:
+    """Script arguments for a batch with marks: a device's samples before its mark, the
+    mark (device_id, -1), then its samples after; ``first`` numbers the batch's first
+    sample, and a mark numbered n comes after sample n - 1."""
+    segments: list[tuple[str, list[Any] | None]] = []
+    open_groups: dict[str, list[Any]] = {}
+    position = 0
+    for index, sample in enumerate(batch):
+        while position < len(marks) and marks[position][0] <= first + index:
+            device_id = marks[position][1]
+            segments.append((device_id, None))
+            open_groups.pop(device_id, None)
+            position += 1
+        group = open_groups.get(sample.device_id)
+        if group is None:
+            group = open_groups[sample.device_id] = []
+            segments.append((sample.device_id, group))
+        group += (sample.term_id, sample.item_id, encode(sample, times))
+    for _, device_id in marks[position:]:
+        segments.append((device_id, None))
+    args: list[Any] = []
+    for device_id, group in segments:
+        if group is None:
+            args += (device_id, -1)
+        else:
+            args += (device_id, len(group) // 3, *group)
+    return args
 
 
 def _quietly(d: defer.Deferred[Any]) -> defer.Deferred[None]:

@@ -43,12 +43,23 @@ from pydatacoll.interfaces import IProtocolDriver, ISampleSink
 from pydatacoll.logs import RateLimitedLog
 from pydatacoll.model import ControlOutcome, Device, Sample, Term, TermItem, decode_fields, iso_time
 from pydatacoll.store import keys
+from pydatacoll.store.status import write_statuses
 from pydatacoll.store.subscriber import Subscriber
 
 from .ingest import RedisIngest
 
 STATUS_INTERVAL = 2.0
+#: Seconds between two looks at the devices' link states: a change is written (and
+#: published) at most this long after it happened, well within 1 s.
+STATE_CHECK_INTERVAL = 0.25
+#: A status not rewritten for this long is served with ``"stale": true``.
+STALE_AFTER = 3 * STATUS_INTERVAL
+#: States in which a device's values are not topical (its latest samples are flagged NT).
+NOT_LIVE = frozenset({"offline", "error", "stopped"})
 RECONCILE_INTERVAL = 30.0
+#: Seconds before a failed reconcile is tried again, doubling up to RETRY_MAX.
+RETRY_INITIAL = 0.25
+RETRY_MAX = 2.0
 #: Requests (device_call / device_ctrl) handled at once; more are answered "busy".
 MAX_REQUESTS = 256
 
@@ -162,6 +173,8 @@ class DeviceManager(MultiService):
         self.running_devices: dict[str, _Running] = {}
         self.version: int | None = None
         self._reconciling: defer.Deferred[None] | None = None
+        self._retry: Any = None
+        self._retry_delay = RETRY_INITIAL
         self._dirty: set[str] | None = None  # None: everything
         self._again = False
         self._requests = 0
@@ -178,9 +191,12 @@ class DeviceManager(MultiService):
         )
         self.subscriber.setName("subscription")
         self.subscriber.setServiceParent(self)
+        self._written_state: dict[str, str] = {}
+        self._not_live: set[str] = set()
         self._loops = [
             task.LoopingCall(self._write_status),
             task.LoopingCall(self._check_version),
+            task.LoopingCall(self._watch_states),
         ]
         for loop in self._loops:
             loop.clock = reactor
@@ -193,6 +209,7 @@ class DeviceManager(MultiService):
         super().startService()
         self._loops[0].start(STATUS_INTERVAL, now=False)
         self._loops[1].start(RECONCILE_INTERVAL, now=False)
+        self._loops[2].start(STATE_CHECK_INTERVAL, now=False)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -200,6 +217,9 @@ class DeviceManager(MultiService):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         self.rate_limited.stop()
         Service.stopService(self)
         devices = [
@@ -211,6 +231,9 @@ class DeviceManager(MultiService):
             [defer.maybeDeferred(child.stopService) for child in devices], consumeErrors=True
         )
         yield defer.maybeDeferred(self.subscriber.stopService)
+        # Nothing collects them any more: their values are not topical from now on.
+        for device_id in self.running_devices:
+            self.ingest.mark_not_topical(device_id)
         yield defer.maybeDeferred(self.ingest.stopService)
         if self.ingest.redis is not self.redis:
             yield defer.maybeDeferred(self.ingest.redis.stopService)
@@ -220,6 +243,16 @@ class DeviceManager(MultiService):
 
     def samples_received(self, samples: Sequence[Sample]) -> None:
         """Every batch from every device (and from the processors' ``emit``)."""
+        if self._not_live:
+            # What a device reports while it is not live (its driver's "not_connected"
+            # placeholders) is not topical either; a good value is fresh and stays as is.
+            not_live = self._not_live
+            samples = [
+                attrs.evolve(s, flags=(*s.flags, "NT"))
+                if s.device_id in not_live and s.quality != "good" and "NT" not in s.flags
+                else s
+                for s in samples
+            ]
         self.ingest.samples_received(samples)
         for sink in self.sinks:
             try:
@@ -251,7 +284,11 @@ class DeviceManager(MultiService):
     # --- reconciling -----------------------------------------------------------------
 
     def reconcile(self, device_ids: Iterable[str] | None = None) -> defer.Deferred[None]:
-        """Compare the named devices (default: all) with Redis; one pass runs at a time."""
+        """Compare the named devices (default: all) with Redis; one pass runs at a time.
+
+        A pass that cannot reach Redis is retried (``RETRY_INITIAL`` doubling to
+        ``RETRY_MAX`` s) until one works: no failure leaves the manager deaf.
+        """
         if device_ids is None:
             self._dirty = None
         elif self._dirty is not None:
@@ -259,31 +296,61 @@ class DeviceManager(MultiService):
         if self._reconciling is not None:
             self._again = True
             return self._reconciling
-        self._reconciling = self._reconcile_loop()
-        return self._reconciling
+        d = self._reconcile_loop()
+        # Set before the callback that clears it: the loop may have finished already
+        # (Redis failing at once), and then the callback runs right here.
+        self._reconciling = d
+        d.addBoth(self._reconcile_ended, d)
+        return d
+
+    def _reconcile_ended(self, result: Any, d: defer.Deferred[None]) -> Any:
+        if self._reconciling is d:
+            self._reconciling = None
+        return result
+
+    def _schedule_reconcile(self) -> None:
+        if not self.running or (self._retry is not None and self._retry.active()):
+            return
+        delay = self._retry_delay
+        self._retry_delay = min(delay * 2, RETRY_MAX)
+        self._retry = self.reactor.callLater(delay, self._retry_reconcile)
+
+    def _retry_reconcile(self) -> None:
+        self._retry = None
+        if self.running:
+            self.reconcile()
 
     @defer.inlineCallbacks
     def _reconcile_loop(self) -> Any:
-        try:
-            while True:
-                dirty, self._dirty, self._again = self._dirty, set(), False
-                try:
-                    yield self._reconcile(dirty)
-                except errors.StoreUnavailable as exc:
-                    self.log.warn("reconcile postponed: {error}", error=exc)
-                    self._dirty = None
-                    break
-                except Exception:
-                    self.log.failure("reconcile failed")
-                    self._dirty = None
-                    break
-                if not self._again and not self._dirty:
-                    # Every change up to this version is applied: the ingest script may
-                    # trust that each running point is where it is configured.
-                    self.ingest.settled_version = self._read_version
-                    break
-        finally:
-            self._reconciling = None
+        while True:
+            if not getattr(self.redis, "connected", True):
+                # Not even a connection: wait for one rather than fail and retry.
+                yield self.redis.when_connected()
+                if not self.running:
+                    return
+            dirty, self._dirty, self._again = self._dirty, set(), False
+            try:
+                yield self._reconcile(dirty)
+            except errors.StoreUnavailable as exc:
+                self.log.warn(
+                    "reconcile postponed: {error}; retrying in {delay} s",
+                    error=exc,
+                    delay=self._retry_delay,
+                )
+                self._dirty = None
+                self._schedule_reconcile()
+                return
+            except Exception:
+                self.log.failure("reconcile failed; retrying in {delay} s", delay=self._retry_delay)
+                self._dirty = None
+                self._schedule_reconcile()
+                return
+            self._retry_delay = RETRY_INITIAL
+            if not self._again and not self._dirty:
+                # Every change up to this version is applied: the ingest script may
+                # trust that each running point is where it is configured.
+                self.ingest.settled_version = self._read_version
+                return
 
     @defer.inlineCallbacks
     def _reconcile(self, dirty: set[str] | None) -> Any:
@@ -293,13 +360,25 @@ class DeviceManager(MultiService):
         stored = set(stored or ())
         if dirty is None:
             names = stored | set(self.running_devices)
-            self.version = int(version) if version else 0
+            self.version = _version_number(version)
         else:
             names = set(dirty)
         for device_id in sorted(names):
             config = None
             if device_id in stored:
-                config = yield self._read_config(device_id)
+                try:
+                    config = yield self._read_config(device_id)
+                except errors.StoreUnavailable:
+                    raise
+                except Exception as exc:
+                    # One unreadable device (edited in Redis by hand) must not keep every
+                    # other device from starting: it is left as it is, and said so.
+                    self.log.error(
+                        "device {device_id}: stored configuration unreadable: {error}",
+                        device_id=device_id,
+                        error=getattr(exc, "message", None) or str(exc) or type(exc).__name__,
+                    )
+                    continue
             self._apply(device_id, config)
 
     @defer.inlineCallbacks
@@ -379,6 +458,8 @@ class DeviceManager(MultiService):
     def _stop(self, device_id: str) -> None:
         running = self.running_devices.pop(device_id, None)
         self._frames.pop(device_id, None)
+        self._written_state.pop(device_id, None)
+        self._not_live.discard(device_id)
         if running is not None and running.runtime is not None:
             d = defer.maybeDeferred(running.runtime.disownServiceParent)
             d.addErrback(lambda f: self.log.failure("stopping device {d}", f, d=device_id))
@@ -411,13 +492,22 @@ class DeviceManager(MultiService):
 
     @defer.inlineCallbacks
     def _check_version(self) -> Any:
+        # Run by a LoopingCall: it must never raise, or the loop would stop for good.
         try:
-            version = yield self.redis.call("get", keys.CONFIG_VERSION)
+            if self.version is None:
+                # Never reconciled yet (or the last pass failed): make sure one is coming.
+                if self._reconciling is None and (self._retry is None or not self._retry.active()):
+                    self.reconcile()
+                return
+            try:
+                version = yield self.redis.call("get", keys.CONFIG_VERSION)
+            except errors.StoreUnavailable:
+                return
+            if version is not None and _version_number(version) != self.version:
+                self.log.info("configuration version moved without messages: reconciling")
+                self.reconcile()
         except Exception:
-            return
-        if version is not None and self.version is not None and int(version) != self.version:
-            self.log.info("configuration version moved without messages: reconciling")
-            self.reconcile()
+            self.log.failure("checking the configuration version")
 
     # --- messages --------------------------------------------------------------------
 
@@ -602,24 +692,57 @@ class DeviceManager(MultiService):
         body["ingest"] = self.ingest.status()
         return body
 
-    @defer.inlineCallbacks
-    def _write_status(self) -> Any:
-        # Every device's status at once (the pool pipelines them), not one round trip each.
-        writes = []
+    def _state_now(self, running: _Running) -> str:
+        """The device's state as `device_status` would report it now."""
+        if running.runtime is None:
+            return running.state
         try:
-            for device_id in list(self.running_devices):
+            return _normalise(running.runtime.status().get("state"))
+        except Exception:
+            return "error"
+
+    def _watch_states(self) -> None:
+        """Write the status of every device whose state changed since it was written."""
+        # Run by a LoopingCall: it must never raise, or the loop would stop for good.
+        try:
+            changed = [
+                device_id
+                for device_id, running in self.running_devices.items()
+                if self._written_state.get(device_id) != self._state_now(running)
+            ]
+            if changed:
+                self._write_status(changed)
+        except Exception:
+            self.log.failure("watching the device states")
+
+    @defer.inlineCallbacks
+    def _write_status(self, device_ids: Iterable[str] | None = None) -> Any:
+        """Write (and publish) the statuses of ``device_ids`` (default: every device, and
+        the frame logs) in one script call; flag a device's values NT when it stops
+        being live."""
+        writes = []
+        statuses: dict[str, str] = {}
+        try:
+            for device_id in list(self.running_devices if device_ids is None else device_ids):
                 status = self.device_status(device_id)
                 if status is None:
                     continue
-                key = keys.DEVICE_STATUS % device_id
-                writes.append(
-                    self.redis.call("hset", key, "status", json.dumps(status, default=str))
-                )
-                frames = self._frames.get(device_id)
+                statuses[device_id] = json.dumps(status, default=str)
+                previous = self._written_state.get(device_id)
+                self._written_state[device_id] = state = status["state"]
+                if state in NOT_LIVE:
+                    self._not_live.add(device_id)
+                    if previous not in NOT_LIVE:
+                        self.ingest.mark_not_topical(device_id)
+                else:
+                    self._not_live.discard(device_id)
+                frames = self._frames.get(device_id) if device_ids is None else None
                 if frames:
                     batch = list(frames)
                     frames.clear()
                     writes.append(self._write_frames(keys.FRAME_LOG % device_id, batch))
+            if statuses:
+                writes.append(write_statuses(self.redis, statuses))
         except Exception:
             self.log.failure("writing the device status")
         results = yield defer.DeferredList(writes, consumeErrors=True)
@@ -663,6 +786,18 @@ _STATES = {
     "disconnected": "offline",
     "closed": "stopped",
 }
+
+
+def _version_number(text: Any) -> int:
+    """STR:CONFIG_VERSION as a number; 0 when absent, -1 when it is not an integer
+    (then every check sees a change and reconciles, which is the safe side)."""
+    if text is None or text == "":
+        return 0
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        DeviceManager.log.warn("STR:CONFIG_VERSION is not an integer: {text!r}", text=text)
+        return -1
 
 
 def _iso_times(value: Any) -> Any:

@@ -48,6 +48,7 @@ from pydatacoll.processing.expression import (
     evaluate,
 )
 from pydatacoll.store import keys
+from pydatacoll.store.redis import when_connected
 
 Point = tuple[str, str, str]
 #: Flags of the samples a formula produces.
@@ -248,9 +249,9 @@ class FormulasProcessor(Service):
 
     # -- lifecycle ------------------------------------------------------------------------
     def startService(self) -> None:
-        """Load the formulas from Redis (retried until it works)."""
+        """Load the formulas from Redis once it is connected (retried until it works)."""
         super().startService()
-        self._start_loading()
+        when_connected(self.redis).addCallback(lambda _: self._start_loading())
 
     def _start_loading(self) -> None:
         self._retry = None

@@ -50,6 +50,7 @@ from pydatacoll.errors import ConfigError
 from pydatacoll.interfaces import IProcessor
 from pydatacoll.model import Sample, decode_fields, iso_time
 from pydatacoll.store import keys
+from pydatacoll.store.redis import when_connected
 
 try:  # PyMySQL is an install requirement, but SQLite alone must still work without it
     import pymysql
@@ -1309,6 +1310,7 @@ class HistoryProcessor(Service):
         Until it has worked, the plugin-wide default policy applies to every point.
         """
         delay = self.options.retry_initial
+        yield when_connected(self.redis)  # no failure logged while the pool connects
         while self.running:
             try:
                 terms = yield self.redis.call("smembers", keys.TERMS)

@@ -40,6 +40,7 @@ from pydatacoll.model import Field, Sample, decode_fields, iso_time
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.processing.formulas import _float_option
 from pydatacoll.store import keys
+from pydatacoll.store.redis import when_connected
 
 #: Term-item fields read by the limit checks, with the alarm kind they drive.
 LIMIT_FIELDS = {
@@ -156,7 +157,7 @@ class LimitsProcessor(Service):
         self._loop = LoopingCall(self._check_frozen)
         self._loop.clock = self.reactor
         self._loop.start(self.check_interval, now=False)
-        self._start_loading()
+        when_connected(self.redis).addCallback(lambda _: self._start_loading())
 
     def _start_loading(self) -> None:
         self._load_retry = None

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
@@ -31,6 +31,7 @@ from pydatacoll.model import Sample
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.store import keys
 from pydatacoll.store import plugins as plugin_store
+from pydatacoll.store.redis import when_connected
 
 #: Plugin states, as reported by `Processors.status` and GET /api/v1/plugins.
 RUNNING, FAILED, DISABLED, DUPLICATE, NOT_INSTALLED, STOPPED = (
@@ -229,7 +230,12 @@ class Processors(MultiService):
             self.log.info("plugin {name} running", name=name)
         self._status_loop = LoopingCall(self._publish_status)
         self._status_loop.clock = self.reactor
-        self._status_loop.start(self._status_interval, now=True)
+        self._status_loop.start(self._status_interval, now=False)
+        # The first write as soon as Redis is connected (then retried every second until
+        # it works), not a failure logged while the pool is still connecting.
+        when_connected(self.redis).addCallback(
+            lambda _: self._publish_status() if self.running else None
+        )
 
     def _drop(self, child: Any) -> None:
         d = maybeDeferred(child.stopService)
@@ -250,12 +256,13 @@ class Processors(MultiService):
         def stopped(result: Any) -> Any:
             for child in self:
                 self._entries[child.name]["state"] = STOPPED
-            self._publish_status()
+            # Waited for: the Redis pool closes after the collector has stopped.
+            writes = [self._publish_status()]
             if self._reported:
                 names, self._reported = sorted(self._reported), set()
                 withdrawn = plugin_store.withdraw(self.redis, names, self.instance)
-                withdrawn.addErrback(lambda f: None)  # the heartbeats age out anyway
-            return result
+                writes.append(withdrawn.addErrback(lambda f: None))  # heartbeats age out
+            return DeferredList(writes, consumeErrors=True).addBoth(lambda _: result)
 
         return d.addBoth(stopped)
 

@@ -1,6 +1,8 @@
 -- Store a batch of samples: latest values, bounded history, publications; one round trip.
 -- ARGV: templates (JSON), maxlen, settled configuration version ("" = unknown), then per
--- device: device_id, n, and n times term_id, item_id, sample JSON.
+-- device: device_id, n, and n times term_id, item_id, sample JSON; or device_id, -1: mark
+-- the latest sample of each of the device's points not topical (it went offline), in the
+-- order of the batch, so a value read before that never overwrites the mark.
 -- Ids are [A-Za-z0-9_.-] (checked by the model), so they go into JSON text as they are.
 -- While the collector's configuration is settled at the stored version, every sample's
 -- point is known to be on its device; otherwise each point's owner is checked, and a
@@ -9,10 +11,48 @@ local t = cjson.decode(ARGV[1])
 local maxlen = ARGV[2]
 local check = ARGV[3] == "" or redis.call("GET", t.config_version) ~= ARGV[3]
 local written, skipped = 0, 0
+
+-- "NT" added to the flags and "good" made "questionable", in the stored text itself (no
+-- decode/encode: cjson would round the value). Our encoder writes quality and flags
+-- right after the value; the greedy head finds the last "quality", never one in a value.
+local function mark_not_topical(device)
+  local key = string.format(t.device_values, device)
+  local fields = redis.call("HGETALL", key)
+  local prefix = '{"device_id":"' .. device .. '","term_id":"'
+  local marked, messages = {}, {}
+  for k = 1, #fields, 2 do
+    local point, sample = fields[k], fields[k + 1]
+    local head, quality, flags, tail =
+      string.match(sample, '^(.*),"quality":"(%a+)","flags":%[(.-)%],(.*)$')
+    if head and not string.find(flags, '"NT"', 1, true) then
+      if quality == "good" then quality = "questionable" end
+      if flags == "" then flags = '"NT"' else flags = flags .. ',"NT"' end
+      local text = head .. ',"quality":"' .. quality .. '","flags":[' .. flags .. '],' .. tail
+      marked[#marked + 1] = point
+      marked[#marked + 1] = text
+      local term, item = string.match(point, "^([^:]*):(.*)$")
+      local message = prefix .. term .. '","item_id":"' .. item .. '",' .. string.sub(text, 2)
+      redis.call("PUBLISH", string.format(t.device_data, device, term, item), message)
+      messages[#messages + 1] = message
+    end
+  end
+  for k = 1, #marked, 1000 do
+    redis.call("HSET", key, unpack(marked, k, math.min(k + 999, #marked)))
+  end
+  if #messages > 0 then
+    redis.call("PUBLISH", string.format(t.device_samples, device),
+      '{"device_id":"' .. device .. '","samples":[' .. table.concat(messages, ",") .. "]}")
+  end
+end
+
 local i = 4
 while i <= #ARGV do
   local device, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
+  if n < 0 then
+    mark_not_topical(device)
+    n = 0
+  end
   local owner_text = '"' .. device .. '"'
   local prefix = '{"device_id":"' .. device .. '","term_id":"'
   local latest, messages = {}, {}

@@ -103,8 +103,14 @@ def documentation() -> dict[str, Any]:
             TERM % "{term_id}": "term (station behind a device); one JSON value per field",
             ITEM % "{item_id}": "item (what is measured); one JSON value per field",
             TERM_ITEM % ("{term_id}", "{item_id}"): "term-item (a point); JSON values",
-            DEVICE_VALUES % "{device_id}": "latest sample of each point, field {term_id}:{item_id}",
-            DEVICE_STATUS % "{device_id}": "link state and counters of a running device",
+            DEVICE_VALUES % "{device_id}": (
+                "latest sample of each point, field {term_id}:{item_id}; flagged NT (not "
+                "topical) while its device is offline or cannot run, until a fresh value"
+            ),
+            DEVICE_STATUS % "{device_id}": (
+                "field 'status': JSON link state and counters of a running device, written "
+                "on every state change and every 2 s; 'updated' is when the collector wrote it"
+            ),
             ALARMS: "active alarms, field {device_id}:{term_id}:{item_id}:{kind}",
             PLUGIN_STATUS: "state of each processor plugin, field = plugin name",
             PLUGIN_RUNNING % "{plugin}": (
@@ -175,6 +181,11 @@ def documentation() -> dict[str, Any]:
                 '"samples": [{"device_id", "term_id", "item_id", "id" (its entry id in '
                 'XS:DATA), "value", "quality", "flags", "source_time", "receive_time"}, ...]}'
             ),
+            DEVICE_STATUS_CHANNEL % "{device_id}": (
+                "a device's status on every write (state changes within 1 s, and every 2 s): "
+                'the JSON status object, as in HS:DEVICE_STATUS {"device_id", "state", '
+                '"link_state", "since", "updated", "last_error", "counters", ...}'
+            ),
             FORMULA_ADD: "formula created: " + _CHANGE,
             FORMULA_FRESH: "formula changed: " + _CHANGE,
             FORMULA_DEL: "formula deleted: " + _CHANGE,
@@ -186,7 +197,9 @@ def documentation() -> dict[str, Any]:
             DEVICE_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
                 'a new sample of a point: {"device_id", "term_id", "item_id", "id" (its '
                 'entry id in XS:DATA), "value", "quality", "flags", "source_time", '
-                '"receive_time"}'
+                '"receive_time"}; when its device goes offline or cannot run, its latest '
+                'sample again with "NT" (not topical) added to its flags and "good" quality '
+                'made "questionable"'
             ),
         },
     }

@@ -13,6 +13,10 @@ from twisted.python.failure import Failure
 from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
 
+#: Longest wait (s, before jitter) between two attempts to reach Redis, for the pool and
+#: every subscription: once Redis is reachable again, everything is back within it.
+RECONNECT_MAX_DELAY = 2.0
+
 
 class RedisClient(Service):
     """A pool of Redis connections that reconnects by itself (txredisapi's backoff).
@@ -38,6 +42,7 @@ class RedisClient(Service):
         self._timeout = timeout
         self._pool_size = pool_size
         self._handler: Any = None
+        self._connected_waiters: list[Deferred[None]] = []
 
     def dedicated(self) -> RedisClient:
         """A client of one connection to the same Redis (not started).
@@ -91,7 +96,34 @@ class RedisClient(Service):
             self._handler = txredisapi.lazyUnixConnectionPool(address.path, **options)
         else:
             self._handler = txredisapi.lazyConnectionPool(address.host, address.port, **options)
+        factory = self._handler._factory
+        factory.maxDelay = RECONNECT_MAX_DELAY  # read by its retry policy at every attempt
+        add_connection = factory.addConnection
+
+        def added(conn: Any) -> None:
+            add_connection(conn)
+            if factory.size:
+                self._pool_up()
+
+        factory.addConnection = added  # the one hook txredisapi offers on a new connection
         self.log.info("connecting to Redis at {redis}", redis=address.describe())
+
+    def when_connected(self) -> Deferred[None]:
+        """Fires when a connection of the pool is up (at once if one is).
+
+        What needs Redis at start waits for this instead of failing and retrying later,
+        so a normal start logs no "not reachable" and loads everything at once.
+        """
+        if self.connected:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._connected_waiters.append(d)
+        return d
+
+    def _pool_up(self) -> None:
+        waiters, self._connected_waiters = self._connected_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def stopService(self) -> Deferred[None]:
         """Close every connection; fires when they are closed."""
@@ -123,3 +155,14 @@ def _unavailable(failure: Failure) -> Failure:
     if failure.check(txredisapi.ConnectionError):  # TimeoutError is a ConnectionError
         raise StoreUnavailable(f"Redis is not reachable ({failure.getErrorMessage()})")
     return failure
+
+
+def when_connected(redis: Any) -> Deferred[None]:
+    """Fires when ``redis`` (a `RedisClient` or a stand-in) has a connection up.
+
+    A stand-in without ``when_connected`` counts as always connected.
+    """
+    if getattr(redis, "connected", True) or not hasattr(redis, "when_connected"):
+        return succeed(None)
+    d: Deferred[None] = redis.when_connected()
+    return d

@@ -19,6 +19,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
 from pydatacoll.config import RedisAddress
+from pydatacoll.store.redis import RECONNECT_MAX_DELAY
 
 Handler = Callable[[str, str], None]  # (channel, message)
 
@@ -40,7 +41,7 @@ class _Factory(txredisapi.SubscriberFactory):
         self.owner = owner
         self.password = password
         self.convertNumbers = False  # messages stay text: "007" must not become 7
-        self.maxDelay = 5
+        self.maxDelay = RECONNECT_MAX_DELAY
 
     def addConnection(self, conn: Any) -> None:  # noqa: N802 (txredisapi API)
         super().addConnection(conn)
@@ -117,7 +118,8 @@ class Subscriber(Service):
                 yield conn.psubscribe(self.patterns)
         except Exception:
             self.log.failure("{name}: subscribing failed", name=self.label)
-            conn.transport.loseConnection()
+            if conn.transport is not None:  # reconnected (and subscribed) by the factory
+                conn.transport.loseConnection()
             return
         if conn is not self._conn or not self.running:
             return

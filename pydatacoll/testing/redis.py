@@ -63,14 +63,27 @@ class PrivateRedis:
                     raise RuntimeError("the private redis-server did not start") from None
                 time.sleep(0.02)  # harness start-up only, not test logic
 
-    def kill(self) -> None:
-        """End the server but keep its port and directory (an outage; see `restart`)."""
+    def kill(self, hard: bool = False) -> None:
+        """End the server but keep its port and directory (an outage; see `restart`).
+
+        ``hard``: SIGKILL (a crash: no shutdown, only what the AOF holds survives; with
+        ``appendfsync always`` that is every write Redis acknowledged).
+        """
         if self._process.poll() is None:
-            self._process.terminate()
+            if hard:
+                self._process.kill()
+            else:
+                self._process.terminate()
             self._process.wait(10)
 
+    def start(self) -> None:
+        """Start the server again after `kill` (on its append-only file if persistent)."""
+        if self._process.poll() is None:
+            raise RuntimeError("the private redis-server is running already")
+        self._start()
+
     def restart(self) -> None:
-        """Start the server again on the same port (empty: nothing is kept on disk)."""
+        """Start the server again on the same port (empty unless ``persistent``)."""
         self.kill()
         self._start()
 

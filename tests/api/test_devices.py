@@ -6,6 +6,7 @@ request channels that answers on each request's ``reply_to`` with scripted outco
 
 import hashlib
 import json
+import time
 
 import redis as redis_py
 import txredisapi
@@ -19,6 +20,8 @@ from twisted.web.client import HTTPConnectionPool
 from pydatacoll.api.app import ApiApp
 from pydatacoll.api.replies import ReplyListener
 from pydatacoll.config import load_settings
+from pydatacoll.devices.manager import STATUS_INTERVAL
+from pydatacoll.model import iso_time
 from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.redis import RedisClient
@@ -363,9 +366,23 @@ class DeviceApiTests(_DeviceApiBase):
         )
         status, error = yield self.call("GET", "/api/v1/devices/9/status")
         self.assertEqual((status, error["field"]), (404, "device_id"))
-        written = {"device_id": "1", "state": "started", "counters": {"frames_in": 3}}
+        written = {
+            "device_id": "1",
+            "state": "online",
+            "counters": {"frames_in": 3},
+            "updated": iso_time(time.time()),
+        }
         self.sync.hset(keys.DEVICE_STATUS % "1", "status", json.dumps(written))
-        self.assertEqual((yield self.call("GET", "/api/v1/devices/1/status")), (200, written))
+        self.assertEqual(
+            (yield self.call("GET", "/api/v1/devices/1/status")),
+            (200, dict(written, stale=False)),
+        )
+        # No collector refreshed it for 3 intervals (it died): it must not look online.
+        for updated in (iso_time(time.time() - 3 * STATUS_INTERVAL - 1), None, "garbage"):
+            written["updated"] = updated
+            self.sync.hset(keys.DEVICE_STATUS % "1", "status", json.dumps(written))
+            status, body = yield self.call("GET", "/api/v1/devices/1/status")
+            self.assertEqual((status, body["state"], body["stale"]), (200, "online", True))
         self.sync.hset(keys.DEVICE_STATUS % "1", "status", "{broken")
         status, body = yield self.call("GET", "/api/v1/devices/1/status")
         self.assertEqual((status, body["state"]), (200, "unknown"))

@@ -1,19 +1,26 @@
 """The ingest path's bounds: pause on overload, buffer on outage, flush on stop.
 
 The Redis side is a scripted stand-in here (each script call is a Deferred the test
-fires); `test_manager` runs the same code against a real redis-server.
+fires); `test_manager` runs the same code against a real redis-server, and
+`NotTopicalScriptTests` runs the NT marks of ingest.lua on one (and on MemoryRedis).
 """
 
 import json
 
-from twisted.internet import defer
+import redis as redis_py
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from pydatacoll.config import load_settings
 from pydatacoll.devices import ingest
 from pydatacoll.devices.ingest import RedisIngest, encode
 from pydatacoll.errors import StoreUnavailable
 from pydatacoll.model import Sample
+from pydatacoll.store import keys
+from pydatacoll.store.redis import RedisClient
+from pydatacoll.testing.memory import MemoryRedis
+from pydatacoll.testing.redis import shared_redis
 
 
 class ScriptedRedis:
@@ -161,3 +168,185 @@ class IngestTests(SynchronousTestCase):
             self.assertEqual(json.loads(encode(sample, ingest._Times())), expected)
             if sample.value == sample.value:
                 self.assertEqual(json.loads(encode(sample, ingest._Times())), sample.to_json())
+
+
+class MarkOrderTests(SynchronousTestCase):
+    def setUp(self):
+        self.patch(ingest, "BATCH", 10)
+        self.redis = ScriptedRedis()
+        self.clock = Clock()
+        self.ingest = RedisIngest(self.redis, self.clock, 100, 100)
+        self.ingest.startService()
+
+    def layout(self, args):
+        """(device_id, n) of each segment of a script call."""
+        segments, i = [], 3
+        while i < len(args):
+            device_id, n = args[i], args[i + 1]
+            segments.append((device_id, n))
+            i += 2 + 3 * max(n, 0)
+        return segments
+
+    def test_a_mark_keeps_its_place_across_a_failure(self):
+        self.ingest.samples_received(samples(5))
+        self.ingest.mark_not_topical("d")
+        self.ingest.samples_received(samples(3, 5))
+        self.clock.advance(ingest.LINGER)
+        self.assertEqual(self.layout(self.redis.calls[0][0]), [("d", 5), ("d", -1), ("d", 3)])
+        self.redis.fail()
+        self.clock.advance(0.5)
+        args = self.redis.answer()
+        self.assertEqual(self.layout(args), [("d", 5), ("d", -1), ("d", 3)])
+        self.assertEqual(self.ingest.status()["marks_written"], 1)
+
+    def test_marks_split_batches_and_outlive_drops(self):
+        self.ingest.samples_received(samples(15))  # two batches of 10 and 5
+        self.ingest.mark_not_topical("d")
+        self.ingest.mark_not_topical("e")  # no sample: a batch of marks only
+        self.assertEqual(self.layout(self.redis.answer()), [("d", 10)])
+        self.assertEqual(self.layout(self.redis.answer()), [("d", 5)])  # sent before the marks
+        self.assertEqual(self.layout(self.redis.answer()), [("d", -1), ("e", -1)])
+        self.assertEqual(self.redis.calls, [])
+        # An outage longer than the buffer drops samples, never the marks.
+        self.ingest.samples_received(samples(5))
+        self.clock.advance(ingest.LINGER)
+        self.ingest.mark_not_topical("d")
+        self.redis.fail()
+        self.ingest.samples_received(samples(100, 5))  # the buffer holds 100
+        self.clock.advance(0.5)
+        layouts = []
+        while self.redis.calls:
+            layouts += self.layout(self.redis.answer())
+        self.assertEqual(layouts[0], ("d", -1))
+        self.assertEqual(sum(n for _, n in layouts if n > 0), 100)
+
+
+class NotTopicalScriptTests(TestCase):
+    """The NT mark of ingest.lua against a real redis-server, and MemoryRedis alike."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        server = shared_redis()
+        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
+        self.addCleanup(self.sync.close)
+        self.sync.flushall()
+        settings = load_settings(None, {"redis": server.url})
+        self.client = RedisClient(settings.redis, timeout=2, pool_size=1)
+        self.client.startService()
+        self.addCleanup(self.client.stopService)
+        yield self.client.when_connected()
+        self.pubsub = self.sync.pubsub()
+        self.addCleanup(self.pubsub.close)
+        self.pubsub.psubscribe("CHANNEL:DEVICE_*")
+        self.pubsub.get_message(timeout=1)  # the subscription's confirmation
+
+    @defer.inlineCallbacks
+    def run_ingest(self, redis):
+        """Samples of d (one looks like our own JSON), a mark, then a fresh one; e untouched."""
+        yield redis.call("set", keys.CONFIG_VERSION, "1")
+        sink = RedisIngest(redis, reactor, 100, 1000)
+        sink.settled_version = "1"  # every point is where it is configured
+        sink.startService()
+        sink.samples_received(
+            [
+                Sample("d", "t", "a", 1.25, receive_time=1.5),
+                Sample("d", "t", "b", '","quality":"good","flags":[],', receive_time=1.5),
+                Sample("d", "t", "c", 3, "questionable", ("SB",), receive_time=1.5),
+                Sample("d", "t", "n", None, "invalid", ("NT", "IV"), receive_time=1.5),
+                Sample("e", "t", "a", 9.0, receive_time=1.5),
+            ]
+        )
+        sink.mark_not_topical("d")
+        sink.samples_received([Sample("d", "t", "fresh", 5.0, receive_time=2.5)])
+        yield sink.stopService()  # writes everything waiting
+        self.assertEqual(sink.status()["marks_written"], 1)
+
+    def stored(self, hgetall):
+        return {
+            device: {k: json.loads(v) for k, v in hgetall(keys.DEVICE_VALUES % device).items()}
+            for device in ("d", "e")
+        }
+
+    @defer.inlineCallbacks
+    def test_mark_in_real_redis(self):
+        yield self.run_ingest(self.client)
+        values = self.stored(self.sync.hgetall)["d"]
+        self.assertEqual(
+            {k: (v["value"], v["quality"], v["flags"]) for k, v in values.items()},
+            {
+                "t:a": (1.25, "questionable", ["NT"]),
+                "t:b": ('","quality":"good","flags":[],', "questionable", ["NT"]),
+                "t:c": (3, "questionable", ["SB", "NT"]),
+                "t:n": (None, "invalid", ["NT", "IV"]),  # NT already: left as it was
+                "t:fresh": (5.0, "good", []),  # arrived after the mark
+            },
+        )
+        self.assertEqual(self.stored(self.sync.hgetall)["e"]["t:a"]["flags"], [])
+        messages = []
+        while (message := self.pubsub.get_message(timeout=0.5)) is not None:
+            messages.append((message["channel"], json.loads(message["data"])))
+        marked = [
+            body for channel, body in messages if channel == keys.DEVICE_DATA % ("d", "t", "a")
+        ]
+        self.assertEqual([m["flags"] for m in marked], [[], ["NT"]])
+        self.assertEqual(marked[1]["receive_time"], marked[0]["receive_time"])
+        # The samples' histories are untouched by the mark (it is not a new sample).
+        self.assertEqual(self.sync.xlen(keys.POINT_DATA % ("d", "t", "a")), 1)
+
+    @defer.inlineCallbacks
+    def test_memory_store_agrees(self):
+        yield self.run_ingest(self.client)
+        memory = MemoryRedis()
+        yield self.run_ingest(memory)
+        self.assertEqual(self.stored(memory._hgetall), self.stored(self.sync.hgetall))
+
+
+class LoopNeverDiesTests(SynchronousTestCase):
+    def setUp(self):
+        self.redis = ScriptedRedis()
+        self.clock = Clock()
+        self.ingest = RedisIngest(self.redis, self.clock, 100, 100)
+        self.ingest.startService()
+
+    def test_a_device_time_out_of_range_is_stored_as_no_time(self):
+        times = ingest._Times()
+        for bad in (float("nan"), 1e20, float("inf")):
+            stored = json.loads(encode(Sample("d", "t", "i", 1.0, source_time=bad), times))
+            self.assertEqual((stored["value"], stored["source_time"]), (1.0, None))
+
+    def test_a_batch_that_cannot_be_encoded_does_not_stop_the_path(self):
+        real = ingest.encode
+
+        def broken(sample, times):
+            if sample.item_id == "bad":
+                raise RuntimeError("a bug")
+            return real(sample, times)
+
+        self.patch(ingest, "encode", broken)
+        self.ingest.samples_received([Sample("d", "t", "bad", 1.0)])
+        self.clock.advance(ingest.LINGER)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.ingest.samples_received([Sample("d", "t", "good", 2.0)])
+        self.clock.advance(5)
+        self.assertEqual(len(self.redis.calls), 1)
+        self.assertEqual(self.redis.answer()[4:7], [1, "t", "good"])
+
+
+class ReconnectTests(SynchronousTestCase):
+    def test_writes_as_soon_as_redis_is_back_not_at_the_end_of_the_backoff(self):
+        clock = Clock()
+        store = MemoryRedis()
+        store._set(keys.CONFIG_VERSION, "1")
+        sink = RedisIngest(store, clock, 100, 1000)
+        sink.settled_version = "1"
+        sink.startService()
+        store.down()
+        sink.samples_received([Sample("d", "t", "i", 1.0, receive_time=1.5)])
+        for _ in range(6):  # 15 s of outage: the backoff has grown to 5 s
+            clock.advance(2.5)
+        self.assertEqual(sink.status()["buffered"], 1)
+        store.up()  # the connection is back: no waiting for the timer
+        self.assertEqual((sink.status()["written"], sink.status()["buffered"]), (1, 0))
+        self.assertIn("t:i", store._hgetall(keys.DEVICE_VALUES % "d"))

@@ -268,6 +268,14 @@ class SplitTests(SynchronousTestCase):
             30,
             what="the device online in the API's metrics",
         )
+        # the status is written the moment the link is up, then again with its counts
+        wait(
+            lambda: value(
+                metrics(api.base + "/metrics"), "pydatacoll_device_samples_total", **device
+            ),
+            10,
+            what="the device's samples in the API's metrics",
+        )
         m = metrics(api.base + "/metrics")
         self.assertGreater(value(m, "pydatacoll_device_samples_total", **device), 0)
         self.assertIsNone(value(m, "pydatacoll_ingest_samples_written_total"))

@@ -1,0 +1,287 @@
+"""An in-memory stand-in for `pydatacoll.store.redis.RedisClient`, with a failure switch.
+
+For fast, deterministic tests of everything that waits on Redis: the store can be taken
+down and brought back at any moment (``down()`` / ``up()``), or made to fail its next
+calls (``fail_next``), so the bad orderings (Redis absent at start, lost mid-way, back
+late) are inputs of a test on a `twisted.internet.task.Clock`. Like the real client it
+fails at once with `StoreUnavailable` while down, and ``when_connected`` fires when it
+is up. It covers the commands the collector uses (strings, hashes, sets, lists,
+PUBLISH, and the ingest and status scripts, emulated in Python); a command it does not
+know raises `NotImplementedError`, so a test never passes on a command that silently did
+nothing. Streams are lists of ``(id, fields)``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from pydatacoll.config import RedisAddress
+from pydatacoll.errors import StoreUnavailable
+
+
+class MemoryRedis:
+    """Strings, hashes, sets and lists in dicts; ``published`` records every PUBLISH."""
+
+    def __init__(self, *, connected: bool = True) -> None:
+        self.data: dict[str, Any] = {}
+        self.published: list[tuple[str, str]] = []
+        #: Called with (channel, message) on every PUBLISH (a test's subscriber).
+        self.listeners: list[Callable[[str, str], None]] = []
+        #: Every call made, as (command, args), failed ones included.
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.address = RedisAddress(host="127.0.0.1", port=0)
+        self._up = connected
+        self._fail: dict[str, int] = {}
+        self._waiters: list[Deferred[None]] = []
+        #: Lua scripts by SHA1 -> a Python emulation ``(store, keys, args) -> reply``.
+        self.scripts: dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]] = _scripts()
+        self._stream_ids = 0
+
+    # -- the failure switch ----------------------------------------------------------------
+    def down(self) -> None:
+        """Redis is gone: every call fails at once with `StoreUnavailable`."""
+        self._up = False
+
+    def up(self) -> None:
+        """Redis is back: calls work and ``when_connected`` waiters fire."""
+        self._up = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def fail_next(self, command: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``command`` ("*" for any) fail with StoreUnavailable."""
+        self._fail[command.lower()] = self._fail.get(command.lower(), 0) + times
+
+    # -- what RedisClient offers -----------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether calls work now."""
+        return self._up
+
+    def when_ready(self) -> Deferred[None]:
+        """Never fires: there is no server to subscribe to (tests drive subscriptions)."""
+        return Deferred()
+
+    def when_connected(self) -> Deferred[None]:
+        """Fires when the store is up."""
+        if self._up:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def call(self, command: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Run ``command`` on the dicts; fails at once while down."""
+        name = command.lower()
+        self.calls.append((name, args))
+        for key in (name, "*"):
+            if self._fail.get(key):
+                self._fail[key] -= 1
+                return fail(StoreUnavailable(f"Redis is not reachable (failing {name} on demand)"))
+        if not self._up:
+            return fail(StoreUnavailable("Redis is not reachable"))
+        handler = getattr(self, "_" + name, None)
+        if handler is None:
+            raise NotImplementedError(f"MemoryRedis has no {command}")
+        try:
+            return succeed(handler(*args, **kwargs))
+        except Exception as e:
+            return fail(e)
+
+    # -- commands ----------------------------------------------------------------------------
+    def _typed(self, key: str, kind: type) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            value = self.data[key] = kind()
+        if not isinstance(value, kind):
+            raise TypeError("WRONGTYPE Operation against a key holding the wrong kind of value")
+        return value
+
+    def _get(self, key: str) -> Any:
+        value = self.data.get(key)
+        return value if value is None or isinstance(value, str) else self._typed(key, str)
+
+    def _set(self, key: str, value: Any) -> str:
+        self.data[key] = str(value)
+        return "OK"
+
+    def _incr(self, key: str) -> int:
+        value = int(self.data.get(key) or 0) + 1
+        self.data[key] = str(value)
+        return value
+
+    def _delete(self, keys: Any) -> int:
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        return sum(self.data.pop(k, None) is not None for k in keys)
+
+    def _keys(self, pattern: str = "*") -> list[str]:
+        return sorted(k for k in self.data if fnmatch.fnmatchcase(k, pattern))
+
+    def _hset(self, key: str, field: str, value: Any) -> int:
+        h = self._typed(key, dict)
+        new = field not in h
+        h[field] = str(value)
+        return int(new)
+
+    def _hmset(self, key: str, mapping: dict[str, Any]) -> str:
+        self._typed(key, dict).update({f: str(v) for f, v in mapping.items()})
+        return "OK"
+
+    def _hget(self, key: str, field: str) -> Any:
+        return dict(self.data.get(key) or {}).get(field)
+
+    def _hgetall(self, key: str) -> dict[str, str]:
+        return dict(self.data.get(key) or {})
+
+    def _hdel(self, key: str, fields: Any) -> int:
+        h = self._typed(key, dict)
+        fields = [fields] if isinstance(fields, str) else list(fields)
+        return sum(h.pop(f, None) is not None for f in fields)
+
+    def _sadd(self, key: str, members: Any) -> int:
+        s = self._typed(key, set)
+        members = [members] if isinstance(members, str) else list(members)
+        before = len(s)
+        s.update(str(m) for m in members)
+        return len(s) - before
+
+    def _srem(self, key: str, members: Any) -> int:
+        s = self._typed(key, set)
+        members = [members] if isinstance(members, str) else list(members)
+        before = len(s)
+        s.difference_update(members)
+        return before - len(s)
+
+    def _smembers(self, key: str) -> set[str]:
+        return set(self.data.get(key) or ())
+
+    def _rpush(self, key: str, values: Any) -> int:
+        lst = self._typed(key, list)
+        lst.extend([values] if isinstance(values, str) else values)
+        return len(lst)
+
+    def _ltrim(self, key: str, start: int, end: int) -> str:
+        lst = self._typed(key, list)
+        n = len(lst)
+        start = max(start + n if start < 0 else start, 0)
+        end = end + n if end < 0 else end
+        lst[:] = lst[start : end + 1]
+        return "OK"
+
+    def _lrange(self, key: str, start: int, end: int) -> list[str]:
+        lst = list(self.data.get(key) or [])
+        n = len(lst)
+        start = max(start + n if start < 0 else start, 0)
+        end = end + n if end < 0 else end
+        return lst[start : end + 1]
+
+    def _publish(self, channel: str, message: str) -> int:
+        self.published.append((channel, message))
+        for listener in list(self.listeners):
+            listener(channel, message)
+        return len(self.listeners)
+
+    def _evalsha(self, sha: str, keys: Any, args: Any) -> Any:
+        script = self.scripts.get(sha)
+        if script is None:
+            raise RuntimeError("NOSCRIPT No matching script. Please use EVAL.")
+        return script(self, keys, [str(a) for a in args])
+
+    def _eval(self, text: str, keys: Any, args: Any) -> Any:
+        sha = hashlib.sha1(text.encode()).hexdigest()
+        if sha not in self.scripts:
+            raise NotImplementedError("MemoryRedis has no emulation of this script")
+        return self._evalsha(sha, keys, args)
+
+    def _xadd(self, key: str, fields: dict[str, str], maxlen: int | None = None) -> str:
+        stream = self._typed(key, list)
+        self._stream_ids += 1
+        entry_id = f"{self._stream_ids}-0"
+        stream.append((entry_id, dict(fields)))
+        if maxlen is not None and len(stream) > maxlen:
+            del stream[: len(stream) - maxlen]
+        return entry_id
+
+    def _xrange(self, key: str, start: str = "-", end: str = "+") -> list[Any]:
+        return list(self.data.get(key) or [])
+
+
+# -- the scripts, emulated -----------------------------------------------------------------
+
+_STORED = re.compile(r'^(.*),"quality":"([A-Za-z]+)","flags":\[(.*?)\],(.*)$', re.DOTALL)
+
+
+def _status_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/status.lua: HSET each status and PUBLISH it."""
+    for i in range(2, len(args), 2):
+        store._hset(args[0] % args[i], "status", args[i + 1])
+        store._publish(args[1] % args[i], args[i + 1])
+    return (len(args) - 2) // 2
+
+
+def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
+    """store/ingest.lua: latest values, bounded history, publications, NT marks."""
+    t = json.loads(args[0])
+    maxlen, settled = int(args[1]), args[2]
+    check = settled == "" or store._get(t["config_version"]) != settled
+    written = skipped = 0
+    i = 3
+    while i < len(args):
+        device, n = args[i], int(args[i + 1])
+        i += 2
+        prefix = '{"device_id":"' + device + '","term_id":"'
+        values = t["device_values"] % device
+        if n < 0:
+            messages = []
+            for point, sample in sorted(store._hgetall(values).items()):
+                match = _STORED.match(sample)
+                if match is None or '"NT"' in match.group(3):
+                    continue
+                head, quality, flags, tail = match.groups()
+                quality = "questionable" if quality == "good" else quality
+                flags = flags + ',"NT"' if flags else '"NT"'
+                text = f'{head},"quality":"{quality}","flags":[{flags}],{tail}'
+                store._hset(values, point, text)
+                term, _, item = point.partition(":")
+                message = prefix + term + '","item_id":"' + item + '",' + text[1:]
+                store._publish(t["device_data"] % (device, term, item), message)
+                messages.append(message)
+            if messages:
+                body = '{"device_id":"' + device + '","samples":[' + ",".join(messages) + "]}"
+                store._publish(t["device_samples"] % device, body)
+            continue
+        messages = []
+        for _ in range(n):
+            term, item, sample = args[i], args[i + 1], args[i + 2]
+            i += 3
+            owner = store._hget(t["term_item"] % (term, item), "device_id")
+            if check and owner != json.dumps(device):
+                skipped += 1
+                continue
+            store._hset(values, f"{term}:{item}", sample)
+            entry_id = store._xadd(
+                t["point_data"] % (device, term, item), {"sample": sample}, maxlen
+            )
+            message = f'{prefix}{term}","item_id":"{item}","id":"{entry_id}",{sample[1:]}'
+            store._publish(t["device_data"] % (device, term, item), message)
+            messages.append(message)
+            written += 1
+        if messages:
+            body = '{"device_id":"' + device + '","samples":[' + ",".join(messages) + "]}"
+            store._publish(t["device_samples"] % device, body)
+    return [written, skipped]
+
+
+def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.devices import ingest
+    from pydatacoll.store import status
+
+    return {ingest._SHA: _ingest_script, status._SHA: _status_script}
