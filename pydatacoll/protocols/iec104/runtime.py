@@ -194,6 +194,15 @@ def check_device(device: Device) -> None:
     parse_device(device)
 
 
+def check_point(device: Device, term: Term, term_item: TermItem) -> None:
+    """Refuse a point an ``iec104`` device could not map: it needs its IOA."""
+    if term_item.protocol_code is None:
+        raise errors.ValidationError(
+            "protocol_code (the information object address) is required for an iec104 point",
+            field="protocol_code",
+        )
+
+
 def point_map(
     terms: Iterable[Term], term_items: Iterable[TermItem]
 ) -> tuple[dict[tuple[int, int], list[PointRef]], dict[tuple[str, str], tuple[int, int]]]:
