@@ -89,6 +89,6 @@ def _add_api(
         clock=reactor,
         history=history_reader(settings, reactor),
     )
-    api_service = strports.service(settings.api_endpoint, api.site(), reactor=reactor)
+    api_service = strports.service(settings.api_listen, api.site(), reactor=reactor)
     api_service.setName("api")
     api_service.setServiceParent(root)

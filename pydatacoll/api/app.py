@@ -127,6 +127,9 @@ class ApiApp:
         if isinstance(error, errors.ApiError):
             if isinstance(error, errors.Unauthorized):
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="pydatacoll"')
+            retry_after = getattr(error, "retry_after", None)
+            if retry_after is not None:
+                request.setHeader(b"Retry-After", str(retry_after).encode())
             return _json(request, error.status, error.to_json())
         if isinstance(error, HTTPException):
             code = error.code or 500

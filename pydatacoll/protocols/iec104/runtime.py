@@ -438,11 +438,14 @@ class Iec104Runtime(Service):
     def status(self) -> dict[str, Any]:
         """Link state and counters, points updated, last value time."""
         status = self.client.status()
+        state = status.pop("state")
         return {
             "protocol": "iec104",
-            "state": status.pop("state"),
+            "state": state,
             "since": status.pop("since"),
             "last_error": status.get("last_error"),
+            "reason": None if state == "started" else status.get("last_error"),
+            "retries_since_healthy": status.get("retries_since_healthy"),
             "points_updated": self.points_updated,
             "last_value_time": self.last_value_time,
             "counters": status,

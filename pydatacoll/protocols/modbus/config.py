@@ -34,8 +34,8 @@ SETTINGS: dict[str, tuple[Field, Any]] = {
         (Field("connect_pause", "number", "seconds to wait after connecting", minimum=0,
                maximum=60), 0.0),
         (Field("silent_timeouts", "integer",
-               "consecutive timeouts with nothing received before the link is dropped "
-               "(0: never)", minimum=0, maximum=1000), 3),
+               "consecutive timeouts without a valid response before the link is "
+               "dropped (0: never)", minimum=0, maximum=1000), 3),
         (Field("scan_interval", "number", "default seconds between scans", minimum=0.01,
                maximum=86400), 1.0),
         (Field("byte_order", "string", "default byte order of multi-byte points",

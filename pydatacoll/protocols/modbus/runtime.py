@@ -183,11 +183,24 @@ class ModbusRuntime(Service):
         """Link state and counters, scans, points updated, last value time."""
         stats = self.driver.stats()
         link = stats.get("link", {})
+        state = link.get("state", "unknown")
+        reason = link.get("reason")
+        if state == "connected":
+            # Online only once the device has answered a request on this connection:
+            # a peer that accepts and then answers garbage is not online.
+            problems = self.driver.link.stats.problems()
+            if link.get("answered"):
+                state = "online"
+            elif problems is not None:
+                state = "error"
+                reason = f"connected, but no valid response: {problems}"
         return {
             "protocol": "modbus",
-            "state": link.get("state", "unknown"),
+            "state": state,
+            "reason": reason,
             "since": link.get("since"),
             "last_error": link.get("last_error"),
+            "retries_since_healthy": self.driver.link.backoff.failures,
             "points_updated": self.points_updated,
             "last_value_time": self.last_value_time,
             "bad_points": [
