@@ -410,3 +410,67 @@ class BadPointTests(_Base):
         )
         self.assertEqual(self.manager.device_status("m1")["state"], "online")
         self.assertIsNone(value("no_address"))
+
+
+class OverloadTests(_Base):
+    @defer.inlineCallbacks
+    def test_past_256_requests_in_flight_the_answer_is_overloaded(self):
+        from pydatacoll.devices.manager import MAX_REQUESTS
+        from pydatacoll.testing import hostile
+
+        listening, peer = yield hostile.listen(reactor, "modbus", "silent")
+        self.addCleanup(listening.stopListening)
+        device = Device.from_json(
+            {
+                "id": "m1",
+                "protocol": "modbus",
+                "ip": "127.0.0.1",
+                "port": listening.getHost().port,
+                "timeout": 30,
+                "scan_interval": 3600,
+                "max_queue": 1000,
+            }
+        )
+        term = Term.from_json({"id": "t1", "device_id": "m1", "address": 1})
+        yield self.store.apply([op("create", device)])
+        yield self.store.apply([op("create", term), op("create", Item.from_json({"id": "v"}))])
+        yield self.store.apply(
+            [
+                op(
+                    "create",
+                    TermItem.from_json({"term_id": "t1", "item_id": "v", "protocol_code": 0}),
+                )
+            ]
+        )
+        yield self.start_manager()
+        yield until(lambda: peer.open, what="the collector connected to the silent peer")
+        pubsub = self.sync.pubsub()
+        pubsub.psubscribe(keys.REPLY % ("burst", "*"))
+        self.addCleanup(pubsub.close)
+        pubsub.get_message(timeout=1)
+        for n in range(MAX_REQUESTS + 1):
+            message = {
+                "request_id": str(n),
+                "device_id": "m1",
+                "term_id": "t1",
+                "item_id": "v",
+                "reply_to": keys.REPLY % ("burst", n),
+                "deadline": reactor.seconds() + 60,
+            }
+            self.sync.publish(keys.DEVICE_CALL, json.dumps(message))
+
+        def poll():
+            message = pubsub.get_message(timeout=0)
+            return (
+                json.loads(message["data"]) if message and message["type"] == "pmessage" else None
+            )
+
+        reply = yield until(poll, what="the overload answer")
+        # the 256 before it wait for the silent device; the one past them is not queued
+        self.assertEqual(
+            (reply["request_id"], reply["outcome"], reply["ok"]),
+            (str(MAX_REQUESTS), "overloaded", False),
+        )
+        self.assertIn("256 requests", reply["message"])
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertIsNone(poll())
