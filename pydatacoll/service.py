@@ -16,7 +16,7 @@ from pydatacoll.config import Settings
 from pydatacoll.devices.collector import make_collector
 from pydatacoll.processing.history import history_reader
 from pydatacoll.store.config import ConfigStore
-from pydatacoll.store.embedded import EmbeddedRedis, find_redis_server
+from pydatacoll.store.embedded import DataDirLock, EmbeddedRedis, find_redis_server
 from pydatacoll.store.redis import RedisClient
 
 
@@ -51,9 +51,12 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     root = OrderedService()
     embedded = None
     if settings.embedded_redis:
-        embedded = EmbeddedRedis(
-            reactor, find_redis_server(settings.redis_server), settings.data_dir
-        )
+        binary = find_redis_server(settings.redis_server)
+        # Locked now, before twistd daemonizes: a second daemon on this data dir exits
+        # with the message (EmbeddedRedisError) and the first is left untouched.
+        lock = DataDirLock(settings.data_dir)
+        lock.acquire()
+        embedded = EmbeddedRedis(reactor, binary, settings.data_dir, lock=lock)
         embedded.setName("redis-server")
         embedded.setServiceParent(root)
     client = RedisClient(
