@@ -1,10 +1,11 @@
 """Hostile peers: a Modbus TCP server and an IEC 104 RTU that accept our connection and
 then misbehave in one chosen way, for tests, drills and benchmarks.
 
-Run ``python -m pydatacoll.testing.hostile modbus wrong_tid --port 5020`` (or ``iec104
-sequence``...) and point a device at it; it prints ``listening HOST PORT`` when ready and
-one line per accepted connection (``connection N at T``) so that a test can see how
-often the collector comes back. Behaviours:
+Run ``python -m pydatacoll.testing.hostile modbus:wrong_tid iec104:sequence ...`` (one
+peer per argument, ``--port`` for the first one's port, the next ones follow; 0: any)
+and point devices at them; it prints ``listening PROTOCOL:BEHAVIOUR HOST PORT`` for each
+when ready, then one line per accepted connection (``connection PROTOCOL:BEHAVIOUR N at
+T``) so that a test can see how often the collector comes back. Behaviours:
 
 Modbus (the server answers every request):
 
@@ -73,6 +74,7 @@ class HostileFactory(Factory):
         self.drip = drip
         self.rate = rate
         self.announce = announce
+        self.label = f"{protocol}:{behaviour}"
         #: When each connection was accepted (clock seconds).
         self.connections: list[float] = []
         self.open: set[Protocol] = set()
@@ -81,7 +83,10 @@ class HostileFactory(Factory):
         """A new hostile peer for this connection."""
         self.connections.append(self.clock.seconds())
         if self.announce:
-            print(f"connection {len(self.connections)} at {self.clock.seconds():.3f}", flush=True)
+            print(
+                f"connection {self.label} {len(self.connections)} at {self.clock.seconds():.3f}",
+                flush=True,
+            )
         peer = HostileModbus(self) if self.protocol_name == "modbus" else HostileIec104(self)
         return peer
 
@@ -248,33 +253,44 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pydatacoll.testing.hostile", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("protocol", choices=("modbus", "iec104"))
-    parser.add_argument("behaviour")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "peers", nargs="+", help="PROTOCOL:BEHAVIOUR, e.g. modbus:wrong_tid iec104:sequence"
+    )
+    parser.add_argument("--port", type=int, default=0, help="of the first peer (0: any)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--drip", type=float, default=1.0, help="seconds per byte")
     parser.add_argument("--rate", type=float, default=50.0, help="bad frames per second")
     args = parser.parse_args(argv)
     from twisted.internet import reactor
+    from twisted.internet.defer import gatherResults
 
-    def ready(result: tuple[IListeningPort, HostileFactory]) -> None:
-        print(f"listening 127.0.0.1 {result[0].getHost().port}", flush=True)  # type: ignore[attr-defined]
+    listening = []
+    for index, spec in enumerate(args.peers):
+        protocol, _, behaviour = spec.partition(":")
+        if protocol not in ("modbus", "iec104"):
+            parser.error(f"{spec}: the protocol is modbus or iec104")
+        try:
+            factory = HostileFactory(
+                protocol, behaviour, reactor, seed=args.seed + index, drip=args.drip,
+                rate=args.rate, announce=True,
+            )  # fmt: skip
+        except ValueError as e:
+            parser.error(f"{spec}: {e}")
+        factory.label = spec
+        port = args.port + index if args.port else 0
+        endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+        listening.append(endpoint.listen(factory))
+
+    def ready(ports: list[IListeningPort]) -> None:
+        for spec, port in zip(args.peers, ports, strict=True):
+            address: Any = port.getHost()
+            print(f"listening {spec} 127.0.0.1 {address.port}", flush=True)
 
     def failed(failure: Failure) -> None:
         print(failure.getErrorMessage(), file=sys.stderr)
         reactor.stop()  # type: ignore[attr-defined]
 
-    d = listen(
-        reactor,
-        args.protocol,
-        args.behaviour,
-        args.port,
-        seed=args.seed,
-        drip=args.drip,
-        rate=args.rate,
-        announce=True,
-    )
-    d.addCallbacks(ready, failed)
+    gatherResults(listening, consumeErrors=True).addCallbacks(ready, failed)
     reactor.run()  # type: ignore[attr-defined]
 
 
