@@ -118,8 +118,7 @@ class Iec104Link(Protocol):
         self.counters = counters if counters is not None else LinkCounters()
         #: Per-frame complaints (skipped ASDUs...) are rate-limited: a peer sending 50 bad
         #: frames a second writes one line per window, not 50. Shared across reconnects
-        #: when the supervisor passes its own; a link's own is flushed when it closes.
-        self._own_limiter = limiter is None
+        #: when the supervisor passes its own; flushed when the connection closes.
         self.limiter = limiter if limiter is not None else RateLimitedLog(self.log, clock)
         self.state = LinkState.CONNECTING
         #: Optional observer of every frame: (direction "rx"/"tx", octets).
@@ -153,8 +152,9 @@ class Iec104Link(Protocol):
                 call.cancel()
         self._timers.clear()
         self._queue.clear()
-        if self._own_limiter:
-            self.limiter.flush()
+        # The counts of this connection's complaints are logged with its end (and no
+        # summary timer outlives it).
+        self.limiter.flush()
         self.link_lost(reason)
 
     def dataReceived(self, data: bytes) -> None:

@@ -185,6 +185,7 @@ class ModbusClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Fail every queued and pending request: their answers can no longer come."""
         self.connected = False
+        self.limiter.flush()  # this connection's complaints are counted with its end
         if not self.stats.answered:
             problems = self.stats.problems()
             self.stats.reason = (
