@@ -12,7 +12,6 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
@@ -22,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pydatacoll.errors import ModbusNotConnected
+from pydatacoll.logs import quiet_client_service
 from pydatacoll.protocols.faults import HEALTHY_AFTER, LinkBackoff, RateLimitedLog
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.client import LinkStats, ModbusClientProtocol
@@ -59,6 +59,8 @@ class _ObservedEndpoint:
 
 
 class _LinkFactory(Factory):
+    noisy = False  # no "Starting factory <...>" per attempt; the link logs its states
+
     def __init__(self, link: ModbusLink) -> None:
         self.link = link
 
@@ -102,7 +104,7 @@ class ModbusLink(Service):
         )
         #: Per-frame complaints of all this link's connections, rate-limited.
         self.limiter = RateLimitedLog(self.log, clock)
-        self._service = ClientService(
+        self._service = quiet_client_service(
             _ObservedEndpoint(endpoint, self),
             _LinkFactory(self),
             retryPolicy=self.backoff,
