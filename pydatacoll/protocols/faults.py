@@ -1,5 +1,6 @@
 """What the protocol links share against misbehaving peers: a retry policy that only
-forgets failures once a link has proved healthy, and a rate limit for per-frame log lines.
+forgets failures once a link has proved healthy (per-frame log lines are rate-limited with
+`pydatacoll.logs.RateLimitedLog`).
 
 Twisted's `ClientService` counts failed attempts but resets the count on every successful
 TCP connect, so a peer that accepts and then sends garbage would be reconnected at the
@@ -12,15 +13,11 @@ con) and then the connection staying up that long.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
 #: Seconds a link must stay up after its first good exchange to count as healthy.
 HEALTHY_AFTER = 10.0
-#: Seconds of one log window: the first event logs, the rest are counted, then summed up.
-LOG_INTERVAL = 10.0
 
 
 class LinkBackoff:
@@ -63,49 +60,3 @@ class LinkBackoff:
     def _healthy(self) -> None:
         self._timer = None
         self.failures = 0
-
-
-class RateLimitedLog:
-    """One log line per ``interval`` for a kind of event, then one line with the count.
-
-    The first event of a window is logged at once; the others in that window are
-    counted, and when the window ends one line says how many more there were.
-    """
-
-    def __init__(self, log: Logger, clock: IReactorTime, interval: float = LOG_INTERVAL) -> None:
-        self.log = log
-        self.clock = clock
-        self.interval = interval
-        #: kind -> [events suppressed, the summary timer, the summary format, its fields]
-        self._windows: dict[str, list[Any]] = {}
-        #: Events counted but not logged, over the limiter's life.
-        self.suppressed = 0
-
-    def emit(self, kind: str, level: str, text: str, summary: str, **fields: Any) -> None:
-        """Log ``text`` unless ``kind`` was logged in this window; count it then.
-
-        ``summary`` is the format of the window's closing line; it gets ``{more}`` (the
-        count) and ``{interval}`` besides ``fields``.
-        """
-        window = self._windows.get(kind)
-        if window is not None:
-            window[0] += 1
-            window[3] = fields
-            self.suppressed += 1
-            return
-        getattr(self.log, level)(text, **fields)
-        timer = self.clock.callLater(self.interval, self._close, kind)
-        self._windows[kind] = [0, timer, summary, fields]
-
-    def _close(self, kind: str) -> None:
-        more, _, summary, fields = self._windows.pop(kind)
-        if more:
-            self.log.warn(summary, more=more, interval=self.interval, **fields)
-
-    def flush(self) -> None:
-        """Close every window now (the link is gone): its counts are logged."""
-        for kind in list(self._windows):
-            timer = self._windows[kind][1]
-            if timer.active():
-                timer.cancel()
-            self._close(kind)

@@ -20,7 +20,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from pydatacoll.model import Device, Term, TermItem
-from pydatacoll.protocols.faults import LinkBackoff, RateLimitedLog
+from pydatacoll.protocols.faults import LinkBackoff
 from pydatacoll.protocols.iec104.apci import UFunction, encode_i, encode_u
 from pydatacoll.protocols.iec104.client import Iec104Client, Iec104Master, StationParams, backoff
 from pydatacoll.protocols.iec104.link import LinkState
@@ -256,10 +256,10 @@ class Iec104HostileTests(SynchronousTestCase):
             self.assertEqual(states[-1], LinkState.STARTED)
             self.assertGreater(status["asdus_skipped"], 2500, behaviour)
             lines = [e for e in events if word in e["log_format"]]
-            # one line, then one "N more" line per 10 s window: 6 + 6, not 3000
+            # one line, then one "(N more like it in 10 s)" line per window: not 3000
             self.assertLessEqual(len(lines), 14, behaviour)
-            summaries = [e for e in lines if "more" in e["log_format"]]
-            self.assertGreater(sum(e["more"] for e in summaries), 2400, behaviour)
+            summaries = [e for e in lines if "rate_limited_count" in e]
+            self.assertGreater(sum(e["rate_limited_count"] for e in summaries), 2400, behaviour)
 
     def test_first_retry_is_one_second(self):
         policy = backoff(initial=1, maximum=60, factor=2, jitter=0.25)
@@ -284,24 +284,24 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(policy(1), 1.0)
 
 
-class RateLimitTests(SynchronousTestCase):
-    def test_one_line_per_window_then_the_count(self):
+class RateLimitFlushTests(SynchronousTestCase):
+    def test_flush_writes_the_counts_of_a_closed_connection(self):
+        from twisted.logger import Logger, LogLevel
+
+        from pydatacoll.logs import RateLimitedLog
+
         clock = Clock()
         log = LogCapture(self)
-        from twisted.logger import Logger
-
         limiter = RateLimitedLog(Logger(namespace="pydatacoll.test"), clock, interval=10)
         for n in range(50):
-            limiter.emit("bad", "warn", "bad frame {n}", "{more} more bad frames", n=n)
+            limiter.emit(LogLevel.warn, "bad", "bad frame {n}", n=n)
             clock.advance(0.1)
-        self.assertEqual([e["log_format"] for e in log.events], ["bad frame {n}"])
-        clock.advance(5.1)
-        self.assertEqual(log.events[-1]["log_format"], "{more} more bad frames")
-        self.assertEqual(log.events[-1]["more"], 49)
-        limiter.emit("bad", "warn", "bad frame {n}", "{more} more bad frames", n=50)
-        limiter.flush()
-        self.assertEqual(len(log.events), 2 + 1)
+        self.assertEqual([e["n"] for e in log.events], [0])
+        limiter.flush()  # the link closed before the window ended
+        self.assertEqual((log.events[-1]["n"], log.events[-1]["rate_limited_count"]), (49, 49))
         self.assertEqual(clock.getDelayedCalls(), [])
+        limiter.emit(LogLevel.warn, "bad", "bad frame {n}", n=50)  # a new connection
+        self.assertEqual(log.events[-1]["n"], 50)
 
 
 class RandomBytesTests(SynchronousTestCase):

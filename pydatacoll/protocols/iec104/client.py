@@ -33,8 +33,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pydatacoll.errors import Iec104Error
-from pydatacoll.logs import logger, quiet_client_service
-from pydatacoll.protocols.faults import HEALTHY_AFTER, LinkBackoff, RateLimitedLog
+from pydatacoll.logs import RateLimitedLog, logger, quiet_client_service
+from pydatacoll.protocols.faults import HEALTHY_AFTER, LinkBackoff
 from pydatacoll.protocols.iec104.asdu import (
     COMMAND_TYPES,
     IEC104,
@@ -613,10 +613,9 @@ class Iec104Master(Iec104Link):
                 continue
             if pending is None or pending.request.type_id != asdu.type_id:
                 self.limiter.emit(
+                    LogLevel.info,
                     "unmatched_command",
-                    "info",
                     "{name}: unmatched command reply {asdu}",
-                    "{name}: {more} more unmatched command replies in {interval:g} s",
                     name=self.name,
                     asdu=asdu.describe(),
                 )
@@ -680,10 +679,9 @@ class Iec104Master(Iec104Link):
             key = (self._SYSTEM_KEYS[asdu.type_id], ca)
         else:
             self.limiter.emit(
+                LogLevel.info,
                 "ignored",
-                "info",
                 "{name}: {asdu} ignored",
-                "{name}: {more} more ASDUs ignored in {interval:g} s",
                 name=self.name,
                 asdu=asdu.describe(),
             )
@@ -691,10 +689,9 @@ class Iec104Master(Iec104Link):
         pending = self._pending.get(key)
         if pending is None:
             self.limiter.emit(
+                LogLevel.info,
                 "unmatched",
-                "info",
                 "{name}: unmatched reply {asdu}",
-                "{name}: {more} more unmatched replies in {interval:g} s",
                 name=self.name,
                 asdu=asdu.describe(),
             )

@@ -19,11 +19,11 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from pydatacoll.errors import ApciError, AsduError, Iec104Error, UnknownTypeError
-from pydatacoll.protocols.faults import RateLimitedLog
+from pydatacoll.logs import RateLimitedLog
 from pydatacoll.protocols.iec104 import apci
 from pydatacoll.protocols.iec104.apci import IFrame, SFrame, UFrame, UFunction
 from pydatacoll.protocols.iec104.asdu import (
@@ -214,11 +214,9 @@ class Iec104Link(Protocol):
             # Not a link fault: a station may send types we do not decode (private ones).
             self.counters.asdus_skipped += 1
             self.limiter.emit(
+                LogLevel.info,
                 "unknown_type",
-                "info",
                 "{name}: skipped an ASDU of unknown type {type_id}: {hex}",
-                "{name}: skipped {more} more ASDUs of unknown types in {interval:g} s "
-                "(last type {type_id})",
                 name=self.name,
                 type_id=exc.type_id,
                 hex=frame.asdu.hex(" "),
@@ -229,10 +227,9 @@ class Iec104Link(Protocol):
             self.counters.asdus_skipped += 1
             self.counters.last_error = str(exc)
             self.limiter.emit(
+                LogLevel.warn,
                 "malformed",
-                "warn",
                 "{name}: skipped a malformed ASDU: {error}: {hex}",
-                "{name}: skipped {more} more malformed ASDUs in {interval:g} s (last: {error})",
                 name=self.name,
                 error=str(exc),
                 hex=frame.asdu.hex(" "),

@@ -19,6 +19,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from pydatacoll.errors import (
@@ -28,8 +29,7 @@ from pydatacoll.errors import (
     ModbusQueueFull,
     ModbusTimeout,
 )
-from pydatacoll.logs import logger
-from pydatacoll.protocols.faults import RateLimitedLog
+from pydatacoll.logs import RateLimitedLog, logger
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.codec import Table
 from pydatacoll.protocols.modbus.framing import decode_adus, encode_adu
@@ -297,11 +297,9 @@ class ModbusClientProtocol(Protocol):
             # out, and ``silent_timeouts`` of them close the link.
             self.stats.unexpected_responses += 1
             self.limiter.emit(
+                LogLevel.warn,
                 "unexpected_tid",
-                "warn",
                 "{name}: discarded a response with transaction id {tid}, never sent",
-                "{name}: discarded {more} more responses with unexpected transaction ids "
-                "in {interval:g} s",
                 name=self.name,
                 tid=tid,
             )

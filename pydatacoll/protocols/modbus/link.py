@@ -21,8 +21,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pydatacoll.errors import ModbusNotConnected
-from pydatacoll.logs import quiet_client_service
-from pydatacoll.protocols.faults import HEALTHY_AFTER, LinkBackoff, RateLimitedLog
+from pydatacoll.logs import RateLimitedLog, quiet_client_service
+from pydatacoll.protocols.faults import HEALTHY_AFTER, LinkBackoff
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.client import LinkStats, ModbusClientProtocol
 from pydatacoll.protocols.modbus.config import ModbusSettings
