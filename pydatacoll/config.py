@@ -81,6 +81,25 @@ def _endpoint(text: str) -> str:
     return text
 
 
+#: Endpoint types whose Twisted parser takes ``backlog=`` (a listening socket of ours).
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+
+
+def with_backlog(endpoint: str, backlog: int) -> str:
+    """``endpoint`` with ``:backlog=N`` appended, unless it has one or its type takes none.
+
+    Twisted's default backlog is 50: a burst of clients overflows it (dropped SYNs, 1 s
+    retransmits), so the API listens with ``[api] backlog`` unless the string says otherwise.
+    """
+    kind = endpoint.split(":", 1)[0].strip().lower()
+    if kind not in _BACKLOG_TYPES:
+        return endpoint
+    parts = re.split(r"(?<!\\):", endpoint)
+    if any(part.strip().lower().startswith("backlog=") for part in parts[1:]):
+        return endpoint
+    return f"{endpoint}:backlog={backlog}"
+
+
 def _optional_endpoint(text: str) -> str | None:
     return _endpoint(text.strip()) if text.strip() else None
 
@@ -163,6 +182,15 @@ OPTIONS: tuple[Option, ...] = (
         "tcp:8080:interface=127.0.0.1",
         _endpoint,
         "Twisted server endpoint string the REST API listens on.",
+    ),
+    Option(
+        "api",
+        "backlog",
+        "api_backlog",
+        "1024",
+        _bounded_int(1, 65535),
+        "Listen backlog of the API (connections the kernel holds before they are accepted); "
+        "used when the endpoint string gives none.",
     ),
     Option(
         "api",
@@ -354,6 +382,7 @@ class Settings:
     """Everything the daemon is configured with."""
 
     api_endpoint: str = "tcp:8080:interface=127.0.0.1"
+    api_backlog: int = 1024
     api_token: str | None = attrs.field(default=None, repr=False)
     protect_reads: bool = False
     max_body: int = 1048576
@@ -374,6 +403,11 @@ class Settings:
     plugins_enabled: tuple[str, ...] = ("formulas", "limits")
     #: ``[plugin:NAME]`` sections: plugin name -> option -> text (checked by the plugin).
     plugin_options: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, eq=False)
+
+    @property
+    def api_listen(self) -> str:
+        """The API endpoint string, with ``backlog=`` added where it applies and is absent."""
+        return with_backlog(self.api_endpoint, self.api_backlog)
 
     @property
     def runs_api(self) -> bool:

@@ -111,6 +111,15 @@ class RateLimitedLog:
             if entry[3] is not None and entry[3].active():
                 entry[3].cancel()
 
+    def flush(self) -> None:
+        """Write every pending count now and forget the keys (their source is gone: a
+        connection closed), so no timer outlives it and nothing counted is lost."""
+        for key, entry in list(self._keys.items()):
+            if entry[3] is not None and entry[3].active():
+                entry[3].cancel()
+            self._flush(key)
+        self._keys.clear()
+
     def stop(self) -> None:
         """Cancel the pending writes (nothing more is written)."""
         for entry in self._keys.values():

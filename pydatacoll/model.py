@@ -581,6 +581,7 @@ OUTCOME_STATUS = {
     "terminated": 200,
     "negative": 409,
     "busy": 409,
+    "overloaded": 503,
     "refused": 400,
     "not_found": 404,
     "offline": 503,

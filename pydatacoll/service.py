@@ -19,7 +19,7 @@ from pydatacoll.metrics import ProcessMetrics, metrics_site
 from pydatacoll.processing.history import history_reader
 from pydatacoll.processing.loader import PluginDirectory
 from pydatacoll.store.config import ConfigStore
-from pydatacoll.store.embedded import EmbeddedRedis, find_redis_server
+from pydatacoll.store.embedded import DataDirLock, EmbeddedRedis, find_redis_server
 from pydatacoll.store.redis import RedisClient
 
 
@@ -55,9 +55,12 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     root = OrderedService()
     embedded = None
     if settings.embedded_redis:
-        embedded = EmbeddedRedis(
-            reactor, find_redis_server(settings.redis_server), settings.data_dir
-        )
+        binary = find_redis_server(settings.redis_server)
+        # Locked now, before twistd daemonizes: a second daemon on this data dir exits
+        # with the message (EmbeddedRedisError) and the first is left untouched.
+        lock = DataDirLock(settings.data_dir)
+        lock.acquire()
+        embedded = EmbeddedRedis(reactor, binary, settings.data_dir, lock=lock)
         embedded.setName("redis-server")
         embedded.setServiceParent(root)
     client = RedisClient(
@@ -119,6 +122,6 @@ def _add_api(
         stream_hub=hub,
         metrics=metrics,
     )
-    api_service = strports.service(settings.api_endpoint, api.site(), reactor=reactor)
+    api_service = strports.service(settings.api_listen, api.site(), reactor=reactor)
     api_service.setName("api")
     api_service.setServiceParent(root)

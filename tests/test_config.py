@@ -7,7 +7,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pydatacoll.config import OPTIONS, Settings, load_settings, parse_redis_url
+from pydatacoll.config import OPTIONS, Settings, load_settings, parse_redis_url, with_backlog
 from pydatacoll.errors import ConfigError
 from pydatacoll.tap import BadConfiguration, Options
 
@@ -25,6 +25,28 @@ class ConfigTests(SynchronousTestCase):
             self.assertEqual(parser.get(option.section, option.name), option.default, option.name)
         self.assertEqual(load_settings(ETC), Settings())
         self.assertEqual(load_settings(), Settings())
+
+    def test_api_backlog_is_added_where_it_applies(self):
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.testing import MemoryReactor
+
+        settings = load_settings(None, {"api_endpoint": "tcp:9000:interface=127.0.0.1"})
+        self.assertEqual(settings.api_listen, "tcp:9000:interface=127.0.0.1:backlog=1024")
+        for endpoint, backlog, listen in (
+            ("tcp:9000", 200, "tcp:9000:backlog=200"),
+            ("tcp6:9000:interface=\\:\\:1", 7, "tcp6:9000:interface=\\:\\:1:backlog=7"),
+            ("unix:/tmp/api.sock", 99, "unix:/tmp/api.sock:backlog=99"),
+            ("tcp:9000:backlog=10", 1024, "tcp:9000:backlog=10"),  # the user's own wins
+            ("systemd:domain=INET:index=0", 1024, "systemd:domain=INET:index=0"),
+        ):
+            self.assertEqual(with_backlog(endpoint, backlog), listen, endpoint)
+        # what Twisted makes of it: a listening port with that backlog
+        reactor = MemoryReactor()
+        serverFromString(reactor, settings.api_listen).listen(None)
+        self.assertEqual(reactor.tcpServers[0][2], 1024)
+        with self.assertRaises(ConfigError) as caught:
+            load_settings(None, {"api_backlog": "0"})
+        self.assertEqual(caught.exception.key, "api.backlog")
 
     def test_default_plugins_are_formulas_and_limits(self):
         """Formulas and limit alarms work with the default configuration; history is opt-in."""

@@ -25,6 +25,8 @@ from pydatacoll.config import Settings
 from pydatacoll.devices.manager import STALE_AFTER
 from pydatacoll.model import (
     ENTITIES,
+    Device,
+    Term,
     TermItem,
     decode_fields,
     is_valid_id,
@@ -141,6 +143,9 @@ class ApiApp:
         if isinstance(error, errors.ApiError):
             if isinstance(error, errors.Unauthorized):
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="pydatacoll"')
+            retry_after = getattr(error, "retry_after", None)
+            if retry_after is not None:
+                request.setHeader(b"Retry-After", str(retry_after).encode())
             return _json(request, error.status, error.to_json())
         if isinstance(error, HTTPException):
             code = error.code or 500
@@ -342,6 +347,46 @@ class ApiApp:
 
     # -- changes --------------------------------------------------------------------------
     @inlineCallbacks
+    def _check_points(self, points: list[tuple[int | None, TermItem]]) -> Any:
+        """The driver of each point's device checks the point (a Modbus point needs its
+        register and table), so a point the device could not read is refused with a 400."""
+        owners: dict[str, Any] = {}
+        for index, point in points:
+            if point.term_id not in owners:
+                owners[point.term_id] = yield self._term_device(point.term_id)
+            owner = owners[point.term_id]
+            if owner is None:
+                continue  # no such term (the change answers 404) or no device to judge by
+            device, term = owner
+            protocol = get_protocol(device.protocol)
+            if protocol is None:
+                continue
+            try:
+                protocol.check_point(device, term, point)
+            except errors.ApiError as e:
+                e.index = index
+                raise
+
+    @inlineCallbacks
+    def _term_device(self, term_id: str) -> Any:
+        """``(device, term)`` of a stored term, or None."""
+        term_fields = yield self.store.get_fields("term", term_id)
+        if not term_fields:
+            return None
+        try:
+            term = Term.from_json(decode_fields(term_fields))
+        except errors.ApiError:
+            return None
+        device_fields = yield self.store.get_fields("device", term.device_id)
+        if not device_fields:
+            return None
+        try:
+            device = Device.from_json(decode_fields(device_fields))
+        except errors.ApiError:
+            return None
+        return device, term
+
+    @inlineCallbacks
     def plugin_warning(self, name: str) -> Any:
         """Why a feature of plugin ``name`` will do nothing, or None when a collector runs
         it (or Redis cannot tell)."""
@@ -402,6 +447,7 @@ class ApiApp:
             elif normalize_id(body["term_id"], "term_id") != term_id:
                 raise errors.ValidationError("term_id mismatch in url and body!", field="term_id")
         entity = TermItem.from_json(body)
+        yield self._check_points([(None, entity)])
         results = yield self._apply([_op("create", entity)], batch=False)
         answer = yield self._limits_warned(results[0])
         return _json(request, 201, answer)
@@ -453,6 +499,8 @@ class ApiApp:
             merged.update(ids)
             merged = {k: v for k, v in merged.items() if v is not None}
             new = ENTITIES[entity].from_json(merged)
+            if entity == "term_item":
+                yield self._check_points([(None, new)])
             op = _op("update", new)
             op["expect"] = fields
             try:
@@ -491,7 +539,12 @@ class ApiApp:
     @inlineCallbacks
     def batch_upsert(self, request: Any, collection: str) -> Any:
         """Create or replace many entities, all or nothing: 200 with the stored entities."""
-        ops = batch_put_ops(ENTITIES[collection[:-1]], _batch(self._body(request)))
+        elements = _batch(self._body(request))
+        ops = batch_put_ops(ENTITIES[collection[:-1]], elements)
+        if collection == "term_items":
+            yield self._check_points(
+                [(index, TermItem.from_json(element)) for index, element in enumerate(elements)]
+            )
         results = yield self._apply(ops, batch=True) if ops else []
         if collection == "term_items":
             results = yield self._limits_warned_all(results)

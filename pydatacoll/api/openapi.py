@@ -137,9 +137,12 @@ _DEVICE_OUTCOMES = {
     "200": "confirmed or terminated: the answer (device_call: with the fresh sample)",
     "400": "invalid request, or the collector refused it (outcome refused)",
     "404": "unknown device/term/item/point, or the collector does not run it (not_found)",
-    "409": "the device answered negatively (outcome negative, with its cause) or is busy",
+    "409": "the device answered negatively (outcome negative, with its cause), or a "
+    "command for the same point is in flight (outcome busy)",
     "502": "the request failed in the collector (outcome failed)",
-    "503": "no collector, reply channel not subscribed, too many requests, device offline",
+    "503": "the device is offline (outcome offline), no collector or reply channel "
+    "(unavailable), or overload: the collector already handles its most requests at once "
+    "(outcome overloaded, with a Retry-After header in seconds; try again then)",
     "504": "no answer within [api] device_timeout (outcome timeout)",
 }
 
@@ -151,6 +154,12 @@ def _specialise(method: str, path: str, operation: dict[str, Any]) -> None:
         responses.pop("201", None)
         for code, text in _DEVICE_OUTCOMES.items():
             responses[code] = {"description": text, **_ref("DeviceAnswer")}
+        responses["503"]["headers"] = {
+            "Retry-After": {
+                "description": "with outcome overloaded: seconds to wait before trying again",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
         operation["description"] = (
             "Sent to the collector running the device; it answers on a reply channel of "
             "this request only. device_ctrl needs the token (when one is set), is logged, "
@@ -283,6 +292,7 @@ _DEVICE_ANSWER = {
                 "terminated",
                 "negative",
                 "busy",
+                "overloaded",
                 "refused",
                 "not_found",
                 "offline",

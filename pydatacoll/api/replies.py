@@ -34,6 +34,8 @@ from pydatacoll.store.redis import RECONNECT_MAX_DELAY
 MAX_PENDING = 10000
 #: Outcomes the API itself gives: nothing could be sent (a collector's ``offline`` is 503 too).
 API_OUTCOME_STATUS = {"unavailable": 503}
+#: Outcomes answered with a ``Retry-After`` header: seconds after which to try again.
+RETRY_AFTER = {"overloaded": 1}
 
 
 class ReplyTimeout(Exception):
@@ -60,6 +62,7 @@ class DeviceAnswer(errors.ApiError):
         self.outcome = outcome
         self.code = outcome
         self.status = OUTCOME_STATUS.get(outcome) or API_OUTCOME_STATUS[outcome]
+        self.retry_after = RETRY_AFTER.get(outcome)
         self.cause = cause
         self.sample = sample
 

@@ -60,7 +60,8 @@ RECONCILE_INTERVAL = 30.0
 #: Seconds before a failed reconcile is tried again, doubling up to RETRY_MAX.
 RETRY_INITIAL = 0.25
 RETRY_MAX = 2.0
-#: Requests (device_call / device_ctrl) handled at once; more are answered "busy".
+#: Requests (device_call / device_ctrl) handled at once; more are answered "overloaded"
+#: (503 with Retry-After), never queued.
 MAX_REQUESTS = 256
 
 _CHANGE_CHANNELS = [ch for ops in keys.CHANGE_CHANNELS.values() for ch in ops.values()]
@@ -583,7 +584,12 @@ class DeviceManager(MultiService):
             )
             return
         if self._requests >= MAX_REQUESTS:
-            self._reply(message, ControlOutcome("busy", "too many requests in progress"))
+            self._reply(
+                message,
+                ControlOutcome(
+                    "overloaded", f"the collector already handles {MAX_REQUESTS} requests"
+                ),
+            )
             return
         self._requests += 1
         d = defer.maybeDeferred(self._run_request, kind, running, message)
@@ -779,7 +785,8 @@ class DeviceManager(MultiService):
 
 _STATES = {
     "started": "online",
-    "connected": "online",
+    # TCP up but no valid answer yet (Modbus says "online" itself once it has one)
+    "connected": "connecting",
     "online": "online",
     "stopped": "connecting",
     "connecting": "offline",

@@ -26,6 +26,9 @@ class DeviceProtocol:
     #: ``"module:function"`` checking a device's protocol settings (imported when first
     #: used: the drivers import the model). It raises `ValidationError` naming the field.
     checker: str | None = None
+    #: ``"module:function"`` checking one point (term-item) of a device of this protocol,
+    #: called as ``function(device, term, term_item)``; it raises `ValidationError`.
+    point_checker: str | None = None
 
     def check(self, device: Any) -> None:
         """Check ``device``'s protocol settings (nothing to check without a checker)."""
@@ -33,6 +36,13 @@ class DeviceProtocol:
             return
         module, _, function = self.checker.partition(":")
         getattr(importlib.import_module(module), function)(device)
+
+    def check_point(self, device: Any, term: Any, term_item: Any) -> None:
+        """Check a point of ``device`` (nothing to check without a point checker)."""
+        if self.point_checker is None:
+            return
+        module, _, function = self.point_checker.partition(":")
+        getattr(importlib.import_module(module), function)(device, term, term_item)
 
 
 _REGISTRY: dict[str, DeviceProtocol] = {}
@@ -71,6 +81,7 @@ register_protocol(
         "IEC 60870-5-104 (DL/T 634.5104) controlled station over TCP",
         default_port=2404,
         checker="pydatacoll.protocols.iec104.runtime:check_device",
+        point_checker="pydatacoll.protocols.iec104.runtime:check_point",
     )
 )
 register_protocol(
@@ -79,6 +90,7 @@ register_protocol(
         "Modbus TCP server (slave)",
         default_port=502,
         checker="pydatacoll.protocols.modbus.runtime:check_device",
+        point_checker="pydatacoll.protocols.modbus.runtime:check_point",
     )
 )
 register_protocol(

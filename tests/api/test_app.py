@@ -294,6 +294,58 @@ class ApiTests(TestCase):
             for example in schema.get("examples", []):
                 jsonschema.validate(example, schema)
 
+    @inlineCallbacks
+    def test_points_a_driver_cannot_read_are_refused_naming_the_field(self):
+        yield self.seed()  # device 1 is iec104, its term 10
+        modbus = {"id": "m1", "protocol": "modbus", "ip": "127.0.0.1"}
+        for method, path, body in (
+            ("POST", "/api/v1/devices", modbus),
+            ("POST", "/api/v1/terms", {"id": "20", "device_id": "m1", "address": 1}),
+            ("POST", "/api/v1/items", {"id": "2000"}),
+        ):
+            status, result = yield self.call(method, path, body)
+            self.assertEqual(status, 201, result)
+        cases = [
+            ({}, "protocol_code"),
+            ({"protocol_code": 3, "code_type": "hodling"}, "code_type"),
+            ({"protocol_code": 3, "code_type": "holding", "data_type": "float33"}, "data_type"),
+            ({"protocol_code": 65535, "data_type": "float32"}, "protocol_code"),
+        ]
+        for fields, field in cases:
+            body = {"item_id": "2000", **fields}
+            status, error = yield self.call("POST", "/api/v1/terms/20/items", body)
+            self.assertEqual((status, error["error"], error["field"]), (400, "invalid", field))
+            batch = [
+                {"term_id": "20", "item_id": "1000", "protocol_code": 1},
+                {"term_id": "20", **body},
+            ]
+            status, error = yield self.call("POST", "/api/v2/term_items", batch)
+            self.assertEqual((status, error["field"], error["index"]), (400, field, 1), fields)
+        self.assertFalse(self.sync.exists("HS:TERM_ITEM:20:2000"))
+        self.assertFalse(self.sync.exists("HS:TERM_ITEM:20:1000"))
+        status, point = yield self.call(
+            "POST", "/api/v1/terms/20/items", {"item_id": "2000", "protocol_code": 4}
+        )
+        self.assertEqual((status, point["device_id"]), (201, "m1"))
+        status, error = yield self.call(
+            "PUT", "/api/v1/terms/20/items/2000", {"code_type": "hodling"}
+        )
+        self.assertEqual((status, error["field"]), (400, "code_type"))
+        status, error = yield self.call(
+            "PUT", "/api/v1/terms/20/items/2000", {"protocol_code": None}
+        )
+        self.assertEqual((status, error["field"]), (400, "protocol_code"))
+        # an IEC 104 point needs its information object address too
+        status, error = yield self.call("POST", "/api/v1/terms/10/items", {"item_id": "2000"})
+        self.assertEqual((status, error["field"]), (400, "protocol_code"))
+        # the term's protocol does not matter; its device's does: IEC 104 takes any code_type
+        status, _ = yield self.call(
+            "POST",
+            "/api/v1/terms/10/items",
+            {"item_id": "2000", "protocol_code": 7, "code_type": 45},
+        )
+        self.assertEqual(status, 201)
+
 
 class TokenTests(ApiTests):
     token = "s3cret"

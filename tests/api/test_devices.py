@@ -224,6 +224,37 @@ class DeviceApiTests(_DeviceApiBase):
         self.assertIn("unknown outcome", body["message"])
 
     @inlineCallbacks
+    def test_overload_is_503_with_retry_after(self):
+        import treq
+
+        outcome = {"next": "overloaded"}
+        yield self.collector(lambda channel, request: {"outcome": outcome["next"], "message": ""})
+        headers = {b"Content-Type": [b"application/json"]}
+        if self.token:
+            headers[b"Authorization"] = [b"Bearer " + self.token.encode()]
+
+        @inlineCallbacks
+        def post():
+            response = yield treq.post(
+                self.base + "/api/v1/device_call",
+                json.dumps(POINT).encode(),
+                headers=headers,
+                pool=self.pool,
+            )
+            body = json.loads((yield treq.content(response)))
+            return response.code, response.headers.getRawHeaders(b"Retry-After"), body
+
+        status, retry_after, body = yield post()
+        self.assertEqual(
+            (status, body["error"], body["outcome"]), (503, "overloaded", "overloaded")
+        )
+        self.assertEqual(retry_after, [b"1"])
+        # other 503s (the device is offline) carry no Retry-After: a second will not help
+        outcome["next"] = "offline"
+        status, retry_after, body = yield post()
+        self.assertEqual((status, body["outcome"], retry_after), (503, "offline", None))
+
+    @inlineCallbacks
     def test_silence_is_504(self):
         fake = yield self.collector(lambda channel, request: None)
         status, body = yield self.call("POST", "/api/v1/device_ctrl", dict(POINT, value=5))

@@ -414,3 +414,127 @@ class _Recorder:
 
     def samples_received(self, samples):
         self.seen.extend(samples)
+
+
+class BadPointTests(_Base):
+    """A Modbus device whose stored points include some its driver cannot read."""
+
+    @defer.inlineCallbacks
+    def test_a_device_with_bad_points_stored_still_starts_and_polls(self):
+        from pydatacoll.testing.modbus_process import ModbusSimProcess
+        from pydatacoll.testing.redis import free_port
+
+        port = free_port()
+        sim = yield ModbusSimProcess.start(reactor, port, "--size", "16")
+        self.addCleanup(sim.kill)
+        yield sim.command("set 1 holding 0 [42, 7]")
+        device = Device.from_json(
+            {
+                "id": "m1",
+                "protocol": "modbus",
+                "ip": "127.0.0.1",
+                "port": port,
+                "scan_interval": 0.2,
+                "timeout": 0.5,
+            }
+        )
+        term = Term.from_json({"id": "t1", "device_id": "m1", "address": 1})
+        points = [
+            {"item_id": "good", "protocol_code": 0},
+            {"item_id": "no_address"},
+            {"item_id": "typo", "protocol_code": 1, "code_type": "hodling"},
+            {"item_id": "edge", "protocol_code": 15},
+            {"item_id": "beyond", "protocol_code": 16},  # the server has 0..15: exception 2
+        ]
+        entities = [op("create", term)]
+        entities += [op("create", Item.from_json({"id": p["item_id"]})) for p in points]
+        # Written straight to the store, as points stored before REST checked them were.
+        yield self.store.apply([op("create", device)])
+        yield self.store.apply(entities)
+        yield self.store.apply(
+            [op("create", TermItem.from_json({"term_id": "t1", **p})) for p in points]
+        )
+        yield self.start_manager()
+
+        def value(item_id):
+            text = self.sync.hget(keys.DEVICE_VALUES % "m1", f"t1:{item_id}")
+            return json.loads(text) if text else None
+
+        yield until(lambda: (value("good") or {}).get("value") == 42, what="good point")
+        yield until(lambda: (value("edge") or {}).get("quality") == "good", what="edge point")
+
+        def bad_points():
+            status = self.manager.device_status("m1")
+            return {p["item_id"]: p["field"] for p in status.get("bad_points", [])}
+
+        yield until(lambda: "beyond" in bad_points(), what="refused point listed")
+        self.assertEqual(
+            bad_points(),
+            {"no_address": "protocol_code", "typo": "code_type", "beyond": "protocol_code"},
+        )
+        self.assertEqual(self.manager.device_status("m1")["state"], "online")
+        self.assertIsNone(value("no_address"))
+
+
+class OverloadTests(_Base):
+    @defer.inlineCallbacks
+    def test_past_256_requests_in_flight_the_answer_is_overloaded(self):
+        from pydatacoll.devices.manager import MAX_REQUESTS
+        from pydatacoll.testing import hostile
+
+        listening, peer = yield hostile.listen(reactor, "modbus", "silent")
+        self.addCleanup(listening.stopListening)
+        device = Device.from_json(
+            {
+                "id": "m1",
+                "protocol": "modbus",
+                "ip": "127.0.0.1",
+                "port": listening.getHost().port,
+                "timeout": 30,
+                "scan_interval": 3600,
+                "max_queue": 1000,
+            }
+        )
+        term = Term.from_json({"id": "t1", "device_id": "m1", "address": 1})
+        yield self.store.apply([op("create", device)])
+        yield self.store.apply([op("create", term), op("create", Item.from_json({"id": "v"}))])
+        yield self.store.apply(
+            [
+                op(
+                    "create",
+                    TermItem.from_json({"term_id": "t1", "item_id": "v", "protocol_code": 0}),
+                )
+            ]
+        )
+        yield self.start_manager()
+        yield until(lambda: peer.open, what="the collector connected to the silent peer")
+        pubsub = self.sync.pubsub()
+        pubsub.psubscribe(keys.REPLY % ("burst", "*"))
+        self.addCleanup(pubsub.close)
+        pubsub.get_message(timeout=1)
+        for n in range(MAX_REQUESTS + 1):
+            message = {
+                "request_id": str(n),
+                "device_id": "m1",
+                "term_id": "t1",
+                "item_id": "v",
+                "reply_to": keys.REPLY % ("burst", n),
+                "deadline": reactor.seconds() + 60,
+            }
+            self.sync.publish(keys.DEVICE_CALL, json.dumps(message))
+
+        def poll():
+            message = pubsub.get_message(timeout=0)
+            return (
+                json.loads(message["data"]) if message and message["type"] == "pmessage" else None
+            )
+
+        reply = yield until(poll, what="the overload answer")
+        # the 256 before it wait for the silent device; the one past them is not queued
+        self.assertEqual(
+            (reply["request_id"], reply["outcome"], reply["ok"]),
+            (str(MAX_REQUESTS), "overloaded", False),
+        )
+        self.assertIn("256 requests", reply["message"])
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertIsNone(poll())

@@ -33,7 +33,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pydatacoll.errors import Iec104Error
-from pydatacoll.logs import logger, quiet_client_service
+from pydatacoll.logs import RateLimitedLog, logger, quiet_client_service
+from pydatacoll.protocols.faults import HEALTHY_AFTER, LinkBackoff
 from pydatacoll.protocols.iec104.asdu import (
     COMMAND_TYPES,
     IEC104,
@@ -163,8 +164,9 @@ class Iec104Master(Iec104Link):
         counters: LinkCounters | None = None,
         on_data: Callable[[Asdu], None] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        limiter: RateLimitedLog | None = None,
     ) -> None:
-        super().__init__(clock, params, asdu_params, name, counters)
+        super().__init__(clock, params, asdu_params, name, counters, limiter)
         self.station = station or StationParams()
         self.on_data = on_data
         self.on_event = on_event
@@ -610,8 +612,12 @@ class Iec104Master(Iec104Link):
                 self.log.debug("{name}: {asdu}", name=self.name, asdu=asdu.describe())
                 continue
             if pending is None or pending.request.type_id != asdu.type_id:
-                self.log.info(
-                    "{name}: unmatched command reply {asdu}", name=self.name, asdu=asdu.describe()
+                self.limiter.emit(
+                    LogLevel.info,
+                    "unmatched_command",
+                    "{name}: unmatched command reply {asdu}",
+                    name=self.name,
+                    asdu=asdu.describe(),
                 )
                 continue
             if asdu.negative or cause >= Cause.UNKNOWN_TYPE:
@@ -672,11 +678,23 @@ class Iec104Master(Iec104Link):
         elif asdu.type_id in self._SYSTEM_KEYS:
             key = (self._SYSTEM_KEYS[asdu.type_id], ca)
         else:
-            self.log.info("{name}: {asdu} ignored", name=self.name, asdu=asdu.describe())
+            self.limiter.emit(
+                LogLevel.info,
+                "ignored",
+                "{name}: {asdu} ignored",
+                name=self.name,
+                asdu=asdu.describe(),
+            )
             return
         pending = self._pending.get(key)
         if pending is None:
-            self.log.info("{name}: unmatched reply {asdu}", name=self.name, asdu=asdu.describe())
+            self.limiter.emit(
+                LogLevel.info,
+                "unmatched",
+                "{name}: unmatched reply {asdu}",
+                name=self.name,
+                asdu=asdu.describe(),
+            )
             return
         if asdu.negative or cause >= Cause.UNKNOWN_TYPE:
             self._resolve(key, _refusal(pending, asdu))
@@ -716,7 +734,8 @@ def backoff(
     """Exponential backoff capped at ``maximum``, with +-``jitter`` (a fraction) of noise."""
 
     def policy(attempt: int) -> float:
-        delay = min(initial * factor ** min(attempt, 64), maximum)
+        # attempt 1 (the first retry) waits ``initial``
+        delay = min(initial * factor ** min(max(attempt - 1, 0), 64), maximum)
         return max(0.0, delay * (1 + jitter * (2 * random.random() - 1)))
 
     return policy
@@ -751,6 +770,7 @@ class Iec104Client(service.Service):
         name: str = "iec104",
         frame_observer: Callable[[str, bytes], None] | None = None,
         log_frames: bool = False,
+        healthy_after: float = HEALTHY_AFTER,
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = reactor  # type: ignore[assignment]
@@ -767,7 +787,11 @@ class Iec104Client(service.Service):
             ]
         )
         self.addresses = [f"{host}:{port}" for host, port in endpoints]
-        self.retry = retry or backoff()
+        #: Retry delays grow until the link has been healthy (STARTDT con, then
+        #: ``healthy_after`` seconds up): a peer that accepts and then misbehaves is
+        #: retried ever more slowly, not every second.
+        self.retry = LinkBackoff(retry or backoff(), self.clock, healthy_after)
+        self.limiter = RateLimitedLog(self.log, self.clock)
         self.counters = LinkCounters()
         self.connects = 0
         self.state = LinkState.CONNECTING
@@ -790,6 +814,8 @@ class Iec104Client(service.Service):
         super().stopService()
         svc, self._service = self._service, None
         d = svc.stopService() if svc is not None else defer.succeed(None)
+        self.retry.link_lost()
+        self.limiter.flush()
         return d.addCallback(lambda _: self._set_state(LinkState.CLOSED))
 
     def _build(self, addr: Any) -> Iec104Master:
@@ -803,6 +829,7 @@ class Iec104Client(service.Service):
             counters=self.counters,
             on_data=self.on_data,
             on_event=self._link_event,
+            limiter=self.limiter,
         )
         if self.frame_observer is not None or self.log_frames:
             master.frame_observer = self._observe_frame
@@ -823,8 +850,10 @@ class Iec104Client(service.Service):
 
     def _link_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "started":
+            self.retry.good_exchange()
             self._set_state(LinkState.STARTED)
         elif kind == "lost":
+            self.retry.link_lost()
             self.protocol = None
             self._set_state(LinkState.CONNECTING)
 
@@ -845,6 +874,7 @@ class Iec104Client(service.Service):
             "since": self.since,
             "endpoint": self.addresses[self.endpoint.index],
             "reconnects": max(0, self.connects - 1),
+            "retries_since_healthy": self.retry.failures,
             **self.counters.snapshot(),
             "interrogations": dict(self.protocol.interrogations) if self.protocol else {},
         }

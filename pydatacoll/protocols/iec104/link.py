@@ -19,10 +19,11 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from pydatacoll.errors import ApciError, AsduError, Iec104Error, UnknownTypeError
+from pydatacoll.logs import RateLimitedLog
 from pydatacoll.protocols.iec104 import apci
 from pydatacoll.protocols.iec104.apci import IFrame, SFrame, UFrame, UFunction
 from pydatacoll.protocols.iec104.asdu import (
@@ -108,12 +109,17 @@ class Iec104Link(Protocol):
         asdu_params: AsduParams = IEC104,
         name: str = "iec104",
         counters: LinkCounters | None = None,
+        limiter: RateLimitedLog | None = None,
     ) -> None:
         self.clock = clock
         self.params = params or LinkParams()
         self.asdu_params = asdu_params
         self.name = name
         self.counters = counters if counters is not None else LinkCounters()
+        #: Per-frame complaints (skipped ASDUs...) are rate-limited: a peer sending 50 bad
+        #: frames a second writes one line per window, not 50. Shared across reconnects
+        #: when the supervisor passes its own; flushed when the connection closes.
+        self.limiter = limiter if limiter is not None else RateLimitedLog(self.log, clock)
         self.state = LinkState.CONNECTING
         #: Optional observer of every frame: (direction "rx"/"tx", octets).
         self.frame_observer: Callable[[str, bytes], None] | None = None
@@ -146,6 +152,9 @@ class Iec104Link(Protocol):
                 call.cancel()
         self._timers.clear()
         self._queue.clear()
+        # The counts of this connection's complaints are logged with its end (and no
+        # summary timer outlives it).
+        self.limiter.flush()
         self.link_lost(reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -202,8 +211,11 @@ class Iec104Link(Protocol):
             now = self._now() if data[0] in _CP24_TYPES else None
             asdu = decode_asdu(data, self.asdu_params, now)
         except UnknownTypeError as exc:
+            # Not a link fault: a station may send types we do not decode (private ones).
             self.counters.asdus_skipped += 1
-            self.log.info(
+            self.limiter.emit(
+                LogLevel.info,
+                "unknown_type",
                 "{name}: skipped an ASDU of unknown type {type_id}: {hex}",
                 name=self.name,
                 type_id=exc.type_id,
@@ -211,12 +223,15 @@ class Iec104Link(Protocol):
             )
             return
         except AsduError as exc:
+            # The framing is intact (the APCI length held): the next frame is sound.
             self.counters.asdus_skipped += 1
             self.counters.last_error = str(exc)
-            self.log.warn(
+            self.limiter.emit(
+                LogLevel.warn,
+                "malformed",
                 "{name}: skipped a malformed ASDU: {error}: {hex}",
                 name=self.name,
-                error=exc,
+                error=str(exc),
                 hex=frame.asdu.hex(" "),
             )
             return

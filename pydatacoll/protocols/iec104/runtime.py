@@ -209,6 +209,15 @@ def check_device(device: Device) -> None:
     parse_device(device)
 
 
+def check_point(device: Device, term: Term, term_item: TermItem) -> None:
+    """Refuse a point an ``iec104`` device could not map: it needs its IOA."""
+    if term_item.protocol_code is None:
+        raise errors.ValidationError(
+            "protocol_code (the information object address) is required for an iec104 point",
+            field="protocol_code",
+        )
+
+
 def point_map(
     terms: Iterable[Term], term_items: Iterable[TermItem]
 ) -> tuple[dict[tuple[int, int], list[PointRef]], dict[tuple[str, str], tuple[int, int]]]:
@@ -435,11 +444,14 @@ class Iec104Runtime(Service):
     def status(self) -> dict[str, Any]:
         """Link state and counters, points updated, last value time."""
         status = self.client.status()
+        state = status.pop("state")
         return {
             "protocol": "iec104",
-            "state": status.pop("state"),
+            "state": state,
             "since": status.pop("since"),
             "last_error": status.get("last_error"),
+            "reason": None if state == "started" else status.get("last_error"),
+            "retries_since_healthy": status.get("retries_since_healthy"),
             "points_updated": self.points_updated,
             "last_value_time": self.last_value_time,
             "counters": status,

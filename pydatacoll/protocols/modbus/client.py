@@ -19,6 +19,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from pydatacoll.errors import (
@@ -28,7 +29,7 @@ from pydatacoll.errors import (
     ModbusQueueFull,
     ModbusTimeout,
 )
-from pydatacoll.logs import logger
+from pydatacoll.logs import RateLimitedLog, logger
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.codec import Table
 from pydatacoll.protocols.modbus.framing import decode_adus, encode_adu
@@ -47,6 +48,13 @@ class LinkStats:
     exceptions: int = 0
     frame_errors: int = 0
     late_responses: int = 0
+    #: Responses whose transaction id was never sent (or long forgotten): a peer fault.
+    unexpected_responses: int = 0
+    #: Whether the current connection has had a valid response (one matched to its
+    #: request, an exception response included): until then the device is not online.
+    answered: bool = False
+    #: Why the last connection without a valid response was not good (None once answered).
+    reason: str | None = None
     queue_full: int = 0
     not_connected: int = 0
     rtt_last: float | None = None
@@ -71,7 +79,30 @@ class LinkStats:
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a plain dict (JSON-ready)."""
-        return attrs.asdict(self)
+        return attrs.asdict(self, filter=lambda a, _: not a.name.startswith("_"))
+
+    # counters at the start of the current connection: what went wrong on it since
+    _at_connect: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def connected(self) -> None:
+        """A new connection: nothing answered on it yet."""
+        self.answered = False
+        self._at_connect = self._problem_counts()
+
+    def _problem_counts(self) -> tuple[int, int, int, int]:
+        return (self.timeouts, self.late_responses, self.unexpected_responses, self.frame_errors)
+
+    def problems(self) -> str | None:
+        """What went wrong on the current connection, in words (None: nothing yet)."""
+        now = self._problem_counts()
+        names = ("timeouts", "late responses", "responses with unexpected transaction ids",
+                 "bad frames")  # fmt: skip
+        parts = [
+            f"{after - before} {name}"
+            for name, before, after in zip(names, self._at_connect, now, strict=True)
+            if after > before
+        ]
+        return ", ".join(parts) or None
 
 
 @attrs.define(eq=False)
@@ -101,6 +132,7 @@ class ModbusClientProtocol(Protocol):
         silent_timeouts: int = 3,
         stats: LinkStats | None = None,
         name: str = "modbus",
+        limiter: RateLimitedLog | None = None,
     ) -> None:
         self.clock = clock
         self.timeout = timeout
@@ -108,7 +140,8 @@ class ModbusClientProtocol(Protocol):
         self.max_queue = max_queue
         self.request_pause = request_pause
         self.connect_pause = connect_pause
-        #: Consecutive timeouts with nothing received that mean a half-open link.
+        #: Consecutive timeouts without a valid response (one matched to a pending
+        #: request): a half-open link, or a peer that does not answer what we ask.
         self.silent_timeouts = silent_timeouts
         self.stats = stats if stats is not None else LinkStats()
         self.name = name
@@ -119,7 +152,12 @@ class ModbusClientProtocol(Protocol):
         self._next_tid = 0
         self._hold: IDelayedCall | None = None
         self._silent = 0
+        #: Transaction ids that timed out lately: their answers are late, not unexpected.
+        self._expired: deque[int] = deque(maxlen=64)
         self.on_connection_lost: Callable[[Failure], None] | None = None
+        #: Called once, at the first valid response of this connection.
+        self.on_answer: Callable[[], None] | None = None
+        self.limiter = limiter if limiter is not None else RateLimitedLog(self.log, clock)
 
     # Twisted's Protocol interface
 
@@ -134,7 +172,6 @@ class ModbusClientProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """Frame, match and deliver responses; bad bytes close the link."""
-        self._silent = 0
         self._buffer += data
         try:
             adus, self._buffer = decode_adus(self._buffer)
@@ -148,6 +185,12 @@ class ModbusClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Fail every queued and pending request: their answers can no longer come."""
         self.connected = False
+        self.limiter.flush()  # this connection's complaints are counted with its end
+        if not self.stats.answered:
+            problems = self.stats.problems()
+            self.stats.reason = (
+                f"the last connection had no valid response ({problems or 'no answer'})"
+            )
         if self._hold is not None and self._hold.active():
             self._hold.cancel()
         self._hold = None
@@ -244,9 +287,21 @@ class ModbusClientProtocol(Protocol):
         transaction = self._pending.get(tid)
         if transaction is None:
             # late (timed out, cancelled) or never asked for: never give it to anyone else
-            self.stats.late_responses += 1
-            self.log.debug(
-                "{name}: discarded response with transaction id {tid}", name=self.name, tid=tid
+            if tid in self._expired:
+                # An answer after the timeout is no valid answer either: a device that is
+                # always late is reconnected like a silent one, its status says "late".
+                self.stats.late_responses += 1
+                self.log.debug("{name}: discarded late response {tid}", name=self.name, tid=tid)
+                return
+            # Never sent: the peer is not answering our requests. Its requests time
+            # out, and ``silent_timeouts`` of them close the link.
+            self.stats.unexpected_responses += 1
+            self.limiter.emit(
+                LogLevel.warn,
+                "unexpected_tid",
+                "{name}: discarded a response with transaction id {tid}, never sent",
+                name=self.name,
+                tid=tid,
             )
             return
         if unit_id != transaction.unit_id:
@@ -257,6 +312,12 @@ class ModbusClientProtocol(Protocol):
             )
         response = pdus.decode_response(transaction.request, data)
         del self._pending[tid]
+        self._silent = 0
+        if not self.stats.answered:
+            self.stats.answered = True
+            self.stats.reason = None
+            if self.on_answer is not None:
+                self.on_answer()
         now = self.clock.seconds()
         if transaction.timer is not None and transaction.timer.active():
             transaction.timer.cancel()
@@ -278,6 +339,7 @@ class ModbusClientProtocol(Protocol):
         transaction = self._pending.pop(tid, None)
         if transaction is None:
             return
+        self._expired.append(tid)
         self.stats.timeouts += 1
         message = f"unit {transaction.unit_id}: no response in {self.timeout:g} s"
         self.stats.record_error(message, self.clock.seconds())
@@ -286,9 +348,10 @@ class ModbusClientProtocol(Protocol):
         transaction.deferred.errback(Failure(ModbusTimeout(message)))
         if self.silent_timeouts and self._silent >= self.silent_timeouts and self.connected:
             self.log.warn(
-                "{name}: {count} timeouts with nothing received, closing the link",
+                "{name}: {count} timeouts with no valid response ({problems}), closing the link",
                 name=self.name,
                 count=self._silent,
+                problems=self.stats.problems(),
             )
             self._abort()
             return

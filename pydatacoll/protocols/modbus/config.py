@@ -34,8 +34,8 @@ SETTINGS: dict[str, tuple[Field, Any]] = {
         (Field("connect_pause", "number", "seconds to wait after connecting", minimum=0,
                maximum=60), 0.0),
         (Field("silent_timeouts", "integer",
-               "consecutive timeouts with nothing received before the link is dropped "
-               "(0: never)", minimum=0, maximum=1000), 3),
+               "consecutive timeouts without a valid response before the link is "
+               "dropped (0: never)", minimum=0, maximum=1000), 3),
         (Field("scan_interval", "number", "default seconds between scans", minimum=0.01,
                maximum=86400), 1.0),
         (Field("byte_order", "string", "default byte order of multi-byte points",
@@ -176,34 +176,55 @@ def point_from_term_item(
     )
 
 
-def build_points(
+@attrs.frozen
+class BadPoint:
+    """A point the driver cannot read, and why; the device's other points still poll."""
+
+    key: str
+    field: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``{term_id, item_id, field, reason}`` as the device status shows it."""
+        term_id, _, item_id = self.key.partition(":")
+        return {"term_id": term_id, "item_id": item_id, "field": self.field, "reason": self.reason}
+
+
+def sort_points(
     settings: ModbusSettings, terms: Iterable[Term], term_items: Iterable[TermItem]
-) -> list[ModbusPoint]:
-    """The points of a device: term-items of its terms (others are ignored).
+) -> tuple[list[ModbusPoint], list[BadPoint]]:
+    """The points of a device that the driver can read, and those it cannot.
 
     A term's unit id is its ``address`` (default 1); its ``scan_interval`` free attribute
-    overrides the device's. Errors name the term or term-item in the message.
+    overrides the device's. Term-items of other terms are ignored. A point with a bad
+    field (or on a term with a bad unit id or scan interval) is a `BadPoint`.
     """
-    units: dict[str, tuple[int, float]] = {}
+    units: dict[str, tuple[int, float] | ValidationError] = {}
     for term in terms:
         unit_id = 1 if term.address is None else term.address
         if not 0 <= unit_id <= 255:
-            raise ValidationError(
+            units[term.id] = ValidationError(
                 f"term {term.id}: a Modbus unit id (address) is 0 to 255", field="address"
             )
+            continue
         interval = settings.scan_interval
         if term.extra.get("scan_interval") is not None:
             try:
                 interval = _SCAN_INTERVAL.convert(term.extra["scan_interval"])
             except ValidationError as e:
-                raise ValidationError(f"term {term.id}: {e.message}", field=e.field) from None
+                units[term.id] = ValidationError(f"term {term.id}: {e.message}", field=e.field)
+                continue
         units[term.id] = (unit_id, interval)
-    points = []
+    points: list[ModbusPoint] = []
+    bad: list[BadPoint] = []
     for item in term_items:
-        if item.term_id not in units:
+        unit = units.get(item.term_id)
+        if unit is None:
             continue
-        unit_id, interval = units[item.term_id]
         try:
+            if isinstance(unit, ValidationError):
+                raise unit
+            unit_id, interval = unit
             points.append(
                 point_from_term_item(
                     item,
@@ -213,5 +234,15 @@ def build_points(
                 )
             )
         except ValidationError as e:
-            raise ValidationError(f"term_item {item.key}: {e.message}", field=e.field) from None
+            bad.append(BadPoint(item.key, e.field, f"term_item {item.key}: {e.message}"))
+    return points, bad
+
+
+def build_points(
+    settings: ModbusSettings, terms: Iterable[Term], term_items: Iterable[TermItem]
+) -> list[ModbusPoint]:
+    """The points of a device (see `sort_points`); the first bad one is a `ValidationError`."""
+    points, bad = sort_points(settings, terms, term_items)
+    if bad:
+        raise ValidationError(bad[0].reason, field=bad[0].field)
     return points

@@ -37,7 +37,13 @@ from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.codec import scale, unscale
 from pydatacoll.protocols.modbus.config import ModbusPoint, ModbusSettings
 from pydatacoll.protocols.modbus.link import ModbusLink
-from pydatacoll.protocols.modbus.planner import PlanLimits, PlannedRead, plan_reads, split_read
+from pydatacoll.protocols.modbus.planner import (
+    PlanLimits,
+    PlannedRead,
+    plan_reads,
+    split_points,
+    split_read,
+)
 
 GOOD = "good"
 #: Decoded but not a number (a NaN or infinite float).
@@ -200,6 +206,9 @@ class ModbusDriver(Service):
         self.start_delay = start_delay
         self.schedules: dict[float, _Schedule] = self._plan(points)
         self.units: dict[int, _Unit] = {p.unit_id: _Unit() for p in points}
+        #: Points the device refuses to read (illegal data address): key -> why. They are
+        #: read on their own, so the others poll; a good read takes a point off the list.
+        self.refused: dict[str, str] = {}
 
     def _plan(self, points: Sequence[ModbusPoint]) -> dict[float, _Schedule]:
         settings = self.settings
@@ -226,6 +235,7 @@ class ModbusDriver(Service):
             schedule.timer = None
             schedule.pending.clear()
         self.points = {p.key: p for p in points}
+        self.refused = {k: v for k, v in self.refused.items() if k in self.points}
         self.schedules = self._plan(points)
         for point in points:
             self.units.setdefault(point.unit_id, _Unit())
@@ -396,6 +406,14 @@ class ModbusDriver(Service):
     ) -> None:
         now = self.clock.seconds()
         self._unit_ok(read.unit_id)
+        if self.refused:
+            for key in read.keys:
+                if self.refused.pop(key, None) is not None:
+                    self.log.info(
+                        "device {device_id}: point {key} is read again",
+                        device_id=self.device_id,
+                        key=key,
+                    )
         data = response.bits if read.table.is_bits else response.registers
         self._deliver(ReadBatch(
             self.device_id, read.unit_id, read.table.value, read.address, read.count,
@@ -412,22 +430,9 @@ class ModbusDriver(Service):
         if (
             isinstance(error, ModbusExceptionResponse)
             and error.exception_code == 2
-            and read.bridges_gap
             and read in schedule.reads
         ):
-            # the device refuses an address in the gap: read its points without gaps
-            pieces = split_read(read)
-            index = schedule.reads.index(read)
-            schedule.reads[index : index + 1] = pieces
-            self.log.warn(
-                "device {device_id}: unit {unit} refuses a merged read of {count} at "
-                "{address}; splitting it in {n}",
-                device_id=self.device_id,
-                unit=read.unit_id,
-                count=read.count,
-                address=read.address,
-                n=len(pieces),
-            )
+            self._refused_read(schedule, read)
         if isinstance(error, ModbusTimeout) or (
             isinstance(error, ModbusExceptionResponse) and error.exception_code in _UNIT_DOWN_CODES
         ):
@@ -441,6 +446,38 @@ class ModbusDriver(Service):
             sent, now, read.keys, (None,) * n, (quality,) * n,
             error=str(error) or type(error).__name__,
         ))  # fmt: skip
+
+    def _refused_read(self, schedule: _Schedule, read: PlannedRead) -> None:
+        """The device refuses an address of ``read`` (exception 2): narrow it down."""
+        if read.bridges_gap or len(read.points) > 1:
+            # the refused address is in a gap or one of the points: read the points
+            # without gaps, then one by one, so that only the bad point stays unread
+            pieces = split_read(read) if read.bridges_gap else split_points(read)
+            index = schedule.reads.index(read)
+            schedule.reads[index : index + 1] = pieces
+            self.log.warn(
+                "device {device_id}: unit {unit} refuses a merged read of {count} at "
+                "{address}; splitting it in {n}",
+                device_id=self.device_id,
+                unit=read.unit_id,
+                count=read.count,
+                address=read.address,
+                n=len(pieces),
+            )
+            return
+        key = read.keys[0]
+        if key not in self.refused:
+            reason = (
+                f"unit {read.unit_id} refuses to read {read.table.value} {read.address} "
+                f"(count {read.count}): exception 2, illegal data address"
+            )
+            self.refused[key] = reason
+            self.log.warn(
+                "device {device_id}: point {key} cannot be read: {reason}",
+                device_id=self.device_id,
+                key=key,
+                reason=reason,
+            )
 
     def _deliver(self, batch: ReadBatch) -> None:
         try:

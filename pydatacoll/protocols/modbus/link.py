@@ -21,7 +21,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pydatacoll.errors import ModbusNotConnected
-from pydatacoll.logs import quiet_client_service
+from pydatacoll.logs import RateLimitedLog, quiet_client_service
+from pydatacoll.protocols.faults import HEALTHY_AFTER, LinkBackoff
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.client import LinkStats, ModbusClientProtocol
 from pydatacoll.protocols.modbus.config import ModbusSettings
@@ -80,6 +81,7 @@ class ModbusLink(Service):
         *,
         name: str = "modbus",
         rng: Any = random,
+        healthy_after: float = HEALTHY_AFTER,
     ) -> None:
         self.clock = clock
         self.settings = settings
@@ -87,15 +89,25 @@ class ModbusLink(Service):
         self.stats = LinkStats()
         self.protocol: ModbusClientProtocol | None = None
         self._building: ModbusClientProtocol | None = None
-        self._service = quiet_client_service(
-            _ObservedEndpoint(endpoint, self),
-            _LinkFactory(self),
-            retryPolicy=backoff_with_jitter(
+        #: Retry delays grow until the link has been healthy (a valid response, then
+        #: ``healthy_after`` seconds up): a peer that accepts and then answers garbage
+        #: is retried ever more slowly, not every second.
+        self.backoff = LinkBackoff(
+            backoff_with_jitter(
                 settings.reconnect_initial,
                 settings.reconnect_max,
                 settings.reconnect_factor,
                 rng=rng,
             ),
+            clock,
+            healthy_after,
+        )
+        #: Per-frame complaints of all this link's connections, rate-limited.
+        self.limiter = RateLimitedLog(self.log, clock)
+        self._service = quiet_client_service(
+            _ObservedEndpoint(endpoint, self),
+            _LinkFactory(self),
+            retryPolicy=self.backoff,
             clock=clock,
             prepareConnection=self._connected,
         )
@@ -110,9 +122,11 @@ class ModbusLink(Service):
         """Stop reconnecting and close the link; fires when it is closed."""
         super().stopService()
         d: Deferred[None] = self._service.stopService()
+        self.backoff.link_lost()
 
         def stopped(result: Any) -> Any:
             self.stats.state = "stopped"
+            self.limiter.flush()
             return result
 
         return d.addBoth(stopped)
@@ -139,7 +153,9 @@ class ModbusLink(Service):
             silent_timeouts=s.silent_timeouts,
             stats=self.stats,
             name=str(self.name),
+            limiter=self.limiter,
         )
+        protocol.on_answer = self.backoff.good_exchange
         self._building = protocol
         return protocol
 
@@ -150,6 +166,7 @@ class ModbusLink(Service):
             return
         protocol.on_connection_lost = lambda reason, p=protocol: self._lost(p, reason)
         self.protocol = protocol
+        self.stats.connected()
         self.stats.connects += 1
         if self.stats.connects > 1:
             self.stats.reconnects += 1
@@ -157,6 +174,7 @@ class ModbusLink(Service):
         self.log.info("{name}: connected", name=self.name)
 
     def _lost(self, protocol: ModbusClientProtocol, reason: Failure) -> None:
+        self.backoff.link_lost()
         if self.protocol is protocol:
             self.protocol = None
             if self.running:

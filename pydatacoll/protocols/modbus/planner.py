@@ -112,3 +112,13 @@ def split_read(read: PlannedRead) -> list[PlannedRead]:
     return _merge(
         read.unit_id, read.table, read.interval, [p for p, _ in read.points], read.count, 0
     )
+
+
+def split_points(read: PlannedRead) -> list[PlannedRead]:
+    """``read`` as one read per point: to find which point a device refuses."""
+    return [
+        PlannedRead(
+            read.unit_id, read.table, point.address, point.width, read.interval, ((point, 0),)
+        )
+        for point, _ in read.points
+    ]

@@ -19,7 +19,12 @@ from zope.interface import implementer
 from pydatacoll import errors
 from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
 from pydatacoll.model import ControlOutcome, Device, Sample, Term, TermItem
-from pydatacoll.protocols.modbus.config import ModbusSettings, build_points
+from pydatacoll.protocols.modbus.config import (
+    BadPoint,
+    ModbusSettings,
+    point_from_term_item,
+    sort_points,
+)
 from pydatacoll.protocols.modbus.driver import GOOD, ModbusDriver, PointValue, ReadBatch
 
 _ERRORS: tuple[tuple[type[Exception], type[errors.DeviceError]], ...] = (
@@ -36,6 +41,15 @@ _ERRORS: tuple[tuple[type[Exception], type[errors.DeviceError]], ...] = (
 def check_device(device: Device) -> None:
     """Refuse (with `ValidationError`) settings a ``modbus`` device cannot run with."""
     ModbusSettings.from_device(device)
+
+
+def check_point(device: Device, term: Term, term_item: TermItem) -> None:
+    """Refuse (with `ValidationError` naming the field) a point the driver cannot read."""
+    try:
+        byte_order = ModbusSettings.from_device(device).byte_order
+    except errors.ValidationError:
+        byte_order = "ABCD"  # the device itself is refused where it is checked
+    point_from_term_item(term_item, unit_id=1, scan_interval=1.0, default_byte_order=byte_order)
 
 
 def device_error(failure: Failure) -> errors.DeviceError:
@@ -75,6 +89,8 @@ class ModbusRuntime(Service):
         self.settings = ModbusSettings.from_device(device)
         self.points_updated = 0
         self.last_value_time: float | None = None
+        #: Points configured but not readable (a bad field): listed in the status.
+        self.bad_points: list[BadPoint] = []
         #: The samples of the scan under way, handed on as one batch when it completes,
         #: so a formula over two reads of one scan is computed once. Bounded: past
         #: MAX_SCAN_SAMPLES (a scan bigger than that) they are handed on early.
@@ -82,15 +98,29 @@ class ModbusRuntime(Service):
         self.driver = ModbusDriver(
             device.id,
             self.settings,
-            build_points(self.settings, terms, term_items),
+            self._points(terms, term_items),
             self._on_batch,
             reactor=reactor,
             on_scan_done=self._flush,
         )
 
+    def _points(self, terms: Sequence[Term], term_items: Sequence[TermItem]) -> list[Any]:
+        """The readable points; the bad ones are logged and kept for the status."""
+        points, bad = sort_points(self.settings, terms, term_items)
+        known = {b.key for b in self.bad_points}
+        for point in bad:
+            if point.key not in known:
+                self.log.warn(
+                    "device {device_id}: point not polled: {reason}",
+                    device_id=self.device_id,
+                    reason=point.reason,
+                )
+        self.bad_points = bad
+        return points
+
     def update_points(self, terms: Sequence[Term], term_items: Sequence[TermItem]) -> None:
         """Re-plan the polls for the new points; the link stays up."""
-        self.driver.update_points(build_points(self.settings, terms, term_items))
+        self.driver.update_points(self._points(terms, term_items))
 
     def startService(self) -> None:
         super().startService()
@@ -171,13 +201,33 @@ class ModbusRuntime(Service):
         """Link state and counters, scans, points updated, last value time."""
         stats = self.driver.stats()
         link = stats.get("link", {})
+        state = link.get("state", "unknown")
+        reason = link.get("reason")
+        if state == "connected":
+            # Online only once the device has answered a request on this connection:
+            # a peer that accepts and then answers garbage is not online.
+            problems = self.driver.link.stats.problems()
+            if link.get("answered"):
+                state = "online"
+            elif problems is not None:
+                state = "error"
+                reason = f"connected, but no valid response: {problems}"
         return {
             "protocol": "modbus",
-            "state": link.get("state", "unknown"),
+            "state": state,
+            "reason": reason,
             "since": link.get("since"),
             "last_error": link.get("last_error"),
+            "retries_since_healthy": self.driver.link.backoff.failures,
             "points_updated": self.points_updated,
             "last_value_time": self.last_value_time,
+            "bad_points": [
+                *(p.to_json() for p in self.bad_points),
+                *(
+                    BadPoint(key, "protocol_code", reason).to_json()
+                    for key, reason in sorted(self.driver.refused.items())
+                ),
+            ],
             "counters": stats,
         }
 

@@ -125,6 +125,32 @@ class DriverTests(SynchronousTestCase):
         for transport, protocol in endpoint.connections:
             self.device.pump(transport, protocol)
 
+    def test_a_refused_point_is_isolated_and_the_others_poll(self):
+        self.device.registers.update({4: 4, 5: 5})
+        self.device.refuse = {4}
+        items = [{"item_id": f"r{a}", "protocol_code": a} for a in (3, 4, 5)]
+        driver, clock, endpoint, batches = make_driver(items=items, start_delay=0.5)
+        driver.startService()
+        clock.advance(0.5)
+        self.pump(endpoint)
+        # the merged read 3..5 is refused: it is split in one read per point
+        self.assertEqual([b.qualities for b in batches], [("exception",) * 3])
+        for _ in range(2):
+            clock.advance(1)
+            self.pump(endpoint)
+        latest = {v.key: v for b in batches for v in b.point_values()}
+        self.assertEqual(latest["t1:r3"].value, 0b100)
+        self.assertEqual(latest["t1:r5"].value, 5)
+        self.assertEqual(latest["t1:r4"].quality, "exception")
+        self.assertEqual(list(driver.refused), ["t1:r4"])
+        self.assertIn("holding 4", driver.refused["t1:r4"])
+        # the device gains the register: the point is read again and leaves the list
+        self.device.refuse = set()
+        clock.advance(1)
+        self.pump(endpoint)
+        self.assertEqual(driver.refused, {})
+        self.assertEqual(batches[-1].point_values()[0].value, 5)
+
     def test_polls_one_merged_read_per_interval(self):
         driver, clock, endpoint, batches = make_driver(items=ITEMS, start_delay=0.5)
         driver.startService()

@@ -1,0 +1,68 @@
+"""The Modbus runtime: points it cannot read are isolated and reported, the others poll."""
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from pydatacoll.errors import ValidationError
+from pydatacoll.model import Device, Term, TermItem
+from pydatacoll.protocols.modbus.runtime import ModbusRuntime, check_point
+
+
+class _Sink:
+    def __init__(self):
+        self.samples = []
+
+    def samples_received(self, samples):
+        self.samples.extend(samples)
+
+
+DEVICE = Device.from_json({"id": "d1", "protocol": "modbus", "ip": "127.0.0.1"})
+TERMS = [
+    Term.from_json({"id": "t1", "device_id": "d1", "address": 1}),
+    Term.from_json({"id": "t2", "device_id": "d1", "address": 300}),
+]
+
+
+def item(term_id, item_id, **fields):
+    # TermItem.from_json checks only what it can without the device (as a stored point
+    # written before the REST boundary checked points).
+    return TermItem.from_json({"term_id": term_id, "item_id": item_id, **fields})
+
+
+class BadPointTests(SynchronousTestCase):
+    def test_bad_points_do_not_stop_the_device(self):
+        items = [
+            item("t1", "good", protocol_code=0),
+            item("t1", "no_address"),
+            item("t1", "typo", protocol_code=2, code_type="hodling"),
+            item("t2", "bad_unit", protocol_code=1),
+        ]
+        runtime = ModbusRuntime(DEVICE, TERMS, items, _Sink(), MemoryReactorClock())
+        self.assertEqual(list(runtime.driver.points), ["t1:good"])
+        bad = {(p["term_id"], p["item_id"]): p for p in runtime.status()["bad_points"]}
+        self.assertEqual(
+            {k: v["field"] for k, v in bad.items()},
+            {
+                ("t1", "no_address"): "protocol_code",
+                ("t1", "typo"): "code_type",
+                ("t2", "bad_unit"): "address",
+            },
+        )
+        self.assertIn("coil, discrete_input, input or holding", bad[("t1", "typo")]["reason"])
+        # fixing a point over REST takes it off the list, and it polls
+        items[2] = item("t1", "typo", protocol_code=2, code_type="holding")
+        runtime.update_points(TERMS, items)
+        self.assertEqual(sorted(runtime.driver.points), ["t1:good", "t1:typo"])
+        self.assertEqual(len(runtime.status()["bad_points"]), 2)
+
+    def test_point_check_names_the_field(self):
+        term = TERMS[0]
+        for fields, field in (
+            ({}, "protocol_code"),
+            ({"protocol_code": 1, "code_type": "hodling"}, "code_type"),
+            ({"protocol_code": 1, "code_type": 3, "data_type": "bool"}, "bit"),
+        ):
+            with self.assertRaises(ValidationError) as caught:
+                check_point(DEVICE, term, item("t1", "x", **fields))
+            self.assertEqual(caught.exception.field, field)
+        check_point(DEVICE, term, item("t1", "x", protocol_code=1, code_type=3))
