@@ -240,7 +240,7 @@ class StatusAndTopicalityTests(SynchronousTestCase):
         runtime = self.driver.runtimes["a"]
         self.clock.advance(0.25)
         self.assertEqual(self.status()["state"], "offline")  # link "connecting"
-        for link_state, state in (("connected", "online"), ("disconnected", "offline")):
+        for link_state, state in (("online", "online"), ("disconnected", "offline")):
             runtime.state = link_state
             changed = self.clock.seconds()
             for _ in range(4):
@@ -259,7 +259,7 @@ class StatusAndTopicalityTests(SynchronousTestCase):
 
     def test_values_are_not_topical_while_offline(self) -> None:
         runtime = self.driver.runtimes["a"]
-        runtime.state = self.driver.runtimes["b"].state = "connected"
+        runtime.state = self.driver.runtimes["b"].state = "online"
         self.send("a", 1.5)
         self.send("b", 2.5)
         self.clock.advance(0.25)
@@ -290,7 +290,7 @@ class StatusAndTopicalityTests(SynchronousTestCase):
         # Another look at the same state marks nothing again; a fresh value clears it.
         self.clock.advance(STATUS_INTERVAL)
         self.assertEqual(self.value("i1")["flags"], ["NT"])
-        runtime.state = "connected"
+        runtime.state = "online"
         self.send("a", 4.5)
         self.clock.advance(0.25)
         self.assertEqual((self.value("i1")["value"], self.value("i1")["flags"]), (4.5, []))
@@ -309,7 +309,7 @@ class StatusAndTopicalityTests(SynchronousTestCase):
         self.assertEqual(self.value("i1")["flags"], ["NT"])
 
     def test_stopping_the_collector_marks_its_values(self) -> None:
-        self.driver.runtimes["a"].state = "connected"
+        self.driver.runtimes["a"].state = "online"
         self.send("a", 1.5)
         self.clock.advance(0.25)
         self.assertEqual(self.value("i1")["flags"], [])
