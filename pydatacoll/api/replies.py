@@ -63,6 +63,15 @@ class DeviceAnswer(errors.ApiError):
         self.sample = sample
 
     @classmethod
+    def refusal(cls, request_id: str, error: errors.ApiError) -> DeviceAnswer:
+        """The answer to a request the API itself refused (400, 401, 404, 413, 503...)."""
+        answer = cls(request_id, "unavailable", error.message)
+        answer.outcome = answer.code = error.code
+        answer.status = error.status
+        answer.field = error.field
+        return answer
+
+    @classmethod
     def from_reply(cls, request_id: str, reply: dict[str, Any]) -> DeviceAnswer:
         """The answer a collector's reply stands for; anything malformed is ``failed``."""
         outcome = reply.get("outcome")
@@ -89,7 +98,7 @@ class DeviceAnswer(errors.ApiError):
             "sample": self.sample,
         }
         if self.status >= 400:
-            body = {"error": self.code, "message": self.message, "field": None, **body}
+            body = {**errors.error_body(self.code, self.message, self.field), **body}
         return body
 
 

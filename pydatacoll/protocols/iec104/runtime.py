@@ -177,6 +177,8 @@ def parse_device(device: Device) -> DeviceSettings:
     }
     groups = device.extra.get("interrogation_groups")
     if groups is not None:
+        if isinstance(groups, list):  # JSON 3.0 is the integer 3
+            groups = [int(g) if isinstance(g, float) and g.is_integer() else g for g in groups]
         if not isinstance(groups, list) or not all(
             isinstance(g, int) and not isinstance(g, bool) and 0 <= g <= 16 for g in groups
         ):
