@@ -41,10 +41,11 @@ MAX_SAMPLES = 10000
 #: Largest |index| of GET .../datas/{index}.
 MAX_INDEX = 10**9
 _INTEGER = re.compile(r"^-?[0-9]{1,19}$")
-#: An RFC 3339 date-time (what OpenAPI's ``format: date-time`` means), years 1970 and on.
+#: An RFC 3339 date-time (what OpenAPI's ``format: date-time`` means); the seconds may be
+#: left out (``2026-01-31T08:00Z``).
 _RFC3339 = re.compile(
     r"^(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[Tt ]"
-    r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?P<fraction>\.[0-9]+)?"
+    r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(:(?P<second>[0-9]{2})(?P<fraction>\.[0-9]+)?)?"
     r"(?P<zone>[Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
 
@@ -857,7 +858,7 @@ def parse_time(text: str, name: str) -> int:
         )
     if int(match["year"]) < 1970:
         raise errors.ValidationError(f"{name} must be in 1970 or later", field=name)
-    second = int(match["second"])
+    second = int(match["second"] or 0)
     try:
         moment = datetime.fromisoformat(
             f"{match['year']}-{match['month']}-{match['day']}T{match['hour']}:"

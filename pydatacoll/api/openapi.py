@@ -208,7 +208,10 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
         {"id": "2", "name": "meter rack", "protocol": "modbus", "ip": "127.0.0.1", "port": 5020},
     ],
     "term": [{"id": "10", "device_id": "1", "name": "meter 1", "address": 1}],
-    "item": [{"id": "1000", "name": "phase A voltage", "unit": "V"}],
+    "item": [
+        {"id": "1000", "name": "phase A voltage", "unit": "V"},
+        {"id": "1001", "name": "active power", "unit": "kW"},
+    ],
     "term_item": [
         {
             "term_id": "10",
@@ -278,9 +281,7 @@ def entity_schema(entity: type[Entity], *, update: bool = False) -> dict[str, An
     all_of: list[dict[str, Any]] = []
     if entity.KIND == "device":
         protocols = list(device_protocols())
-        properties["protocol"] = (
-            _nullable(_one_of(protocols)) if update else _one_of(protocols)
-        )
+        properties["protocol"] = _nullable(_one_of(protocols)) if update else _one_of(protocols)
         properties["protocol"]["description"] = "see GET /api/v1/device_protocols"
         branches = []
         for name in protocols:

@@ -45,8 +45,7 @@ def _isolate(device: Any) -> None:
     endpoints = device.get("endpoints")
     if isinstance(endpoints, list):
         device["endpoints"] = [
-            f"127.0.0.1:{CLOSED_PORT}" if isinstance(e, str) and ":" in e else e
-            for e in endpoints
+            f"127.0.0.1:{CLOSED_PORT}" if isinstance(e, str) and ":" in e else e for e in endpoints
         ]
 
 
@@ -60,6 +59,37 @@ def _compilable(formula: Any) -> None:
         formula["formula"] = choices[len(formula["formula"]) % len(choices)]
 
 
+def _number(body: dict[str, Any], name: str, default: float) -> float:
+    value = body.get(name)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return default
+
+
+def _ordered(body: dict[str, Any], low: str, high: str, defaults: tuple[float, float]) -> None:
+    """Make ``body[low] <= body[high]`` (with the server's defaults) by swapping them."""
+    a, b = _number(body, low, defaults[0]), _number(body, high, defaults[1])
+    if a > b:
+        body[low], body[high] = b, a
+
+
+def _within_rules(device: Any) -> None:
+    """Give a schema-valid device settings that meet its protocol's cross-field rules
+    (w <= k, t2 < t1, degrade_time <= degrade_max), so that it is accepted and runs."""
+    if not isinstance(device, dict):
+        return
+    if device.get("protocol") == "iec104":
+        _ordered(device, "w", "k", (8, 12))
+        t1, t2 = _number(device, "t1", 15), _number(device, "t2", 10)
+        if t2 >= t1:
+            if t2 + 1 <= 255:
+                device["t1"] = t2 + 1
+            else:
+                device["t1"], device["t2"] = 15, 10
+    elif device.get("protocol") == "modbus":
+        _ordered(device, "degrade_time", "degrade_max", (10, 300))
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: Any) -> None:
     """Point every device the request creates or changes at a closed local port; give
@@ -69,6 +99,9 @@ def before_call(context: Any, case: Any, kwargs: Any) -> None:
         for device in bodies:
             _isolate(device)
     positive = case.meta is not None and case.meta.generation.mode.is_positive
+    if positive and case.path.startswith(_DEVICE_PATHS) and not case.path.endswith("/del"):
+        for device in bodies:
+            _within_rules(device)
     if positive and case.operation.path.startswith(("/api/v1/formulas", "/api/v2/formulas")):
         for formula in bodies:
             _compilable(formula)
@@ -127,16 +160,18 @@ def positive_data_acceptance_or_rule(ctx: Any, response: Any, case: Any) -> bool
     )
 
 
-
 @schemathesis.hook
 def after_call(context: Any, case: Any, response: Any) -> None:
     """With ``PYDATACOLL_CONTRACT_LOG`` set: one line per answer, for the test's report."""
     path = os.environ.get("PYDATACOLL_CONTRACT_LOG")
     if path:
         with open(path, "a", encoding="utf-8") as log:
-            text = response.content[:200].decode("utf-8", "replace")
+            text = response.content[:200].decode("utf-8", "replace").replace("\n", " ")
             mode = "positive" if case.meta and case.meta.generation.mode.is_positive else "negative"
-            sent = json.dumps(case.body, default=repr)[:200] if isinstance(case.body, (dict, list)) else ""
-            log.write(
-                f"{case.method} {case.operation.path} {response.status_code} {mode} {text} <- {sent}\n"
+            sent = (
+                json.dumps(case.body, default=repr)[:200]
+                if isinstance(case.body, (dict, list))
+                else ""
             )
+            route = f"{case.method} {case.operation.path}"
+            log.write(f"{route} {response.status_code} {mode} {text} <- {sent}\n")
