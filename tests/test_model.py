@@ -78,3 +78,32 @@ class ModelTests(SynchronousTestCase):
             ENTITIES[entity].from_json(body)
         except ValidationError:
             pass
+
+
+class SchemaAgreementTests(SynchronousTestCase):
+    """Where the server met the OpenAPI document half-way (found by schemathesis)."""
+
+    def test_integral_floats_are_integers(self):
+        """JSON Schema counts 7.0 as an integer: so do ids, ports and code types."""
+        item = TermItem.from_json(
+            {"term_id": 10.0, "item_id": 1000, "code_type": 45.0, "protocol_code": 7.0}
+        )
+        self.assertEqual((item.term_id, item.code_type, item.protocol_code), ("10", 45, 7))
+        with self.assertRaises(ValidationError):
+            TermItem.from_json({"term_id": 1.5, "item_id": "1"})
+
+    def test_numbers_beyond_two_to_the_63_are_refused(self):
+        with self.assertRaises(ValidationError) as raised:
+            TermItem.from_json({"term_id": "1", "item_id": "1", "coefficient": 1e300})
+        self.assertEqual(raised.exception.field, "coefficient")
+
+    def test_host_names_are_at_most_253_characters(self):
+        name = ".".join(["a" * 60] * 4)  # 243
+        self.assertEqual(Device.from_json({"id": "1", "protocol": "modbus", "ip": name}).ip, name)
+        with self.assertRaises(ValidationError):
+            Device.from_json({"id": "1", "protocol": "modbus", "ip": name + ".abcdefghijk"})
+
+    def test_bad_attribute_names_are_refused_even_when_null(self):
+        with self.assertRaises(ValidationError) as raised:
+            ENTITIES["item"].from_json({"id": "1", "a b": None})
+        self.assertEqual(raised.exception.field, "a b")
