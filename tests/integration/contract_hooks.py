@@ -102,6 +102,13 @@ def before_call(context: Any, case: Any, kwargs: Any) -> None:
     if positive and case.path.startswith(_DEVICE_PATHS) and not case.path.endswith("/del"):
         for device in bodies:
             _within_rules(device)
+    if positive and case.method in ("PUT", "POST") and isinstance(case.body, dict):
+        # The URL names the entity: a body naming another one is a conflict (409), which
+        # says nothing about the body. Repeat the URL's ids so the request is judged.
+        for name, value in (case.path_parameters or {}).items():
+            key = "id" if name in ("entity_id", "formula_id") else name
+            if case.body.get(key) is not None:
+                case.body[key] = value
     if positive and case.operation.path.startswith(("/api/v1/formulas", "/api/v2/formulas")):
         for formula in bodies:
             _compilable(formula)
