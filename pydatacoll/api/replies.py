@@ -364,7 +364,8 @@ def _parse(request_id: str, message: Any) -> dict[str, Any]:
     try:
         if isinstance(message, bytes):
             message = message.decode("utf-8")
-        body = json.loads(message)
+        # A collector's NaN/Infinity (a device's float) becomes null: answers stay strict JSON.
+        body = json.loads(message, parse_constant=lambda _: None)
     except (TypeError, ValueError, RecursionError):
         body = None
     if not isinstance(body, dict) or body.get("request_id", request_id) != request_id:
