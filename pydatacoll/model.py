@@ -31,7 +31,11 @@ HOSTNAME_PATTERN = (
     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
 )
 _HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)
-_INTEGER_TEXT = re.compile(r"^\s*[+-]?\d{1,20}\s*$")
+_INTEGER_TEXT = re.compile(r"^\s*[+-]?[0-9]{1,20}\s*$")
+#: A number as text, as the predecessor's clients send them (``"230.5"``): decimal, no
+#: exponent, at most 18 integer digits (so within 2**63). The OpenAPI document says so.
+NUMBER_TEXT = r"^\s*[+-]?([0-9]{1,18}(\.[0-9]*)?|\.[0-9]+)\s*$"
+_NUMBER_TEXT = re.compile(NUMBER_TEXT)
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_JSON = 64 * 1024
 
@@ -98,11 +102,13 @@ class Field:
 
     def _convert_number(self, value: Any) -> int | float:
         if isinstance(value, str):
+            # Text only for unbounded numbers (scaling, limits), the predecessor's way.
+            if self.minimum is not None or self.maximum is not None:
+                raise ValidationError(f"{self.name} must be a number", field=self.name)
+            if not _NUMBER_TEXT.match(value):
+                raise ValidationError(f"{self.name} must be a number", field=self.name)
             text = value.strip()
-            try:
-                value = int(text) if _INTEGER_TEXT.match(text) else float(text)
-            except ValueError:
-                raise ValidationError(f"{self.name} must be a number", field=self.name) from None
+            value = int(text) if _INTEGER_TEXT.match(text) else float(text)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValidationError(f"{self.name} must be a number", field=self.name)
         if isinstance(value, float) and not math.isfinite(value):

@@ -107,3 +107,19 @@ class SchemaAgreementTests(SynchronousTestCase):
         with self.assertRaises(ValidationError) as raised:
             ENTITIES["item"].from_json({"id": "1", "a b": None})
         self.assertEqual(raised.exception.field, "a b")
+
+    def test_numbers_as_text_are_exactly_what_the_document_says(self):
+        """The predecessor's numeric strings: integers in range, plain decimals; no more."""
+        from pydatacoll.model import Field
+
+        port = Field("port", "integer", "", minimum=1, maximum=65535)
+        self.assertEqual([port.convert(t) for t in (" 80", "+0443", "65535")], [80, 443, 65535])
+        for text in ("0", "65536", "٣", "1e3", "1.0"):
+            self.assertRaises(ValidationError, port.convert, text)
+        scale = Field("coefficient", "number", "")
+        self.assertEqual([scale.convert(t) for t in ("0.5", " -2 ", ".25")], [0.5, -2, 0.25])
+        for text in ("1e3", "nan", "inf", "1" * 19):
+            self.assertRaises(ValidationError, scale.convert, text)
+        ranged = Field("t1", "number", "", minimum=0.1, maximum=255)
+        self.assertRaises(ValidationError, ranged.convert, "15")
+        self.assertEqual(ranged.convert(15), 15)

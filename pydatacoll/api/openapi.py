@@ -15,6 +15,7 @@ from pydatacoll.model import (
     HOSTNAME_PATTERN,
     ID_PATTERN,
     MAX_ATTRIBUTES,
+    NUMBER_TEXT,
     Entity,
     Field,
 )
@@ -25,6 +26,52 @@ _ERROR = ERROR_SCHEMA
 _NULL = {"type": "null"}
 #: Numbers without a declared range are refused beyond this (`Field` does the same).
 _NUMBER_LIMIT = 2**63
+
+
+def _range_stops(low: int, high: int) -> list[int]:
+    """Ends of the sub-ranges of [low, high] that one digit pattern each can match."""
+    stops = {high}
+    nines = 1
+    stop = int(str(low)[:-nines] + "9" * nines)
+    while low <= stop < high:
+        stops.add(stop)
+        nines += 1
+        stop = int(str(low)[:-nines] + "9" * nines)
+    zeros = 1
+    stop = (high + 1) - (high + 1) % 10**zeros - 1
+    while low < stop <= high:
+        stops.add(stop)
+        zeros += 1
+        stop = (high + 1) - (high + 1) % 10**zeros - 1
+    return sorted(stops)
+
+
+def integer_range_pattern(low: int, high: int) -> str:
+    """A regular expression matching exactly the decimal texts of ``low..high`` (>= 0)."""
+    parts, start = [], low
+    for stop in _range_stops(low, high):
+        pattern, any_digits = "", 0
+        for a, b in zip(str(start), str(stop), strict=True):
+            if a == b:
+                pattern += a
+            elif a != "0" or b != "9":
+                pattern += f"[{a}-{b}]"
+            else:
+                any_digits += 1
+        if any_digits:
+            pattern += "[0-9]" if any_digits == 1 else f"[0-9]{{{any_digits}}}"
+        parts.append(pattern)
+        start = stop + 1
+    return "|".join(parts)
+
+
+def _integer_text(low: float, high: float) -> dict[str, Any]:
+    """The texts `Field` takes for an integer in ``low..high`` (the predecessor's clients
+    send numbers as strings): optional spaces, ``+``, leading zeros."""
+    alternatives = [rf"^\s*\+?0*({integer_range_pattern(int(low), int(high))})\s*$"]
+    if low == 0:
+        alternatives.append(r"^\s*-0+\s*$")
+    return {"type": "string", "pattern": "|".join(alternatives)}
 
 
 def _field_schema(f: Field) -> dict[str, Any]:
@@ -49,11 +96,18 @@ def _field_schema(f: Field) -> dict[str, Any]:
             ],
         }
     elif f.kind in ("integer", "number"):
-        schema = {
+        numeric = {
             "type": f.kind,
             "minimum": -_NUMBER_LIMIT if f.minimum is None else f.minimum,
             "maximum": _NUMBER_LIMIT if f.maximum is None else f.maximum,
         }
+        if f.kind == "integer" and f.minimum is not None and f.minimum >= 0:
+            assert f.maximum is not None
+            schema = {"anyOf": [numeric, _integer_text(f.minimum, f.maximum)]}
+        elif f.kind == "number" and f.minimum is None and f.maximum is None:
+            schema = {"anyOf": [numeric, {"type": "string", "pattern": NUMBER_TEXT}]}
+        else:
+            schema = numeric
     else:  # scalar: a number 0..65535 or a short name (not an integer's text)
         schema = {
             "oneOf": [
@@ -62,8 +116,9 @@ def _field_schema(f: Field) -> dict[str, Any]:
                     "type": "string",
                     "minLength": 1,
                     "maxLength": 32,
-                    "not": {"pattern": r"^\s*[+-]?[0-9]+\s*$"},
+                    "not": {"pattern": r"^\s*[+-]?[0-9]{1,20}\s*$"},
                 },
+                _integer_text(0, 65535),
             ]
         }
     schema["description"] = f.description

@@ -106,8 +106,15 @@ class ApiContractTests(SynchronousTestCase):
         }
         operations = len(routes)
         summary = output[output.rfind("SUMMARY") :]
+        with open(os.path.join(workdir, "schemathesis.txt"), "w") as f:
+            f.write(output)
+        failures = output[output.find("FAILURES") : output.rfind("WARNINGS")]
         warnings = output[output.rfind("WARNINGS") :]
-        self.assertEqual(run.returncode, 0, warnings[-8000:])
+        self.assertEqual(
+            run.returncode,
+            0,
+            f"{failures[:6000]}\n{warnings[-4000:]}\n(all of it: {workdir}/schemathesis.txt)",
+        )
         self.assertRegex(
             summary, rf"Selected: {operations}/{operations + 1}\s+Tested: {operations}"
         )
