@@ -6,8 +6,8 @@ creates is pointed at a closed port on 127.0.0.1 (``contract_hooks.before_call``
 nothing real is contacted. Schemathesis's default checks all run, except that
 ``positive_data_acceptance`` is the stricter-about-reasons variant in `contract_hooks`
 (a 400 to a schema-valid request must name a field of a rule the document lists in
-``x-cross-field-rules``). Unresolvable references and schema/validation mismatches fail
-the run. Bounded by ``PYDATACOLL_CONTRACT_EXAMPLES`` examples per operation.
+``x-cross-field-rules``). Unresolvable references and regular expressions schemathesis
+cannot use fail the run. Bounded by ``PYDATACOLL_CONTRACT_EXAMPLES`` examples per operation.
 """
 
 import os
@@ -39,8 +39,11 @@ enabled = false
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422",
                      "428", "429", "5xx"]
 
+# validation_mismatch is schemathesis's guess from the share of 4xx answers (409s for
+# existing ids count too): shown, not failed on; positive_data_acceptance_or_rule judges
+# every refused schema-valid request by itself.
 [warnings]
-fail-on = ["unresolvable_reference", "unsupported_regex", "validation_mismatch"]
+fail-on = ["unresolvable_reference", "unsupported_regex"]
 
 # The event stream never ends by itself: a request/response tool cannot judge it
 # (tests/integration and tests/api test it with SSE clients).
