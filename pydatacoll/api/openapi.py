@@ -68,9 +68,12 @@ def integer_range_pattern(low: int, high: int) -> str:
 def _integer_text(low: float, high: float) -> dict[str, Any]:
     """The texts `Field` takes for an integer in ``low..high`` (the predecessor's clients
     send numbers as strings): optional spaces, ``+``, leading zeros."""
-    alternatives = [rf"^\s*\+?0*({integer_range_pattern(int(low), int(high))})\s*$"]
+    # `Field` reads at most 20 digits: leading zeros up to that (for the largest value).
+    zeros = 20 - len(str(int(high)))
+    digits = integer_range_pattern(int(low), int(high))
+    alternatives = [rf"^\s*\+?0{{0,{zeros}}}({digits})\s*$"]
     if low == 0:
-        alternatives.append(r"^\s*-0+\s*$")
+        alternatives.append(r"^\s*-0{1,20}\s*$")
     return {"type": "string", "pattern": "|".join(alternatives)}
 
 
@@ -394,6 +397,8 @@ def _body_schema(method: str, path: str) -> dict[str, Any]:
     entity = _collection_entity(path)
     if path.endswith("/items") and "/terms/" in path:
         return {"$ref": "#/components/schemas/term_item_in_term"}
+    if path == "/api/v1/terms/{term_id}/items/{item_id}":
+        return {"$ref": "#/components/schemas/term_item_update"}
     if path == "/api/v1/formula_check":
         return {"$ref": "#/components/schemas/FormulaCheck"}
     if path == "/api/v1/device_call":

@@ -471,6 +471,17 @@ class ContractTests(ApiTests):
         ]
         self.assertEqual(index["get"]["parameters"][-1]["schema"]["type"], "integer")
         self.assertIn("value", schemas["DeviceCtrl"]["required"])
+        # Each body is the schema of its own entity (a term-item's PUT is not a term's).
+        bodies = {
+            ("put", "/api/v1/terms/{term_id}/items/{item_id}"): "term_item_update",
+            ("put", "/api/v1/terms/{entity_id}"): "term_update",
+            ("post", "/api/v1/terms/{term_id}/items"): "term_item_in_term",
+            ("put", "/api/v1/formulas/{formula_id}"): "formula_update",
+            ("post", "/api/v1/formulas"): "formula",
+        }
+        for (method, path), name in bodies.items():
+            body = spec["paths"][path][method]["requestBody"]["content"]["application/json"]
+            self.assertEqual(body["schema"], {"$ref": f"#/components/schemas/{name}"}, path)
 
     @inlineCallbacks
     def test_document_examples_are_accepted(self):
