@@ -358,8 +358,13 @@ def entity_schema(entity: type[Entity], *, update: bool = False) -> dict[str, An
             branches.append(_absent("protocol"))
             rules["ip"] = "a protocol with a link needs ip"
         all_of.append({"anyOf": branches})
-    elif entity.KIND == "term_item":
+    elif entity.KIND == "term_item" and not update:
         all_of.append(_term_item_rules())
+    elif entity.KIND == "term_item":
+        # A PUT is merged into the stored point: the merged point must fit together.
+        for name in ("code_type", "data_type", "byte_order", "bit", "count", "protocol_code"):
+            rules[name] = "merged with the stored point, the Modbus fields must go together"
+        rules["up_limit"] = "merged with the stored point, down_limit must not exceed up_limit"
     elif entity.KIND == "formula":
         schema["patternProperties"] = {
             r"^p[0-9]{1,3}$": {
