@@ -16,6 +16,32 @@ class ConfigError(PyDataCollError):
         self.message = message
 
 
+#: The JSON Schema of every REST error body (`error_body`); the OpenAPI document uses it.
+ERROR_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "required": ["error", "message", "field"],
+    "properties": {
+        "error": {"type": "string", "description": "a short code: invalid, not_found, ..."},
+        "message": {"type": "string", "description": "what is wrong, for a person"},
+        "field": {
+            "type": ["string", "null"],
+            "description": "the body field, parameter or setting at fault (null: the request)",
+        },
+        "index": {"type": "integer", "description": "the element of a batch at fault"},
+    },
+}
+
+
+def error_body(
+    code: str, message: str, field: str | None = None, index: int | None = None
+) -> dict[str, object]:
+    """The one JSON error shape of the REST API: ``{"error", "message", "field"}`` (+ index)."""
+    body: dict[str, object] = {"error": code, "message": message, "field": field}
+    if index is not None:
+        body["index"] = index
+    return body
+
+
 class ApiError(PyDataCollError):
     """An error reported to a REST client as ``{"error", "message", "field"}``.
 
@@ -33,10 +59,7 @@ class ApiError(PyDataCollError):
 
     def to_json(self) -> dict[str, object]:
         """The JSON body of the error response."""
-        body: dict[str, object] = {"error": self.code, "message": self.message, "field": self.field}
-        if self.index is not None:
-            body["index"] = self.index
-        return body
+        return error_body(self.code, self.message, self.field, self.index)
 
 
 class ValidationError(ApiError):

@@ -25,11 +25,17 @@ from pydatacoll.protocols.modbus.codec import point_format
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: Names of free attributes.
 ATTRIBUTE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
-_HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
+#: A host name (at most 253 characters): labels of letters, digits, ``_`` and inner ``-``.
+HOSTNAME_PATTERN = (
+    r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
 )
-_INTEGER_TEXT = re.compile(r"^\s*[+-]?\d{1,20}\s*$")
+_HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)
+_INTEGER_TEXT = re.compile(r"^\s*[+-]?[0-9]{1,20}\s*$")
+#: A number as text, as the predecessor's clients send them (``"230.5"``): decimal, no
+#: exponent, at most 18 integer digits (so within 2**63). The OpenAPI document says so.
+NUMBER_TEXT = r"^\s*[+-]?([0-9]{1,18}(\.[0-9]*)?|\.[0-9]+)\s*$"
+_NUMBER_TEXT = re.compile(NUMBER_TEXT)
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_JSON = 64 * 1024
 
@@ -40,7 +46,9 @@ def is_valid_id(value: str) -> bool:
 
 
 def normalize_id(value: Any, field: str) -> str:
-    """An id from JSON: a string, or an integer turned into its string."""
+    """An id from JSON: a string, or an integer (``7`` or ``7.0``) turned into its string."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValidationError(f"{field} must be a string or an integer", field=field)
     text = str(value)
@@ -94,16 +102,18 @@ class Field:
 
     def _convert_number(self, value: Any) -> int | float:
         if isinstance(value, str):
+            # Text only for unbounded numbers (scaling, limits), the predecessor's way.
+            if self.minimum is not None or self.maximum is not None:
+                raise ValidationError(f"{self.name} must be a number", field=self.name)
+            if not _NUMBER_TEXT.match(value):
+                raise ValidationError(f"{self.name} must be a number", field=self.name)
             text = value.strip()
-            try:
-                value = int(text) if _INTEGER_TEXT.match(text) else float(text)
-            except ValueError:
-                raise ValidationError(f"{self.name} must be a number", field=self.name) from None
+            value = int(text) if _INTEGER_TEXT.match(text) else float(text)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValidationError(f"{self.name} must be a number", field=self.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValidationError(f"{self.name} must be a finite number", field=self.name)
-        if isinstance(value, int) and abs(value) > 2**63:
+        if abs(value) > 2**63:
             raise ValidationError(f"{self.name} is out of range", field=self.name)
         self._check_range(value)
         return value
@@ -113,7 +123,7 @@ class Field:
             try:
                 return str(ipaddress.ip_address(value))
             except ValueError:
-                if _HOSTNAME_RE.match(value):
+                if len(value) <= 253 and _HOSTNAME_RE.match(value):
                     return value
         raise ValidationError(
             f"{self.name} must be an IPv4/IPv6 address or a host name", field=self.name
@@ -121,6 +131,8 @@ class Field:
 
     def _convert_scalar(self, value: Any) -> int | str:
         if isinstance(value, str) and _INTEGER_TEXT.match(value):
+            value = int(value)
+        elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             if not 0 <= value <= 65535:
@@ -202,14 +214,17 @@ class Entity:
                 continue
             known[f.name] = f.convert(value)
         for name, value in body.items():
-            if cls.field(name) is not None or value is None:
+            if cls.field(name) is not None:
                 continue
+            # A bad name is refused even with a null value (which would only drop it).
             if not isinstance(name, str) or not ATTRIBUTE_PATTERN.match(name):
                 raise ValidationError(
                     "attribute names are 1 to 64 characters of A-Z a-z 0-9 _ . - "
                     "starting with a letter or _",
                     field=str(name)[:64],
                 )
+            if value is None:
+                continue
             if len(json.dumps(value, ensure_ascii=False)) > MAX_ATTRIBUTE_JSON:
                 raise ValidationError(f"{name} is longer than {MAX_ATTRIBUTE_JSON}", field=name)
             extra[name] = value

@@ -78,3 +78,48 @@ class ModelTests(SynchronousTestCase):
             ENTITIES[entity].from_json(body)
         except ValidationError:
             pass
+
+
+class SchemaAgreementTests(SynchronousTestCase):
+    """Where the server met the OpenAPI document half-way (found by schemathesis)."""
+
+    def test_integral_floats_are_integers(self):
+        """JSON Schema counts 7.0 as an integer: so do ids, ports and code types."""
+        item = TermItem.from_json(
+            {"term_id": 10.0, "item_id": 1000, "code_type": 45.0, "protocol_code": 7.0}
+        )
+        self.assertEqual((item.term_id, item.code_type, item.protocol_code), ("10", 45, 7))
+        with self.assertRaises(ValidationError):
+            TermItem.from_json({"term_id": 1.5, "item_id": "1"})
+
+    def test_numbers_beyond_two_to_the_63_are_refused(self):
+        with self.assertRaises(ValidationError) as raised:
+            TermItem.from_json({"term_id": "1", "item_id": "1", "coefficient": 1e300})
+        self.assertEqual(raised.exception.field, "coefficient")
+
+    def test_host_names_are_at_most_253_characters(self):
+        name = ".".join(["a" * 60] * 4)  # 243
+        self.assertEqual(Device.from_json({"id": "1", "protocol": "modbus", "ip": name}).ip, name)
+        with self.assertRaises(ValidationError):
+            Device.from_json({"id": "1", "protocol": "modbus", "ip": name + ".abcdefghijk"})
+
+    def test_bad_attribute_names_are_refused_even_when_null(self):
+        with self.assertRaises(ValidationError) as raised:
+            ENTITIES["item"].from_json({"id": "1", "a b": None})
+        self.assertEqual(raised.exception.field, "a b")
+
+    def test_numbers_as_text_are_exactly_what_the_document_says(self):
+        """The predecessor's numeric strings: integers in range, plain decimals; no more."""
+        from pydatacoll.model import Field
+
+        port = Field("port", "integer", "", minimum=1, maximum=65535)
+        self.assertEqual([port.convert(t) for t in (" 80", "+0443", "65535")], [80, 443, 65535])
+        for text in ("0", "65536", "٣", "1e3", "1.0"):
+            self.assertRaises(ValidationError, port.convert, text)
+        scale = Field("coefficient", "number", "")
+        self.assertEqual([scale.convert(t) for t in ("0.5", " -2 ", ".25")], [0.5, -2, 0.25])
+        for text in ("1e3", "nan", "inf", "1" * 19):
+            self.assertRaises(ValidationError, scale.convert, text)
+        ranged = Field("t1", "number", "", minimum=0.1, maximum=255)
+        self.assertRaises(ValidationError, ranged.convert, "15")
+        self.assertEqual(ranged.convert(15), 15)

@@ -12,11 +12,13 @@ from datetime import datetime
 from typing import Any
 
 from klein import Klein
+from klein._resource import KleinResource, URLDecodeError, extractURLparts
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 
 from pydatacoll import errors
 from pydatacoll.api.jsonbody import dumps, read_json
@@ -39,6 +41,16 @@ from pydatacoll.store.config import MAX_RETRIES, ConfigStore, RetryChange, natur
 
 MAX_BATCH = 10000
 MAX_SAMPLES = 10000
+#: Largest |index| of GET .../datas/{index}.
+MAX_INDEX = 10**9
+_INTEGER = re.compile(r"^-?[0-9]{1,19}$")
+#: An RFC 3339 date-time (what OpenAPI's ``format: date-time`` means); the seconds may be
+#: left out (``2026-01-31T08:00Z``).
+_RFC3339 = re.compile(
+    r"^(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[Tt ]"
+    r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(:(?P<second>[0-9]{2})(?P<fraction>\.[0-9]+)?)?"
+    r"(?P<zone>[Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
 
 
 class LimitedRequest(Request):
@@ -64,6 +76,24 @@ def _json(request: Any, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
     return dumps(body)
+
+
+class _ApiResource(KleinResource):
+    """Klein's resource, with a URL that is not UTF-8 answered in the JSON error shape.
+
+    Klein itself answers it with a plain-text 400 and logs a traceback.
+    """
+
+    def render(self, request: Any) -> Any:
+        try:
+            extractURLparts(request)
+        except URLDecodeError:
+            return _json(
+                request,
+                400,
+                errors.error_body("invalid", "the URL path is not valid UTF-8", "path"),
+            )
+        return super().render(request)
 
 
 class _WallClock:
@@ -127,7 +157,7 @@ class ApiApp:
             pass
 
         _Request.max_body = max_body
-        site = Site(self.app.resource(), requestFactory=_Request)
+        site = Site(_ApiResource(self.app), requestFactory=_Request)
         if not self.settings.access_log:
             site.log = lambda request: None  # type: ignore[method-assign]
         site.displayTracebacks = False
@@ -150,15 +180,16 @@ class ApiApp:
         if isinstance(error, HTTPException):
             code = error.code or 500
             name = {404: "not_found", 405: "method_not_allowed"}.get(code, "http_error")
-            return _json(
-                request, code, {"error": name, "message": error.description or "", "field": None}
-            )
+            message = error.description or ""
+            if isinstance(error, WerkzeugMethodNotAllowed):
+                allowed = sorted(error.valid_methods or ())
+                request.setHeader(b"Allow", ", ".join(allowed).encode())
+                message = f"this URL answers {', '.join(allowed)}"
+            return _json(request, code, errors.error_body(name, message, None))
         self.log.failure(
             "unexpected error in {method} {uri}", failure, method=request.method, uri=request.uri
         )
-        return _json(
-            request, 500, {"error": "internal", "message": "internal error", "field": None}
-        )
+        return _json(request, 500, errors.error_body("internal", "internal error", None))
 
     def _authorize(self, request: Any, mutating: bool) -> None:
         token = self.settings.api_token
@@ -333,12 +364,13 @@ class ApiApp:
         """One sample by its index in the list ``datas`` answers (newest first): 0 is the
         newest, 1 the one before it; -1 the oldest kept, -2 the one after it."""
         self._read(request)
-        try:
-            position = int(index)
-        except ValueError:
-            raise errors.ValidationError("index must be an integer", field="index") from None
-        if abs(position) > 10**9:
-            raise errors.ValidationError("index is out of range", field="index")
+        if not _INTEGER.match(index):
+            raise errors.ValidationError("index must be an integer", field="index")
+        position = int(index)
+        if abs(position) > MAX_INDEX:
+            raise errors.ValidationError(
+                f"index must be from -{MAX_INDEX} to {MAX_INDEX}", field="index"
+            )
         yield self._term_item_fields(term_id, item_id, device_id)
         sample = yield self.store.sample_at((device_id, term_id, item_id), position)
         if sample is None:
@@ -440,12 +472,15 @@ class ApiApp:
     def create_term_item(self, request: Any, term_id: str) -> Any:
         """Link an item to a term: 201 with the stored term-item."""
         body = self._body(request)
+        if not is_valid_id(term_id):
+            raise errors.NotFound("term_id not found!", field="term_id")
         if isinstance(body, dict):
             body = dict(body)
             if body.get("term_id") is None:
                 body["term_id"] = term_id
             elif normalize_id(body["term_id"], "term_id") != term_id:
-                raise errors.ValidationError("term_id mismatch in url and body!", field="term_id")
+                # Like a rename by PUT: the URL names the term, the body may only repeat it.
+                raise errors.Conflict("term_id mismatch in url and body!", field="term_id")
         entity = TermItem.from_json(body)
         yield self._check_points([(None, entity)])
         results = yield self._apply([_op("create", entity)], batch=False)
@@ -573,7 +608,7 @@ class ApiApp:
                 e.index = index
                 raise
             if op["id"] in seen:
-                raise errors.ValidationError("duplicate id in the batch", field="id", index=index)
+                raise errors.Conflict("duplicate id in the batch", field="id", index=index)
             seen.add(op["id"])
             ops.append(op)
         if ops:
@@ -649,18 +684,28 @@ class ApiApp:
         The round trip runs to its end (reply or timeout, and the audit entry) even if
         the client goes away; the answer's outcome gives the HTTP status.
         """
-        body = self._body(request)
-        if not isinstance(body, dict):
-            raise errors.ValidationError("the request must be a JSON object")
-        ids = {
-            name: normalize_id(body.get(name), name) for name in ("device_id", "term_id", "item_id")
-        }
         request_id = uuid.uuid4().hex
-        if action == "device_call":
-            work = self._round_trip(action, request_id, ids, {})
-        else:
-            work = self._device_ctrl(request_id, ids, body, _client(request))
-        answer = yield _detached(work)
+        try:
+            body = self._body(request)
+            if not isinstance(body, dict):
+                raise errors.ValidationError("the request must be a JSON object")
+            ids = {
+                name: normalize_id(body.get(name), name)
+                for name in ("device_id", "term_id", "item_id")
+            }
+            if action == "device_call":
+                work = self._round_trip(action, request_id, ids, {})
+            else:
+                work = self._device_ctrl(request_id, ids, body, _client(request))
+            answer = yield _detached(work)
+        except DeviceAnswer:
+            raise
+        except errors.ApiError as e:
+            # Every answer of these routes has the DeviceAnswer shape (which includes the
+            # error shape): the outcome of a request the API refused is the error code.
+            if isinstance(e, errors.Unauthorized):
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="pydatacoll"')
+            raise DeviceAnswer.refusal(request_id, e) from None
         return _json(request, answer.status, answer.to_json())
 
     @inlineCallbacks
@@ -738,6 +783,8 @@ class ApiApp:
                 request_id, "timeout", f"no answer from the collector within {timeout:g} s{maybe}"
             ) from None
         answer = DeviceAnswer.from_reply(request_id, reply)
+        if action == "device_ctrl" and answer.outcome == "refused":
+            answer.field = "value"  # the collector cannot send this value to this point
         if answer.status >= 400:
             raise answer
         return answer
@@ -869,7 +916,7 @@ def batch_put_ops(entity_type: Any, elements: list[Any]) -> list[dict[str, Any]]
             e.index = index
             raise
         if entity.key in seen:
-            raise errors.ValidationError(
+            raise errors.Conflict(
                 f"duplicate {entity.KIND} {entity.key} in the batch", field="id", index=index
             )
         seen.add(entity.key)
@@ -898,26 +945,53 @@ def _int_arg(request: Any, name: str, default: int, low: int, high: int) -> int:
     values = request.args.get(name.encode())
     if not values:
         return default
-    try:
-        value = int(values[0])
-    except ValueError:
-        raise errors.ValidationError(f"{name} must be an integer", field=name) from None
+    if not _INTEGER.match(values[0].decode("latin-1")):
+        raise errors.ValidationError(f"{name} must be an integer", field=name)
+    value = int(values[0])
     if not low <= value <= high:
         raise errors.ValidationError(f"{name} must be from {low} to {high}", field=name)
     return value
 
 
 def _time_arg(request: Any, name: str) -> int | None:
+    """Query parameter ``name`` as epoch milliseconds (None when absent)."""
     values = request.args.get(name.encode())
     if not values:
         return None
+    return parse_time(values[0].decode("latin-1"), name)
+
+
+def parse_time(text: str, name: str) -> int:
+    """An RFC 3339 time (``2026-12-03T10:00:00Z``, with a zone) as epoch milliseconds.
+
+    Years before 1970 are refused with a 400 naming ``name`` (Redis stream ids start at
+    the epoch); a time in the first hours of 1970 that is before the epoch in UTC counts
+    from the epoch. A leap second (``:60``) counts as the last millisecond before it.
+    """
+    match = _RFC3339.match(text)
+    if match is None:
+        raise errors.ValidationError(
+            f"{name} must be an RFC 3339 time with a zone, e.g. 2026-01-31T08:00:00Z",
+            field=name,
+        )
+    if int(match["year"]) < 1970:
+        raise errors.ValidationError(f"{name} must be in 1970 or later", field=name)
+    second = int(match["second"] or 0)
     try:
-        moment = datetime.fromisoformat(values[0].decode())
-    except (ValueError, UnicodeDecodeError):
-        raise errors.ValidationError(f"{name} must be an ISO 8601 time", field=name) from None
-    if moment.tzinfo is None:
-        raise errors.ValidationError(f"{name} needs a time zone (Z or +hh:mm)", field=name)
-    return int(moment.timestamp() * 1000)
+        moment = datetime.fromisoformat(
+            f"{match['year']}-{match['month']}-{match['day']}T{match['hour']}:"
+            f"{match['minute']}:{min(second, 59):02d}"
+            + ("+00:00" if match["zone"] in "Zz" else match["zone"])
+        )
+    except ValueError:
+        raise errors.ValidationError(f"{name} is not a valid date and time", field=name) from None
+    if second > 60:
+        raise errors.ValidationError(f"{name} is not a valid date and time", field=name)
+    fraction = float("0" + match["fraction"]) if match["fraction"] else 0.0
+    if second == 60:
+        fraction = 0.999
+    milliseconds = int(moment.timestamp()) * 1000 + int(fraction * 1000)
+    return max(milliseconds, 0)
 
 
 def route_table(app: Klein) -> list[tuple[str, str]]:

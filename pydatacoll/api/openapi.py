@@ -7,51 +7,442 @@ from typing import Any
 
 from klein import Klein
 
-from pydatacoll.model import ENTITIES, Entity
+from pydatacoll.api.app import MAX_BATCH, MAX_INDEX
+from pydatacoll.errors import ERROR_SCHEMA
+from pydatacoll.model import (
+    ATTRIBUTE_PATTERN,
+    ENTITIES,
+    HOSTNAME_PATTERN,
+    ID_PATTERN,
+    MAX_ATTRIBUTES,
+    NUMBER_TEXT,
+    Entity,
+    Field,
+)
+from pydatacoll.protocols import device_protocols, get_protocol
+from pydatacoll.protocols.modbus.codec import BYTE_ORDERS, BYTE_ORDERS_64
 
-_ERROR = {
-    "type": "object",
-    "required": ["error", "message", "field"],
-    "properties": {
-        "error": {"type": "string"},
-        "message": {"type": "string"},
-        "field": {"type": ["string", "null"]},
-        "index": {"type": "integer", "description": "element of a batch"},
+_ERROR = ERROR_SCHEMA
+_NULL = {"type": "null"}
+#: Numbers without a declared range are refused beyond this (`Field` does the same).
+_NUMBER_LIMIT = 2**63
+
+
+def _range_stops(low: int, high: int) -> list[int]:
+    """Ends of the sub-ranges of [low, high] that one digit pattern each can match."""
+    stops = {high}
+    nines = 1
+    stop = int(str(low)[:-nines] + "9" * nines)
+    while low <= stop < high:
+        stops.add(stop)
+        nines += 1
+        stop = int(str(low)[:-nines] + "9" * nines)
+    zeros = 1
+    stop = (high + 1) - (high + 1) % 10**zeros - 1
+    while low < stop <= high:
+        stops.add(stop)
+        zeros += 1
+        stop = (high + 1) - (high + 1) % 10**zeros - 1
+    return sorted(stops)
+
+
+def integer_range_pattern(low: int, high: int) -> str:
+    """A regular expression matching exactly the decimal texts of ``low..high`` (>= 0)."""
+    parts, start = [], low
+    for stop in _range_stops(low, high):
+        pattern, any_digits = "", 0
+        for a, b in zip(str(start), str(stop), strict=True):
+            if a == b:
+                pattern += a
+            elif a != "0" or b != "9":
+                pattern += f"[{a}-{b}]"
+            else:
+                any_digits += 1
+        if any_digits:
+            pattern += "[0-9]" if any_digits == 1 else f"[0-9]{{{any_digits}}}"
+        parts.append(pattern)
+        start = stop + 1
+    return "|".join(parts)
+
+
+def _integer_text(low: float, high: float) -> dict[str, Any]:
+    """The texts `Field` takes for an integer in ``low..high`` (the predecessor's clients
+    send numbers as strings): optional spaces, ``+``, leading zeros."""
+    # `Field` reads at most 20 digits: leading zeros up to that (for the largest value).
+    zeros = 20 - len(str(int(high)))
+    digits = integer_range_pattern(int(low), int(high))
+    alternatives = [rf"^\s*\+?0{{0,{zeros}}}({digits})\s*$"]
+    if low == 0:
+        alternatives.append(r"^\s*-0{1,20}\s*$")
+    return {"type": "string", "pattern": "|".join(alternatives)}
+
+
+def _field_schema(f: Field) -> dict[str, Any]:
+    """A declared field as JSON Schema: exactly what `Field.convert` accepts."""
+    schema: dict[str, Any]
+    if f.kind == "id":
+        schema = {
+            "oneOf": [
+                {"type": "string", "pattern": ID_PATTERN.pattern, "not": {"pattern": r"^\.+$"}},
+                {"type": "integer", "minimum": -(10**63 - 1), "maximum": 10**64 - 1},
+            ]
+        }
+    elif f.kind == "string":
+        schema = {"type": "string", "maxLength": f.max_length}
+    elif f.kind == "host":
+        schema = {
+            "type": "string",
+            "anyOf": [
+                {"format": "ipv4", "pattern": r"^[0-9.]+$"},
+                {"format": "ipv6", "pattern": r"^[0-9A-Fa-f:.]+$"},
+                {"pattern": HOSTNAME_PATTERN, "maxLength": 253},
+            ],
+        }
+    elif f.kind in ("integer", "number"):
+        numeric = {
+            "type": f.kind,
+            "minimum": -_NUMBER_LIMIT if f.minimum is None else f.minimum,
+            "maximum": _NUMBER_LIMIT if f.maximum is None else f.maximum,
+        }
+        if f.kind == "integer" and f.minimum is not None and f.minimum >= 0:
+            assert f.maximum is not None
+            schema = {"anyOf": [numeric, _integer_text(f.minimum, f.maximum)]}
+        elif f.kind == "number" and f.minimum is None and f.maximum is None:
+            schema = {"anyOf": [numeric, {"type": "string", "pattern": NUMBER_TEXT}]}
+        else:
+            schema = numeric
+    else:  # scalar: a number 0..65535 or a short name (not an integer's text)
+        schema = {
+            "oneOf": [
+                {"type": "integer", "minimum": 0, "maximum": 65535},
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 32,
+                    "not": {"pattern": r"^\s*[+-]?[0-9]{1,20}\s*$"},
+                },
+                _integer_text(0, 65535),
+            ]
+        }
+    schema["description"] = f.description
+    return schema
+
+
+def _present(name: str) -> dict[str, Any]:
+    """``name`` is given, and not null (a null field counts as left out)."""
+    return {"required": [name], "properties": {name: {"not": _NULL}}}
+
+
+def _absent(name: str) -> dict[str, Any]:
+    return {"not": _present(name)}
+
+
+def _one_of(names: Any) -> dict[str, Any]:
+    return {"enum": list(names)}
+
+
+_BIT_TABLES = ("coil", "coils", "discrete_input", "discrete_inputs", 0, 1, "0", "1")
+_REGISTER_TABLES = (
+    "input", "input_register", "input_registers", "holding", "holding_register",
+    "holding_registers", 3, 4, "3", "4",
+)  # fmt: skip
+_ORDERS_32 = list(BYTE_ORDERS)
+_MODBUS_FIELDS = ("data_type", "byte_order", "bit", "count")
+
+
+def _modbus_point(
+    tables: dict[str, Any],
+    data_types: list[str] | None,
+    *,
+    orders: list[str] | None = None,
+    bit: bool = False,
+    count: bool = False,
+    width: int = 1,
+) -> dict[str, Any]:
+    """One allowed combination of a Modbus point's fields (see `point_format`)."""
+    rules: list[dict[str, Any]] = [tables]
+    if data_types is None:  # data_type left out: the table's default type
+        rules.append(_absent("data_type"))
+    else:
+        rules.append({**_present("data_type"), "properties": {"data_type": _one_of(data_types)}})
+    rules.append(_present("bit") if bit else _absent("bit"))
+    rules.append(_present("count") if count else _absent("count"))
+    if orders is None:
+        rules.append(_absent("byte_order"))
+    else:
+        rules.append({"properties": {"byte_order": {"anyOf": [_one_of(orders), _NULL]}}})
+    if not count:
+        rules.append({"properties": {"protocol_code": {"maximum": 65536 - width}}})
+    return {"allOf": rules}
+
+
+def _term_item_rules() -> dict[str, Any]:
+    """How a term-item's Modbus fields go together: any one of these (`point_format`)."""
+    bits = {"required": ["code_type"], "properties": {"code_type": _one_of(_BIT_TABLES)}}
+    registers = {
+        "anyOf": [
+            _absent("code_type"),
+            {"properties": {"code_type": _one_of(_REGISTER_TABLES)}},
+        ]
+    }
+    return {
+        "anyOf": [
+            {"allOf": [_absent(name) for name in _MODBUS_FIELDS]},
+            _modbus_point(bits, ["bool"]),
+            _modbus_point(registers, ["bool"], bit=True),
+            _modbus_point(registers, ["int16", "uint16"], orders=[*_ORDERS_32, "AB", "BA"]),
+            {
+                "allOf": [
+                    _present("byte_order"),
+                    _modbus_point(registers, None, orders=[*_ORDERS_32, "AB", "BA"]),
+                ]
+            },
+            _modbus_point(registers, ["int32", "uint32", "float32"], orders=_ORDERS_32, width=2),
+            _modbus_point(
+                registers,
+                ["int64", "uint64", "float64"],
+                orders=[*_ORDERS_32, *BYTE_ORDERS_64],
+                width=4,
+            ),
+            _modbus_point(
+                registers, ["string"], orders=[*_ORDERS_32, "AB", "BA"], count=True, width=125
+            ),
+        ]
+    }
+
+
+def _settings_schema(protocol: str) -> tuple[dict[str, Any], list[str]]:
+    """The device settings (free attributes) a protocol reads, and its cross-field rules."""
+    if protocol == "iec104":
+        from pydatacoll.protocols.iec104.runtime import SETTINGS as IEC104_SETTINGS
+
+        properties = {f.name: _nullable(_field_schema(f)) for f in IEC104_SETTINGS}
+        properties["endpoints"] = _nullable(
+            {
+                "type": "array",
+                "maxItems": 8,
+                "items": {"type": "string", "pattern": r"^.+:[0-9]{1,5}$"},
+                "description": "more host:port endpoints of a redundant station, tried in turn",
+            }
+        )
+        properties["timezone"] = {
+            "type": ["string", "null"],
+            "description": "IANA time zone of the station's time tags (default UTC)",
+        }
+        properties["interrogation_groups"] = _nullable(
+            {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 16}}
+        )
+        return properties, ["k", "w", "t0", "t1", "t2", "t3", "endpoints", "timezone"]
+    if protocol == "modbus":
+        from pydatacoll.protocols.modbus.config import SETTINGS as MODBUS_SETTINGS
+
+        properties = {}
+        for name, (f, default) in MODBUS_SETTINGS.items():
+            schema = _field_schema(f)
+            if isinstance(default, bool):
+                schema = {"anyOf": [{"type": "boolean"}, schema], "description": f.description}
+            if name == "byte_order":
+                schema = {"enum": _ORDERS_32, "description": f.description}
+            properties[name] = _nullable(schema)
+        return properties, ["degrade_max"]
+    return {}, []
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    description = schema.pop("description", None)
+    wrapped: dict[str, Any] = {"anyOf": [schema, _NULL]}
+    if description:
+        wrapped["description"] = description
+    return wrapped
+
+
+#: Names a free attribute may have.
+_ATTRIBUTE_NAMES = {"pattern": ATTRIBUTE_PATTERN.pattern}
+
+#: Coherent example bodies of each entity (field examples alone would not fit together).
+EXAMPLES: dict[str, list[dict[str, Any]]] = {
+    "device": [
+        {"id": "1", "name": "substation 1", "protocol": "iec104", "ip": "127.0.0.1", "port": 2404},
+        {"id": "2", "name": "meter rack", "protocol": "modbus", "ip": "127.0.0.1", "port": 5020},
+    ],
+    "term": [{"id": "10", "device_id": "1", "name": "meter 1", "address": 1}],
+    "item": [
+        {"id": "1000", "name": "phase A voltage", "unit": "V"},
+        {"id": "1001", "name": "active power", "unit": "kW"},
+    ],
+    "term_item": [
+        {
+            "term_id": "10",
+            "item_id": "1000",
+            "protocol_code": 100,
+            "code_type": 50,
+            "coefficient": 1,
+            "base_val": 0,
+            "up_limit": 230,
+            "down_limit": 220,
+        },
+        {
+            "term_id": "10",
+            "item_id": "1001",
+            "protocol_code": 0,
+            "code_type": "holding",
+            "data_type": "float32",
+            "byte_order": "CDAB",
+        },
+    ],
+    "formula": [
+        {
+            "id": "1",
+            "formula": "p1 * 2",
+            "device_id": "1",
+            "term_id": "10",
+            "item_id": "1002",
+            "p1": "1:10:1000",
+        }
+    ],
+}
+
+#: Rules over several fields (or over the stored configuration) that JSON Schema does not
+#: state; a body breaking one is refused with 400 naming one of these fields.
+CROSS_FIELD_RULES: dict[str, dict[str, str]] = {
+    "term_item": {
+        "down_limit": "down_limit must not exceed up_limit",
+        "protocol_code": "a Modbus string's registers (protocol_code + count) end by 65535",
+    },
+    "formula": {
+        "formula": "the expression must compile (names p1..pN given, functions allowed)",
     },
 }
 
 
-def entity_schema(entity: type[Entity]) -> dict[str, Any]:
-    """The JSON Schema of an entity body (free attributes allowed)."""
-    return {
+def entity_schema(entity: type[Entity], *, update: bool = False) -> dict[str, Any]:
+    """The JSON Schema of an entity body: declared fields, free attributes by name.
+
+    ``update``: a PUT body, merged into the stored entity (nothing required; null removes
+    a field; a changed id is refused with 409).
+    """
+    properties: dict[str, Any] = {}
+    for f in entity.FIELDS:
+        schema = _field_schema(f)
+        # null leaves an optional field out (a PUT: removes it); a required one stays.
+        properties[f.name] = schema if f.required else _nullable(schema)
+    names: dict[str, Any] = dict(_ATTRIBUTE_NAMES)
+    schema = {
         "type": "object",
-        "required": [f.name for f in entity.FIELDS if f.required],
-        "properties": {f.name: f.json_schema() for f in entity.FIELDS},
-        "additionalProperties": True,
-        "examples": [{f.name: f.example for f in entity.FIELDS if f.example is not None}],
+        "required": [] if update else [f.name for f in entity.FIELDS if f.required],
+        "properties": properties,
+        "propertyNames": names,
+        "maxProperties": len(entity.FIELDS) + MAX_ATTRIBUTES,
+        "additionalProperties": {"description": "a free attribute (any JSON value)"},
     }
+    rules: dict[str, str] = dict(CROSS_FIELD_RULES.get(entity.KIND, {}))
+    all_of: list[dict[str, Any]] = []
+    if entity.KIND == "device":
+        protocols = list(device_protocols())
+        properties["protocol"] = _nullable(_one_of(protocols)) if update else _one_of(protocols)
+        properties["protocol"]["description"] = "see GET /api/v1/device_protocols"
+        branches = []
+        for name in protocols:
+            settings, protocol_rules = _settings_schema(name)
+            protocol = get_protocol(name)
+            branch: dict[str, Any] = {
+                "properties": {"protocol": {"const": name}, **settings},
+                "required": ["protocol"],
+            }
+            if protocol is not None and protocol.has_link and not update:
+                branch["required"] = ["protocol", "ip"]
+                branch["properties"]["ip"] = {"not": _NULL}
+            branches.append(branch)
+            rules.update({r: f"{name} device settings that go together" for r in protocol_rules})
+        if update:
+            branches.append(_absent("protocol"))
+            rules["ip"] = "a protocol with a link needs ip"
+        all_of.append({"anyOf": branches})
+    elif entity.KIND == "term_item" and not update:
+        all_of.append(_term_item_rules())
+    elif entity.KIND == "term_item":
+        # A PUT is merged into the stored point: the merged point must fit together.
+        for name in ("code_type", "data_type", "byte_order", "bit", "count", "protocol_code"):
+            rules[name] = "merged with the stored point, the Modbus fields must go together"
+        rules["up_limit"] = "merged with the stored point, down_limit must not exceed up_limit"
+    elif entity.KIND == "formula":
+        schema["patternProperties"] = {
+            r"^p[0-9]{1,3}$": {
+                "type": ["string", "null"],
+                "pattern": r"^[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_.-]{1,64}$",
+                "description": "an input point 'device_id:term_id:item_id'",
+            }
+        }
+        names["not"] = {"pattern": r"^p[0-9]{4,}$"}
+        rules["p1"] = "at most 32 parameters; each names ids that are not only dots"
+    if all_of:
+        schema["allOf"] = all_of
+    if rules:
+        schema["x-cross-field-rules"] = rules
+    if not update:
+        schema["examples"] = EXAMPLES.get(entity.KIND, [])
+    return schema
 
 
 def _collection_entity(path: str) -> str | None:
-    for name in ("term_items", "devices", "terms", "items"):
+    for name in ("term_items", "devices", "terms", "items", "formulas"):
         if f"/{name}" in path:
             return name[:-1]
     return None
 
 
-def _operation(method: str, path: str) -> dict[str, Any]:
-    from pydatacoll.api.app import ApiApp  # noqa: F401  (routes are declared there)
+def _parameter(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    if name == "index":
+        schema = {"type": "integer", "minimum": -MAX_INDEX, "maximum": MAX_INDEX}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
-    parameters = [
-        {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-        for part in path.split("/")
-        if part.startswith("{")
-    ]
-    responses: dict[str, Any] = {
-        code: {
-            "description": text,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+
+def _body_schema(method: str, path: str) -> dict[str, Any]:
+    entity = _collection_entity(path)
+    if path.endswith("/items") and "/terms/" in path:
+        return {"$ref": "#/components/schemas/term_item_in_term"}
+    if path == "/api/v1/terms/{term_id}/items/{item_id}":
+        return {"$ref": "#/components/schemas/term_item_update"}
+    if path == "/api/v1/formula_check":
+        return {"$ref": "#/components/schemas/FormulaCheck"}
+    if path == "/api/v1/device_call":
+        return {"$ref": "#/components/schemas/DeviceCall"}
+    if path == "/api/v1/device_ctrl":
+        return {"$ref": "#/components/schemas/DeviceCtrl"}
+    if path.startswith("/api/v2/") and path.endswith("/del"):
+        if entity == "term_item":
+            item: dict[str, Any] = {
+                "type": "object",
+                "required": ["term_id", "item_id"],
+                "properties": {
+                    "term_id": _field_schema(ENTITIES["term_item"].FIELDS[0]),
+                    "item_id": _field_schema(ENTITIES["term_item"].FIELDS[1]),
+                },
+            }
+        else:
+            item = _field_schema(Field("id", "id", f"a {entity} id"))
+        return {
+            "type": "array",
+            "maxItems": MAX_BATCH,
+            "items": item,
+            "description": "ids to delete (a repeated one: 409)",
         }
+    ref = {"$ref": f"#/components/schemas/{entity}"}
+    if path.startswith("/api/v2/"):
+        return {
+            "oneOf": [ref, {"type": "array", "maxItems": MAX_BATCH, "items": ref}],
+            "description": "one entity or a list (all or nothing; a repeated id: 409)",
+        }
+    if method == "PUT":
+        return {"$ref": f"#/components/schemas/{entity}_update"}
+    return ref
+
+
+def _operation(method: str, path: str) -> dict[str, Any]:
+    parameters = [_parameter(part[1:-1]) for part in path.split("/") if part.startswith("{")]
+    responses: dict[str, Any] = {
+        code: {"description": text, **_ref("Error")}
         for code, text in (
             ("400", "invalid request"),
             ("401", "token required"),
@@ -72,34 +463,26 @@ def _operation(method: str, path: str) -> dict[str, Any]:
     elif method == "DELETE":
         responses["204"] = {"description": "deleted (with what hangs on it)"}
     else:
-        entity = _collection_entity(path)
-        if path.endswith("/items") and "/terms/" in path:
-            entity = "term_item"
+        schema = _body_schema(method, path)
         if path.startswith("/api/v1/device_"):
-            schema: dict[str, Any] = {"$ref": "#/components/schemas/DeviceRequest"}
             responses["504"] = responses["503"]
-        elif path.startswith("/api/v2/") and path.endswith("/del"):
-            schema = {"type": "array", "items": {}}
-        elif path.startswith("/api/v2/"):
-            ref = {"$ref": f"#/components/schemas/{entity}"}
-            schema = {"oneOf": [ref, {"type": "array", "items": ref}]}
-        else:
-            schema = {"$ref": f"#/components/schemas/{entity}"}
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": schema}},
         }
         responses.update(
             {
-                "409": {"description": "exists already / rename refused"},
-                "413": {"description": "body too large"},
-                "415": {"description": "not JSON"},
+                "409": {"description": "exists already / rename refused", **_ref("Error")},
+                "413": {"description": "body too large", **_ref("Error")},
+                "415": {"description": "not JSON", **_ref("Error")},
             }
         )
         responses["201" if method == "POST" and path.startswith("/api/v1/") else "200"] = {
-            "description": "the stored entity"
+            "description": "the stored entity",
+            "content": {"application/json": {"schema": {}}},
         }
         if path.endswith("/del"):
+            responses.pop("200", None)
             responses["204"] = {"description": "deleted"}
     _specialise(method, path, operation)
     return operation
@@ -108,6 +491,9 @@ def _operation(method: str, path: str) -> dict[str, Any]:
 def _ref(name: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
 
+
+#: ``?since=``/``?until=`` start in 1970 (the epoch of Redis stream ids); earlier: 400.
+_YEAR_1970_ON = r"^(19[7-9][0-9]|[2-9][0-9]{3})-"
 
 _QUERY = [
     {
@@ -121,24 +507,29 @@ _QUERY = [
         "name": "since",
         "in": "query",
         "required": False,
-        "schema": {"type": "string", "format": "date-time"},
-        "description": "ISO 8601 time with a zone: entries written at or after it",
+        "schema": {"type": "string", "format": "date-time", "pattern": _YEAR_1970_ON},
+        "description": "RFC 3339 time with a zone (1970 or later): entries written at or after it",
     },
     {
         "name": "until",
         "in": "query",
         "required": False,
-        "schema": {"type": "string", "format": "date-time"},
-        "description": "ISO 8601 time with a zone: entries written at or before it",
+        "schema": {"type": "string", "format": "date-time", "pattern": _YEAR_1970_ON},
+        "description": "RFC 3339 time with a zone (1970 or later): entries written at or before it",
     },
 ]
 
 _DEVICE_OUTCOMES = {
     "200": "confirmed or terminated: the answer (device_call: with the fresh sample)",
-    "400": "invalid request, or the collector refused it (outcome refused)",
-    "404": "unknown device/term/item/point, or the collector does not run it (not_found)",
+    "400": "invalid request (outcome invalid, field named), or the collector refused it "
+    "(outcome refused)",
+    "401": "token required (outcome unauthorized)",
+    "404": "unknown device/term/item (outcome not_found, field named), or the collector "
+    "does not run the point (not_found)",
     "409": "the device answered negatively (outcome negative, with its cause), or a "
     "command for the same point is in flight (outcome busy)",
+    "413": "body too large (outcome too_large)",
+    "415": "not JSON (outcome unsupported_media_type)",
     "502": "the request failed in the collector (outcome failed)",
     "503": "the device is offline (outcome offline), no collector or reply channel "
     "(unavailable), or overload: the collector already handles its most requests at once "
@@ -150,7 +541,20 @@ _DEVICE_OUTCOMES = {
 def _specialise(method: str, path: str, operation: dict[str, Any]) -> None:
     """Descriptions and schemas of the routes that are not plain CRUD."""
     responses = operation["responses"]
-    if method == "POST" and path in ("/api/v1/device_call", "/api/v1/device_ctrl"):
+    if path == "/":
+        responses["200"] = {
+            "description": "the list of routes, one per line, for a person",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    elif path == "/api/v1/formula_check":
+        responses.pop("201", None)
+        responses.pop("409", None)
+        responses["200"] = {
+            "description": '{"ok": true, "value", "quality"} or {"ok": false, "error", '
+            '"message", "field"} (the formula is not saved)',
+            "content": {"application/json": {"schema": {"type": "object", "required": ["ok"]}}},
+        }
+    elif method == "POST" and path in ("/api/v1/device_call", "/api/v1/device_ctrl"):
         responses.pop("201", None)
         for code, text in _DEVICE_OUTCOMES.items():
             responses[code] = {"description": text, **_ref("DeviceAnswer")}
@@ -299,6 +703,12 @@ _DEVICE_ANSWER = {
                 "timeout",
                 "failed",
                 "unavailable",
+                # refused by the API before anything was sent (the error codes):
+                "invalid",
+                "unauthorized",
+                "too_large",
+                "unsupported_media_type",
+                "redis_unavailable",
             ]
         },
         "message": {"type": "string"},
@@ -308,7 +718,10 @@ _DEVICE_ANSWER = {
             "description": "the value read (device_call) or read back, with its point ids",
         },
         "error": {"type": "string", "description": "errors only: the outcome"},
-        "field": {"type": "null"},
+        "field": {
+            "type": ["string", "null"],
+            "description": "errors only: the field at fault (null: none in particular)",
+        },
     },
 }
 
@@ -373,27 +786,68 @@ def document(app: Klein) -> dict[str, Any]:
     for method, path in route_table(app):
         paths.setdefault(path, {})[method.lower()] = _operation(method, path)
     schemas: dict[str, Any] = {name: entity_schema(entity) for name, entity in ENTITIES.items()}
+    for name, entity in ENTITIES.items():
+        schemas[f"{name}_update"] = entity_schema(entity, update=True)
+    in_term = entity_schema(ENTITIES["term_item"])
+    in_term["required"] = ["item_id"]
+    in_term["properties"] = dict(in_term["properties"])
+    in_term["properties"]["term_id"] = {
+        **_nullable(_field_schema(ENTITIES["term_item"].FIELDS[0])),
+        "description": "the term of the URL (may be left out; another term: 409)",
+    }
+    in_term["examples"] = [
+        {k: v for k, v in example.items() if k != "term_id"} for example in in_term["examples"]
+    ]
+    schemas["term_item_in_term"] = in_term
     schemas["Error"] = _ERROR
-    schemas["DeviceRequest"] = {
+    ids = {
+        name: _field_schema(Field(name, "id", f"the point's {name[:-3]}"))
+        for name in ("device_id", "term_id", "item_id")
+    }
+    schemas["DeviceCall"] = {
         "type": "object",
         "required": ["device_id", "term_id", "item_id"],
+        "properties": ids,
+        "examples": [{"device_id": "1", "term_id": "10", "item_id": "1000"}],
+    }
+    schemas["DeviceCtrl"] = {
+        "type": "object",
+        "required": ["device_id", "term_id", "item_id", "value"],
         "properties": {
-            "device_id": {"type": ["string", "integer"]},
-            "term_id": {"type": ["string", "integer"]},
-            "item_id": {"type": ["string", "integer"]},
+            **ids,
             "value": {
-                "type": ["number", "boolean", "string"],
-                "description": "device_ctrl only (required): a number, true/false (a coil, an "
-                "IEC 104 single command; a double command takes true as 2 on, false as 1 off), "
-                "or a short string",
+                "anyOf": [
+                    {"type": "number"},
+                    {"type": "boolean"},
+                    {"type": "string", "maxLength": 256},
+                ],
+                "description": "the value to write or command: a number, true/false (a coil, "
+                "an IEC 104 single command; a double command takes true as 2 on, false as 1 "
+                "off), or a short string",
             },
             "select": {
                 "type": ["boolean", "null"],
-                "description": "device_ctrl only: select before operate; omitted or null: "
-                "the term-item's default",
+                "description": "select before operate; omitted or null: the term-item's default",
             },
         },
+        "x-cross-field-rules": {
+            "value": "the value must suit the point's configured type (else outcome refused)"
+        },
         "examples": [{"device_id": "1", "term_id": "10", "item_id": "1000", "value": 1}],
+    }
+    formula = entity_schema(ENTITIES["formula"])
+    schemas["FormulaCheck"] = {
+        "type": "object",
+        "required": ["formula"],
+        "properties": {
+            "formula": {
+                "type": "string",
+                "description": 'the expression; one that does not compile answers {"ok": false}',
+            }
+        },
+        "patternProperties": formula["patternProperties"],
+        "propertyNames": {"not": {"pattern": r"^p[0-9]{4,}$"}},
+        "examples": [{"formula": "p1 * 2", "p1": "1:10:1000"}],
     }
     schemas["DeviceAnswer"] = _DEVICE_ANSWER
     schemas["Sample"] = _SAMPLE

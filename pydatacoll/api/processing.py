@@ -155,7 +155,7 @@ def batch_delete_formulas(self: ApiApp, request: Any) -> Any:
             e.index = index
             raise
         if formula_id in seen:
-            raise errors.ValidationError("duplicate id in the batch", field="id", index=index)
+            raise errors.Conflict("duplicate id in the batch", field="id", index=index)
         seen.add(formula_id)
         ops.append({"op": "delete", "entity": "formula", "id": formula_id})
     if ops:

@@ -67,6 +67,15 @@ class DeviceAnswer(errors.ApiError):
         self.sample = sample
 
     @classmethod
+    def refusal(cls, request_id: str, error: errors.ApiError) -> DeviceAnswer:
+        """The answer to a request the API itself refused (400, 401, 404, 413, 503...)."""
+        answer = cls(request_id, "unavailable", error.message)
+        answer.outcome = answer.code = error.code
+        answer.status = error.status
+        answer.field = error.field
+        return answer
+
+    @classmethod
     def from_reply(cls, request_id: str, reply: dict[str, Any]) -> DeviceAnswer:
         """The answer a collector's reply stands for; anything malformed is ``failed``."""
         outcome = reply.get("outcome")
@@ -93,7 +102,7 @@ class DeviceAnswer(errors.ApiError):
             "sample": self.sample,
         }
         if self.status >= 400:
-            body = {"error": self.code, "message": self.message, "field": None, **body}
+            body = {**errors.error_body(self.code, self.message, self.field), **body}
         return body
 
 
@@ -361,7 +370,8 @@ def _parse(request_id: str, message: Any) -> dict[str, Any]:
     try:
         if isinstance(message, bytes):
             message = message.decode("utf-8")
-        body = json.loads(message)
+        # A collector's NaN/Infinity (a device's float) becomes null: answers stay strict JSON.
+        body = json.loads(message, parse_constant=lambda _: None)
     except (TypeError, ValueError, RecursionError):
         body = None
     if not isinstance(body, dict) or body.get("request_id", request_id) != request_id:

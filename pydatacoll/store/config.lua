@@ -238,7 +238,7 @@ local function check(op, index)
     end
     local device_text = redis.call("HGET", term_key, "device_id")
     if op.fields.device_id and op.fields.device_id ~= device_text then
-      fail(400, "invalid", "device_id does not match the term's device", "device_id", index)
+      fail(409, "conflict", "device_id does not match the term's device", "device_id", index)
     end
   end
 end

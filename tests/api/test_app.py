@@ -1,6 +1,7 @@
 """The REST API over real HTTP, against a real (private) redis-server."""
 
 import json
+import re
 
 import redis as redis_py
 import treq
@@ -206,8 +207,8 @@ class ApiTests(TestCase):
         base = {"id": "9", "ip": "127.0.0.1"}
         for body, field in [
             ({**base, "protocol": "iec104", "k": 0}, "k"),
-            ({**base, "protocol": "iec104", "k": 4, "w": 8}, "k"),
-            ({**base, "protocol": "iec104", "t1": 5, "t2": 10}, "t1"),
+            ({**base, "protocol": "iec104", "k": 4, "w": 8}, "w"),
+            ({**base, "protocol": "iec104", "t1": 5, "t2": 10}, "t2"),
             ({**base, "protocol": "iec104", "timezone": "Mars/Olympus"}, "timezone"),
             ({**base, "protocol": "iec104", "endpoints": ["nohost"]}, "endpoints"),
             ({**base, "protocol": "iec104", "interrogation_groups": [17]}, "interrogation_groups"),
@@ -223,7 +224,7 @@ class ApiTests(TestCase):
         )
         self.assertEqual(status, 201)
         status, reply = yield self.call("PUT", "/api/v1/devices/9", {"w": 30})
-        self.assertEqual((status, reply["field"]), (400, "k"))
+        self.assertEqual((status, reply["field"]), (400, "w"))
         status, reply = yield self.call(
             "POST",
             "/api/v2/devices",
@@ -366,3 +367,184 @@ class TokenTests(ApiTests):
         status, _ = yield ApiTests.call(self, "GET", "/api/v1/devices")
         self.assertEqual(status, 200)
         self.assertEqual(self.sync.keys("*"), [])
+
+
+class ContractTests(ApiTests):
+    """What the OpenAPI document promises, request by request (issue 10 item 8, issue 11)."""
+
+    @inlineCallbacks
+    def test_non_finite_numbers_are_refused_naming_the_field(self):
+        """``1e99999`` is not stored as Infinity: 400 naming where it is, nothing written."""
+        before = digest(self.sync)
+        raw = b'{"id": "7", "protocol": "formula", "a": 1e99999}'
+        status, error = yield self.call(
+            "POST", "/api/v1/devices", raw=raw, headers={b"Content-Type": [b"application/json"]}
+        )
+        self.assertEqual((status, error["error"], error["field"]), (400, "invalid", "a"))
+        raw = b'[{"id": "8", "protocol": "formula", "deep": {"x": [1, -1E400]}}]'
+        status, error = yield self.call(
+            "POST", "/api/v2/devices", raw=raw, headers={b"Content-Type": [b"application/json"]}
+        )
+        self.assertEqual((status, error["field"]), (400, "[0].deep.x[1]"))
+        for constant in (b"NaN", b"Infinity", b"-Infinity"):
+            status, error = yield self.call(
+                "POST",
+                "/api/v1/items",
+                raw=b'{"id": "9", "x": ' + constant + b"}",
+                headers={b"Content-Type": [b"application/json"]},
+            )
+            self.assertEqual(status, 400, constant)
+        self.assertEqual(digest(self.sync), before)
+
+    def test_responses_never_carry_nan(self):
+        """A non-finite float that reaches an answer is served as null: strict JSON."""
+        from pydatacoll.api.jsonbody import dumps
+
+        text = dumps({"sample": {"value": float("nan"), "more": [float("inf"), 1.5]}})
+        self.assertEqual(
+            json.loads(text, parse_constant=lambda c: self.fail(c)),
+            {"sample": {"value": None, "more": [None, 1.5]}},
+        )
+
+    @inlineCallbacks
+    def test_times_before_1970_are_400(self):
+        yield self.seed()
+        datas = "/api/v1/devices/1/terms/10/items/1000/datas"
+        for path in (datas, "/api/v1/alarms/history", "/api/v1/device_ctrl/log"):
+            for name in ("since", "until"):
+                status, error = yield self.call("GET", f"{path}?{name}=1960-01-01T00:00:00Z")
+                self.assertEqual((status, error["field"]), (400, name), path)
+            status, error = yield self.call("GET", f"{path}?since=2026-13-01T00:00:00Z")
+            self.assertEqual((status, error["field"]), (400, "since"))
+            status, error = yield self.call("GET", f"{path}?since=2026-01-01")
+            self.assertEqual((status, error["field"]), (400, "since"))
+            # RFC 3339 as OpenAPI means it: lower-case t/z, a leap second, a long fraction.
+            for text in (
+                "1970-01-01t00:30:00+01:00",
+                "2016-12-31T23:59:60Z",
+                "2026-01-01T00:00:00.123456789z",
+            ):
+                status, body = yield self.call("GET", f"{path}?since={text.replace('+', '%2B')}")
+                self.assertEqual(status, 200, (path, text, body))
+        status, error = yield self.call("GET", "/api/v1/device_ctrl/log?limit=%D9%A3")
+        self.assertEqual((status, error["field"]), (400, "limit"))
+
+    @inlineCallbacks
+    def test_every_error_is_json(self):
+        """Non-UTF-8 URL: JSON 400; TRACE or an unknown method: JSON 405 with Allow."""
+        response = yield treq.get(self.base + "/api/v1/devices/%FF", pool=self.pool)
+        body = json.loads((yield treq.content(response)))
+        self.assertEqual(response.code, 400)
+        self.assertEqual(body, {"error": "invalid", "message": body["message"], "field": "path"})
+        for method in ("TRACE", "FOO", "PATCH"):
+            response = yield treq.request(method, self.base + "/api/v1/devices", pool=self.pool)
+            body = json.loads((yield treq.content(response)))
+            self.assertEqual((response.code, body["error"]), (405, "method_not_allowed"))
+            allow = response.headers.getRawHeaders(b"Allow")[0].decode()
+            self.assertEqual(set(allow.split(", ")) - {"HEAD", "OPTIONS"}, {"GET", "POST"})
+            self.assertEqual(
+                response.headers.getRawHeaders(b"Content-Type")[0][:16], b"application/json"
+            )
+
+    @inlineCallbacks
+    def test_device_requests_always_answer_the_device_answer_shape(self):
+        """An unknown device, a bad body: the DeviceAnswer shape (with the error shape)."""
+        for action in ("device_call", "device_ctrl"):
+            status, answer = yield self.call(
+                "POST",
+                f"/api/v1/{action}",
+                {"device_id": "9", "term_id": "1", "item_id": "1", "value": 1},
+            )
+            self.assertEqual(status, 404)
+            self.assertEqual(
+                (answer["outcome"], answer["error"], answer["field"], len(answer["request_id"])),
+                ("not_found", "not_found", "device_id", 32),
+            )
+            status, answer = yield self.call(
+                "POST", f"/api/v1/{action}", {"device_id": "a:b", "term_id": "1", "item_id": "1"}
+            )
+            self.assertEqual(
+                (status, answer["outcome"], answer["field"]), (400, "invalid", "device_id")
+            )
+            self.assertIn("request_id", answer)
+
+    @inlineCallbacks
+    def test_conflicts_between_url_and_body_or_within_a_batch_are_409(self):
+        yield self.seed()
+        body = dict(TERM_ITEM, item_id="1000", term_id="11")
+        status, error = yield self.call("POST", "/api/v1/terms/10/items", body)
+        self.assertEqual((status, error["field"]), (409, "term_id"))
+        status, error = yield self.call("POST", "/api/v2/items", [ITEM, ITEM])
+        self.assertEqual((status, error["field"], error["index"]), (409, "id", 1))
+        status, error = yield self.call("POST", "/api/v2/items/del", ["1000", 1000])
+        self.assertEqual((status, error["index"]), (409, 1))
+        status, error = yield self.call("POST", "/api/v1/terms/a:b/items", TERM_ITEM)
+        self.assertEqual((status, error["field"]), (404, "term_id"))
+        # an id written as 1000.0 is the id 1000
+        status, item = yield self.call("GET", "/api/v1/terms/10/items/1000")
+        status, _ = yield self.call("PUT", "/api/v1/items/1000", {"id": 1000.0, "unit": "V"})
+        self.assertEqual(status, 200)
+
+    @inlineCallbacks
+    def test_attribute_names_are_checked_even_when_null(self):
+        status, error = yield self.call("POST", "/api/v1/items", {"id": "5", "": None})
+        self.assertEqual((status, error["field"]), (400, ""))
+
+    @inlineCallbacks
+    def test_datas_index_is_an_integer(self):
+        yield self.seed()
+        base = "/api/v1/devices/1/terms/10/items/1000/datas/"
+        for index in ("x", "1.0", "%D9%A3", "1000000001"):
+            status, error = yield self.call("GET", base + index)
+            self.assertEqual((status, error["field"]), (400, "index"), index)
+        status, error = yield self.call("GET", base + "0")
+        self.assertEqual((status, error["field"]), (404, "index"))
+
+    def test_document_has_no_dangling_reference_and_its_examples_fit(self):
+        """Every $ref resolves; every example validates against its schema (format too)."""
+        import jsonschema
+
+        spec = document(self.api.app)
+        schemas = spec["components"]["schemas"]
+        text = json.dumps(spec)
+        for name in set(re.findall(r'"#/components/schemas/([^"]+)"', text)):
+            self.assertIn(name, schemas)
+        for schema in schemas.values():
+            for example in schema.get("examples", []):
+                jsonschema.Draft202012Validator(
+                    schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+                ).validate(example)
+        self.assertEqual(
+            spec["paths"]["/"]["get"]["responses"]["200"]["content"],
+            {"text/plain": {"schema": {"type": "string"}}},
+        )
+        index = spec["paths"][
+            "/api/v1/devices/{device_id}/terms/{term_id}/items/{item_id}/datas/{index}"
+        ]
+        self.assertEqual(index["get"]["parameters"][-1]["schema"]["type"], "integer")
+        self.assertIn("value", schemas["DeviceCtrl"]["required"])
+        # Each body is the schema of its own entity (a term-item's PUT is not a term's).
+        bodies = {
+            ("put", "/api/v1/terms/{term_id}/items/{item_id}"): "term_item_update",
+            ("put", "/api/v1/terms/{entity_id}"): "term_update",
+            ("post", "/api/v1/terms/{term_id}/items"): "term_item_in_term",
+            ("put", "/api/v1/formulas/{formula_id}"): "formula_update",
+            ("post", "/api/v1/formulas"): "formula",
+        }
+        for (method, path), name in bodies.items():
+            body = spec["paths"][path][method]["requestBody"]["content"]["application/json"]
+            self.assertEqual(body["schema"], {"$ref": f"#/components/schemas/{name}"}, path)
+
+    @inlineCallbacks
+    def test_document_examples_are_accepted(self):
+        """The document's own examples, posted in order, are all created (v1 and v2)."""
+        from pydatacoll.api.openapi import EXAMPLES
+
+        for kind, path in (("device", "devices"), ("term", "terms"), ("item", "items")):
+            for example in EXAMPLES[kind]:
+                status, body = yield self.call("POST", f"/api/v1/{path}", example)
+                self.assertEqual(status, 201, body)
+        status, body = yield self.call("POST", "/api/v2/term_items", EXAMPLES["term_item"])
+        self.assertEqual(status, 200, body)
+        status, body = yield self.call("POST", "/api/v2/term_items", EXAMPLES["term_item"][0])
+        self.assertEqual(status, 200, body)

@@ -57,6 +57,15 @@ class ReplyListenerTests(SynchronousTestCase):
         self.listener._reply("CHANNEL:REPLY:someone-else:0", "{}")
         self.assertEqual(self.listener.late_replies, 0)
 
+    def test_non_finite_values_in_a_reply_become_null(self):
+        d = self.listener.wait("nan", 5)
+        self.deliver(
+            "nan",
+            '{"outcome": "confirmed", "sample": {"value": NaN, "quality": "good"}, "x": -Infinity}',
+        )
+        reply = self.successResultOf(d)
+        self.assertEqual((reply["sample"]["value"], reply["x"]), (None, None))
+
     def test_bounded_and_refused_while_unsubscribed(self):
         self.listener.wait("a", 5)
         self.listener.wait("b", 5)

@@ -180,7 +180,10 @@ def parse_device(device: Device) -> DeviceSettings:
     try:
         link_params = LinkParams(**link)
     except ValueError as exc:
-        raise errors.ValidationError(str(exc), field=next(iter(link), "k")) from None
+        # "w (9) must not exceed k (8)", "t2 (20) must be less than t1 (15)": name the first.
+        named = str(exc).split(" ", 1)[0]
+        field = named if named in link else next(iter(link), "k")
+        raise errors.ValidationError(str(exc), field=field) from None
     tz = _timezone(device)
     station: dict[str, Any] = {
         "interrogation_interval": values.get("interrogation_interval", 0.0),
@@ -192,6 +195,8 @@ def parse_device(device: Device) -> DeviceSettings:
     }
     groups = device.extra.get("interrogation_groups")
     if groups is not None:
+        if isinstance(groups, list):  # JSON 3.0 is the integer 3
+            groups = [int(g) if isinstance(g, float) and g.is_integer() else g for g in groups]
         if not isinstance(groups, list) or not all(
             isinstance(g, int) and not isinstance(g, bool) and 0 <= g <= 16 for g in groups
         ):
