@@ -176,6 +176,13 @@ def _modbus_point(
     return {"allOf": rules}
 
 
+def _device_point_rules(rules: dict[str, str]) -> None:
+    """The point is checked by its term's device driver (Modbus needs a register
+    code_type and protocol_code, IEC 104 an IOA): a rule of the stored device."""
+    for name in ("code_type", "protocol_code", "data_type", "byte_order", "bit", "count"):
+        rules.setdefault(name, "the term's device's protocol must be able to read the point")
+
+
 def _term_item_rules() -> dict[str, Any]:
     """How a term-item's Modbus fields go together: any one of these (`point_format`)."""
     bits = {"required": ["code_type"], "properties": {"code_type": _one_of(_BIT_TABLES)}}
@@ -360,11 +367,13 @@ def entity_schema(entity: type[Entity], *, update: bool = False) -> dict[str, An
         all_of.append({"anyOf": branches})
     elif entity.KIND == "term_item" and not update:
         all_of.append(_term_item_rules())
+        _device_point_rules(rules)
     elif entity.KIND == "term_item":
         # A PUT is merged into the stored point: the merged point must fit together.
         for name in ("code_type", "data_type", "byte_order", "bit", "count", "protocol_code"):
             rules[name] = "merged with the stored point, the Modbus fields must go together"
         rules["up_limit"] = "merged with the stored point, down_limit must not exceed up_limit"
+        _device_point_rules(rules)
     elif entity.KIND == "formula":
         schema["patternProperties"] = {
             r"^p[0-9]{1,3}$": {
