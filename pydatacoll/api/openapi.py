@@ -17,6 +17,8 @@ _ERROR = {
         "message": {"type": "string"},
         "field": {"type": ["string", "null"]},
         "index": {"type": "integer", "description": "element of a batch"},
+        "sheet": {"type": "string", "description": "configuration import: sheet, file or key"},
+        "row": {"type": ["integer", "null"], "description": "configuration import: row"},
     },
 }
 
@@ -185,6 +187,10 @@ def _specialise(method: str, path: str, operation: dict[str, Any]) -> None:
                 }
             },
         }
+    elif path == "/api/v1/config":
+        from pydatacoll.api.configio import openapi_operation
+
+        openapi_operation(method, operation)
     elif path == "/api/v1/devices/{device_id}/status":
         operation["description"] = (
             'The collector\'s status of the device; "state": "unknown" while none was written.'
