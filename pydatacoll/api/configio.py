@@ -107,6 +107,7 @@ def import_config(self: ApiApp, request: Any) -> Any:
     raw = request.content.read()
     limit = 4 * max(self.settings.max_import_body, len(raw))
     imported = yield _in_pool(self, lambda: decode(raw, fmt, max_uncompressed=limit))
+    started = self.clock.seconds()
     for _attempt in range(MAX_RETRIES):
         snapshot = yield read_snapshot(self.store.redis)
         plan = yield _in_pool(self, make_plan, imported, snapshot, replace)
@@ -121,11 +122,13 @@ def import_config(self: ApiApp, request: Any) -> Any:
                 raise plan.locate(e) from None
         if not dry_run and plan.ops:
             self.log.info(
-                "configuration {mode} from a {fmt} file: {n} changes (version {version})",
+                "configuration {mode} from a {fmt} file: {n} changes (version {version}) "
+                "in {seconds:.2f} s",
                 mode="replaced" if replace else "merged",
                 fmt=fmt,
                 n=len(plan.ops),
                 version=plan.summary(False)["version"],
+                seconds=self.clock.seconds() - started,
             )
         return _json(request, 200, plan.summary(dry_run))
     raise errors.Conflict("the configuration kept changing during the import; try again")

@@ -9,7 +9,7 @@ Cells hold values so that a round trip is lossless (see docs/operations.rst):
 * declared fields are written as their spreadsheet users expect: ids, names and hosts
   as text, numbers as numbers;
 * text that a spreadsheet would misread (empty, starting with ``"``, ``=``, ``+``,
-  ``-``, ``@``, a tab or a carriage return, or holding control characters) is written
+  ``-``, ``@`` or a tab, or holding a carriage return or control characters) is written
   as a JSON string (``"=A1"`` is the text ``=A1``);
 * free attributes are written as JSON (``true``, ``[1,2]``, ``"12"``), except text
   that is not JSON anyway, which is written bare (``1:10:1000``).
@@ -49,7 +49,8 @@ FORMATS = {
     "xlsx": (XLSX_TYPE, ".xlsx"),
 }
 _RISKY_START = ('"', "=", "+", "-", "@", "\t", "\r")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+#: Characters XML does not hold, and CR, which XML turns into LF.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f]")
 
 
 class RowError(errors.ApiError):

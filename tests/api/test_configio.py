@@ -49,7 +49,7 @@ def sample_config():
                 "ip": "::1",
                 "port": 1502,
                 "byte_order": "CDAB",
-                "note": '"quoted" and\nnew line',
+                "note": '"quoted" and\nnew line\r\nCRLF, _x000D_ and \u2028',
                 "code": "007",
                 "numeric_text": "12",
                 "null_text": "null",
