@@ -835,3 +835,4 @@ def _expand(path: str) -> list[str]:
 
 from pydatacoll.api import configio as _configio  # noqa: E402,F401
 from pydatacoll.api import processing as _processing  # noqa: E402,F401
+from pydatacoll.api import ui as _ui  # noqa: E402,F401

@@ -187,6 +187,9 @@ def _specialise(method: str, path: str, operation: dict[str, Any]) -> None:
                 }
             },
         }
+    elif path.startswith("/ui"):
+        operation["description"] = "The status page (HTML, CSS, JavaScript; no token needed)."
+        responses["200"] = {"description": "the file", "content": {"text/html": {}}}
     elif path == "/api/v1/config":
         from pydatacoll.api.configio import openapi_operation
 
