@@ -91,12 +91,12 @@ class _PageCase(SynchronousTestCase):
         self.addCleanup(self.redis.stop)
         self.modbus = ModbusSim(free_port(), self.workdir)
         self.addCleanup(self.modbus.kill)
-        args = ["--redis", f"redis://127.0.0.1:{self.redis.port}/0"]
-        if self.token:
-            config = os.path.join(self.workdir, "pydatacoll.ini")
-            with open(config, "w") as f:
+        config = os.path.join(self.workdir, "pydatacoll.ini")
+        with open(config, "w") as f:
+            f.write("[plugins]\nenabled = limits\n")
+            if self.token:
                 f.write(f"[api]\ntoken = {self.token}\nprotect_reads = true\n")
-            args += ["--config", config]
+        args = ["--redis", f"redis://127.0.0.1:{self.redis.port}/0", "--config", config]
         self.daemon = (ProtectedDaemon if self.token else Daemon)(self.workdir, *args)
         self.addCleanup(self.daemon.stop)
         self.configure()
@@ -124,7 +124,8 @@ class _PageCase(SynchronousTestCase):
                 {"id": "reg", "name": "flow", "unit": "m3/h"},
             ],
             "term_items": [
-                {"term_id": "t1", "item_id": "count", "protocol_code": 0, "code_type": "input"},
+                {"term_id": "t1", "item_id": "count", "protocol_code": 0, "code_type": "input",
+                 "up_limit": 3},
                 {"term_id": "t1", "item_id": "reg", "protocol_code": 0, "code_type": "holding",
                  "coefficient": 0.1},
             ],
@@ -138,6 +139,9 @@ class _PageCase(SynchronousTestCase):
             return status == 200 and "t1:count" in values
 
         wait(collecting, 60, "the daemon collecting from the simulator")
+        command = {"device_id": "m1", "term_id": "t1", "item_id": "reg", "value": 42}
+        status, answer = self.rest("POST", "/api/v1/device_ctrl", command)
+        self.assertEqual((status, answer["outcome"]), (200, "confirmed"), answer)
 
     def browse(self, check):
         """Open /ui/ in chromium; ``check(page)``; no console or page error."""
@@ -194,6 +198,24 @@ class _PageCase(SynchronousTestCase):
             page.locator('#points tr[data-point="t1:count"] .quality .badge').inner_text(),
             "good",
         )
+        # the counter passed its up_limit: an active alarm, and its raise in the history
+        page.locator("#alarms tbody tr", has_text="m1:t1:count").wait_for(timeout=30_000)
+        page.locator("#alarm-history tbody tr", has_text="raise").first.wait_for(timeout=30_000)
+        plugin = page.locator("#plugins tbody tr", has_text="limits")
+        plugin.wait_for(timeout=30_000)
+        self.assertIn("yes", plugin.inner_text())
+        command = page.locator("#audit tbody tr", has_text="m1:t1:reg")
+        command.wait_for(timeout=30_000)
+        self.assertIn("confirmed", command.inner_text())
+        self.assertIn("42", command.inner_text())
+        # a laptop and a control-room screen: the page fits the width, tables scroll
+        for width, height in ((1280, 800), (3840, 2160)):
+            page.set_viewport_size({"width": width, "height": height})
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            self.assertLessEqual(overflow, 0, f"{width}x{height}")
+        page.set_viewport_size({"width": 1600, "height": 1000})
         mode = page.locator("#live").get_attribute("data-mode")
         self.assertIn(mode, ("stream", "polling"))
         if SCREENSHOT:

@@ -84,11 +84,28 @@
     return typeof value === "object" ? JSON.stringify(value) : String(value);
   }
 
-  function counters(object) {
-    if (!object || typeof object !== "object") return "";
-    return Object.entries(object)
-      .map(([name, value]) => `${name} ${formatValue(value)}`)
-      .join(", ");
+  // The numbers of a (nested) counters object, as "name value" pairs: at most
+  // COUNTERS_SHOWN of them in the cell, every one in its tooltip.
+  const COUNTERS_SHOWN = 8;
+  const COUNTERS_SKIPPED = new Set(["device_id", "points", "state", "last_error"]);
+
+  function counterPairs(object, prefix, pairs) {
+    for (const [name, value] of Object.entries(object || {})) {
+      if (COUNTERS_SKIPPED.has(name) || name.endsWith("_time")) continue;
+      if (value && typeof value === "object" && !Array.isArray(value)) {
+        counterPairs(value, `${prefix}${name}.`, pairs);
+      } else if (typeof value === "number") {
+        const text = name.startsWith("rtt") ? `${(value * 1000).toFixed(1)} ms` : formatValue(value);
+        pairs.push(`${name} ${text}`);
+      }
+    }
+    return pairs;
+  }
+
+  function countersCell(object) {
+    const pairs = counterPairs(object, "", []);
+    const shown = pairs.slice(0, COUNTERS_SHOWN).join(", ") + (pairs.length > COUNTERS_SHOWN ? ", …" : "");
+    return el("td", { class: "wrap counters", title: pairs.join("\n") }, shown);
   }
 
   function ageCell(iso) {
@@ -229,7 +246,7 @@
       el("td", {}, status.collector || ""),
       ageCell(status.last_value_time),
       el("td", { class: "num" }, formatValue(status.points_updated)),
-      el("td", { class: "wrap" }, counters(status.counters)),
+      countersCell(status.counters),
       el("td", { class: "wrap error" }, status.last_error || ""),
     ];
     cells[5].classList.add("last-value");
@@ -421,7 +438,7 @@
           el("td", { title: plugin.description || "" }, plugin.name || ""),
           el("td", {}, plugin.enabled ? "yes" : "no"),
           el("td", {}, badge(plugin.state, "state")),
-          el("td", { class: "wrap" }, counters(plugin.counters)),
+          countersCell(plugin.counters),
           el("td", { class: "wrap error" }, plugin.error || "")
         )
       )
