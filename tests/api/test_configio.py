@@ -437,3 +437,31 @@ class ProtectedReadsTests(_ApiCase):
         self.assertEqual((status, error["error"]), (401, "unauthorized"))
         status, _ = yield self.call("GET", "/api/v1/config")
         self.assertEqual(status, 200)
+
+
+class StatusPageRouteTests(_ApiCase):
+    """/ui/ is served without the token (it holds no data), with a strict policy."""
+
+    protect_reads = True
+
+    @inlineCallbacks
+    def test_files_and_refusals(self):
+        response = yield treq.get(self.base + "/ui/", pool=self.pool)
+        page = yield treq.content(response)
+        self.assertEqual(response.code, 200)
+        self.assertIn(b'<script src="app.js" defer></script>', page)
+        policy = response.headers.getRawHeaders(b"content-security-policy")[0]
+        self.assertIn(b"script-src 'self'", policy)
+        for name, kind in (("app.js", b"text/javascript"), ("app.css", b"text/css")):
+            response = yield treq.get(f"{self.base}/ui/{name}", pool=self.pool)
+            yield treq.content(response)
+            self.assertEqual(response.code, 200)
+            self.assertTrue(response.headers.getRawHeaders(b"content-type")[0].startswith(kind))
+        response = yield treq.get(self.base + "/ui", pool=self.pool, allow_redirects=False)
+        yield treq.content(response)
+        self.assertEqual(
+            (response.code, response.headers.getRawHeaders(b"location")), (301, [b"/ui/"])
+        )
+        for path in ("/ui/secret.py", "/ui/..%2Fapp.py", "/ui/static"):
+            status, error = yield self.call("GET", path, auth=False)
+            self.assertEqual((status, error["error"]), (404, "not_found"), path)
