@@ -122,7 +122,8 @@ class _ApiCase(TestCase):
             "max_import_body": "3000000",
         }
         self.settings = load_settings(None, overrides)
-        self.client = RedisClient(self.settings.redis, timeout=5, pool_size=2)
+        # one connection: the setUp waits for it, so none is half-open at the cleanup
+        self.client = RedisClient(self.settings.redis, timeout=5, pool_size=1)
         self.client.startService()
         self.addCleanup(self.client.stopService)
         for _ in range(200):
