@@ -216,8 +216,8 @@ class _PageCase(SynchronousTestCase):
             )
             self.assertLessEqual(overflow, 0, f"{width}x{height}")
         page.set_viewport_size({"width": 1600, "height": 1000})
-        mode = page.locator("#live").get_attribute("data-mode")
-        self.assertIn(mode, ("stream", "polling"))
+        # the daemon serves GET /api/v1/stream: the value changed through it, not polling
+        self.assertEqual(page.locator("#live").get_attribute("data-mode"), "stream")
         if SCREENSHOT:
             page.wait_for_timeout(1500)
             page.screenshot(path=SCREENSHOT, full_page=True)
@@ -228,8 +228,9 @@ class StatusPageTests(_PageCase):
         self.assertEqual(self.browse(self.check_live), [])
 
     def test_stream_events_are_shown(self):
-        """The stream's events (served here by the browser, as the daemon would) update
-        the page: a sample of the selected device and a status change."""
+        """The stream parser: events served by the browser in place of the daemon's stream
+        (a comment, retry, id, a sample of the selected device, a status change) update
+        the page."""
         events = (
             "retry: 60000\n\n"
             ": heartbeat\n\n"

@@ -367,7 +367,10 @@
     }
     point.cells.quality.replaceChildren(badge(sample.quality || "good", "quality"));
     point.cells.flags.textContent = (sample.flags || []).join(" ");
-    point.cells.source.textContent = shortTime(sample.source_time);
+    if ("source_time" in sample) {
+      // stream samples carry one "time" (source, else receive): keep what /values said
+      point.cells.source.textContent = shortTime(sample.source_time);
+    }
     point.cells.received.dataset.time = sample.receive_time || sample.time || "";
     point.cells.received.title = point.cells.received.dataset.time;
     point.cells.received.textContent = age(point.cells.received.dataset.time);
