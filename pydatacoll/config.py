@@ -218,6 +218,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "api",
+        "max_import_body",
+        "max_import_body",
+        "67108864",
+        _bounded_int(1024, 1024 * 1024 * 1024),
+        "Largest configuration file PUT/POST /api/v1/config accepts, in bytes (413 above).",
+    ),
+    Option(
+        "api",
         "device_timeout",
         "device_timeout",
         "10",
@@ -386,6 +394,7 @@ class Settings:
     api_token: str | None = attrs.field(default=None, repr=False)
     protect_reads: bool = False
     max_body: int = 1048576
+    max_import_body: int = 67108864
     device_timeout: float = 10.0
     access_log: bool = False
     redis: RedisAddress | None = None

@@ -28,6 +28,8 @@ ERROR_SCHEMA: dict[str, object] = {
             "description": "the body field, parameter or setting at fault (null: the request)",
         },
         "index": {"type": "integer", "description": "the element of a batch at fault"},
+        "sheet": {"type": "string", "description": "configuration import: sheet, file or key"},
+        "row": {"type": ["integer", "null"], "description": "configuration import: row"},
     },
 }
 

@@ -57,9 +57,16 @@ class LimitedRequest(Request):
     """A request that keeps at most ``max_body`` bytes of its body and flags the rest."""
 
     max_body = 1048576
+    #: The limit of configuration imports (``[api] max_import_body``).
+    max_import_body = 1048576
     body_too_large = False
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802 (Twisted API)
+        # Request.path is set only after the body; HTTP/1.1 channels know it from the
+        # request line already, before the headers (HTTP/2 streams keep max_body).
+        path = getattr(self.channel, "_path", None) or b""
+        if path.split(b"?")[0] == b"/api/v1/config":
+            self.max_body = self.max_import_body
         if length is not None and length > self.max_body:
             self.body_too_large = True
         super().gotLength(length)
@@ -157,6 +164,7 @@ class ApiApp:
             pass
 
         _Request.max_body = max_body
+        _Request.max_import_body = max(max_body, self.settings.max_import_body)
         site = Site(_ApiResource(self.app), requestFactory=_Request)
         if not self.settings.access_log:
             site.log = lambda request: None  # type: ignore[method-assign]
@@ -1017,6 +1025,8 @@ def _expand(path: str) -> list[str]:
     return results
 
 
+from pydatacoll.api import configio as _configio  # noqa: E402,F401
 from pydatacoll.api import metrics as _metrics  # noqa: E402,F401
 from pydatacoll.api import processing as _processing  # noqa: E402,F401
 from pydatacoll.api import stream as _stream  # noqa: E402,F401
+from pydatacoll.api import ui as _ui  # noqa: E402,F401

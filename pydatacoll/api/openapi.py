@@ -607,6 +607,13 @@ def _specialise(method: str, path: str, operation: dict[str, Any]) -> None:
                 }
             },
         }
+    elif path.startswith("/ui"):
+        operation["description"] = "The status page (HTML, CSS, JavaScript; no token needed)."
+        responses["200"] = {"description": "the file", "content": {"text/html": {}}}
+    elif path == "/api/v1/config":
+        from pydatacoll.api.configio import openapi_operation
+
+        openapi_operation(method, operation)
     elif path == "/api/v1/devices/{device_id}/status":
         operation["description"] = (
             'The collector\'s status of the device; "state": "unknown" while none was written.'

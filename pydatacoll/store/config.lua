@@ -7,7 +7,10 @@
 --       "id": id (term_item: "term_id:item_id"), "term_id", "item_id" (term_item),
 --       "fields": {name: JSON text} (create/put/update), "expect": {name: JSON text} (update)}
 -- Every op is checked first; only when all pass is anything written, so a batch is
--- all-or-nothing. Each applied op bumps the configuration version and publishes one
+-- all-or-nothing. Ops are checked in order, and an op sees the entities put or deleted
+-- before it in the same batch (not what a delete cascades to), so one batch may create a
+-- device, its terms and their points. "check_only": true stops after the checks;
+-- "version" (text) refuses with {"retry"} when STR:CONFIG_VERSION is no longer it. Each applied op bumps the configuration version and publishes one
 -- change message. The reply is JSON: {"ok": true, "results": [...]} or
 -- {"error": status, "code", "message", "field", "index"} or {"retry": true}.
 
@@ -60,6 +63,24 @@ end
 
 local function exists(k)
   return redis.call("EXISTS", k) == 1
+end
+
+-- the entities put (true) or deleted (false) by earlier ops of the batch, and the fields
+-- of those put: phase 1 sees the configuration as the batch leaves it so far
+local present_overlay, fields_overlay = {}, {}
+
+local function present(k)
+  local o = present_overlay[k]
+  if o ~= nil then return o end
+  return exists(k)
+end
+
+-- the JSON text of a term's device_id as the batch leaves it (false when no term)
+local function term_device_text(term_id)
+  local k = key("term", term_id)
+  if fields_overlay[k] then return fields_overlay[k].device_id end
+  if present_overlay[k] == false then return false end
+  return redis.call("HGET", k, "device_id")
 end
 
 -- phase 1: check every op against what is stored -----------------------------------
@@ -123,7 +144,8 @@ end
 
 local function point_exists(point)
   local d, t, i = split_point(point)
-  local text = redis.call("HGET", key("term_item", t, i), "device_id")
+  if not present(key("term_item", t, i)) then return false end
+  local text = term_device_text(t)
   return text and text == quote(d)
 end
 
@@ -202,13 +224,13 @@ local function check_formula(op, index)
   end
 end
 
-local function check(op, index)
+local function check_op(op, index)
   local k = entity_key(op)
-  local present = exists(k)
-  if op.op == "create" and present then
+  local stored = present(k)
+  if op.op == "create" and stored then
     fail(409, "conflict", LABEL[op.entity] .. " already exists!", op.entity == "term_item" and "item_id" or "id", index)
   end
-  if (op.op == "update" or op.op == "delete") and not present then
+  if (op.op == "update" or op.op == "delete") and not stored then
     local field = op.entity == "term_item" and "term_item" or (op.entity .. "_id")
     local message = op.entity == "term_item" and "term_item not found!" or (op.entity .. "_id not found!")
     fail(404, "not_found", message, field, index)
@@ -227,19 +249,30 @@ local function check(op, index)
   if op.op == "delete" then return end
   if op.entity == "term" then
     local device_id = cjson.decode(op.fields.device_id)
-    if not exists(key("device", device_id)) then
+    if not present(key("device", device_id)) then
       fail(404, "not_found", "device_id not found!", "device_id", index)
     end
   elseif op.entity == "term_item" then
-    local term_key = key("term", op.term_id)
-    if not exists(term_key) then fail(404, "not_found", "term_id not found!", "term_id", index) end
-    if not exists(key("item", op.item_id)) then
+    if not present(key("term", op.term_id)) then
+      fail(404, "not_found", "term_id not found!", "term_id", index)
+    end
+    if not present(key("item", op.item_id)) then
       fail(404, "not_found", "item_id not found!", "item_id", index)
     end
-    local device_text = redis.call("HGET", term_key, "device_id")
+    local device_text = term_device_text(op.term_id)
     if op.fields.device_id and op.fields.device_id ~= device_text then
       fail(409, "conflict", "device_id does not match the term's device", "device_id", index)
     end
+  end
+end
+
+local function check(op, index)
+  check_op(op, index)
+  local k = entity_key(op)
+  if op.op == "delete" then
+    present_overlay[k], fields_overlay[k] = false, nil
+  else
+    present_overlay[k], fields_overlay[k] = true, op.fields
   end
 end
 
@@ -381,6 +414,10 @@ local function apply(op)
 end
 
 local ok, err = pcall(function()
+  if request.version and request.version ~= cjson.null
+      and (redis.call("GET", key("config_version")) or "") ~= request.version then
+    error({retry = true})
+  end
   for index, op in ipairs(ops) do check(op, index) end
 end)
 if not ok then
@@ -388,6 +425,8 @@ if not ok then
   if type(err) == "table" and err.retry then return '{"retry":true}' end
   error(err)
 end
+
+if request.check_only then return '{"ok":true,"results":[]}' end
 
 local results = {}
 for index, op in ipairs(ops) do results[index] = apply(op) end

@@ -71,16 +71,30 @@ class ConfigStore:
         return sorted(ids, key=natural_key)
 
     @inlineCallbacks
-    def apply(self, ops: list[dict[str, Any]]) -> Any:
+    def apply(
+        self,
+        ops: list[dict[str, Any]],
+        *,
+        check_only: bool = False,
+        expect_version: str | None = None,
+    ) -> Any:
         """Run ``ops`` in one atomic script; the stored entities after, as JSON objects.
 
         Raises the `ApiError` the script reports (404, 409, 400) with the element index;
-        ``{"retry"}`` (an update raced another change) surfaces as `RetryChange`.
+        ``{"retry"}`` (an update raced another change, or the configuration version is
+        no longer ``expect_version``) surfaces as `RetryChange`. ``check_only`` runs the
+        checks and writes nothing (fires with ``[]``).
         """
-        request = json.dumps(
-            {"k": keys.lua_templates(), "c": keys.CHANGE_CHANNELS, "ops": ops},
-            ensure_ascii=False,
-        )
+        script_request: dict[str, Any] = {
+            "k": keys.lua_templates(),
+            "c": keys.CHANGE_CHANNELS,
+            "ops": ops,
+        }
+        if check_only:
+            script_request["check_only"] = True
+        if expect_version is not None:
+            script_request["version"] = expect_version
+        request = json.dumps(script_request, ensure_ascii=False)
         reply = yield self.redis.call("eval", _SCRIPT, [], [request])
         result = json.loads(reply)
         if result.get("retry"):

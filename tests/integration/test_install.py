@@ -35,6 +35,9 @@ class WheelTests(SynchronousTestCase):
         names = zipfile.ZipFile(os.path.join(out, wheel)).namelist()
         self.assertIn("twisted/plugins/pydatacoll_plugin.py", names)
         self.assertIn("pydatacoll/store/config.lua", names)
+        self.assertIn("pydatacoll/store/config_dump.lua", names)
+        for name in ("index.html", "app.js", "app.css"):
+            self.assertIn(f"pydatacoll/ui/static/{name}", names)
         self.assertNotIn("twisted/__init__.py", names)
         target = os.path.join(out, "site")
         subprocess.run(
