@@ -26,7 +26,9 @@ COUNT = "pydatacoll/m1/mt1/count"
 COIL = "pydatacoll/m1/mt1/coil"
 
 
-class MqttDaemonTests(SynchronousTestCase):
+class _DaemonCase(SynchronousTestCase):
+    """A private Redis, Mosquitto, Modbus simulator and paho subscriber; daemons on demand."""
+
     def setUp(self):
         self.workdir = tempfile.mkdtemp()
         self.redis = PrivateRedis()
@@ -98,6 +100,16 @@ class MqttDaemonTests(SynchronousTestCase):
         samples = [json.loads(fields["sample"]) for _, fields in entries]
         return [(s["value"], s["source_time"] or s["receive_time"]) for s in samples]
 
+    def coil(self):
+        return self.modbus.command("get 1 coil 3 1")["values"][0]
+
+    def audit(self, daemon):
+        return request("GET", daemon.base + "/api/v1/device_ctrl/log")[1]
+
+
+class MqttDaemonTests(_DaemonCase):
+    """JSON mode."""
+
     def test_values_outage_and_will(self):
         daemon = self.start_daemon()
         self.configure(daemon)
@@ -154,12 +166,6 @@ class MqttDaemonTests(SynchronousTestCase):
         wait_until(lambda: late.taken(), 10, "the retained state")
         self.assertEqual(late.taken()[-1], ("pydatacoll/fep1/state", b"offline", True))
 
-    def coil(self):
-        return self.modbus.command("get 1 coil 3 1")["values"][0]
-
-    def audit(self, daemon):
-        return request("GET", daemon.base + "/api/v1/device_ctrl/log")[1]
-
     def test_commands_off_by_default(self):
         daemon = self.start_daemon()
         self.configure(daemon)
@@ -191,3 +197,85 @@ class MqttDaemonTests(SynchronousTestCase):
             [("mqtt:tester", "coil", "confirmed"), ("mqtt:anonymous", "count", "refused")],
         )
         self.assertEqual(log[0]["token_id"], "mqtt:pydatacoll-fep1")
+
+
+class SparkplugDaemonTests(_DaemonCase):
+    """The same daemon in Sparkplug B mode."""
+
+    def setUp(self):
+        super().setUp()
+        self.subscriber.close()
+        self.subscriber = Subscriber(self.broker.port, ["spBv1.0/#"])
+        self.addCleanup(self.subscriber.close)
+
+    def payloads(self, kind=None):
+        from pydatacoll.processing.mqtt import sparkplug_b_pb2 as pb
+
+        found = []
+        for topic, payload, _ in self.subscriber.taken():
+            parts = topic.split("/")
+            if kind is None or parts[2] == kind:
+                found.append(
+                    (parts[2], parts[4] if len(parts) > 4 else None, pb.Payload.FromString(payload))
+                )
+        return found
+
+    def test_sparkplug_sequence_rebirth_and_death(self):
+        from pydatacoll.processing.mqtt import sparkplug_b_pb2 as pb
+
+        daemon = self.start_daemon(mode="sparkplug", group_id="plant", edge_node_id="fep1")
+        self.configure(daemon)
+        wait_until(lambda: len(self.payloads("DDATA")) >= 3, 30, "DDATA")
+        kinds = [k for k, _, _ in self.payloads()]
+        self.assertEqual(kinds[0], "NBIRTH")
+        self.assertIn("DBIRTH", kinds)
+        self.assertLess(kinds.index("DBIRTH"), kinds.index("DDATA"))
+        _, _, nbirth = self.payloads("NBIRTH")[0]
+        bd_seq = {m.name: m.long_value for m in nbirth.metrics}["bdSeq"]
+        self.assertEqual(nbirth.seq, 0)
+
+        def full_birth():  # the coil's term-item may come after the first DBIRTH
+            for _, device, payload in self.payloads("DBIRTH"):
+                names = {m.name: m for m in payload.metrics}
+                if device == "m1" and set(names) == {"mt1/count", "mt1/coil"}:
+                    return names
+            return None
+
+        names = wait_until(full_birth, 30, "a DBIRTH with every metric")
+        self.assertEqual(names["mt1/coil"].datatype, pb.Boolean)
+        aliases = {m.alias for m in names.values()}
+        self.assertEqual(len(aliases), 2)
+        seqs = [p.seq for k, _, p in self.payloads() if k != "NDEATH"]
+        self.assertEqual(seqs[: len(seqs)], [i % 256 for i in range(len(seqs))])
+        for _, _, data in self.payloads("DDATA"):
+            for metric in data.metrics:
+                self.assertEqual(metric.name, "")
+                self.assertIn(metric.alias, aliases)
+
+        # NCMD Node Control/Rebirth: NBIRTH (same bdSeq, seq 0) and DBIRTH again.
+        before = len(self.payloads("NBIRTH"))
+        command = pb.Payload()
+        metric = command.metrics.add()
+        metric.name, metric.datatype, metric.boolean_value = (
+            "Node Control/Rebirth",
+            pb.Boolean,
+            True,
+        )
+        self.subscriber.publish("spBv1.0/plant/NCMD/fep1", command.SerializeToString())
+        wait_until(lambda: len(self.payloads("NBIRTH")) > before, 30, "the rebirth")
+        _, _, reborn = self.payloads("NBIRTH")[-1]
+        self.assertEqual(
+            ({m.name: m.long_value for m in reborn.metrics}["bdSeq"], reborn.seq), (bd_seq, 0)
+        )
+        kinds = [k for k, _, _ in self.payloads()]
+        last_nbirth = len(kinds) - 1 - kinds[::-1].index("NBIRTH")
+        wait_until(
+            lambda: "DBIRTH" in [k for k, _, _ in self.payloads()][last_nbirth:], 30, "DBIRTH"
+        )
+
+        # SIGKILL: the broker sends NDEATH (the will) with the NBIRTH's bdSeq.
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait(10)
+        wait_until(lambda: self.payloads("NDEATH"), 30, "NDEATH")
+        _, _, death = self.payloads("NDEATH")[0]
+        self.assertEqual([(m.name, m.long_value) for m in death.metrics], [("bdSeq", bd_seq)])
