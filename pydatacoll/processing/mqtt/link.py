@@ -16,6 +16,7 @@ by two parties. Attempts are retried with jittered exponential backoff.
 from __future__ import annotations
 
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -219,7 +220,9 @@ class MqttLink(Service):
             protocol=paho.MQTTv311,
             reconnect_on_failure=False,
         )
-        client.max_inflight_messages_set(s.inflight)
+        # The outbox bounds what is in flight (``inflight``); paho's own limit would make
+        # it scan every message in flight on each PUBACK.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         if s.username:
             client.username_pw_set(s.username, s.password or None)
@@ -363,6 +366,10 @@ class MqttLink(Service):
         if client is not self._client:
             return
         self._drop_socket()
+        try:  # small PUBLISH packets must not wait for the broker's delayed ACK (Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
         self._socket = _Socket(self, client, sock)
         self.reactor.addReader(self._socket)
         if client.want_write():

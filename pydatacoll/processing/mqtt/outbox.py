@@ -80,7 +80,7 @@ class Outbox:
         self.send = send
         self.queue_records = queue_records
         self.window = window
-        self.batch_records = batch_records or max(window, 100)
+        self.batch_records = batch_records or max(window * 4, 1000)
         self.up = False
         self.running = False
         self._queue: deque[Record] = deque()
