@@ -21,11 +21,13 @@ import math
 import os
 from typing import Any
 
-from pydatacoll.processing.mqtt import sparkplug_b_pb2 as pb
+from pydatacoll.processing.mqtt import sparkplug_b_pb2
 from pydatacoll.processing.mqtt.codec import JsonEncoder, Message
 from pydatacoll.processing.mqtt.link import Will
 from pydatacoll.processing.mqtt.options import MqttOptions
 
+#: The generated module defines its names at import time (mypy cannot see them).
+pb: Any = sparkplug_b_pb2
 NAMESPACE = "spBv1.0"
 REBIRTH = "Node Control/Rebirth"
 BD_SEQ = "bdSeq"
