@@ -35,6 +35,10 @@ class WheelTests(SynchronousTestCase):
         names = zipfile.ZipFile(os.path.join(out, wheel)).namelist()
         self.assertIn("twisted/plugins/pydatacoll_plugin.py", names)
         self.assertIn("pydatacoll/store/config.lua", names)
+        # The MQTT plugin: its factory, the generated Sparkplug B module and its EPL-2.0 source
+        self.assertIn("pydatacoll/plugins/mqtt.py", names)
+        self.assertIn("pydatacoll/processing/mqtt/sparkplug_b_pb2.py", names)
+        self.assertIn("pydatacoll/processing/mqtt/sparkplug_b.proto", names)
         self.assertNotIn("twisted/__init__.py", names)
         target = os.path.join(out, "site")
         subprocess.run(
