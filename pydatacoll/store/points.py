@@ -69,3 +69,10 @@ def device_states(redis: Any, device_ids: Any) -> Any:
                 pass
         states[device_id] = state
     return states
+
+
+@inlineCallbacks
+def config_version(redis: Any) -> Any:
+    """The configuration version (``STR:CONFIG_VERSION``), or None before any change."""
+    text = yield redis.call("get", keys.CONFIG_VERSION)
+    return None if text is None else int(text)

@@ -38,7 +38,7 @@ from pydatacoll.processing.mqtt.link import LinkSettings, MqttLink
 from pydatacoll.processing.mqtt.options import MqttOptions
 from pydatacoll.processing.mqtt.outbox import Outbox
 from pydatacoll.store import keys
-from pydatacoll.store.points import device_states, latest_values, load_points
+from pydatacoll.store.points import config_version, device_states, latest_values, load_points
 
 NAME = "mqtt"
 Point = tuple[str, str, str]
@@ -114,6 +114,9 @@ class MqttProcessor(Service):
         self._selected: dict[Point, bool] = {}
         self._topics: dict[str, Point] = {}
         self._config_sleep: Deferred[Any] | None = None
+        #: The configuration version the points were read at (or followed to).
+        self._version: int | None = None
+        self._loading = False
         self._status_loop = LoopingCall(self._poll_states)
         self._status_loop.clock = reactor
         self._alarms: Any = None
@@ -168,6 +171,12 @@ class MqttProcessor(Service):
         """Follow term-item (and device/term deletion) changes."""
         if self.points is None:
             return
+        version = change.get("version")
+        if isinstance(version, int) and self._version is not None:
+            if version != self._version + 1:
+                self._version = None  # a change was missed: the next poll reloads
+            else:
+                self._version = version
         entity, op = change.get("entity"), change.get("op")
         touched: set[str] = set()
         if entity == "term_item" and op in ("add", "fresh"):
@@ -219,6 +228,7 @@ class MqttProcessor(Service):
             **outbox.counters,
             **self.counters,
             "config_loaded": self.points is not None,
+            "points": len(self.points or {}),
             "dropped": dict(outbox.dropped, spool_corrupt=outbox.spool.corrupt_lines),
             "dropped_total": sum(outbox.dropped.values()) + outbox.spool.corrupt_lines,
             **self.encoder.status(),
@@ -364,8 +374,17 @@ class MqttProcessor(Service):
     def _load_config(self) -> Any:
         """Read every point (and the latest values) from Redis; retried until it works."""
         delay = self.options.retry_initial
+        self._loading = True
+        try:
+            yield self._load_loop(delay)
+        finally:
+            self._loading = False
+
+    @inlineCallbacks
+    def _load_loop(self, delay: float) -> Any:
         while self.running:
             try:
+                version = yield config_version(self.redis)
                 points = yield load_points(self.redis)
                 values: dict[Point, tuple[Any, str, float]] = {}
                 for device_id in sorted({p[0] for p in points}):
@@ -377,6 +396,7 @@ class MqttProcessor(Service):
                 for point, value in values.items():
                     self.values.setdefault(point, value)
                 self.points = points
+                self._version = version if version is not None else 0
                 self._selected.clear()
                 self._rebuild_topics()
                 self.log.info("mqtt: {n} points loaded", n=len(points))
@@ -397,6 +417,14 @@ class MqttProcessor(Service):
         it every 2 s); Sparkplug: DDEATH / DBIRTH."""
         if self.points is None:
             return
+        try:
+            version = yield config_version(self.redis)
+        except Exception:
+            version = None
+        if version is not None and version != self._version and not self._loading:
+            # Changed without messages we could follow (v2 batches): read it all again.
+            self.log.info("mqtt: configuration version {v}: reloading the points", v=version)
+            self._load_config()
         devices = sorted({p[0] for p in self.points})
         if self.options.devices:
             devices = [d for d in devices if d in self.options.devices]
