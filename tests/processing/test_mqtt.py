@@ -361,3 +361,45 @@ class BrokerTests(TestCase):
         self.broker.start()
         yield wait_for(lambda: len(self.values()) >= 20, 30)
         self.assertEqual([v["value"] for _, v in self.values()][:20], list(range(20)))
+
+
+class ConfigurationTests(TestCase):
+    """The points come from Redis, and again when the version moves without messages."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_points_loaded_and_reloaded_on_a_silent_change(self):
+        from pydatacoll.processing.mqtt.options import MqttOptions as Options
+        from pydatacoll.store import keys
+        from pydatacoll.testing.redis import free_port
+        from tests.processing.support import redis_store
+
+        yield redis_store(self)
+        options = Options.parse(
+            {
+                "url": f"mqtt://127.0.0.1:{free_port()}",  # no broker: records stay on disk
+                "status_interval": "0.1",
+                "retry_initial": "0.1",
+                "points": "flagged",
+            }
+        )
+        processor = MqttProcessor(reactor, options, tempfile.mkdtemp(), redis=self.client)
+        processor.startService()
+        self.addCleanup(processor.stopService)
+        yield wait_for(lambda: processor.points is not None and len(processor.points) == 6)
+        self.assertEqual(processor.status()["points"], 6)
+        self.assertFalse(processor._select(("1", "10", "1000")))  # flagged: none flagged yet
+        # A change written without a change message (as the v2 batch routes do).
+        self.sync.hset(
+            keys.TERM_ITEM % ("10", "2000"),
+            mapping={"term_id": '"10"', "item_id": '"2000"', "device_id": '"1"', "mqtt": "true"},
+        )
+        self.sync.sadd(keys.TERM_ITEMS % "10", "2000")
+        self.sync.incr(keys.CONFIG_VERSION)
+        yield wait_for(lambda: ("1", "10", "2000") in (processor.points or {}), 10)
+        self.assertTrue(processor._select(("1", "10", "2000")))
+        processor.samples_received(
+            [Sample("1", "10", "2000", 1, receive_time=1.0), Sample("1", "10", "1000", 2)]
+        )
+        self.assertEqual(processor.status()["selected"], 1)
