@@ -716,16 +716,38 @@ class ApiApp:
             raise DeviceAnswer.refusal(request_id, e) from None
         return _json(request, answer.status, answer.to_json())
 
+    def device_ctrl(
+        self,
+        ids: dict[str, str],
+        body: dict[str, Any],
+        client: str,
+        *,
+        token_id: str | None = None,
+        refused: str | None = None,
+    ) -> Deferred[Any]:
+        """One command from elsewhere than HTTP (the MQTT plugin), on the route's path:
+        validation, round trip, audit entry. Fires with the `DeviceAnswer` or fails with
+        the `errors.ApiError` the route would answer; ``refused`` (a reason) audits the
+        command as refused without sending it."""
+        return self._device_ctrl(uuid.uuid4().hex, ids, body, client, token_id, refused)
+
     @inlineCallbacks
     def _device_ctrl(
-        self, request_id: str, ids: dict[str, str], body: dict[str, Any], client: str
+        self,
+        request_id: str,
+        ids: dict[str, str],
+        body: dict[str, Any],
+        client: str,
+        token_id: str | None = None,
+        refused: str | None = None,
     ) -> Any:
         """Validate, send and audit one command; every outcome gets its audit entry."""
+        token_id = token_id or self.token_id
         entry = {
             "time": iso_time(self.clock.seconds()),
             "request_id": request_id,
             "client": client,
-            "token_id": self.token_id,
+            "token_id": token_id,
             **ids,
             "value": _short_json(body.get("value")),
             "select": _short_json(body.get("select")),
@@ -743,7 +765,9 @@ class ApiApp:
             select = body.get("select")  # None: the term-item's default mode
             if select is not None and not isinstance(select, bool):
                 raise errors.ValidationError("select must be true, false or null", field="select")
-            extra = {"value": value, "select": select, "client": client, "token_id": self.token_id}
+            if refused is not None:
+                raise DeviceAnswer(request_id, "refused", refused)
+            extra = {"value": value, "select": select, "client": client, "token_id": token_id}
             answer = yield self._round_trip("device_ctrl", request_id, ids, extra)
         except errors.ApiError as e:
             outcome = e.outcome if isinstance(e, DeviceAnswer) else e.code

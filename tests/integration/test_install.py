@@ -38,6 +38,10 @@ class WheelTests(SynchronousTestCase):
         self.assertIn("pydatacoll/store/config_dump.lua", names)
         for name in ("index.html", "app.js", "app.css"):
             self.assertIn(f"pydatacoll/ui/static/{name}", names)
+        # The MQTT plugin: its factory, the generated Sparkplug B module and its EPL-2.0 source
+        self.assertIn("pydatacoll/plugins/mqtt.py", names)
+        self.assertIn("pydatacoll/processing/mqtt/sparkplug_b_pb2.py", names)
+        self.assertIn("pydatacoll/processing/mqtt/sparkplug_b.proto", names)
         self.assertNotIn("twisted/__init__.py", names)
         target = os.path.join(out, "site")
         subprocess.run(

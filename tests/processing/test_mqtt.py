@@ -1,0 +1,405 @@
+"""The mqtt plugin: options, JSON codec, outbox, and the link against a private Mosquitto."""
+
+import configparser
+import json
+import os
+import tempfile
+
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from pydatacoll.errors import ConfigError
+from pydatacoll.interfaces import IProcessor, IProcessorFactory
+from pydatacoll.model import Sample
+from pydatacoll.plugins.mqtt import mqtt as mqtt_factory
+from pydatacoll.processing import ProcessorContext
+from pydatacoll.processing.history import Spool
+from pydatacoll.processing.mqtt.codec import JsonEncoder, sample_record, subscription_filter
+from pydatacoll.processing.mqtt.options import OPTION_DEFAULTS, MqttOptions
+from pydatacoll.processing.mqtt.outbox import Outbox
+from pydatacoll.processing.mqtt.processor import MqttProcessor
+from pydatacoll.testing.mosquitto import PrivateMosquitto
+from tests.processing.mqtt_support import Subscriber
+from tests.processing.support import wait_for
+
+ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "pydatacoll.ini")
+
+
+class OptionTests(SynchronousTestCase):
+    def test_ini_mirrors_defaults(self):
+        """etc/pydatacoll.ini documents every [plugin:mqtt] option with its default."""
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(ETC)
+        section = dict(parser.items("plugin:mqtt"))
+        self.assertEqual(section, {k: v[0] for k, v in OPTION_DEFAULTS.items()})
+        options = MqttOptions.parse(section)
+        self.assertEqual((options.qos, options.mode, options.retain), (1, "json", False))
+        self.assertEqual(options.client_id, f"pydatacoll-{options.collector}")
+        self.assertEqual(options.edge_node_id, options.collector)
+
+    def test_bad_options_name_their_key(self):
+        for options, key in (
+            ({"url": "http://x"}, "plugin:mqtt.url"),
+            ({"qos": "2"}, "plugin:mqtt.qos"),
+            ({"mode": "xml"}, "plugin:mqtt.mode"),
+            ({"topic": "a/{nope}"}, "plugin:mqtt.topic"),
+            ({"topic": "a/#"}, "plugin:mqtt.topic"),
+            ({"commands_acl": "1:2"}, "plugin:mqtt.commands_acl"),
+            ({"cert_file": "c.pem"}, "plugin:mqtt.key_file"),
+            ({"cert_file": "c.pem", "key_file": "k.pem"}, "plugin:mqtt.cert_file"),
+            ({"colour": "red"}, "plugin:mqtt.colour"),
+        ):
+            with self.assertRaises(ConfigError) as caught:
+                MqttOptions.parse(options)
+            self.assertEqual(caught.exception.key, key, options)
+
+    def test_url_and_acl(self):
+        options = MqttOptions.parse(
+            {
+                "url": "mqtts://u%40x:pw@broker.example:8884",
+                "commands": "true",
+                "commands_acl": "1:*:*, 2:10:100?",
+            }
+        )
+        self.assertEqual((options.host, options.port, options.tls), ("broker.example", 8884, True))
+        self.assertEqual((options.url_username, options.url_password), ("u@x", "pw"))
+        self.assertEqual(MqttOptions.parse({"url": "mqtts://b"}).port, 8883)
+        self.assertEqual(options.describe, "mqtts://broker.example:8884")
+        self.assertTrue(options.command_allowed(("1", "10", "1000")))
+        self.assertTrue(options.command_allowed(("2", "10", "1001")))
+        self.assertFalse(options.command_allowed(("2", "10", "1010")))
+        off = MqttOptions.parse({"commands_acl": "*:*:*"})
+        self.assertFalse(off.command_allowed(("1", "10", "1000")))
+
+    def test_factory_builds_a_processor(self):
+        self.assertTrue(verifyObject(IProcessorFactory, mqtt_factory))
+        processor = mqtt_factory.build(_context({"collector": "c1"}))
+        self.assertTrue(verifyObject(IProcessor, processor))
+        self.assertTrue(verifyObject(IService, processor))
+        self.assertEqual(processor.status()["connected"], False)
+        with self.assertRaises(ConfigError):
+            mqtt_factory.build(_context({"url": "mqtts://h", "ca_file": "/nonexistent.pem"}))
+
+
+class JsonCodecTests(SynchronousTestCase):
+    def setUp(self):
+        self.encoder = JsonEncoder(MqttOptions.parse({"collector": "fep1", "retain": "true"}))
+
+    def test_sample(self):
+        sample = Sample("1", "10", "1000", 12.5, "questionable", ("NT",), None, 1700000000.25)
+        [message] = self.encoder.encode(sample_record(sample), False)
+        self.assertEqual(message.topic, "pydatacoll/1/10/1000")
+        self.assertEqual(
+            json.loads(message.payload),
+            {"value": 12.5, "quality": "questionable", "time": "2023-11-14T22:13:20.250+00:00"},
+        )
+        self.assertEqual((message.qos, message.retain), (1, True))
+
+    def test_source_time_wins(self):
+        sample = Sample("1", "10", "1000", True, source_time=1.0, receive_time=2.0)
+        [message] = self.encoder.encode(sample_record(sample), False)
+        self.assertEqual(json.loads(message.payload)["time"], "1970-01-01T00:00:01.000+00:00")
+
+    def test_status_alarm_result_state(self):
+        [status] = self.encoder.encode(("s", "7", "offline", 0.0), False)
+        self.assertEqual(status.topic, "pydatacoll/7/status")
+        self.assertEqual(json.loads(status.payload)["state"], "offline")
+        self.assertTrue(status.retain)
+        [alarm] = self.encoder.encode(("a", '{"event": "raise"}'), False)
+        self.assertEqual((alarm.topic, alarm.payload), ("pydatacoll/alarms", b'{"event": "raise"}'))
+        [result] = self.encoder.encode(("r", "1", "10", "1000", "{}"), False)
+        self.assertEqual(result.topic, "pydatacoll/1/10/1000/set/result")
+        will = self.encoder.will()
+        self.assertEqual(
+            (will.topic, will.payload, will.retain), ("pydatacoll/fep1/state", b"offline", True)
+        )
+        self.assertEqual(self.encoder.session_start()[0].payload, b"online")
+        self.assertEqual(
+            subscription_filter("site/{collector}/{device_id}/{term_id}/{item_id}", "fep1"),
+            "site/fep1/+/+/+",
+        )
+
+
+def _context(options, data_dir=None, redis=None):
+    from pydatacoll.config import Settings
+
+    return ProcessorContext(
+        reactor=reactor,
+        settings=Settings(),
+        options=options,
+        redis=redis,
+        emit=lambda samples: None,
+        data_dir=data_dir or tempfile.mkdtemp(),
+    )
+
+
+class OutboxTests(TestCase):
+    """The outbox with a scripted sender: order, window, confirmation, disk while down."""
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp()
+        self.sent = []  # (record, historical, deferred)
+
+    def outbox(self, window=3, queue_records=100):
+        spool = Spool(
+            os.path.join(self.directory, "spool"),
+            max_bytes=10**6,
+            max_samples=1000,
+            segment_bytes=300,
+            fsync=True,
+        )
+
+        def send(record, historical):
+            d = Deferred()
+            self.sent.append((record, historical, d))
+            return d
+
+        box = Outbox(
+            reactor, spool, send, queue_records=queue_records, window=window, batch_records=4
+        )
+        self.addCleanup(box.stop)
+        return box
+
+    def confirm_all(self):
+        pending = [d for _, _, d in self.sent if not d.called]
+        for d in pending:
+            d.callback(None)
+        return len(pending)
+
+    @inlineCallbacks
+    def test_window_order_and_confirmation(self):
+        box = self.outbox()
+        yield box.start()
+        box.link_up()
+        yield wait_for(lambda: box.mode == "direct")
+        box.put([("v", i) for i in range(10)])
+        self.assertEqual([r for r, _, _ in self.sent], [("v", 0), ("v", 1), ("v", 2)])
+        self.sent[1][2].callback(None)  # out of order: the window moves by one
+        self.assertEqual(len(self.sent), 4)
+        self.assertEqual(box.waiting, 10)  # 1 leaves memory only after 0 (in order)
+        while self.confirm_all():
+            pass
+        self.assertEqual([r[1] for r, _, _ in self.sent], list(range(10)))
+        self.assertTrue(box.idle)
+        yield box.stop()
+
+    @inlineCallbacks
+    def test_outage_goes_to_disk_and_comes_back_in_order(self):
+        box = self.outbox()
+        yield box.start()
+        box.link_up()
+        yield wait_for(lambda: box.mode == "direct")
+        box.put([("v", i) for i in range(5)])
+        self.sent[0][2].callback(None)  # 0 confirmed; 1..3 in flight, 4 queued
+        box.link_down()
+        box.put([("v", i) for i in range(5, 30)])
+        yield wait_for(lambda: box.spool.unread_samples == 29)
+        self.sent.clear()
+        box.link_up()
+        while True:
+            yield wait_for(lambda: any(not d.called for _, _, d in self.sent) or box.idle)
+            if box.idle:
+                break
+            self.confirm_all()
+        records = [r[1] for r, _, _ in self.sent]
+        self.assertEqual(records, list(range(1, 30)))
+        self.assertTrue(all(historical for _, historical, _ in self.sent))
+        self.assertEqual(box.spool.unread_samples, 0)
+        yield box.stop()
+
+    @inlineCallbacks
+    def test_lost_mid_batch_resends_only_unconfirmed(self):
+        box = self.outbox(window=10)
+        yield box.start()
+        box.put([("v", i) for i in range(4)])  # before the first connection: on disk
+        yield wait_for(lambda: box.spool.unread_samples == 4)
+        box.link_up()
+        yield wait_for(lambda: len(self.sent) == 4)
+        self.sent[0][2].callback(None)
+        self.sent[2][2].callback(None)
+        box.link_down()
+        self.sent.clear()
+        box.link_up()
+        self.assertEqual([r[1] for r, _, _ in self.sent], [1, 3])
+        self.confirm_all()
+        yield wait_for(lambda: box.idle)
+        yield box.stop()
+
+    @inlineCallbacks
+    def test_bounds_drop_the_newest_and_count(self):
+        box = self.outbox(queue_records=100)
+        box.spool.max_samples = 50
+        yield box.start()
+        box.put([("v", i) for i in range(150)])
+        yield wait_for(lambda: not box._appending and not box._pending)
+        self.assertEqual(box.dropped["queue_full"] + box.dropped["spool_full"], 100)
+        self.assertEqual(box.spool.unread_samples, 50)
+        yield box.stop()
+
+    @inlineCallbacks
+    def test_stop_keeps_what_was_not_confirmed(self):
+        box = self.outbox()
+        yield box.start()
+        box.link_up()
+        yield wait_for(lambda: box.mode == "direct")
+        box.put([("v", i) for i in range(6)])
+        self.sent[0][2].callback(None)
+        yield box.stop()
+        self.sent.clear()
+        again = self.outbox()
+        yield again.start()
+        again.link_up()
+        yield wait_for(lambda: len(self.sent) == 3)
+        while not again.idle:
+            self.confirm_all()
+            yield wait_for(lambda: any(not d.called for _, _, d in self.sent) or again.idle)
+        self.assertEqual([r[1] for r, _, _ in self.sent], [1, 2, 3, 4, 5])
+        yield again.stop()
+
+
+class BrokerTests(TestCase):
+    """The processor without Redis against a private Mosquitto: JSON values, an outage."""
+
+    timeout = 120
+
+    def setUp(self):
+        self.broker = PrivateMosquitto()
+        self.addCleanup(self.broker.cleanup)
+        self.subscriber = Subscriber(self.broker.port, ["pydatacoll/#"], session="test-sub")
+        self.addCleanup(self.subscriber.close)
+
+    def processor(self, **options):
+        texts = {
+            "url": self.broker.url,
+            "collector": "fep1",
+            "retry_initial": "0.1",
+            "retry_max": "0.5",
+            "keepalive": "5",
+            "connect_timeout": "2",
+            **options,
+        }
+        processor = MqttProcessor.from_context(_context(texts))
+        processor.startService()
+        self.addCleanup(processor.stopService)
+        return processor
+
+    def values(self, prefix="pydatacoll/1/10/"):
+        return [
+            (topic, json.loads(payload))
+            for topic, payload, _ in self.subscriber.taken()
+            if topic.startswith(prefix)
+        ]
+
+    @inlineCallbacks
+    def test_values_arrive_with_topic_and_payload(self):
+        processor = self.processor()
+        yield wait_for(lambda: processor.link.connected, 20)
+        yield wait_for(lambda: processor.outbox.mode == "direct", 20)
+        processor.samples_received(
+            [Sample("1", "10", "1000", 230.5, "good", (), None, 1700000000.0)]
+        )
+        yield wait_for(lambda: self.values(), 20)
+        self.assertEqual(
+            self.values(),
+            [
+                (
+                    "pydatacoll/1/10/1000",
+                    {"value": 230.5, "quality": "good", "time": "2023-11-14T22:13:20.000+00:00"},
+                )
+            ],
+        )
+        state = [(p, r) for t, p, r in self.subscriber.taken() if t == "pydatacoll/fep1/state"]
+        self.assertEqual(state, [(b"online", False)])
+        yield wait_for(lambda: processor.outbox.idle)
+        self.assertEqual(processor.status()["confirmed"], 1)
+        yield processor.stopService()
+        yield wait_for(
+            lambda: ("pydatacoll/fep1/state", b"offline", False) in self.subscriber.taken()
+        )
+
+    @inlineCallbacks
+    def test_outage_every_value_in_order(self):
+        processor = self.processor()
+        yield wait_for(lambda: processor.outbox.mode == "direct", 20)
+        n = 0
+
+        def feed(count):
+            nonlocal n
+            for _ in range(count):
+                processor.samples_received([Sample("1", "10", "1000", n, receive_time=n)])
+                n += 1
+
+        feed(50)
+        yield wait_for(lambda: len(self.values()) == 50, 20)
+        self.broker.stop()
+        yield wait_for(lambda: not processor.link.connected, 20)
+        feed(300)
+        yield wait_for(lambda: processor.status()["spool_records"] == 300, 20)
+        self.assertEqual(processor.status()["outbox"], "spooling")
+        self.broker.start()
+        yield wait_for(lambda: processor.outbox.idle, 30)
+        feed(50)
+        yield wait_for(lambda: len({v["value"] for _, v in self.values()}) == 400, 30)
+        values = [v["value"] for _, v in self.values()]
+        first = sorted(set(values), key=values.index)
+        self.assertEqual(first, list(range(400)))
+        self.assertEqual(processor.status()["dropped_total"], 0)
+
+    @inlineCallbacks
+    def test_broker_absent_at_start(self):
+        self.broker.stop()
+        processor = self.processor()
+        processor.samples_received(
+            [Sample("1", "10", "1000", i, receive_time=i) for i in range(20)]
+        )
+        yield wait_for(lambda: processor.status()["spool_records"] == 20, 20)
+        self.assertFalse(processor.link.connected)
+        self.assertIsNotNone(processor.status()["last_error"])
+        self.broker.start()
+        yield wait_for(lambda: len(self.values()) >= 20, 30)
+        self.assertEqual([v["value"] for _, v in self.values()][:20], list(range(20)))
+
+
+class ConfigurationTests(TestCase):
+    """The points come from Redis, and again when the version moves without messages."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_points_loaded_and_reloaded_on_a_silent_change(self):
+        from pydatacoll.processing.mqtt.options import MqttOptions as Options
+        from pydatacoll.store import keys
+        from pydatacoll.testing.redis import free_port
+        from tests.processing.support import redis_store
+
+        yield redis_store(self)
+        options = Options.parse(
+            {
+                "url": f"mqtt://127.0.0.1:{free_port()}",  # no broker: records stay on disk
+                "status_interval": "0.1",
+                "retry_initial": "0.1",
+                "points": "flagged",
+            }
+        )
+        processor = MqttProcessor(reactor, options, tempfile.mkdtemp(), redis=self.client)
+        processor.startService()
+        self.addCleanup(processor.stopService)
+        yield wait_for(lambda: processor.points is not None and len(processor.points) == 6)
+        self.assertEqual(processor.status()["points"], 6)
+        self.assertFalse(processor._select(("1", "10", "1000")))  # flagged: none flagged yet
+        # A change written without a change message (as the v2 batch routes do).
+        self.sync.hset(
+            keys.TERM_ITEM % ("10", "2000"),
+            mapping={"term_id": '"10"', "item_id": '"2000"', "device_id": '"1"', "mqtt": "true"},
+        )
+        self.sync.sadd(keys.TERM_ITEMS % "10", "2000")
+        self.sync.incr(keys.CONFIG_VERSION)
+        yield wait_for(lambda: ("1", "10", "2000") in (processor.points or {}), 10)
+        self.assertTrue(processor._select(("1", "10", "2000")))
+        processor.samples_received(
+            [Sample("1", "10", "2000", 1, receive_time=1.0), Sample("1", "10", "1000", 2)]
+        )
+        self.assertEqual(processor.status()["selected"], 1)
