@@ -47,7 +47,8 @@ def _stop(_: object, child: Any) -> Any:
 
 def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     """Children in start order: ``redis-server`` (embedded only), ``redis``, then
-    ``collector`` (roles all and collector) and ``replies`` and ``api`` (roles all and api)."""
+    ``collector`` (roles all and collector), ``replies`` and ``api`` (roles all and api),
+    ``gateway-replies`` and ``gateway`` (roles all and gateway)."""
     root = OrderedService()
     embedded = None
     if settings.embedded_redis:
@@ -70,7 +71,27 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
         collector.setServiceParent(root)
     if settings.runs_api:
         _add_api(root, settings, reactor, client, embedded)
+    if settings.runs_gateway:
+        _add_gateway(root, settings, reactor, client, embedded)
     return root
+
+
+def _add_gateway(
+    root: MultiService, settings: Settings, reactor: Any, client: RedisClient, embedded: Any
+) -> None:
+    """The northbound gateways, with a reply listener of their own for commands."""
+    from pydatacoll.gateway.service import GatewayService
+
+    replies = ReplyListener(
+        reactor, settings.redis, address_source=embedded, connect_timeout=settings.redis_timeout
+    )
+    replies.setName("gateway-replies")
+    replies.setServiceParent(root)
+    gateway = GatewayService(
+        client, reactor, replies=replies, ctrl_log_length=settings.ctrl_log_length
+    )
+    gateway.setName("gateway")
+    gateway.setServiceParent(root)
 
 
 def _add_api(

@@ -737,6 +737,8 @@ def _op(kind: str, entity: Any) -> dict[str, Any]:
     }
     if entity.KIND == "term_item":
         op.update(term_id=entity.term_id, item_id=entity.item_id)
+    elif entity.KIND == "gateway_point":
+        op.update(gateway_id=entity.gateway_id, ioa=str(entity.ioa))
     return op
 
 
@@ -825,4 +827,5 @@ def _expand(path: str) -> list[str]:
     return results
 
 
+from pydatacoll.api import gateways as _gateways  # noqa: E402,F401
 from pydatacoll.api import processing as _processing  # noqa: E402,F401

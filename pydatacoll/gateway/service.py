@@ -1,0 +1,575 @@
+"""The gateway service: every configured gateway listening, fed from Redis.
+
+Where it runs: in the ``all`` role and in its own ``gateway`` role (``--role gateway``).
+It needs nothing but Redis: the latest value of every point is in ``HS:VALUE:{device}``,
+every new sample is published on ``CHANNEL:DEVICE_SAMPLES:{device}``, every device's
+state is in ``HS:DEVICE_STATUS:{device}``, and commands go through the same
+``CHANNEL:DEVICE_CTRL`` round trip (and audit stream) as the REST API's device_ctrl.
+So a gateway process can sit apart from the collectors (in a DMZ, say), restart without
+touching the field links, and serve points of devices run by several collectors.
+
+On start, after every reconnection of its subscription, and on every gateway change
+message, the service *reconciles*: a new gateway starts listening, a deleted one stops,
+a gateway whose own settings changed restarts (its connections drop), and a gateway
+whose points changed takes them without dropping a connection.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, task
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from pydatacoll import errors
+from pydatacoll.gateway.commands import CommandPath
+from pydatacoll.gateway.model import UNTIMED, Gateway, GatewayPoint
+from pydatacoll.model import decode_fields
+from pydatacoll.protocols.iec104.station import (
+    NOT_TOPICAL,
+    TIMED_TWIN,
+    CommandAnswer,
+    CommandRequest,
+    Event,
+    Iec104Outstation,
+    PointValue,
+    StationPoint,
+    monitor_value,
+    quality_bits,
+)
+from pydatacoll.store import keys
+from pydatacoll.store.gateway import GatewayStore
+from pydatacoll.store.subscriber import Subscriber
+
+#: Seconds between reads of the device states (the collector writes them every 2 s).
+STATE_INTERVAL = 2.0
+#: Connections one gateway accepts at once; more are closed at once.
+MAX_CONNECTIONS = 16
+DEFAULT_LISTEN = "tcp:2404"
+DEFAULT_EVENT_QUEUE = 10000
+DEFAULT_COMMAND_TIMEOUT = 10.0
+_CHANNELS = [
+    *keys.CHANGE_CHANNELS["gateway"].values(),
+    *keys.CHANGE_CHANNELS["gateway_point"].values(),
+]
+_SAMPLES_PREFIX = keys.DEVICE_SAMPLES % ""
+
+
+class _StationFactory(Factory):
+    noisy = False
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: Any) -> Iec104Outstation | None:  # noqa: N802 (Twisted API)
+        return self.server.build_connection(addr)
+
+
+class GatewayServer(Service):
+    """One gateway: its listening port, its connections, its points and their image."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        points: Iterable[GatewayPoint],
+        reactor: Any,
+        commands: CommandPath | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.reactor = reactor
+        self.commands = commands
+        self.common_address = gateway.common_address or 1
+        self.connections: list[Iec104Outstation] = []
+        self.port: Any = None
+        self.refused_connections = 0
+        self.clock_syncs = 0
+        self._samples: dict[int, tuple[Any, int, float | None]] = {}
+        self._online: dict[str, bool] = {}
+        self._points: dict[int, GatewayPoint] = {}
+        self._station: dict[int, StationPoint] = {}
+        self._by_source: dict[tuple[str, str, str], list[int]] = {}
+        self._sent: dict[int, PointValue] = {}
+        self.update_points(points)
+
+    @property
+    def key(self) -> str:
+        """What restarts the gateway when it changes: every gateway field."""
+        return json.dumps(self.gateway.to_json(), sort_keys=True, default=str)
+
+    @property
+    def devices(self) -> set[str]:
+        """The devices whose points this gateway serves."""
+        return {p.device_id for p in self._points.values()}
+
+    # --- service ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start_listening(self) -> Any:
+        """Listen on the gateway's endpoint; fails when the endpoint cannot listen."""
+        endpoint = serverFromString(self.reactor, self.gateway.listen or DEFAULT_LISTEN)
+        self.port = yield endpoint.listen(_StationFactory(self))
+        address = self.port.getHost()
+        self.log.info(
+            "gateway {id} listening on {address} (CA {ca}, {n} points)",
+            id=self.gateway.id,
+            address=f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}",
+            ca=self.common_address,
+            n=len(self._points),
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        for conn in list(self.connections):
+            conn.close("the gateway stops")
+        port, self.port = self.port, None
+        if port is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(port.stopListening)
+
+    def build_connection(self, addr: Any) -> Iec104Outstation | None:
+        """A protocol for a new upstream connection, or None (refused)."""
+        host = getattr(addr, "host", str(addr))
+        peer = f"{host}:{getattr(addr, 'port', '')}"
+        allowed = self.gateway.allowed_clients
+        if allowed and host not in allowed:
+            self.refused_connections += 1
+            self.log.warn(
+                "gateway {id}: connection from {peer} refused (not in allowed_clients)",
+                id=self.gateway.id,
+                peer=peer,
+            )
+            return None
+        if len(self.connections) >= MAX_CONNECTIONS or not self.running:
+            self.refused_connections += 1
+            self.log.warn(
+                "gateway {id}: connection from {peer} refused ({n} connections)",
+                id=self.gateway.id,
+                peer=peer,
+                n=len(self.connections),
+            )
+            return None
+        conn = Iec104Outstation(
+            self.reactor,
+            self,
+            params=self.gateway.link_params(),
+            peer=peer,
+            event_queue=self.gateway.event_queue or DEFAULT_EVENT_QUEUE,
+            name=f"gateway {self.gateway.id} {peer}",
+            on_lost=self._lost,
+        )
+        self.connections.append(conn)
+        self.log.info("gateway {id}: master {peer} connected", id=self.gateway.id, peer=peer)
+        return conn
+
+    def _lost(self, conn: Iec104Outstation) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+        self.log.info(
+            "gateway {id}: master {peer} disconnected", id=self.gateway.id, peer=conn.peer
+        )
+
+    # --- points and values -----------------------------------------------------------
+
+    def update_points(self, points: Iterable[GatewayPoint]) -> set[str]:
+        """Take a new point list (connections stay up); the devices newly referenced."""
+        before = self.devices
+        self._points = {p.ioa: p for p in points}
+        self._station = {
+            p.ioa: StationPoint(
+                p.ioa,
+                p.type_id,
+                p.groups or (),
+                p.counter_group or 0,
+                p.accepted_command,
+            )
+            for p in self._points.values()
+        }
+        by_source: dict[tuple[str, str, str], list[int]] = {}
+        for p in self._points.values():
+            by_source.setdefault(p.point, []).append(p.ioa)
+        self._by_source = by_source
+        for ioa in set(self._samples) - set(self._points):
+            del self._samples[ioa]
+        for ioa in set(self._sent) - set(self._points):
+            del self._sent[ioa]
+        return self.devices - before
+
+    def load(self, values: dict[str, dict[str, Any]], states: dict[str, str | None]) -> None:
+        """Values and device states read from Redis (newer samples already here win)."""
+        for device_id, state in states.items():
+            self._online[device_id] = state == "online"
+        for point in self._points.values():
+            sample = values.get(point.device_id, {}).get(f"{point.term_id}:{point.item_id}")
+            if isinstance(sample, dict):
+                self._take(point.ioa, sample)
+        for ioa in self._points:
+            self._sent.setdefault(ioa, self.current(ioa))
+
+    def _take(self, ioa: int, sample: dict[str, Any]) -> bool:
+        """Put a sample (a stored/published JSON sample) in the image; False if older."""
+        when = _seconds(sample.get("source_time")) or _seconds(sample.get("receive_time"))
+        old = self._samples.get(ioa)
+        if old is not None and old[2] is not None and when is not None and when < old[2]:
+            return False
+        flags = sample.get("flags") or ()
+        bits = quality_bits(
+            str(sample.get("quality", "good")), flags if isinstance(flags, list) else ()
+        )
+        self._samples[ioa] = (sample.get("value"), bits, when)
+        return True
+
+    def samples(self, messages: list[dict[str, Any]]) -> None:
+        """New samples of a device (a DEVICE_SAMPLES batch): changes become events."""
+        by_source = self._by_source
+        changed: list[int] = []
+        for message in messages:
+            ioas = by_source.get(
+                (
+                    str(message.get("device_id")),
+                    str(message.get("term_id")),
+                    str(message.get("item_id")),
+                )
+            )
+            if ioas is None:
+                continue
+            for ioa in ioas:
+                if self._take(ioa, message):
+                    changed.append(ioa)
+        if changed:
+            self._emit(changed)
+
+    def device_states(self, states: dict[str, str | None]) -> None:
+        """The devices' states: a device going offline (or back) changes its points' quality."""
+        changed_devices = set()
+        for device_id, state in states.items():
+            online = state == "online"
+            if self._online.get(device_id) != online:
+                self._online[device_id] = online
+                changed_devices.add(device_id)
+        if changed_devices:
+            self._emit([p.ioa for p in self._points.values() if p.device_id in changed_devices])
+
+    def _emit(self, ioas: list[int]) -> None:
+        """Events for the points whose value or quality differs from what was last sent."""
+        events = []
+        now = self.reactor.seconds()
+        for ioa in ioas:
+            current = self.current(ioa)
+            last = self._sent.get(ioa)
+            if last is not None and last.value == current.value and last.quality == current.quality:
+                continue
+            self._sent[ioa] = current
+            type_id = self._points[ioa].type_id
+            timed = TIMED_TWIN.get(type_id, type_id)
+            events.append(Event(ioa, timed, current.value, current.quality, current.time or now))
+        if events:
+            for conn in list(self.connections):
+                conn.post_events(events)
+
+    # --- StationDatabase -------------------------------------------------------------
+
+    def station_points(self) -> dict[int, StationPoint]:
+        """The points by IOA."""
+        return self._station
+
+    def current(self, ioa: int) -> PointValue:
+        """A point's value, its quality (NT|IV while its device is not online) and time."""
+        point = self._points[ioa]
+        sample = self._samples.get(ioa)
+        if sample is None:
+            value, bits = monitor_value(UNTIMED[point.type_id], 0)
+            return PointValue(value, bits | NOT_TOPICAL, None)
+        raw, bits, when = sample
+        value, more = monitor_value(UNTIMED[point.type_id], raw)
+        bits |= more
+        if not self._online.get(point.device_id, False):
+            bits |= NOT_TOPICAL
+        return PointValue(value, bits, when)
+
+    def clock_sync(self, when: Any, peer: str) -> bool:
+        """Accepted unless the gateway's ``clock_sync`` is false (the clock is not set)."""
+        if self.gateway.clock_sync is False:
+            return False
+        self.clock_syncs += 1
+        return True
+
+    def can_command(self, point: StationPoint) -> str | None:
+        """Why a command for ``point`` cannot run now (None: it can)."""
+        if self.commands is None:
+            return "commands are not served by this process"
+        source = self._points[point.ioa]
+        if not self._online.get(source.device_id, False):
+            return f"device {source.device_id} is not online"
+        return None
+
+    def execute(self, request: CommandRequest) -> defer.Deferred[CommandAnswer]:
+        """Pass a command to the field device through the device_ctrl round trip."""
+        if self.commands is None:
+            return defer.succeed(CommandAnswer(False, "commands are not served"))
+        return self.commands.execute(
+            self.gateway.id,
+            self._points[request.point.ioa],
+            request,
+            self.gateway.command_timeout or DEFAULT_COMMAND_TIMEOUT,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The gateway's connections and counters."""
+        return {
+            "gateway_id": self.gateway.id,
+            "state": "listening" if self.port is not None else "stopped",
+            "points": len(self._points),
+            "refused_connections": self.refused_connections,
+            "clock_syncs": self.clock_syncs,
+            "connections": [
+                {
+                    "peer": c.peer,
+                    "state": c.state.value,
+                    "events_queued": len(c.events),
+                    "events_sent": c.events_sent,
+                    "events_dropped": c.events.dropped,
+                    "commands_received": c.commands_received,
+                    **c.counters.snapshot(),
+                }
+                for c in self.connections
+            ],
+        }
+
+
+def _seconds(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+class GatewayService(MultiService):
+    """Every configured gateway, kept in step with Redis (see the module docstring)."""
+
+    log = Logger()
+
+    def __init__(
+        self, redis: Any, reactor: Any, *, replies: Any = None, ctrl_log_length: int = 10000
+    ) -> None:
+        super().__init__()
+        self.redis = redis
+        self.reactor = reactor
+        self.store = GatewayStore(redis)
+        self.commands = (
+            CommandPath(self.store, replies, reactor, ctrl_log_length) if replies else None
+        )
+        self.gateways: dict[str, GatewayServer] = {}
+        #: Why a configured gateway does not run (gateway id -> message).
+        self.errors: dict[str, str] = {}
+        self._reconciling: defer.Deferred[None] | None = None
+        self._dirty: set[str] | None = None
+        self._again = False
+        self.subscriber = Subscriber(
+            reactor,
+            lambda: redis.address,
+            self._message,
+            channels=_CHANNELS,
+            on_subscribed=self._subscribed,
+            ready=redis.when_ready,
+            name="gateway subscription",
+        )
+        self.subscriber.setName("subscription")
+        self.subscriber.setServiceParent(self)
+        self._written: set[str] = set()
+        self._states = task.LoopingCall(self._tick)
+        self._states.clock = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._states.start(STATE_INTERVAL, now=False)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        if self._states.running:
+            self._states.stop()
+        Service.stopService(self)
+        servers = list(self.gateways.values())
+        self.gateways.clear()
+        yield defer.DeferredList(
+            [defer.maybeDeferred(s.disownServiceParent) for s in servers], consumeErrors=True
+        )
+        yield defer.maybeDeferred(self.subscriber.stopService)
+
+    def _subscribed(self) -> None:
+        # Changes may have been missed while the subscription was down: catch up.
+        self.reconcile()
+
+    # --- messages --------------------------------------------------------------------
+
+    def _message(self, channel: str, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if channel.startswith(_SAMPLES_PREFIX):
+            samples = message.get("samples")
+            if isinstance(samples, list):
+                for server in self.gateways.values():
+                    if message.get("device_id") in server.devices:
+                        server.samples(samples)
+            return
+        touched = set()
+        if message.get("entity") == "gateway" and message.get("id") is not None:
+            touched.add(str(message["id"]))
+        for body in (message.get("data"), message.get("old")):
+            if isinstance(body, dict) and body.get("gateway_id") is not None:
+                touched.add(str(body["gateway_id"]))
+        if touched:
+            self.reconcile(touched)
+
+    # --- reconciling -----------------------------------------------------------------
+
+    def reconcile(self, gateway_ids: Iterable[str] | None = None) -> defer.Deferred[None]:
+        """Compare the named gateways (default: all) with Redis; one pass at a time."""
+        if gateway_ids is None:
+            self._dirty = None
+        elif self._dirty is not None:
+            self._dirty.update(gateway_ids)
+        if self._reconciling is not None:
+            self._again = True
+            return self._reconciling
+        self._reconciling = self._reconcile_loop()
+        return self._reconciling
+
+    @defer.inlineCallbacks
+    def _reconcile_loop(self) -> Any:
+        try:
+            while self.running:
+                dirty, self._dirty, self._again = self._dirty, set(), False
+                try:
+                    yield self._reconcile(dirty)
+                except errors.StoreUnavailable as exc:
+                    self.log.warn("gateway reconcile postponed: {error}", error=exc)
+                    self._dirty = None
+                    break
+                except Exception:
+                    self.log.failure("gateway reconcile failed")
+                    self._dirty = None
+                    break
+                if not self._again and not self._dirty:
+                    break
+        finally:
+            self._reconciling = None
+
+    @defer.inlineCallbacks
+    def _reconcile(self, dirty: set[str] | None) -> Any:
+        stored = set((yield self.store.gateway_ids()))
+        names = stored | set(self.gateways) if dirty is None else set(dirty)
+        for gateway_id in sorted(names):
+            config = (yield self.store.gateway(gateway_id)) if gateway_id in stored else None
+            yield self._apply(gateway_id, config)
+
+    def _follow(self, devices: set[str]) -> defer.Deferred[Any]:
+        """Subscribe the sample channels of ``devices`` besides those already followed."""
+        followed = set()
+        for server in self.gateways.values():
+            followed |= server.devices
+        wanted = [keys.DEVICE_SAMPLES % d for d in sorted(followed | devices)]
+        d: defer.Deferred[Any] = self.subscriber.update_channels([*_CHANNELS, *wanted])
+        return d
+
+    @defer.inlineCallbacks
+    def _apply(self, gateway_id: str, config: Any) -> Any:
+        running = self.gateways.get(gateway_id)
+        if config is None:
+            self.errors.pop(gateway_id, None)
+            if running is not None:
+                self.log.info("gateway {id} deleted: stopping it", id=gateway_id)
+                yield self._stop(gateway_id)
+            return
+        try:
+            gateway = Gateway.from_json(decode_fields(config[0]))
+            points = [GatewayPoint.from_json(decode_fields(p)) for p in config[1]]
+        except errors.ApiError as exc:
+            self.errors[gateway_id] = exc.message
+            self.log.warn("gateway {id} cannot run: {error}", id=gateway_id, error=exc.message)
+            return
+        if running is not None:
+            candidate = GatewayServer(gateway, points, self.reactor)
+            if candidate.key == running.key:
+                new_devices = running.update_points(points)
+                yield self._load(running, new_devices)
+                return
+            self.log.info("gateway {id} changed: restarting it", id=gateway_id)
+            yield self._stop(gateway_id)
+        server = GatewayServer(gateway, points, self.reactor, self.commands)
+        server.setName(f"gateway {gateway_id}")
+        yield self._load(server, server.devices)
+        try:
+            yield server.start_listening()
+        except Exception as exc:
+            self.errors[gateway_id] = f"cannot listen on {gateway.listen}: {exc}"
+            self.log.warn("gateway {id}: {error}", id=gateway_id, error=self.errors[gateway_id])
+            return
+        self.errors.pop(gateway_id, None)
+        server.setServiceParent(self)
+        self.gateways[gateway_id] = server
+
+    @defer.inlineCallbacks
+    def _load(self, server: GatewayServer, devices: set[str]) -> Any:
+        # Subscribe first, then read: a sample published in between is not missed (and
+        # the image keeps the newer of the two).
+        yield self._follow(server.devices)
+        if not devices:
+            return
+        values = yield self.store.device_values(devices)
+        states = yield self.store.device_states(devices)
+        server.load(values, states)
+
+    @defer.inlineCallbacks
+    def _stop(self, gateway_id: str) -> Any:
+        server = self.gateways.pop(gateway_id)
+        yield defer.maybeDeferred(server.disownServiceParent)
+        yield self._follow(set())
+
+    @defer.inlineCallbacks
+    def _tick(self) -> Any:
+        """Read the states of the gateways' devices, write the gateways' statuses.
+
+        Run by a LoopingCall: every error is caught (loops never die).
+        """
+        try:
+            devices: set[str] = set()
+            for server in self.gateways.values():
+                devices |= server.devices
+            if devices:
+                states = yield self.store.device_states(devices)
+                for server in list(self.gateways.values()):
+                    server.device_states({d: states.get(d) for d in server.devices})
+            statuses = {gid: s.status() for gid, s in self.gateways.items()}
+            for gid, message in self.errors.items():
+                statuses[gid] = {"gateway_id": gid, "state": "error", "error": message}
+            if statuses:
+                yield self.store.write_statuses(statuses)
+            gone = self._written - set(statuses)
+            if gone:
+                yield self.store.forget_statuses(gone)
+            self._written = set(statuses)
+        except errors.StoreUnavailable:
+            pass
+        except Exception:
+            self.log.failure("gateway states and statuses")
+
+    def status(self) -> dict[str, Any]:
+        """Every running gateway's status and why others do not run."""
+        return {
+            "gateways": {gid: s.status() for gid, s in sorted(self.gateways.items())},
+            "errors": dict(self.errors),
+        }

@@ -1,0 +1,258 @@
+"""The northbound gateway against lib60870 (c104.Client) as the control centre's master.
+
+Real parts end to end: a private redis-server, pymodbus' server as the field device, a
+real ``twistd pydatacoll`` (role all: REST, collector and gateway), everything configured
+over REST, and c104's client connecting to the gateway like a SCADA master would.
+"""
+
+import datetime
+import time
+
+import c104
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from pydatacoll.protocols.iec104 import apci
+from pydatacoll.protocols.iec104.asdu import decode_asdu
+from pydatacoll.testing.redis import PrivateRedis, free_port
+from tests.integration.iec104_peer import connect_c104_client, poll_until
+from tests.integration.test_collector_e2e import ModbusSim, wait
+from tests.integration.test_daemon import Daemon, request
+
+NT_IV = 0x40 | 0x80
+
+
+class RawLog:
+    """Every ASDU c104's client received, decoded by our codec, with its arrival time."""
+
+    def __init__(self, connection: c104.Connection) -> None:
+        self.asdus = []
+        self.raw = []
+        connection.on_receive_raw(callable=self.on_receive_raw)
+
+    def on_receive_raw(self, connection: c104.Connection, data: bytes) -> None:
+        self.raw.append(bytes(data))
+        try:
+            frames, _ = apci.decode_apdus(data)
+        except Exception as e:
+            self.raw.append(repr(e))
+            return
+        for frame in frames:
+            if isinstance(frame, apci.IFrame):
+                self.asdus.append((time.monotonic(), decode_asdu(frame.asdu)))
+
+    def spontaneous(self, ioa):
+        return [
+            (at, asdu.values[list(asdu.ioas).index(ioa)], asdu)
+            for at, asdu in list(self.asdus)
+            if asdu.cause == 3 and ioa in asdu.ioas
+        ]
+
+
+class GatewayInteropTests(TestCase):
+    timeout = 180
+
+    def setUp(self):
+        import tempfile
+
+        self.workdir = tempfile.mkdtemp()
+        self.redis = PrivateRedis()
+        self.addCleanup(self.redis.stop)
+        self.modbus = ModbusSim(free_port(), self.workdir)
+        self.addCleanup(self.modbus.kill)
+        self.daemon = Daemon(self.workdir, "--redis", f"redis://127.0.0.1:{self.redis.port}/0")
+        self.addCleanup(self.daemon.stop)
+        self.gateway_port = free_port()
+        self.configure()
+
+    def ok(self, method, path, body=None):
+        status, reply = request(method, self.daemon.base + path, body)
+        self.assertIn(status, (200, 201, 204), f"{method} {path}: {status} {reply}")
+        return reply
+
+    def rest(self, method, path, body=None):
+        return request(method, self.daemon.base + path, body)
+
+    def configure(self):
+        self.ok(
+            "POST",
+            "/api/v1/devices",
+            {
+                "id": "m1",
+                "protocol": "modbus",
+                "ip": "127.0.0.1",
+                "port": self.modbus.port,
+                "scan_interval": 0.2,
+                "timeout": 0.5,
+                "reconnect_initial": 0.2,
+                "reconnect_max": 1,
+                "degrade_after": 0,
+            },
+        )
+        self.ok("POST", "/api/v1/terms", {"id": "mt1", "device_id": "m1", "address": 1})
+        for item in ("reg", "float", "coil"):
+            self.ok("POST", "/api/v1/items", {"id": item})
+        for body in (
+            {"item_id": "reg", "protocol_code": 0, "code_type": "holding"},
+            {
+                "item_id": "float",
+                "protocol_code": 2,
+                "code_type": "holding",
+                "data_type": "float32",
+                "byte_order": "ABCD",
+            },
+            {"item_id": "coil", "protocol_code": 3, "code_type": "coil"},
+        ):
+            self.ok("POST", "/api/v1/terms/mt1/items", body)
+        self.ok(
+            "POST",
+            "/api/v1/gateways",
+            {
+                "id": "scada",
+                "protocol": "iec104",
+                "listen": f"tcp:{self.gateway_port}:interface=127.0.0.1",
+                "common_address": 7,
+            },
+        )
+        source = {"device_id": "m1", "term_id": "mt1"}
+        self.ok(
+            "POST",
+            "/api/v2/gateways/scada/points",
+            [
+                {"ioa": 100, "type_id": 35, "item_id": "reg", **source},
+                {"ioa": 101, "type_id": 13, "item_id": "float", **source, "groups": [2]},
+                {"ioa": 102, "type_id": 1, "item_id": "coil", "command": True, **source},
+            ],
+        )
+        wait(
+            lambda: (
+                self.rest("GET", "/api/v1/gateways/scada/status")[1].get("state") == "listening"
+            ),
+            what="the gateway listening",
+        )
+        wait(
+            lambda: self.rest("GET", "/api/v1/devices/m1/status")[1].get("state") == "online",
+            what="the modbus device online",
+        )
+
+    @defer.inlineCallbacks
+    def connect(self):
+        client, connection = yield connect_c104_client(reactor, "127.0.0.1", self.gateway_port)
+        self.addCleanup(client.stop)
+        return client, connection
+
+    def point(self, connection, ioa):
+        station = connection.get_station(7)
+        return None if station is None else station.get_point(ioa)
+
+    @defer.inlineCallbacks
+    def test_interrogation_and_spontaneous_changes(self):
+        """GI answers the field values; a register change arrives spontaneously within 1 s."""
+        client, connection = yield self.connect()
+        raw = RawLog(connection)
+        # The gateway knows the values once the collector has scanned them.
+        self.assertTrue(connection.interrogation(common_address=7))
+        yield poll_until(
+            reactor,
+            lambda: all(self.point(connection, ioa) is not None for ioa in (100, 101, 102)),
+            timeout=10,
+        )
+        yield poll_until(reactor, lambda: any(a.cause == 10 for _, a in raw.asdus))
+        reg, flt, coil = (self.point(connection, ioa) for ioa in (100, 101, 102))
+        self.assertEqual(
+            (reg.type, flt.type, coil.type),
+            (c104.Type.M_ME_TE_1, c104.Type.M_ME_NC_1, c104.Type.M_SP_NA_1),
+        )
+        self.assertEqual(int(reg.value), 100)
+        self.assertEqual(float(flt.value), 12.5)
+        self.assertIs(coil.value, False)
+        gi = [a for _, a in raw.asdus if a.cause == 20]
+        self.assertTrue(gi and all(a.common_address == 7 for a in gi))
+        self.assertTrue(all(q == 0 for a in gi for q in a.qualities), gi)
+        self.assertEqual(
+            [a.cause for _, a in raw.asdus if a.type_id == 100], [7, 10], "ACT_CON, ACT_TERM"
+        )
+
+        # Group 2 holds only IOA 101.
+        raw.asdus.clear()
+        self.assertTrue(connection.interrogation(common_address=7, qualifier=c104.Qoi.GROUP_2))
+        yield poll_until(reactor, lambda: any(a.cause == 10 for _, a in raw.asdus))
+        self.assertEqual(sorted(i for _, a in raw.asdus if a.cause == 22 for i in a.ioas), [101])
+
+        # A register change on the field device: spontaneous, CP56-time-tagged, within 1 s.
+        self.modbus.command("set 1 holding 0 [4321]")
+        changed = time.monotonic()
+        arrived = yield poll_until(
+            reactor, lambda: [s for s in raw.spontaneous(100) if s[1] == 4321], timeout=5
+        )
+        at, value, asdu = arrived[0]
+        self.assertLess(at - changed, 1.0)
+        self.assertEqual(asdu.type_id, 35)  # M_ME_TE_1, as configured
+        # An untimed point (M_ME_NC_1) goes spontaneously as its CP56 twin M_ME_TF_1.
+        self.modbus.command("set 1 holding 2 [16712, 32768]")  # 12.5 -> 12.53125
+        floats = yield poll_until(
+            reactor, lambda: [s for s in raw.spontaneous(101) if s[1] != 12.5], timeout=5
+        )
+        self.assertEqual((floats[0][2].type_id, floats[0][1]), (36, 12.53125))
+        self.assertLess(
+            abs(asdu.times[0] - datetime.datetime.now(datetime.UTC)), datetime.timedelta(seconds=5)
+        )
+        yield poll_until(reactor, lambda: int(self.point(connection, 100).value) == 4321)
+
+    @defer.inlineCallbacks
+    def test_offline_device_not_topical_and_read_and_clock_sync(self):
+        """The field device stops: its points go NT|IV spontaneously; read and clock sync."""
+        client, connection = yield self.connect()
+        raw = RawLog(connection)
+        self.modbus.kill()
+        yield poll_until(
+            reactor,
+            lambda: [s for s in raw.spontaneous(101) if s[2].qualities[0] & NT_IV == NT_IV],
+            timeout=15,
+        )
+        # A read (C_RD_NA_1) answers with COT 5 and the same quality.
+        point = self.point(connection, 101)
+        if point is None:
+            station = connection.get_station(7) or connection.add_station(7)
+            point = station.add_point(io_address=101, type=c104.Type.M_ME_NC_1)
+        raw.asdus.clear()
+        self.assertTrue(point.read())
+        replies = yield poll_until(
+            reactor, lambda: [a for _, a in raw.asdus if a.cause == 5 and 101 in a.ioas]
+        )
+        self.assertEqual(replies[0].qualities[0] & NT_IV, NT_IV)
+        # Clock synchronisation is accepted by default (the daemon does not set the clock).
+        raw.asdus.clear()
+        self.assertTrue(connection.clock_sync(common_address=7))
+        cons = yield poll_until(reactor, lambda: [a for _, a in raw.asdus if a.type_id == 103])
+        self.assertEqual((cons[0].cause, cons[0].negative), (7, False))
+
+    @defer.inlineCallbacks
+    def test_clock_sync_refused_and_unknown_address(self):
+        """clock_sync false: negative ACT_CON; another common address: COT 46."""
+        port = free_port()
+        self.ok(
+            "POST",
+            "/api/v1/gateways",
+            {
+                "id": "strict",
+                "protocol": "iec104",
+                "listen": f"tcp:{port}:interface=127.0.0.1",
+                "common_address": 7,
+                "clock_sync": False,
+            },
+        )
+        wait(
+            lambda: self.rest("GET", "/api/v1/gateways/strict/status")[1].get("state")
+            == "listening",
+            what="the second gateway listening",
+        )
+        client, connection = yield connect_c104_client(reactor, "127.0.0.1", port)
+        self.addCleanup(client.stop)
+        raw = RawLog(connection)
+        self.assertFalse(connection.clock_sync(common_address=7))
+        cons = yield poll_until(reactor, lambda: [a for _, a in raw.asdus if a.type_id == 103])
+        self.assertEqual((cons[0].cause, cons[0].negative), (7, True))
+        connection.interrogation(common_address=9, wait_for_response=False)
+        refused = yield poll_until(reactor, lambda: [a for _, a in raw.asdus if a.type_id == 100])
+        self.assertEqual((refused[0].cause, refused[0].negative), (46, True))
