@@ -243,8 +243,9 @@ class GatewayInteropTests(TestCase):
             },
         )
         wait(
-            lambda: self.rest("GET", "/api/v1/gateways/strict/status")[1].get("state")
-            == "listening",
+            lambda: (
+                self.rest("GET", "/api/v1/gateways/strict/status")[1].get("state") == "listening"
+            ),
             what="the second gateway listening",
         )
         client, connection = yield connect_c104_client(reactor, "127.0.0.1", port)

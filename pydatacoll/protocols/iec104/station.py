@@ -5,7 +5,8 @@
 
 - station and group interrogation (C_IC_NA_1, QOI 20..36): ACT_CON, the points of the
   group grouped by type in as few ASDUs as fit (SQ=0, each point's configured type,
-  COT 20..36), ACT_TERM; integrated totals answer counter interrogation only (IEC 60870-5-101 7.4.6);
+  COT 20..36), ACT_TERM; integrated totals answer counter interrogation only
+  (IEC 60870-5-101 7.4.6);
 - counter interrogation (C_CI_NA_1, RQT 1..5): the current totals (COT 37..41); FRZ is
   confirmed but freezes nothing (the totals are the collector's latest values);
 - read (C_RD_NA_1): the point with COT 5, or COT 47 negative for an unknown IOA;
@@ -407,7 +408,6 @@ class Iec104Outstation(Iec104Link):
         database = self.database
         params = self.asdu_params
         ca = database.common_address
-        tz = params.tz
 
         def job() -> Iterator[Asdu]:
             yield self._answer(asdu, Cause.ACTIVATION_CON)
