@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
@@ -31,6 +32,7 @@ from pydatacoll import errors
 from pydatacoll.gateway.commands import CommandPath
 from pydatacoll.gateway.model import UNTIMED, Gateway, GatewayPoint
 from pydatacoll.model import decode_fields
+from pydatacoll.protocols import get_protocol
 from pydatacoll.protocols.iec104.station import (
     NOT_TOPICAL,
     TIMED_TWIN,
@@ -97,6 +99,7 @@ class GatewayServer(Service):
         self._station: dict[int, StationPoint] = {}
         self._by_source: dict[tuple[str, str, str], list[int]] = {}
         self._sent: dict[int, PointValue] = {}
+        self._sbo: dict[str, bool] = {}  # device id -> its protocol can select first
         self.update_points(points)
 
     @property
@@ -202,8 +205,16 @@ class GatewayServer(Service):
             del self._sent[ioa]
         return self.devices - before
 
-    def load(self, values: dict[str, dict[str, Any]], states: dict[str, str | None]) -> None:
-        """Values and device states read from Redis (newer samples already here win)."""
+    def load(
+        self,
+        values: dict[str, dict[str, Any]],
+        states: dict[str, str | None],
+        protocols: dict[str, str | None] | None = None,
+    ) -> None:
+        """Values, device states and protocols read from Redis (newer samples win)."""
+        for device_id, name in (protocols or {}).items():
+            protocol = get_protocol(name) if name else None
+            self._sbo[device_id] = protocol is not None and protocol.select_before_operate
         for device_id, state in states.items():
             self._online[device_id] = state == "online"
         for point in self._points.values():
@@ -314,9 +325,13 @@ class GatewayServer(Service):
         """Pass a command to the field device through the device_ctrl round trip."""
         if self.commands is None:
             return defer.succeed(CommandAnswer(False, "commands are not served"))
+        point = self._points[request.point.ioa]
+        if request.selected and not self._sbo.get(point.device_id, False):
+            # The field protocol cannot select first (Modbus): the execute goes down direct.
+            request = attrs.evolve(request, selected=False)
         return self.commands.execute(
             self.gateway.id,
-            self._points[request.point.ioa],
+            point,
             request,
             self.gateway.command_timeout or DEFAULT_COMMAND_TIMEOUT,
         )
@@ -531,7 +546,8 @@ class GatewayService(MultiService):
             return
         values = yield self.store.device_values(devices)
         states = yield self.store.device_states(devices)
-        server.load(values, states)
+        protocols = yield self.store.device_protocols(devices)
+        server.load(values, states, protocols)
 
     @defer.inlineCallbacks
     def _stop(self, gateway_id: str) -> Any:

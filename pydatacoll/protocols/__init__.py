@@ -26,6 +26,9 @@ class DeviceProtocol:
     #: ``"module:function"`` checking a device's protocol settings (imported when first
     #: used: the drivers import the model). It raises `ValidationError` naming the field.
     checker: str | None = None
+    #: Whether device_ctrl can select before operating (the gateway passes an upstream
+    #: select-before-operate down only then).
+    select_before_operate: bool = False
 
     def check(self, device: Any) -> None:
         """Check ``device``'s protocol settings (nothing to check without a checker)."""
@@ -71,6 +74,7 @@ register_protocol(
         "IEC 60870-5-104 (DL/T 634.5104) controlled station over TCP",
         default_port=2404,
         checker="pydatacoll.protocols.iec104.runtime:check_device",
+        select_before_operate=True,
     )
 )
 register_protocol(

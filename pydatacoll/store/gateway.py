@@ -92,6 +92,19 @@ class GatewayStore:
         d = self.redis.call("hget", keys.GATEWAY_STATUS, gateway_id)
         return d.addCallback(lambda text: _json_object(text))
 
+    @inlineCallbacks
+    def device_protocols(self, device_ids: Iterable[str]) -> Any:
+        """``{device_id: protocol name}`` (None for a device that does not exist)."""
+        protocols: dict[str, str | None] = {}
+        for device_id in sorted(set(device_ids)):
+            text = yield self.redis.call("hget", keys.DEVICE % device_id, "protocol")
+            try:
+                name = json.loads(text) if text else None
+            except ValueError:
+                name = None
+            protocols[device_id] = name if isinstance(name, str) else None
+        return protocols
+
     def publish(self, channel: str, message: dict[str, Any]) -> Deferred[int]:
         """Publish a JSON message; fires with the number of subscribers that got it."""
         return self.redis.call("publish", channel, json.dumps(message, ensure_ascii=False))

@@ -141,6 +141,31 @@ class GatewayInteropTests(TestCase):
         self.addCleanup(client.stop)
         return client, connection
 
+    @defer.inlineCallbacks
+    def until_good(self, connection, raw):
+        """Interrogate until every point is good (the gateway has seen the device online)."""
+        deadline = time.monotonic() + 15
+        while True:
+            raw.asdus.clear()
+            self.assertTrue(connection.interrogation(common_address=7))
+            yield poll_until(reactor, lambda: any(a.cause == 10 for _, a in raw.asdus))
+            qualities = [q for _, a in raw.asdus if a.cause == 20 for q in a.qualities]
+            if qualities and not any(qualities):
+                return
+            self.assertLess(time.monotonic(), deadline, f"qualities stay {qualities}")
+            yield poll_until(reactor, lambda: False, timeout=0.5).addErrback(lambda f: None)
+
+    def command_point(self, connection, ioa, type_name, mode=c104.CommandMode.DIRECT):
+        station = connection.get_station(7) or connection.add_station(7)
+        if station.get_point(ioa) is not None:  # c104 keeps one point per IOA: the monitor one
+            station.remove_point(ioa)
+        return station.add_point(
+            io_address=ioa, type=getattr(c104.Type, type_name), command_mode=mode
+        )
+
+    def ctrl_log(self):
+        return self.ok("GET", "/api/v1/device_ctrl/log")
+
     def point(self, connection, ioa):
         station = connection.get_station(7)
         return None if station is None else station.get_point(ioa)
@@ -257,3 +282,86 @@ class GatewayInteropTests(TestCase):
         connection.interrogation(common_address=9, wait_for_response=False)
         refused = yield poll_until(reactor, lambda: [a for _, a in raw.asdus if a.type_id == 100])
         self.assertEqual((refused[0].cause, refused[0].negative), (46, True))
+
+    @defer.inlineCallbacks
+    def test_commands_reach_the_field_device(self):
+        """A command changes the pymodbus datastore and is confirmed (ACT_CON, ACT_TERM)
+        only then; unmapped and read-only IOAs, and an offline device, are negative."""
+        client, connection = yield self.connect()
+        raw = RawLog(connection)
+        yield self.until_good(connection, raw)
+        single = self.command_point(connection, 102, "C_SC_NA_1")
+        raw.asdus.clear()
+        single.value = True
+        self.assertTrue(single.transmit(cause=c104.Cot.ACTIVATION))
+        self.assertEqual(self.modbus.command("get 1 coil 3 1")["values"], [True])
+        yield poll_until(
+            reactor, lambda: [a for _, a in raw.asdus if a.type_id == 45 and a.cause == 10]
+        )
+        self.assertEqual(
+            [(a.cause, a.negative) for _, a in raw.asdus if a.type_id == 45],
+            [(7, False), (10, False)],
+        )
+        entry = self.ctrl_log()[0]
+        self.assertEqual(
+            (entry["outcome"], entry["token_id"], entry["item_id"], entry["value"]),
+            ("confirmed", "gateway:scada", "coil", 1),
+        )
+        self.assertTrue(entry["client"].startswith("127.0.0.1:"), entry)
+        # The new value comes back up spontaneously (the collector scanned it).
+        yield poll_until(
+            reactor, lambda: [s for s in raw.spontaneous(102) if s[1] is True], timeout=5
+        )
+        # Unmapped and read-only IOAs: negative, cause 47, nothing sent down.
+        before = len(self.ctrl_log())
+        unknown = self.command_point(connection, 999, "C_SC_NA_1")
+        unknown.value = True
+        self.assertFalse(unknown.transmit(cause=c104.Cot.ACTIVATION))
+        read_only = self.command_point(connection, 101, "C_SE_NC_1")
+        read_only.value = 1.5
+        self.assertFalse(read_only.transmit(cause=c104.Cot.ACTIVATION))
+        negatives = yield poll_until(
+            reactor,
+            lambda: [a for _, a in raw.asdus if a.ioas and a.ioas[0] in (999, 101) and a.negative],
+        )
+        self.assertEqual({a.cause for a in negatives}, {47})
+        self.assertEqual(len(self.ctrl_log()), before)
+
+        # The field device goes away: commands are refused (negative ACT_CON).
+        self.modbus.kill()
+        yield poll_until(
+            reactor,
+            lambda: [s for s in raw.spontaneous(102) if s[2].qualities[0] & NT_IV == NT_IV],
+            timeout=15,
+        )
+        raw.asdus.clear()
+        single.value = False
+        self.assertFalse(single.transmit(cause=c104.Cot.ACTIVATION))
+        self.assertEqual(
+            [(a.cause, a.negative) for _, a in raw.asdus if a.type_id == 45], [(7, True)]
+        )
+
+    @defer.inlineCallbacks
+    def test_select_before_operate(self):
+        """SbO upstream: the select is confirmed here, the execute goes down; Modbus has
+        no select-before-operate, so it goes down direct (select null in the audit)."""
+        client, connection = yield self.connect()
+        raw = RawLog(connection)
+        yield self.until_good(connection, raw)
+        point = self.command_point(
+            connection, 102, "C_SC_NA_1", c104.CommandMode.SELECT_AND_EXECUTE
+        )
+        raw.asdus.clear()
+        point.value = True
+        self.assertTrue(point.transmit(cause=c104.Cot.ACTIVATION))
+        self.assertEqual(self.modbus.command("get 1 coil 3 1")["values"], [True])
+        commands = yield poll_until(
+            reactor,
+            lambda: (
+                [(a.cause, a.select) for _, a in raw.asdus if a.type_id == 45][-1:] == [(10, False)]
+                and [(a.cause, a.select) for _, a in raw.asdus if a.type_id == 45]
+            ),
+        )
+        self.assertEqual(commands, [(7, True), (7, False), (10, False)])
+        entry = self.ctrl_log()[0]
+        self.assertEqual((entry["outcome"], entry["select"]), ("confirmed", None))
