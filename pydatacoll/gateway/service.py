@@ -416,8 +416,10 @@ class GatewayService(MultiService):
         servers = list(self.gateways.values())
         self.gateways.clear()
         yield defer.DeferredList(
-            [defer.maybeDeferred(s.disownServiceParent) for s in servers], consumeErrors=True
+            [defer.maybeDeferred(s.stopService) for s in servers], consumeErrors=True
         )
+        for server in servers:
+            server.disownServiceParent()  # not running any more: nothing to wait for
         yield defer.maybeDeferred(self.subscriber.stopService)
 
     def _subscribed(self) -> None:
@@ -532,6 +534,9 @@ class GatewayService(MultiService):
         except Exception as exc:
             self.errors[gateway_id] = f"cannot listen on {gateway.listen}: {exc}"
             self.log.warn("gateway {id}: {error}", id=gateway_id, error=self.errors[gateway_id])
+            return
+        if not self.running or gateway_id in self.gateways:
+            yield server.stopService()  # stopped (or replaced) while it was starting
             return
         self.errors.pop(gateway_id, None)
         server.setServiceParent(self)

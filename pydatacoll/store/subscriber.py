@@ -123,6 +123,9 @@ class Subscriber(Service):
                 yield conn.subscribe(sorted(new - old))
             if old - new:
                 yield conn.unsubscribe(sorted(old - new))
+        except txredisapi.ConnectionError as exc:
+            # Lost meanwhile: the reconnection subscribes every channel of the new list.
+            self.log.info("{name}: subscription not changed: {error}", name=self.label, error=exc)
         except Exception:
             self.log.failure("{name}: changing the subscription failed", name=self.label)
             if conn.transport is not None:
