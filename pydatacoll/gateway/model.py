@@ -17,6 +17,7 @@ from twisted.internet.endpoints import serverFromString
 from pydatacoll.errors import ValidationError
 from pydatacoll.model import ENTITIES, Entity, Field
 from pydatacoll.protocols.iec104.link import LinkParams
+from pydatacoll.protocols.iec104.tls import TlsSettings, parse_fingerprints, tls_settings
 
 #: Monitor types a gateway point may have; the time-tagged twin is used for spontaneous data.
 MONITOR_TIMED = {1: 30, 3: 31, 5: 32, 7: 33, 9: 34, 11: 35, 13: 36, 15: 37}
@@ -67,6 +68,9 @@ class _List(Field):
                 ) from None
         return tuple(result)
 
+    def _convert_fingerprints(self, value: Any) -> tuple[str, ...]:
+        return parse_fingerprints(value)
+
     def _convert_integers(self, value: Any) -> tuple[int, ...]:
         if not isinstance(value, list) or len(value) > self.max_items:
             raise ValidationError(f"{self.name} must be a list of integers", field=self.name)
@@ -83,10 +87,12 @@ class _List(Field):
         return tuple(sorted(set(value)))
 
     def json_schema(self) -> dict[str, Any]:
-        items: dict[str, Any] = (
-            {"type": "string", "format": "ip"}
-            if self.kind == "addresses"
-            else {"type": "integer", "minimum": self.item_minimum, "maximum": self.item_maximum}
+        items: dict[str, Any] = {
+            "addresses": {"type": "string", "format": "ip"},
+            "fingerprints": {"type": "string", "pattern": "^[0-9a-fA-F:]{64,95}$"},
+        }.get(
+            self.kind,
+            {"type": "integer", "minimum": self.item_minimum, "maximum": self.item_maximum},
         )
         schema: dict[str, Any] = {
             "type": "array",
@@ -165,6 +171,21 @@ class Gateway(Entity):
             minimum=0.5,
             maximum=600,
         ),
+        Field(
+            "tls_ca",
+            "string",
+            "IEC 62351-3 TLS: the CA file masters' certificates must chain to (a path "
+            "where the gateway runs); with tls_cert and tls_key",
+            max_length=1024,
+        ),
+        Field("tls_cert", "string", "TLS: the gateway's certificate (PEM file)", max_length=1024),
+        Field("tls_key", "string", "TLS: the gateway's private key (PEM file)", max_length=1024),
+        _List(
+            "tls_fingerprints",
+            "fingerprints",
+            "TLS: SHA-256 fingerprints of the only master certificates accepted (optional)",
+            max_items=32,
+        ),
     )
 
     id: str
@@ -181,10 +202,29 @@ class Gateway(Entity):
     clock_sync: bool | None = None
     event_queue: int | None = None
     command_timeout: int | float | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_fingerprints: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = _extra()
+
+    @property
+    def tls(self) -> TlsSettings | None:
+        """The IEC 62351-3 TLS settings (None: plain TCP)."""
+        return tls_settings(
+            {
+                "tls_ca": self.tls_ca,
+                "tls_cert": self.tls_cert,
+                "tls_key": self.tls_key,
+                "tls_fingerprints": list(self.tls_fingerprints)
+                if self.tls_fingerprints is not None
+                else None,
+            }
+        )
 
     def check(self) -> None:
         """The protocol, the endpoint string and the link parameters must work together."""
+        self.tls  # noqa: B018  (all three TLS files or none; raises naming the missing one)
         if self.protocol != "iec104":
             raise ValidationError('protocol must be "iec104"', field="protocol")
         if self.listen is not None:
@@ -209,6 +249,8 @@ class Gateway(Entity):
         body = super().to_json()
         if self.allowed_clients is not None:
             body["allowed_clients"] = list(self.allowed_clients)
+        if self.tls_fingerprints is not None:
+            body["tls_fingerprints"] = list(self.tls_fingerprints)
         return body
 
 

@@ -45,6 +45,7 @@ from pydatacoll.protocols.iec104.station import (
     monitor_value,
     quality_bits,
 )
+from pydatacoll.protocols.iec104.tls import server_factory
 from pydatacoll.store import keys
 from pydatacoll.store.gateway import GatewayStore
 from pydatacoll.store.subscriber import Subscriber
@@ -93,6 +94,8 @@ class GatewayServer(Service):
         self.port: Any = None
         self.refused_connections = 0
         self.clock_syncs = 0
+        self.tls_refusals = 0
+        self.last_tls_error: str | None = None
         self._samples: dict[int, tuple[Any, int, float | None]] = {}
         self._online: dict[str, bool] = {}
         self._points: dict[int, GatewayPoint] = {}
@@ -118,7 +121,11 @@ class GatewayServer(Service):
     def start_listening(self) -> Any:
         """Listen on the gateway's endpoint; fails when the endpoint cannot listen."""
         endpoint = serverFromString(self.reactor, self.gateway.listen or DEFAULT_LISTEN)
-        self.port = yield endpoint.listen(_StationFactory(self))
+        factory: Any = _StationFactory(self)
+        tls = self.gateway.tls
+        if tls is not None:  # IEC 62351-3: mutual TLS, the masters' certificates checked
+            factory = server_factory(tls, factory, self._tls_error)
+        self.port = yield endpoint.listen(factory)
         address = self.port.getHost()
         self.log.info(
             "gateway {id} listening on {address} (CA {ca}, {n} points)",
@@ -127,6 +134,10 @@ class GatewayServer(Service):
             ca=self.common_address,
             n=len(self._points),
         )
+
+    def _tls_error(self, message: str) -> None:
+        self.tls_refusals += 1
+        self.last_tls_error = message
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -342,7 +353,10 @@ class GatewayServer(Service):
             "gateway_id": self.gateway.id,
             "state": "listening" if self.port is not None else "stopped",
             "points": len(self._points),
+            "tls": self.gateway.tls is not None,
             "refused_connections": self.refused_connections,
+            "tls_refusals": self.tls_refusals,
+            "last_tls_error": self.last_tls_error,
             "clock_syncs": self.clock_syncs,
             "connections": [
                 {

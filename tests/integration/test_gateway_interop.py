@@ -6,14 +6,20 @@ over REST, and c104's client connecting to the gateway like a SCADA master would
 """
 
 import datetime
+import os
+import socket
+import ssl
 import time
 
 import c104
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
 
 from pydatacoll.protocols.iec104 import apci
 from pydatacoll.protocols.iec104.asdu import decode_asdu
+from pydatacoll.testing.certs import make_pki
 from pydatacoll.testing.redis import PrivateRedis, free_port
 from tests.integration.iec104_peer import connect_c104_client, poll_until
 from tests.integration.test_collector_e2e import ModbusSim, wait
@@ -49,7 +55,9 @@ class RawLog:
         ]
 
 
-class GatewayInteropTests(TestCase):
+class FieldHarness:
+    """pymodbus (field) -> twistd (collector, API, gateway) <- c104 (upstream master)."""
+
     timeout = 180
 
     def setUp(self):
@@ -130,10 +138,17 @@ class GatewayInteropTests(TestCase):
             ),
             what="the gateway listening",
         )
-        wait(
-            lambda: self.rest("GET", "/api/v1/devices/m1/status")[1].get("state") == "online",
-            what="the modbus device online",
-        )
+        try:
+            wait(
+                lambda: self.rest("GET", "/api/v1/devices/m1/status")[1].get("state") == "online",
+                60,
+                what="the modbus device online",
+            )
+        except AssertionError:
+            with open(self.daemon.log.name, "rb") as f:
+                tail = f.read()[-3000:].decode(errors="replace")
+            status = self.rest("GET", "/api/v1/devices/m1/status")[1]
+            raise AssertionError(f"modbus device not online: {status}\n{tail}") from None
 
     @defer.inlineCallbacks
     def connect(self):
@@ -169,6 +184,10 @@ class GatewayInteropTests(TestCase):
     def point(self, connection, ioa):
         station = connection.get_station(7)
         return None if station is None else station.get_point(ioa)
+
+
+class GatewayInteropTests(FieldHarness, TestCase):
+    """c104's client as the control centre's master against the plain gateway."""
 
     @defer.inlineCallbacks
     def test_interrogation_and_spontaneous_changes(self):
@@ -365,3 +384,175 @@ class GatewayInteropTests(TestCase):
         self.assertEqual(commands, [(7, True), (7, False), (10, False)])
         entry = self.ctrl_log()[0]
         self.assertEqual((entry["outcome"], entry["select"]), ("confirmed", None))
+
+
+class TlsRelay(protocol.Protocol):
+    """Test code: accepts a plain connection (c104's client) and carries it over mutual TLS
+    to the gateway (c104 2.2.1's own TLS client cannot verify a server certificate)."""
+
+    def __init__(self, target_port, creator):
+        self.target_port = target_port
+        self.creator = creator
+        self.peer = None
+        self.buffer = []
+
+    def connectionMade(self):
+        self.transport.pauseProducing()
+        endpoint = wrapClientTLS(
+            self.creator, TCP4ClientEndpoint(reactor, "127.0.0.1", self.target_port)
+        )
+        d = connectProtocol(endpoint, _RelayBack(self))
+        d.addCallback(self._connected)
+        d.addErrback(lambda f: self.transport.loseConnection())
+
+    def _connected(self, back):
+        self.peer = back
+        self.transport.resumeProducing()
+
+    def dataReceived(self, data):
+        self.peer.transport.write(data)
+
+    def connectionLost(self, reason):
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+class _RelayBack(protocol.Protocol):
+    def __init__(self, front):
+        self.front = front
+
+    def dataReceived(self, data):
+        self.front.transport.write(data)
+
+    def connectionLost(self, reason):
+        self.front.transport.loseConnection()
+
+
+def tls_attempt(port, ca, cert=None, key=None):
+    """Python ssl as a master: handshake, STARTDT; what the gateway answered, or the error."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(bytes.fromhex("680407000000"))
+                answer = tls.recv(6)
+                return answer.hex() if answer else "closed"
+    except (ssl.SSLError, OSError) as e:
+        return f"error: {e}"
+
+
+class GatewayTlsTests(FieldHarness, TestCase):
+    """The gateway with IEC 62351-3 TLS (mutual authentication)."""
+
+    def configure(self):
+        super().configure()
+        self.pki = make_pki(os.path.join(self.workdir, "pki"))
+        self.tls_port = free_port()
+        self.ok(
+            "POST",
+            "/api/v1/gateways",
+            {
+                "id": "secure",
+                "protocol": "iec104",
+                "listen": f"tcp:{self.tls_port}:interface=127.0.0.1",
+                "common_address": 7,
+                "tls_ca": self.pki.ca,
+                "tls_cert": self.pki.server.cert,
+                "tls_key": self.pki.server.key,
+            },
+        )
+        self.ok(
+            "POST",
+            "/api/v1/gateways/secure/points",
+            {"ioa": 101, "type_id": 13, "device_id": "m1", "term_id": "mt1", "item_id": "float"},
+        )
+        wait(
+            lambda: (
+                self.rest("GET", "/api/v1/gateways/secure/status")[1].get("state") == "listening"
+            ),
+            what="the TLS gateway listening",
+        )
+
+    @defer.inlineCallbacks
+    def test_c104_through_tls(self):
+        """A plain c104 client behind our TLS-terminating relay: GI over mutual TLS."""
+        ca = Certificate.loadPEM(open(self.pki.ca, "rb").read())
+        own = PrivateCertificate.loadPEM(
+            open(self.pki.client.cert, "rb").read() + open(self.pki.client.key, "rb").read()
+        )
+        creator = optionsForClientTLS("127.0.0.1", trustRoot=ca, clientCertificate=own)
+        factory = protocol.Factory.forProtocol(lambda: TlsRelay(self.tls_port, creator))
+        relay = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(relay.stopListening)
+        client = c104.Client(tick_rate_ms=50, command_timeout_ms=5000)
+        connection = client.add_connection(
+            ip="127.0.0.1", port=relay.getHost().port, init=c104.Init.NONE
+        )
+        raw = RawLog(connection)
+        client.start()
+        self.addCleanup(client.stop)
+        # c104 calls must not block here: the relay runs on this thread's reactor.
+        yield poll_until(reactor, lambda: connection.state == c104.ConnectionState.OPEN, 10)
+        connection.interrogation(common_address=7, wait_for_response=False)
+        gi = yield poll_until(
+            reactor, lambda: [a for _, a in raw.asdus if a.cause == 20], timeout=10
+        )
+        self.assertEqual((list(gi[0].ioas), list(gi[0].values)), ([101], [12.5]))
+        status = yield poll_until(  # the status is written every 2 s
+            reactor,
+            lambda: (
+                (s := self.rest("GET", "/api/v1/gateways/secure/status")[1])["connections"] and s
+            ),
+            timeout=10,
+        )
+        self.assertTrue(status["tls"])
+        self.assertEqual(status["connections"][0]["state"], "started")
+
+    @defer.inlineCallbacks
+    def test_refusals(self):
+        """No client certificate, one from another CA: refused; the right one: STARTDT con."""
+        from twisted.internet.threads import deferToThread
+
+        pki = self.pki
+        good = yield deferToThread(
+            tls_attempt, self.tls_port, pki.ca, pki.client.cert, pki.client.key
+        )
+        self.assertEqual(good, "68040b000000")  # STARTDT con
+        none = yield deferToThread(tls_attempt, self.tls_port, pki.ca)
+        self.assertTrue(none.startswith("error") or none == "closed", none)
+        other = yield deferToThread(
+            tls_attempt, self.tls_port, pki.ca, pki.client_other_ca.cert, pki.client_other_ca.key
+        )
+        self.assertTrue(other.startswith("error") or other == "closed", other)
+        wrong_server = yield deferToThread(
+            tls_attempt, self.tls_port, pki.other_ca, pki.client.cert, pki.client.key
+        )
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", wrong_server)
+
+        def refusals():
+            status = self.rest("GET", "/api/v1/gateways/secure/status")[1]
+            return status if status.get("tls_refusals", 0) >= 2 else None
+
+        status = yield poll_until(reactor, refusals, timeout=10)
+        self.assertIn("TLS", status["last_tls_error"])
+
+    @defer.inlineCallbacks
+    def test_pinned_masters_only(self):
+        """tls_fingerprints: a certificate of the right CA but not pinned is refused."""
+        self.ok(
+            "PUT", "/api/v1/gateways/secure", {"tls_fingerprints": [self.pki.server.fingerprint]}
+        )
+        from twisted.internet.threads import deferToThread
+
+        def refused():
+            answer = tls_attempt(
+                self.tls_port, self.pki.ca, self.pki.client.cert, self.pki.client.key
+            )
+            return answer.startswith("error") or answer == "closed"
+
+        deadline = time.monotonic() + 15
+        while not (yield deferToThread(refused)):
+            self.assertLess(time.monotonic(), deadline, "the pinned gateway still accepts")
+            yield poll_until(reactor, lambda: False, 0.3).addErrback(lambda f: None)
