@@ -71,6 +71,8 @@ class GatewayRouteTests(TestCase):
             ({**GATEWAY, "clock_sync": "yes"}, "clock_sync"),
             ({**GATEWAY, "event_queue": 1}, "event_queue"),
             ({"protocol": "iec104"}, "id"),
+            ({**GATEWAY, "tls_ca": "/ca.pem"}, "tls_cert"),
+            ({**GATEWAY, "tls_fingerprints": ["nope"]}, "tls_fingerprints"),
         ]
         for body, field in cases:
             status, error = yield self.call("POST", "/api/v1/gateways", body)

@@ -8,11 +8,14 @@ import tempfile
 
 import c104
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from pydatacoll.errors import ValidationError
+from pydatacoll.model import Device
 from pydatacoll.protocols.iec104.client import Iec104Client, StationParams
 from pydatacoll.protocols.iec104.link import LinkParams, LinkState
-from pydatacoll.protocols.iec104.tls import TlsSettings
+from pydatacoll.protocols.iec104.runtime import check_device, parse_device
+from pydatacoll.protocols.iec104.tls import StrictClientTLS, TlsSettings, parse_fingerprints
 from pydatacoll.testing.certs import make_pki
 from pydatacoll.testing.redis import free_port
 from tests.integration.iec104_peer import poll_until
@@ -115,3 +118,39 @@ class MasterTlsTests(TestCase):
         server = self.server()
         master = self.master(server, client=self.pki.client_other_ca)
         return self.refused(master, "TLS handshake with 127.0.0.1")
+
+
+class TlsSettingsTests(SynchronousTestCase):
+    def test_device_attributes(self):
+        """Shape checked at the REST boundary, naming the attribute; files read at run time."""
+        base = {"id": "1", "protocol": "iec104", "ip": "127.0.0.1"}
+        device = Device.from_json(
+            {**base, "tls_ca": "/ca.pem", "tls_cert": "/c.pem", "tls_key": "/c.key"}
+        )
+        self.assertEqual(parse_device(device).tls, TlsSettings("/ca.pem", "/c.pem", "/c.key"))
+        self.assertIsNone(parse_device(Device.from_json(base)).tls)
+        for extra, field in (
+            ({"tls_ca": "/ca.pem"}, "tls_cert"),
+            ({"tls_ca": "/ca.pem", "tls_cert": "/c.pem", "tls_key": 5}, "tls_key"),
+            (
+                {
+                    "tls_ca": "/a",
+                    "tls_cert": "/b",
+                    "tls_key": "/c",
+                    "tls_fingerprints": ["12:34"],
+                },
+                "tls_fingerprints",
+            ),
+        ):
+            with self.assertRaises(ValidationError) as caught:
+                check_device(Device.from_json({**base, **extra}))
+            self.assertEqual(caught.exception.field, field)
+
+    def test_fingerprints_normalised(self):
+        colons = ":".join(["AB"] * 32)
+        self.assertEqual(parse_fingerprints([colons]), ("ab" * 32,))
+
+    def test_missing_files_are_a_clear_error(self):
+        with self.assertRaises(ValidationError) as caught:
+            StrictClientTLS(TlsSettings("/nowhere/ca.pem", "/c.pem", "/c.key"), "127.0.0.1")
+        self.assertIn("/nowhere/ca.pem", caught.exception.message)
