@@ -68,6 +68,25 @@ class _List(Field):
                 ) from None
         return tuple(result)
 
+    def _convert_groups(self, value: Any) -> tuple[tuple[str, ...], ...]:
+        if not isinstance(value, list) or len(value) > self.max_items:
+            raise ValidationError(
+                f"{self.name} must be a list of at most {self.max_items} lists of IP addresses",
+                field=self.name,
+            )
+        groups = []
+        seen: set[str] = set()
+        for members in value:
+            group = self._convert_addresses(members)
+            if not group or seen & set(group):
+                raise ValidationError(
+                    f"{self.name}: every group names one or more addresses, each in one group",
+                    field=self.name,
+                )
+            seen |= set(group)
+            groups.append(group)
+        return tuple(groups)
+
     def _convert_fingerprints(self, value: Any) -> tuple[str, ...]:
         return parse_fingerprints(value)
 
@@ -87,10 +106,12 @@ class _List(Field):
         return tuple(sorted(set(value)))
 
     def json_schema(self) -> dict[str, Any]:
-        items: dict[str, Any] = {
+        kinds: dict[str, dict[str, Any]] = {
             "addresses": {"type": "string", "format": "ip"},
+            "groups": {"type": "array", "items": {"type": "string", "format": "ip"}},
             "fingerprints": {"type": "string", "pattern": "^[0-9a-fA-F:]{64,95}$"},
-        }.get(
+        }
+        items = kinds.get(
             self.kind,
             {"type": "integer", "minimum": self.item_minimum, "maximum": self.item_maximum},
         )
@@ -150,6 +171,16 @@ class Gateway(Entity):
             "IP addresses of the masters allowed to connect (empty or absent: any)",
             example=["10.0.0.5"],
         ),
+        _List(
+            "redundancy_groups",
+            "groups",
+            "redundancy groups (IEC 60870-5-104 clause 10): lists of master addresses; one "
+            "connection of a group is STARTDT-active at a time, the others are kept in "
+            "STOPDT with test frames; the group's events are kept while none is active. "
+            "A master in no group is a group of its own connection",
+            max_items=16,
+            example=[["10.0.0.5", "10.0.0.6"]],
+        ),
         _Boolean(
             "clock_sync",
             "boolean",
@@ -199,6 +230,7 @@ class Gateway(Entity):
     t2: int | float | None = None
     t3: int | float | None = None
     allowed_clients: tuple[str, ...] | None = None
+    redundancy_groups: tuple[tuple[str, ...], ...] | None = None
     clock_sync: bool | None = None
     event_queue: int | None = None
     command_timeout: int | float | None = None
@@ -249,6 +281,8 @@ class Gateway(Entity):
         body = super().to_json()
         if self.allowed_clients is not None:
             body["allowed_clients"] = list(self.allowed_clients)
+        if self.redundancy_groups is not None:
+            body["redundancy_groups"] = [list(g) for g in self.redundancy_groups]
         if self.tls_fingerprints is not None:
             body["tls_fingerprints"] = list(self.tls_fingerprints)
         return body

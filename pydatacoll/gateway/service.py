@@ -39,6 +39,7 @@ from pydatacoll.protocols.iec104.station import (
     CommandAnswer,
     CommandRequest,
     Event,
+    EventQueue,
     Iec104Outstation,
     PointValue,
     StationPoint,
@@ -74,6 +75,53 @@ class _StationFactory(Factory):
         return self.server.build_connection(addr)
 
 
+class RedundancyGroup:
+    """Connections of one logical master: at most one is STARTDT-active; one event queue.
+
+    Events wait in the group's queue (bounded by the gateway's ``event_queue``, oldest
+    dropped) while no connection of the group is active, and go out on the next STARTDT.
+    An event handed to a connection that then fails before the master acknowledged it is
+    not sent again: the master's interrogation after the switch-over gives the state.
+    """
+
+    def __init__(self, key: str, size: int, configured: bool) -> None:
+        self.key = key
+        self.queue = EventQueue(size)
+        self.configured = configured
+        self.connections: list[Iec104Outstation] = []
+        self.active: Iec104Outstation | None = None
+
+    def transfer(self, conn: Iec104Outstation, started: bool) -> None:
+        """STARTDT (or STOPDT) on ``conn``: it becomes (or stops being) the active one."""
+        if started:
+            for other in self.connections:
+                if other is not conn:
+                    other.deactivate()
+            self.active = conn
+        elif self.active is conn:
+            self.active = None
+
+    def lost(self, conn: Iec104Outstation) -> None:
+        """``conn`` is gone."""
+        if conn in self.connections:
+            self.connections.remove(conn)
+        if self.active is conn:
+            self.active = None
+
+    def post(self, events: list[Event]) -> None:
+        """Queue events for the group; the active connection sends what its window allows."""
+        dropped = self.queue.extend(events)
+        if dropped:
+            GatewayServer.log.warn(
+                "redundancy group {key}: event queue full ({size}): {dropped} oldest dropped",
+                key=self.key,
+                size=self.queue.size,
+                dropped=dropped,
+            )
+        if self.active is not None:
+            self.active.pump()
+
+
 class GatewayServer(Service):
     """One gateway: its listening port, its connections, its points and their image."""
 
@@ -91,6 +139,9 @@ class GatewayServer(Service):
         self.commands = commands
         self.common_address = gateway.common_address or 1
         self.connections: list[Iec104Outstation] = []
+        #: Redundancy groups by key; a configured group keeps its events between connections.
+        self.groups: dict[str, RedundancyGroup] = {}
+        self._conn_group: dict[Iec104Outstation, RedundancyGroup] = {}
         self.port: Any = None
         self.refused_connections = 0
         self.clock_syncs = 0
@@ -170,20 +221,42 @@ class GatewayServer(Service):
                 n=len(self.connections),
             )
             return None
+        group = self._group_of(host, peer)
         conn = Iec104Outstation(
             self.reactor,
             self,
             params=self.gateway.link_params(),
             peer=peer,
-            event_queue=self.gateway.event_queue or DEFAULT_EVENT_QUEUE,
             name=f"gateway {self.gateway.id} {peer}",
             on_lost=self._lost,
+            events=group.queue,
+            on_transfer=group.transfer,
         )
+        group.connections.append(conn)
+        self._conn_group[conn] = group
         self.connections.append(conn)
         self.log.info("gateway {id}: master {peer} connected", id=self.gateway.id, peer=peer)
         return conn
 
+    def _group_of(self, host: str, peer: str) -> RedundancyGroup:
+        """The configured group of ``host``, or a group of this connection alone."""
+        size = self.gateway.event_queue or DEFAULT_EVENT_QUEUE
+        for index, members in enumerate(self.gateway.redundancy_groups or ()):
+            if host in members:
+                key = f"group {index + 1}"
+                if key not in self.groups:
+                    self.groups[key] = RedundancyGroup(key, size, configured=True)
+                return self.groups[key]
+        key = f"connection {peer}"
+        self.groups[key] = RedundancyGroup(key, size, configured=False)
+        return self.groups[key]
+
     def _lost(self, conn: Iec104Outstation) -> None:
+        group = self._conn_group.pop(conn, None)
+        if group is not None:
+            group.lost(conn)
+            if not group.configured:
+                self.groups.pop(group.key, None)
         if conn in self.connections:
             self.connections.remove(conn)
         self.log.info(
@@ -293,8 +366,8 @@ class GatewayServer(Service):
             timed = TIMED_TWIN.get(type_id, type_id)
             events.append(Event(ioa, timed, current.value, current.quality, current.time or now))
         if events:
-            for conn in list(self.connections):
-                conn.post_events(events)
+            for group in list(self.groups.values()):
+                group.post(events)
 
     # --- StationDatabase -------------------------------------------------------------
 
@@ -358,6 +431,16 @@ class GatewayServer(Service):
             "tls_refusals": self.tls_refusals,
             "last_tls_error": self.last_tls_error,
             "clock_syncs": self.clock_syncs,
+            "groups": [
+                {
+                    "group": g.key,
+                    "active": g.active.peer if g.active is not None else None,
+                    "connections": [c.peer for c in g.connections],
+                    "events_queued": len(g.queue),
+                    "events_dropped": g.queue.dropped,
+                }
+                for g in self.groups.values()
+            ],
             "connections": [
                 {
                     "peer": c.peer,

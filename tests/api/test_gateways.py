@@ -72,6 +72,9 @@ class GatewayRouteTests(TestCase):
             ({**GATEWAY, "event_queue": 1}, "event_queue"),
             ({"protocol": "iec104"}, "id"),
             ({**GATEWAY, "tls_ca": "/ca.pem"}, "tls_cert"),
+            ({**GATEWAY, "redundancy_groups": [["10.0.0.1"], ["10.0.0.1"]]}, "redundancy_groups"),
+            ({**GATEWAY, "redundancy_groups": [[]]}, "redundancy_groups"),
+            ({**GATEWAY, "redundancy_groups": ["10.0.0.1"]}, "redundancy_groups"),
             ({**GATEWAY, "tls_fingerprints": ["nope"]}, "tls_fingerprints"),
         ]
         for body, field in cases:

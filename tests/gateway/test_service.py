@@ -28,14 +28,16 @@ from tests.api.test_app import http_call
 class Master(Iec104Link):
     """A master of the tests: records ASDUs and the loss of the link."""
 
-    def __init__(self):
+    def __init__(self, start=True):
         super().__init__(reactor)
         self.asdus = []
         self.lost = defer.Deferred()
+        self.start = start
 
     def connectionMade(self):
         super().connectionMade()
-        self.start_data_transfer()
+        if self.start:
+            self.start_data_transfer()
 
     def asdu_received(self, asdu):
         self.asdus.append(asdu)
@@ -67,7 +69,9 @@ def sample(term, item, value, quality="good", flags=(), at="2026-12-03T10:00:00.
     }
 
 
-class GatewayServiceTests(TestCase):
+class GatewayHarness:
+    """A gateway "g" (IOA 10 <- d1:t1:a) served by an in-process GatewayService."""
+
     @defer.inlineCallbacks
     def setUp(self):
         server = shared_redis()
@@ -129,11 +133,12 @@ class GatewayServiceTests(TestCase):
         )
 
     @defer.inlineCallbacks
-    def connect(self):
-        master = Master()
+    def connect(self, start=True):
+        master = Master(start)
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), master)
         self.addCleanup(lambda: master.transport.loseConnection())
-        yield until(lambda: master.state is LinkState.STARTED)
+        if start:
+            yield until(lambda: master.state is LinkState.STARTED)
         return master
 
     @defer.inlineCallbacks
@@ -143,6 +148,8 @@ class GatewayServiceTests(TestCase):
         yield until(lambda: any(a.cause == 10 for a in master.asdus))
         return {i: (v, q) for a in master.asdus if a.cause == 20 for i, v, q, *_ in a.objects()}
 
+
+class GatewayServiceTests(GatewayHarness, TestCase):
     @defer.inlineCallbacks
     def test_values_changes_quality_and_live_points(self):
         master = yield self.connect()
@@ -226,3 +233,62 @@ class GatewayServiceTests(TestCase):
         status = json.loads(self.sync.hget(keys.GATEWAY_STATUS, "h"))
         self.assertEqual(status["state"], "error")
         self.assertIn("cannot listen", status["error"])
+
+
+class RedundancyTests(GatewayHarness, TestCase):
+    """Two connections of one redundancy group (both masters are 127.0.0.1 here)."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield GatewayHarness.setUp(self)
+        yield self.rest(
+            "PUT",
+            "/api/v1/gateways/g",
+            {"redundancy_groups": [["127.0.0.1"]], "event_queue": 10, "t3": 1},
+        )
+
+        def grouped():
+            server = self.service.gateways.get("g")
+            return server is not None and server.gateway.redundancy_groups
+
+        yield until(grouped)
+
+    def values(self, master):
+        return [v for a in master.asdus if a.cause == 3 for v in a.values]
+
+    @defer.inlineCallbacks
+    def test_one_active_connection_and_retention(self):
+        first = yield self.connect()
+        second = yield self.connect(start=False)
+        self.publish(sample("t1", "a", 1.0, at="2026-12-03T10:00:01.000+00:00"))
+        yield until(lambda: self.values(first) == [1.0])
+        # STARTDT on the second: it becomes the active one, the first is kept stopped
+        second.start_data_transfer()
+        yield until(lambda: second.state is LinkState.STARTED)
+        self.publish(sample("t1", "a", 2.0, at="2026-12-03T10:00:02.000+00:00"))
+        yield until(lambda: self.values(second) == [2.0])
+        self.assertEqual(self.values(first), [1.0])
+        # the stopped connection stays up: the station tests it (t3 = 1 s)
+        frames = first.counters.frames_received
+        yield deferLater(reactor, 1.5, lambda: None)
+        self.assertGreater(first.counters.frames_received, frames)
+        self.assertFalse(first.lost.called)
+        # no active connection: events are kept (bounded: the 10 newest) ...
+        second.stop_data_transfer()
+        yield until(lambda: second.state is LinkState.STOPPED)
+        for i in range(15):
+            self.publish(sample("t1", "a", 10.0 + i, at=f"2026-12-03T10:01:{i:02d}.000+00:00"))
+        group = self.service.gateways["g"].groups["group 1"]
+        yield until(lambda: len(group.queue) == 10)
+        self.assertEqual(group.queue.dropped, 5)
+        # ... and sent on the next STARTDT, on whichever connection of the group
+        first.start_data_transfer()
+        yield until(lambda: len(self.values(first)) == 11)
+        self.assertEqual(self.values(first), [1.0, *[10.0 + i for i in range(5, 15)]])
+        self.assertEqual(self.values(second), [2.0])
+        yield self.service._tick()
+        status = json.loads(self.sync.hget(keys.GATEWAY_STATUS, "g"))
+        (group_status,) = status["groups"]
+        self.assertEqual(group_status["group"], "group 1")
+        self.assertEqual(len(group_status["connections"]), 2)
+        self.assertEqual(group_status["events_dropped"], 5)

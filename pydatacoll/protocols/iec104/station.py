@@ -265,11 +265,16 @@ class Iec104Outstation(Iec104Link):
         select_timeout: float = 30.0,
         name: str = "iec104 station",
         on_lost: Callable[[Iec104Outstation], None] | None = None,
+        events: EventQueue | None = None,
+        on_transfer: Callable[[Iec104Outstation, bool], None] | None = None,
     ) -> None:
         super().__init__(clock, params, asdu_params, name=name)
         self.database = database
         self.peer = peer
-        self.events = EventQueue(event_queue)
+        #: Spontaneous events waiting; shared by the connections of a redundancy group.
+        self.events = events if events is not None else EventQueue(event_queue)
+        #: Told of STARTDT (True) and STOPDT (False): the redundancy group's bookkeeping.
+        self.on_transfer = on_transfer
         self.select_timeout = select_timeout
         self.on_lost = on_lost
         self._jobs: collections.deque[Iterator[Asdu]] = collections.deque()
@@ -283,6 +288,25 @@ class Iec104Outstation(Iec104Link):
     # --- link events -----------------------------------------------------------------
 
     def data_transfer_started(self) -> None:
+        if self.on_transfer is not None:
+            self.on_transfer(self, True)
+        self._pump()
+
+    def data_transfer_stopped(self) -> None:
+        if self.on_transfer is not None:
+            self.on_transfer(self, False)
+
+    def deactivate(self) -> None:
+        """Stop sending I-frames here (another connection of the group was started).
+
+        The link stays up (test frames go on); the master may send STARTDT again.
+        """
+        if self.state is LinkState.STARTED:
+            self.state = LinkState.STOPPED
+            self.log.info("{name}: deactivated (another connection was started)", name=self.name)
+
+    def pump(self) -> None:
+        """Send what waits (events of a shared queue) as far as the window allows."""
         self._pump()
 
     def window_open(self) -> None:
