@@ -132,23 +132,25 @@ class FieldHarness:
                 {"ioa": 102, "type_id": 1, "item_id": "coil", "command": True, **source},
             ],
         )
-        wait(
+        self.wait_for(
             lambda: (
                 self.rest("GET", "/api/v1/gateways/scada/status")[1].get("state") == "listening"
             ),
-            what="the gateway listening",
+            "the gateway listening",
         )
+        self.wait_for(
+            lambda: self.rest("GET", "/api/v1/devices/m1/status")[1].get("state") == "online",
+            "the modbus device online",
+        )
+
+    def wait_for(self, predicate, what, timeout=60):
+        """`wait`, with the daemon's log in the failure (these run on a loaded machine)."""
         try:
-            wait(
-                lambda: self.rest("GET", "/api/v1/devices/m1/status")[1].get("state") == "online",
-                60,
-                what="the modbus device online",
-            )
-        except AssertionError:
+            return wait(predicate, timeout, what=what)
+        except AssertionError as e:
             with open(self.daemon.log.name, "rb") as f:
-                tail = f.read()[-3000:].decode(errors="replace")
-            status = self.rest("GET", "/api/v1/devices/m1/status")[1]
-            raise AssertionError(f"modbus device not online: {status}\n{tail}") from None
+                tail = f.read()[-4000:].decode(errors="replace")
+            raise AssertionError(f"{e}\n--- daemon log ---\n{tail}") from None
 
     @defer.inlineCallbacks
     def connect(self):
@@ -286,11 +288,11 @@ class GatewayInteropTests(FieldHarness, TestCase):
                 "clock_sync": False,
             },
         )
-        wait(
+        self.wait_for(
             lambda: (
                 self.rest("GET", "/api/v1/gateways/strict/status")[1].get("state") == "listening"
             ),
-            what="the second gateway listening",
+            "the second gateway listening",
         )
         client, connection = yield connect_c104_client(reactor, "127.0.0.1", port)
         self.addCleanup(client.stop)
@@ -386,6 +388,61 @@ class GatewayInteropTests(FieldHarness, TestCase):
         self.assertEqual((entry["outcome"], entry["select"]), ("confirmed", None))
 
 
+class GatewayRedundancyTests(FieldHarness, TestCase):
+    """Two c104 clients of one redundancy group: one active, the other kept stopped."""
+
+    @defer.inlineCallbacks
+    def test_two_clients_one_group(self):
+        port = free_port()
+        self.ok(
+            "POST",
+            "/api/v1/gateways",
+            {
+                "id": "pair",
+                "protocol": "iec104",
+                "listen": f"tcp:{port}:interface=127.0.0.1",
+                "common_address": 7,
+                "redundancy_groups": [["127.0.0.1"]],
+            },
+        )
+        self.ok(
+            "POST",
+            "/api/v1/gateways/pair/points",
+            {"ioa": 100, "type_id": 35, "device_id": "m1", "term_id": "mt1", "item_id": "reg"},
+        )
+        self.wait_for(
+            lambda: self.rest("GET", "/api/v1/gateways/pair/status")[1].get("state") == "listening",
+            "the gateway listening",
+        )
+        client1, first = yield connect_c104_client(reactor, "127.0.0.1", port)
+        self.addCleanup(client1.stop)
+        raw1 = RawLog(first)
+        client2, second = yield connect_c104_client(reactor, "127.0.0.1", port)
+        self.addCleanup(client2.stop)
+        raw2 = RawLog(second)
+        # the second STARTDT made the second connection the active one
+        self.modbus.command("set 1 holding 0 [1111]")
+        yield poll_until(reactor, lambda: [s for s in raw2.spontaneous(100) if s[1] == 1111])
+        self.assertEqual([s for s in raw1.spontaneous(100) if s[1] == 1111], [])
+        # STOPDT on the active one: the change is kept for the group ...
+        self.assertTrue(second.mute())
+        self.modbus.command("set 1 holding 0 [2222]")
+
+        def queued():
+            status = self.rest("GET", "/api/v1/gateways/pair/status")[1]
+            groups = status.get("groups") or [{}]
+            return groups[0].get("events_queued", 0) >= 1 and groups[0]
+
+        group = yield poll_until(reactor, queued, timeout=10)
+        self.assertIsNone(group["active"])
+        self.assertEqual(len(group["connections"]), 2)
+        # ... and sent on the next STARTDT, here of the first connection
+        self.assertTrue(first.mute())
+        self.assertTrue(first.unmute())
+        yield poll_until(reactor, lambda: [s for s in raw1.spontaneous(100) if s[1] == 2222])
+        self.assertEqual([s for s in raw2.spontaneous(100) if s[1] == 2222], [])
+
+
 class TlsRelay(protocol.Protocol):
     """Test code: accepts a plain connection (c104's client) and carries it over mutual TLS
     to the gateway (c104 2.2.1's own TLS client cannot verify a server certificate)."""
@@ -468,11 +525,11 @@ class GatewayTlsTests(FieldHarness, TestCase):
             "/api/v1/gateways/secure/points",
             {"ioa": 101, "type_id": 13, "device_id": "m1", "term_id": "mt1", "item_id": "float"},
         )
-        wait(
+        self.wait_for(
             lambda: (
                 self.rest("GET", "/api/v1/gateways/secure/status")[1].get("state") == "listening"
             ),
-            what="the TLS gateway listening",
+            "the TLS gateway listening",
         )
 
     @defer.inlineCallbacks
