@@ -4,8 +4,9 @@
 
 In one run it
 
-1. starts a private ``redis-server``, our IEC 104 simulator flooding (SQ=1 ``M_ME_NC_1``
-   frames of 48 points, IOAs 1..``--points``, every value changing) and the daemon
+1. starts, for each phase afresh, a private ``redis-server``, our IEC 104 simulator
+   flooding (SQ=1 ``M_ME_NC_1`` frames of 48 points, IOAs 1..``--points``, every value
+   changing) and the daemon
    (``twistd -n pydatacoll``, role all), exactly as ``bench/ingest.py`` does, and
    configures the device and its points over REST;
 2. **collector only**: for ``--duration`` seconds measures the samples stored per second
@@ -22,8 +23,6 @@ In one run it
 Every process it starts is stopped again, by its PID.
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import json
@@ -35,6 +34,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import c104  # the test dependency (GPL): the upstream master here, never shipped
 
 if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
     from ingest import (
@@ -80,7 +81,7 @@ class Counter:
         self.values = 0
         self.frames = 0
 
-    def on_receive_raw(self, connection: Any, data: bytes) -> None:
+    def on_receive_raw(self, connection: c104.Connection, data: bytes) -> None:
         # APCI (6) then type, VSQ, COT: one callback per APDU
         if len(data) > 8 and not data[2] & 1 and data[8] & 0x3F == 3:
             with self.lock:
@@ -116,6 +117,16 @@ def measure(
     return figures
 
 
+def configure_points(base: str, sim_port: int, points: int, gateway_port: int | None) -> None:
+    """The device and its points, the gateway and its points (when ``gateway_port``),
+    and only then the device at the simulator: configuring under a flood that saturates
+    Redis would take longer than the measurement."""
+    configure(base, free_port(), points)  # a port nobody listens on: no flood yet
+    if gateway_port is not None:
+        configure_gateway(base, gateway_port, points)
+    http(base, "PUT", "/api/v1/devices/1", {"port": sim_port})
+
+
 def configure_gateway(base: str, port: int, points: int) -> None:
     """The gateway and one point per IOA (type 13)."""
     http(
@@ -142,36 +153,47 @@ def configure_gateway(base: str, port: int, points: int) -> None:
         )
 
 
-def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Both phases; every figure in one dict."""
-    import c104  # the test dependency (GPL): the upstream master, never shipped
+def start(
+    stack: contextlib.ExitStack, workdir: Path, points: int, gateway_port: int | None
+) -> tuple[Resp, dict[str, Any], str]:
+    """Redis, the flooding simulator, the daemon configured; once samples are stored."""
+    workdir.mkdir()
+    _, redis_port = start_redis(stack, workdir)
+    sim, sim_port = start_simulator(stack, workdir, points, 12, 8)
+    daemon, base = start_daemon(stack, workdir, redis_port)
+    redis = Resp(redis_port)
+    stack.callback(redis.close)
+    configure_points(base, sim_port, points, gateway_port)
+    wait_until(
+        "first stored sample",
+        lambda: redis.commandstats().get("xadd", (0, 0))[0] > 0,
+        daemon,
+        START_TIMEOUT,
+    )
+    return redis, {"daemon": daemon, "simulator": sim}, base
 
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Both phases (each with fresh processes); every figure in one dict."""
     figures: dict[str, Any] = {"load_before": os.getloadavg()}
     with contextlib.ExitStack() as stack:
-        _, redis_port = start_redis(stack, workdir)
-        sim, sim_port = start_simulator(stack, workdir, args.points, 12, 8)
-        daemon, base = start_daemon(stack, workdir, redis_port)
-        redis = Resp(redis_port)
-        stack.callback(redis.close)
-        configure(base, sim_port, args.points)
-        wait_until(
-            "first stored sample",
-            lambda: redis.commandstats().get("xadd", (0, 0))[0] > 0,
-            daemon,
-            START_TIMEOUT,
-        )
-        children = {"daemon": daemon, "simulator": sim}
+        redis, children, base = start(stack, workdir / "alone", args.points, None)
         time.sleep(args.warmup)
         figures["collector_only"] = measure(redis, children, args.duration, None)
-
+    with contextlib.ExitStack() as stack:
         port = free_port()
-        configure_gateway(base, port, args.points)
+        redis, children, base = start(stack, workdir / "gateway", args.points, port)
+        daemon = children["daemon"]
 
         def listening() -> bool:
             status = http(base, "GET", f"/api/v1/gateways/{GATEWAY_ID}/status")
             return isinstance(status, dict) and status.get("state") == "listening"
 
-        wait_until("gateway listening", listening, daemon, START_TIMEOUT)
+        try:
+            wait_until("gateway listening", listening, daemon, START_TIMEOUT)
+        except BenchError as error:
+            lines = [line for line in daemon.log_text().splitlines() if "gateway" in line]
+            raise BenchError(f"{error}\n" + "\n".join(lines[-20:])) from None
         counter = Counter()
         client = c104.Client(tick_rate_ms=50, command_timeout_ms=5000)
         connection = client.add_connection(ip=HOST, port=port, init=c104.Init.NONE)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks
 
 from pydatacoll.store import keys
 from pydatacoll.store.config import natural_key
@@ -30,12 +30,19 @@ class GatewayStore:
         if not fields:
             return None
         ioas = yield self.redis.call("smembers", keys.GATEWAY_POINTS % gateway_id)
-        points = []
-        for ioa in sorted(ioas or (), key=natural_key):
-            point = yield self.redis.call("hgetall", keys.GATEWAY_POINT % (gateway_id, ioa))
-            if point:
-                points.append(point)
-        return fields, points
+        # All at once: the pool pipelines them (thousands of points, one round trip each
+        # would take seconds on a busy Redis).
+        try:
+            replies = yield gatherResults(
+                [
+                    self.redis.call("hgetall", keys.GATEWAY_POINT % (gateway_id, ioa))
+                    for ioa in sorted(ioas or (), key=natural_key)
+                ],
+                consumeErrors=True,
+            )
+        except FirstError as e:
+            e.subFailure.raiseException()  # the first error itself (StoreUnavailable...)
+        return fields, [point for point in replies if point]
 
     def point_ioas(self, gateway_id: str) -> Deferred[list[int]]:
         """The IOAs of a gateway's points, ascending."""

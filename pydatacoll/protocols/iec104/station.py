@@ -58,6 +58,7 @@ COUNTER_TYPES = frozenset({15, 16, 37})
 GLOBAL_ADDRESS = 0xFFFF
 #: The time-tagged (CP56Time2a) twin of each untimed monitor type.
 TIMED_TWIN = {1: 30, 3: 31, 5: 32, 7: 33, 9: 34, 11: 35, 13: 36, 15: 37}
+_UNTIMED = {timed: untimed for untimed, timed in TIMED_TWIN.items()}
 #: Interrogation replies waiting for the window per connection; more are refused.
 MAX_JOBS = 8
 #: Commands waiting for their field device per connection; more are refused.
@@ -602,7 +603,7 @@ def monitor_value(type_id: int, value: Any) -> tuple[Any, int]:
     A value that cannot be shown (text on a float point, out of range) becomes the type's
     zero with IV, or the nearest limit with OV.
     """
-    base = {v: k for k, v in TIMED_TWIN.items()}.get(type_id, type_id)
+    base = _UNTIMED.get(type_id, type_id)
     try:
         if base == 1:
             return bool(value), 0
