@@ -17,6 +17,7 @@ whose points changed takes them without dropping a connection.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -314,10 +315,12 @@ class GatewayServer(Service):
         old = self._samples.get(ioa)
         if old is not None and old[2] is not None and when is not None and when < old[2]:
             return False
-        flags = sample.get("flags") or ()
-        bits = quality_bits(
-            str(sample.get("quality", "good")), flags if isinstance(flags, list) else ()
-        )
+        quality = sample.get("quality", "good")
+        flags = sample.get("flags")
+        if quality == "good" and not flags:
+            bits = 0  # the usual case, without a call
+        else:
+            bits = quality_bits(str(quality), flags if isinstance(flags, list) else ())
         self._samples[ioa] = (sample.get("value"), bits, when)
         return True
 
@@ -456,13 +459,19 @@ class GatewayServer(Service):
         }
 
 
-def _seconds(text: Any) -> float | None:
-    if not isinstance(text, str):
-        return None
+@functools.lru_cache(maxsize=256)
+def _parse_time(text: str) -> float | None:
     try:
         return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
+
+
+def _seconds(text: Any) -> float | None:
+    """Epoch seconds of an ISO time text (a batch's samples share theirs: cached)."""
+    if not isinstance(text, str):
+        return None
+    return _parse_time(text)
 
 
 class GatewayService(MultiService):
