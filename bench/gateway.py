@@ -42,7 +42,9 @@ if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
         BATCH,
         HOST,
         START_TIMEOUT,
+        TWISTD,
         Resp,
+        answers,
         configure,
         delta,
         http,
@@ -52,13 +54,15 @@ if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
         start_simulator,
         wait_until,
     )
-    from rest import BenchError, free_port
+    from rest import BenchError, Child, free_port
 else:
     from .ingest import (
         BATCH,
         HOST,
         START_TIMEOUT,
+        TWISTD,
         Resp,
+        answers,
         configure,
         delta,
         http,
@@ -68,7 +72,7 @@ else:
         start_simulator,
         wait_until,
     )
-    from .rest import BenchError, free_port
+    from .rest import BenchError, Child, free_port
 
 GATEWAY_ID = "bench"
 
@@ -153,14 +157,58 @@ def configure_gateway(base: str, port: int, points: int) -> None:
         )
 
 
+def start_role(stack: contextlib.ExitStack, workdir: Path, redis_port: int, role: str) -> Child:
+    """``twistd -n pydatacoll --role ROLE`` (no API) in its own directory."""
+    rundir = workdir / role
+    rundir.mkdir()
+    argv = [
+        *TWISTD, "-n", "--pidfile=", "pydatacoll", "--role", role,
+        "--redis", f"redis://{HOST}:{redis_port}/0",
+    ]  # fmt: skip
+    child = Child(role, argv, workdir / f"{role}.log", cwd=rundir)
+    stack.callback(child.stop)
+    return child
+
+
+def start_api(stack: contextlib.ExitStack, workdir: Path, redis_port: int) -> tuple[Child, str]:
+    """``twistd -n pydatacoll --role api``; the child and its base URL."""
+    port = free_port()
+    rundir = workdir / "api"
+    rundir.mkdir()
+    argv = [
+        *TWISTD, "-n", "--pidfile=", "pydatacoll", "--role", "api",
+        "--redis", f"redis://{HOST}:{redis_port}/0",
+        "--api", f"tcp:{port}:interface={HOST}",
+    ]  # fmt: skip
+    child = Child("api", argv, workdir / "api.log", cwd=rundir)
+    stack.callback(child.stop)
+    base = f"http://{HOST}:{port}"
+    wait_until("the API (GET /api/v1/devices)", lambda: answers(base), child, START_TIMEOUT)
+    return child, base
+
+
 def start(
-    stack: contextlib.ExitStack, workdir: Path, points: int, gateway_port: int | None
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    points: int,
+    gateway_port: int | None,
+    split: bool = False,
 ) -> tuple[Resp, dict[str, Any], str]:
-    """Redis, the flooding simulator, the daemon configured; once samples are stored."""
+    """Redis, the flooding simulator, the daemon configured; once samples are stored.
+
+    ``split``: the API, the collector and the gateway in three processes (roles api,
+    collector, gateway) instead of one (role all).
+    """
     workdir.mkdir()
     _, redis_port = start_redis(stack, workdir)
     sim, sim_port = start_simulator(stack, workdir, points, 12, 8)
-    daemon, base = start_daemon(stack, workdir, redis_port)
+    extra: dict[str, Any] = {}
+    if split:
+        daemon, base = start_api(stack, workdir, redis_port)
+        extra["collector"] = start_role(stack, workdir, redis_port, "collector")
+        extra["gateway"] = start_role(stack, workdir, redis_port, "gateway")
+    else:
+        daemon, base = start_daemon(stack, workdir, redis_port)
     redis = Resp(redis_port)
     stack.callback(redis.close)
     configure_points(base, sim_port, points, gateway_port)
@@ -170,7 +218,7 @@ def start(
         daemon,
         START_TIMEOUT,
     )
-    return redis, {"daemon": daemon, "simulator": sim}, base
+    return redis, {"daemon": daemon, "simulator": sim, **extra}, base
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -182,7 +230,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         figures["collector_only"] = measure(redis, children, args.duration, None)
     with contextlib.ExitStack() as stack:
         port = free_port()
-        redis, children, base = start(stack, workdir / "gateway", args.points, port)
+        redis, children, base = start(
+            stack, workdir / "gateway", args.points, port, split=args.split
+        )
         daemon = children["daemon"]
 
         def listening() -> bool:
@@ -190,9 +240,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             return isinstance(status, dict) and status.get("state") == "listening"
 
         try:
-            wait_until("gateway listening", listening, daemon, START_TIMEOUT)
+            wait_until("gateway listening", listening, daemon, 2 * START_TIMEOUT)
         except BenchError as error:
-            lines = [line for line in daemon.log_text().splitlines() if "gateway" in line]
+            lines = [
+                f"{name}: {line}"
+                for name, child in children.items()
+                if name != "simulator"
+                for line in child.log_text().splitlines()
+                if "gateway" in line.lower()
+            ]
             raise BenchError(f"{error}\n" + "\n".join(lines[-20:])) from None
         counter = Counter()
         client = c104.Client(tick_rate_ms=50, command_timeout_ms=5000)
@@ -215,7 +271,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     """The figures side by side."""
     alone, through = figures["collector_only"], figures["through_gateway"]
-    print(f"points {args.points}, {args.duration:g} s per phase, load {figures['load_during']}")
+    layout = "api, collector, gateway in 3 processes" if args.split else "one process"
+    print(
+        f"points {args.points}, {args.duration:g} s per phase, gateway phase: {layout}, "
+        f"load {figures['load_during']}"
+    )
     print(f"  collector only:   {alone['stored_per_s']:>9,} samples/s stored   cpu {alone['cpu']}")
     print(
         f"  with the gateway: {through['stored_per_s']:>9,} samples/s stored, "
@@ -235,6 +295,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument("--points", type=int, default=4800, help="points flooded and mapped")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="second phase with the API, collector and gateway as three processes",
+    )
     return parser.parse_args(argv)
 
 
