@@ -155,6 +155,7 @@ class GatewayServer(Service):
         self._by_source: dict[tuple[str, str, str], list[int]] = {}
         self._sent: dict[int, PointValue] = {}
         self._sbo: dict[str, bool] = {}  # device id -> its protocol can select first
+        self._devices: frozenset[str] = frozenset()
         self.update_points(points)
 
     @property
@@ -163,9 +164,9 @@ class GatewayServer(Service):
         return json.dumps(self.gateway.to_json(), sort_keys=True, default=str)
 
     @property
-    def devices(self) -> set[str]:
+    def devices(self) -> frozenset[str]:
         """The devices whose points this gateway serves."""
-        return {p.device_id for p in self._points.values()}
+        return self._devices
 
     # --- service ---------------------------------------------------------------------
 
@@ -266,10 +267,11 @@ class GatewayServer(Service):
 
     # --- points and values -----------------------------------------------------------
 
-    def update_points(self, points: Iterable[GatewayPoint]) -> set[str]:
+    def update_points(self, points: Iterable[GatewayPoint]) -> frozenset[str]:
         """Take a new point list (connections stay up); the devices newly referenced."""
         before = self.devices
         self._points = {p.ioa: p for p in points}
+        self._devices = frozenset(p.device_id for p in self._points.values())
         self._station = {
             p.ioa: StationPoint(
                 p.ioa,
@@ -296,12 +298,17 @@ class GatewayServer(Service):
         states: dict[str, str | None],
         protocols: dict[str, str | None] | None = None,
     ) -> None:
-        """Values, device states and protocols read from Redis (newer samples win)."""
+        """Values, device states and protocols read from Redis (newer samples win).
+
+        A device already known whose state changed sends its points (as at a state read).
+        """
         for device_id, name in (protocols or {}).items():
             protocol = get_protocol(name) if name else None
             self._sbo[device_id] = protocol is not None and protocol.select_before_operate
         for device_id, state in states.items():
-            self._online[device_id] = state == "online"
+            if device_id not in self._online:
+                self._online[device_id] = state == "online"
+        self.device_states(states)
         for point in self._points.values():
             sample = values.get(point.device_id, {}).get(f"{point.term_id}:{point.item_id}")
             if isinstance(sample, dict):
@@ -599,9 +606,9 @@ class GatewayService(MultiService):
             config = (yield self.store.gateway(gateway_id)) if gateway_id in stored else None
             yield self._apply(gateway_id, config)
 
-    def _follow(self, devices: set[str]) -> defer.Deferred[Any]:
+    def _follow(self, devices: frozenset[str]) -> defer.Deferred[Any]:
         """Subscribe the sample channels of ``devices`` besides those already followed."""
-        followed = set()
+        followed: set[str] = set()
         for server in self.gateways.values():
             followed |= server.devices
         wanted = [keys.DEVICE_SAMPLES % d for d in sorted(followed | devices)]
@@ -625,10 +632,10 @@ class GatewayService(MultiService):
             self.log.warn("gateway {id} cannot run: {error}", id=gateway_id, error=exc.message)
             return
         if running is not None:
-            candidate = GatewayServer(gateway, points, self.reactor)
-            if candidate.key == running.key:
-                new_devices = running.update_points(points)
-                yield self._load(running, new_devices)
+            if json.dumps(gateway.to_json(), sort_keys=True, default=str) == running.key:
+                running.update_points(points)
+                # Every device again: a point newly mapped gets its device's latest value.
+                yield self._load(running, running.devices)
                 return
             self.log.info("gateway {id} changed: restarting it", id=gateway_id)
             yield self._stop(gateway_id)
@@ -649,7 +656,7 @@ class GatewayService(MultiService):
         self.gateways[gateway_id] = server
 
     @defer.inlineCallbacks
-    def _load(self, server: GatewayServer, devices: set[str]) -> Any:
+    def _load(self, server: GatewayServer, devices: frozenset[str]) -> Any:
         # Subscribe first, then read: a sample published in between is not missed (and
         # the image keeps the newer of the two).
         yield self._follow(server.devices)
@@ -664,7 +671,7 @@ class GatewayService(MultiService):
     def _stop(self, gateway_id: str) -> Any:
         server = self.gateways.pop(gateway_id)
         yield defer.maybeDeferred(server.disownServiceParent)
-        yield self._follow(set())
+        yield self._follow(frozenset())
 
     @defer.inlineCallbacks
     def _tick(self) -> Any:

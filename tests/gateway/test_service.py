@@ -174,7 +174,9 @@ class GatewayServiceTests(GatewayHarness, TestCase):
         self.assertEqual(third[0].qualities[0] & NOT_TOPICAL, NOT_TOPICAL)
         self.set_state("online")
         yield self.service._tick()
-        # a point added over REST is served at once; the connection stays up
+        # a point added over REST is served at once, with its latest value; the
+        # connection stays up
+        self.sync.hset(keys.DEVICE_VALUES % "d1", "t1:b", json.dumps(sample("t1", "b", 1)))
         yield self.rest(
             "POST",
             "/api/v1/gateways/g/points",
@@ -182,7 +184,7 @@ class GatewayServiceTests(GatewayHarness, TestCase):
         )
         yield until(lambda: 11 in self.service.gateways["g"].station_points())
         values = yield self.interrogate(master)
-        self.assertEqual(values[11], (False, NOT_TOPICAL))  # no value known for it yet
+        self.assertEqual(values[11], (True, 0))
         self.assertEqual(values[10], (7.5, 0x20))
         self.assertFalse(master.lost.called)
         yield self.service._tick()
