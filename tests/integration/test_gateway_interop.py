@@ -21,7 +21,14 @@ from pydatacoll.protocols.iec104 import apci
 from pydatacoll.protocols.iec104.asdu import decode_asdu
 from pydatacoll.testing.certs import make_pki
 from pydatacoll.testing.redis import PrivateRedis, free_port
-from tests.integration.iec104_peer import connect_c104_client, poll_until
+from tests.integration.iec104_peer import (
+    SELECT_AND_EXECUTE,
+    C104Station,
+    command_io_address,
+    connect_c104_client,
+    feedback_io_address,
+    poll_until,
+)
 from tests.integration.test_collector_e2e import ModbusSim, wait
 from tests.integration.test_daemon import Daemon, request
 
@@ -441,6 +448,66 @@ class GatewayRedundancyTests(FieldHarness, TestCase):
         self.assertTrue(first.unmute())
         yield poll_until(reactor, lambda: [s for s in raw1.spontaneous(100) if s[1] == 2222])
         self.assertEqual([s for s in raw2.spontaneous(100) if s[1] == 2222], [])
+
+
+class GatewayIec104FieldTests(FieldHarness, TestCase):
+    """Upstream select-before-operate reaches an IEC 104 field station as its own SbO."""
+
+    @defer.inlineCallbacks
+    def test_select_before_operate_down_to_an_iec104_station(self):
+        field = C104Station(common_addresses=(1,))
+        field.start()
+        self.addCleanup(field.stop)
+        command = command_io_address("C_SC_NA_1", SELECT_AND_EXECUTE)
+        self.ok(
+            "POST",
+            "/api/v1/devices",
+            {"id": "c1", "protocol": "iec104", "ip": "127.0.0.1", "port": field.port},
+        )
+        self.ok("POST", "/api/v1/terms", {"id": "ct1", "device_id": "c1", "address": 1})
+        self.ok("POST", "/api/v1/items", {"id": "breaker"})
+        self.ok(
+            "POST",
+            "/api/v1/terms/ct1/items",
+            {"item_id": "breaker", "protocol_code": command, "code_type": 45},
+        )
+        self.ok(
+            "POST",
+            "/api/v1/gateways/scada/points",
+            {
+                "ioa": 200,
+                "type_id": 1,
+                "device_id": "c1",
+                "term_id": "ct1",
+                "item_id": "breaker",
+                "command": True,
+            },
+        )
+        self.wait_for(
+            lambda: self.rest("GET", "/api/v1/devices/c1/status")[1].get("state") == "online",
+            "the IEC 104 field station online",
+        )
+        client, connection = yield self.connect()
+        yield poll_until(  # the gateway reads the device states every 2 s
+            reactor,
+            lambda: self.rest("GET", "/api/v1/gateways/scada/status")[1].get("points") == 4,
+            timeout=10,
+        )
+        point = self.command_point(connection, 200, "C_SC_NA_1", SELECT_AND_EXECUTE)
+        point.value = True
+        deadline = time.monotonic() + 15
+        while not point.transmit(cause=c104.Cot.ACTIVATION):  # until the gateway sees c1 online
+            self.assertLess(time.monotonic(), deadline, "the command stays negative")
+            yield poll_until(reactor, lambda: False, 0.5).addErrback(lambda f: None)
+        sent = [(r.select, r.value) for r in field.commands() if r.io_address == command]
+        self.assertEqual(sent[-2:], [(True, 1), (False, 1)])  # select, then execute
+        yield poll_until(
+            reactor, lambda: field.expected(1, feedback_io_address(command)).value is True
+        )
+        entry = self.ctrl_log()[0]
+        self.assertEqual(
+            (entry["device_id"], entry["select"], entry["outcome"]), ("c1", True, "confirmed")
+        )
 
 
 class TlsRelay(protocol.Protocol):
