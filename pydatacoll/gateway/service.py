@@ -28,10 +28,12 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from pydatacoll import errors
 from pydatacoll.gateway.commands import CommandPath
 from pydatacoll.gateway.model import UNTIMED, Gateway, GatewayPoint
+from pydatacoll.interfaces import IStationDatabase
 from pydatacoll.model import decode_fields
 from pydatacoll.protocols import get_protocol
 from pydatacoll.protocols.iec104.station import (
@@ -123,6 +125,7 @@ class RedundancyGroup:
             self.active.pump()
 
 
+@implementer(IStationDatabase)
 class GatewayServer(Service):
     """One gateway: its listening port, its connections, its points and their image."""
 
@@ -379,7 +382,7 @@ class GatewayServer(Service):
             for group in list(self.groups.values()):
                 group.post(events)
 
-    # --- StationDatabase -------------------------------------------------------------
+    # --- IStationDatabase -------------------------------------------------------------
 
     def station_points(self) -> dict[int, StationPoint]:
         """The points by IOA."""

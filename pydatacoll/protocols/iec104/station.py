@@ -1,7 +1,7 @@
 """The controlled station's end of an IEC 104 connection (the gateway's protocol).
 
 `Iec104Outstation` is the station end of `Iec104Link`. It answers a master from a
-`StationDatabase` (the points, their current image and what to do with a command):
+`IStationDatabase` (the points, their current image and what to do with a command):
 
 - station and group interrogation (C_IC_NA_1, QOI 20..36): ACT_CON, the points of the
   group grouped by type in as few ASDUs as fit (SQ=0, each point's configured type,
@@ -31,7 +31,6 @@ import collections
 import datetime
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
-from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.internet import defer
@@ -39,6 +38,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pydatacoll.interfaces import IStationDatabase
 from pydatacoll.protocols.iec104.apci import MAX_ASDU
 from pydatacoll.protocols.iec104.asdu import (
     IEC104,
@@ -150,27 +150,6 @@ class CommandAnswer:
     message: str = ""
 
 
-class StationDatabase(TypingProtocol):
-    """What `Iec104Outstation` asks of the station it serves."""
-
-    common_address: int
-
-    def station_points(self) -> dict[int, StationPoint]:
-        """The points by IOA."""
-
-    def current(self, ioa: int) -> PointValue:
-        """A point's current value (IV|NT when none is known)."""
-
-    def clock_sync(self, when: datetime.datetime | None, peer: str) -> bool:
-        """A clock synchronisation from ``peer``: accept (True) or refuse."""
-
-    def can_command(self, point: StationPoint) -> str | None:
-        """None when a command for ``point`` could run now, else why not."""
-
-    def execute(self, request: CommandRequest) -> defer.Deferred[CommandAnswer]:
-        """Run a command on the field device; fires when it confirmed or refused."""
-
-
 def command_value(type_id: int, value: Any) -> Any:
     """The value of a command as PyDataColl's device_ctrl takes it.
 
@@ -257,7 +236,7 @@ class Iec104Outstation(Iec104Link):
     def __init__(
         self,
         clock: IReactorTime,
-        database: StationDatabase,
+        database: IStationDatabase,
         *,
         params: LinkParams | None = None,
         asdu_params: AsduParams = IEC104,

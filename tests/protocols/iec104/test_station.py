@@ -8,7 +8,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
+from pydatacoll.interfaces import IStationDatabase
 from pydatacoll.protocols.iec104.apci import (
     IFrame,
     UFunction,
@@ -37,8 +40,9 @@ UTC = datetime.UTC
 T0 = 1_780_000_000.0
 
 
+@implementer(IStationDatabase)
 class Database:
-    """A StationDatabase of the tests: points, values, and commands answered on demand."""
+    """An IStationDatabase of the tests: points, values, and commands answered on demand."""
 
     common_address = 5
 
@@ -114,6 +118,16 @@ class Master:
         # acknowledge everything: the window stays open
         self.station.dataReceived(encode_s(self.recv_seq))
         return asdus
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_databases_provide_the_interface(self):
+        from pydatacoll.gateway.model import Gateway
+        from pydatacoll.gateway.service import GatewayServer
+
+        gateway = Gateway.from_json({"id": "g", "protocol": "iec104"})
+        for database in (Database(POINTS), GatewayServer(gateway, [], Clock())):
+            self.assertTrue(verifyObject(IStationDatabase, database))
 
 
 class InterrogationTests(SynchronousTestCase):
