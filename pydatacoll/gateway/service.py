@@ -505,6 +505,7 @@ class GatewayService(MultiService):
         self._reconciling: defer.Deferred[None] | None = None
         self._dirty: set[str] | None = None
         self._again = False
+        self._retry = False
         self.subscriber = Subscriber(
             reactor,
             lambda: redis.address,
@@ -578,8 +579,10 @@ class GatewayService(MultiService):
         if self._reconciling is not None:
             self._again = True
             return self._reconciling
-        self._reconciling = self._reconcile_loop()
-        return self._reconciling
+        d = self._reconcile_loop()
+        if not d.called:  # a pass that failed at once has finished already: not running
+            self._reconciling = d
+        return d
 
     @defer.inlineCallbacks
     def _reconcile_loop(self) -> Any:
@@ -591,10 +594,12 @@ class GatewayService(MultiService):
                 except errors.StoreUnavailable as exc:
                     self.log.warn("gateway reconcile postponed: {error}", error=exc)
                     self._dirty = None
+                    self._retry = True  # the next tick tries again
                     break
                 except Exception:
                     self.log.failure("gateway reconcile failed")
                     self._dirty = None
+                    self._retry = True
                     break
                 if not self._again and not self._dirty:
                     break
@@ -678,10 +683,14 @@ class GatewayService(MultiService):
 
     @defer.inlineCallbacks
     def _tick(self) -> Any:
-        """Read the states of the gateways' devices, write the gateways' statuses.
+        """Retry a reconcile that failed; read the states of the gateways' devices, write
+        the gateways' statuses.
 
         Run by a LoopingCall: every error is caught (loops never die).
         """
+        if self._retry and self._reconciling is None:
+            self._retry = False
+            self.reconcile()
         try:
             devices: set[str] = set()
             for server in self.gateways.values():

@@ -9,8 +9,8 @@ import json
 import redis as redis_py
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pydatacoll.api.app import ApiApp
 from pydatacoll.config import load_settings
@@ -294,3 +294,48 @@ class RedundancyTests(GatewayHarness, TestCase):
         self.assertEqual(group_status["group"], "group 1")
         self.assertEqual(len(group_status["connections"]), 2)
         self.assertEqual(group_status["events_dropped"], 5)
+
+
+class _FlakyStore:
+    """GatewayStore double: fails at once (as RedisClient does while Redis is away)."""
+
+    def __init__(self):
+        self.up = False
+        self.reads = 0
+
+    def gateway_ids(self):
+        from twisted.internet.defer import fail, succeed
+
+        from pydatacoll.errors import StoreUnavailable
+
+        self.reads += 1
+        if not self.up:
+            return fail(StoreUnavailable("Redis is not reachable"))
+        return succeed([])
+
+
+class _Redis:
+    address = None
+
+    def when_ready(self):
+        return defer.succeed(None)
+
+
+class ReconcileOrderingTests(SynchronousTestCase):
+    """Redis absent when the subscription comes up: the pass fails synchronously."""
+
+    def test_synchronous_failure_does_not_wedge_and_is_retried(self):
+        service = GatewayService(_Redis(), Clock())
+        service.store = store = _FlakyStore()
+        service.running = True
+        service.reconcile()  # fails at once, inside the call
+        self.assertIsNone(service._reconciling)  # nothing is left "in progress"
+        store.up = True
+        service.reconcile({"g"})  # a change message: runs now
+        self.assertEqual(store.reads, 2)
+        store.up = False
+        service.reconcile()
+        store.up = True
+        self.successResultOf(service._tick())  # the tick retries the failed pass
+        self.assertEqual(store.reads, 4)
+        self.assertFalse(service._retry)
