@@ -253,8 +253,10 @@ class DeviceManager(MultiService):
         if self._reconciling is not None:
             self._again = True
             return self._reconciling
-        self._reconciling = self._reconcile_loop()
-        return self._reconciling
+        d = self._reconcile_loop()
+        if not d.called:  # a pass that failed at once (Redis away) has finished already
+            self._reconciling = d
+        return d
 
     @defer.inlineCallbacks
     def _reconcile_loop(self) -> Any:
@@ -407,7 +409,10 @@ class DeviceManager(MultiService):
             version = yield self.redis.call("get", keys.CONFIG_VERSION)
         except Exception:
             return
-        if version is not None and self.version is not None and int(version) != self.version:
+        if self.version is None:  # no full pass has succeeded yet (Redis was away): again
+            self.reconcile()
+            return
+        if version is not None and int(version) != self.version:
             self.log.info("configuration version moved without messages: reconciling")
             self.reconcile()
 
