@@ -83,8 +83,8 @@ class RedundancyGroup:
 
     Events wait in the group's queue (bounded by the gateway's ``event_queue``, oldest
     dropped) while no connection of the group is active, and go out on the next STARTDT.
-    An event handed to a connection that then fails before the master acknowledged it is
-    not sent again: the master's interrogation after the switch-over gives the state.
+    Events a connection sent but its master did not acknowledge before it stopped, was
+    deactivated or was lost go back to the front of the queue (sent again, not lost).
     """
 
     def __init__(self, key: str, size: int, configured: bool) -> None:

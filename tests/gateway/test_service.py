@@ -16,7 +16,7 @@ from pydatacoll.api.app import ApiApp
 from pydatacoll.config import load_settings
 from pydatacoll.gateway.service import GatewayService
 from pydatacoll.protocols.iec104.asdu import Asdu
-from pydatacoll.protocols.iec104.link import Iec104Link, LinkState
+from pydatacoll.protocols.iec104.link import Iec104Link, LinkParams, LinkState
 from pydatacoll.protocols.iec104.station import NOT_TOPICAL
 from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore
@@ -29,7 +29,7 @@ class Master(Iec104Link):
     """A master of the tests: records ASDUs and the loss of the link."""
 
     def __init__(self, start=True):
-        super().__init__(reactor)
+        super().__init__(reactor, LinkParams(w=1))  # acknowledges every I-frame at once
         self.asdus = []
         self.lost = defer.Deferred()
         self.start = start

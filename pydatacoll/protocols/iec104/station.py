@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pydatacoll.interfaces import IStationDatabase
+from pydatacoll.protocols.iec104 import apci
 from pydatacoll.protocols.iec104.apci import MAX_ASDU
 from pydatacoll.protocols.iec104.asdu import (
     IEC104,
@@ -203,29 +204,53 @@ class EventQueue:
 
     def take(self, params: AsduParams) -> Asdu | None:
         """The oldest events of one type as one spontaneous ASDU (None when empty)."""
+        chunk = self.take_events(params)
+        return events_asdu(chunk, 0, params) if chunk else None
+
+    def take_events(self, params: AsduParams) -> list[Event]:
+        """The oldest events of one type, as many as one ASDU carries."""
         queue = self.events
         if not queue:
-            return None
+            return []
         first = queue[0]
         limit = objects_per_asdu(first.type_id, params)
         chunk = [queue.popleft()]
         while queue and len(chunk) < limit and queue[0].type_id == first.type_id:
             chunk.append(queue.popleft())
-        tz = params.tz
-        return Asdu(
-            first.type_id,
-            Cause.SPONTANEOUS,
-            0,  # filled in by the connection
-            [e.ioa for e in chunk],
-            [e.value for e in chunk],
-            [e.quality for e in chunk],
-            [datetime.datetime.fromtimestamp(e.time, tz) for e in chunk],
-            [None] * len(chunk) if TYPES[first.type_id].has_extra else None,
-        )
+        return chunk
+
+    def requeue(self, events: list[Event]) -> int:
+        """Put events back in front (sent, never acknowledged); how many were dropped.
+
+        The bound holds: past it the oldest go, which are these.
+        """
+        queue = self.events
+        room = self.size - len(queue)
+        keep = events[-room:] if room > 0 else []
+        queue.extendleft(reversed(keep))
+        dropped = len(events) - len(keep)
+        self.dropped += dropped
+        return dropped
 
     def clear(self) -> None:
         """Forget every queued event (not counted as dropped)."""
         self.events.clear()
+
+
+def events_asdu(chunk: list[Event], common_address: int, params: AsduParams) -> Asdu:
+    """One spontaneous ASDU (COT 3, CP56Time2a) of events of one type."""
+    tz = params.tz
+    type_id = chunk[0].type_id
+    return Asdu(
+        type_id,
+        Cause.SPONTANEOUS,
+        common_address,
+        [e.ioa for e in chunk],
+        [e.value for e in chunk],
+        [e.quality for e in chunk],
+        [datetime.datetime.fromtimestamp(e.time, tz) for e in chunk],
+        [None] * len(chunk) if TYPES[type_id].has_extra else None,
+    )
 
 
 class Iec104Outstation(Iec104Link):
@@ -255,6 +280,8 @@ class Iec104Outstation(Iec104Link):
         self.events = events if events is not None else EventQueue(event_queue)
         #: Told of STARTDT (True) and STOPDT (False): the redundancy group's bookkeeping.
         self.on_transfer = on_transfer
+        #: Events sent and not yet acknowledged: (N(S) of their I-frame, events).
+        self._in_flight: collections.deque[tuple[int, list[Event]]] = collections.deque()
         self.select_timeout = select_timeout
         self.on_lost = on_lost
         self._jobs: collections.deque[Iterator[Asdu]] = collections.deque()
@@ -273,6 +300,7 @@ class Iec104Outstation(Iec104Link):
         self._pump()
 
     def data_transfer_stopped(self) -> None:
+        self._requeue_unacknowledged()
         if self.on_transfer is not None:
             self.on_transfer(self, False)
 
@@ -283,6 +311,7 @@ class Iec104Outstation(Iec104Link):
         """
         if self.state is LinkState.STARTED:
             self.state = LinkState.STOPPED
+            self._requeue_unacknowledged()
             self.log.info("{name}: deactivated (another connection was started)", name=self.name)
 
     def pump(self) -> None:
@@ -293,6 +322,7 @@ class Iec104Outstation(Iec104Link):
         self._pump()
 
     def link_lost(self, reason: Failure) -> None:
+        self._requeue_unacknowledged()
         self._jobs.clear()
         self._selected.clear()
         if self.on_lost is not None:
@@ -326,12 +356,37 @@ class Iec104Outstation(Iec104Link):
             self.send_asdu(asdu)
             free -= 1
         ca = self.database.common_address
+        in_flight = self._in_flight
+        self._forget_acknowledged()
         while free > 0 and not jobs and self.events:
-            asdu = self.events.take(self.asdu_params)
-            assert asdu is not None
-            self.events_sent += len(asdu.ioas)
-            self.send_asdu(attrs.evolve(asdu, common_address=ca))
+            chunk = self.events.take_events(self.asdu_params)
+            in_flight.append((self._send_seq, chunk))  # the N(S) this I-frame gets
+            self.events_sent += len(chunk)
+            self.send_asdu(events_asdu(chunk, ca, self.asdu_params))
             free -= 1
+
+    def _forget_acknowledged(self) -> None:
+        """Drop the in-flight events the master has acknowledged (bounded by k)."""
+        in_flight = self._in_flight
+        outstanding = apci.seq_distance(self._acked, self._send_seq)
+        while in_flight and apci.seq_distance(self._acked, in_flight[0][0]) >= outstanding:
+            in_flight.popleft()
+
+    def _requeue_unacknowledged(self) -> None:
+        """Events sent here but not acknowledged go back to the queue (for the group's
+        next active connection, IEC 60870-5-104 clause 10)."""
+        self._forget_acknowledged()
+        if not self._in_flight:
+            return
+        events = [e for _, chunk in self._in_flight for e in chunk]
+        self._in_flight.clear()
+        dropped = self.events.requeue(events)
+        self.log.info(
+            "{name}: {n} unacknowledged events queued again ({dropped} dropped)",
+            name=self.name,
+            n=len(events),
+            dropped=dropped,
+        )
 
     # --- requests --------------------------------------------------------------------
 

@@ -343,6 +343,34 @@ class EventTests(SynchronousTestCase):
         self.assertEqual([list(a.values) for a in second], [[float(i) for i in range(15, 25)]])
 
 
+class RequeueTests(SynchronousTestCase):
+    """Events sent but not acknowledged go back to the (group's) queue (clause 10)."""
+
+    def test_unacknowledged_events_requeued_on_deactivate_and_loss(self):
+        clock, station, transport, db = connect()
+        station.post_events([Event(1, 36, 1.0, 0, T0)])
+        station.post_events([Event(1, 36, 2.0, 0, T0)])
+        self.assertEqual((station.events_sent, len(station.events)), (2, 0))
+        station.deactivate()  # nothing acknowledged yet: both back, oldest first
+        self.assertEqual([e.value for e in station.events.events], [1.0, 2.0])
+
+    def test_acknowledged_events_are_not_requeued(self):
+        clock, station, transport, db = connect()
+        master = Master(station, transport)
+        station.post_events([Event(1, 36, 1.0, 0, T0)])
+        master.replies()  # acknowledges it
+        station.post_events([Event(1, 36, 2.0, 0, T0)])
+        station.connectionLost()
+        self.assertEqual([e.value for e in station.events.events], [2.0])
+
+    def test_requeue_respects_the_bound(self):
+        queue = EventQueue(3)
+        queue.extend([Event(9, 36, 9.0, 0, T0), Event(9, 36, 10.0, 0, T0)])
+        dropped = queue.requeue([Event(1, 36, float(i), 0, T0) for i in range(3)])
+        self.assertEqual((dropped, queue.dropped), (2, 2))
+        self.assertEqual([e.value for e in queue.events], [2.0, 9.0, 10.0])
+
+
 class ConversionTests(SynchronousTestCase):
     def test_quality_bits(self):
         self.assertEqual(quality_bits("good", []), 0)
