@@ -81,6 +81,10 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _optional_endpoint(text: str) -> str | None:
+    return _endpoint(text.strip()) if text.strip() else None
+
+
 def _optional_redis(text: str) -> RedisAddress | None:
     return parse_redis_url(text) if text.strip() else None
 
@@ -311,12 +315,29 @@ OPTIONS += (
         "Entries kept in the device_ctrl audit stream.",
     ),
     Option(
+        "api",
+        "stream_clients",
+        "stream_clients",
+        "100",
+        _bounded_int(1, 10_000),
+        "Event streams (GET /api/v1/stream) served at once; 503 above.",
+    ),
+    Option(
+        "collector",
+        "metrics_endpoint",
+        "metrics_endpoint",
+        "",
+        _optional_endpoint,
+        "Endpoint serving GET /metrics in a collector-only process (empty: none).",
+    ),
+    Option(
         "plugins",
         "enabled",
         "plugins_enabled",
-        "",
+        "formulas, limits",
         _names,
-        "Processor plugins to run, by name, comma separated (GET /api/v1/plugins lists them).",
+        "Processor plugins to run, by name, comma separated (GET /api/v1/plugins lists them); "
+        "empty: none.",
     ),
 )
 
@@ -350,7 +371,9 @@ class Settings:
     buffer_samples: int = 100000
     frame_log_length: int = 0
     ctrl_log_length: int = 10000
-    plugins_enabled: tuple[str, ...] = ()
+    stream_clients: int = 100
+    metrics_endpoint: str | None = None
+    plugins_enabled: tuple[str, ...] = ("formulas", "limits")
     #: ``[plugin:NAME]`` sections: plugin name -> option -> text (checked by the plugin).
     plugin_options: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, eq=False)
 

@@ -12,9 +12,12 @@ from twisted.python.failure import Failure
 
 from pydatacoll.api.app import ApiApp
 from pydatacoll.api.replies import ReplyListener
+from pydatacoll.api.stream import StreamHub
 from pydatacoll.config import Settings
 from pydatacoll.devices.collector import make_collector
+from pydatacoll.metrics import ProcessMetrics, metrics_site
 from pydatacoll.processing.history import history_reader
+from pydatacoll.processing.loader import PluginDirectory
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.embedded import EmbeddedRedis, find_redis_server
 from pydatacoll.store.redis import RedisClient
@@ -47,7 +50,8 @@ def _stop(_: object, child: Any) -> Any:
 
 def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     """Children in start order: ``redis-server`` (embedded only), ``redis``, then
-    ``collector`` (roles all and collector), ``replies`` and ``api`` (roles all and api),
+    ``collector`` (roles all and collector), ``replies``, ``stream`` and ``api`` (roles all
+    and api), or ``metrics`` (role collector with ``[collector] metrics_endpoint``), then
     ``gateway-replies`` and ``gateway`` (roles all and gateway)."""
     root = OrderedService()
     embedded = None
@@ -65,12 +69,25 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     )
     client.setName("redis")
     client.setServiceParent(root)
+    processors = None
+    metrics = ProcessMetrics(reactor)
     if settings.runs_collector:
         collector = make_collector(settings, reactor, client)
         collector.setName("collector")
         collector.setServiceParent(root)
+        processors = collector.getServiceNamed("processors")
+        metrics.watch_collector(collector.getServiceNamed("devices"), processors)
+    else:
+        metrics.watch_redis(client)
     if settings.runs_api:
-        _add_api(root, settings, reactor, client, embedded)
+        _add_api(root, settings, reactor, client, embedded, processors, metrics)
+    elif settings.metrics_endpoint and settings.runs_collector:
+        token = settings.api_token if settings.protect_reads else None
+        listener = strports.service(
+            settings.metrics_endpoint, metrics_site(metrics, token), reactor=reactor
+        )
+        listener.setName("metrics")
+        listener.setServiceParent(root)
     if settings.runs_gateway:
         _add_gateway(root, settings, reactor, client, embedded)
     return root
@@ -95,20 +112,33 @@ def _add_gateway(
 
 
 def _add_api(
-    root: MultiService, settings: Settings, reactor: Any, client: RedisClient, embedded: Any
+    root: MultiService,
+    settings: Settings,
+    reactor: Any,
+    client: RedisClient,
+    embedded: Any,
+    processors: Any,
+    metrics: ProcessMetrics,
 ) -> None:
-    """The reply listener of device_call/device_ctrl and the REST API listening."""
+    """The reply listener of device_call/device_ctrl, the event stream and the REST API."""
     replies = ReplyListener(
         reactor, settings.redis, address_source=embedded, connect_timeout=settings.redis_timeout
     )
     replies.setName("replies")
     replies.setServiceParent(root)
+    hub = StreamHub(reactor, client, max_clients=settings.stream_clients)
+    hub.setName("stream")
+    hub.setServiceParent(root)
+    metrics.watch_stream(hub)
     api = ApiApp(
         ConfigStore(client),
         settings,
         replies=replies,
         clock=reactor,
         history=history_reader(settings, reactor),
+        plugins=PluginDirectory(settings, client, reactor, processors=processors),
+        stream_hub=hub,
+        metrics=metrics,
     )
     api_service = strports.service(settings.api_endpoint, api.site(), reactor=reactor)
     api_service.setName("api")

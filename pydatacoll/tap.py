@@ -8,6 +8,7 @@ from twisted.python import usage
 
 from pydatacoll.config import CLI_OPTIONS, load_settings
 from pydatacoll.errors import ConfigError, EmbeddedRedisError
+from pydatacoll.processing.loader import check_plugin_options
 
 
 class Options(usage.Options):
@@ -30,12 +31,25 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:  # noqa: N802 (Twisted API)
-        """Build the settings; a bad value is a UsageError naming its key."""
+        """Build the settings; a bad value is a `BadConfiguration` naming its key."""
         overrides = {attribute: self[name] for name, attribute in CLI_OPTIONS.items()}
         try:
             self["settings"] = load_settings(self["config"], overrides)
+            check_plugin_options(self["settings"])
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise BadConfiguration(e) from None
+
+
+class BadConfiguration(SystemExit):
+    """A bad configuration value: the one-line error alone on stderr, exit status 1.
+
+    twistd answers a UsageError with its whole usage text before the error, which hides
+    it; ``--help`` shows the usage.
+    """
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(f"twistd pydatacoll: {error} (twistd pydatacoll --help: the options)")
+        self.key = error.key
 
 
 def makeService(options: Options) -> Any:  # noqa: N802 (twistd API)

@@ -2,14 +2,17 @@
 
 import configparser
 import os
+import subprocess
+import sys
 
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from pydatacoll.config import OPTIONS, Settings, load_settings, parse_redis_url
 from pydatacoll.errors import ConfigError
-from pydatacoll.tap import Options
+from pydatacoll.tap import BadConfiguration, Options
 
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
 ETC = os.path.join(os.path.dirname(__file__), "..", "etc", "pydatacoll.ini")
 
 
@@ -22,6 +25,14 @@ class ConfigTests(SynchronousTestCase):
             self.assertEqual(parser.get(option.section, option.name), option.default, option.name)
         self.assertEqual(load_settings(ETC), Settings())
         self.assertEqual(load_settings(), Settings())
+
+    def test_default_plugins_are_formulas_and_limits(self):
+        """Formulas and limit alarms work with the default configuration; history is opt-in."""
+        self.assertEqual(load_settings().plugins_enabled, ("formulas", "limits"))
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[plugins]\nenabled =\n")
+        self.assertEqual(load_settings(path).plugins_enabled, ())
 
     def test_command_line_wins(self):
         path = self.mktemp()
@@ -41,15 +52,34 @@ class ConfigTests(SynchronousTestCase):
             (["--redis", "http://x"], "redis.url"),
             (["--api-token", "a b"], "api.token"),
         ):
-            with self.assertRaises(usage.UsageError) as caught:
+            with self.assertRaises(BadConfiguration) as caught:
                 Options().parseOptions(args)
             self.assertIn(key, str(caught.exception))
+            self.assertEqual(caught.exception.key, key)
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("[api]\nmax_body = lots\n[nope]\n")
         with self.assertRaises(ConfigError) as caught:
             load_settings(path)
         self.assertEqual(caught.exception.key, "api.max_body")
+
+    def test_twistd_prints_a_bad_value_alone(self):
+        """A real twistd with a bad value: the one-line error on stderr, no usage text,
+        exit status 1; --help still shows the usage."""
+        twistd = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "pydatacoll"]
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        bad = subprocess.run(
+            [*twistd, "--api", "nonsense:1:2"], capture_output=True, text=True, env=env, timeout=60
+        )
+        self.assertEqual(bad.returncode, 1)
+        self.assertEqual(bad.stdout, "")
+        lines = bad.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, bad.stderr)
+        self.assertIn("api.endpoint: not a Twisted server endpoint string", lines[0])
+        helped = subprocess.run(
+            [*twistd, "--help"], capture_output=True, text=True, env=env, timeout=60
+        )
+        self.assertIn("--api-token", helped.stdout)
 
     def test_redis_urls(self):
         address = parse_redis_url("redis://:s%40cret@10.0.0.1:6380/3")

@@ -89,13 +89,26 @@ class ApiApp:
         replies: ReplyListener | None = None,
         clock: Any = None,
         history: Any = None,
+        plugins: Any = None,
+        stream_hub: Any = None,
+        metrics: Any = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.replies = replies
         #: The history database (`HistoryDatabase`), for ranges older than Redis holds.
         self.history = history
+        #: The process's event stream (`pydatacoll.api.stream.StreamHub`) and metrics
+        #: (`pydatacoll.metrics.ProcessMetrics`); without them those routes answer 503.
+        self.stream_hub = stream_hub
+        self.metrics = metrics
         self.clock = clock or (replies.clock if replies is not None else _WallClock())
+        if plugins is None:
+            from pydatacoll.processing.loader import PluginDirectory
+
+            plugins = PluginDirectory(settings, store.redis, self.clock)
+        #: The processor plugins and where they run (`PluginDirectory`).
+        self.plugins = plugins
         #: A short, non-secret id of the API token for the audit log ("-" without one).
         self.token_id = (
             hashlib.sha256(settings.api_token.encode()).hexdigest()[:8]
@@ -115,6 +128,8 @@ class ApiApp:
         if not self.settings.access_log:
             site.log = lambda request: None  # type: ignore[method-assign]
         site.displayTracebacks = False
+        if self.metrics is not None:
+            self.metrics.time_requests(site, self.app)
         return site
 
     # -- plumbing -----------------------------------------------------------------------
@@ -309,7 +324,8 @@ class ApiApp:
     )
     @inlineCallbacks
     def get_data(self, request: Any, device_id: str, term_id: str, item_id: str, index: str) -> Any:
-        """One sample by arrival index (-1 = latest)."""
+        """One sample by its index in the list ``datas`` answers (newest first): 0 is the
+        newest, 1 the one before it; -1 the oldest kept, -2 the one after it."""
         self._read(request)
         try:
             position = int(index)
@@ -324,6 +340,36 @@ class ApiApp:
         return _json(request, 200, sample)
 
     # -- changes --------------------------------------------------------------------------
+    @inlineCallbacks
+    def plugin_warning(self, name: str) -> Any:
+        """Why a feature of plugin ``name`` will do nothing, or None when a collector runs
+        it (or Redis cannot tell)."""
+        try:
+            runs = yield self.plugins.runs_somewhere(name)
+        except errors.StoreUnavailable:
+            return None
+        return None if runs else self.plugins.not_running_reason(name)
+
+    def _limits_warned(self, stored: dict[str, Any]) -> Any:
+        """A stored term-item, with a ``warning`` when it sets limits nothing checks."""
+        return self._limits_warned_all([stored]).addCallback(lambda items: items[0])
+
+    @inlineCallbacks
+    def _limits_warned_all(self, stored: list[dict[str, Any]]) -> Any:
+        """Stored term-items; those setting limits get a ``warning`` when nothing checks
+        them (one look-up for the whole list)."""
+        from pydatacoll.processing.limits import LIMIT_FIELDS
+
+        def has_limits(item: dict[str, Any]) -> bool:
+            return any(item.get(name) is not None for name in LIMIT_FIELDS)
+
+        if not any(has_limits(item) for item in stored):
+            return stored
+        warning = yield self.plugin_warning("limits")
+        if warning is None:
+            return stored
+        return [{**item, "warning": warning} if has_limits(item) else item for item in stored]
+
     @inlineCallbacks
     def _apply(self, ops: list[dict[str, Any]], batch: bool) -> Any:
         try:
@@ -356,7 +402,8 @@ class ApiApp:
                 raise errors.ValidationError("term_id mismatch in url and body!", field="term_id")
         entity = TermItem.from_json(body)
         results = yield self._apply([_op("create", entity)], batch=False)
-        return _json(request, 201, results[0])
+        answer = yield self._limits_warned(results[0])
+        return _json(request, 201, answer)
 
     @app.route("/api/v1/<any(devices,terms,items):collection>/<entity_id>", methods=["PUT"])
     def update_entity(self, request: Any, collection: str, entity_id: str) -> Any:
@@ -411,7 +458,10 @@ class ApiApp:
                 results = yield self._apply([op], batch=False)
             except RetryChange:
                 continue
-            return _json(request, 200, results[0])
+            answer = results[0]
+            if entity == "term_item":
+                answer = yield self._limits_warned(answer)
+            return _json(request, 200, answer)
         raise errors.Conflict("the entity kept changing; try again")
 
     @app.route("/api/v1/<any(devices,terms,items):collection>/<entity_id>", methods=["DELETE"])
@@ -442,6 +492,8 @@ class ApiApp:
         """Create or replace many entities, all or nothing: 200 with the stored entities."""
         ops = batch_put_ops(ENTITIES[collection[:-1]], _batch(self._body(request)))
         results = yield self._apply(ops, batch=True) if ops else []
+        if collection == "term_items":
+            results = yield self._limits_warned_all(results)
         return _json(request, 200, results)
 
     @app.route("/api/v2/<any(devices,terms,items,term_items):collection>/del", methods=["POST"])
@@ -559,20 +611,15 @@ class ApiApp:
             "value": _short_json(body.get("value")),
             "select": _short_json(body.get("select")),
         }
-        self.log.info(
-            "device_ctrl {request_id} from {client} (token {token_id}): "
-            "{device_id}:{term_id}:{item_id} = {value} select={select}",
-            **{k: v for k, v in entry.items() if k != "time"},  # "time" is the logger's
-        )
         try:
             value = body.get("value")
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float, str))
-                or (isinstance(value, str) and len(value) > 256)
+            # JSON true/false go to the driver as they are: a coil or an IEC 104 single
+            # command takes them, a double command maps them to 2/1, others to 1/0.
+            if not isinstance(value, (bool, int, float, str)) or (
+                isinstance(value, str) and len(value) > 256
             ):
                 raise errors.ValidationError(
-                    "value must be a number, a boolean as 0/1, or a short string", field="value"
+                    "value must be a number, true/false, or a short string", field="value"
                 )
             select = body.get("select")  # None: the term-item's default mode
             if select is not None and not isinstance(select, bool):
@@ -634,6 +681,8 @@ class ApiApp:
         self, entry: dict[str, Any], outcome: str, status: int, message: str, cause: Any
     ) -> Any:
         """Append one command to the bounded audit stream; a failure is logged, not raised."""
+        if self.metrics is not None:
+            self.metrics.commands.labels(outcome).inc()
         fields = dict(
             entry, outcome=outcome, status=str(status), message=message[:500], cause=cause or ""
         )
@@ -653,9 +702,12 @@ class ApiApp:
             )
         except Exception:
             self.log.failure("device_ctrl audit entry not written: {entry}", entry=fields)
+        # One line per command, with its outcome (the collector does not log it again).
         self.log.info(
-            "device_ctrl {request_id}: {outcome} ({status}) {message}",
-            request_id=entry["request_id"],
+            "device_ctrl {request_id} from {client} (token {token_id}): "
+            "{device_id}:{term_id}:{item_id} = {value} select={select}: "
+            "{outcome} ({status}) {message}",
+            **{k: v for k, v in entry.items() if k != "time"},  # "time" is the logger's
             outcome=outcome,
             status=status,
             message=message,
@@ -828,4 +880,6 @@ def _expand(path: str) -> list[str]:
 
 
 from pydatacoll.api import gateways as _gateways  # noqa: E402,F401
+from pydatacoll.api import metrics as _metrics  # noqa: E402,F401
 from pydatacoll.api import processing as _processing  # noqa: E402,F401
+from pydatacoll.api import stream as _stream  # noqa: E402,F401

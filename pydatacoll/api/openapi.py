@@ -192,6 +192,74 @@ def _specialise(method: str, path: str, operation: dict[str, Any]) -> None:
             'The collector\'s status of the device; "state": "unknown" while none was written.'
         )
         responses["200"] = {"description": "the device status", **_ref("DeviceStatus")}
+    elif path in _LIVE_ROUTES:
+        _LIVE_ROUTES[path](operation)
+
+
+# -- the event stream and the metrics (issue 15) ---------------------------------------------
+def _stream_operation(operation: dict[str, Any]) -> None:
+    from pydatacoll.api.stream import HEARTBEAT, QUEUE_EVENTS
+
+    operation["parameters"] = [
+        {
+            "name": "device_id",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "array", "items": {"type": "string"}},
+            "style": "form",
+            "explode": True,
+            "description": "only this device's events (repeatable; with point: either)",
+        },
+        {
+            "name": "point",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "array", "items": {"type": "string"}},
+            "style": "form",
+            "explode": True,
+            "description": "device_id:term_id:item_id: only this point's samples and alarms "
+            "and its device's status (repeatable)",
+        },
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": r"^\d+-\d+(,\d+-\d+)?$"},
+            "description": "the id of the last event received: resume from there",
+        },
+    ]
+    operation["description"] = (
+        "Server-Sent Events. event: sample, data {device_id, term_id, item_id, value, "
+        "quality, time}; event: status, data the device status with device_id; event: alarm, "
+        "data the alarm event as on CHANNEL:ALARM (with its log id). Each event has an id "
+        "'{sample stream entry id},{alarm log entry id}' to send back as Last-Event-ID. "
+        f"A ': hb' comment every {HEARTBEAT:g} s. A client that lets more than "
+        f"{QUEUE_EVENTS} events wait is disconnected."
+    )
+    operation["responses"]["200"] = {
+        "description": "the event stream (never ends by itself)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+    operation["responses"]["400"]["description"] = (
+        "a bad device_id, point or Last-Event-ID (named in field)"
+    )
+    operation["responses"]["503"]["description"] = (
+        "Redis unreachable, or [api] stream_clients streams already open"
+    )
+
+
+def _metrics_operation(operation: dict[str, Any]) -> None:
+    operation["description"] = (
+        "Prometheus text exposition (pydatacoll_* families, see docs/operations.rst)."
+    )
+    operation["responses"]["200"] = {
+        "description": "the metrics of this process",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    operation["responses"].pop("404", None)
+
+
+_LIVE_ROUTES = {"/api/v1/stream": _stream_operation, "/metrics": _metrics_operation}
 
 
 _SAMPLE = {
@@ -295,8 +363,10 @@ def document(app: Klein) -> dict[str, Any]:
             "term_id": {"type": ["string", "integer"]},
             "item_id": {"type": ["string", "integer"]},
             "value": {
-                "type": ["number", "string"],
-                "description": "device_ctrl only (required): a number, 0/1, or a short string",
+                "type": ["number", "boolean", "string"],
+                "description": "device_ctrl only (required): a number, true/false (a coil, an "
+                "IEC 104 single command; a double command takes true as 2 on, false as 1 off), "
+                "or a short string",
             },
             "select": {
                 "type": ["boolean", "null"],

@@ -38,11 +38,11 @@ def _decode_json_values(fields: dict[str, str]) -> list[Any]:
 @app.route("/api/v1/plugins", methods=["GET"])
 @inlineCallbacks
 def list_plugins(self: ApiApp, request: Any) -> Any:
-    """The installed processor plugins: name, description, enabled, state, error, counters
-    (as the collector last wrote them to HS:PLUGIN_STATUS)."""
+    """Every installed plugin (enabled or not): name, description, enabled, state and
+    error in this process, counters, and ``collectors`` (how many collectors run it)."""
     self._read(request)
-    fields = yield self.store.redis.call("hgetall", keys.PLUGIN_STATUS)
-    return _json(request, 200, _decode_json_values(fields))
+    entries = yield self.plugins.list()
+    return _json(request, 200, entries)
 
 
 # -- formulas --------------------------------------------------------------------------
@@ -76,11 +76,15 @@ def get_formula(self: ApiApp, request: Any, formula_id: str) -> Any:
 @inlineCallbacks
 def get_formula_status(self: ApiApp, request: Any, formula_id: str) -> Any:
     """A formula's state as the formulas plugin last wrote it: ok, waiting or error,
-    the last value and quality, the error message."""
+    the last value and quality, the error message; ``disabled`` (and why) when the
+    formulas plugin runs in no collector."""
     self._read(request)
     formula_id = _formula_id(formula_id)
     if not (yield self.store.exists(keys.FORMULA % formula_id)):
         raise errors.NotFound("formula_id not found!", field="formula_id")
+    warning = yield self.plugin_warning("formulas")
+    if warning is not None:
+        return _json(request, 200, {"id": formula_id, "state": "disabled", "error": warning})
     text = yield self.store.redis.call("hget", keys.FORMULA_STATUS, formula_id)
     if not text:
         return _json(request, 200, {"id": formula_id, "state": "unknown"})
@@ -94,7 +98,11 @@ def create_formula(self: ApiApp, request: Any) -> Any:
     parameter); 404 if a parameter or the result point is not configured."""
     formula = Formula.from_json(self._body(request))
     results = yield self._apply([_op("create", formula)], batch=False)
-    return _json(request, 201, results[0])
+    answer = dict(results[0])
+    warning = yield self.plugin_warning("formulas")
+    if warning is not None:
+        answer["warning"] = warning
+    return _json(request, 201, answer)
 
 
 @app.route("/api/v1/formulas/<formula_id>", methods=["PUT"])
@@ -128,6 +136,9 @@ def batch_formulas(self: ApiApp, request: Any) -> Any:
     """Create or replace many formulas, all or nothing: 200 with the stored formulas."""
     ops = batch_put_ops(Formula, _batch(self._body(request)))
     results = yield self._apply(ops, batch=True) if ops else []
+    warning = (yield self.plugin_warning("formulas")) if results else None
+    if warning is not None:
+        results = [{**result, "warning": warning} for result in results]
     return _json(request, 200, results)
 
 

@@ -148,6 +148,8 @@ class RedisIngest(Service):
         self.dropped = 0
         self.failures = 0
         self.pauses = 0
+        #: Called with (samples, seconds) after each batch written (the metrics).
+        self.observe_batch: Callable[[int, float], None] | None = None
         self._times = _Times()
         #: Batches sent and not yet answered, oldest first: (samples, Deferred).
         self._in_flight: collections.deque[tuple[list[Sample], defer.Deferred[Any]]] = (
@@ -213,6 +215,8 @@ class RedisIngest(Service):
         entry = (batch, d)
         self._in_flight.append(entry)  # before the callbacks: they may run at once
         d.addErrback(self._no_script, args)
+        if self.observe_batch is not None:
+            d.addCallback(self._observe, len(batch), self.clock.seconds())
         d.addCallbacks(self._written, self._failed, callbackArgs=(entry,), errbackArgs=(entry,))
         d.addErrback(self._loop_error)
 
@@ -221,6 +225,14 @@ class RedisIngest(Service):
         if "NOSCRIPT" in message or "No script matching" in message:  # txredisapi's wording
             return self.redis.call("eval", _SCRIPT, [], args)
         return failure
+
+    def _observe(self, reply: Any, count: int, started: float) -> Any:
+        try:
+            if self.observe_batch is not None:
+                self.observe_batch(count, max(0.0, self.clock.seconds() - started))
+        except Exception:
+            self.log.failure("observing an ingest batch")
+        return reply
 
     def _written(self, reply: Any, entry: Any) -> None:
         if entry not in self._in_flight:

@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -40,6 +40,7 @@ from zope.interface.verify import verifyObject
 from pydatacoll import errors
 from pydatacoll.config import Settings
 from pydatacoll.interfaces import IProtocolDriver, ISampleSink
+from pydatacoll.logs import RateLimitedLog
 from pydatacoll.model import ControlOutcome, Device, Sample, Term, TermItem, decode_fields, iso_time
 from pydatacoll.store import keys
 from pydatacoll.store.subscriber import Subscriber
@@ -183,6 +184,8 @@ class DeviceManager(MultiService):
         ]
         for loop in self._loops:
             loop.clock = reactor
+        #: Messages that may repeat many times a second (congestion, points updated).
+        self.rate_limited = RateLimitedLog(self.log, reactor)
 
     # --- service ---------------------------------------------------------------------
 
@@ -197,6 +200,7 @@ class DeviceManager(MultiService):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        self.rate_limited.stop()
         Service.stopService(self)
         devices = [
             child
@@ -229,7 +233,9 @@ class DeviceManager(MultiService):
 
     def _congestion(self, congested: bool) -> None:
         """Pause (or resume) the devices' input while Redis is slower than they are."""
-        self.log.info(
+        self.rate_limited.emit(
+            LogLevel.info,
+            "ingest",
             "ingest {what}: {n} samples wait",
             n=len(self.ingest.buffer),
             what="congested, pausing the devices" if congested else "caught up",
@@ -397,7 +403,9 @@ class DeviceManager(MultiService):
             return
         running.config = config
         running.error = None
-        self.log.info(
+        self.rate_limited.emit(
+            LogLevel.info,
+            f"points {device_id}",
             "device {device_id}: points updated ({n})",
             device_id=device_id,
             n=len(config.term_items),
@@ -527,28 +535,26 @@ class DeviceManager(MultiService):
 
             return d.addCallbacks(got, failed)
         select = message.get("select")
-        self.log.info(
-            "device_ctrl {request_id} from {client} (token {token_id}): "
-            "{device_id}:{term_id}:{item_id} = {value!r}",
-            request_id=message.get("request_id"),
-            client=message.get("client"),
-            token_id=message.get("token_id"),
-            device_id=running.config.device.id,
-            term_id=term_id,
-            item_id=item_id,
-            value=message.get("value"),
-        )
         d = runtime.control_point(
             term_id, item_id, message.get("value"), select if isinstance(select, bool) else None
         )
 
         def done(outcome: ControlOutcome) -> ControlOutcome:
-            self.log.info(
-                "device_ctrl {request_id}: {outcome} {message}",
-                request_id=message.get("request_id"),
-                outcome=outcome.outcome,
-                message=outcome.message,
-            )
+            # One line per command: the API's, when it runs in this process; else this one.
+            if not self.settings.runs_api:
+                self.log.info(
+                    "device_ctrl {request_id} from {client} (token {token_id}): "
+                    "{device_id}:{term_id}:{item_id} = {value!r}: {outcome} {message}",
+                    request_id=message.get("request_id"),
+                    client=message.get("client"),
+                    token_id=message.get("token_id"),
+                    device_id=running.config.device.id,
+                    term_id=term_id,
+                    item_id=item_id,
+                    value=message.get("value"),
+                    outcome=outcome.outcome,
+                    message=outcome.message,
+                )
             if outcome.sample is not None:
                 self.samples_received([outcome.sample])
             return outcome
@@ -578,6 +584,15 @@ class DeviceManager(MultiService):
         else:
             state = running.state
         if state != running.state:
+            # One line of ours per state change (the link's retries are not logged).
+            self.log.info(
+                "device {device_id}: {state}{why}",
+                device_id=device_id,
+                state=state,
+                why=f" ({body['last_error']})"
+                if state != "online" and body.get("last_error")
+                else "",
+            )
             running.state, running.since = state, now
         body["link_state"] = body.get("state")
         body["state"] = state
@@ -585,6 +600,8 @@ class DeviceManager(MultiService):
         if running.error is not None:
             body["last_error"] = running.error
         body["last_value_time"] = iso_time(body.get("last_value_time"))
+        if isinstance(body.get("counters"), dict):
+            body["counters"] = _iso_times(body["counters"])
         body["updated"] = iso_time(now)
         # The ingest path is shared by all devices: its drops concern every one of them.
         body["ingest"] = self.ingest.status()
@@ -651,6 +668,24 @@ _STATES = {
     "disconnected": "offline",
     "closed": "stopped",
 }
+
+
+def _iso_times(value: Any) -> Any:
+    """``value`` with every epoch time (a number under a key ``since`` or ``*_time``) as
+    ISO 8601: the API shows times in one format, whatever a driver's counters hold."""
+    if not isinstance(value, dict):
+        return value
+    result = {}
+    for key, item in value.items():
+        if (
+            (key == "since" or str(key).endswith("_time"))
+            and isinstance(item, (int, float))
+            and not isinstance(item, bool)
+        ):
+            result[key] = iso_time(item)
+        else:
+            result[key] = _iso_times(item)
+    return result
 
 
 def _normalise(state: Any) -> str:

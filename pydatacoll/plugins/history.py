@@ -17,6 +17,13 @@ class HistoryFactory:
     name = "history"
     description = "history of every sample in MySQL/MariaDB (or SQLite), spooled while it is away"
 
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The keys of ``[plugin:history]`` (any other is refused at start)."""
+        from pydatacoll.processing.history import OPTION_DEFAULTS
+
+        return tuple(OPTION_DEFAULTS)
+
     def build(self, context: Any) -> Any:
         """The processor service; `pydatacoll.errors.ConfigError` for bad options."""
         from pydatacoll.processing.history import HistoryProcessor

@@ -31,7 +31,14 @@ from zope.interface import implementer
 
 from pydatacoll.errors import ConfigError, PyDataCollError
 from pydatacoll.interfaces import IProcessor, IProcessorFactory
-from pydatacoll.model import Formula, Sample, decode_fields, parse_point, worst_quality
+from pydatacoll.model import (
+    Formula,
+    Sample,
+    decode_fields,
+    iso_time,
+    parse_point,
+    worst_quality,
+)
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.processing.expression import (
     Expression,
@@ -558,7 +565,7 @@ class FormulasProcessor(Service):
     def _set_status(self, formula_id: str, **fields: Any) -> None:
         entry = self._statuses.setdefault(formula_id, {"id": formula_id, "state": "waiting"})
         entry.update(fields)
-        entry["time"] = self.reactor.seconds()
+        entry["time"] = iso_time(self.reactor.seconds())
         self._dirty_status.add(formula_id)
 
     def _write_status(self) -> None:
@@ -581,6 +588,8 @@ class FormulasFactory:
 
     name = "formulas"
     description = "calculated points: formulas over other points, recomputed on change"
+    #: The keys of ``[plugin:formulas]`` (any other is refused at start).
+    options = ("max_formulas", "window_samples", "time_budget", "retry_delay")
 
     def build(self, context: ProcessorContext) -> FormulasProcessor:
         """A `FormulasProcessor`; `ConfigError` for a bad ``[plugin:formulas]`` option."""

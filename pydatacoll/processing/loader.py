@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
-from pydatacoll.config import Settings
+from pydatacoll.config import PLUGIN_SECTION, Settings
+from pydatacoll.errors import ConfigError
 from pydatacoll.interfaces import IProcessor, IProcessorFactory
 from pydatacoll.model import Sample
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.store import keys
+from pydatacoll.store import plugins as plugin_store
 
 #: Plugin states, as reported by `Processors.status` and GET /api/v1/plugins.
 RUNNING, FAILED, DISABLED, DUPLICATE, NOT_INSTALLED, STOPPED = (
@@ -72,6 +75,32 @@ def discover(package: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
     return factories, refused
 
 
+def check_plugin_options(settings: Settings, package: Any = None) -> None:
+    """Refuse a ``[plugin:NAME]`` section naming no installed plugin, or a key the plugin
+    does not declare in its factory's ``options`` (a factory without ``options`` checks
+    its own); `ConfigError` names the key, like an unknown key of a core section."""
+    if not settings.plugin_options:
+        return
+    factories, refused = discover(package)
+    for name, options in sorted(settings.plugin_options.items()):
+        section = PLUGIN_SECTION + name
+        factory = factories.get(name)
+        if factory is None:
+            if name in refused:
+                continue  # reported by the loader with its reason
+            installed = ", ".join(sorted(factories)) or "none"
+            raise ConfigError(
+                section, f"no installed plugin is named {name} (installed: {installed})"
+            )
+        declared = getattr(factory, "options", None)
+        if declared is None:
+            continue
+        for key in sorted(options):
+            if key not in declared:
+                known = ", ".join(sorted(declared)) or "none"
+                raise ConfigError(f"{section}.{key}", f"unknown option (known: {known})")
+
+
 class Processors(MultiService):
     """The running processor plugins, one named child each, and their states.
 
@@ -108,6 +137,9 @@ class Processors(MultiService):
         self._status_loop: LoopingCall | None = None
         self._status_ever_written = False
         self._status_retry: Any = None
+        #: This collector's id in the ``HS:PLUGIN_RUNNING:{name}`` heartbeats.
+        self.instance = uuid.uuid4().hex[:16]
+        self._reported: set[str] = set()
 
     # -- loading ------------------------------------------------------------------------
     def load(self) -> None:
@@ -219,6 +251,10 @@ class Processors(MultiService):
             for child in self:
                 self._entries[child.name]["state"] = STOPPED
             self._publish_status()
+            if self._reported:
+                names, self._reported = sorted(self._reported), set()
+                withdrawn = plugin_store.withdraw(self.redis, names, self.instance)
+                withdrawn.addErrback(lambda f: None)  # the heartbeats age out anyway
             return result
 
         return d.addBoth(stopped)
@@ -293,7 +329,18 @@ class Processors(MultiService):
             self.log.failure("building the plugin status")
             return succeed(None)
         d.addCallbacks(self._status_written, self._status_failed)
+        running = self.running_names() if self.running else []
+        if running:
+            self._reported.update(running)
+            beat = plugin_store.report_running(
+                self.redis, running, self.instance, self.reactor.seconds()
+            )
+            beat.addErrback(lambda f: None)  # the status write above reports the outage
         return d
+
+    def running_names(self) -> list[str]:
+        """The plugins running in this process."""
+        return sorted(n for n, e in self._entries.items() if e["state"] == RUNNING)
 
     def _status_written(self, _: Any) -> None:
         self._status_ever_written = True
@@ -313,3 +360,136 @@ class Processors(MultiService):
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:500]
+
+
+class PluginDirectory:
+    """What the REST API says about the processor plugins.
+
+    Every installed plugin (from this process's discovery, enabled or not) with this
+    process's state: the in-process `Processors` when this process is a collector; else
+    ``running`` when some collector reports running it, ``not_running`` otherwise.
+    ``collectors`` counts the collectors that reported running it within ``max_age``
+    seconds (see `pydatacoll.store.plugins`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Any,
+        clock: Any,
+        *,
+        processors: Processors | None = None,
+        package: Any = None,
+        max_age: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.clock = clock
+        self.processors = processors
+        self._package = package
+        self.max_age = max_age
+        self._discovered: dict[str, dict[str, Any]] | None = None
+
+    def _local(self) -> dict[str, dict[str, Any]]:
+        if self.processors is not None:
+            self.processors.load()
+            return self.processors.status()
+        if self._discovered is None:
+            try:
+                factories, refused = discover(self._package)
+            except Exception as e:
+                factories, refused = {}, {"*": f"discovery failed: {e}"}
+            enabled = set(self.settings.plugins_enabled)
+            found: dict[str, dict[str, Any]] = {}
+            for name, reason in refused.items():
+                state = DUPLICATE if "more than once" in reason else FAILED
+                found[name] = _api_entry(name, "", name in enabled, state, reason)
+            for name, factory in factories.items():
+                description = str(getattr(factory, "description", ""))
+                found[name] = _api_entry(name, description, name in enabled, None, None)
+            for name in self.settings.plugins_enabled:
+                if name not in found:
+                    found[name] = _api_entry(
+                        name, "", True, NOT_INSTALLED, "enabled but not installed"
+                    )
+            self._discovered = found
+        return {name: dict(entry) for name, entry in self._discovered.items()}
+
+    def runs_here(self, name: str) -> bool:
+        """Whether this process runs the plugin ``name``."""
+        return self.processors is not None and name in self.processors.running_names()
+
+    def collectors(self, name: str) -> Deferred[int]:
+        """How many collectors run ``name`` now (this one included)."""
+        exclude = self.processors.instance if self.processors is not None else None
+        d = plugin_store.running_instances(
+            self.redis, name, self.clock.seconds(), self.max_age, exclude=exclude
+        )
+        return d.addCallback(lambda others: len(others) + (1 if self.runs_here(name) else 0))
+
+    def runs_somewhere(self, name: str) -> Deferred[bool]:
+        """Whether any collector runs ``name`` (this process first, then the heartbeats)."""
+        if self.runs_here(name):
+            return succeed(True)
+        return self.collectors(name).addCallback(bool)
+
+    def not_running_reason(self, name: str) -> str:
+        """Why a feature of plugin ``name`` does nothing, for a status or a warning."""
+        entry = self._local().get(name)
+        if (
+            entry is not None
+            and entry["enabled"]
+            and entry["state"]
+            in (
+                FAILED,
+                DUPLICATE,
+                NOT_INSTALLED,
+            )
+        ):
+            return (
+                f"the {name} plugin is enabled but {entry['state']}: {entry['error']} "
+                "(GET /api/v1/plugins shows the plugin states)"
+            )
+        return (
+            f"the {name} plugin runs in no collector: add {name} to [plugins] enabled "
+            "and restart the collector (GET /api/v1/plugins shows the plugin states)"
+        )
+
+    def list(self) -> Deferred[list[dict[str, Any]]]:
+        """Every installed plugin with its state and ``collectors``, by name."""
+        entries = self._local()
+        names = sorted(entries)
+        # Redis away: the local states still answer, ``collectors`` is null.
+        counts = [self.collectors(name).addErrback(lambda f: None) for name in names]
+        d = gatherResults(counts)
+
+        def merge(counts: list[int | None]) -> list[dict[str, Any]]:
+            result = []
+            for name, count in zip(names, counts, strict=True):
+                entry = entries[name]
+                if entry["state"] is None:
+                    entry["state"] = UNKNOWN if count is None else RUNNING if count else NOT_RUNNING
+                entry["collectors"] = count
+                # a plugin's own status() may hold anything: JSON as the status hash has it
+                result.append(json.loads(json.dumps(entry, ensure_ascii=False, default=str)))
+            return result
+
+        return d.addCallback(merge)
+
+
+#: The state the API gives a plugin that runs in no collector (roles ``api``).
+NOT_RUNNING = "not_running"
+#: ... and while Redis cannot be asked.
+UNKNOWN = "unknown"
+
+
+def _api_entry(
+    name: str, description: str, enabled: bool, state: str | None, error: str | None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": description,
+        "enabled": enabled,
+        "state": state,
+        "error": error,
+    }

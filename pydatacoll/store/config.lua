@@ -131,6 +131,33 @@ local function point_exists(point)
   return text and text == quote(d)
 end
 
+-- the formula (other than `id`) that writes `point`, as the batch leaves the graph; the
+-- stored formulas are read once per script (bounded by max_formulas)
+local stored_results = nil
+local function result_writer(point, id)
+  if stored_results == nil then
+    stored_results = {}
+    for _, other in ipairs(redis.call("SMEMBERS", key("formulas"))) do
+      local flat = redis.call("HMGET", key("formula", other), "device_id", "term_id", "item_id")
+      if flat[1] and flat[2] and flat[3] then
+        stored_results[other] = cjson.decode(flat[1]) .. ":" .. cjson.decode(flat[2]) .. ":"
+          .. cjson.decode(flat[3])
+      end
+    end
+  end
+  local writers = {}
+  for other, result in pairs(stored_results) do
+    if formula_overlay[other] == nil and other ~= id and result == point then
+      writers[#writers + 1] = other
+    end
+  end
+  for other, def in pairs(formula_overlay) do
+    if def and other ~= id and def.result == point then writers[#writers + 1] = other end
+  end
+  table.sort(writers)
+  return writers[1]
+end
+
 local function check_formula(op, index)
   if op.op == "delete" then
     formula_overlay[op.id] = false
@@ -147,6 +174,11 @@ local function check_formula(op, index)
   end
   if not point_exists(def.result) then
     fail(404, "not_found", "result point " .. def.result .. " not found!", "item_id", index)
+  end
+  local writer = result_writer(def.result, op.id)
+  if writer then
+    fail(409, "conflict", "result point " .. def.result .. " is already written by formula "
+      .. writer, "item_id", index)
   end
   formula_overlay[op.id] = def
   -- a cycle: following results to the formulas that use them leads back to this one

@@ -115,16 +115,17 @@ class ConfigStore:
 
     @inlineCallbacks
     def sample_at(self, point: tuple[str, str, str], index: int) -> Any:
-        """The sample at ``index`` in arrival order (-1 = latest), or None."""
+        """The sample at ``index`` in the newest-first order of `read_samples` (0 = the
+        newest, -1 = the oldest kept), or None."""
         key = keys.POINT_DATA % point
         if index >= 0:
             entries = yield self.redis.call(
-                "execute_command", "XRANGE", key, "-", "+", "COUNT", index + 1
+                "execute_command", "XREVRANGE", key, "+", "-", "COUNT", index + 1
             )
             position = index
         else:
             entries = yield self.redis.call(
-                "execute_command", "XREVRANGE", key, "+", "-", "COUNT", -index
+                "execute_command", "XRANGE", key, "-", "+", "COUNT", -index
             )
             position = -index - 1
         if len(entries) <= position:

@@ -26,9 +26,10 @@ while i <= #ARGV do
     if ok then
       latest[#latest + 1] = term .. ":" .. item
       latest[#latest + 1] = sample
-      redis.call("XADD", string.format(t.point_data, device, term, item),
+      local id = redis.call("XADD", string.format(t.point_data, device, term, item),
         "MAXLEN", "~", maxlen, "*", "sample", sample)
-      local message = prefix .. term .. '","item_id":"' .. item .. '",' .. string.sub(sample, 2)
+      local message = prefix .. term .. '","item_id":"' .. item .. '","id":"' .. id .. '",'
+        .. string.sub(sample, 2)
       redis.call("PUBLISH", string.format(t.device_data, device, term, item), message)
       messages[#messages + 1] = message
       written = written + 1

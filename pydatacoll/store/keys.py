@@ -49,6 +49,8 @@ ALARMS = "HS:ALARM"
 ALARM_LOG = "XS:ALARM_LOG"
 #: Plugin states, field plugin name -> JSON status.
 PLUGIN_STATUS = "HS:PLUGIN_STATUS"
+#: Collectors running a plugin, field collector instance -> ISO time of its last report.
+PLUGIN_RUNNING = "HS:PLUGIN_RUNNING:%s"
 #: Formula states (written by the formulas plugin), field formula id -> JSON status.
 FORMULA_STATUS = "HS:FORMULA_STATUS"
 
@@ -71,6 +73,8 @@ DEVICE_CTRL = "CHANNEL:DEVICE_CTRL"
 DEVICE_DATA = "CHANNEL:DEVICE_DATA:%s:%s:%s"
 #: Every sample of a device, in batches: {"device_id", "samples": [message, ...]}.
 DEVICE_SAMPLES = "CHANNEL:DEVICE_SAMPLES:%s"
+#: A device's status, JSON, on every write: CHANNEL:DEVICE_STATUS:{device_id}.
+DEVICE_STATUS_CHANNEL = "CHANNEL:DEVICE_STATUS:%s"
 #: Replies to device_call/device_ctrl: CHANNEL:REPLY:{api instance}:{request_id}.
 REPLY = "CHANNEL:REPLY:%s:%s"
 REPLY_PATTERN = "CHANNEL:REPLY:%s:*"
@@ -122,6 +126,10 @@ def documentation() -> dict[str, Any]:
             DEVICE_STATUS % "{device_id}": "link state and counters of a running device",
             ALARMS: "active alarms, field {device_id}:{term_id}:{item_id}:{kind}",
             PLUGIN_STATUS: "state of each processor plugin, field = plugin name",
+            PLUGIN_RUNNING % "{plugin}": (
+                "collectors running a plugin: field = collector instance, value = ISO time "
+                "of its last report (every 10 s; removed when it stops)"
+            ),
             FORMULA % "{formula_id}": (
                 "formula: formula (expression), device_id/term_id/item_id (the result "
                 "point), p1..pN (input points 'd:t:i'); one JSON value per field"
@@ -190,8 +198,8 @@ def documentation() -> dict[str, Any]:
             ),
             DEVICE_SAMPLES % "{device_id}": (
                 'every sample of a device, one message per frame or scan: {"device_id", '
-                '"samples": [{"device_id", "term_id", "item_id", "value", "quality", '
-                '"flags", "source_time", "receive_time"}, ...]}'
+                '"samples": [{"device_id", "term_id", "item_id", "id" (its entry id in '
+                'XS:DATA), "value", "quality", "flags", "source_time", "receive_time"}, ...]}'
             ),
             FORMULA_ADD: "formula created: " + _CHANGE,
             FORMULA_FRESH: "formula changed: " + _CHANGE,
@@ -202,10 +210,15 @@ def documentation() -> dict[str, Any]:
             GATEWAY_POINT_ADD: "gateway point created: " + _CHANGE,
             GATEWAY_POINT_FRESH: "gateway point changed: " + _CHANGE,
             GATEWAY_POINT_DEL: "gateway point deleted: " + _CHANGE,
-            ALARM: 'alarm raised or cleared: {"event": "raise"|"clear", "device_id", ...}',
+            ALARM: (
+                'alarm raised or cleared: {"event": "raise"|"clear", "device_id", "term_id", '
+                '"item_id", "kind", "value", "limit", "time", "message", "id" (its entry id in '
+                "XS:ALARM_LOG)}"
+            ),
             DEVICE_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
-                'a new sample of a point: {"device_id", "term_id", "item_id", "value", '
-                '"quality", "source_time", "receive_time"}'
+                'a new sample of a point: {"device_id", "term_id", "item_id", "id" (its '
+                'entry id in XS:DATA), "value", "quality", "flags", "source_time", '
+                '"receive_time"}'
             ),
         },
     }

@@ -841,10 +841,35 @@ def demo_config(
     return SimulatorConfig((station,), link or LinkParams(), flood=flood)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the point table's layout and shows every option's default."""
+
+
+def points_help() -> str:
+    """The points of the command line station, for ``--help`` (and README)."""
+    lines = [
+        "points of the station (common address --ca):",
+        "  IOA 1..N (--points)  M_ME_NC_1 (13) short float, value = IOA, group 1",
+    ]
+    for cmd_ioa, cmd_type, mon_ioa, mon_type in _DEMO_COMMANDS:
+        lines.append(
+            f"  IOA {cmd_ioa}  {cmd_type.name} ({int(cmd_type)}, or {int(cmd_type) + 13} with "
+            f"time tag) command; an accepted execute sets IOA {mon_ioa} {mon_type.name} "
+            f"({int(mon_type)}) and sends it (COT 11)"
+        )
+    lines.append(
+        "commands are direct or select-before-operate, confirmed (ACT_CON) then\n"
+        "terminated (ACT_TERM); a command to another IOA is refused (COT 47)"
+    )
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pydatacoll.testing.iec104_sim",
         description="An IEC 60870-5-104 controlled station (RTU simulator).",
+        epilog=points_help(),
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--interface", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=2404, help="TCP port (0 = a free one)")

@@ -152,17 +152,23 @@ async def main(args: argparse.Namespace) -> None:
     await asyncio.gather(*tasks, *(s.serving for s in servers))
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the map format's layout and shows every option's default."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m pydatacoll.testing.modbus_sim", description=__doc__.splitlines()[0]
+        prog="python -m pydatacoll.testing.modbus_sim",
+        description=__doc__,
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5020)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=5020, help="TCP port")
     parser.add_argument("--port-count", type=int, default=1, help="listen on PORT..PORT+N-1")
     parser.add_argument("--units", default="1", help="unit ids, comma-separated")
     parser.add_argument("--size", type=int, default=4096, help="entries per table")
-    parser.add_argument("--map", help="JSON register map")
+    parser.add_argument("--map", help="JSON register map file (format above)")
     parser.add_argument("--tick", type=float, default=0.0, help="seconds between changes")
     parser.add_argument("--changing", type=int, default=10, help="registers that change")
     parser.add_argument("--control", action="store_true", help="get/set commands on stdin")

@@ -113,14 +113,18 @@ class ApiTests(TestCase):
             "GET", "/api/v1/devices/1/terms/10/items/1000/datas?limit=2"
         )
         self.assertEqual([s["value"] for s in samples], [102.0, 101.0])
-        self.assertEqual(
-            (yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas/-1"))[1]["value"],
-            102.0,
-        )
-        self.assertEqual(
-            (yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas/0"))[1]["value"],
-            100.0,
-        )
+        # datas/N is the N-th of that same list: 0 the newest; -1 the oldest kept
+        base = "/api/v1/devices/1/terms/10/items/1000/datas/"
+        for index, value in (
+            ("0", 102.0),
+            ("1", 101.0),
+            ("2", 100.0),
+            ("-1", 100.0),
+            ("-3", 102.0),
+        ):
+            self.assertEqual((yield self.call("GET", base + index))[1]["value"], value, index)
+        for index in ("3", "-4"):
+            self.assertEqual((yield self.call("GET", base + index))[0], 404, index)
         status, _ = yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas/x")
         self.assertEqual(status, 400)
 

@@ -191,6 +191,16 @@ class DeviceApiTests(_DeviceApiBase):
         )
 
     @inlineCallbacks
+    def test_booleans_reach_the_collector_as_booleans(self):
+        """JSON true/false are accepted (a coil, an IEC 104 single or double command takes
+        them) and forwarded as they are, for the driver to map by the point's type."""
+        fake = yield self.collector()
+        for value in (False, True):
+            status, body = yield self.call("POST", "/api/v1/device_ctrl", dict(POINT, value=value))
+            self.assertEqual(status, 200, body)
+        self.assertEqual([request["value"] for _, request in fake.requests], [False, True])
+
+    @inlineCallbacks
     def test_every_outcome_gets_its_status(self):
         outcome = {}
         yield self.collector(lambda channel, request: {"outcome": outcome["next"], "message": ""})
@@ -300,7 +310,6 @@ class DeviceApiTests(_DeviceApiBase):
             ("/api/v1/device_call", dict(POINT, item_id=None), "item_id"),
             ("/api/v1/device_call", dict(POINT, item_id=True), "item_id"),
             ("/api/v1/device_ctrl", dict(POINT, value={"x": [1]}), "value"),
-            ("/api/v1/device_ctrl", dict(POINT, value=True), "value"),
             ("/api/v1/device_ctrl", dict(POINT, value="x" * 300), "value"),
             ("/api/v1/device_ctrl", dict(POINT, value=1, select="yes"), "select"),
             ("/api/v1/device_ctrl", dict(POINT, item_id="9", value=1), "item_id"),

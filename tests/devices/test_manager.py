@@ -6,11 +6,12 @@ import attrs
 import redis as redis_py
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from pydatacoll.config import load_settings
-from pydatacoll.devices.manager import DeviceManager, discover_drivers
+from pydatacoll.devices.manager import DeviceManager, _iso_times, discover_drivers
 from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
 from pydatacoll.model import Device, Item, Term, TermItem
 from pydatacoll.store import keys
@@ -283,6 +284,69 @@ class ManagerTests(_Base):
             {"request_id": "r6", "device_id": "d1", "term_id": "t1", "item_id": "nope"},
         )
         self.assertEqual(reply["outcome"], "not_found")
+
+    @defer.inlineCallbacks
+    def test_readable_log(self):
+        """One line per device_ctrl (a collector without the API logs it), one line per
+        device state change, no debug chatter, no unmatched ACT_TERM, repeats counted."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def lines(word):
+            return [formatEvent(e) for e in events if word in formatEvent(e)]
+
+        self.manager = DeviceManager(
+            self.client, attrs.evolve(self.settings, role="collector"), reactor
+        )
+        yield self.configure()
+        yield self.start_manager()
+        yield until(lambda: self.latest("i100"), what="values")
+        yield until(lambda: lines("device d1: online"), what="the online line")
+        for n in range(3):
+            reply = yield self.request(
+                keys.DEVICE_CTRL,
+                {
+                    "request_id": f"c{n}",
+                    "device_id": "d1",
+                    "term_id": "t1",
+                    "item_id": "i400",
+                    "value": n % 2 == 0,
+                },
+            )
+            self.assertEqual(reply["outcome"], "confirmed")
+        self.assertEqual(len(lines("device_ctrl")), 3, lines("device_ctrl"))
+        self.assertIn("= True: confirmed", lines("device_ctrl")[0])
+        self.assertEqual(lines("unmatched"), [])
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.debug], [])
+        # points changed many times: one line, then one with the count
+        for _ in range(20):
+            self.manager._update_points(
+                "d1", self.manager.running_devices["d1"], self.manager.running_devices["d1"].config
+            )
+        self.assertEqual(len(lines("points updated")), 1)
+        states = [line for line in lines("device d1: ") if "points updated" not in line]
+        self.assertEqual(states, ["device d1: online"])
+
+    def test_link_counter_times_are_iso(self):
+        """Whatever a driver's counters hold, the status shows its times in ISO 8601."""
+        counters = {
+            "link": {"last_error_time": 0.5, "last_response_time": None, "since": 60.0},
+            "requests": 3,
+            "flag": True,
+        }
+        self.assertEqual(
+            _iso_times(counters),
+            {
+                "link": {
+                    "last_error_time": "1970-01-01T00:00:00.500+00:00",
+                    "last_response_time": None,
+                    "since": "1970-01-01T00:01:00.000+00:00",
+                },
+                "requests": 3,
+                "flag": True,
+            },
+        )
 
     @defer.inlineCallbacks
     def test_frame_log_is_bounded(self):

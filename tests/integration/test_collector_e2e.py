@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -206,6 +207,9 @@ class Scenario:
         self.assertTrue(datas and datas[0]["value"] == 10.0 and datas[0]["quality"] == "good")
         wait(lambda: self.device_status("m1").get("state") == "online", what="m1 online")
         wait(lambda: self.device_status("c1").get("state") == "online", what="c1 online")
+        # one time format: the link counters' times are ISO 8601 too
+        link = self.device_status("m1")["counters"]["link"]
+        datetime.fromisoformat(link["last_response_time"])
 
         # A new address is read without the link dropping.
         connects = self.device_status("m1")["counters"]["link"]["connects"]

@@ -272,3 +272,82 @@ class ModbusInteropTests(TestCase):
                     unit = int(v.key[1])
                     offset = 0 if v.key.endswith(":a") else 1
                     self.assertEqual(v.value, unit * 1000 + 1 + offset, batch)
+
+
+class _NoRedis:
+    """Every command answers empty (the formulas read no history here)."""
+
+    def call(self, *args):
+        from twisted.internet.defer import succeed
+
+        return succeed([])
+
+
+class _Sink:
+    def __init__(self):
+        self.batches = []
+
+    def samples_received(self, samples):
+        self.batches.append(list(samples))
+
+
+class ScanBatchTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_one_batch_per_scan_so_a_formula_is_computed_once(self):
+        """Two points in two reads (holding and input registers): the runtime hands on
+        one batch per scan holding both, and a formula over them is computed once a scan
+        (not once per read), so its history does not double."""
+        from pydatacoll.config import Settings
+        from pydatacoll.processing import ProcessorContext
+        from pydatacoll.processing.formulas import FormulasProcessor
+        from pydatacoll.protocols.modbus.runtime import ModbusRuntime
+
+        path = os.path.join(tempfile.mkdtemp(prefix="pydatacoll-modbus-"), "map.json")
+        with open(path, "w") as f:
+            json.dump({"1": {"holding": {"0": [5]}, "input": {"0": [7]}}}, f)
+        port = free_port()
+        sim = yield ModbusSimProcess.start(reactor, port, "--map", path)
+        self.addCleanup(sim.kill)
+        device = Device.from_json(
+            {"id": "m1", "protocol": "modbus", "ip": "127.0.0.1", "port": port,
+             "timeout": 0.5, "scan_interval": 0.2}
+        )  # fmt: skip
+        term = Term.from_json({"id": "t1", "device_id": "m1", "address": 1})
+        items = [
+            TermItem.from_json({"term_id": "t1", "item_id": "a", "protocol_code": 0}),
+            TermItem.from_json(
+                {"term_id": "t1", "item_id": "b", "protocol_code": 0, "code_type": "input"}
+            ),
+        ]
+        emitted = []
+        formulas = FormulasProcessor(
+            ProcessorContext(
+                reactor=reactor, settings=Settings(), options={}, redis=_NoRedis(),
+                emit=emitted.extend, data_dir=tempfile.mkdtemp(),
+            )
+        )  # fmt: skip
+        formulas.running = True  # fed directly: no Redis to load from
+        formulas.config_changed(
+            {"entity": "formula", "op": "add", "id": "f",
+             "data": {"id": "f", "formula": "p1 + p2", "device_id": "m1", "term_id": "t1",
+                      "item_id": "c", "p1": "m1:t1:a", "p2": "m1:t1:b"}}
+        )  # fmt: skip
+        sink = _Sink()
+
+        class Both:
+            def samples_received(self, samples):
+                sink.samples_received(samples)
+                formulas.samples_received(samples)
+
+        runtime = ModbusRuntime(device, [term], items, Both(), reactor)
+        runtime.startService()
+        self.addCleanup(runtime.stopService)
+        yield wait_for(lambda: len(sink.batches) >= 5, timeout=20)
+        yield deferLater(reactor, 0.05, lambda: None)
+        for batch in sink.batches:
+            self.assertEqual(sorted(s.item_id for s in batch), ["a", "b"])
+        self.assertEqual(emitted[-1].value, 12)
+        # one result per scan (give or take the scan under way)
+        self.assertLessEqual(abs(len(emitted) - len(sink.batches)), 1)

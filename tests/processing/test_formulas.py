@@ -68,6 +68,8 @@ class FormulaProcessorTests(TestCase):
         self.assertIn("calculated", self.emitted[0].flags)
         status = json.loads(self.sync.hget("HS:FORMULA_STATUS", "2"))
         self.assertEqual((status["state"], status["value"]), ("ok", 11))
+        # times are ISO 8601, like every other time the API shows
+        self.assertRegex(status["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
         # a later input change flows through both again
         self.ingest(Sample("1", "10", "1000", 6, "invalid", (), now, time.time()))
         yield wait_for(lambda: len(self.values("1003")) == 2)
@@ -177,6 +179,37 @@ class FormulaStoreTests(TestCase):
                 ]
             )
         self.assertEqual(self.sync.execute_command("DEBUG", "DIGEST"), before)
+
+    @inlineCallbacks
+    def test_one_writer_per_result_point(self):
+        """A second formula writing the same result point is refused with 409 naming the
+        point (in the store's atomic script: stored, same batch, or moved by a PUT)."""
+        yield self.store.apply([entity_op("create", formula("1", "p1", "1002", p1="1:10:1000"))])
+        before = self.sync.execute_command("DEBUG", "DIGEST")
+        with self.assertRaises(Conflict) as caught:
+            yield self.store.apply(
+                [entity_op("create", formula("2", "p1 + 1", "1002", p1="1:10:1001"))]
+            )
+        self.assertEqual(caught.exception.field, "item_id")
+        self.assertIn("1:10:1002 is already written by formula 1", caught.exception.message)
+        with self.assertRaises(Conflict) as caught:
+            yield self.store.apply(
+                [
+                    entity_op("create", formula("3", "p1", "1003", p1="1:10:1000")),
+                    entity_op("create", formula("4", "p1", "1003", p1="1:10:1001")),
+                ]
+            )
+        self.assertEqual((caught.exception.field, caught.exception.index), ("item_id", 1))
+        self.assertEqual(self.sync.execute_command("DEBUG", "DIGEST"), before)
+        # replacing formula 1 itself, or moving its result away in the same batch, is fine
+        yield self.store.apply([entity_op("put", formula("1", "p1 * 3", "1002", p1="1:10:1000"))])
+        yield self.store.apply(
+            [
+                entity_op("put", formula("1", "p1", "1004", p1="1:10:1000")),
+                entity_op("create", formula("2", "p1", "1002", p1="1:10:1001")),
+            ]
+        )
+        self.assertEqual(self.sync.smembers("SET:FORMULA"), {"1", "2"})
 
     @inlineCallbacks
     def test_points_must_exist(self):

@@ -89,6 +89,30 @@ class LimitsTests(TestCase):
         self.feed("1001", 10, 14, 30, 32, step=2.0)  # 2/s, 8/s, 1/s
         yield self.written(2)
         self.assertEqual(self.events(), [("raise", "rate", 30.0), ("clear", "rate", 32.0)])
+        self.assertEqual(self.limits_of_events(), [5, 5])
+
+    def limits_of_events(self):
+        entries = self.sync.xrange("XS:ALARM_LOG")
+        return [json.loads(fields["event"])["limit"] for _id, fields in entries]
+
+    @inlineCallbacks
+    def test_a_clear_carries_the_limit_of_its_raise(self):
+        """The clear names the limit its raise crossed, for every kind."""
+        self.feed("1000", 225, 231, 227.9, 245, 219, 222.5)
+        yield self.written(8)
+        self.assertEqual(
+            list(zip(self.events(), self.limits_of_events(), strict=True)),
+            [
+                (("raise", "high", 231.0), 230),
+                (("clear", "high", 227.9), 230),
+                (("raise", "hihi", 245.0), 240),
+                (("raise", "high", 245.0), 230),
+                (("clear", "hihi", 219.0), 240),
+                (("clear", "high", 219.0), 230),
+                (("raise", "low", 219.0), 220),
+                (("clear", "low", 222.5), 220),
+            ],
+        )
 
     @inlineCallbacks
     def test_frozen_values_on_the_timer(self):

@@ -12,10 +12,18 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pydatacoll.config import Settings
-from pydatacoll.model import Sample
-from pydatacoll.processing.loader import Processors, discover
+from pydatacoll.config import Settings, load_settings
+from pydatacoll.errors import ConfigError
+from pydatacoll.model import Sample, iso_time
+from pydatacoll.processing.loader import (
+    PluginDirectory,
+    Processors,
+    check_plugin_options,
+    discover,
+)
+from pydatacoll.tap import BadConfiguration, Options
 
+ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "pydatacoll.ini")
 PLUGINS = {
     "good.py": """
         from twisted.application.service import Service
@@ -161,9 +169,83 @@ class LoaderTests(SynchronousTestCase):
         self.assertEqual(status["not_a_processor"]["state"], "failed")
         self.assertEqual(status["missing"]["state"], "not_installed")
         self.assertEqual([child.name for child in processors], ["first"])
-        command, key, fields = self.redis.commands[-1]
+        [(command, key, fields)] = [c for c in self.redis.commands if c[0] == "hmset"]
         self.assertEqual((command, key), ("hmset", "HS:PLUGIN_STATUS"))
         self.assertEqual(json.loads(fields["first"])["state"], "running")
+
+    def test_running_plugins_beat_and_withdraw(self):
+        """A running plugin's heartbeat carries this collector's instance and an ISO time;
+        stopping removes it, so no later reader takes this process for running it."""
+        processors = self.processors("first", "second_missing")
+        self.flushLoggedErrors()
+        beats = [c for c in self.redis.commands if c[0] == "hset"]
+        self.assertEqual(
+            beats, [("hset", "HS:PLUGIN_RUNNING:first", processors.instance, iso_time(0))]
+        )
+        self.redis.commands.clear()
+        processors.stopService()
+        self.assertIn(
+            ("hdel", "HS:PLUGIN_RUNNING:first", [processors.instance]), self.redis.commands
+        )
+
+    def test_a_failed_plugin_is_named_as_the_reason(self):
+        processors = self.processors("bad_build")
+        self.flushLoggedErrors()
+        directory = PluginDirectory(
+            processors.settings, self.redis, self.clock, processors=processors
+        )
+        reason = directory.not_running_reason("bad_build")
+        self.assertIn("enabled but failed: ValueError: bad option", reason)
+
+    def test_directory_lists_this_process_states(self):
+        """With a collector in this process, the API lists its states, enabled or not."""
+        processors = self.processors("first")
+        self.flushLoggedErrors()
+        directory = PluginDirectory(
+            processors.settings, self.redis, self.clock, processors=processors
+        )
+        self.redis.call = lambda command, *args: succeed({})
+        entries = {e["name"]: e for e in self.successResultOf(directory.list())}
+        self.assertEqual(
+            (entries["first"]["state"], entries["first"]["collectors"]), ("running", 1)
+        )
+        self.assertEqual(
+            (entries["second"]["state"], entries["second"]["collectors"]), ("disabled", 0)
+        )
+        self.assertEqual(entries["first"]["detail"], {"batches": 0})
+        self.assertTrue(self.successResultOf(directory.runs_somewhere("first")))
+        self.assertFalse(self.successResultOf(directory.runs_somewhere("second")))
+
+    def test_unknown_plugin_options_are_refused_naming_the_key(self):
+        """Like a core section, a [plugin:NAME] key the plugin does not declare is refused."""
+        settings = Settings(plugin_options={"formulas": {"time_budjet": "0.1"}})
+        with self.assertRaises(ConfigError) as caught:
+            check_plugin_options(settings)
+        self.assertEqual(caught.exception.key, "plugin:formulas.time_budjet")
+        self.assertIn("time_budget", str(caught.exception))
+        for section, key in (("limits", "chek_interval"), ("history", "tabel")):
+            with self.assertRaises(ConfigError) as caught:
+                check_plugin_options(Settings(plugin_options={section: {key: "1"}}))
+            self.assertEqual(caught.exception.key, f"plugin:{section}.{key}")
+        with self.assertRaises(ConfigError) as caught:
+            check_plugin_options(Settings(plugin_options={"formula": {"max_formulas": "1"}}))
+        self.assertEqual(caught.exception.key, "plugin:formula")
+        good = {
+            "formulas": {"time_budget": "0.1", "max_formulas": "5"},
+            "limits": {"check_interval": "2"},
+            "history": {"url": ""},
+        }
+        check_plugin_options(Settings(plugin_options=good))
+        check_plugin_options(load_settings(ETC))  # the shipped file passes its own check
+        self.flushLoggedErrors()
+
+    def test_twistd_refuses_an_unknown_plugin_option(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[plugin:formulas]\ntime_budjet = 0.1\n")
+        with self.assertRaises(BadConfiguration) as caught:
+            Options().parseOptions(["--config", path])
+        self.assertIn("plugin:formulas.time_budjet", str(caught.exception))
 
     def test_a_raising_plugin_does_not_disturb_others(self):
         processors = self.processors("first", "raising")
@@ -204,7 +286,8 @@ class LoaderTests(SynchronousTestCase):
         self.flushLoggedErrors()
         count = len(self.redis.commands)
         self.clock.advance(10)
-        self.assertEqual(len(self.redis.commands), count + 1)
+        # the status, and the heartbeat of the running plugin
+        self.assertEqual(len(self.redis.commands), count + 2)
         processors.stopService()
-        _command, _key, fields = self.redis.commands[-1]
+        _command, _key, fields = [c for c in self.redis.commands if c[0] == "hmset"][-1]
         self.assertEqual(json.loads(fields["first"])["state"], "stopped")

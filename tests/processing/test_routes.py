@@ -1,6 +1,7 @@
 """The processors' REST routes over real HTTP against a private Redis."""
 
 import json
+import time
 
 import treq
 from twisted.internet import reactor
@@ -9,7 +10,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from pydatacoll.api.app import ApiApp
-from pydatacoll.model import Sample
+from pydatacoll.model import Sample, iso_time
 from tests.processing.support import redis_store, store_sample
 
 F1 = {
@@ -60,7 +61,7 @@ class RouteTests(TestCase):
         self.assertEqual((status, changed["p2"]), (200, "1:10:1001"))
         self.assertEqual(self.sync.smembers("SET:FORMULA_PARAM:1:10:1001"), {"1"})
         status, state = yield self.call("GET", "/api/v1/formulas/1/status")
-        self.assertEqual((status, state["state"]), (200, "unknown"))
+        self.assertEqual((status, state["state"]), (200, "disabled"))
         self.assertEqual((yield self.call("DELETE", "/api/v1/formulas/1"))[0], 204)
         status, error = yield self.call("GET", "/api/v1/formulas/1")
         self.assertEqual((status, error["field"]), (404, "formula_id"))
@@ -155,10 +156,74 @@ class RouteTests(TestCase):
         self.assertEqual((status, error["field"]), (400, "since"))
         status, error = yield self.call("GET", "/api/v1/alarms/history?limit=0")
         self.assertEqual((status, error["field"]), (400, "limit"))
+
+    @inlineCallbacks
+    def test_plugins_listed_from_discovery_with_collectors_from_heartbeats(self):
+        """Without a collector in this process, every installed plugin is listed at once
+        (enabled or not); its state comes from the collectors' fresh heartbeats only: a
+        previous process's status or a stale heartbeat says nothing."""
         self.sync.hset(
             "HS:PLUGIN_STATUS", "limits", json.dumps({"name": "limits", "state": "running"})
         )
+        status, plugins = yield self.call("GET", "/api/v1/plugins")
+        by_name = {p["name"]: p for p in plugins}
+        self.assertEqual(status, 200)
+        self.assertTrue({"formulas", "limits", "history"} <= set(by_name))
+        self.assertEqual(by_name["limits"]["state"], "not_running")
+        self.assertEqual(by_name["limits"]["collectors"], 0)
         self.assertEqual(
-            (yield self.call("GET", "/api/v1/plugins")),
-            (200, [{"name": "limits", "state": "running"}]),
+            (by_name["formulas"]["enabled"], by_name["history"]["enabled"]), (True, False)
         )
+        self.assertTrue(by_name["history"]["description"])
+        self.sync.hset("HS:PLUGIN_RUNNING:limits", "other", iso_time(time.time() - 1))
+        self.sync.hset("HS:PLUGIN_RUNNING:formulas", "gone", iso_time(time.time() - 600))
+        by_name = {p["name"]: p for p in (yield self.call("GET", "/api/v1/plugins"))[1]}
+        self.assertEqual(
+            (by_name["limits"]["state"], by_name["limits"]["collectors"]), ("running", 1)
+        )
+        self.assertEqual(by_name["formulas"]["state"], "not_running")
+
+    @inlineCallbacks
+    def test_formulas_and_limits_say_when_their_plugin_runs_nowhere(self):
+        """A formula or a limit whose plugin runs in no collector is not a silent no-op:
+        the create answer carries a warning and the formula's status says disabled."""
+        status, created = yield self.call("POST", "/api/v1/formulas", F1)
+        self.assertEqual(status, 201)
+        self.assertIn("formulas plugin runs in no collector", created["warning"])
+        status, state = yield self.call("GET", "/api/v1/formulas/1/status")
+        self.assertEqual((status, state["state"]), (200, "disabled"))
+        self.assertIn("[plugins] enabled", state["error"])
+        status, changed = yield self.call("PUT", "/api/v1/terms/10/items/1003", {"up_limit": 5})
+        self.assertEqual(status, 200)
+        self.assertIn("limits plugin runs in no collector", changed["warning"])
+        status, plain = yield self.call("PUT", "/api/v1/terms/10/items/1004", {"name": "x"})
+        self.assertNotIn("warning", plain)
+        status, batch = yield self.call(
+            "POST", "/api/v2/formulas", [{**F1, "id": "9", "item_id": "1004"}]
+        )
+        self.assertEqual(status, 200)
+        self.assertIn("formulas plugin runs in no collector", batch[0]["warning"])
+        status, batch = yield self.call(
+            "POST",
+            "/api/v2/term_items",
+            [
+                {"term_id": "10", "item_id": "1004", "lolo_limit": 1},
+                {"term_id": "10", "item_id": "1001"},
+            ],
+        )
+        self.assertEqual(status, 200, batch)
+        self.assertIn("limits plugin runs in no collector", batch[0]["warning"])
+        self.assertNotIn("warning", batch[1])
+        # a collector reports both plugins running: no warning, the stored status is shown
+        for name in ("formulas", "limits"):
+            self.sync.hset(f"HS:PLUGIN_RUNNING:{name}", "c1", iso_time(time.time()))
+        status, created = yield self.call(
+            "POST", "/api/v1/formulas", {**F1, "id": "2", "item_id": "1005"}
+        )
+        self.assertEqual(status, 201)
+        self.assertNotIn("warning", created)
+        self.assertEqual(
+            (yield self.call("GET", "/api/v1/formulas/2/status"))[1]["state"], "unknown"
+        )
+        status, changed = yield self.call("PUT", "/api/v1/terms/10/items/1003", {"up_limit": 6})
+        self.assertNotIn("warning", changed)

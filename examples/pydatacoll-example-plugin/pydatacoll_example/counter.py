@@ -55,6 +55,8 @@ class CounterFactory:
 
     name = "example_counter"
     description = "example: counts the samples of each device"
+    #: The keys of [plugin:example_counter]; any other is refused when the daemon starts.
+    options = ("greeting",)
 
     def build(self, context: Any) -> SampleCounter:
         """A `SampleCounter`."""

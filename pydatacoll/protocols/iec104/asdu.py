@@ -523,6 +523,43 @@ COMMAND_TYPES = frozenset(t for t in TYPES if 45 <= t <= 64)
 #: Commands whose qualifier has an S/E bit (all but the bitstring commands).
 SELECTABLE_TYPES = COMMAND_TYPES - {51, 64}
 
+#: The command that sets a monitored point, by its monitor type: a point configured once
+#: with the type it reports (``code_type`` 36, a float with time tag) is commanded with
+#: the matching command (63, a short-float set-point with time tag). Documented in
+#: docs/iec104.rst.
+COMMAND_FOR_MONITOR: dict[int, int] = {
+    1: 45,  # M_SP_NA_1 -> C_SC_NA_1
+    2: 58,  # M_SP_TA_1 -> C_SC_TA_1
+    30: 58,  # M_SP_TB_1 -> C_SC_TA_1
+    3: 46,  # M_DP_NA_1 -> C_DC_NA_1
+    4: 59,  # M_DP_TA_1 -> C_DC_TA_1
+    31: 59,  # M_DP_TB_1 -> C_DC_TA_1
+    5: 47,  # M_ST_NA_1 -> C_RC_NA_1
+    6: 60,  # M_ST_TA_1 -> C_RC_TA_1
+    32: 60,  # M_ST_TB_1 -> C_RC_TA_1
+    7: 51,  # M_BO_NA_1 -> C_BO_NA_1
+    8: 64,  # M_BO_TA_1 -> C_BO_TA_1
+    33: 64,  # M_BO_TB_1 -> C_BO_TA_1
+    9: 48,  # M_ME_NA_1 -> C_SE_NA_1
+    21: 48,  # M_ME_ND_1 -> C_SE_NA_1
+    10: 61,  # M_ME_TA_1 -> C_SE_TA_1
+    34: 61,  # M_ME_TD_1 -> C_SE_TA_1
+    11: 49,  # M_ME_NB_1 -> C_SE_NB_1
+    12: 62,  # M_ME_TB_1 -> C_SE_TB_1
+    35: 62,  # M_ME_TE_1 -> C_SE_TB_1
+    13: 50,  # M_ME_NC_1 -> C_SE_NC_1
+    14: 63,  # M_ME_TC_1 -> C_SE_TC_1
+    36: 63,  # M_ME_TF_1 -> C_SE_TC_1
+}
+
+
+def command_type_for(code_type: int) -> int | None:
+    """The command type that sets a point of ``code_type``: a command type stays as it
+    is, a monitor type maps through `COMMAND_FOR_MONITOR`; None when there is none."""
+    if code_type in COMMAND_TYPES:
+        return code_type
+    return COMMAND_FOR_MONITOR.get(code_type)
+
 
 # --- ASDU values -------------------------------------------------------------------------
 

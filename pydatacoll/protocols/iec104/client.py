@@ -9,6 +9,7 @@ in turn, reconnects with capped exponential backoff and jitter, and a status sna
 
 from __future__ import annotations
 
+import collections
 import datetime
 import enum
 import random
@@ -26,11 +27,12 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pydatacoll.errors import Iec104Error
+from pydatacoll.logs import logger, quiet_client_service
 from pydatacoll.protocols.iec104.asdu import (
     COMMAND_TYPES,
     IEC104,
@@ -142,10 +144,14 @@ def _refusal(pending: _Pending, asdu: Asdu) -> CommandResult:
     )
 
 
+#: Commands confirmed at ACT_CON whose ACT_TERM is still matched when it comes.
+MAX_AWAITED_TERMINATIONS = 1024
+
+
 class Iec104Master(Iec104Link):
     """The controlling station's end of the link."""
 
-    log = Logger()
+    log = logger()  # drops debug: "interrogation sent", "clock sync sent"
 
     def __init__(
         self,
@@ -163,6 +169,11 @@ class Iec104Master(Iec104Link):
         self.on_data = on_data
         self.on_event = on_event
         self._pending: dict[tuple[Any, ...], _Pending] = {}
+        #: Commands confirmed at ACT_CON whose ACT_TERM may still come: key -> type id
+        #: (bounded: the oldest are forgotten past MAX_AWAITED_TERMINATIONS).
+        self._terminations: collections.OrderedDict[tuple[Any, ...], int] = (
+            collections.OrderedDict()
+        )
         self._periodic: list[IDelayedCall] = []
         #: Per common address: when the last interrogation completed, and its outcome.
         self.interrogations: dict[int, dict[str, Any]] = {}
@@ -195,6 +206,7 @@ class Iec104Master(Iec104Link):
                 call.cancel()
         self._periodic.clear()
         pending, self._pending = self._pending, {}
+        self._terminations.clear()
         for p in pending.values():
             self._finish(p, CommandResult(Outcome.LINK_DOWN, "the link went down"))
         self._event("lost", reason=reason.getErrorMessage())
@@ -511,7 +523,10 @@ class Iec104Master(Iec104Link):
         if pending.call is not None and pending.call.active():
             pending.call.cancel()
         if not pending.deferred.called:
-            self.log.info(
+            # Successes are routine (debug, not written); failures say why (info).
+            ok = result.outcome in (Outcome.CONFIRMED, Outcome.TERMINATED)
+            self.log.emit(
+                LogLevel.debug if ok else LogLevel.info,
                 "{name}: {kind} {outcome}: {message}",
                 name=self.name,
                 kind=pending.kind,
@@ -585,6 +600,15 @@ class Iec104Master(Iec104Link):
         for ioa in asdu.ioas:
             key = ("cmd", ca, ioa)
             pending = self._pending.get(key)
+            if (
+                pending is None
+                and cause == Cause.ACTIVATION_TERM
+                and self._terminations.get(key) == asdu.type_id
+            ):
+                # The ACT_TERM of a command that succeeded at its ACT_CON: expected.
+                del self._terminations[key]
+                self.log.debug("{name}: {asdu}", name=self.name, asdu=asdu.describe())
+                continue
             if pending is None or pending.request.type_id != asdu.type_id:
                 self.log.info(
                     "{name}: unmatched command reply {asdu}", name=self.name, asdu=asdu.describe()
@@ -619,6 +643,8 @@ class Iec104Master(Iec104Link):
                     pending.confirmed = True
                 else:
                     self._resolve(key, CommandResult(Outcome.CONFIRMED, "confirmed", cause, asdu))
+                    if pending.kind == "command":
+                        self._await_termination(key, asdu.type_id)
             elif cause == Cause.ACTIVATION_TERM:
                 self._resolve(key, CommandResult(Outcome.TERMINATED, "terminated", cause, asdu))
             elif cause == Cause.DEACTIVATION_CON:
@@ -629,6 +655,12 @@ class Iec104Master(Iec104Link):
                     name=self.name,
                     cause=cause_name(cause),
                 )
+
+    def _await_termination(self, key: tuple[Any, ...], type_id: int) -> None:
+        self._terminations.pop(key, None)
+        self._terminations[key] = type_id
+        while len(self._terminations) > MAX_AWAITED_TERMINATIONS:
+            self._terminations.popitem(last=False)
 
     _SYSTEM_KEYS = {100: "gi", 101: "ci", 103: "cs", 105: "rp", 106: "cd", 107: "ts"}
 
@@ -691,6 +723,8 @@ def backoff(
 
 
 class _MasterFactory(Factory):
+    noisy = False  # no "Starting factory <...>" per attempt; the client logs its states
+
     def __init__(self, client: Iec104Client) -> None:
         self.client = client
 
@@ -701,7 +735,7 @@ class _MasterFactory(Factory):
 class Iec104Client(service.Service):
     """Keeps one `Iec104Master` connected and reports its state (see the module docstring)."""
 
-    log = Logger()
+    log = logger()  # drops debug: "interrogation sent", "clock sync sent"
 
     def __init__(
         self,
@@ -750,7 +784,7 @@ class Iec104Client(service.Service):
     def startService(self) -> None:
         super().startService()
         self._set_state(LinkState.CONNECTING)
-        self._service = ClientService(
+        self._service = quiet_client_service(
             self.endpoint, _MasterFactory(self), retryPolicy=self.retry, clock=self.clock
         )
         self._service.startService()

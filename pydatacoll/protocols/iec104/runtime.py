@@ -9,7 +9,8 @@ list tried after ``ip:port``), ``interrogation_interval``, ``interrogation_group
 ``tls_fingerprints`` (SHA-256 of the accepted server certificates). A term is a
 station: its ``address`` is the common address (default 1). A term-item is a point:
 ``protocol_code`` is its IOA, ``code_type`` the command type for ``device_ctrl``
-(45..64), ``select`` its default for select-before-operate.
+(45..64; a monitor type maps to its command, see ``asdu.COMMAND_FOR_MONITOR``),
+``select`` its default for select-before-operate.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from pydatacoll import errors
 from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
 from pydatacoll.model import ControlOutcome, Device, Field, Sample, Term, TermItem
 from pydatacoll.protocols.iec104.asdu import (
-    COMMAND_TYPES,
     IEC104,
     Asdu,
     AsduParams,
     Quality,
     cause_name,
+    command_type_for,
 )
 from pydatacoll.protocols.iec104.client import (
     CommandResult,
@@ -45,6 +46,7 @@ from pydatacoll.protocols.iec104.client import (
 )
 from pydatacoll.protocols.iec104.link import LinkParams
 from pydatacoll.protocols.iec104.tls import TlsSettings, tls_settings
+from pydatacoll.scaling import apply_scaling
 
 #: Device attributes and how they are checked.
 SETTINGS = (
@@ -108,12 +110,26 @@ class PointRef:
     select: bool
 
 
+def _command_value(type_id: int, value: Any, ref: PointRef) -> Any:
+    """The raw value of a command from the JSON value: set-points are in engineering units
+    (the point's scaling undone); JSON true/false: a single command's on/off, a double
+    command's 2 (on) / 1 (off), 1/0 elsewhere."""
+    if isinstance(value, bool):
+        if type_id in (45, 58):
+            return value
+        if type_id in (46, 59):
+            return 2 if value else 1
+        return int(value)
+    if type_id in _SETPOINTS and isinstance(value, (int, float)):
+        raw = (value - (ref.base_val or 0)) / (ref.coefficient or 1)
+        return round(raw) if type_id in (49, 62) else raw
+    if type_id in (45, 58) and value in (0, 1):
+        return bool(value)
+    return value
+
+
 def _scale(value: Any, ref: PointRef) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return value
-    if ref.coefficient is None and ref.base_val is None:
-        return value
-    return value * (1 if ref.coefficient is None else ref.coefficient) + (ref.base_val or 0)
+    return apply_scaling(value, ref.coefficient, ref.base_val)
 
 
 def _settings(device: Device) -> dict[str, Any]:
@@ -404,27 +420,18 @@ class Iec104Runtime(Service):
             ca, ioa, ref = self._locate(term_id, item_id)
         except errors.DeviceError as exc:
             return defer.succeed(ControlOutcome(exc.outcome, exc.message))
-        if ref.code_type not in COMMAND_TYPES:
+        type_id = command_type_for(ref.code_type) if isinstance(ref.code_type, int) else None
+        if type_id is None:
             return defer.succeed(
                 ControlOutcome(
                     "refused",
-                    f"code_type {ref.code_type!r} is not an IEC 104 command type (45..64)",
+                    f"code_type {ref.code_type!r} is neither an IEC 104 command type (45..64) "
+                    "nor a monitor type with a matching command (docs/iec104.rst)",
                 )
             )
-        raw = value
-        if (
-            ref.code_type in _SETPOINTS
-            and isinstance(value, (int, float))
-            and not isinstance(value, bool)
-        ):
-            # Set-points are given in engineering units: undo the point's scaling.
-            raw = (value - (ref.base_val or 0)) / (ref.coefficient or 1)
-            if ref.code_type in (49, 62):
-                raw = round(raw)
-        elif ref.code_type in (45, 58) and value in (0, 1):
-            raw = bool(value)
+        raw = _command_value(type_id, value, ref)
         d = self.client.command(
-            ca, ioa, ref.code_type, raw, select=ref.select if select is None else select
+            ca, ioa, type_id, raw, select=ref.select if select is None else select
         )
         return d.addCallback(
             lambda r: ControlOutcome(

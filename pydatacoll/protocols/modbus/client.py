@@ -19,7 +19,6 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pydatacoll.errors import (
@@ -29,6 +28,7 @@ from pydatacoll.errors import (
     ModbusQueueFull,
     ModbusTimeout,
 )
+from pydatacoll.logs import logger
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.codec import Table
 from pydatacoll.protocols.modbus.framing import decode_adus, encode_adu
@@ -87,7 +87,7 @@ class _Transaction:
 class ModbusClientProtocol(Protocol):
     """One Modbus TCP connection to a device (several unit ids may share it)."""
 
-    log = Logger()
+    log = logger()  # drops debug
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from pydatacoll.errors import ValidationError
+from pydatacoll.scaling import apply_scaling
 
 
 class Table(enum.Enum):
@@ -298,12 +299,9 @@ def _byte_order(name: str | None, default: str, data_type: str, width: int) -> t
 
 
 def scale(raw: Any, coefficient: float | None, base_val: float | None) -> Any:
-    """``raw * coefficient + base_val``; without scaling, raw values keep their type."""
-    if coefficient is None and base_val is None:
-        return raw
-    if isinstance(raw, (bool, str)):
-        return raw
-    return raw * (1 if coefficient is None else coefficient) + (base_val or 0)
+    """``raw * coefficient + base_val`` (rounded to what a double holds: 2401 * 0.1 is
+    240.1); without scaling, raw values keep their type."""
+    return apply_scaling(raw, coefficient, base_val)
 
 
 def unscale(value: Any, coefficient: float | None, base_val: float | None) -> Any:

@@ -146,6 +146,8 @@ class _Schedule:
     scans: int = 0
     overruns: int = 0
     skipped_reads: int = 0
+    #: A scan was started and not all its reads have come back yet.
+    scanning: bool = False
 
     @property
     def running(self) -> bool:
@@ -163,8 +165,10 @@ class ModbusDriver(Service):
     """Polls one Modbus TCP device and serves single-point reads and writes.
 
     ``on_batch(batch)`` is called with a `ReadBatch` for every planned read, answered or
-    failed. ``link`` replaces the real connection in tests (anything with ``request``,
-    ``stats``, ``startService`` and ``stopService``).
+    failed, and ``on_scan_done()`` (if given) when every read of a scan has been
+    delivered, so that a consumer can hand on one batch per scan. ``link`` replaces the
+    real connection in tests (anything with ``request``, ``stats``, ``startService`` and
+    ``stopService``).
     """
 
     log = Logger()
@@ -179,11 +183,13 @@ class ModbusDriver(Service):
         reactor: Any,
         link: Any = None,
         start_delay: float | None = None,
+        on_scan_done: Callable[[], object] | None = None,
     ) -> None:
         self.device_id = device_id
         self.settings = settings
         self.clock: IReactorTime = reactor
         self.on_batch = on_batch
+        self.on_scan_done = on_scan_done
         self.points = {p.key: p for p in points}
         if link is None:
             endpoint = HostnameEndpoint(
@@ -335,6 +341,7 @@ class ModbusDriver(Service):
             else:
                 schedule.scans += 1
                 schedule.pending = list(schedule.reads)
+                schedule.scanning = True
                 self._issue(schedule)
             # the next due time stays on the grid; missed slots are not made up
             missed = max(0, math.floor((now - schedule.next_due) / schedule.interval))
@@ -359,6 +366,15 @@ class ModbusDriver(Service):
                 read.unit_id, pdus.read_request(read.table, read.address, read.count)
             )
             d.addBoth(self._read_result, schedule, read, sent)
+        if schedule.scanning and not schedule.running:
+            schedule.scanning = False
+            if self.on_scan_done is not None:
+                try:
+                    self.on_scan_done()
+                except Exception:
+                    self.log.failure(
+                        "device {device_id}: the scan callback failed", device_id=self.device_id
+                    )
 
     def _read_result(
         self, result: Any, schedule: _Schedule, read: PlannedRead, sent: float

@@ -12,7 +12,6 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
@@ -22,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pydatacoll.errors import ModbusNotConnected
+from pydatacoll.logs import quiet_client_service
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.client import LinkStats, ModbusClientProtocol
 from pydatacoll.protocols.modbus.config import ModbusSettings
@@ -58,6 +58,8 @@ class _ObservedEndpoint:
 
 
 class _LinkFactory(Factory):
+    noisy = False  # no "Starting factory <...>" per attempt; the link logs its states
+
     def __init__(self, link: ModbusLink) -> None:
         self.link = link
 
@@ -85,7 +87,7 @@ class ModbusLink(Service):
         self.stats = LinkStats()
         self.protocol: ModbusClientProtocol | None = None
         self._building: ModbusClientProtocol | None = None
-        self._service = ClientService(
+        self._service = quiet_client_service(
             _ObservedEndpoint(endpoint, self),
             _LinkFactory(self),
             retryPolicy=backoff_with_jitter(

@@ -51,6 +51,10 @@ def device_error(failure: Failure) -> errors.DeviceError:
     return errors.DeviceError(str(error) or type(error).__name__)
 
 
+#: Most samples held back while a scan completes (then they are handed on at once).
+MAX_SCAN_SAMPLES = 100_000
+
+
 @implementer(IDeviceRuntime)
 class ModbusRuntime(Service):
     """One Modbus TCP device under the device manager."""
@@ -71,12 +75,17 @@ class ModbusRuntime(Service):
         self.settings = ModbusSettings.from_device(device)
         self.points_updated = 0
         self.last_value_time: float | None = None
+        #: The samples of the scan under way, handed on as one batch when it completes,
+        #: so a formula over two reads of one scan is computed once. Bounded: past
+        #: MAX_SCAN_SAMPLES (a scan bigger than that) they are handed on early.
+        self._scan: list[Sample] = []
         self.driver = ModbusDriver(
             device.id,
             self.settings,
             build_points(self.settings, terms, term_items),
             self._on_batch,
             reactor=reactor,
+            on_scan_done=self._flush,
         )
 
     def update_points(self, terms: Sequence[Term], term_items: Sequence[TermItem]) -> None:
@@ -89,7 +98,9 @@ class ModbusRuntime(Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        return self.driver.stopService()
+        d = self.driver.stopService()
+        self._flush()
+        return d
 
     def _on_batch(self, batch: ReadBatch) -> None:
         device_id = self.device_id
@@ -105,7 +116,14 @@ class ModbusRuntime(Service):
                 )
         self.points_updated += len(samples)
         self.last_value_time = when
-        self.sink.samples_received(samples)
+        self._scan.extend(samples)
+        if len(self._scan) >= MAX_SCAN_SAMPLES:
+            self._flush()
+
+    def _flush(self) -> None:
+        samples, self._scan = self._scan, []
+        if samples:
+            self.sink.samples_received(samples)
 
     def _sample(self, key: str, point: PointValue) -> Sample:
         term_id, _, item_id = key.partition(":")

@@ -4,6 +4,7 @@ import datetime
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -203,6 +204,25 @@ class CommandTests(SynchronousTestCase):
         s.send(s.reply(cmd, Cause.ACTIVATION_CON))
         self.assertTrue(done[0].ok)
         self.assertEqual(done[0].outcome, Outcome.CONFIRMED)
+
+    def test_act_term_after_act_con_is_matched(self):
+        """A station that confirms, then terminates (lib60870, our simulator): the command
+        succeeds at ACT_CON and its ACT_TERM is expected, not an "unmatched reply"."""
+        captured = []
+        globalLogPublisher.addObserver(captured.append)
+        self.addCleanup(globalLogPublisher.removeObserver, captured.append)
+        s = Station()
+        s.start()
+        done = results(s.master.command(1, 20003, 50, 240.1))
+        (cmd,) = s.received()
+        s.send(s.reply(cmd, Cause.ACTIVATION_CON), s.reply(cmd, Cause.ACTIVATION_TERM))
+        self.assertEqual(done[0].outcome, Outcome.CONFIRMED)
+        written = [formatEvent(e) for e in captured if e.get("log_level") != LogLevel.debug]
+        self.assertEqual([line for line in written if "unmatched" in line], [])
+        # a second ACT_TERM (or one for another type) is still reported
+        s.send(s.reply(cmd, Cause.ACTIVATION_TERM))
+        written = [formatEvent(e) for e in captured if e.get("log_level") != LogLevel.debug]
+        self.assertEqual(len([line for line in written if "unmatched" in line]), 1)
 
     def test_select_before_operate(self):
         s = Station()

@@ -128,6 +128,8 @@ class CodecTests(SynchronousTestCase):
     def test_scaling(self):
         self.assertEqual(scale(7, None, None), 7)
         self.assertEqual(scale(2300, 0.1, None), 230.0)
+        self.assertEqual(scale(2401, 0.1, None), 240.1)  # not 240.10000000000002
+        self.assertEqual(scale(3, 0.1, 0.2), 0.5)  # not 0.5000000000000001
         self.assertEqual(scale(10, 2, -5), 15)
         self.assertEqual(scale(True, 2, 1), True)
         self.assertEqual(round(unscale(230.0, 0.1, None)), 2300)

@@ -284,7 +284,7 @@ class DriverTests(SynchronousTestCase):
         d = driver.read_point("t1:f")
         self.pump(endpoint)
         self.assertEqual(self.successResultOf(d).value, 12.5)
-        for key, value in (("t1:f", -3.25), ("t1:v", 100.0), ("t1:b", False), ("t1:c", True),
+        for key, value in (("t1:f", -3.25), ("t1:v", 240.1), ("t1:b", False), ("t1:c", True),
                            ("t1:d", 1e100)):  # fmt: skip
             d = driver.write_point(key, value, verify=True)
             self.pump(endpoint)
@@ -292,6 +292,11 @@ class DriverTests(SynchronousTestCase):
         functions = [pdu[0] for _, pdu in self.device.log]
         self.assertEqual(functions, [3, 16, 3, 6, 3, 22, 3, 5, 1, 16, 3])
         self.assertEqual(self.device.registers[3], 0)
+        # 240.1 through coefficient 0.1 is the register 2401, and reads back as 240.1
+        d = driver.write_point("t1:v", 240.1, verify=False)
+        self.pump(endpoint)
+        self.assertEqual(self.successResultOf(d).value, 240.1)
+        self.assertEqual(self.device.registers[0], 2401)
         self.failureResultOf(driver.write_point("t1:i", 1), ValidationError)
         self.failureResultOf(driver.write_point("t1:v", 1e9), ValidationError)
         self.failureResultOf(driver.read_point("nope"), NotFound)

@@ -1,0 +1,620 @@
+"""``GET /api/v1/stream``: samples, device statuses and alarms as Server-Sent Events.
+
+One `StreamHub` per API process holds ONE Redis subscription (``CHANNEL:DEVICE_SAMPLES:*``,
+``CHANNEL:DEVICE_STATUS:*`` and ``CHANNEL:ALARM``), opened when the first client comes
+and closed ``IDLE_UNSUBSCRIBE`` seconds after the last one left, and fans each message out
+to its clients in process; an event is encoded once, whatever the number of clients.
+
+Events (``data`` is one line of JSON)::
+
+    event: sample   {"device_id", "term_id", "item_id", "value", "quality", "time"}
+    event: status   the device status object (as GET /api/v1/devices/{id}/status), with device_id
+    event: alarm    the alarm event as published on CHANNEL:ALARM (with its log "id")
+
+Every event has an ``id:`` ``{sample position},{alarm position}``, both Redis stream entry
+ids (``XS:DATA:...`` and ``XS:ALARM_LOG``); a plain stream entry id is accepted too. Sent
+back as ``Last-Event-ID`` (browsers do it when they reconnect), it resumes the stream: the
+samples stored since the millisecond of the sample position (at least once: samples of
+that same millisecond may come twice), at most ``REPLAY_SAMPLES`` of them (the newest)
+over at most ``REPLAY_POINTS`` points, and the alarm events after the alarm position
+(at most ``REPLAY_ALARMS``), then the current status of each device, then the live events.
+A client connecting without ``Last-Event-ID`` gets the statuses, then the live events.
+``: hb`` comments keep the connection alive every ``HEARTBEAT`` seconds.
+
+Back-pressure: each client is a push producer of its request. While the socket does not
+take more (the transport paused it) events wait in the client's queue of at most
+``QUEUE_EVENTS``; one more and the client is dropped (its connection aborted, counted in
+`StreamHub.dropped`), never buffered without limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pydatacoll import errors
+from pydatacoll.api.app import ApiApp
+from pydatacoll.model import is_valid_id
+from pydatacoll.store import keys
+from pydatacoll.store.live import LiveStore
+from pydatacoll.store.subscriber import Subscriber
+
+app = ApiApp.app
+
+#: Events a client may have waiting while its socket is full; one more drops it.
+QUEUE_EVENTS = 1000
+#: Seconds between ``: hb`` comments.
+HEARTBEAT = 15.0
+#: Resume bounds (see the module docstring).
+REPLAY_POINTS = 2000
+REPLAY_PER_POINT = 1000
+REPLAY_SAMPLES = 10000
+REPLAY_ALARMS = 1000
+#: Values of ``device_id`` plus ``point`` one request may give.
+MAX_FILTERS = 1000
+#: Seconds the subscription stays open without clients (a reconnecting page finds it).
+IDLE_UNSUBSCRIBE = 60.0
+#: Browsers reconnect after this many milliseconds.
+RETRY_MS = 2000
+
+_SAMPLES_PREFIX = keys.DEVICE_SAMPLES % ""
+_STATUS_PREFIX = keys.DEVICE_STATUS_CHANNEL % ""
+_ENTRY_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_NONE = "0-0"
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _later(a: str, b: str) -> str:
+    return a if _entry_key(a) >= _entry_key(b) else b
+
+
+@attrs.frozen
+class Resume:
+    """Where a client resumes: XRANGE start bounds of the sample streams and the alarm log."""
+
+    sample_start: str
+    alarm_start: str
+    sample: str
+    alarm: str
+
+    @classmethod
+    def parse(cls, text: str) -> Resume:
+        """``{sample id},{alarm id}`` or one stream entry id; `ValidationError` otherwise."""
+        parts = text.strip().split(",")
+        if len(parts) > 2 or not all(_ENTRY_ID.match(p) for p in parts):
+            raise errors.ValidationError(
+                "Last-Event-ID must be an id this stream sent ({sample id},{alarm id})",
+                field="Last-Event-ID",
+            )
+        sample = parts[0]
+        ms = sample.partition("-")[0]
+        if len(parts) == 2:
+            return cls(ms, "(" + parts[1], sample, parts[1])
+        return cls(ms, ms, sample, f"{ms}-0")
+
+
+@attrs.frozen
+class Filters:
+    """``?device_id=`` and ``?point=device:term:item`` (repeatable; union; none: all)."""
+
+    devices: frozenset[str] = frozenset()
+    points: frozenset[tuple[str, str, str]] = frozenset()
+
+    @property
+    def everything(self) -> bool:
+        """Whether no filter was given."""
+        return not self.devices and not self.points
+
+    def wants_device(self, device_id: str) -> bool:
+        """Status events: a named device, or the device of a named point."""
+        return (
+            self.everything
+            or device_id in self.devices
+            or any(p[0] == device_id for p in self.points)
+        )
+
+    def wants_point(self, device_id: str, term_id: str, item_id: str) -> bool:
+        """Sample and alarm events: a point of a named device, or a named point."""
+        return (
+            self.everything
+            or device_id in self.devices
+            or (device_id, term_id, item_id) in self.points
+        )
+
+    @classmethod
+    def from_request(cls, request: Any) -> Filters:
+        """The filters of a request; 400 naming ``device_id`` or ``point``."""
+        devices = [v.decode("utf-8", "replace") for v in request.args.get(b"device_id", [])]
+        points = [v.decode("utf-8", "replace") for v in request.args.get(b"point", [])]
+        if len(devices) + len(points) > MAX_FILTERS:
+            raise errors.ValidationError(f"at most {MAX_FILTERS} filters", field="point")
+        for device_id in devices:
+            if not is_valid_id(device_id):
+                raise errors.ValidationError("device_id is not a valid id", field="device_id")
+        parsed = []
+        for point in points:
+            ids = tuple(point.split(":"))
+            if len(ids) != 3 or not all(is_valid_id(i) for i in ids):
+                raise errors.ValidationError(
+                    "point must be device_id:term_id:item_id", field="point"
+                )
+            parsed.append(ids)
+        return cls(frozenset(devices), frozenset(parsed))  # type: ignore[arg-type]
+
+
+def _event(kind: str, event_id: str, data: Any) -> bytes:
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+    return f"event: {kind}\nid: {event_id}\ndata: {text}\n\n".encode()
+
+
+def sample_event(message: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` of a sample event from a published or stored sample."""
+    return {
+        "device_id": message.get("device_id"),
+        "term_id": message.get("term_id"),
+        "item_id": message.get("item_id"),
+        "value": message.get("value"),
+        "quality": message.get("quality"),
+        "time": message.get("source_time") or message.get("receive_time"),
+    }
+
+
+@implementer(IPushProducer)
+class _Client:
+    """One open stream: a push producer of its request, with a bounded queue."""
+
+    def __init__(self, hub: StreamHub, request: Any, filters: Filters) -> None:
+        self.hub = hub
+        self.request = request
+        self.filters = filters
+        self.queue: collections.deque[bytes] = collections.deque()
+        #: While catching up, live events wait here: (dedupe key or None, chunk).
+        self.held: list[tuple[Any, bytes]] | None = []
+        self.paused = False
+        self.closed = False
+        self.opened = False
+        self.done: defer.Deferred[bytes] = defer.Deferred(lambda _: hub.remove(self))
+
+    def open(self) -> None:
+        """Send the response head and take the transport's back-pressure (once)."""
+        if self.opened or self.closed:
+            return
+        self.opened = True
+        request = self.request
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"text/event-stream")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")  # proxies: do not buffer the stream
+        request.registerProducer(self, True)
+
+    def close(self) -> None:
+        """Forget the queue and let go of the request's producer slot."""
+        self.closed = True
+        self.queue.clear()
+        self.held = None
+        if self.opened:
+            self.opened = False
+            try:
+                self.request.unregisterProducer()
+            except Exception:  # the connection is already gone
+                pass
+
+    def send(self, chunk: bytes, key: Any = None) -> None:
+        """Queue or write one event (``key`` identifies it against the catch-up)."""
+        if self.closed:
+            return
+        if self.held is not None:
+            if len(self.held) >= QUEUE_EVENTS:
+                self.hub.drop(self, "too many events while catching up")
+            else:
+                self.held.append((key, chunk))
+            return
+        self.deliver(chunk)
+
+    def deliver(self, chunk: bytes) -> None:
+        """Write now, or queue while the socket is full; a full queue drops the client."""
+        if self.paused or self.queue:
+            if len(self.queue) >= QUEUE_EVENTS:
+                self.hub.drop(self, "the client does not read")
+                return
+            self.queue.append(chunk)
+            return
+        self.request.write(chunk)
+
+    def go_live(self, sent: set[Any]) -> None:
+        """Deliver what waited during the catch-up (less what it sent) and go live."""
+        held, self.held = self.held or [], None
+        for key, chunk in held:
+            if key is None or key not in sent:
+                self.deliver(chunk)
+                if self.closed:
+                    return
+
+    # IPushProducer: the transport pauses us when its buffer is full.
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self.paused = False
+        while self.queue and not self.paused and not self.closed:
+            self.request.write(self.queue.popleft())
+
+    def stopProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self.hub.remove(self)
+
+
+class StreamHub(Service):
+    """The process's one subscription and its stream clients (see the module docstring)."""
+
+    log = Logger()
+
+    def __init__(
+        self, reactor: Any, redis: Any, *, max_clients: int = 100, clock: Any = None
+    ) -> None:
+        self.reactor = reactor
+        #: Runs the heartbeat and the idle timer (the reactor unless a test gives a Clock).
+        self.clock = clock if clock is not None else reactor
+        self.redis = redis
+        self.live = LiveStore(redis)
+        self.max_clients = max_clients
+        self.clients: set[_Client] = set()
+        #: Everything before these positions has been handed to every client.
+        self.sample_position = _NONE
+        self.alarm_position = _NONE
+        self.dropped = 0
+        self.events: collections.Counter[str] = collections.Counter()
+        self.subscriber: Subscriber | None = None
+        self._positioned = False
+        self._waiting: list[defer.Deferred[None]] = []
+        self._idle: Any = None
+        self._heartbeat = task.LoopingCall(self._beat)
+        self._heartbeat.clock = self.clock
+
+    # -- service and subscription -------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self._heartbeat.start(HEARTBEAT, now=False)
+
+    def stopService(self) -> Any:
+        """End every stream (their requests finish) and close the subscription."""
+        super().stopService()
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        for client in list(self.clients):
+            self.remove(client)
+            if not client.done.called:
+                client.done.callback(b"")
+        return self._unsubscribe()
+
+    def subscribed(self) -> defer.Deferred[None]:
+        """Fires once the subscription is up and the positions are known."""
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if self.subscriber is not None and self.subscriber.subscribed and self._positioned:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(waiter)
+        if self.subscriber is None:
+            self.subscriber = Subscriber(
+                self.reactor,
+                lambda: self.redis.address,
+                self._message,
+                channels=[keys.ALARM],
+                patterns=[keys.DEVICE_SAMPLES % "*", keys.DEVICE_STATUS_CHANNEL % "*"],
+                on_subscribed=self._subscription_up,
+                ready=self.redis.when_ready,
+                name="stream subscription",
+            )
+            self.subscriber.startService()
+        return waiter
+
+    def _unsubscribe(self) -> defer.Deferred[None]:
+        subscriber, self.subscriber = self.subscriber, None
+        self._positioned = False
+        for waiter in self._waiting:
+            if not waiter.called:
+                waiter.errback(errors.StoreUnavailable("the stream subscription was closed"))
+        self._waiting = []
+        if subscriber is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = subscriber.stopService()
+        return d
+
+    def _idle_timeout(self) -> None:
+        self._idle = None
+        if not self.clients:
+            self._unsubscribe()
+
+    def _subscription_up(self) -> None:
+        self._on_subscribed()
+
+    @defer.inlineCallbacks
+    def _on_subscribed(self) -> Any:
+        first = not self._positioned
+        try:
+            now = yield self.live.server_time_ms()
+            last_alarm = yield self.live.last_entry_id(keys.ALARM_LOG)
+        except Exception as exc:
+            self.log.warn("stream: positions not read ({error})", error=exc)
+            if self.subscriber is not None and self.subscriber._conn is not None:
+                self.subscriber._conn.transport.loseConnection()  # subscribe again
+            return
+        if first:
+            self.sample_position = _later(self.sample_position, f"{now}-0")
+            self.alarm_position = _later(self.alarm_position, last_alarm or _NONE)
+            self._positioned = True
+            self._release()
+            return
+        # Messages were lost while the subscription was down: every client catches up
+        # from the positions everything was handed out to.
+        resume = Resume(
+            self.sample_position.partition("-")[0],
+            "(" + self.alarm_position,
+            self.sample_position,
+            self.alarm_position,
+        )
+        for client in list(self.clients):
+            if client.held is None:
+                client.held = []
+                self._catch_up_later(client, resume)
+        self._release()
+
+    def _release(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            if not waiter.called:  # a request may have given up waiting
+                waiter.callback(None)
+
+    def _catch_up_later(self, client: _Client, resume: Resume) -> None:
+        d = self.catch_up(client, resume)
+        d.addErrback(lambda f: self.drop(client, f"catching up failed: {f.getErrorMessage()}"))
+
+    # -- clients --------------------------------------------------------------------------
+    def add(self, request: Any, filters: Filters) -> _Client:
+        """A new client, catching up (its live events wait) until `catch_up` is done."""
+        if len(self.clients) >= self.max_clients:
+            raise errors.Unavailable(
+                f"at most {self.max_clients} streams are served at once", field=None
+            )
+        client = _Client(self, request, filters)
+        self.clients.add(client)
+        return client
+
+    def remove(self, client: _Client) -> None:
+        """Forget a client (gone, dropped or ended)."""
+        client.close()
+        if client in self.clients:
+            self.clients.discard(client)
+            if not self.clients and self.running and self.subscriber is not None:
+                self._idle = self.clock.callLater(IDLE_UNSUBSCRIBE, self._idle_timeout)
+
+    def drop(self, client: _Client, reason: str) -> None:
+        """Close a client that cannot be served (it does not read): abort its connection."""
+        if client.closed:
+            return
+        self.dropped += 1
+        self.log.warn(
+            "stream client {client} dropped: {reason}", client=_peer(client.request), reason=reason
+        )
+        self.remove(client)
+        transport = getattr(client.request.channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    @defer.inlineCallbacks
+    def catch_up(self, client: _Client, resume: Resume | None) -> Any:
+        """Replay what ``resume`` missed, send the statuses, then the held live events."""
+        filters = client.filters
+        chunks: list[bytes] = []
+        sent: set[Any] = set()
+        sample_position = self.sample_position if resume is None else resume.sample
+        alarm_position = self.alarm_position if resume is None else resume.alarm
+        if resume is not None:
+            alarms = yield self.live.entries_from(keys.ALARM_LOG, resume.alarm_start, REPLAY_ALARMS)
+            for entry_id, fields in alarms:
+                try:
+                    event = json.loads(fields.get("event", ""))
+                except ValueError:
+                    continue
+                alarm_position = _later(alarm_position, entry_id)
+                if not isinstance(event, dict) or not filters.wants_point(
+                    str(event.get("device_id")),
+                    str(event.get("term_id")),
+                    str(event.get("item_id")),
+                ):
+                    continue
+                event["id"] = entry_id
+                chunks.append(_event("alarm", f"{sample_position},{alarm_position}", event))
+                sent.add(entry_id)
+            samples = yield self._replay_samples(filters, resume.sample_start)
+            for point, entry_id, stored in samples:
+                sample_position = _later(sample_position, entry_id)
+                data = sample_event(
+                    {**stored, **dict(zip(("device_id", "term_id", "item_id"), point, strict=True))}
+                )
+                chunks.append(_event("sample", f"{sample_position},{alarm_position}", data))
+                sent.add((*point, entry_id))
+        if filters.devices or filters.points:
+            device_ids = sorted(filters.devices | {p[0] for p in filters.points})
+        else:
+            device_ids = yield self.live.device_ids()
+        statuses = yield self.live.statuses(device_ids)
+        for device_id, status in sorted(statuses.items()):
+            chunks.append(
+                _event(
+                    "status",
+                    f"{sample_position},{alarm_position}",
+                    {**status, "device_id": device_id},
+                )
+            )
+        if client.closed:
+            return
+        client.open()
+        client.deliver(f"retry: {RETRY_MS}\nid: {sample_position},{alarm_position}\n\n".encode())
+        for chunk in chunks:
+            if client.closed:
+                return
+            client.deliver(chunk)
+        self.events["catch_up"] += len(chunks)
+        client.go_live(sent)
+
+    @defer.inlineCallbacks
+    def _replay_samples(self, filters: Filters, start: str) -> Any:
+        points: set[tuple[str, str, str]] = set(filters.points)
+        if filters.everything:
+            device_ids = yield self.live.device_ids()
+        else:
+            device_ids = sorted(filters.devices)
+        for device_id in device_ids:
+            if len(points) >= REPLAY_POINTS:
+                break
+            for term_id, item_id in (yield self.live.point_ids(device_id)):
+                points.add((device_id, term_id, item_id))
+        chosen = sorted(points)[:REPLAY_POINTS]
+        replies = yield defer.gatherResults(
+            [
+                self.live.entries_from(keys.POINT_DATA % point, start, REPLAY_PER_POINT)
+                for point in chosen
+            ],
+            consumeErrors=True,
+        )
+        found = []
+        for point, entries in zip(chosen, replies, strict=True):
+            for entry_id, fields in entries:
+                try:
+                    stored = json.loads(fields.get("sample", ""))
+                except ValueError:
+                    continue
+                if isinstance(stored, dict):
+                    found.append((point, entry_id, stored))
+        found.sort(key=lambda f: _entry_key(f[1]))
+        return found[-REPLAY_SAMPLES:]
+
+    # -- fan-out --------------------------------------------------------------------------
+    def _message(self, channel: str, text: str) -> None:
+        if channel.startswith(_SAMPLES_PREFIX):
+            self._samples(channel[len(_SAMPLES_PREFIX) :], text)
+        elif channel == keys.ALARM:
+            self._alarm(text)
+        elif channel.startswith(_STATUS_PREFIX):
+            self._status(channel[len(_STATUS_PREFIX) :], text)
+
+    def _samples(self, device_id: str, text: str) -> None:
+        if not any(c.filters.wants_device(device_id) for c in self.clients):
+            # Nobody listens to this device: only keep the position (the last sample's
+            # entry id), without decoding the message.
+            at = text.rfind('"id":"')
+            if at >= 0:
+                entry_id = text[at + 6 : text.find('"', at + 6)]
+                if _ENTRY_ID.match(entry_id):
+                    self.sample_position = _later(self.sample_position, entry_id)
+            return
+        message = json.loads(text)
+        clients = list(self.clients)
+        for sample in message.get("samples", ()):
+            entry_id = sample.get("id")
+            if isinstance(entry_id, str) and _ENTRY_ID.match(entry_id):
+                self.sample_position = _later(self.sample_position, entry_id)
+            point = (sample.get("device_id"), sample.get("term_id"), sample.get("item_id"))
+            chunk = None
+            for client in clients:
+                if client.filters.wants_point(*point):
+                    if chunk is None:
+                        chunk = _event(
+                            "sample",
+                            f"{self.sample_position},{self.alarm_position}",
+                            sample_event(sample),
+                        )
+                        self.events["sample"] += 1
+                    client.send(chunk, (*point, entry_id))
+
+    def _alarm(self, text: str) -> None:
+        event = json.loads(text)
+        if not isinstance(event, dict):
+            return
+        entry_id = event.get("id")
+        if isinstance(entry_id, str) and _ENTRY_ID.match(entry_id):
+            self.alarm_position = _later(self.alarm_position, entry_id)
+        point = (str(event.get("device_id")), str(event.get("term_id")), str(event.get("item_id")))
+        chunk = None
+        for client in list(self.clients):
+            if client.filters.wants_point(*point):
+                if chunk is None:
+                    chunk = _event("alarm", f"{self.sample_position},{self.alarm_position}", event)
+                    self.events["alarm"] += 1
+                client.send(chunk, entry_id)
+
+    def _status(self, device_id: str, text: str) -> None:
+        if not self.clients:
+            return
+        status = json.loads(text)
+        if not isinstance(status, dict):
+            return
+        chunk = None
+        for client in list(self.clients):
+            if client.filters.wants_device(device_id):
+                if chunk is None:
+                    chunk = _event(
+                        "status",
+                        f"{self.sample_position},{self.alarm_position}",
+                        {**status, "device_id": device_id},
+                    )
+                    self.events["status"] += 1
+                client.send(chunk)
+
+    def _beat(self) -> None:
+        for client in list(self.clients):
+            client.send(b": hb\n\n")
+
+
+def _peer(request: Any) -> str:
+    address = request.getClientAddress()
+    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+
+
+@app.route("/api/v1/stream", methods=["GET"])
+@defer.inlineCallbacks
+def stream(self: ApiApp, request: Any) -> Any:
+    """Samples, device statuses and alarms as Server-Sent Events (``text/event-stream``);
+    ``?device_id=`` and ``?point=device:term:item`` filter (repeatable), ``Last-Event-ID``
+    resumes; see `pydatacoll.api.stream`."""
+    self._read(request)
+    filters = Filters.from_request(request)
+    header = request.getHeader(b"last-event-id")
+    resume = Resume.parse(header.decode("latin-1")) if header else None
+    hub: StreamHub | None = self.stream_hub
+    if hub is None:
+        raise errors.Unavailable("the event stream is not served by this process")
+    waiting = hub.subscribed()
+    timeout = hub.reactor.callLater(self.settings.redis_timeout, waiting.cancel)
+    try:
+        yield waiting
+    except defer.CancelledError:
+        raise errors.StoreUnavailable("the stream subscription to Redis is not up") from None
+    finally:
+        if timeout.active():
+            timeout.cancel()
+    client = hub.add(request, filters)
+    try:
+        yield hub.catch_up(client, resume)
+    except BaseException:
+        hub.remove(client)
+        raise
+    if client.closed:
+        return b""
+    result = yield client.done
+    return result

@@ -1,0 +1,138 @@
+"""The metric families read from the process's own counters (fast, with stand-ins).
+
+The real daemons' expositions are parsed in tests/integration/test_operability.py.
+"""
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from pydatacoll.metrics import ProcessMetrics, device_figures
+
+MODBUS = {
+    "device_id": "m1",
+    "protocol": "modbus",
+    "state": "online",
+    "points_updated": 120,
+    "last_value_time": "2026-12-03T10:00:00+00:00",
+    "counters": {
+        "link": {
+            "timeouts": 2,
+            "exceptions": 1,
+            "frame_errors": 1,
+            "rtt_last": 0.012,
+            "reconnects": 3,
+        }
+    },
+}
+IEC104 = {
+    "device_id": "c1",
+    "protocol": "iec104",
+    "state": "offline",
+    "points_updated": 7,
+    "last_value_time": None,
+    "counters": {"timeouts": 1, "sequence_errors": 2, "asdus_skipped": 5, "reconnects": 4},
+}
+INGEST = {
+    "written": 10,
+    "skipped": 1,
+    "dropped": 2,
+    "buffered": 3,
+    "buffer_limit": 100,
+    "write_failures": 4,
+    "congested": True,
+    "pauses": 5,
+}
+
+
+class _Ingest:
+    observe_batch = None
+
+    def status(self):
+        return dict(INGEST)
+
+
+class _Manager:
+    def __init__(self):
+        self.ingest = _Ingest()
+        self.running_devices = {"m1": None, "c1": None, "gone": None}
+
+    def device_status(self, device_id):
+        return {"m1": MODBUS, "c1": IEC104}.get(device_id)
+
+
+class _Processors:
+    def status(self):
+        return {
+            "limits": {"enabled": True, "state": "running", "errors": 2, "emit_dropped": 0},
+            "history": {"enabled": False, "state": "disabled", "errors": 0},
+        }
+
+
+def parse(text):
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+class MetricsTests(SynchronousTestCase):
+    def test_device_figures_of_both_protocols(self):
+        self.assertEqual(
+            device_figures(MODBUS),
+            {
+                "up": 1.0,
+                "round_trip": 0.012,
+                "samples": 120.0,
+                "errors": 4.0,
+                "disconnections": 3.0,
+                "last_value": 1796292000.0,
+            },
+        )
+        self.assertEqual(
+            device_figures(IEC104),
+            {
+                "up": 0.0,
+                "round_trip": None,
+                "samples": 7.0,
+                "errors": 3.0,
+                "disconnections": 4.0,
+                "last_value": None,
+            },
+        )
+
+    def test_collector_families(self):
+        metrics = ProcessMetrics(Clock())
+        manager = _Manager()
+        metrics.watch_collector(manager, _Processors())
+        manager.ingest.observe_batch(250, 0.003)
+        found = parse(self.successResultOf(metrics.exposition()).decode())
+        m1 = (("device_id", "m1"), ("protocol", "modbus"))
+        c1 = (("device_id", "c1"), ("protocol", "iec104"))
+        self.assertEqual(found[("pydatacoll_device_up", m1)], 1)
+        self.assertEqual(found[("pydatacoll_device_up", c1)], 0)
+        self.assertEqual(found[("pydatacoll_device_round_trip_seconds", m1)], 0.012)
+        self.assertNotIn(("pydatacoll_device_round_trip_seconds", c1), found)
+        self.assertEqual(found[("pydatacoll_device_read_errors_total", c1)], 3)
+        self.assertEqual(found[("pydatacoll_device_disconnections_total", m1)], 3)
+        self.assertEqual(found[("pydatacoll_device_samples_total", m1)], 120)
+        self.assertEqual(found[("pydatacoll_ingest_samples_dropped_total", ())], 2)
+        self.assertEqual(found[("pydatacoll_ingest_buffered_samples", ())], 3)
+        self.assertEqual(found[("pydatacoll_ingest_congested", ())], 1)
+        self.assertEqual(found[("pydatacoll_ingest_batch_samples_sum", ())], 250)
+        self.assertEqual(found[("pydatacoll_ingest_redis_round_trip_seconds_count", ())], 1)
+        self.assertEqual(found[("pydatacoll_plugin_up", (("plugin", "limits"),))], 1)
+        self.assertEqual(found[("pydatacoll_plugin_enabled", (("plugin", "history"),))], 0)
+        self.assertEqual(found[("pydatacoll_plugin_errors_total", (("plugin", "limits"),))], 2)
+        # bounded labels: device_id/protocol, plugin, and the fixed sets of the others
+        labels = {name for _, pairs in found for name, _ in pairs}
+        self.assertLessEqual(labels, {"device_id", "protocol", "plugin", "le"})
+        self.assertFalse([k for k in found if k[0].endswith("_created")])
+
+    def test_registries_are_per_process(self):
+        one, two = ProcessMetrics(Clock()), ProcessMetrics(Clock())
+        one.commands.labels("confirmed").inc()
+        self.assertIsNot(one.registry, two.registry)
+        found = parse(self.successResultOf(two.exposition()).decode())
+        self.assertNotIn(("pydatacoll_commands_total", (("outcome", "confirmed"),)), found)
