@@ -300,8 +300,9 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
-#: What a daemon runs: the REST API, the collector (devices and processors), or both.
-ROLES = ("all", "api", "collector")
+#: What a daemon runs: the REST API, the collector (devices and processors), the
+#: northbound gateways, or all three.
+ROLES = ("all", "api", "collector", "gateway")
 _PLUGIN_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 #: INI sections ``[plugin:NAME]`` hold a plugin's own options; the plugin checks them.
 PLUGIN_SECTION = "plugin:"
@@ -313,7 +314,8 @@ OPTIONS += (
         "role",
         "all",
         _role,
-        "What this process runs: all, api (REST only) or collector (devices and plugins).",
+        "What this process runs: all, api (REST only), collector (devices and plugins) or "
+        "gateway (the northbound IEC 104 gateways, fed from Redis).",
     ),
     Option(
         "collector",
@@ -427,6 +429,11 @@ class Settings:
     def runs_collector(self) -> bool:
         """Whether this process runs the devices and the processor plugins."""
         return self.role in ("all", "collector")
+
+    @property
+    def runs_gateway(self) -> bool:
+        """Whether this process serves the northbound gateways."""
+        return self.role in ("all", "gateway")
 
     @property
     def embedded_redis(self) -> bool:

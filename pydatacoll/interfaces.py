@@ -71,3 +71,26 @@ class IProcessorFactory(Interface):
 
     def build(context):  # type: ignore[no-untyped-def]
         """The processor service, given a `pydatacoll.processing.ProcessorContext`."""
+
+
+class IStationDatabase(Interface):
+    """What an IEC 104 controlled station (`pydatacoll.protocols.iec104.station`) serves:
+    its points, their current values, and what to do with clock syncs and commands."""
+
+    common_address = Attribute("the station's common address")
+
+    def station_points():  # type: ignore[no-untyped-def]
+        """The points by IOA: ``{ioa: StationPoint}``."""
+
+    def current(ioa):  # type: ignore[no-untyped-def]
+        """A point's current `PointValue` (NT|IV when none is known)."""
+
+    def clock_sync(when, peer):  # type: ignore[no-untyped-def]
+        """A clock synchronisation from ``peer``: True to accept, False to refuse."""
+
+    def can_command(point):  # type: ignore[no-untyped-def]
+        """None when a command for ``point`` could run now, else why not (text)."""
+
+    def execute(request):  # type: ignore[no-untyped-def]
+        """Run a `CommandRequest` on the field device: a Deferred firing with a
+        `CommandAnswer` (positive only when the device confirmed)."""

@@ -51,7 +51,8 @@ def _stop(_: object, child: Any) -> Any:
 def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     """Children in start order: ``redis-server`` (embedded only), ``redis``, then
     ``collector`` (roles all and collector), ``replies``, ``stream`` and ``api`` (roles all
-    and api), or ``metrics`` (role collector with ``[collector] metrics_endpoint``)."""
+    and api), or ``metrics`` (role collector with ``[collector] metrics_endpoint``), then
+    ``gateway-replies`` and ``gateway`` (roles all and gateway)."""
     root = OrderedService()
     embedded = None
     if settings.embedded_redis:
@@ -83,14 +84,34 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
         metrics.watch_redis(client)
     if settings.runs_api:
         _add_api(root, settings, reactor, client, embedded, processors, metrics)
-    elif settings.metrics_endpoint:
+    elif settings.metrics_endpoint and settings.runs_collector:
         token = settings.api_token if settings.protect_reads else None
         listener = strports.service(
             settings.metrics_endpoint, metrics_site(metrics, token), reactor=reactor
         )
         listener.setName("metrics")
         listener.setServiceParent(root)
+    if settings.runs_gateway:
+        _add_gateway(root, settings, reactor, client, embedded)
     return root
+
+
+def _add_gateway(
+    root: MultiService, settings: Settings, reactor: Any, client: RedisClient, embedded: Any
+) -> None:
+    """The northbound gateways, with a reply listener of their own for commands."""
+    from pydatacoll.gateway.service import GatewayService
+
+    replies = ReplyListener(
+        reactor, settings.redis, address_source=embedded, connect_timeout=settings.redis_timeout
+    )
+    replies.setName("gateway-replies")
+    replies.setServiceParent(root)
+    gateway = GatewayService(
+        client, reactor, replies=replies, ctrl_log_length=settings.ctrl_log_length
+    )
+    gateway.setName("gateway")
+    gateway.setServiceParent(root)
 
 
 def _add_api(

@@ -13,7 +13,7 @@ from pydatacoll.processing.loader import check_plugin_options
 
 class Options(usage.Options):
     """``twistd pydatacoll [--config FILE] [--api ENDPOINT] [--redis URL] [--data-dir DIR]
-    [--api-token TOKEN] [--role all|api|collector]``"""
+    [--api-token TOKEN] [--role all|api|collector|gateway]``"""
 
     optParameters = [
         ["config", "c", None, "INI configuration file (see etc/pydatacoll.ini)."],
@@ -27,7 +27,7 @@ class Options(usage.Options):
         ],
         ["data-dir", None, None, "Directory of the embedded Redis [default: ./pydatacoll-data]."],
         ["api-token", None, None, "Bearer token required for changes and device commands."],
-        ["role", None, None, "all, api or collector [default: all]."],
+        ["role", None, None, "all, api, collector or gateway [default: all]."],
     ]
 
     def postOptions(self) -> None:  # noqa: N802 (Twisted API)

@@ -934,6 +934,8 @@ def _op(kind: str, entity: Any) -> dict[str, Any]:
     }
     if entity.KIND == "term_item":
         op.update(term_id=entity.term_id, item_id=entity.item_id)
+    elif entity.KIND == "gateway_point":
+        op.update(gateway_id=entity.gateway_id, ioa=str(entity.ioa))
     return op
 
 
@@ -1050,6 +1052,7 @@ def _expand(path: str) -> list[str]:
 
 
 from pydatacoll.api import configio as _configio  # noqa: E402,F401
+from pydatacoll.api import gateways as _gateways  # noqa: E402,F401
 from pydatacoll.api import metrics as _metrics  # noqa: E402,F401
 from pydatacoll.api import processing as _processing  # noqa: E402,F401
 from pydatacoll.api import stream as _stream  # noqa: E402,F401

@@ -394,6 +394,8 @@ def entity_schema(entity: type[Entity], *, update: bool = False) -> dict[str, An
 
 
 def _collection_entity(path: str) -> str | None:
+    if path.startswith(("/api/v1/gateways", "/api/v2/gateways")):
+        return "gateway_point" if "/points" in path else "gateway"
     for name in ("term_items", "devices", "terms", "items", "formulas"):
         if f"/{name}" in path:
             return name[:-1]

@@ -29,6 +29,9 @@ class DeviceProtocol:
     #: ``"module:function"`` checking one point (term-item) of a device of this protocol,
     #: called as ``function(device, term, term_item)``; it raises `ValidationError`.
     point_checker: str | None = None
+    #: Whether device_ctrl can select before operating (the gateway passes an upstream
+    #: select-before-operate down only then).
+    select_before_operate: bool = False
 
     def check(self, device: Any) -> None:
         """Check ``device``'s protocol settings (nothing to check without a checker)."""
@@ -82,6 +85,7 @@ register_protocol(
         default_port=2404,
         checker="pydatacoll.protocols.iec104.runtime:check_device",
         point_checker="pydatacoll.protocols.iec104.runtime:check_point",
+        select_before_operate=True,
     )
 )
 register_protocol(

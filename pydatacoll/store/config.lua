@@ -3,8 +3,9 @@
 -- ARGV[1] is JSON: {"k": key templates, "c": change channels (both from
 -- pydatacoll/store/keys.py), "ops": [op, ...]}.
 -- op = {"op": "create"|"put"|"update"|"delete",
---       "entity": "device"|"term"|"item"|"term_item"|"formula",
+--       "entity": "device"|"term"|"item"|"term_item"|"formula"|"gateway"|"gateway_point",
 --       "id": id (term_item: "term_id:item_id"), "term_id", "item_id" (term_item),
+--       (gateway_point: "gateway_id:ioa"), "gateway_id", "ioa" (gateway_point),
 --       "fields": {name: JSON text} (create/put/update), "expect": {name: JSON text} (update)}
 -- Every op is checked first; only when all pass is anything written, so a batch is
 -- all-or-nothing. Ops are checked in order, and an op sees the entities put or deleted
@@ -58,6 +59,7 @@ end
 
 local function entity_key(op)
   if op.entity == "term_item" then return key("term_item", op.term_id, op.item_id) end
+  if op.entity == "gateway_point" then return key("gateway_point", op.gateway_id, op.ioa) end
   return key(op.entity, op.id)
 end
 
@@ -85,7 +87,9 @@ end
 
 -- phase 1: check every op against what is stored -----------------------------------
 local LABEL = {device = "device", term = "term", item = "item", term_item = "term_item",
-  formula = "formula"}
+  formula = "formula", gateway = "gateway", gateway_point = "gateway point"}
+-- the field that names an entity in "exists" / "not found" errors
+local ID_FIELD = {term_item = "item_id", gateway_point = "ioa"}
 
 -- formulas: the graph as the batch leaves it (overlay over what is stored) --------------
 local formula_overlay = {}  -- id -> {result, params} or false (deleted in this batch)
@@ -228,11 +232,12 @@ local function check_op(op, index)
   local k = entity_key(op)
   local stored = present(k)
   if op.op == "create" and stored then
-    fail(409, "conflict", LABEL[op.entity] .. " already exists!", op.entity == "term_item" and "item_id" or "id", index)
+    fail(409, "conflict", LABEL[op.entity] .. " already exists!", ID_FIELD[op.entity] or "id", index)
   end
   if (op.op == "update" or op.op == "delete") and not stored then
     local field = op.entity == "term_item" and "term_item" or (op.entity .. "_id")
     local message = op.entity == "term_item" and "term_item not found!" or (op.entity .. "_id not found!")
+    if op.entity == "gateway_point" then field, message = "ioa", "gateway point (ioa) not found!" end
     fail(404, "not_found", message, field, index)
   end
   if op.op == "update" then
@@ -251,6 +256,15 @@ local function check_op(op, index)
     local device_id = cjson.decode(op.fields.device_id)
     if not present(key("device", device_id)) then
       fail(404, "not_found", "device_id not found!", "device_id", index)
+    end
+  elseif op.entity == "gateway_point" then
+    if not exists(key("gateway", op.gateway_id)) then
+      fail(404, "not_found", "gateway_id not found!", "gateway_id", index)
+    end
+    local d, t, i = cjson.decode(op.fields.device_id), cjson.decode(op.fields.term_id),
+      cjson.decode(op.fields.item_id)
+    if not point_exists(d .. ":" .. t .. ":" .. i) then
+      fail(404, "not_found", "point " .. d .. ":" .. t .. ":" .. i .. " not found!", "item_id", index)
     end
   elseif op.entity == "term_item" then
     if not present(key("term", op.term_id)) then
@@ -370,6 +384,15 @@ local function apply(op)
       redis.call("SREM", key("devices"), op.id)
     elseif op.entity == "term" then
       remove_term(op.id)
+    elseif op.entity == "gateway" then
+      for _, ioa in ipairs(redis.call("SMEMBERS", key("gateway_points", op.id))) do
+        redis.call("DEL", key("gateway_point", op.id, ioa))
+      end
+      redis.call("DEL", k, key("gateway_points", op.id))
+      redis.call("SREM", key("gateways"), op.id)
+    elseif op.entity == "gateway_point" then
+      redis.call("DEL", k)
+      redis.call("SREM", key("gateway_points", op.gateway_id), op.ioa)
     elseif op.entity == "item" then
       for _, term_id in ipairs(redis.call("SMEMBERS", key("item_terms", op.id))) do
         remove_point(decoded_field(key("term", term_id), "device_id"), term_id, op.id)
@@ -395,6 +418,8 @@ local function apply(op)
       fields.device_id = redis.call("HGET", key("term", op.term_id), "device_id")
       redis.call("SADD", key("term_items", op.term_id), op.item_id)
       redis.call("SADD", key("item_terms", op.item_id), op.term_id)
+    elseif op.entity == "gateway_point" then
+      redis.call("SADD", key("gateway_points", op.gateway_id), op.ioa)
     else
       redis.call("SADD", key(op.entity .. "s"), op.id)
     end

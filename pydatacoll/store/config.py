@@ -24,12 +24,14 @@ ENTITY_KEYS = {
     "term": keys.TERM,
     "item": keys.ITEM,
     "formula": keys.FORMULA,
+    "gateway": keys.GATEWAY,
 }
 ENTITY_SETS = {
     "device": keys.DEVICES,
     "term": keys.TERMS,
     "item": keys.ITEMS,
     "formula": keys.FORMULAS,
+    "gateway": keys.GATEWAYS,
 }
 
 

@@ -29,6 +29,13 @@ CONFIG_VERSION = "STR:CONFIG_VERSION"
 FORMULA = "HS:FORMULA:%s"
 FORMULAS = "SET:FORMULA"
 FORMULA_PARAM = "SET:FORMULA_PARAM:%s"
+#: Northbound gateways (IEC 104 controlled stations) and their points, by IOA.
+GATEWAY = "HS:GATEWAY:%s"
+GATEWAYS = "SET:GATEWAY"
+GATEWAY_POINT = "HS:GATEWAY_POINT:%s:%s"
+GATEWAY_POINTS = "SET:GATEWAY_POINT:%s"
+#: Gateway states (written by the gateway service), field gateway id -> JSON status.
+GATEWAY_STATUS = "HS:GATEWAY_STATUS"
 
 # -- runtime data (written by the collector; deleted here with their point/device) ------
 POINT_DATA = "XS:DATA:%s:%s:%s"
@@ -75,6 +82,12 @@ ALARM = "CHANNEL:ALARM"
 FORMULA_ADD = "CHANNEL:FORMULA_ADD"
 FORMULA_FRESH = "CHANNEL:FORMULA_FRESH"
 FORMULA_DEL = "CHANNEL:FORMULA_DEL"
+GATEWAY_ADD = "CHANNEL:GATEWAY_ADD"
+GATEWAY_FRESH = "CHANNEL:GATEWAY_FRESH"
+GATEWAY_DEL = "CHANNEL:GATEWAY_DEL"
+GATEWAY_POINT_ADD = "CHANNEL:GATEWAY_POINT_ADD"
+GATEWAY_POINT_FRESH = "CHANNEL:GATEWAY_POINT_FRESH"
+GATEWAY_POINT_DEL = "CHANNEL:GATEWAY_POINT_DEL"
 
 #: entity -> operation -> channel of its change messages.
 CHANGE_CHANNELS: dict[str, dict[str, str]] = {
@@ -83,6 +96,12 @@ CHANGE_CHANNELS: dict[str, dict[str, str]] = {
     "item": {"add": ITEM_ADD, "fresh": ITEM_FRESH, "del": ITEM_DEL},
     "term_item": {"add": TERM_ITEM_ADD, "fresh": TERM_ITEM_FRESH, "del": TERM_ITEM_DEL},
     "formula": {"add": FORMULA_ADD, "fresh": FORMULA_FRESH, "del": FORMULA_DEL},
+    "gateway": {"add": GATEWAY_ADD, "fresh": GATEWAY_FRESH, "del": GATEWAY_DEL},
+    "gateway_point": {
+        "add": GATEWAY_POINT_ADD,
+        "fresh": GATEWAY_POINT_FRESH,
+        "del": GATEWAY_POINT_DEL,
+    },
 }
 
 _CHANGE = (
@@ -122,6 +141,11 @@ def documentation() -> dict[str, Any]:
                 "point), p1..pN (input points 'd:t:i'); one JSON value per field"
             ),
             FORMULA_STATUS: "state of each formula (last value or error), field = formula id",
+            GATEWAY % "{gateway_id}": "northbound gateway (IEC 104 controlled station)",
+            GATEWAY_STATUS: "state of each running gateway and its connections, field = id",
+            GATEWAY_POINT % ("{gateway_id}", "{ioa}"): (
+                "gateway point: IOA, monitor type, the point (device_id, term_id, item_id)"
+            ),
         },
         "set": {
             DEVICES: "all device ids",
@@ -132,6 +156,8 @@ def documentation() -> dict[str, Any]:
             ITEM_TERMS % "{item_id}": "term ids an item is linked to",
             FORMULAS: "all formula ids",
             FORMULA_PARAM % "{device_id}:{term_id}:{item_id}": "ids of the formulas using a point",
+            GATEWAYS: "all gateway ids",
+            GATEWAY_POINTS % "{gateway_id}": "IOAs of a gateway's points",
         },
         "list": {
             FRAME_LOG % "{device_id}": "bounded log of raw frames: {iso_time},{send|recv},{hex}",
@@ -189,6 +215,12 @@ def documentation() -> dict[str, Any]:
             FORMULA_ADD: "formula created: " + _CHANGE,
             FORMULA_FRESH: "formula changed: " + _CHANGE,
             FORMULA_DEL: "formula deleted: " + _CHANGE,
+            GATEWAY_ADD: "gateway created: " + _CHANGE,
+            GATEWAY_FRESH: "gateway changed: " + _CHANGE,
+            GATEWAY_DEL: "gateway deleted, with its points: " + _CHANGE,
+            GATEWAY_POINT_ADD: "gateway point created: " + _CHANGE,
+            GATEWAY_POINT_FRESH: "gateway point changed: " + _CHANGE,
+            GATEWAY_POINT_DEL: "gateway point deleted: " + _CHANGE,
             ALARM: (
                 'alarm raised or cleared: {"event": "raise"|"clear", "device_id", "term_id", '
                 '"item_id", "kind", "value", "limit", "time", "message", "id" (its entry id in '
@@ -227,4 +259,8 @@ def lua_templates() -> dict[str, str]:
         "formulas": FORMULAS,
         "formula_param": FORMULA_PARAM,
         "formula_status": FORMULA_STATUS,
+        "gateway": GATEWAY,
+        "gateways": GATEWAYS,
+        "gateway_point": GATEWAY_POINT,
+        "gateway_points": GATEWAY_POINTS,
     }

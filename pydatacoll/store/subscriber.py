@@ -109,6 +109,30 @@ class Subscriber(Service):
         return d.addErrback(lambda f: self.log.failure("closing {name}", f, name=self.label))
 
     @defer.inlineCallbacks
+    def update_channels(self, channels: Sequence[str]) -> Any:
+        """Subscribe exactly ``channels`` from now on (and after every reconnection).
+
+        Fires once the live connection (if any) has (un)subscribed the difference.
+        """
+        old, new = set(self.channels), set(channels)
+        self.channels = sorted(new)
+        conn = self._conn
+        if conn is None or old == new:
+            return
+        try:
+            if new - old:
+                yield conn.subscribe(sorted(new - old))
+            if old - new:
+                yield conn.unsubscribe(sorted(old - new))
+        except txredisapi.ConnectionError as exc:
+            # Lost meanwhile: the reconnection subscribes every channel of the new list.
+            self.log.info("{name}: subscription not changed: {error}", name=self.label, error=exc)
+        except Exception:
+            self.log.failure("{name}: changing the subscription failed", name=self.label)
+            if conn.transport is not None:
+                conn.transport.loseConnection()  # the reconnection subscribes everything
+
+    @defer.inlineCallbacks
     def _connected(self, conn: Any) -> Any:
         self._conn = conn
         try:

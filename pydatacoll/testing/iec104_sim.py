@@ -48,7 +48,6 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pydatacoll.protocols.iec104.apci import MAX_ASDU
 from pydatacoll.protocols.iec104.asdu import (
     COMMAND_TYPES,
     IEC104,
@@ -60,13 +59,14 @@ from pydatacoll.protocols.iec104.asdu import (
     encode_asdu,
 )
 from pydatacoll.protocols.iec104.link import Iec104Link, LinkParams, LinkState, SendQueueFull
+from pydatacoll.protocols.iec104.station import (
+    COUNTER_TYPES,
+    GLOBAL_ADDRESS,
+    objects_per_asdu,
+)
 
-#: Monitor types that answer counter interrogation rather than station interrogation.
-COUNTER_TYPES = frozenset({15, 16, 37})
 #: Points per flood APDU: 6 header octets + 3 IOA octets + 48 x 5 octets = 249 = MAX_ASDU.
 FLOOD_POINTS_PER_FRAME = 48
-#: The global common address (IEC 60870-5-101 7.2.4): every station answers.
-GLOBAL_ADDRESS = 0xFFFF
 
 _SINGLE = frozenset({1, 2, 30})
 _DOUBLE = frozenset({3, 4, 31})
@@ -383,12 +383,8 @@ class StationRegistry:
         by_type: dict[int, list[PointState]] = {}
         for p in sorted(points, key=lambda p: (p.type_id, p.ioa)):
             by_type.setdefault(p.type_id, []).append(p)
-        params = self.asdu_params
         for type_id, members in by_type.items():
-            per_asdu = (MAX_ASDU - params.header_size) // (
-                params.ioa_size + TYPES[type_id].element_size
-            )
-            per_asdu = min(127, per_asdu)
+            per_asdu = objects_per_asdu(type_id, self.asdu_params)
             for i in range(0, len(members), per_asdu):
                 yield self._point_asdu(station, members[i : i + per_asdu], cause)
 

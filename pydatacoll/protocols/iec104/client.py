@@ -20,7 +20,6 @@ import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
     IReactorTCP,
@@ -48,6 +47,7 @@ from pydatacoll.protocols.iec104.asdu import (
     cause_name,
 )
 from pydatacoll.protocols.iec104.link import Iec104Link, LinkCounters, LinkParams, LinkState
+from pydatacoll.protocols.iec104.tls import TlsSettings, client_endpoint
 
 
 class Outcome(enum.Enum):
@@ -771,6 +771,7 @@ class Iec104Client(service.Service):
         frame_observer: Callable[[str, bytes], None] | None = None,
         log_frames: bool = False,
         healthy_after: float = HEALTHY_AFTER,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = reactor  # type: ignore[assignment]
@@ -780,9 +781,12 @@ class Iec104Client(service.Service):
         self.on_data = on_data
         self.on_state = on_state
         self.name = name  # type: ignore[assignment]  # Service declares it None
+        self.counters = LinkCounters()
+        # IEC 62351-3: with ``tls``, each endpoint is TCP + mutual TLS; its refusals and
+        # failed handshakes become the link's last_error.
         self.endpoint = RotatingEndpoint(
             [
-                TCP4ClientEndpoint(reactor, host, port, timeout=self.link.t0)
+                client_endpoint(reactor, host, port, self.link.t0, tls, self._tls_error)
                 for host, port in endpoints
             ]
         )
@@ -836,6 +840,9 @@ class Iec104Client(service.Service):
         self.protocol = master
         self._set_state(LinkState.STOPPED)
         return master
+
+    def _tls_error(self, message: str) -> None:
+        self.counters.last_error = message
 
     def _observe_frame(self, direction: str, frame: bytes) -> None:
         if self.log_frames:

@@ -4,10 +4,13 @@ Device settings are the device's free attributes (all optional): ``k``, ``w``, `
 ``t3``, ``timezone`` (IANA name, default UTC), ``endpoints`` (redundant ``"host:port"``
 list tried after ``ip:port``), ``interrogation_interval``, ``interrogation_groups``,
 ``counter_interval``, ``clock_sync_interval``, ``clock_sync`` (on start, default true),
-``command_timeout``, ``wait_termination``. A term is a station: its ``address`` is the
-common address (default 1). A term-item is a point: ``protocol_code`` is its IOA,
-``code_type`` the command type for ``device_ctrl`` (45..64; a monitor type maps to its
-command, see ``asdu.COMMAND_FOR_MONITOR``), ``select`` its default for select-before-operate.
+``command_timeout``, ``wait_termination``, and for IEC 62351-3 TLS ``tls_ca``,
+``tls_cert``, ``tls_key`` (file paths where the collector runs) and optionally
+``tls_fingerprints`` (SHA-256 of the accepted server certificates). A term is a
+station: its ``address`` is the common address (default 1). A term-item is a point:
+``protocol_code`` is its IOA, ``code_type`` the command type for ``device_ctrl``
+(45..64; a monitor type maps to its command, see ``asdu.COMMAND_FOR_MONITOR``),
+``select`` its default for select-before-operate.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pydatacoll.protocols.iec104.client import (
     StationParams,
 )
 from pydatacoll.protocols.iec104.link import LinkParams
+from pydatacoll.protocols.iec104.tls import TlsSettings, tls_settings
 from pydatacoll.scaling import apply_scaling
 
 #: Device attributes and how they are checked.
@@ -171,6 +175,8 @@ class DeviceSettings:
     #: `StationParams` fields other than the common addresses (those come from terms).
     station: dict[str, Any]
     endpoints: list[tuple[str, int]]
+    #: IEC 62351-3 TLS (``tls_ca``, ``tls_cert``, ``tls_key``, ``tls_fingerprints``).
+    tls: TlsSettings | None = None
 
 
 def parse_device(device: Device) -> DeviceSettings:
@@ -206,7 +212,9 @@ def parse_device(device: Device) -> DeviceSettings:
             )
         station["interrogation_groups"] = tuple(groups) or (0,)
     asdu = AsduParams(tz=tz) if tz is not datetime.UTC else IEC104
-    return DeviceSettings(link_params, asdu, station, _endpoints(device))
+    return DeviceSettings(
+        link_params, asdu, station, _endpoints(device), tls_settings(device.extra)
+    )
 
 
 def check_device(device: Device) -> None:
@@ -285,6 +293,7 @@ class Iec104Runtime(Service):
             on_data=self._on_data,
             name=f"iec104 device {device.id}",
             frame_observer=frame_observer,
+            tls=parsed.tls,
         )
         self.update_points(terms, term_items)
 

@@ -1,0 +1,182 @@
+"""The gateway routes over real HTTP against a private redis-server: CRUD, validation, changes."""
+
+import json
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from pydatacoll.api.app import route_table
+from pydatacoll.api.openapi import document
+from tests.api import test_app
+
+GATEWAY = {"id": "scada", "protocol": "iec104", "listen": "tcp:2405", "common_address": 3}
+POINT = {"ioa": 1001, "type_id": 13, "device_id": "1", "term_id": "10", "item_id": "1000"}
+
+
+class GatewayRouteTests(TestCase):
+    token = None
+    # The API harness of test_app (private Redis, real HTTP), without its tests.
+    call = test_app.ApiTests.call
+    seed = test_app.ApiTests.seed
+
+    @inlineCallbacks
+    def setUp(self):
+        yield test_app.ApiTests.setUp(self)
+        yield self.seed()  # device 1, term 10, item 1000 and their point
+
+    @inlineCallbacks
+    def test_crud(self):
+        status, created = yield self.call("POST", "/api/v1/gateways", GATEWAY)
+        self.assertEqual((status, created), (201, GATEWAY))
+        status, ids = yield self.call("GET", "/api/v1/gateways")
+        self.assertEqual((status, ids), (200, ["scada"]))
+        status, point = yield self.call(
+            "POST", "/api/v1/gateways/scada/points", {**POINT, "command": False, "groups": [2, 1]}
+        )
+        self.assertEqual((status, point["gateway_id"], point["groups"]), (201, "scada", [1, 2]))
+        status, points = yield self.call("GET", "/api/v1/gateways/scada/points")
+        self.assertEqual((status, [p["ioa"] for p in points]), (200, [1001]))
+        status, point = yield self.call(
+            "PUT", "/api/v1/gateways/scada/points/1001", {"type_id": 36}
+        )
+        self.assertEqual((status, point["type_id"], point["item_id"]), (200, 36, "1000"))
+        status, gateway = yield self.call("PUT", "/api/v1/gateways/scada", {"clock_sync": False})
+        self.assertEqual(
+            (status, gateway["clock_sync"], gateway["listen"]), (200, False, "tcp:2405")
+        )
+        status, got = yield self.call("GET", "/api/v1/gateways/scada/points/1001")
+        self.assertEqual((status, got["type_id"]), (200, 36))
+        status, body = yield self.call("GET", "/api/v1/gateways/scada/status")
+        self.assertEqual((status, body["state"]), (200, "unknown"))  # no gateway process here
+        status, _ = yield self.call("DELETE", "/api/v1/gateways/scada/points/1001")
+        self.assertEqual(status, 204)
+        status, error = yield self.call("GET", "/api/v1/gateways/scada/points/1001")
+        self.assertEqual((status, error["field"]), (404, "ioa"))
+        yield self.call("POST", "/api/v1/gateways/scada/points", POINT)
+        status, _ = yield self.call("DELETE", "/api/v1/gateways/scada")
+        self.assertEqual(status, 204)
+        # the points went with the gateway
+        self.assertEqual(self.sync.keys("*GATEWAY_POINT*"), [])
+        status, error = yield self.call("GET", "/api/v1/gateways/scada")
+        self.assertEqual((status, error["error"], error["field"]), (404, "not_found", "gateway_id"))
+
+    @inlineCallbacks
+    def test_validation_names_the_field(self):
+        cases = [
+            ({**GATEWAY, "protocol": "modbus"}, "protocol"),
+            ({**GATEWAY, "listen": "nonsense:1"}, "listen"),
+            ({**GATEWAY, "common_address": 0}, "common_address"),
+            ({**GATEWAY, "k": 4, "w": 8}, "w"),
+            ({**GATEWAY, "allowed_clients": ["not an address"]}, "allowed_clients"),
+            ({**GATEWAY, "clock_sync": "yes"}, "clock_sync"),
+            ({**GATEWAY, "event_queue": 1}, "event_queue"),
+            ({"protocol": "iec104"}, "id"),
+            ({**GATEWAY, "tls_ca": "/ca.pem"}, "tls_cert"),
+            ({**GATEWAY, "redundancy_groups": [["10.0.0.1"], ["10.0.0.1"]]}, "redundancy_groups"),
+            ({**GATEWAY, "redundancy_groups": [[]]}, "redundancy_groups"),
+            ({**GATEWAY, "redundancy_groups": ["10.0.0.1"]}, "redundancy_groups"),
+            ({**GATEWAY, "tls_fingerprints": ["nope"]}, "tls_fingerprints"),
+        ]
+        for body, field in cases:
+            status, error = yield self.call("POST", "/api/v1/gateways", body)
+            self.assertEqual(
+                (status, error["error"], error["field"]), (400, "invalid", field), body
+            )
+        yield self.call("POST", "/api/v1/gateways", GATEWAY)
+        status, error = yield self.call("POST", "/api/v1/gateways", GATEWAY)
+        self.assertEqual((status, error["field"]), (409, "id"))
+        point_cases = [
+            ({**POINT, "type_id": 45}, 400, "type_id"),
+            ({**POINT, "ioa": 0}, 400, "ioa"),
+            ({**POINT, "type_id": 15, "command": True}, 400, "command"),
+            ({**POINT, "command_type": 60}, 400, "command_type"),
+            ({**POINT, "groups": [17]}, 400, "groups"),
+            ({**POINT, "gateway_id": "other"}, 400, "gateway_id"),
+            ({**POINT, "item_id": "9999"}, 404, "item_id"),
+        ]
+        for body, code, field in point_cases:
+            status, error = yield self.call("POST", "/api/v1/gateways/scada/points", body)
+            self.assertEqual((status, error["field"]), (code, field), body)
+        status, error = yield self.call("POST", "/api/v1/gateways/nope/points", POINT)
+        self.assertEqual((status, error["field"]), (404, "gateway_id"))
+        yield self.call("POST", "/api/v1/gateways/scada/points", POINT)
+        status, error = yield self.call("POST", "/api/v1/gateways/scada/points", POINT)
+        self.assertEqual((status, error["field"]), (409, "ioa"))
+        status, error = yield self.call("GET", "/api/v1/gateways/scada/points/abc")
+        self.assertEqual((status, error["field"]), (404, "ioa"))
+
+    @inlineCallbacks
+    def test_batch_points_all_or_nothing(self):
+        yield self.call("POST", "/api/v1/gateways", GATEWAY)
+        good = [{**POINT, "ioa": i} for i in (1, 2, 3)]
+        status, error = yield self.call(
+            "POST", "/api/v2/gateways/scada/points", [*good, {**POINT, "ioa": 4, "type_id": 2}]
+        )
+        self.assertEqual((status, error["field"], error["index"]), (400, "type_id", 3))
+        status, stored = yield self.call("POST", "/api/v2/gateways/scada/points", good)
+        self.assertEqual((status, [p["ioa"] for p in stored]), (200, [1, 2, 3]))
+        status, _ = yield self.call("POST", "/api/v2/gateways/scada/points/del", [1, 3])
+        self.assertEqual(status, 204)
+        status, points = yield self.call("GET", "/api/v1/gateways/scada/points")
+        self.assertEqual([p["ioa"] for p in points], [2])
+
+    @inlineCallbacks
+    def test_changes_are_announced(self):
+        """Each change is a message on its channel (what a running gateway follows)."""
+        pubsub = self.sync.pubsub()
+        self.addCleanup(pubsub.close)
+        pubsub.psubscribe("CHANNEL:GATEWAY*")
+        pubsub.get_message(timeout=1)
+        yield self.call("POST", "/api/v1/gateways", GATEWAY)
+        yield self.call("POST", "/api/v1/gateways/scada/points", POINT)
+        yield self.call("DELETE", "/api/v1/gateways/scada")
+        seen = []
+        for _ in range(20):
+            message = pubsub.get_message(timeout=0.2)
+            if message and message["type"] == "pmessage":
+                body = json.loads(message["data"])
+                seen.append((message["channel"], body["op"]))
+            if len(seen) == 3:
+                break
+        self.assertEqual(
+            seen,
+            [
+                ("CHANNEL:GATEWAY_ADD", "add"),
+                ("CHANNEL:GATEWAY_POINT_ADD", "add"),
+                ("CHANNEL:GATEWAY_DEL", "del"),
+            ],
+        )
+
+    def test_openapi_documents_every_gateway_route(self):
+        paths = document(self.api.app)["paths"]
+        routes = [(m, p) for m, p in route_table(self.api.app) if "/gateways" in p]
+        self.assertEqual(len(routes), 13)
+        for method, path in routes:
+            self.assertIn(method.lower(), paths[path])
+        schemas = document(self.api.app)["components"]["schemas"]
+        post = paths["/api/v1/gateways/{gateway_id}/points"]["post"]
+        self.assertEqual(
+            post["requestBody"]["content"]["application/json"]["schema"],
+            {"$ref": "#/components/schemas/gateway_point"},
+        )
+        self.assertIn("allowed_clients", schemas["gateway"]["properties"])
+        self.assertEqual(schemas["gateway_point"]["properties"]["groups"]["type"], "array")
+
+
+class GatewayRoleTests(TestCase):
+    def test_roles(self):
+        """The gateway runs in the all and gateway roles, with its own reply listener."""
+        from twisted.internet import reactor
+
+        from pydatacoll.config import load_settings
+        from pydatacoll.service import make_root_service
+
+        for role, names in (
+            ("all", ["collector", "replies", "stream", "api", "gateway-replies", "gateway"]),
+            ("gateway", ["gateway-replies", "gateway"]),
+            ("collector", ["collector"]),
+            ("api", ["replies", "stream", "api"]),
+        ):
+            settings = load_settings(None, {"redis": "redis://127.0.0.1:1/0", "role": role})
+            children = [s.name for s in make_root_service(settings, reactor)]
+            self.assertEqual(children, ["redis", *names], role)
