@@ -425,6 +425,15 @@ def _csv_value(kind: str | None, text: Any) -> Any:
         except ValueError:
             return text
         return decoded if isinstance(decoded, str) else text
+    if kind in ("integer", "number"):
+        # A number cell as a spreadsheet or the export writes it ("9e+18" included): the
+        # model takes only plain decimals as text, so a JSON number is passed as a number.
+        try:
+            number = _loads(text.strip())
+        except ValueError:
+            return text
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            return number
     return text
 
 

@@ -74,7 +74,7 @@ def sample_config():
                 "code_type": 36,
                 "coefficient": 0.1 + 0.2,
                 "base_val": -0.0,
-                "up_limit": 1e20,
+                "up_limit": 9e18,
                 "down_limit": -230,
             },
             {

@@ -37,7 +37,13 @@ class DefaultPluginsTests(SynchronousTestCase):
             status, plugins = request("GET", daemon.base + "/api/v1/plugins")
             states = {p["name"]: p["state"] for p in plugins}
             self.assertEqual(
-                states, {"formulas": "running", "limits": "running", "history": "disabled"}
+                states,
+                {
+                    "formulas": "running",
+                    "limits": "running",
+                    "history": "disabled",
+                    "mqtt": "disabled",
+                },
             )
             for method, path, body in ITEMS:
                 self.assertEqual(request(method, daemon.base + path, body)[0], 201)

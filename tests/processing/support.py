@@ -48,8 +48,14 @@ def redis_store(test, limits=None):
     yield test.store.apply([entity_op("create", Term.from_json({"id": "10", "device_id": "1"}))])
     yield test.store.apply([entity_op("create", Item.from_json({"id": i})) for i in ITEMS])
     points = []
-    for item_id in ITEMS:
-        body = {"term_id": "10", "item_id": item_id, **(limits or {}).get(item_id, {})}
+    for ioa, item_id in enumerate(ITEMS, start=100):
+        # an IEC 104 point needs its IOA (the REST checks a merged point in full)
+        body = {
+            "term_id": "10",
+            "item_id": item_id,
+            "protocol_code": ioa,
+            **(limits or {}).get(item_id, {}),
+        }
         points.append(entity_op("create", TermItem.from_json(body)))
     yield test.store.apply(points)
 

@@ -194,7 +194,7 @@ class RouteTests(TestCase):
         self.assertEqual((status, state["state"]), (200, "disabled"))
         self.assertIn("[plugins] enabled", state["error"])
         status, changed = yield self.call("PUT", "/api/v1/terms/10/items/1003", {"up_limit": 5})
-        self.assertEqual(status, 200)
+        self.assertEqual(status, 200, changed)
         self.assertIn("limits plugin runs in no collector", changed["warning"])
         status, plain = yield self.call("PUT", "/api/v1/terms/10/items/1004", {"name": "x"})
         self.assertNotIn("warning", plain)
@@ -207,8 +207,8 @@ class RouteTests(TestCase):
             "POST",
             "/api/v2/term_items",
             [
-                {"term_id": "10", "item_id": "1004", "lolo_limit": 1},
-                {"term_id": "10", "item_id": "1001"},
+                {"term_id": "10", "item_id": "1004", "protocol_code": 104, "lolo_limit": 1},
+                {"term_id": "10", "item_id": "1001", "protocol_code": 101},
             ],
         )
         self.assertEqual(status, 200, batch)
