@@ -45,6 +45,8 @@ def _arg(request: Any, name: str) -> str | None:
     values = request.args.get(name.encode())
     if not values:
         return None
+    if len(values) > 1:
+        raise errors.ValidationError(f"{name} must be given once", field=name)
     try:
         return str(values[0].decode("utf-8"))
     except UnicodeDecodeError:
@@ -52,10 +54,10 @@ def _arg(request: Any, name: str) -> str | None:
 
 
 def _dry_run(request: Any) -> bool:
-    value = _arg(request, "dry_run")
-    if value is None or value.lower() in ("false", "0", "no"):
+    value = _arg(request, "dry_run")  # a boolean query parameter: true or false
+    if value is None or value == "false":
         return False
-    if value.lower() in ("true", "1", "yes", ""):
+    if value == "true":
         return True
     raise errors.ValidationError("dry_run must be true or false", field="dry_run")
 
@@ -65,7 +67,9 @@ def _dry_run(request: Any) -> bool:
 def export_config(self: ApiApp, request: Any) -> Any:
     """The whole configuration as a file (``?format=json|csv|xlsx``, default json)."""
     self._read(request)
-    fmt = _arg(request, "format") or "json"
+    fmt = _arg(request, "format")
+    if fmt is None:
+        fmt = "json"
     if fmt not in FORMATS:
         raise errors.ValidationError("format must be json, csv or xlsx", field="format")
     snapshot = yield read_snapshot(self.store.redis)
@@ -147,6 +151,45 @@ def _collections_schema() -> dict[str, Any]:
     }
 
 
+#: A whole configuration whose references all hold (the entities' own examples are
+#: separate bodies: put together they would refer to entities the file does not have).
+CONFIG_EXAMPLE: dict[str, Any] = {
+    "devices": [
+        {"id": "1", "name": "substation 1", "protocol": "iec104", "ip": "127.0.0.1", "port": 2404}
+    ],
+    "terms": [{"id": "10", "device_id": "1", "name": "meter 1", "address": 1}],
+    "items": [
+        {"id": "1000", "name": "phase A voltage", "unit": "V"},
+        {"id": "1001", "name": "phase A voltage doubled", "unit": "V"},
+    ],
+    "term_items": [
+        {"term_id": "10", "item_id": "1000", "protocol_code": 100, "code_type": 13},
+        {"term_id": "10", "item_id": "1001", "protocol_code": 101, "code_type": 13},
+    ],
+    "formulas": [
+        {
+            "id": "1",
+            "formula": "p1 * 2",
+            "device_id": "1",
+            "term_id": "10",
+            "item_id": "1001",
+            "p1": "1:10:1000",
+        }
+    ],
+}
+
+#: Rules over the whole file and the stored configuration (a row naming a device, term,
+#: item or point that neither has is refused with 400 naming the field).
+CONFIG_RULES = {
+    "id": "ids are unique within a collection",
+    "device_id": "a term's device, a term-item's device, exist (in the file or stored)",
+    "term_id": "a term-item's term exists (in the file or stored)",
+    "item_id": "a term-item's item and a formula's result point exist (file or stored); "
+    "a term-item's item_id is unique within its term",
+    "p1": "a formula's input points exist (in the file or stored)",
+}
+
+
 def openapi_operation(method: str, operation: dict[str, Any]) -> None:
     """The OpenAPI description of ``/api/v1/config`` (called by `pydatacoll.api.openapi`)."""
     responses = operation["responses"]
@@ -195,7 +238,17 @@ def openapi_operation(method: str, operation: dict[str, Any]) -> None:
             "description": "check and answer what would change; change nothing",
         }
     ]
-    operation["requestBody"] = {"required": True, "content": content}
+    body = {
+        **_collections_schema(),
+        "x-cross-field-rules": CONFIG_RULES,
+        "examples": [CONFIG_EXAMPLE],
+    }
+    if replace:  # every collection (an empty one deletes them all)
+        body["required"] = list(body["properties"])
+    operation["requestBody"] = {
+        "required": True,
+        "content": {**content, "application/json": {"schema": body}},
+    }
     responses.pop("201", None)
     responses["200"] = {
         "description": "what was (dry run: would be) created, changed and deleted",

@@ -59,7 +59,7 @@ def _with_gateway(body: Any, gateway_id: str) -> Any:
     body = dict(body)
     given = body.get("gateway_id")
     if given is not None and str(given) != gateway_id:
-        raise errors.ValidationError("gateway_id mismatch in url and body!", field="gateway_id")
+        raise errors.Conflict("gateway_id mismatch in url and body!", field="gateway_id")
     body["gateway_id"] = gateway_id
     return body
 
@@ -225,7 +225,7 @@ def batch_delete_points(self: ApiApp, request: Any, gateway_id: str) -> Any:
             e.index = index
             raise
         if ioa in seen:
-            raise errors.ValidationError("duplicate ioa in the batch", field="ioa", index=index)
+            raise errors.Conflict("duplicate ioa in the batch", field="ioa", index=index)
         seen.add(ioa)
         ops.append(_point_delete(gateway_id, ioa))
     if ops:

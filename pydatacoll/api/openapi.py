@@ -89,6 +89,18 @@ def _field_schema(f: Field) -> dict[str, Any]:
         }
     elif f.kind == "string":
         schema = {"type": "string", "maxLength": f.max_length}
+    elif f.kind == "choice":  # an integer of a few values (as text too)
+        choices: list[int] = list(f.choices)  # type: ignore[attr-defined]
+        zeros = 20 - len(str(max(choices)))
+        digits = "|".join(str(c) for c in choices)
+        schema = {
+            "anyOf": [
+                {"type": "integer", "enum": choices},
+                {"type": "string", "pattern": rf"^\s*\+?0{{0,{zeros}}}({digits})\s*$"},
+            ]
+        }
+    elif f.kind in ("boolean", "addresses", "groups", "fingerprints", "integers"):
+        schema = f.json_schema()  # the gateway's own field kinds (pydatacoll.gateway.model)
     elif f.kind == "host":
         schema = {
             "type": "string",
@@ -319,6 +331,21 @@ CROSS_FIELD_RULES: dict[str, dict[str, str]] = {
     "formula": {
         "formula": "the expression must compile (names p1..pN given, functions allowed)",
     },
+    "gateway": {
+        **dict.fromkeys(
+            ("k", "w", "t1", "t2"),
+            "w must not exceed k, t2 must be less than t1 (defaults k 12, w 8, t1 15, t2 10)",
+        ),
+        "listen": "a Twisted server endpoint string (tcp:PORT[:interface=ADDRESS], ...)",
+        **dict.fromkeys(
+            ("tls_ca", "tls_cert", "tls_key"),
+            "TLS (and tls_fingerprints) needs tls_ca, tls_cert and tls_key: file paths",
+        ),
+        "redundancy_groups": "an address is in one group at most",
+    },
+    "gateway_point": {
+        "command": "integrated totals (type_id 15, 37) accept commands only with command_type",
+    },
 }
 
 
@@ -365,6 +392,12 @@ def entity_schema(entity: type[Entity], *, update: bool = False) -> dict[str, An
             branches.append(_absent("protocol"))
             rules["ip"] = "a protocol with a link needs ip"
         all_of.append({"anyOf": branches})
+    elif entity.KIND == "gateway":
+        properties["protocol"] = {"enum": ["iec104"], "description": "the northbound protocol"}
+    elif entity.KIND == "gateway_point":
+        properties["gateway_id"]["description"] = (
+            "the gateway of the URL (may be left out; another gateway: 409)"
+        )
     elif entity.KIND == "term_item" and not update:
         all_of.append(_term_item_rules())
         _device_point_rules(rules)
@@ -431,6 +464,10 @@ def _body_schema(method: str, path: str) -> dict[str, Any]:
                     "item_id": _field_schema(ENTITIES["term_item"].FIELDS[1]),
                 },
             }
+        elif entity == "gateway_point":
+            item = _field_schema(
+                Field("ioa", "integer", "an IOA of the gateway", minimum=1, maximum=16777215)
+            )
         else:
             item = _field_schema(Field("id", "id", f"a {entity} id"))
         return {

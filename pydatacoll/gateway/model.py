@@ -61,6 +61,8 @@ class _List(Field):
         result = []
         for text in value:
             try:
+                if not isinstance(text, str):
+                    raise TypeError(text)
                 result.append(str(ipaddress.ip_address(text)))
             except (ValueError, TypeError):
                 raise ValidationError(
@@ -88,6 +90,11 @@ class _List(Field):
         return tuple(groups)
 
     def _convert_fingerprints(self, value: Any) -> tuple[str, ...]:
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ValidationError(
+                f"{self.name} holds SHA-256 fingerprints as text (64 hex digits)",
+                field=self.name,
+            )
         return parse_fingerprints(value)
 
     def _convert_integers(self, value: Any) -> tuple[int, ...]:
@@ -106,10 +113,22 @@ class _List(Field):
         return tuple(sorted(set(value)))
 
     def json_schema(self) -> dict[str, Any]:
+        """Exactly what the conversion accepts (the OpenAPI document uses it)."""
+        address = {
+            "type": "string",
+            "anyOf": [
+                {"format": "ipv4", "pattern": r"^[0-9.]+$"},
+                {"format": "ipv6", "pattern": r"^[0-9A-Fa-f:.]+$"},
+            ],
+        }
         kinds: dict[str, dict[str, Any]] = {
-            "addresses": {"type": "string", "format": "ip"},
-            "groups": {"type": "array", "items": {"type": "string", "format": "ip"}},
-            "fingerprints": {"type": "string", "pattern": "^[0-9a-fA-F:]{64,95}$"},
+            "addresses": address,
+            "groups": {"type": "array", "minItems": 1, "maxItems": 64, "items": address},
+            # colons anywhere, blanks around: 64 hex digits (parse_fingerprints)
+            "fingerprints": {
+                "type": "string",
+                "pattern": r"^[\s:]*([0-9A-Fa-f]:*){63}[0-9A-Fa-f][\s:]*$",
+            },
         }
         items = kinds.get(
             self.kind,
@@ -124,6 +143,22 @@ class _List(Field):
         if self.example is not None:
             schema["examples"] = [self.example]
         return schema
+
+
+@attrs.frozen
+class _Choice(Field):
+    """An integer field taking only some values (``kind="choice"``; as text too)."""
+
+    choices: tuple[int, ...] = ()
+
+    def _convert_choice(self, value: Any) -> int:
+        number = self._convert_integer(value)
+        if number not in self.choices:
+            raise ValidationError(
+                f"{self.name} must be one of " + ", ".join(str(c) for c in self.choices),
+                field=self.name,
+            )
+        return number
 
 
 def _extra() -> Any:
@@ -304,9 +339,9 @@ class GatewayPoint(Entity):
             maximum=16777215,
             example=1001,
         ),
-        Field(
+        _Choice(
             "type_id",
-            "integer",
+            "choice",
             "monitor type: 1, 3, 5, 7, 9, 11, 13, 15 or their CP56 twins 30..37; "
             "interrogation and read answer with it, spontaneous data always carries "
             "CP56Time2a (an untimed type goes as its CP56 twin)",
@@ -314,6 +349,7 @@ class GatewayPoint(Entity):
             minimum=1,
             maximum=37,
             example=13,
+            choices=tuple(sorted(MONITOR_TYPES)),
         ),
         Field("device_id", "id", "the source point's device", required=True, example="1"),
         Field("term_id", "id", "the source point's term", required=True, example="10"),

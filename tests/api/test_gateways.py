@@ -91,7 +91,7 @@ class GatewayRouteTests(TestCase):
             ({**POINT, "type_id": 15, "command": True}, 400, "command"),
             ({**POINT, "command_type": 60}, 400, "command_type"),
             ({**POINT, "groups": [17]}, 400, "groups"),
-            ({**POINT, "gateway_id": "other"}, 400, "gateway_id"),
+            ({**POINT, "gateway_id": "other"}, 409, "gateway_id"),  # as term_id in app.py
             ({**POINT, "item_id": "9999"}, 404, "item_id"),
         ]
         for body, code, field in point_cases:
@@ -160,7 +160,15 @@ class GatewayRouteTests(TestCase):
             {"$ref": "#/components/schemas/gateway_point"},
         )
         self.assertIn("allowed_clients", schemas["gateway"]["properties"])
-        self.assertEqual(schemas["gateway_point"]["properties"]["groups"]["type"], "array")
+        groups = schemas["gateway_point"]["properties"]["groups"]  # optional: or null
+        self.assertEqual(groups["anyOf"][1], {"type": "null"})
+        self.assertEqual(groups["anyOf"][0]["type"], "array")
+        self.assertEqual(
+            groups["anyOf"][0]["items"], {"type": "integer", "minimum": 1, "maximum": 16}
+        )
+        clients = schemas["gateway"]["properties"]["allowed_clients"]["anyOf"][0]
+        self.assertEqual((clients["type"], clients["maxItems"]), ("array", 64))
+        self.assertEqual(clients["items"]["type"], "string")
 
 
 class GatewayRoleTests(TestCase):
