@@ -66,6 +66,9 @@ _CHANNELS = [
     *keys.CHANGE_CHANNELS["gateway_point"].values(),
 ]
 _SAMPLES_PREFIX = keys.DEVICE_SAMPLES % ""
+#: A device's status, published by its collector at each state change: a gateway knows
+#: at once that a device went offline (commands refused here, as the tick would later).
+_STATUS_PREFIX = keys.DEVICE_STATUS_CHANNEL % ""
 
 
 class _StationFactory(Factory):
@@ -559,6 +562,13 @@ class GatewayService(MultiService):
                     if message.get("device_id") in server.devices:
                         server.samples(samples)
             return
+        if channel.startswith(_STATUS_PREFIX):
+            device_id, state = message.get("device_id"), message.get("state")
+            if isinstance(device_id, str) and isinstance(state, str):
+                for server in self.gateways.values():
+                    if device_id in server.devices:
+                        server.device_states({device_id: state})
+            return
         touched = set()
         if message.get("entity") == "gateway" and message.get("id") is not None:
             touched.add(str(message["id"]))
@@ -619,7 +629,11 @@ class GatewayService(MultiService):
         followed: set[str] = set()
         for server in self.gateways.values():
             followed |= server.devices
-        wanted = [keys.DEVICE_SAMPLES % d for d in sorted(followed | devices)]
+        wanted = [
+            channel
+            for d in sorted(followed | devices)
+            for channel in (keys.DEVICE_SAMPLES % d, keys.DEVICE_STATUS_CHANNEL % d)
+        ]
         d: defer.Deferred[Any] = self.subscriber.update_channels([*_CHANNELS, *wanted])
         return d
 

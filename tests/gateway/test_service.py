@@ -194,6 +194,25 @@ class GatewayServiceTests(GatewayHarness, TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_published_status_is_taken_at_once(self):
+        """A status the collector publishes (at each state change) counts before the
+        next state read: the points go NT, a command would be refused here."""
+        master = yield self.connect()
+        yield self.interrogate(master)
+        del master.asdus[:]
+        server = self.service.gateways["g"]
+        self.sync.publish(
+            keys.DEVICE_STATUS_CHANNEL % "d1", json.dumps({"device_id": "d1", "state": "offline"})
+        )
+        events = yield until(lambda: [a for a in master.asdus if a.cause == 3])
+        self.assertEqual(events[0].qualities[0] & NOT_TOPICAL, NOT_TOPICAL)
+        self.assertFalse(server._online["d1"])  # what can_command refuses on
+        self.sync.publish(
+            keys.DEVICE_STATUS_CHANNEL % "d1", json.dumps({"device_id": "d1", "state": "online"})
+        )
+        yield until(lambda: server._online["d1"])
+
+    @defer.inlineCallbacks
     def test_gateway_changes_restart_and_delete_closes(self):
         master = yield self.connect()
         new_port = free_port()

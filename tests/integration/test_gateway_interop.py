@@ -365,6 +365,9 @@ class GatewayInteropTests(FieldHarness, TestCase):
         raw.asdus.clear()
         single.value = False
         self.assertFalse(single.transmit(cause=c104.Cot.ACTIVATION))
+        # c104 calls on_receive_raw on its own thread: transmit may return before RawLog
+        # has the ACT_CON that ended it.
+        yield poll_until(reactor, lambda: [a for _, a in raw.asdus if a.type_id == 45])
         self.assertEqual(
             [(a.cause, a.negative) for _, a in raw.asdus if a.type_id == 45], [(7, True)]
         )
