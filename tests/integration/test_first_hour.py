@@ -12,8 +12,9 @@ ITEMS = [
     ("POST", "/api/v1/terms", {"id": "10", "device_id": "1", "protocol": "modbus"}),
     ("POST", "/api/v1/items", {"id": "1000"}),
     ("POST", "/api/v1/items", {"id": "1001"}),
-    ("POST", "/api/v1/terms/10/items", {"term_id": "10", "item_id": "1000"}),
-    ("POST", "/api/v1/terms/10/items", {"term_id": "10", "item_id": "1001"}),
+    # a Modbus point needs its register (refused at the REST boundary otherwise)
+    ("POST", "/api/v1/terms/10/items", {"term_id": "10", "item_id": "1000", "protocol_code": 0}),
+    ("POST", "/api/v1/terms/10/items", {"term_id": "10", "item_id": "1001", "protocol_code": 1}),
 ]
 FORMULA = {
     "id": "1",
@@ -63,7 +64,13 @@ class DefaultPluginsTests(SynchronousTestCase):
             status, plugins = request("GET", daemon.base + "/api/v1/plugins")
             states = {p["name"]: p["state"] for p in plugins}
             self.assertEqual(
-                states, {"formulas": "disabled", "limits": "running", "history": "disabled"}
+                states,
+                {
+                    "formulas": "disabled",
+                    "limits": "running",
+                    "history": "disabled",
+                    "mqtt": "disabled",
+                },
             )
             status, state = request("GET", daemon.base + "/api/v1/formulas/1/status")
             self.assertEqual((status, state["state"]), (200, "disabled"))
