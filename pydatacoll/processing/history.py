@@ -49,6 +49,8 @@ from zope.interface import implementer
 from pydatacoll.errors import ConfigError
 from pydatacoll.interfaces import IProcessor
 from pydatacoll.model import Sample, decode_fields, iso_time
+from pydatacoll.processing.options import integer_option as _integer
+from pydatacoll.processing.options import number_option as _number
 from pydatacoll.store import keys
 from pydatacoll.store.redis import when_connected
 
@@ -66,26 +68,6 @@ MAX_VALUE_TEXT = 65535
 MAX_FLAGS_TEXT = 4096
 
 # -- options ----------------------------------------------------------------------------
-
-
-def _number(low: float, high: float) -> Any:
-    def parse(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value) or not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}")
-        return value
-
-    return parse
-
-
-def _integer(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        return value
-
-    return parse
 
 
 def _policy(text: str) -> str:

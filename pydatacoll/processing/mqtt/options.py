@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 import socket
 import string
@@ -14,32 +13,14 @@ from urllib.parse import unquote, urlsplit
 import attrs
 
 from pydatacoll.errors import ConfigError
+from pydatacoll.processing.options import integer_option as _integer
+from pydatacoll.processing.options import number_option as _number
 
 MODES = ("json", "sparkplug")
 POINTS = ("all", "flagged")
 #: Fields a JSON topic template may use.
 TOPIC_FIELDS = {"device_id", "term_id", "item_id", "collector"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def _number(low: float, high: float) -> Any:
-    def parse(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value) or not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}")
-        return value
-
-    return parse
-
-
-def _integer(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        return value
-
-    return parse
 
 
 def _choice(*choices: str) -> Any:
