@@ -94,3 +94,15 @@ class IStationDatabase(Interface):
     def execute(request):  # type: ignore[no-untyped-def]
         """Run a `CommandRequest` on the field device: a Deferred firing with a
         `CommandAnswer` (positive only when the device confirmed)."""
+
+
+class IHistoryReader(Interface):
+    """Read access to the history database, for the REST API's ranges older than Redis
+    holds. Provided by the history plugin's package (`history_reader(settings, reactor)`);
+    the API depends on this interface only, never on the plugin's modules."""
+
+    def read_samples(point, since_ms, until_ms, limit):  # type: ignore[no-untyped-def]
+        """Deferred list of the point's stored samples (``point`` is
+        ``(device_id, term_id, item_id)``) with ``since_ms <= receive time <= until_ms``
+        (epoch milliseconds, None: open), newest first, at most ``limit``, each already in
+        the API's JSON sample shape (`Sample.to_json`)."""
