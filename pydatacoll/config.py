@@ -24,13 +24,16 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 
 @attrs.frozen
 class RedisAddress:
-    """Where Redis is: a TCP host and port, or a unix socket path; plus db and password."""
+    """Where Redis is: a TCP host and port, a unix socket path, or the Sentinels that
+    know the master (``sentinels`` and ``master_name``); plus db and password."""
 
     host: str | None = None
     port: int | None = None
     path: str | None = None
     db: int = 0
     password: str | None = attrs.field(default=None, repr=False)
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
 
     @property
     def is_unix(self) -> bool:
@@ -41,11 +44,17 @@ class RedisAddress:
         """A printable form without the password."""
         if self.path is not None:
             return f"unix://{self.path}?db={self.db}"
+        if self.sentinels:
+            hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"sentinel://{hosts}/{self.master_name}?db={self.db}"
         return f"redis://{self.host}:{self.port}/{self.db}"
 
 
 def parse_redis_url(url: str) -> RedisAddress:
-    """Parse ``redis://[:password@]host:port/db`` or ``unix:///path.sock?db=N``."""
+    """Parse ``redis://[:password@]host:port/db``, ``unix:///path.sock?db=N`` or
+    ``sentinel://[:password@]h1:p1,h2:p2,.../MASTERNAME?db=N``."""
+    if url.strip().lower().startswith("sentinel://"):
+        return _parse_sentinel_url(url.strip())
     parts = urlsplit(url)
     query = parse_qs(parts.query)
     password = unquote(parts.password) if parts.password else None
@@ -57,7 +66,10 @@ def parse_redis_url(url: str) -> RedisAddress:
         db = _parse_db(query.get("db", ["0"])[0])
         return RedisAddress(path=parts.path, db=db, password=password)
     if parts.scheme != "redis":
-        raise ValueError("use redis://[:password@]host:port/db or unix:///path.sock?db=N")
+        raise ValueError(
+            "use redis://[:password@]host:port/db, unix:///path.sock?db=N "
+            "or sentinel://host:port,host:port,.../MASTERNAME?db=N"
+        )
     host = parts.hostname or "127.0.0.1"
     try:
         port = parts.port or 6379
@@ -65,6 +77,35 @@ def parse_redis_url(url: str) -> RedisAddress:
         raise ValueError("the port must be a number from 1 to 65535") from None
     db = _parse_db(parts.path.lstrip("/") or "0")
     return RedisAddress(host=host, port=port, db=db, password=password)
+
+
+_MASTER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def _parse_sentinel_url(url: str) -> RedisAddress:
+    # urlsplit cannot take several host:port pairs in one netloc: split it by hand.
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    password = unquote(userinfo.partition(":")[2]) if userinfo.partition(":")[2] else None
+    if "password" in query:
+        password = query["password"][0]
+    sentinels = []
+    for pair in hosts.split(","):
+        host, _, port_text = pair.strip().rpartition(":")
+        host = host.strip("[]")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(
+                f"a Sentinel is host:port with a port from 1 to 65535, not {pair.strip()!r}"
+            )
+        sentinels.append((host, int(port_text)))
+    name = unquote(parts.path.strip("/"))
+    if not _MASTER_NAME_RE.match(name):
+        raise ValueError("a sentinel URL names its master: sentinel://h1:p1,h2:p2/MASTERNAME")
+    db = _parse_db(query.get("db", ["0"])[0])
+    return RedisAddress(
+        db=db, password=password, sentinels=tuple(sentinels), master_name=name
+    )
 
 
 def _parse_db(text: str) -> int:
@@ -246,7 +287,8 @@ OPTIONS: tuple[Option, ...] = (
         "redis",
         "",
         _optional_redis,
-        "redis://[:password@]host:port/db or unix:///path.sock?db=N; empty: embedded.",
+        "redis://[:password@]host:port/db, unix:///path.sock?db=N or "
+        "sentinel://h1:p1,h2:p2,h3:p3/MASTERNAME?db=N; empty: embedded.",
     ),
     Option(
         "redis",
@@ -377,6 +419,44 @@ OPTIONS += (
     ),
 )
 
+# --- i14: cluster (issue 14) ---
+_COLLECTOR_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+
+
+def _optional_collector_id(text: str) -> str | None:
+    text = text.strip()
+    if text and not _COLLECTOR_ID_RE.match(text):
+        raise ValueError("letters, digits and _.:@- only, at most 128 characters")
+    return text or None
+
+
+OPTIONS += (
+    Option(
+        "cluster",
+        "collector_id",
+        "collector_id",
+        "",
+        _optional_collector_id,
+        "This collector's id in the cluster (empty: host:pid).",
+    ),
+    Option(
+        "cluster",
+        "lease_seconds",
+        "lease_seconds",
+        "10",
+        _bounded_float(1.0, 300.0),
+        "Lifetime of a device lease; renewed every third of it.",
+    ),
+    Option(
+        "cluster",
+        "heartbeat_seconds",
+        "heartbeat_seconds",
+        "2",
+        _bounded_float(0.2, 60.0),
+        "Seconds between two heartbeats of a collector (its key lives three of them).",
+    ),
+)
+
 #: Command-line option name -> option attribute.
 CLI_OPTIONS: Mapping[str, str] = {
     "api": "api_endpoint",
@@ -412,6 +492,9 @@ class Settings:
     stream_clients: int = 100
     metrics_endpoint: str | None = None
     plugins_enabled: tuple[str, ...] = ("formulas", "limits")
+    collector_id: str | None = None
+    lease_seconds: float = 10.0
+    heartbeat_seconds: float = 2.0
     #: ``[plugin:NAME]`` sections: plugin name -> option -> text (checked by the plugin).
     plugin_options: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, eq=False)
 
