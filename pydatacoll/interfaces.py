@@ -106,3 +106,38 @@ class IHistoryReader(Interface):
         ``(device_id, term_id, item_id)``) with ``since_ms <= receive time <= until_ms``
         (epoch milliseconds, None: open), newest first, at most ``limit``, each already in
         the API's JSON sample shape (`Sample.to_json`)."""
+
+
+# --- i14: cluster (issue 14: membership and device leases) ---
+
+
+class IClusterStore(Interface):
+    """Collectors' heartbeats and device leases with fencing epochs, in Redis
+    (`pydatacoll.store.cluster.ClusterStore`). Every method returns a Deferred and fails
+    with `StoreUnavailable` while Redis cannot be reached."""
+
+    def heartbeat(collector_id, *, devices, started_ms, ttl):  # type: ignore[no-untyped-def]
+        """Write the collector's heartbeat (alive ``ttl`` seconds); fires with the
+        server's time in ms."""
+
+    def collectors():  # type: ignore[no-untyped-def]
+        """The live collectors, a list of `CollectorInfo` sorted by id."""
+
+    def leave(collector_id):  # type: ignore[no-untyped-def]
+        """Remove the collector's heartbeat now (a clean stop)."""
+
+    def acquire(device_id, collector_id, seconds):  # type: ignore[no-untyped-def]
+        """Take the device's lease with a new epoch: a `Lease`, or None if another
+        collector holds it."""
+
+    def renew(lease, seconds):  # type: ignore[no-untyped-def]
+        """Extend the lease if it is still exactly this one: True, else False."""
+
+    def release(lease):  # type: ignore[no-untyped-def]
+        """Give the lease back if it is still exactly this one: True, else False."""
+
+    def is_current(lease):  # type: ignore[no-untyped-def]
+        """Whether ``lease`` (epoch and holder) is its device's lease now."""
+
+    def holders(device_ids):  # type: ignore[no-untyped-def]
+        """``{device_id: Lease}`` for the devices among ``device_ids`` that are held."""

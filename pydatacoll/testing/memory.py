@@ -213,6 +213,41 @@ class MemoryRedis:
     def _xrange(self, key: str, start: str = "-", end: str = "+") -> list[Any]:
         return list(self.data.get(key) or [])
 
+    # -- i14: key expiry for the cluster scripts (heartbeats, leases) -----------------------
+    #: The time of key expiry (``seconds()``: a `task.Clock` in tests). The cluster scripts'
+    #: PX keys expire on it; None: they never expire. Plain commands ignore expiry.
+    clock: Any = None
+
+    @property
+    def px_deadlines(self) -> dict[str, float]:
+        """Key -> when it expires (clock seconds), for keys set with PX by the scripts."""
+        deadlines: dict[str, float] = self.__dict__.setdefault("_px_deadlines", {})
+        return deadlines
+
+    def now_ms(self) -> int:
+        """The emulated server clock (``TIME``) in ms: 0 without a clock."""
+        return int(self.clock.seconds() * 1000) if self.clock is not None else 0
+
+    def live_get(self, key: str) -> str | None:
+        """GET that honours PX expiry (an expired key is deleted first)."""
+        deadline = self.px_deadlines.get(key)
+        if deadline is not None and self.clock is not None and self.clock.seconds() >= deadline:
+            self.data.pop(key, None)
+            del self.px_deadlines[key]
+        value = self.data.get(key)
+        return value if value is None else str(value)
+
+    def set_px(self, key: str, value: str, ms: int) -> None:
+        """SET key value PX ms."""
+        self.data[key] = value
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        self.px_deadlines[key] = now + int(ms) / 1000 if self.clock is not None else float("inf")
+
+    def delete_px(self, key: str) -> int:
+        """DEL of a key the scripts may have set with PX."""
+        self.px_deadlines.pop(key, None)
+        return int(self.data.pop(key, None) is not None)
+
 
 # -- the scripts, emulated -----------------------------------------------------------------
 
@@ -280,8 +315,90 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
     return [written, skipped]
 
 
+# -- i14: the cluster scripts (store/lease_*.lua, store/collector_*.lua), emulated ----------
+
+
+def lease_is_current(store: MemoryRedis, lease_key: str, token: str) -> bool:
+    """store/lease_guard.lua's lease_is_current, for the emulation of a guarded script."""
+    return store.live_get(lease_key) == token
+
+
+def _lease_acquire(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    lease_key = args[0] % args[2]
+    held = store.live_get(lease_key)
+    if held is not None and held.split(" ", 1)[1] != args[3]:
+        return [0, held]
+    epoch = store._incr(args[1] % args[2])
+    store.set_px(lease_key, f"{epoch} {args[3]}", int(args[4]))
+    return [epoch, ""]
+
+
+def _lease_renew(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    lease_key = args[0] % args[1]
+    if store.live_get(lease_key) == args[2]:
+        store.set_px(lease_key, args[2], int(args[3]))
+        return 1
+    return 0
+
+
+def _lease_release(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    lease_key = args[0] % args[1]
+    if store.live_get(lease_key) == args[2]:
+        store.delete_px(lease_key)
+        return 1
+    return 0
+
+
+def _lease_holders(store: MemoryRedis, keys: Any, args: list[str]) -> list[str]:
+    return [store.live_get(args[0] % device) or "" for device in args[1:]]
+
+
+def _lease_check(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    return int(lease_is_current(store, args[0] % args[1], args[2]))
+
+
+def _collector_heartbeat(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    now_ms = store.now_ms()
+    beat = f'{args[3]},"at_ms":{now_ms}}}'
+    store.set_px(args[0] % args[2], beat, int(args[4]))
+    store._hset(args[1], args[2], beat)
+    return now_ms
+
+
+def _collector_list(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    reply: list[Any] = [store.now_ms()]
+    for collector_id in list(store._hgetall(args[1])):
+        beat = store.live_get(args[0] % collector_id)
+        if beat is None:
+            store._hdel(args[1], collector_id)
+        else:
+            reply.append(beat)
+    return reply
+
+
+def _collector_leave(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    gone = store.delete_px(args[0] % args[2])
+    store._hdel(args[1], args[2])
+    return gone
+
+
+def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import cluster
+
+    return {
+        cluster.ACQUIRE.sha: _lease_acquire,
+        cluster.RENEW.sha: _lease_renew,
+        cluster.RELEASE.sha: _lease_release,
+        cluster.HOLDERS.sha: _lease_holders,
+        cluster.CHECK.sha: _lease_check,
+        cluster.HEARTBEAT.sha: _collector_heartbeat,
+        cluster.LIST.sha: _collector_list,
+        cluster.LEAVE.sha: _collector_leave,
+    }
+
+
 def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.devices import ingest
     from pydatacoll.store import status
 
-    return {ingest._SHA: _ingest_script, status._SHA: _status_script}
+    return {ingest._SHA: _ingest_script, status._SHA: _status_script, **_cluster_scripts()}
