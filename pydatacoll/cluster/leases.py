@@ -2,10 +2,10 @@
 
 `LeaseKeeper` takes leases, renews them every ``renew_fraction`` of ``lease_seconds``
 and gives them back. Its safety rule: a lease counts as ours only until ``sent +
-lease_seconds`` on the local clock, where ``sent`` is when the last request that Redis
-confirmed (acquisition or renewal) was SENT. Redis started the TTL later than that, so
-Redis cannot hand the device to another collector before our local deadline (clock rates
-aside). At that deadline, or as soon as a renewal is refused or answered too late, the
+lease_seconds`` (less `DRIFT_MARGIN`) on the local clock, where ``sent`` is when the
+last request that Redis confirmed (acquisition or renewal) was SENT. Redis started the
+TTL later than that, so Redis cannot hand the device to another collector before our
+local deadline. At that deadline, or as soon as a renewal is refused or answered too late, the
 device is stopped at once through ``on_lost``. A paused collector misses its deadline
 without noticing; that case is what the fencing token (`Lease.token`, checked by the
 write scripts' guard) is for.
@@ -23,6 +23,11 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
 from pydatacoll.store.cluster import Lease
+
+#: Share of ``lease_seconds`` by which the local deadline comes before Redis' expiry: room
+#: for the clocks' rate difference (NTP keeps it under 0.05 %) and for Redis' rounding of
+#: PX to whole milliseconds.
+DRIFT_MARGIN = 0.01
 
 #: Called with (device_id, lease, reason) when a device must stop because its lease is lost.
 OnLost = Callable[[str, Lease, str], Any]
@@ -60,6 +65,8 @@ class LeaseKeeper(Service):
         self.lease_seconds = lease_seconds
         self.on_lost = on_lost
         self.renew_interval = lease_seconds * renew_fraction
+        #: How long after sending a confirmed request the lease surely holds (local clock).
+        self.safe_seconds = lease_seconds * (1 - DRIFT_MARGIN)
         self._held: dict[str, _Held] = {}
         self._acquiring: set[str] = set()
         self._loop: task.LoopingCall | None = None
@@ -92,10 +99,10 @@ class LeaseKeeper(Service):
             self._acquiring.discard(device_id)
             if lease is None:
                 return None
-            if not self.running or self.clock.seconds() >= sent + self.lease_seconds:
+            if not self.running or self.clock.seconds() >= sent + self.safe_seconds:
                 self._release_quietly(lease)  # too late to be sure, or stopping
                 return None
-            self._held[device_id] = held = _Held(lease, sent + self.lease_seconds)
+            self._held[device_id] = held = _Held(lease, sent + self.safe_seconds)
             self._arm(device_id, held)
             return lease
 
@@ -155,10 +162,10 @@ class LeaseKeeper(Service):
                 return
             if not ok:
                 self._lose(device_id, "the lease was refused on renewal (taken or expired)")
-            elif self.clock.seconds() >= sent + self.lease_seconds:
+            elif self.clock.seconds() >= sent + self.safe_seconds:
                 self._lose(device_id, "the renewal came back after the lease it renewed")
             else:
-                held.deadline = max(held.deadline, sent + self.lease_seconds)
+                held.deadline = max(held.deadline, sent + self.safe_seconds)
                 self._arm(device_id, held)
 
         def failed(failure: Any) -> None:
