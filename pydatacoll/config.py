@@ -103,9 +103,7 @@ def _parse_sentinel_url(url: str) -> RedisAddress:
     if not _MASTER_NAME_RE.match(name):
         raise ValueError("a sentinel URL names its master: sentinel://h1:p1,h2:p2/MASTERNAME")
     db = _parse_db(query.get("db", ["0"])[0])
-    return RedisAddress(
-        db=db, password=password, sentinels=tuple(sentinels), master_name=name
-    )
+    return RedisAddress(db=db, password=password, sentinels=tuple(sentinels), master_name=name)
 
 
 def _parse_db(text: str) -> int:

@@ -224,4 +224,3 @@ class LeaseKeeper(Service):
             return False
 
         return d.addErrback(failed)
-

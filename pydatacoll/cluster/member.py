@@ -168,7 +168,9 @@ class ClusterMember(Service):
         if device_id in self._stopping:
             return self._stopping[device_id]
         d = maybeDeferred(self.stop_device, device_id)
-        d.addErrback(lambda f: self.log.failure("stopping device {device_id}", f, device_id=device_id))
+        d.addErrback(
+            lambda f: self.log.failure("stopping device {device_id}", f, device_id=device_id)
+        )
         d.addCallback(lambda _: self.keeper.release(device_id))  # only once the link is shut
 
         def done(result: Any) -> Any:
@@ -182,10 +184,11 @@ class ClusterMember(Service):
     def _lost(self, device_id: str, lease: Lease, reason: str) -> None:
         # The keeper has dropped the lease: stop the device now; nothing to release.
         d = maybeDeferred(self.stop_device, device_id)
-        d.addErrback(lambda f: self.log.failure("stopping device {device_id}", f, device_id=device_id))
+        d.addErrback(
+            lambda f: self.log.failure("stopping device {device_id}", f, device_id=device_id)
+        )
 
 
 def no_restriction(device_ids: Collection[str]) -> Mapping[str, Collection[str] | None]:
     """``devices()`` for a configuration without ``collectors`` attributes."""
     return dict.fromkeys(device_ids)
-

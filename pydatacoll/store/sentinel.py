@@ -81,9 +81,9 @@ class MasterEndpoint:
         """Look the master up, then connect to it."""
         d = self._resolver.master()
         return d.addCallback(
-            lambda hp: HostnameEndpoint(
-                self._reactor, hp[0], hp[1], timeout=self._timeout
-            ).connect(protocol_factory)
+            lambda hp: HostnameEndpoint(self._reactor, hp[0], hp[1], timeout=self._timeout).connect(
+                protocol_factory
+            )
         )
 
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 import redis
 
@@ -83,7 +84,8 @@ class SentinelSetup:
             if replica.info("replication").get("master_link_status") != "up":
                 return False
             for port in self.sentinel_ports:
-                state = redis.Redis(port=port, socket_timeout=1).sentinel_master(MASTER_NAME)
+                sentinel = redis.Redis(port=port, socket_timeout=1)
+                state: dict[str, Any] = dict(sentinel.sentinel_master(MASTER_NAME))  # type: ignore[arg-type]
                 if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
                     return False
         except (redis.RedisError, OSError):

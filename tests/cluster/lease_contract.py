@@ -96,8 +96,12 @@ class ClusterStoreContract:
         self.assertGreaterEqual(live[0].heartbeat_age, LEASE)  # type: ignore[attr-defined]
         self.assertEqual(  # type: ignore[attr-defined]
             live[0].to_json(),
-            {"collector": "b:2", "devices": 0, "heartbeat_age": live[0].heartbeat_age,
-             "started_ms": 2000},
+            {
+                "collector": "b:2",
+                "devices": 0,
+                "heartbeat_age": live[0].heartbeat_age,
+                "started_ms": 2000,
+            },
         )
         self.assertTrue((yield self.store.leave("b:2")))  # type: ignore[attr-defined]
         self.assertEqual((yield self.store.collectors()), [])  # type: ignore[attr-defined]

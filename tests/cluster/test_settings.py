@@ -9,9 +9,7 @@ from pydatacoll.errors import ConfigError
 class SentinelUrlTests(SynchronousTestCase):
     def test_sentinel_url(self):
         address = parse_redis_url("sentinel://:pw@10.0.0.1:26379,h2:26380,[::1]:5/mymaster?db=3")
-        self.assertEqual(
-            address.sentinels, (("10.0.0.1", 26379), ("h2", 26380), ("::1", 5))
-        )
+        self.assertEqual(address.sentinels, (("10.0.0.1", 26379), ("h2", 26380), ("::1", 5)))
         self.assertEqual((address.master_name, address.db, address.password), ("mymaster", 3, "pw"))
         self.assertEqual((address.host, address.port, address.path), (None, None, None))
         self.assertEqual(

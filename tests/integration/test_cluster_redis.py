@@ -19,7 +19,7 @@ from tests.cluster.lease_contract import LEASE, ClusterStoreContract
 #: A write script the way the ingest will guard its writes: SET only for the lease holder.
 GUARDED_SET = LuaScript(
     guarded(
-        'if not lease_is_current(string.format(ARGV[1], ARGV[2]), ARGV[3]) then\n'
+        "if not lease_is_current(string.format(ARGV[1], ARGV[2]), ARGV[3]) then\n"
         "  return 0\nend\n"
         'redis.call("SET", ARGV[4], ARGV[5])\nreturn 1\n'
     )

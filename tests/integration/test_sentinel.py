@@ -107,7 +107,9 @@ class SentinelFailoverTests(TestCase):
         self.addCleanup(_settle)
         self.addCleanup(resolver.disconnect)
         first = yield resolver.master_address()
-        self.assertEqual((first.host, first.port, first.db), ("127.0.0.1", self.setup.master_port, 0))
+        self.assertEqual(
+            (first.host, first.port, first.db), ("127.0.0.1", self.setup.master_port, 0)
+        )
         endpoint = client_endpoint(reactor, self.address, 1.0, resolver)
         from twisted.internet.protocol import Factory, Protocol
 
