@@ -431,6 +431,15 @@ def _optional_collector_id(text: str) -> str | None:
 OPTIONS += (
     Option(
         "cluster",
+        "enabled",
+        "cluster",
+        "false",
+        _boolean,
+        "Share the devices with the other collectors on this Redis, under leases "
+        "(false: this collector runs every device, as a lone collector does).",
+    ),
+    Option(
+        "cluster",
         "collector_id",
         "collector_id",
         "",
@@ -490,6 +499,7 @@ class Settings:
     stream_clients: int = 100
     metrics_endpoint: str | None = None
     plugins_enabled: tuple[str, ...] = ("formulas", "limits")
+    cluster: bool = False
     collector_id: str | None = None
     lease_seconds: float = 10.0
     heartbeat_seconds: float = 2.0

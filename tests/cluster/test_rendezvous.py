@@ -80,7 +80,7 @@ class RendezvousTests(SynchronousTestCase):
         self.assertEqual(sum(len(s) for s in shares), len(devices))
         self.assertEqual(set().union(*shares), set(devices))
 
-    @settings(max_examples=20, deadline=None)
+    @settings(max_examples=8, deadline=None)
     @given(st.integers(min_value=2, max_value=6), st.integers(min_value=0, max_value=10**6))
     def test_spread_is_even(self, n, seed):
         collectors = [f"host-{seed}-{i}:{1000 + i}" for i in range(n)]

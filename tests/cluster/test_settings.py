@@ -38,7 +38,13 @@ class SentinelUrlTests(SynchronousTestCase):
         self.assertIn("redis.url", str(caught.exception))
 
     def test_cluster_options(self):
-        settings = load_settings(None, {"collector_id": "site-a:1", "lease_seconds": "4"})
-        self.assertEqual((settings.collector_id, settings.lease_seconds), ("site-a:1", 4.0))
+        self.assertEqual((load_settings().cluster, load_settings().collector_id), (False, None))
+        settings = load_settings(
+            None, {"cluster": "yes", "collector_id": "site-a:1", "lease_seconds": "4"}
+        )
+        self.assertEqual(
+            (settings.cluster, settings.collector_id, settings.lease_seconds),
+            (True, "site-a:1", 4.0),
+        )
         with self.assertRaises(ConfigError):
             load_settings(None, {"collector_id": "two words"})
