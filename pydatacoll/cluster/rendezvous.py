@@ -47,3 +47,17 @@ def mine(
 ) -> set[str]:
     """The devices ``collector_id`` should run, given the live ``collectors``."""
     return {d for d, who in assign(devices, collectors).items() if who == collector_id}
+
+
+def restriction(value: object) -> frozenset[str] | None:
+    """A device's free attribute ``collectors`` as a restriction: a JSON list of ids or a
+    comma-separated text; None (any collector) when absent or empty."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        names = [n.strip() for n in value.split(",")]
+    elif isinstance(value, list | tuple):
+        names = [str(n).strip() for n in value]
+    else:
+        raise ValueError("collectors must be a list of collector ids or a comma-separated text")
+    return frozenset(n for n in names if n) or None

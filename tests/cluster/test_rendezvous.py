@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pydatacoll.cluster.rendezvous import assign, mine, owner, weight
+from pydatacoll.cluster.rendezvous import assign, mine, owner, restriction, weight
 
 _ID = st.from_regex(r"[A-Za-z0-9_.-]{1,16}", fullmatch=True)
 _COLLECTORS = st.lists(_ID, min_size=1, max_size=8, unique=True)
@@ -89,3 +89,12 @@ class RendezvousTests(SynchronousTestCase):
         # 600 per collector expected; a binomial deviation of 5 sigma is under 125
         for c in collectors:
             self.assertLess(abs(counts[c] - 600), 125, counts)
+
+    def test_restriction_from_the_device_attribute(self):
+        self.assertIsNone(restriction(None))
+        self.assertIsNone(restriction(""))
+        self.assertIsNone(restriction([]))
+        self.assertEqual(restriction(["a:1", " b:2 "]), frozenset({"a:1", "b:2"}))
+        self.assertEqual(restriction("site-a, site-b"), frozenset({"site-a", "site-b"}))
+        with self.assertRaises(ValueError):
+            restriction(7)
