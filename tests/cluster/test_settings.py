@@ -39,12 +39,16 @@ class SentinelUrlTests(SynchronousTestCase):
 
     def test_cluster_options(self):
         self.assertEqual((load_settings().cluster, load_settings().collector_id), (False, None))
-        settings = load_settings(
-            None, {"cluster": "yes", "collector_id": "site-a:1", "lease_seconds": "4"}
-        )
+        settings = load_settings(None, {"collector_id": "site-a:1", "lease_seconds": "4"})
         self.assertEqual(
             (settings.cluster, settings.collector_id, settings.lease_seconds),
-            (True, "site-a:1", 4.0),
+            (False, "site-a:1", 4.0),
         )
+        # Until the device manager takes leases, turning the cluster on is refused
+        # (accepted and ignored, every collector would run every device).
+        with self.assertRaises(ConfigError) as caught:
+            load_settings(None, {"cluster": "yes"})
+        self.assertIn("cluster.enabled", str(caught.exception))
+        self.assertIn("docs/cluster.rst", str(caught.exception))
         with self.assertRaises(ConfigError):
             load_settings(None, {"collector_id": "two words"})
