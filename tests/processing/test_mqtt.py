@@ -234,7 +234,7 @@ class OutboxTests(TestCase):
         box.spool.max_samples = 50
         yield box.start()
         box.put([("v", i) for i in range(150)])
-        yield wait_for(lambda: not box._appending and not box._pending)
+        yield wait_for(lambda: not box.spool_writer.appending and not box.spool_writer.pending)
         self.assertEqual(box.dropped["queue_full"] + box.dropped["spool_full"], 100)
         self.assertEqual(box.spool.unread_samples, 50)
         yield box.stop()

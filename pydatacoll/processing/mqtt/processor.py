@@ -27,7 +27,6 @@ from zope.interface import implementer
 
 from pydatacoll.interfaces import IProcessor
 from pydatacoll.model import Sample, iso_time, normalize_id
-from pydatacoll.processing.history import Spool
 from pydatacoll.processing.mqtt.codec import (
     JsonEncoder,
     Message,
@@ -37,6 +36,7 @@ from pydatacoll.processing.mqtt.codec import (
 from pydatacoll.processing.mqtt.link import LinkSettings, MqttLink
 from pydatacoll.processing.mqtt.options import MqttOptions
 from pydatacoll.processing.mqtt.outbox import Outbox
+from pydatacoll.processing.spool import Spool
 from pydatacoll.store import keys
 from pydatacoll.store.points import config_version, device_states, latest_values, load_points
 
