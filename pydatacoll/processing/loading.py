@@ -43,6 +43,11 @@ class RetryingLoad:
         self._active = False
         self._retry: Any = None
 
+    @property
+    def pending(self) -> bool:
+        """Started, not stopped, and not loaded yet."""
+        return self._active and not self.loaded
+
     def start(self) -> None:
         """Wait for the store, then load."""
         self._active = True

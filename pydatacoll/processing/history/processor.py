@@ -16,10 +16,7 @@ adbapi thread pool; every spool call runs in one dedicated worker thread.
 
 from __future__ import annotations
 
-import datetime
 import itertools
-import json
-import math
 import os
 import uuid
 from collections import deque
@@ -36,10 +33,11 @@ from zope.interface import implementer
 
 from pydatacoll.interfaces import IProcessor
 from pydatacoll.model import Sample, iso_time
-from pydatacoll.processing.history.change_filter import ChangeFilter, Policy, is_number
+from pydatacoll.processing.history.alarms import AlarmWriter
+from pydatacoll.processing.history.change_filter import ChangeFilter, Policy
 from pydatacoll.processing.history.database import HistoryDatabase, is_transient
 from pydatacoll.processing.history.options import NAME, HistoryOptions
-from pydatacoll.processing.history.rows import Row, milliseconds, sample_row
+from pydatacoll.processing.history.rows import Row, sample_row
 from pydatacoll.processing.loading import RetryingLoad
 from pydatacoll.processing.spool import Spool, SpoolWriter, parse_position
 from pydatacoll.retry import Backoff
@@ -126,6 +124,7 @@ class HistoryProcessor(Service):
         #: Rows for the spool (spooling mode), at most queue_samples.
         self._pending = self.spool_writer.pending
         self._alarms: Any = None  # the CHANNEL:ALARM subscription (a real Redis only)
+        self.alarm_writer = AlarmWriter(database, self.counters)
 
     @classmethod
     def from_context(cls, context: Any) -> HistoryProcessor:
@@ -240,44 +239,9 @@ class HistoryProcessor(Service):
 
     # -- alarms -------------------------------------------------------------------
 
-    def store_alarm(
-        self,
-        device_id: str,
-        term_id: str,
-        item_id: str,
-        kind: str,
-        event: str,
-        value: Any,
-        limit: float | None,
-        time: float,
-        message: str = "",
-    ) -> Deferred[None]:
-        """Insert one alarm event (``event`` "raise" or "clear"); not spooled: the
-        Deferred fails while the database is away (the caller keeps its own log)."""
-        number = float(value) if is_number(value) and math.isfinite(value) else None
-        text = None if type(value) is float and number is not None else json.dumps(value)
-        row = (
-            str(device_id),
-            str(term_id),
-            str(item_id),
-            str(kind)[:32],
-            str(event)[:8],
-            number,
-            text,
-            None if limit is None else float(limit),
-            milliseconds(time),
-            str(message),
-        )
-        d = self.database.insert_alarm(row)
-
-        def done(result: Any) -> Any:
-            if isinstance(result, Failure):
-                self.counters["alarms_failed"] += 1
-            else:
-                self.counters["alarms_written"] += 1
-            return result
-
-        return d.addBoth(done)
+    def store_alarm(self, *event: Any, **fields: Any) -> Deferred[None]:
+        """Insert one alarm event (see `AlarmWriter.store`)."""
+        return self.alarm_writer.store(*event, **fields)
 
     # -- service --------------------------------------------------------------------
 
@@ -303,37 +267,12 @@ class HistoryProcessor(Service):
             self._alarms = Subscriber(
                 self.reactor,
                 lambda: self.redis.address,
-                self._alarm_event,
+                self.alarm_writer.event_received,
                 channels=[keys.ALARM],
                 ready=self.redis.when_ready,
                 name="history alarm subscription",
             )
             self._alarms.startService()
-
-    def _alarm_event(self, channel: str, text: str) -> None:
-        """An event of the limits plugin (CHANNEL:ALARM) into the alarms table.
-
-        Alarms are not spooled: while the database is away they are counted as failed;
-        the limits plugin keeps every event in its Redis stream (XS:ALARM_LOG) meanwhile.
-        """
-        try:
-            event = json.loads(text)
-            when = datetime.datetime.fromisoformat(event["time"]).timestamp()
-            d = self.store_alarm(
-                event["device_id"],
-                event["term_id"],
-                event["item_id"],
-                event["kind"],
-                event["event"],
-                event.get("value"),
-                event.get("limit"),
-                when,
-                str(event.get("message", "")),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            self.log.warn("not an alarm event: {e}: {text}", e=e, text=text[:200])
-            return
-        d.addErrback(lambda f: self.log.warn("alarm not stored: {e}", e=f.getErrorMessage()))
 
     @inlineCallbacks
     def stopService(self) -> Any:
