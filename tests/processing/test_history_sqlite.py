@@ -7,7 +7,7 @@ import sqlite3
 
 from twisted.application.service import IService
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.plugin import IPlugin, getPlugins
 from twisted.trial.unittest import TestCase
@@ -20,24 +20,19 @@ from pydatacoll.model import Sample
 from pydatacoll.plugins.history import history
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.processing.history import history_reader
-from pydatacoll.store import keys
 from pydatacoll.testing.history import drained, stored_samples
+from pydatacoll.testing.memory import MemoryRedis
+from tests.processing.memory_support import seed_term_item
 
 HOSTILE = "1'; DROP TABLE samples; --"
 
 
-class FakeRedis:
-    """The `RedisClient.call` surface over a dict of sets and hashes."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def call(self, command, *args):
-        if command == "smembers":
-            return succeed(sorted(self.data.get(args[0], ())))
-        if command == "hgetall":
-            return succeed(dict(self.data.get(args[0], {})))
-        raise AssertionError(command)
+def memory_redis(term_items):
+    """A `MemoryRedis` holding the term-items ``{(term_id, item_id): fields}``."""
+    memory = MemoryRedis()
+    for (term_id, item_id), fields in term_items.items():
+        seed_term_item(memory, term_id, item_id, fields)
+    return memory
 
 
 def context(data_dir, options=None, redis=None):
@@ -165,17 +160,17 @@ class SqliteTests(HistoryTestMixin, TestCase):
 
     @inlineCallbacks
     def test_policies_from_redis_and_changes(self):
-        redis = FakeRedis(
+        redis = memory_redis(
             {
-                keys.TERMS: {"10"},
-                keys.TERM_ITEMS % "10": {"1000", "1001", "1002"},
-                keys.TERM_ITEM % ("10", "1000"): {"history": '"change"', "history_deadband": "1"},
-                keys.TERM_ITEM % ("10", "1001"): {"history": '"none"'},
-                keys.TERM_ITEM % ("10", "1002"): {"history": '"bogus"'},  # default applies
+                ("10", "1000"): {"history": '"change"', "history_deadband": "1"},
+                ("10", "1001"): {"history": '"none"'},
+                ("10", "1002"): {"history": '"bogus"'},  # the default applies
             }
         )
-        processor = self.start({"history": "every"}, redis=redis)
-        yield deferLater(reactor, 0.05, lambda: None)
+        redis.down()  # absent at start: the default policy applies meanwhile
+        processor = self.start({"history": "every", "retry_initial": "0.01"}, redis=redis)
+        self.assertFalse(processor.status()["config_loaded"])
+        redis.up()
         self.assertTrue(processor.status()["config_loaded"])
         values = [10.0, 10.5, 11.5, 11.6, 9.0]
         for item in ("1000", "1001", "1002"):

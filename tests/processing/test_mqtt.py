@@ -17,10 +17,10 @@ from pydatacoll.interfaces import IProcessor, IProcessorFactory
 from pydatacoll.model import Sample
 from pydatacoll.plugins.mqtt import mqtt as mqtt_factory
 from pydatacoll.processing import ProcessorContext
-from pydatacoll.processing.spool import Spool
 from pydatacoll.processing.mqtt.codec import JsonEncoder, sample_record, subscription_filter
 from pydatacoll.processing.mqtt.options import OPTION_DEFAULTS, MqttOptions
 from pydatacoll.processing.mqtt.outbox import Outbox
+from pydatacoll.processing.spool import Spool
 from tests.processing.support import wait_for
 
 ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "pydatacoll.ini")
