@@ -9,6 +9,7 @@ shared with the MQTT outbox. The names other modules use are importable from her
 
 from pydatacoll.processing.history.change_filter import POLICIES, ChangeFilter, Policy, changed
 from pydatacoll.processing.history.database import (
+    INSERT_SAMPLES,
     HistoryDatabase,
     history_reader,
     is_transient,
@@ -20,6 +21,7 @@ from pydatacoll.processing.spool import FIRST_SEGMENT, Spool, SpoolBatch, parse_
 
 __all__ = [
     "FIRST_SEGMENT",
+    "INSERT_SAMPLES",
     "NAME",
     "OPTION_DEFAULTS",
     "POLICIES",
