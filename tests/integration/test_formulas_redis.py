@@ -4,7 +4,7 @@ import json
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -28,14 +28,19 @@ class FormulaProcessorTests(TestCase):
     def emit(self, samples):
         """What the device manager does: store, then hand back to the processors."""
         self.emitted.extend(samples)
-        for sample in samples:
-            store_sample(self.sync, sample)
-        reactor.callLater(0, self.processor.samples_received, samples)
+        stored = gatherResults([store_sample(self.client, sample) for sample in samples])
+        stored.addCallback(lambda _: self.processor.samples_received(samples))
 
+    @inlineCallbacks
     def ingest(self, *samples):
         for sample in samples:
-            store_sample(self.sync, sample)
+            yield store_sample(self.client, sample)
         self.processor.samples_received(list(samples))
+
+    @inlineCallbacks
+    def hget_json(self, key, field):
+        text = yield self.client.call("hget", key, field)
+        return json.loads(text)
 
     @inlineCallbacks
     def start(self, *formulas, options=None):
@@ -56,7 +61,7 @@ class FormulaProcessorTests(TestCase):
             formula("1", "p1 * 2", "1002", p1="1:10:1000"),
         )
         now = time.time()
-        self.ingest(
+        yield self.ingest(
             Sample("1", "10", "1000", 5, "good", (), now, now),
             Sample("1", "10", "1001", 1, "questionable", (), now, now),
         )
@@ -66,12 +71,12 @@ class FormulaProcessorTests(TestCase):
         self.assertEqual(self.values("1003"), [(11, "questionable")])
         self.assertEqual(self.processor.status()["evaluations"], 2)
         self.assertIn("calculated", self.emitted[0].flags)
-        status = json.loads(self.sync.hget("HS:FORMULA_STATUS", "2"))
+        status = yield self.hget_json("HS:FORMULA_STATUS", "2")
         self.assertEqual((status["state"], status["value"]), ("ok", 11))
         # times are ISO 8601, like every other time the API shows
         self.assertRegex(status["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
         # a later input change flows through both again
-        self.ingest(Sample("1", "10", "1000", 6, "invalid", (), now, time.time()))
+        yield self.ingest(Sample("1", "10", "1000", 6, "invalid", (), now, time.time()))
         yield wait_for(lambda: len(self.values("1003")) == 2)
         self.assertEqual(self.values("1003")[-1], (13, "invalid"))
 
@@ -80,8 +85,11 @@ class FormulaProcessorTests(TestCase):
         yield self.start(formula("1", "p1 + p2", "1002", p1="1:10:1000", p2="1:10:1001"))
         now = time.time()
         # both inputs in one batch, and two batches before the reactor turns: one result
-        self.ingest(Sample("1", "10", "1000", 1, receive_time=now))
-        self.ingest(Sample("1", "10", "1001", 2, receive_time=now))
+        # (stored first: the two batches reach the processor in one reactor turn)
+        yield store_sample(self.client, Sample("1", "10", "1000", 1, receive_time=now))
+        yield store_sample(self.client, Sample("1", "10", "1001", 2, receive_time=now))
+        self.processor.samples_received([Sample("1", "10", "1000", 1, receive_time=now)])
+        self.processor.samples_received([Sample("1", "10", "1001", 2, receive_time=now)])
         yield wait_for(lambda: self.values("1002"))
         yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(self.values("1002"), [(3, "good")])
@@ -92,40 +100,41 @@ class FormulaProcessorTests(TestCase):
             formula("1", "p1 / (p1 - 5)", "1002", p1="1:10:1000"),
             formula("2", "p1 + 1", "1003", p1="1:10:1000"),
         )
-        self.ingest(Sample("1", "10", "1000", 5, receive_time=time.time()))
+        yield self.ingest(Sample("1", "10", "1000", 5, receive_time=time.time()))
         yield wait_for(lambda: self.values("1002") and self.values("1003"))
         self.assertEqual(self.values("1002"), [(None, "invalid")])
         self.assertEqual(self.values("1003"), [(6, "good")])
-        status = json.loads(self.sync.hget("HS:FORMULA_STATUS", "1"))
+        status = yield self.hget_json("HS:FORMULA_STATUS", "1")
         self.assertEqual((status["state"], status["error"]), ("error", "division by zero"))
 
     @inlineCallbacks
     def test_window_functions_read_the_stored_history(self):
         now = time.time()
         for value in (1.0, 2.0, 3.0):
-            store_sample(self.sync, Sample("1", "10", "1000", value, receive_time=now))
+            yield store_sample(self.client, Sample("1", "10", "1000", value, receive_time=now))
         yield self.start(
             formula("1", "avg(p1, '15m') * 10 + delta(p1, '1h')", "1002", p1="1:10:1000")
         )
         # at start every formula with values is computed once
         yield wait_for(lambda: self.values("1002"))
         self.assertEqual(self.values("1002"), [(22.0, "good")])
-        self.ingest(Sample("1", "10", "1000", 10.0, "questionable", (), None, time.time()))
+        yield self.ingest(Sample("1", "10", "1000", 10.0, "questionable", (), None, time.time()))
         yield wait_for(lambda: len(self.values("1002")) == 2)
         self.assertEqual(self.values("1002")[-1], (49.0, "questionable"))
 
     @inlineCallbacks
     def test_config_changes_are_followed(self):
         yield self.start()
-        self.ingest(Sample("1", "10", "1000", 4, receive_time=time.time()))
+        yield self.ingest(Sample("1", "10", "1000", 4, receive_time=time.time()))
         new = formula("1", "p1 * 3", "1002", p1="1:10:1000")
         yield self.store.apply([entity_op("create", new)])
-        data = {k: json.loads(v) for k, v in self.sync.hgetall("HS:FORMULA:1").items()}
+        stored = yield self.client.call("hgetall", "HS:FORMULA:1")
+        data = {k: json.loads(v) for k, v in stored.items()}
         self.processor.config_changed({"entity": "formula", "op": "add", "id": "1", "data": data})
         yield wait_for(lambda: self.values("1002"))
         self.assertEqual(self.values("1002"), [(12, "good")])
         self.processor.config_changed({"entity": "formula", "op": "del", "id": "1", "data": None})
-        self.ingest(Sample("1", "10", "1000", 5, receive_time=time.time()))
+        yield self.ingest(Sample("1", "10", "1000", 5, receive_time=time.time()))
         yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(len(self.values("1002")), 1)
         self.assertEqual(self.processor.status()["formulas"], 0)
@@ -138,18 +147,24 @@ class FormulaStoreTests(TestCase):
     def setUp(self):
         yield redis_store(self)
 
+    def members(self, key):
+        return self.client.call("smembers", key).addCallback(set)
+
+    def digest(self):
+        return self.client.call("execute_command", "DEBUG", "DIGEST")
+
     @inlineCallbacks
     def test_create_indexes_and_delete_unindexes(self):
         yield self.store.apply([entity_op("create", formula("1", "p1", "1002", p1="1:10:1000"))])
-        self.assertEqual(self.sync.smembers("SET:FORMULA_PARAM:1:10:1000"), {"1"})
-        self.assertEqual(self.sync.smembers("SET:FORMULA"), {"1"})
-        version = int(self.sync.get("STR:CONFIG_VERSION"))
+        self.assertEqual((yield self.members("SET:FORMULA_PARAM:1:10:1000")), {"1"})
+        self.assertEqual((yield self.members("SET:FORMULA")), {"1"})
+        version = int((yield self.client.call("get", "STR:CONFIG_VERSION")))
         yield self.store.apply([entity_op("put", formula("1", "p2", "1002", p2="1:10:1001"))])
-        self.assertEqual(self.sync.smembers("SET:FORMULA_PARAM:1:10:1000"), set())
-        self.assertEqual(self.sync.smembers("SET:FORMULA_PARAM:1:10:1001"), {"1"})
+        self.assertEqual((yield self.members("SET:FORMULA_PARAM:1:10:1000")), set())
+        self.assertEqual((yield self.members("SET:FORMULA_PARAM:1:10:1001")), {"1"})
         yield self.store.apply([{"op": "delete", "entity": "formula", "id": "1"}])
-        self.assertEqual(self.sync.keys("*FORMULA*"), [])
-        self.assertEqual(int(self.sync.get("STR:CONFIG_VERSION")), version + 2)
+        self.assertEqual((yield self.client.call("keys", "*FORMULA*")), [])
+        self.assertEqual(int((yield self.client.call("get", "STR:CONFIG_VERSION"))), version + 2)
 
     @inlineCallbacks
     def test_cycles_are_refused_naming_the_field(self):
@@ -159,7 +174,7 @@ class FormulaStoreTests(TestCase):
                 entity_op("create", formula("2", "p1", "1002", p1="1:10:1001")),
             ]
         )
-        before = self.sync.execute_command("DEBUG", "DIGEST")
+        before = yield self.digest()
         closing = formula("3", "p1 + p2", "1000", p2="1:10:1005", p1="1:10:1002")
         with self.assertRaises(Conflict) as caught:
             yield self.store.apply([entity_op("create", closing)])
@@ -178,14 +193,14 @@ class FormulaStoreTests(TestCase):
                     entity_op("create", formula("6", "p1", "1003", p1="1:10:1004")),
                 ]
             )
-        self.assertEqual(self.sync.execute_command("DEBUG", "DIGEST"), before)
+        self.assertEqual((yield self.digest()), before)
 
     @inlineCallbacks
     def test_one_writer_per_result_point(self):
         """A second formula writing the same result point is refused with 409 naming the
         point (in the store's atomic script: stored, same batch, or moved by a PUT)."""
         yield self.store.apply([entity_op("create", formula("1", "p1", "1002", p1="1:10:1000"))])
-        before = self.sync.execute_command("DEBUG", "DIGEST")
+        before = yield self.digest()
         with self.assertRaises(Conflict) as caught:
             yield self.store.apply(
                 [entity_op("create", formula("2", "p1 + 1", "1002", p1="1:10:1001"))]
@@ -200,7 +215,7 @@ class FormulaStoreTests(TestCase):
                 ]
             )
         self.assertEqual((caught.exception.field, caught.exception.index), ("item_id", 1))
-        self.assertEqual(self.sync.execute_command("DEBUG", "DIGEST"), before)
+        self.assertEqual((yield self.digest()), before)
         # replacing formula 1 itself, or moving its result away in the same batch, is fine
         yield self.store.apply([entity_op("put", formula("1", "p1 * 3", "1002", p1="1:10:1000"))])
         yield self.store.apply(
@@ -209,7 +224,7 @@ class FormulaStoreTests(TestCase):
                 entity_op("create", formula("2", "p1", "1002", p1="1:10:1001")),
             ]
         )
-        self.assertEqual(self.sync.smembers("SET:FORMULA"), {"1", "2"})
+        self.assertEqual((yield self.members("SET:FORMULA")), {"1", "2"})
 
     @inlineCallbacks
     def test_points_must_exist(self):

@@ -36,12 +36,14 @@ class LimitsTests(TestCase):
                 [Sample("1", "10", item_id, value, "good", (), now, now)]
             )
 
+    @inlineCallbacks
+    def log(self):
+        entries = yield self.client.call("execute_command", "XRANGE", "XS:ALARM_LOG", "-", "+")
+        return [json.loads(dict(zip(f[::2], f[1::2], strict=True))["event"]) for _, f in entries]
+
     def events(self):
-        entries = self.sync.xrange("XS:ALARM_LOG")
-        return [
-            (e["event"], e["kind"], e["value"])
-            for e in (json.loads(fields["event"]) for _id, fields in entries)
-        ]
+        d = self.log()
+        return d.addCallback(lambda log: [(e["event"], e["kind"], e["value"]) for e in log])
 
     @inlineCallbacks
     def written(self, count):
@@ -52,7 +54,7 @@ class LimitsTests(TestCase):
         self.feed("1000", 225, 231, 229, 228.5, 227.9, 245, 219, 221, 222.5)
         yield self.written(6)
         self.assertEqual(
-            self.events(),
+            (yield self.events()),
             [
                 ("raise", "high", 231.0),
                 ("clear", "high", 227.9),
@@ -64,13 +66,13 @@ class LimitsTests(TestCase):
                 ("clear", "low", 222.5),
             ],
         )
-        self.assertEqual(self.sync.hgetall("HS:ALARM"), {})
+        self.assertEqual((yield self.client.call("hgetall", "HS:ALARM")), {})
 
     @inlineCallbacks
     def test_active_alarms_and_channel(self):
         self.feed("1000", 235)
         yield self.written(1)
-        active = json.loads(self.sync.hget("HS:ALARM", "1:10:1000:high"))
+        active = json.loads((yield self.client.call("hget", "HS:ALARM", "1:10:1000:high")))
         self.assertEqual((active["event"], active["limit"], active["value"]), ("raise", 230, 235.0))
 
     def test_invalid_and_non_numeric_samples_are_not_judged(self):
@@ -88,12 +90,11 @@ class LimitsTests(TestCase):
     def test_rate_of_change(self):
         self.feed("1001", 10, 14, 30, 32, step=2.0)  # 2/s, 8/s, 1/s
         yield self.written(2)
-        self.assertEqual(self.events(), [("raise", "rate", 30.0), ("clear", "rate", 32.0)])
-        self.assertEqual(self.limits_of_events(), [5, 5])
+        self.assertEqual((yield self.events()), [("raise", "rate", 30.0), ("clear", "rate", 32.0)])
+        self.assertEqual((yield self.limits_of_events()), [5, 5])
 
     def limits_of_events(self):
-        entries = self.sync.xrange("XS:ALARM_LOG")
-        return [json.loads(fields["event"])["limit"] for _id, fields in entries]
+        return self.log().addCallback(lambda log: [e["limit"] for e in log])
 
     @inlineCallbacks
     def test_a_clear_carries_the_limit_of_its_raise(self):
@@ -101,7 +102,7 @@ class LimitsTests(TestCase):
         self.feed("1000", 225, 231, 227.9, 245, 219, 222.5)
         yield self.written(8)
         self.assertEqual(
-            list(zip(self.events(), self.limits_of_events(), strict=True)),
+            list(zip((yield self.events()), (yield self.limits_of_events()), strict=True)),
             [
                 (("raise", "high", 231.0), 230),
                 (("clear", "high", 227.9), 230),
@@ -125,7 +126,9 @@ class LimitsTests(TestCase):
         self.assertEqual(self.processor.status()["cleared"], 0)
         self.feed("1002", 8)
         yield self.written(2)
-        self.assertEqual(self.events(), [("raise", "frozen", 7.0), ("clear", "frozen", 8.0)])
+        self.assertEqual(
+            (yield self.events()), [("raise", "frozen", 7.0), ("clear", "frozen", 8.0)]
+        )
 
     def test_the_loop_survives_an_error(self):
         self.processor._states.clear()  # a broken state: the check raises KeyError
@@ -143,7 +146,7 @@ class LimitsTests(TestCase):
         change["data"] = {"term_id": "10", "item_id": "1000", "device_id": "1"}
         self.processor.config_changed(change)
         yield self.written(2)
-        self.assertEqual(self.events()[-1], ("clear", "high", None))
+        self.assertEqual((yield self.events())[-1], ("clear", "high", None))
         change["data"] = {"term_id": "10", "item_id": "1003", "device_id": "1", "up_limit": 1}
         self.processor.config_changed(change)
         self.feed("1003", 2)
@@ -156,7 +159,7 @@ class LimitsTests(TestCase):
             {"entity": "term", "op": "del", "id": "10", "cascade": cascade}
         )
         yield self.written(4)
-        self.assertEqual(self.events()[-1], ("clear", "high", None))
+        self.assertEqual((yield self.events())[-1], ("clear", "high", None))
         self.assertEqual(self.processor.status()["points"], 2)
 
     @inlineCallbacks

@@ -147,12 +147,13 @@ class ConfigurationTests(TestCase):
         self.assertEqual(processor.status()["points"], 6)
         self.assertFalse(processor._select(("1", "10", "1000")))  # flagged: none flagged yet
         # A change written without a change message (as the v2 batch routes do).
-        self.sync.hset(
+        yield self.client.call(
+            "hmset",
             keys.TERM_ITEM % ("10", "2000"),
-            mapping={"term_id": '"10"', "item_id": '"2000"', "device_id": '"1"', "mqtt": "true"},
+            {"term_id": '"10"', "item_id": '"2000"', "device_id": '"1"', "mqtt": "true"},
         )
-        self.sync.sadd(keys.TERM_ITEMS % "10", "2000")
-        self.sync.incr(keys.CONFIG_VERSION)
+        yield self.client.call("sadd", keys.TERM_ITEMS % "10", ["2000"])
+        yield self.client.call("incr", keys.CONFIG_VERSION)
         yield wait_for(lambda: ("1", "10", "2000") in (processor.points or {}), 10)
         self.assertTrue(processor._select(("1", "10", "2000")))
         processor.samples_received(

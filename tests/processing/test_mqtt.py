@@ -8,7 +8,8 @@ import tempfile
 
 from twisted.application.service import IService
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -18,9 +19,11 @@ from pydatacoll.model import Sample
 from pydatacoll.plugins.mqtt import mqtt as mqtt_factory
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.processing.mqtt.codec import JsonEncoder, sample_record, subscription_filter
+from pydatacoll.processing.mqtt.commands import MqttCommands, json_command_body
 from pydatacoll.processing.mqtt.options import OPTION_DEFAULTS, MqttOptions
 from pydatacoll.processing.mqtt.outbox import Outbox
 from pydatacoll.processing.spool import Spool
+from pydatacoll.testing.memory import MemoryRedis
 from tests.processing.support import wait_for
 
 ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "pydatacoll.ini")
@@ -256,3 +259,59 @@ class OutboxTests(TestCase):
             yield wait_for(lambda: any(not d.called for _, _, d in self.sent) or again.idle)
         self.assertEqual([r[1] for r, _, _ in self.sent], [1, 2, 3, 4, 5])
         yield again.stop()
+
+
+class CommandTests(SynchronousTestCase):
+    """`MqttCommands`: the ACL, commands off, and the outcome published as a record."""
+
+    def commands(self, **texts):
+        options = MqttOptions.parse({"url": "mqtt://127.0.0.1:1883", **texts})
+        self.records = []
+        counters = {"commands": 0, "commands_refused": 0}
+        self.clock = Clock()
+        return MqttCommands(self.clock, MemoryRedis(), None, options, counters, self.records.extend)
+
+    def test_off_until_started(self):
+        commands = self.commands(commands="true")
+        self.successResultOf(commands.command(("1", "10", "1000"), {"value": 1}))
+        ((kind, *point, text),) = self.records
+        self.assertEqual((kind, point), ("r", ["1", "10", "1000"]))
+        result = json.loads(text)
+        self.assertEqual((result["outcome"], result["client"]), ("refused", "mqtt:anonymous"))
+        self.assertEqual(commands.counters["commands"], 1)
+        self.successResultOf(commands.stop())
+
+    def test_device_ctrl_answers_and_failures(self):
+        commands = self.commands(commands="true", commands_acl="1:10:1000", client_id="fep")
+        calls = []
+
+        class Api:
+            def device_ctrl(self, ids, body, client, token_id, refused):
+                calls.append((ids, client, token_id, refused))
+                if refused:
+                    return succeed(_Answer({"outcome": "refused", "message": refused}))
+                return fail(RuntimeError("boom"))
+
+        commands._api = Api()
+        commands.command(("1", "10", "1000"), {"value": 1, "client": "ops"})
+        commands.command(("1", "10", "1001"), {"value": 2})
+        self.assertEqual([c[3] is None for c in calls], [True, False])
+        self.assertEqual(calls[0][1:3], ("mqtt:ops", "mqtt:fep"))
+        outcomes = [json.loads(r[-1])["outcome"] for r in self.records]
+        self.assertEqual(outcomes, ["failed", "refused"])
+        self.assertEqual(json.loads(self.records[0][-1])["message"], "internal error")
+        self.assertEqual(commands.counters["commands_refused"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_json_bodies(self):
+        self.assertEqual(json_command_body(b'{"value": 3}'), {"value": 3})
+        self.assertEqual(json_command_body(b"5"), {"value": 5})
+        self.assertEqual(json_command_body(b"not json"), {"value": None})
+
+
+class _Answer:
+    def __init__(self, body):
+        self.body = body
+
+    def to_json(self):
+        return self.body

@@ -8,12 +8,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pydatacoll.model import iso_time, normalize_id
 from pydatacoll.processing.mqtt.options import MqttOptions
 
 Point = tuple[str, str, str]
+_log = Logger()
 
 
 def json_command_body(payload: bytes) -> dict[str, Any]:
@@ -114,6 +116,7 @@ def _error_body(failure: Failure) -> dict[str, Any]:
     error = failure.value
     to_json = getattr(error, "to_json", None)
     if to_json is None:
+        _log.failure("mqtt: command failed", failure)
         return {"outcome": "failed", "message": "internal error"}
     body = dict(to_json())
     body.setdefault("outcome", body.get("error"))

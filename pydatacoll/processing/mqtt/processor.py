@@ -132,7 +132,7 @@ class MqttProcessor(Service):
         }
         #: Commands from MQTT (refused until `_start_commands` connects them).
         self.commands = MqttCommands(
-            reactor, None, settings, options, self.counters, self.outbox.put
+            reactor, redis, settings, options, self.counters, self.outbox.put
         )
 
     @classmethod
