@@ -166,6 +166,11 @@ def number_option(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+#: The old private names, kept while other branches may still use them (merge safety).
+_bounded_int = integer_option
+_bounded_float = number_option
+
+
 def _directory(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
