@@ -58,7 +58,7 @@ class _Batch:
 @implementer(IProcessor)
 class HistoryProcessor(Service):
     """Stores samples in the history database; see the module docstring and
-    docs/history.rst. ``read`` serves the history route."""
+    docs/history.rst. The REST API reads the same database through `history_reader`."""
 
     log = Logger()
     name = NAME  # type: ignore[assignment]  # Service declares it None
