@@ -165,6 +165,9 @@ class IPluginStatusStore(Interface):
     """Which collectors run which processor plugins, and the plugins' status
     (`pydatacoll.store.plugins.PluginStatusStore`)."""
 
+    def when_connected():  # type: ignore[no-untyped-def]
+        """Deferred firing once the store can be used (at once when it can)."""
+
     def write_status(statuses):  # type: ignore[no-untyped-def]
         """Store ``{plugin name: status JSON text}`` in the plugin status hash."""
 
