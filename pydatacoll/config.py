@@ -169,30 +169,45 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"expected true or false, not {text!r}")
 
 
-def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
+def integer_option(low: int, high: int) -> Callable[[str], int]:
+    """THE parser of a bounded integer option (settings and plugin options alike): an
+    integer in ``low..high``, else `ValueError` saying why."""
+
     def parse(text: str) -> int:
         try:
             value = int(text.strip())
         except ValueError:
             raise ValueError(f"expected an integer, not {text!r}") from None
         if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
+            raise ValueError(f"must be between {_bound(low)} and {_bound(high)}")
         return value
 
     return parse
 
 
-def _bounded_float(low: float, high: float) -> Callable[[str], float]:
+def number_option(low: float, high: float) -> Callable[[str], float]:
+    """THE parser of a bounded number option: a finite number in ``low..high``, else
+    `ValueError` saying why."""
+
     def parse(text: str) -> float:
         try:
             value = float(text.strip())
         except ValueError:
             raise ValueError(f"expected a number, not {text!r}") from None
         if not math.isfinite(value) or not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
+            raise ValueError(f"must be between {_bound(low)} and {_bound(high)}")
         return value
 
     return parse
+
+
+#: The old private names, kept while other branches may still use them (merge safety).
+_bounded_int = integer_option
+_bounded_float = number_option
 
 
 def _directory(text: str) -> str:
@@ -227,7 +242,7 @@ OPTIONS: tuple[Option, ...] = (
         "backlog",
         "api_backlog",
         "1024",
-        _bounded_int(1, 65535),
+        integer_option(1, 65535),
         "Listen backlog of the API (connections the kernel holds before they are accepted); "
         "used when the endpoint string gives none.",
     ),
@@ -252,7 +267,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_body",
         "max_body",
         "1048576",
-        _bounded_int(1024, 64 * 1024 * 1024),
+        integer_option(1024, 64 * 1024 * 1024),
         "Largest accepted request body in bytes (413 above).",
     ),
     Option(
@@ -260,7 +275,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_import_body",
         "max_import_body",
         "67108864",
-        _bounded_int(1024, 1024 * 1024 * 1024),
+        integer_option(1024, 1024 * 1024 * 1024),
         "Largest configuration file PUT/POST /api/v1/config accepts, in bytes (413 above).",
     ),
     Option(
@@ -268,7 +283,7 @@ OPTIONS: tuple[Option, ...] = (
         "device_timeout",
         "device_timeout",
         "10",
-        _bounded_float(0.1, 600.0),
+        number_option(0.1, 600.0),
         "Seconds device_call/device_ctrl wait for the collector's answer (504 after).",
     ),
     Option(
@@ -301,7 +316,7 @@ OPTIONS: tuple[Option, ...] = (
         "timeout",
         "redis_timeout",
         "5",
-        _bounded_float(0.1, 120.0),
+        number_option(0.1, 120.0),
         "Seconds a Redis command may take before the request fails with 503.",
     ),
     Option(
@@ -309,7 +324,7 @@ OPTIONS: tuple[Option, ...] = (
         "pool_size",
         "redis_pool_size",
         "4",
-        _bounded_int(1, 64),
+        integer_option(1, 64),
         "Connections in the Redis pool.",
     ),
     Option(
@@ -362,7 +377,7 @@ OPTIONS += (
         "history_length",
         "history_length",
         "1000",
-        _bounded_int(1, 1_000_000),
+        integer_option(1, 1_000_000),
         "Samples kept per point in its Redis stream (older ones are trimmed).",
     ),
     Option(
@@ -370,7 +385,7 @@ OPTIONS += (
         "buffer_samples",
         "buffer_samples",
         "100000",
-        _bounded_int(100, 10_000_000),
+        integer_option(100, 10_000_000),
         "Samples kept in memory while Redis is unreachable; past it the oldest are dropped "
         "(and counted).",
     ),
@@ -379,7 +394,7 @@ OPTIONS += (
         "frame_log_length",
         "frame_log_length",
         "0",
-        _bounded_int(0, 100_000),
+        integer_option(0, 100_000),
         "Raw frames kept per device in LST:FRAME:{device_id} (0: none).",
     ),
     Option(
@@ -387,7 +402,7 @@ OPTIONS += (
         "ctrl_log_length",
         "ctrl_log_length",
         "10000",
-        _bounded_int(10, 10_000_000),
+        integer_option(10, 10_000_000),
         "Entries kept in the device_ctrl audit stream.",
     ),
     Option(
@@ -395,7 +410,7 @@ OPTIONS += (
         "stream_clients",
         "stream_clients",
         "100",
-        _bounded_int(1, 10_000),
+        integer_option(1, 10_000),
         "Event streams (GET /api/v1/stream) served at once; 503 above.",
     ),
     Option(

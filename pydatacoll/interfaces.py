@@ -141,3 +141,77 @@ class IClusterStore(Interface):
 
     def holders(device_ids):  # type: ignore[no-untyped-def]
         """``{device_id: Lease}`` for the devices among ``device_ids`` that are held."""
+
+
+# --- i12proc: the processors' stores ---
+
+
+class IPointConfigStore(Interface):
+    """What the processors read about points: term-item attributes and stored samples
+    (`pydatacoll.store.processing.PointConfigStore`)."""
+
+    def when_connected():  # type: ignore[no-untyped-def]
+        """Deferred firing once the store can be used (at once when it can)."""
+
+    def term_items():  # type: ignore[no-untyped-def]
+        """Deferred dict ``(term_id, item_id) -> decoded fields`` of every term-item."""
+
+    def term_item(term_id, item_id):  # type: ignore[no-untyped-def]
+        """Deferred decoded fields of one term-item ({} when there is none)."""
+
+    def latest_sample(point):  # type: ignore[no-untyped-def]
+        """Deferred newest stored sample (a JSON object) of ``(device, term, item)``, or
+        None."""
+
+    def sample_window(point, since, limit):  # type: ignore[no-untyped-def]
+        """Deferred list of the point's stored samples since ``since`` (epoch seconds),
+        oldest first, at most ``limit`` (the newest ones)."""
+
+
+class IFormulaStore(Interface):
+    """The formula definitions and the formulas processor's status
+    (`pydatacoll.store.processing.FormulaStore`)."""
+
+    def formulas(limit):  # type: ignore[no-untyped-def]
+        """Deferred dict ``id -> decoded fields`` of at most ``limit`` formulas."""
+
+    def formula_status(formula_id):  # type: ignore[no-untyped-def]
+        """Deferred status object the processor last wrote for a formula, or None."""
+
+    def write_formula_status(statuses):  # type: ignore[no-untyped-def]
+        """Store ``{formula_id: status object}``; a Deferred."""
+
+    def delete_formula_status(formula_id):  # type: ignore[no-untyped-def]
+        """Forget a formula's status; a Deferred."""
+
+
+class IAlarmStore(Interface):
+    """The active alarms, the alarm log and the alarm channel
+    (`pydatacoll.store.alarms.AlarmStore`)."""
+
+    def active_alarms():  # type: ignore[no-untyped-def]
+        """Deferred dict ``"device:term:item:kind" -> raise event`` of the active alarms."""
+
+    def record_event(event, log_length):  # type: ignore[no-untyped-def]
+        """Log a raise or clear event, update the active alarms and publish it, at once."""
+
+
+class IPluginStatusStore(Interface):
+    """Which collectors run which processor plugins, and the plugins' status
+    (`pydatacoll.store.plugins.PluginStatusStore`)."""
+
+    def when_connected():  # type: ignore[no-untyped-def]
+        """Deferred firing once the store can be used (at once when it can)."""
+
+    def write_status(statuses):  # type: ignore[no-untyped-def]
+        """Store ``{plugin name: status JSON text}`` in the plugin status hash."""
+
+    def report_running(names, instance, now):  # type: ignore[no-untyped-def]
+        """Say that ``instance`` runs the plugins ``names`` at ``now``."""
+
+    def withdraw(names, instance):  # type: ignore[no-untyped-def]
+        """Say that ``instance`` no longer runs the plugins ``names``."""
+
+    def running_instances(name, now, max_age, exclude=None):  # type: ignore[no-untyped-def]
+        """Deferred sorted list of the instances that reported running ``name`` less
+        than ``max_age`` seconds ago (``exclude`` left out)."""

@@ -248,6 +248,39 @@ class MemoryRedis:
         self.px_deadlines.pop(key, None)
         return int(self.data.pop(key, None) is not None)
 
+    # -- i12proc: the processors' stream reads (execute_command XADD / XREVRANGE) ------------
+    def _execute_command(self, command: str, *args: Any) -> Any:
+        name = command.upper()
+        if name == "XREVRANGE":
+            return self._xrevrange_flat(*args)
+        if name == "XADD":
+            return self._xadd_id(*args)
+        raise NotImplementedError(f"MemoryRedis has no execute_command {command}")
+
+    def _xrevrange_flat(self, key: str, high: str, low: str, *options: Any) -> list[Any]:
+        """XREVRANGE key high low [COUNT n], entries as (id, [field, value, ...])."""
+        count = (
+            int(options[1]) if len(options) >= 2 and str(options[0]).upper() == "COUNT" else None
+        )
+        top, bottom = _stream_bound(high, True), _stream_bound(low, False)
+        found = []
+        for entry_id, fields in reversed(self._typed(key, list)):
+            if bottom <= _stream_id(entry_id) <= top:
+                found.append((entry_id, [x for pair in fields.items() for x in pair]))
+                if count is not None and len(found) >= count:
+                    break
+        return found
+
+    def _xadd_id(self, key: str, entry_id: str, *pairs: Any) -> str:
+        """XADD key ID field value ...: an explicit id (greater than the last one)."""
+        stream = self._typed(key, list)
+        if entry_id == "*":
+            return self._xadd(key, dict(zip(pairs[::2], pairs[1::2], strict=True)))
+        if stream and _stream_id(entry_id) <= _stream_id(stream[-1][0]):
+            raise ValueError("ERR The ID specified in XADD is equal or smaller than the target")
+        stream.append((entry_id, dict(zip(pairs[::2], pairs[1::2], strict=True))))
+        return entry_id
+
 
 # -- the scripts, emulated -----------------------------------------------------------------
 
@@ -401,4 +434,48 @@ def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.devices import ingest
     from pydatacoll.store import status
 
-    return {ingest._SHA: _ingest_script, status._SHA: _status_script, **_cluster_scripts()}
+    return {
+        ingest._SHA: _ingest_script,
+        status._SHA: _status_script,
+        **_cluster_scripts(),
+        **_processing_scripts(),
+    }
+
+
+# -- i12proc: the processors' stream ids and scripts --------------------------------------
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = str(text).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _stream_bound(text: str, high: bool) -> tuple[int, int]:
+    """A range bound of XRANGE/XREVRANGE: "-", "+", "ms" or "ms-seq" (inclusive)."""
+    text = str(text)
+    if text == "-":
+        return (0, 0)
+    if text == "+":
+        return (2**64, 2**64)
+    if "-" not in text:
+        return (int(text), 2**64 if high else 0)
+    return _stream_id(text)
+
+
+def _alarm_event_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/alarm_event.lua: log the event, set or clear the active alarm, publish it."""
+    log_key, active_key = keys
+    maxlen, text, event, field, channel = args
+    entry_id = store._xadd(log_key, {"event": text}, int(maxlen))
+    if event == "raise":
+        store._hset(active_key, field, text)
+    else:
+        store._hdel(active_key, [field])
+    store._publish(channel, text[:-1] + ',"id":"' + entry_id + '"}')
+    return 1
+
+
+def _processing_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import alarms
+
+    return {alarms.SHA: _alarm_event_script}
