@@ -18,8 +18,7 @@ from typing import Any, ClassVar
 import attrs
 
 from pydatacoll.errors import ValidationError
-from pydatacoll.protocols import device_protocols, get_protocol
-from pydatacoll.protocols.modbus.codec import point_format
+from pydatacoll.protocols.registry import device_protocols, get_protocol, registered_protocols
 
 #: What an id may be: it goes into Redis key names and URLs, so no ``:``, ``*``, ``/`` ...
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -463,12 +462,13 @@ class TermItem(Entity):
     extra: Mapping[str, Any] = _extra()
 
     def check(self) -> None:
-        """``down_limit`` may not exceed ``up_limit``; Modbus fields must fit together.
+        """``down_limit`` may not exceed ``up_limit``; a protocol's own fields must fit.
 
-        The Modbus rules apply only when a Modbus field (``data_type``, ``byte_order``,
-        ``bit``, ``count``) is present: a term-item does not know its device's protocol,
-        so an IEC 104 point (``code_type`` 45, say) is not judged by them. The Modbus
-        driver checks every point of a Modbus device in full when it loads it.
+        A protocol's rules (the registry's ``item_fields``: Modbus ``data_type``,
+        ``byte_order``, ``bit``, ``count``) apply only when one of its fields is present:
+        a term-item does not know its device's protocol, so an IEC 104 point
+        (``code_type`` 45, say) is not judged by them. The driver checks every point of
+        its device in full when it loads it.
         """
         if (
             self.up_limit is not None
@@ -476,15 +476,8 @@ class TermItem(Entity):
             and self.down_limit > self.up_limit
         ):
             raise ValidationError("down_limit must not exceed up_limit", field="down_limit")
-        if any(v is not None for v in (self.data_type, self.byte_order, self.bit, self.count)):
-            point_format(
-                self.code_type,
-                self.data_type,
-                self.byte_order,
-                self.bit,
-                self.count,
-                address=self.protocol_code,
-            )
+        for protocol in registered_protocols():
+            protocol.check_item(self)
 
     @property
     def key(self) -> str:

@@ -278,6 +278,20 @@ def point_format(
     return PointFormat(table, data_type, flags[0], flags[1], bit, width)
 
 
+def check_item_fields(term_item: Any) -> None:
+    """Check a term-item's Modbus fields (``data_type``, ``byte_order``, ``bit``,
+    ``count``) together with its ``code_type`` and address; `ValidationError` names the
+    field. The device registry calls it for a term-item with any of those fields set."""
+    point_format(
+        term_item.code_type,
+        term_item.data_type,
+        term_item.byte_order,
+        term_item.bit,
+        term_item.count,
+        address=term_item.protocol_code,
+    )
+
+
 def _byte_order(name: str | None, default: str, data_type: str, width: int) -> tuple[bool, bool]:
     source = ""
     if name is None:
