@@ -157,6 +157,8 @@ class ModbusClientProtocol(Protocol):
         self.on_connection_lost: Callable[[Failure], None] | None = None
         #: Called once, at the first valid response of this connection.
         self.on_answer: Callable[[], None] | None = None
+        #: Called with ``("tx" | "rx", frame)`` for every ADU sent or received.
+        self.frame_observer: Callable[[str, bytes], None] | None = None
         self.limiter = limiter if limiter is not None else RateLimitedLog(self.log, clock)
 
     # Twisted's Protocol interface
@@ -175,7 +177,10 @@ class ModbusClientProtocol(Protocol):
         self._buffer += data
         try:
             adus, self._buffer = decode_adus(self._buffer)
+            observer = self.frame_observer
             for adu in adus:
+                if observer is not None:
+                    observer("rx", encode_adu(adu.transaction_id, adu.unit_id, adu.pdu))
                 self._response(adu.transaction_id, adu.unit_id, adu.pdu)
         except ModbusFrameError as e:
             self._frame_error(e)
@@ -270,7 +275,10 @@ class ModbusClientProtocol(Protocol):
             self._pending[tid] = transaction
             self.stats.requests += 1
             assert self.transport is not None
-            self.transport.write(encode_adu(tid, transaction.unit_id, transaction.request.pdu))
+            frame = encode_adu(tid, transaction.unit_id, transaction.request.pdu)
+            if self.frame_observer is not None:
+                self.frame_observer("tx", frame)
+            self.transport.write(frame)
             if self.request_pause > 0:
                 # the pause runs from the answer, see _done; nothing else goes out meanwhile
                 break

@@ -152,6 +152,8 @@ class _Schedule:
     scans: int = 0
     overruns: int = 0
     skipped_reads: int = 0
+    #: Scans not started because the input was paused (`ModbusDriver.pause_input`).
+    paused_scans: int = 0
     #: A scan was started and not all its reads have come back yet.
     scanning: bool = False
 
@@ -190,6 +192,7 @@ class ModbusDriver(Service):
         link: Any = None,
         start_delay: float | None = None,
         on_scan_done: Callable[[], object] | None = None,
+        frame_observer: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.device_id = device_id
         self.settings = settings
@@ -201,8 +204,17 @@ class ModbusDriver(Service):
             endpoint = HostnameEndpoint(
                 reactor, settings.host, settings.port, timeout=settings.connect_timeout
             )
-            link = ModbusLink(endpoint, reactor, settings, name=f"modbus device {device_id}")
+            link = ModbusLink(
+                endpoint,
+                reactor,
+                settings,
+                name=f"modbus device {device_id}",
+                frame_observer=frame_observer,
+            )
         self.link = link
+        #: While True, due scans are skipped (counted as ``paused_scans``); single-point
+        #: reads and writes still go out.
+        self.input_paused = False
         self.start_delay = start_delay
         self.schedules: dict[float, _Schedule] = self._plan(points)
         self.units: dict[int, _Unit] = {p.unit_id: _Unit() for p in points}
@@ -272,6 +284,14 @@ class ModbusDriver(Service):
         d: Deferred[None] = self.link.stopService()
         return d
 
+    def pause_input(self) -> None:
+        """Skip the scans that fall due until `resume_input` (reads in flight finish)."""
+        self.input_paused = True
+
+    def resume_input(self) -> None:
+        """Scan again from the next due time."""
+        self.input_paused = False
+
     # public commands (for device_call / device_ctrl)
 
     def read_point(self, key: str) -> Deferred[PointValue]:
@@ -324,6 +344,7 @@ class ModbusDriver(Service):
         return {
             "device_id": self.device_id,
             "points": len(self.points),
+            "input_paused": self.input_paused,
             "link": self.link.stats.snapshot(),
             "scans": {
                 str(s.interval): {
@@ -331,6 +352,7 @@ class ModbusDriver(Service):
                     "scans": s.scans,
                     "overruns": s.overruns,
                     "skipped_reads": s.skipped_reads,
+                    "paused_scans": s.paused_scans,
                 }
                 for s in self.schedules.values()
             },
@@ -346,7 +368,9 @@ class ModbusDriver(Service):
     def _tick(self, schedule: _Schedule) -> None:
         try:
             now = self.clock.seconds()
-            if schedule.running:
+            if self.input_paused:
+                schedule.paused_scans += 1
+            elif schedule.running:
                 schedule.overruns += 1
             else:
                 schedule.scans += 1

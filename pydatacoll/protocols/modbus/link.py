@@ -82,8 +82,11 @@ class ModbusLink(Service):
         name: str = "modbus",
         rng: Any = random,
         healthy_after: float = HEALTHY_AFTER,
+        frame_observer: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.clock = clock
+        #: Called with ``("tx" | "rx", frame)`` for every ADU (the device's frame log).
+        self.frame_observer = frame_observer
         self.settings = settings
         self.name = name  # type: ignore[assignment]  # Service declares it None
         self.stats = LinkStats()
@@ -156,8 +159,17 @@ class ModbusLink(Service):
             limiter=self.limiter,
         )
         protocol.on_answer = self.backoff.good_exchange
+        if self.frame_observer is not None:
+            protocol.frame_observer = self._observe_frame
         self._building = protocol
         return protocol
+
+    def _observe_frame(self, direction: str, frame: bytes) -> None:
+        assert self.frame_observer is not None
+        try:
+            self.frame_observer(direction, frame)
+        except Exception:
+            self.log.failure("{name}: frame observer failed", name=self.name)
 
     def _connected(self, proxy: Any) -> None:
         protocol = self._building

@@ -6,7 +6,7 @@ unit id), and a term-item is a point.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -82,6 +82,7 @@ class ModbusRuntime(Service):
         term_items: Sequence[TermItem],
         sink: ISampleSink,
         reactor: Any,
+        frame_observer: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.device_id = device.id
         self.clock = reactor
@@ -102,6 +103,7 @@ class ModbusRuntime(Service):
             self._on_batch,
             reactor=reactor,
             on_scan_done=self._flush,
+            frame_observer=frame_observer,
         )
 
     def _points(self, terms: Sequence[Term], term_items: Sequence[TermItem]) -> list[Any]:
@@ -131,6 +133,15 @@ class ModbusRuntime(Service):
         d = self.driver.stopService()
         self._flush()
         return d
+
+    def pause_input(self) -> None:
+        """Skip the polls that fall due (the device keeps its data; nothing is lost but
+        the samples of the skipped scans)."""
+        self.driver.pause_input()
+
+    def resume_input(self) -> None:
+        """Poll again from the next due scan."""
+        self.driver.resume_input()
 
     def _on_batch(self, batch: ReadBatch) -> None:
         device_id = self.device_id
@@ -248,10 +259,10 @@ class ModbusProtocolDriver:
         sink: ISampleSink,
         reactor: Any,
         settings: Any,
-        frame_observer: Any = None,
+        frame_observer: Callable[[str, bytes], None] | None = None,
     ) -> ModbusRuntime:
-        """A `ModbusRuntime` for ``device``."""
-        return ModbusRuntime(device, terms, term_items, sink, reactor)
+        """A `ModbusRuntime` for ``device`` (reporting its frames to ``frame_observer``)."""
+        return ModbusRuntime(device, terms, term_items, sink, reactor, frame_observer)
 
 
 driver = ModbusProtocolDriver()

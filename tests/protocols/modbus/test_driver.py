@@ -348,3 +348,88 @@ class BackoffTests(SynchronousTestCase):
             nominal = min(30.0, 2.0 ** (n - 1))
             self.assertTrue(0.75 * nominal <= delay <= nominal, (n, delay))
         self.assertLessEqual(policy(10_000), 30.0)
+
+
+class InputAndFrameTests(SynchronousTestCase):
+    """The engine's side of `IDeviceRuntime.pause_input` and the device's frame log."""
+
+    def setUp(self):
+        self.device = FakeDevice()
+        self.device.registers.update({0: 2305, 1: 0, 2: 0x4148, 3: 0b100})
+
+    def pump(self, endpoint):
+        for transport, protocol in endpoint.connections:
+            self.device.pump(transport, protocol)
+
+    def test_paused_input_skips_polls_until_resumed(self):
+        driver, clock, endpoint, batches = make_driver(items=ITEMS, start_delay=0)
+        driver.startService()
+        clock.advance(0)
+        self.pump(endpoint)
+        self.assertEqual(len(batches), 1)
+        driver.pause_input()
+        for _ in range(3):
+            clock.advance(1.0)
+            self.pump(endpoint)
+        self.assertEqual(len(batches), 1)
+        self.assertEqual(len(self.device.log), 1)
+        self.assertEqual(driver.stats()["scans"]["1.0"]["paused_scans"], 3)
+        self.assertTrue(driver.stats()["input_paused"])
+        # a single-point read still goes out while the polls are paused
+        read = driver.read_point("t1:v")
+        self.pump(endpoint)
+        self.assertAlmostEqual(self.successResultOf(read).value, 230.5)
+        driver.resume_input()
+        clock.advance(1.0)
+        self.pump(endpoint)
+        self.assertEqual(len(batches), 2)
+        self.assertFalse(driver.stats()["input_paused"])
+
+    def test_frames_are_reported_both_ways(self):
+        frames = []
+        device = Device.from_json({"id": "d1", "protocol": "modbus", "ip": "127.0.0.1"})
+        settings = ModbusSettings.from_device(device)
+        terms = [Term.from_json({"id": "t1", "device_id": "d1", "address": 1})]
+        items = [TermItem.from_json({"term_id": "t1", **i}) for i in ITEMS]
+        clock = Clock()
+        endpoint = FakeEndpoint()
+        link = ModbusLink(
+            endpoint, clock, settings, frame_observer=lambda d, f: frames.append((d, f))
+        )
+        batches = []
+        driver = drv.ModbusDriver(
+            "d1", settings, build_points(settings, terms, items), batches.append,
+            reactor=clock, link=link, start_delay=0,
+        )  # fmt: skip
+        driver.startService()
+        clock.advance(0)
+        [(transport, protocol)] = endpoint.connections
+        request = transport.value()
+        self.pump(endpoint)
+        self.assertEqual([d for d, _ in frames], ["tx", "rx"])
+        self.assertEqual(frames[0][1], request)
+        [response], rest = decode_adus(frames[1][1])
+        self.assertEqual((response.unit_id, response.pdu[0], rest), (1, 3, b""))
+        self.assertEqual(len(batches), 1)
+
+    def test_a_failing_frame_observer_does_not_stop_the_link(self):
+        def broken(direction, frame):
+            raise RuntimeError("observer bug")
+
+        device = Device.from_json({"id": "d1", "protocol": "modbus", "ip": "127.0.0.1"})
+        settings = ModbusSettings.from_device(device)
+        terms = [Term.from_json({"id": "t1", "device_id": "d1", "address": 1})]
+        items = [TermItem.from_json({"term_id": "t1", **i}) for i in ITEMS]
+        clock = Clock()
+        endpoint = FakeEndpoint()
+        link = ModbusLink(endpoint, clock, settings, frame_observer=broken)
+        batches = []
+        driver = drv.ModbusDriver(
+            "d1", settings, build_points(settings, terms, items), batches.append,
+            reactor=clock, link=link, start_delay=0,
+        )  # fmt: skip
+        driver.startService()
+        clock.advance(0)
+        self.pump(endpoint)
+        self.assertEqual([b.qualities[0] for b in batches], ["good"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)

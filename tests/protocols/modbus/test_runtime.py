@@ -1,11 +1,15 @@
 """The Modbus runtime: points it cannot read are isolated and reported, the others poll."""
 
+from twisted.application.service import IService
 from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from pydatacoll.errors import ValidationError
+from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver
 from pydatacoll.model import Device, Term, TermItem
-from pydatacoll.protocols.modbus.runtime import ModbusRuntime, check_point
+from pydatacoll.protocols.modbus.runtime import ModbusRuntime, check_point, driver
 
 
 class _Sink:
@@ -66,3 +70,28 @@ class BadPointTests(SynchronousTestCase):
                 check_point(DEVICE, term, item("t1", "x", **fields))
             self.assertEqual(caught.exception.field, field)
         check_point(DEVICE, term, item("t1", "x", protocol_code=1, code_type=3))
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_driver_and_runtime_provide_their_interfaces(self):
+        self.assertTrue(verifyObject(IProtocolDriver, driver))
+        self.assertTrue(verifyObject(IPlugin, driver))
+        frames = []
+        runtime = driver.build(
+            DEVICE, TERMS, [item("t1", "v", protocol_code=0)], _Sink(), MemoryReactorClock(),
+            None, lambda d, f: frames.append((d, f)),
+        )  # fmt: skip
+        self.assertIsInstance(runtime, ModbusRuntime)
+        self.assertTrue(verifyObject(IDeviceRuntime, runtime))
+        self.assertTrue(verifyObject(IService, runtime))
+        self.assertIsNotNone(runtime.driver.link.frame_observer)
+
+    def test_pause_and_resume_input_reach_the_poller(self):
+        runtime = ModbusRuntime(
+            DEVICE, TERMS, [item("t1", "v", protocol_code=0)], _Sink(), MemoryReactorClock()
+        )
+        self.assertIsNone(runtime.driver.link.frame_observer)
+        runtime.pause_input()
+        self.assertTrue(runtime.driver.input_paused)
+        runtime.resume_input()
+        self.assertFalse(runtime.driver.input_paused)
