@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pydatacoll.model import Device, Term, TermItem
 from pydatacoll.protocols.faults import LinkBackoff
 from pydatacoll.protocols.iec104.apci import UFunction, encode_i, encode_u
-from pydatacoll.protocols.iec104.client import Iec104Client, Iec104Master, StationParams, backoff
+from pydatacoll.protocols.iec104.client import Iec104Client, Iec104Master, StationParams
 from pydatacoll.protocols.iec104.link import LinkState
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.client import ModbusClientProtocol
@@ -262,11 +262,11 @@ class Iec104HostileTests(SynchronousTestCase):
             self.assertGreater(sum(e["rate_limited_count"] for e in summaries), 2400, behaviour)
 
     def test_first_retry_is_one_second(self):
-        policy = backoff(initial=1, maximum=60, factor=2, jitter=0.25)
+        policy = Iec104Client(Clock(), [("127.0.0.1", 2404)]).retry.delay
         firsts = [policy(1) for _ in range(50)]
-        self.assertTrue(all(0.75 <= d <= 1.25 for d in firsts), firsts)
+        self.assertTrue(all(0.75 <= d <= 1.0 for d in firsts), firsts)
         seconds = [policy(2) for _ in range(50)]
-        self.assertTrue(all(1.5 <= d <= 2.5 for d in seconds), seconds)
+        self.assertTrue(all(1.5 <= d <= 2.0 for d in seconds), seconds)
 
 
 class BackoffTests(SynchronousTestCase):

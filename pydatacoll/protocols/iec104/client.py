@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import datetime
 import enum
-import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,6 +47,12 @@ from pydatacoll.protocols.iec104.asdu import (
 )
 from pydatacoll.protocols.iec104.link import Iec104Link, LinkCounters, LinkParams, LinkState
 from pydatacoll.protocols.iec104.tls import TlsSettings, client_endpoint
+from pydatacoll.retry import exponential
+
+#: Reconnect delays: the first retry after 1 s, doubling to 60 s, less up to 25 %.
+RETRY_INITIAL = 1.0
+RETRY_MAX = 60.0
+RETRY_JITTER = 0.25
 
 
 class Outcome(enum.Enum):
@@ -728,19 +733,6 @@ class RotatingEndpoint:
         return d.addErrback(failed)
 
 
-def backoff(
-    initial: float = 1.0, maximum: float = 60.0, factor: float = 2.0, jitter: float = 0.25
-) -> Callable[[int], float]:
-    """Exponential backoff capped at ``maximum``, with +-``jitter`` (a fraction) of noise."""
-
-    def policy(attempt: int) -> float:
-        # attempt 1 (the first retry) waits ``initial``
-        delay = min(initial * factor ** min(max(attempt - 1, 0), 64), maximum)
-        return max(0.0, delay * (1 + jitter * (2 * random.random() - 1)))
-
-    return policy
-
-
 class _MasterFactory(Factory):
     noisy = False  # no "Starting factory <...>" per attempt; the client logs its states
 
@@ -794,7 +786,11 @@ class Iec104Client(service.Service):
         #: Retry delays grow until the link has been healthy (STARTDT con, then
         #: ``healthy_after`` seconds up): a peer that accepts and then misbehaves is
         #: retried ever more slowly, not every second.
-        self.retry = LinkBackoff(retry or backoff(), self.clock, healthy_after)
+        self.retry = LinkBackoff(
+            retry or exponential(RETRY_INITIAL, RETRY_MAX, jitter=RETRY_JITTER),
+            self.clock,
+            healthy_after,
+        )
         self.limiter = RateLimitedLog(self.log, self.clock)
         self.counters = LinkCounters()
         self.connects = 0

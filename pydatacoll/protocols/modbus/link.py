@@ -26,21 +26,11 @@ from pydatacoll.protocols.faults import HEALTHY_AFTER, LinkBackoff
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.client import LinkStats, ModbusClientProtocol
 from pydatacoll.protocols.modbus.config import ModbusSettings
+from pydatacoll.retry import exponential
 
-
-def backoff_with_jitter(
-    initial: float, maximum: float, factor: float, jitter: float = 0.25, rng: Any = random
-) -> Callable[[int], float]:
-    """A `ClientService` retry policy: ``initial * factor**(attempt-1)``, capped at
-    ``maximum``, less up to ``jitter`` of it at random so that devices cut off together
-    do not all come back in the same instant."""
-
-    def policy(attempt: int) -> float:
-        exponent = min(max(attempt - 1, 0), 64)  # no float overflow after long outages
-        delay = min(maximum, initial * factor**exponent)
-        return float(delay * (1 - jitter * rng.random()))
-
-    return policy
+#: Reconnect delays lose up to this fraction at random, so that devices cut off together
+#: do not all come back in the same instant.
+RETRY_JITTER = 0.25
 
 
 @implementer(IStreamClientEndpoint)
@@ -96,10 +86,11 @@ class ModbusLink(Service):
         #: ``healthy_after`` seconds up): a peer that accepts and then answers garbage
         #: is retried ever more slowly, not every second.
         self.backoff = LinkBackoff(
-            backoff_with_jitter(
+            exponential(
                 settings.reconnect_initial,
                 settings.reconnect_max,
                 settings.reconnect_factor,
+                jitter=RETRY_JITTER,
                 rng=rng,
             ),
             clock,

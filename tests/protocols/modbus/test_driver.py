@@ -15,7 +15,7 @@ from pydatacoll.model import Device, Term, TermItem
 from pydatacoll.protocols.modbus import driver as drv
 from pydatacoll.protocols.modbus.config import ModbusSettings, build_points
 from pydatacoll.protocols.modbus.framing import decode_adus, encode_adu
-from pydatacoll.protocols.modbus.link import ModbusLink, backoff_with_jitter
+from pydatacoll.protocols.modbus.link import ModbusLink
 
 
 class FakeDevice:
@@ -342,7 +342,13 @@ class DriverTests(SynchronousTestCase):
 
 class BackoffTests(SynchronousTestCase):
     def test_exponential_capped_with_jitter(self):
-        policy = backoff_with_jitter(1.0, 30.0, 2.0, jitter=0.25, rng=random.Random(3))
+        device = Device.from_json(
+            {"id": "d1", "protocol": "modbus", "ip": "127.0.0.1", "reconnect_max": 30}
+        )
+        settings = ModbusSettings.from_device(device)
+        self.assertEqual((settings.reconnect_initial, settings.reconnect_factor), (1.0, 2.0))
+        link = ModbusLink(FakeEndpoint(), Clock(), settings, rng=random.Random(3))
+        policy = link.backoff.delay
         delays = [policy(n) for n in range(1, 12)]
         for n, delay in enumerate(delays, 1):
             nominal = min(30.0, 2.0 ** (n - 1))
