@@ -32,11 +32,6 @@ class RedisAddress:
     db: int = 0
     password: str | None = attrs.field(default=None, repr=False)
 
-    @property
-    def is_unix(self) -> bool:
-        """True for a unix socket address."""
-        return self.path is not None
-
     def describe(self) -> str:
         """A printable form without the password."""
         if self.path is not None:

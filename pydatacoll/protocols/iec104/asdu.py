@@ -225,11 +225,6 @@ def decode_cp56(
     return when, invalid
 
 
-def encode_cp24(when: datetime.datetime, tz: datetime.tzinfo = UTC, invalid: bool = False) -> bytes:
-    """CP24Time2a (milliseconds and minutes) of ``when``."""
-    return encode_cp56(when, tz, invalid)[:3]
-
-
 def decode_cp24(
     ms: int, minute: int, reference: datetime.datetime
 ) -> tuple[datetime.datetime | None, bool]:

@@ -43,13 +43,6 @@ class Table(enum.Enum):
         """Whether a master can write the table (coils, holding registers)."""
         return self in (Table.COIL, Table.HOLDING)
 
-    @property
-    def read_function(self) -> int:
-        """The function code that reads the table."""
-        return _READ_FUNCTION[self]
-
-
-_READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE_INPUT: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
 #: ``code_type`` spellings -> table. The numbers are the Modicon reference prefixes
 #: (0xxxx coils, 1xxxx discrete inputs, 3xxxx input registers, 4xxxx holding registers).
