@@ -105,8 +105,8 @@ register_protocol(
         "iec104",
         "IEC 60870-5-104 (DL/T 634.5104) controlled station over TCP",
         default_port=2404,
-        checker="pydatacoll.protocols.iec104.runtime:check_device",
-        point_checker="pydatacoll.protocols.iec104.runtime:check_point",
+        checker="pydatacoll.protocols.iec104.config:check_device",
+        point_checker="pydatacoll.protocols.iec104.config:check_point",
         select_before_operate=True,
     )
 )
@@ -115,8 +115,8 @@ register_protocol(
         "modbus",
         "Modbus TCP server (slave)",
         default_port=502,
-        checker="pydatacoll.protocols.modbus.runtime:check_device",
-        point_checker="pydatacoll.protocols.modbus.runtime:check_point",
+        checker="pydatacoll.protocols.modbus.config:check_device",
+        point_checker="pydatacoll.protocols.modbus.config:check_point",
         item_fields=("data_type", "byte_order", "bit", "count"),
         item_checker="pydatacoll.protocols.modbus.codec:check_item_fields",
     )

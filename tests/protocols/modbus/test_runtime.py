@@ -42,7 +42,7 @@ class BadPointTests(SynchronousTestCase):
             item("t2", "bad_unit", protocol_code=1),
         ]
         runtime = ModbusRuntime(DEVICE, TERMS, items, _Sink(), MemoryReactorClock())
-        self.assertEqual(list(runtime.driver.points), ["t1:good"])
+        self.assertEqual(list(runtime.poller.points), ["t1:good"])
         bad = {(p["term_id"], p["item_id"]): p for p in runtime.status()["bad_points"]}
         self.assertEqual(
             {k: v["field"] for k, v in bad.items()},
@@ -56,7 +56,7 @@ class BadPointTests(SynchronousTestCase):
         # fixing a point over REST takes it off the list, and it polls
         items[2] = item("t1", "typo", protocol_code=2, code_type="holding")
         runtime.update_points(TERMS, items)
-        self.assertEqual(sorted(runtime.driver.points), ["t1:good", "t1:typo"])
+        self.assertEqual(sorted(runtime.poller.points), ["t1:good", "t1:typo"])
         self.assertEqual(len(runtime.status()["bad_points"]), 2)
 
     def test_point_check_names_the_field(self):
@@ -84,14 +84,14 @@ class InterfaceTests(SynchronousTestCase):
         self.assertIsInstance(runtime, ModbusRuntime)
         self.assertTrue(verifyObject(IDeviceRuntime, runtime))
         self.assertTrue(verifyObject(IService, runtime))
-        self.assertIsNotNone(runtime.driver.link.frame_observer)
+        self.assertIsNotNone(runtime.poller.client.frame_observer)
 
     def test_pause_and_resume_input_reach_the_poller(self):
         runtime = ModbusRuntime(
             DEVICE, TERMS, [item("t1", "v", protocol_code=0)], _Sink(), MemoryReactorClock()
         )
-        self.assertIsNone(runtime.driver.link.frame_observer)
+        self.assertIsNone(runtime.poller.client.frame_observer)
         runtime.pause_input()
-        self.assertTrue(runtime.driver.input_paused)
+        self.assertTrue(runtime.poller.input_paused)
         runtime.resume_input()
-        self.assertFalse(runtime.driver.input_paused)
+        self.assertFalse(runtime.poller.input_paused)
