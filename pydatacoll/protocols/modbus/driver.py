@@ -5,7 +5,8 @@ imports `poller.ModbusPoller`. The ``modbus`` protocol driver (the `IProtocolDri
 plugin) is `pydatacoll.protocols.modbus.runtime.driver`.
 """
 
-from pydatacoll.protocols.modbus.poller import (
+from pydatacoll.protocols.modbus.poller import ModbusPoller
+from pydatacoll.protocols.modbus.values import (
     BAD_FRAME,
     EXCEPTION,
     GOOD,
@@ -13,7 +14,6 @@ from pydatacoll.protocols.modbus.poller import (
     NOT_CONNECTED,
     OVERLOAD,
     TIMEOUT,
-    ModbusPoller,
     PointValue,
     ReadBatch,
     decode_read,

@@ -26,8 +26,6 @@ from twisted.python.failure import Failure
 
 from pydatacoll.errors import (
     ModbusExceptionResponse,
-    ModbusFrameError,
-    ModbusQueueFull,
     ModbusTimeout,
     ModbusVerifyError,
     NotFound,
@@ -35,7 +33,7 @@ from pydatacoll.errors import (
 )
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.client import ModbusClient
-from pydatacoll.protocols.modbus.codec import scale, unscale
+from pydatacoll.protocols.modbus.codec import unscale
 from pydatacoll.protocols.modbus.config import ModbusPoint, ModbusSettings
 from pydatacoll.protocols.modbus.planner import (
     PlanLimits,
@@ -44,101 +42,26 @@ from pydatacoll.protocols.modbus.planner import (
     split_points,
     split_read,
 )
-
-GOOD = "good"
-#: Decoded but not a number (a NaN or infinite float).
-INVALID = "invalid"
-TIMEOUT = "timeout"
-#: The device answered with a Modbus exception.
-EXCEPTION = "exception"
-NOT_CONNECTED = "not_connected"
-BAD_FRAME = "bad_frame"
-#: The connection's request queue was full.
-OVERLOAD = "overload"
+from pydatacoll.protocols.modbus.values import (  # noqa: F401 (re-exported: old paths)
+    BAD_FRAME,
+    EXCEPTION,
+    GOOD,
+    INVALID,
+    NOT_CONNECTED,
+    OVERLOAD,
+    TIMEOUT,
+    PointValue,
+    ReadBatch,
+    decode_read,
+    point_value,
+    quality_of,
+    response_data,
+    single_read,
+    write_request,
+)
 
 #: Exception codes that say the unit itself is unreachable (behind a gateway).
 _UNIT_DOWN_CODES = frozenset({10, 11})
-
-
-@attrs.frozen
-class PointValue:
-    """One point's value (scaled, or None unless quality is good) and when it was read."""
-
-    key: str
-    value: Any
-    quality: str
-    time: float
-
-
-@attrs.frozen
-class ReadBatch:
-    """The values of one read, from one response (or failure), as parallel tuples.
-
-    ``keys[i]`` (``term_id:item_id``) has ``values[i]`` (scaled; None unless good) and
-    ``qualities[i]``. Parallel tuples rather than an object per point keep the hot path
-    lean; `point_values` gives `PointValue` objects for code that prefers them.
-    """
-
-    device_id: str
-    unit_id: int
-    table: str
-    address: int
-    count: int
-    #: When the request went out and when the response (or the failure) came.
-    sent_at: float
-    time: float
-    keys: tuple[str, ...]
-    values: tuple[Any, ...]
-    qualities: tuple[str, ...]
-    error: str | None = None
-
-    def point_values(self) -> tuple[PointValue, ...]:
-        """One `PointValue` per point."""
-        return tuple(
-            PointValue(k, v, q, self.time)
-            for k, v, q in zip(self.keys, self.values, self.qualities, strict=True)
-        )
-
-
-def decode_read(read: PlannedRead, data: Sequence[Any]) -> tuple[tuple[Any, ...], tuple[str, ...]]:
-    """The scaled values of a read's registers (or bits) and their qualities."""
-    values: list[Any] = []
-    append = values.append
-    invalid = False
-    for point, offset in read.points:
-        value = point.format.decode(data, offset)
-        if point.coefficient is not None or point.base_val is not None:
-            value = scale(value, point.coefficient, point.base_val)
-        if value.__class__ is float and not math.isfinite(value):
-            invalid = True
-        append(value)
-    if not invalid:
-        return tuple(values), read.all_good
-    qualities = tuple(INVALID if _not_finite(v) else GOOD for v in values)
-    return tuple(None if _not_finite(v) else v for v in values), qualities
-
-
-def _not_finite(value: Any) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
-
-
-def _point_value(read: PlannedRead, data: Sequence[Any], when: float) -> PointValue:
-    values, qualities = decode_read(read, data)
-    return PointValue(read.keys[0], values[0], qualities[0], when)
-
-
-def quality_of(failure: Failure) -> str:
-    """The quality a failed read gives its points."""
-    error = failure.value
-    if isinstance(error, ModbusTimeout):
-        return TIMEOUT
-    if isinstance(error, ModbusExceptionResponse):
-        return EXCEPTION
-    if isinstance(error, ModbusQueueFull):
-        return OVERLOAD
-    if isinstance(error, ModbusFrameError):
-        return BAD_FRAME
-    return NOT_CONNECTED
 
 
 @attrs.define(eq=False)
@@ -317,11 +240,13 @@ class ModbusPoller(Service):
 
     def _read_point(self, key: str) -> Deferred[PointValue]:
         point = self._point(key)
-        read = _single_read(point)
+        read = single_read(point)
         d = self.client.request(
             point.unit_id, pdus.read_request(point.table, point.address, point.width)
         )
-        return d.addCallback(lambda r: _point_value(read, _data(r, point), self.clock.seconds()))
+        return d.addCallback(
+            lambda r: point_value(read, response_data(r, point), self.clock.seconds())
+        )
 
     def _write_point(self, key: str, value: Any, verify: bool | None) -> Deferred[PointValue]:
         point = self._point(key)
@@ -330,18 +255,18 @@ class ModbusPoller(Service):
                 f"{point.table.value} points cannot be written", field="code_type"
             )
         words = point.format.encode(unscale(value, point.coefficient, point.base_val))
-        request = _write_request(point, words, self.settings.single_writes)
+        request = write_request(point, words, self.settings.single_writes)
         d = self.client.request(point.unit_id, request)
         if self.settings.verify_writes if verify is None else verify:
             d.addCallback(lambda _: self._verify(point, words))
             return d
-        read = _single_read(point)
+        read = single_read(point)
         data: list[Any] = words
         if point.table.is_bits:
             data = [bool(words[0])]
         elif point.format.bit is not None:
             data = [words[0] << point.format.bit]
-        return d.addCallback(lambda _: _point_value(read, data, self.clock.seconds()))
+        return d.addCallback(lambda _: point_value(read, data, self.clock.seconds()))
 
     def stats(self) -> dict[str, Any]:
         """Link counters, scan counters per interval and degraded units, as a plain dict."""
@@ -557,7 +482,7 @@ class ModbusPoller(Service):
         )
 
         def check(response: pdus.Response) -> PointValue:
-            data = _data(response, point)
+            data = response_data(response, point)
             if point.table.is_bits:
                 same = bool(data[0]) == bool(words[0])
             elif point.format.bit is not None:
@@ -569,33 +494,6 @@ class ModbusPoller(Service):
                     f"device {self.device_id} point {point.key}: wrote {words}, "
                     f"read back {list(data)}"
                 )
-            return _point_value(_single_read(point), data, self.clock.seconds())
+            return point_value(single_read(point), data, self.clock.seconds())
 
         return d.addCallback(check)
-
-
-def _single_read(point: ModbusPoint) -> PlannedRead:
-    return PlannedRead(
-        point.unit_id, point.table, point.address, point.width, point.scan_interval, ((point, 0),)
-    )
-
-
-def _data(response: pdus.Response, point: ModbusPoint) -> Sequence[Any]:
-    return response.bits if point.table.is_bits else response.registers
-
-
-def _write_request(point: ModbusPoint, words: list[int], single: bool) -> pdus.Request:
-    if point.table.is_bits:
-        if single:
-            return pdus.write_coil(point.address, bool(words[0]))
-        return pdus.write_coils(point.address, [bool(words[0])])
-    if point.format.bit is not None:
-        mask = 1 << point.format.bit
-        return pdus.mask_write_register(point.address, ~mask & 0xFFFF, mask if words[0] else 0)
-    if point.width == 1 and single:
-        return pdus.write_register(point.address, words[0])
-    if point.width > pdus.MAX_WRITE_REGISTERS:
-        raise ValidationError(
-            f"a point of {point.width} registers is too long to write", field="count"
-        )
-    return pdus.write_registers(point.address, words)
