@@ -35,11 +35,6 @@ class RedisAddress:
     sentinels: tuple[tuple[str, int], ...] = ()
     master_name: str | None = None
 
-    @property
-    def is_unix(self) -> bool:
-        """True for a unix socket address."""
-        return self.path is not None
-
     def describe(self) -> str:
         """A printable form without the password."""
         if self.path is not None:

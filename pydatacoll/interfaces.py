@@ -35,6 +35,13 @@ class IDeviceRuntime(Interface):
     def status():  # type: ignore[no-untyped-def]
         """The link state, since when, the last error and the counters, as a JSON object."""
 
+    def pause_input():  # type: ignore[no-untyped-def]
+        """Stop taking new data from the device (the sample pipeline is congested):
+        a pushing protocol stops reading its link, a polling one skips its polls."""
+
+    def resume_input():  # type: ignore[no-untyped-def]
+        """Take data again after `pause_input` (a no-op when not paused)."""
+
 
 class IProtocolDriver(Interface):
     """What the device manager needs to run devices of one protocol."""
@@ -43,9 +50,13 @@ class IProtocolDriver(Interface):
     description = Attribute("one line for GET /api/v1/device_protocols")
     default_port = Attribute("the TCP port of a device that gives none, or None")
 
-    def build(device, terms, term_items, sink, reactor, settings):  # type: ignore[no-untyped-def]
+    def build(device, terms, term_items, sink, reactor, settings, frame_observer):  # type: ignore[no-untyped-def]
         """An `IDeviceRuntime` for ``device``; raise `pydatacoll.errors.ValidationError`
-        when the device's settings are wrong for this protocol."""
+        when the device's settings are wrong for this protocol.
+
+        ``frame_observer`` is None (the frame log is off) or a callable
+        ``(direction, frame)`` the runtime calls with ``"tx"`` or ``"rx"`` and the bytes
+        of every protocol frame it sends or receives."""
 
 
 class IProcessor(Interface):
