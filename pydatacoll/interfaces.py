@@ -226,3 +226,51 @@ class IPluginStatusStore(Interface):
     def running_instances(name, now, max_age, exclude=None):  # type: ignore[no-untyped-def]
         """Deferred sorted list of the instances that reported running ``name`` less
         than ``max_age`` seconds ago (``exclude`` left out)."""
+
+
+# --- i12gw: the northbound gateway's store ---
+
+
+class IGatewayStore(Interface):
+    """The gateways' configuration, the devices' latest values and states they serve, the
+    gateways' statuses and the command round trip (`pydatacoll.store.gateway.GatewayStore`).
+    """
+
+    def gateway_ids():  # type: ignore[no-untyped-def]
+        """Deferred list of every gateway id, in natural order."""
+
+    def gateway(gateway_id):  # type: ignore[no-untyped-def]
+        """Deferred ``(gateway fields, [point fields, ...])`` (hashes of JSON texts, the
+        points in natural IOA order), or None when the gateway does not exist."""
+
+    def point_ioas(gateway_id):  # type: ignore[no-untyped-def]
+        """Deferred list of the IOAs (ints) of a gateway's points, ascending."""
+
+    def point_fields(gateway_id, ioa):  # type: ignore[no-untyped-def]
+        """Deferred hash of one gateway point (field -> JSON text); empty when missing."""
+
+    def device_values(device_ids):  # type: ignore[no-untyped-def]
+        """Deferred ``{device_id: {"term_id:item_id": sample}}`` of the latest samples
+        (unreadable ones left out)."""
+
+    def device_states(device_ids):  # type: ignore[no-untyped-def]
+        """Deferred ``{device_id: state or None}`` as the collectors last wrote them."""
+
+    def device_protocols(device_ids):  # type: ignore[no-untyped-def]
+        """Deferred ``{device_id: protocol name or None}`` (None: no such device)."""
+
+    def write_statuses(statuses):  # type: ignore[no-untyped-def]
+        """Store ``{gateway_id: status object}`` in the gateway status hash."""
+
+    def forget_statuses(gateway_ids):  # type: ignore[no-untyped-def]
+        """Remove the stored statuses of ``gateway_ids``."""
+
+    def read_status(gateway_id):  # type: ignore[no-untyped-def]
+        """Deferred stored status of a gateway (a dict), or None."""
+
+    def publish(channel, message):  # type: ignore[no-untyped-def]
+        """Publish ``message`` (a dict) as JSON; Deferred number of receivers."""
+
+    def append_ctrl_log(fields, maxlen):  # type: ignore[no-untyped-def]
+        """Append one entry (field -> text) to the device_ctrl audit stream, keeping at
+        most ``maxlen`` entries."""

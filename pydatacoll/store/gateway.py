@@ -7,11 +7,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks
+from zope.interface import implementer
 
+from pydatacoll.interfaces import IGatewayStore
 from pydatacoll.store import keys
 from pydatacoll.store.config import natural_key
 
 
+@implementer(IGatewayStore)
 class GatewayStore:
     """Gateway configuration, the live values and states of devices, the command audit."""
 

@@ -273,6 +273,8 @@ class MemoryRedis:
 
     def _xadd_id(self, key: str, entry_id: str, *pairs: Any) -> str:
         """XADD key ID field value ...: an explicit id (greater than the last one)."""
+        if str(entry_id).upper() == "MAXLEN":  # i12gw: XADD key MAXLEN = n ID ...
+            return _xadd_capped(self, key, *pairs)
         stream = self._typed(key, list)
         if entry_id == "*":
             return self._xadd(key, dict(zip(pairs[::2], pairs[1::2], strict=True)))
@@ -479,3 +481,18 @@ def _processing_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], A
     from pydatacoll.store import alarms
 
     return {alarms.SHA: _alarm_event_script}
+
+
+# -- i12gw: XADD with MAXLEN (the gateway's device_ctrl audit, GatewayStore.append_ctrl_log) --
+
+
+def _xadd_capped(store: MemoryRedis, key: str, *args: Any) -> str:
+    """XADD key MAXLEN [=|~] n ID field value ...: the stream trimmed to its n newest."""
+    if args and str(args[0]) in ("=", "~"):
+        args = args[1:]
+    maxlen, entry_id, pairs = int(args[0]), str(args[1]), args[2:]
+    added = store._xadd_id(key, entry_id, *pairs)
+    stream = store._typed(key, list)
+    if len(stream) > maxlen:
+        del stream[: len(stream) - maxlen]
+    return added
