@@ -1,24 +1,19 @@
-"""Upstream commands through the device_ctrl round trip: real Redis, a scripted collector."""
+"""Upstream commands through the device_ctrl round trip: `MemoryRedis`, a scripted collector,
+timeouts on a `Clock` (the real-Redis version: tests/integration/test_gateway_redis.py)."""
 
 import json
 
-import redis as redis_py
-from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 
-from pydatacoll.api.replies import ReplyListener
-from pydatacoll.config import load_settings
 from pydatacoll.gateway.commands import CommandPath
 from pydatacoll.gateway.model import Gateway, GatewayPoint
 from pydatacoll.gateway.service import GatewayServer
 from pydatacoll.protocols.iec104.station import CommandRequest
 from pydatacoll.store import keys
 from pydatacoll.store.gateway import GatewayStore
-from pydatacoll.store.redis import RedisClient
-from pydatacoll.testing.redis import shared_redis
-from tests.api.test_devices import FakeCollector
-from tests.gateway.test_service import until
+from pydatacoll.testing.memory import MemoryRedis
+from tests.gateway.fakes import MemoryReplies
 
 POINT = GatewayPoint.from_json(
     {
@@ -33,31 +28,51 @@ POINT = GatewayPoint.from_json(
 )
 
 
-class CommandPathTests(TestCase):
-    @inlineCallbacks
+class MemoryCollector:
+    """Subscribed to device_ctrl: answers ``script(request)`` (a reply, or None: silence).
+
+    It also hands the replies to the gateway's reply listener: one listener on
+    `MemoryRedis`, so that a PUBLISH counts only the collector as a receiver.
+    """
+
+    def __init__(self, redis, replies, script):
+        self.redis = redis
+        self.replies = replies
+        self.script = script
+        self.requests = []
+        redis.listeners.append(self.received)
+
+    def stop(self):
+        self.redis.listeners.remove(self.received)
+
+    def received(self, channel, message):
+        if channel != keys.DEVICE_CTRL:
+            self.replies.deliver(channel, message)
+            return
+        request = json.loads(message)
+        self.requests.append((channel, request))
+        reply = self.script(request)
+        if reply is not None:
+            body = {"request_id": request["request_id"], **reply}
+            self.redis.call("publish", request["reply_to"], json.dumps(body))
+
+
+def confirmed(request):
+    return {"ok": True, "outcome": "confirmed", "message": "ok"}
+
+
+class CommandPathTests(SynchronousTestCase):
     def setUp(self):
-        server = shared_redis()
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.addCleanup(self.sync.close)
-        self.sync.flushall()
-        settings = load_settings(None, {"redis": server.url})
-        self.client = RedisClient(settings.redis, timeout=5, pool_size=2)
-        self.client.startService()
-        self.addCleanup(self.client.stopService)
-        self.replies = ReplyListener(reactor, settings.redis)
-        self.replies.startService()
-        self.addCleanup(self.replies.stopService)
-        yield until(lambda: self.client.connected and self.replies.subscribed)
-        self.script = lambda channel, request: {"ok": True, "outcome": "confirmed", "message": "ok"}
-        self.collector = FakeCollector(server.port, lambda c, r: self.script(c, r))
-        yield self.collector.start()
-        self.addCleanup(self.collector.stop)
-        self.path = CommandPath(GatewayStore(self.client), self.replies, reactor, 100)
+        self.redis = MemoryRedis()
+        self.clock = Clock()
+        self.replies = MemoryReplies(self.clock)
+        self.collector = MemoryCollector(self.redis, self.replies, confirmed)
+        self.path = CommandPath(GatewayStore(self.redis), self.replies, self.clock, 100)
 
     def request(self, selected=False, value=1):
         return CommandRequest(
             GatewayServer(
-                Gateway.from_json({"id": "g", "protocol": "iec104"}), [POINT], reactor
+                Gateway.from_json({"id": "g", "protocol": "iec104"}), [POINT], self.clock
             ).station_points()[5],
             45,
             value,
@@ -66,11 +81,13 @@ class CommandPathTests(TestCase):
         )
 
     def audit(self):
-        return [fields for _, fields in self.sync.xrevrange(keys.CTRL_LOG)]
+        reply = self.successResultOf(
+            self.redis.call("execute_command", "XREVRANGE", keys.CTRL_LOG, "+", "-")
+        )
+        return [dict(zip(flat[::2], flat[1::2], strict=True)) for _, flat in reply]
 
-    @inlineCallbacks
     def test_confirmed_is_positive_and_audited(self):
-        answer = yield self.path.execute("g", POINT, self.request(), 2.0)
+        answer = self.successResultOf(self.path.execute("g", POINT, self.request(), 2.0))
         self.assertTrue(answer.ok)
         (channel, sent) = self.collector.requests[0]
         self.assertEqual(channel, keys.DEVICE_CTRL)
@@ -85,35 +102,44 @@ class CommandPathTests(TestCase):
             ("10.0.0.9:4000", "gateway:g", "confirmed", "200"),
         )
 
-    @inlineCallbacks
     def test_refused_offline_and_timeout_are_negative(self):
         for outcome in ("negative", "offline"):
-            self.script = lambda c, r, o=outcome: {"ok": False, "outcome": o, "message": o}
-            answer = yield self.path.execute("g", POINT, self.request(), 2.0)
+            self.collector.script = lambda r, o=outcome: {"ok": False, "outcome": o, "message": o}
+            answer = self.successResultOf(self.path.execute("g", POINT, self.request(), 2.0))
             self.assertFalse(answer.ok)
-        self.script = lambda c, r: None  # silence
-        answer = yield self.path.execute("g", POINT, self.request(), 0.3)
+        self.collector.script = lambda r: None  # silence
+        d = self.path.execute("g", POINT, self.request(), 0.3)
+        self.clock.advance(0.29)
+        self.assertNoResult(d)
+        self.clock.advance(0.01)
+        answer = self.successResultOf(d)
         self.assertFalse(answer.ok)
         self.assertIn("timeout", answer.message)
         self.assertEqual(
             [e["outcome"] for e in reversed(self.audit())], ["negative", "offline", "timeout"]
         )
+        self.assertEqual(self.replies.pending, {})
 
-    @inlineCallbacks
     def test_no_collector_is_negative_and_audited(self):
-        yield self.collector.stop()
-        self.collector.stop = lambda: None  # cleanup: stopped already
-        answer = yield self.path.execute("g", POINT, self.request(), 2.0)
+        self.collector.stop()
+        answer = self.successResultOf(self.path.execute("g", POINT, self.request(), 2.0))
         self.assertFalse(answer.ok)
         self.assertEqual(self.audit()[0]["outcome"], "unavailable")
+        self.assertEqual(self.replies.pending, {})  # nothing left waiting
 
-    @inlineCallbacks
+    def test_store_down_is_negative(self):
+        self.redis.fail_next("publish")
+        answer = self.successResultOf(self.path.execute("g", POINT, self.request(), 2.0))
+        self.assertFalse(answer.ok)
+        self.assertIn("not sent", answer.message)
+        self.assertEqual(self.audit()[0]["outcome"], "unavailable")
+
     def test_select_goes_down_only_where_the_protocol_has_it(self):
         gateway = Gateway.from_json({"id": "g", "protocol": "iec104"})
         for protocol, expected in (("iec104", True), ("modbus", None)):
-            server = GatewayServer(gateway, [POINT], reactor, self.path)
+            server = GatewayServer(gateway, [POINT], self.clock, self.path)
             server.load({}, {"d1": "online"}, {"d1": protocol})
-            answer = yield server.execute(self.request(selected=True))
+            answer = self.successResultOf(server.execute(self.request(selected=True)))
             self.assertTrue(answer.ok)
             self.assertEqual(self.collector.requests[-1][1]["select"], expected, protocol)
         self.assertEqual([json.loads(e["select"]) for e in reversed(self.audit())], [True, None])

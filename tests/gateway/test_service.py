@@ -1,59 +1,30 @@
-"""The gateway service in-process against a private Redis, with our own master over TCP.
+"""The gateway service over `MemoryRedis`, with our own master through in-memory TCP.
 
-The collector is played by the test: it writes latest values and device states to
-Redis and publishes sample batches, as the ingest path and the device manager do.
+The collector is played by the test: it leaves latest values and device states in the
+store and publishes sample batches and statuses, as the ingest path and the device
+manager do; the configuration is written as the REST API's ConfigStore leaves it (hashes,
+then one change message). Everything runs on one `MemoryReactorClock`: no real socket,
+no redis-server, no wait (the real-Redis versions: tests/integration/test_gateway_redis.py).
 """
 
 import json
 
-import redis as redis_py
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet.defer import fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 
-from pydatacoll.api.app import ApiApp
-from pydatacoll.config import load_settings
-from pydatacoll.gateway.service import GatewayService
+from pydatacoll.errors import StoreUnavailable
+from pydatacoll.gateway.model import Gateway, GatewayPoint
+from pydatacoll.gateway.service import STATE_INTERVAL, GatewayService
+from pydatacoll.model import Device, decode_fields
 from pydatacoll.protocols.iec104.asdu import Asdu
-from pydatacoll.protocols.iec104.link import Iec104Link, LinkParams, LinkState
+from pydatacoll.protocols.iec104.link import LinkState
 from pydatacoll.protocols.iec104.station import NOT_TOPICAL
 from pydatacoll.store import keys
-from pydatacoll.store.config import ConfigStore
-from pydatacoll.store.redis import RedisClient
-from pydatacoll.testing.redis import free_port, shared_redis
-from tests.api.test_app import http_call
+from pydatacoll.testing.memory import MemoryRedis
+from tests.gateway.fakes import Master, Reactor, subscriber_factory
 
-
-class Master(Iec104Link):
-    """A master of the tests: records ASDUs and the loss of the link."""
-
-    def __init__(self, start=True):
-        super().__init__(reactor, LinkParams(w=1))  # acknowledges every I-frame at once
-        self.asdus = []
-        self.lost = defer.Deferred()
-        self.start = start
-
-    def connectionMade(self):
-        super().connectionMade()
-        if self.start:
-            self.start_data_transfer()
-
-    def asdu_received(self, asdu):
-        self.asdus.append(asdu)
-
-    def link_lost(self, reason):
-        self.lost.callback(None)
-
-
-@defer.inlineCallbacks
-def until(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.02)):
-        result = predicate()
-        if result:
-            return result
-        yield deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError(f"{predicate} stayed false")
+PORT = 2404
 
 
 def sample(term, item, value, quality="good", flags=(), at="2026-12-03T10:00:00.000+00:00"):
@@ -69,252 +40,265 @@ def sample(term, item, value, quality="good", flags=(), at="2026-12-03T10:00:00.
     }
 
 
+class MemoryConfig:
+    """Writes gateways and their points as ConfigStore does: the hash, then the message."""
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    def _changed(self, entity, op, entity_id, data, old):
+        message = {"entity": entity, "op": op, "id": entity_id, "data": data, "old": old}
+        channel = keys.CHANGE_CHANNELS[entity][op]
+        self.redis.call("publish", channel, json.dumps(message))
+
+    def put_device(self, body):
+        device = Device.from_json(body)
+        self.redis.call("sadd", keys.DEVICES, [device.key])
+        self.redis.call("hmset", keys.DEVICE % device.key, device.to_fields())
+
+    def put_gateway(self, body):
+        key = keys.GATEWAY % body["id"]
+        old = decode_fields(self.redis.data.get(key, {}))
+        gateway = Gateway.from_json({**old, **body})
+        self.redis.call("sadd", keys.GATEWAYS, [gateway.id])
+        self.redis.call("hmset", key, gateway.to_fields())
+        self._changed("gateway", "fresh" if old else "add", gateway.id, gateway.to_json(), old)
+
+    def put_point(self, body):
+        point = GatewayPoint.from_json(body)
+        self.redis.call("sadd", keys.GATEWAY_POINTS % point.gateway_id, [str(point.ioa)])
+        self.redis.call(
+            "hmset", keys.GATEWAY_POINT % (point.gateway_id, point.ioa), point.to_fields()
+        )
+        self._changed("gateway_point", "add", point.key, point.to_json(), {})
+
+    def delete_gateway(self, gateway_id):
+        old = decode_fields(self.redis.data.pop(keys.GATEWAY % gateway_id))
+        self.redis.call("srem", keys.GATEWAYS, [gateway_id])
+        self._changed("gateway", "del", gateway_id, {}, old)
+
+
 class GatewayHarness:
-    """A gateway "g" (IOA 10 <- d1:t1:a) served by an in-process GatewayService."""
+    """A gateway "g" (IOA 10 <- d1:t1:a) served by a GatewayService over MemoryRedis."""
 
-    @defer.inlineCallbacks
     def setUp(self):
-        server = shared_redis()
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.addCleanup(self.sync.close)
-        self.sync.flushall()
-        settings = load_settings(None, {"redis": server.url})
-        self.client = RedisClient(settings.redis, timeout=5, pool_size=2)
-        self.client.startService()
-        self.addCleanup(self.client.stopService)
-        yield until(lambda: self.client.connected)
-        api = ApiApp(ConfigStore(self.client), settings)
-        port = reactor.listenTCP(0, api.site(), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.base = f"http://127.0.0.1:{port.getHost().port}"
-        from twisted.web.client import HTTPConnectionPool
-
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        # the device, its points and their latest values, as the collector leaves them
-        for method, path, body in [
-            ("POST", "/api/v1/devices", {"id": "d1", "protocol": "modbus", "ip": "127.0.0.1"}),
-            ("POST", "/api/v1/terms", {"id": "t1", "device_id": "d1"}),
-            ("POST", "/api/v1/items", {"id": "a"}),
-            ("POST", "/api/v1/items", {"id": "b"}),
-            ("POST", "/api/v1/terms/t1/items", {"item_id": "a", "protocol_code": 0}),
-            ("POST", "/api/v1/terms/t1/items", {"item_id": "b", "protocol_code": 1}),
-        ]:
-            yield self.rest(method, path, body)
-        self.sync.hset(keys.DEVICE_VALUES % "d1", "t1:a", json.dumps(sample("t1", "a", 5.5)))
+        self.redis = MemoryRedis()
+        self.reactor = Reactor()
+        self.config = MemoryConfig(self.redis)
+        # the device and the latest value of its point, as the collector leaves them
+        self.config.put_device({"id": "d1", "protocol": "modbus", "ip": "127.0.0.1"})
+        self.redis.call(
+            "hset", keys.DEVICE_VALUES % "d1", "t1:a", json.dumps(sample("t1", "a", 5.5))
+        )
         self.set_state("online")
-        self.port = free_port()
-        yield self.rest(
-            "POST",
-            "/api/v1/gateways",
-            {"id": "g", "protocol": "iec104", "listen": f"tcp:{self.port}:interface=127.0.0.1"},
+        self.config.put_gateway(
+            {"id": "g", "protocol": "iec104", "listen": f"tcp:{PORT}:interface=127.0.0.1"}
         )
-        yield self.rest(
-            "POST",
-            "/api/v1/gateways/g/points",
-            {"ioa": 10, "type_id": 13, "device_id": "d1", "term_id": "t1", "item_id": "a"},
+        self.config.put_point(
+            {
+                "gateway_id": "g",
+                "ioa": 10,
+                "type_id": 13,
+                "device_id": "d1",
+                "term_id": "t1",
+                "item_id": "a",
+            }
         )
-        self.service = GatewayService(self.client, reactor)
+        self.service = GatewayService(
+            self.redis, self.reactor, subscriber_factory=subscriber_factory(self.redis)
+        )
         self.service.startService()
         self.addCleanup(self.service.stopService)
-        yield until(lambda: "g" in self.service.gateways)
-
-    @defer.inlineCallbacks
-    def rest(self, method, path, body=None):
-        status, reply = yield http_call(self.base + path, method, self.pool, body)
-        self.assertIn(status, (200, 201, 204), reply)
-        return reply
+        self.assertIn("g", self.service.gateways)  # reconciled at once: the store answers now
+        self.port = PORT
 
     def set_state(self, state):
-        self.sync.hset(keys.DEVICE_STATUS % "d1", "status", json.dumps({"state": state}))
+        self.redis.call("hset", keys.DEVICE_STATUS % "d1", "status", json.dumps({"state": state}))
 
     def publish(self, *samples):
-        self.sync.publish(
-            keys.DEVICE_SAMPLES % "d1", json.dumps({"device_id": "d1", "samples": list(samples)})
-        )
+        message = {"device_id": "d1", "samples": list(samples)}
+        self.redis.call("publish", keys.DEVICE_SAMPLES % "d1", json.dumps(message))
+        self.reactor.flush()
 
-    @defer.inlineCallbacks
+    def tick(self):
+        """One read of the device states and write of the statuses."""
+        self.reactor.advance(STATE_INTERVAL)
+        self.reactor.flush()
+
+    def stored_status(self, gateway_id):
+        text = self.redis.data.get(keys.GATEWAY_STATUS, {}).get(gateway_id)
+        return None if text is None else json.loads(text)
+
     def connect(self, start=True):
-        master = Master(start)
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), master)
-        self.addCleanup(lambda: master.transport.loseConnection())
+        master = Master(self.reactor, start)
+        self.reactor.dial(self.port, master)
         if start:
-            yield until(lambda: master.state is LinkState.STARTED)
+            self.assertIs(master.state, LinkState.STARTED)
         return master
 
-    @defer.inlineCallbacks
     def interrogate(self, master):
         del master.asdus[:]
         master.send_asdu(Asdu(100, 6, 1, [0], [20], [0]))
-        yield until(lambda: any(a.cause == 10 for a in master.asdus))
+        self.reactor.flush()
+        self.assertTrue(any(a.cause == 10 for a in master.asdus), master.asdus)
         return {i: (v, q) for a in master.asdus if a.cause == 20 for i, v, q, *_ in a.objects()}
 
 
-class GatewayServiceTests(GatewayHarness, TestCase):
-    @defer.inlineCallbacks
+class GatewayServiceTests(GatewayHarness, SynchronousTestCase):
     def test_values_changes_quality_and_live_points(self):
-        master = yield self.connect()
-        self.assertEqual((yield self.interrogate(master)), {10: (5.5, 0)})
+        master = self.connect()
+        self.assertEqual(self.interrogate(master), {10: (5.5, 0)})
         # a new sample: spontaneous, CP56; the same value again: nothing
         self.publish(sample("t1", "a", 6.5, at="2026-12-03T10:00:01.000+00:00"))
-        events = yield until(lambda: [a for a in master.asdus if a.cause == 3])
-        self.assertEqual((events[0].type_id, list(events[0].values)), (36, [6.5]))
+        (first,) = master.events()
+        self.assertEqual((first.type_id, list(first.values)), (36, [6.5]))
         self.publish(sample("t1", "a", 6.5, at="2026-12-03T10:00:02.000+00:00"))
         # an older sample (arriving late) does not overwrite the newer one
         self.publish(sample("t1", "a", 1.0, at="2026-12-03T09:00:00.000+00:00"))
+        self.assertEqual(len(master.events()), 1)
         self.publish(
             sample("t1", "a", 7.5, "questionable", ["SB"], "2026-12-03T10:00:03.000+00:00")
         )
-        yield until(lambda: len([a for a in master.asdus if a.cause == 3]) == 2)
-        second = [a for a in master.asdus if a.cause == 3][1]
+        second = master.events()[1]
         self.assertEqual((list(second.values), second.qualities[0]), ([7.5], 0x20))
         # the device goes offline: NT|IV at the next state read
         self.set_state("offline")
-        yield self.service._tick()
-        third = yield until(lambda: [a for a in master.asdus if a.cause == 3][2:])
-        self.assertEqual(third[0].qualities[0] & NOT_TOPICAL, NOT_TOPICAL)
+        self.tick()
+        third = master.events()[2]
+        self.assertEqual(third.qualities[0] & NOT_TOPICAL, NOT_TOPICAL)
         self.set_state("online")
-        yield self.service._tick()
-        # a point added over REST is served at once, with its latest value; the
+        self.tick()
+        # a point added (over REST) is served at once, with its latest value; the
         # connection stays up
-        self.sync.hset(keys.DEVICE_VALUES % "d1", "t1:b", json.dumps(sample("t1", "b", 1)))
-        yield self.rest(
-            "POST",
-            "/api/v1/gateways/g/points",
-            {"ioa": 11, "type_id": 1, "device_id": "d1", "term_id": "t1", "item_id": "b"},
+        self.redis.call("hset", keys.DEVICE_VALUES % "d1", "t1:b", json.dumps(sample("t1", "b", 1)))
+        self.config.put_point(
+            {
+                "gateway_id": "g",
+                "ioa": 11,
+                "type_id": 1,
+                "device_id": "d1",
+                "term_id": "t1",
+                "item_id": "b",
+            }  # fmt: skip
         )
-        yield until(lambda: 11 in self.service.gateways["g"].station_points())
-        values = yield self.interrogate(master)
+        self.assertIn(11, self.service.gateways["g"].station_points())
+        values = self.interrogate(master)
         self.assertEqual(values[11], (True, 0))
         self.assertEqual(values[10], (7.5, 0x20))
         self.assertFalse(master.lost.called)
-        yield self.service._tick()
-        status = json.loads(self.sync.hget(keys.GATEWAY_STATUS, "g"))
+        self.tick()
+        status = self.stored_status("g")
         self.assertEqual(
             (status["state"], status["points"], len(status["connections"])), ("listening", 2, 1)
         )
 
-    @defer.inlineCallbacks
     def test_published_status_is_taken_at_once(self):
         """A status the collector publishes (at each state change) counts before the
         next state read: the points go NT, a command would be refused here."""
-        master = yield self.connect()
-        yield self.interrogate(master)
+        master = self.connect()
+        self.interrogate(master)
         del master.asdus[:]
         server = self.service.gateways["g"]
-        self.sync.publish(
-            keys.DEVICE_STATUS_CHANNEL % "d1", json.dumps({"device_id": "d1", "state": "offline"})
-        )
-        events = yield until(lambda: [a for a in master.asdus if a.cause == 3])
-        self.assertEqual(events[0].qualities[0] & NOT_TOPICAL, NOT_TOPICAL)
+        channel = keys.DEVICE_STATUS_CHANNEL % "d1"
+        self.redis.call("publish", channel, json.dumps({"device_id": "d1", "state": "offline"}))
+        self.reactor.flush()
+        (event,) = master.events()
+        self.assertEqual(event.qualities[0] & NOT_TOPICAL, NOT_TOPICAL)
         self.assertFalse(server._online["d1"])  # what can_command refuses on
-        self.sync.publish(
-            keys.DEVICE_STATUS_CHANNEL % "d1", json.dumps({"device_id": "d1", "state": "online"})
-        )
-        yield until(lambda: server._online["d1"])
+        self.redis.call("publish", channel, json.dumps({"device_id": "d1", "state": "online"}))
+        self.assertTrue(server._online["d1"])
 
-    @defer.inlineCallbacks
     def test_gateway_changes_restart_and_delete_closes(self):
-        master = yield self.connect()
-        new_port = free_port()
-        yield self.rest(
-            "PUT", "/api/v1/gateways/g", {"listen": f"tcp:{new_port}:interface=127.0.0.1"}
-        )
-        yield master.lost  # the old listener and its connections are gone
-
-        def moved():
-            server = self.service.gateways.get("g")
-            return server is not None and server.port.getHost().port == new_port
-
-        yield until(moved)
+        master = self.connect()
+        new_port = PORT + 1
+        self.config.put_gateway({"id": "g", "listen": f"tcp:{new_port}:interface=127.0.0.1"})
+        self.reactor.flush()
+        self.assertTrue(master.lost.called)  # the old listener and its connections are gone
+        self.assertNotIn(PORT, self.reactor.listening)
+        self.assertEqual(self.service.gateways["g"].port.getHost().port, new_port)
         self.port = new_port
-        master = yield self.connect()
-        self.assertEqual((yield self.interrogate(master)), {10: (5.5, 0)})
-        yield self.rest("DELETE", "/api/v1/gateways/g")
-        yield master.lost
-        yield until(lambda: "g" not in self.service.gateways)
-        yield self.service._tick()
-        self.assertIsNone(self.sync.hget(keys.GATEWAY_STATUS, "g"))
+        master = self.connect()
+        self.assertEqual(self.interrogate(master), {10: (5.5, 0)})
+        self.tick()
+        self.assertEqual(self.stored_status("g")["state"], "listening")
+        self.config.delete_gateway("g")
+        self.reactor.flush()
+        self.assertTrue(master.lost.called)
+        self.assertNotIn("g", self.service.gateways)
+        self.assertEqual(self.reactor.listening, {})
+        self.tick()
+        self.assertIsNone(self.stored_status("g"))
 
-    @defer.inlineCallbacks
     def test_allowed_clients_and_busy_port(self):
-        yield self.rest("PUT", "/api/v1/gateways/g", {"allowed_clients": ["10.1.2.3"]})
-        # the change replaces the running gateway: it may be absent for a moment
-        yield until(
-            lambda: (
-                "g" in self.service.gateways and self.service.gateways["g"].gateway.allowed_clients
-            )
-        )
-        master = Master()
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), master)
-        yield master.lost  # refused: closed at once
+        self.config.put_gateway({"id": "g", "allowed_clients": ["10.1.2.3"]})
+        self.assertEqual(self.service.gateways["g"].gateway.allowed_clients, ("10.1.2.3",))
+        master = self.connect(start=False)
+        self.assertTrue(master.lost.called)  # refused: closed at once
         self.assertEqual(self.service.gateways["g"].refused_connections, 1)
         # a second gateway on the same port cannot listen: it says why, in its status
-        yield self.rest(
-            "POST",
-            "/api/v1/gateways",
-            {"id": "h", "protocol": "iec104", "listen": f"tcp:{self.port}:interface=127.0.0.1"},
+        self.config.put_gateway(
+            {"id": "h", "protocol": "iec104", "listen": f"tcp:{PORT}:interface=127.0.0.1"}
         )
-        yield until(lambda: "h" in self.service.errors)
-        yield self.service._tick()
-        status = json.loads(self.sync.hget(keys.GATEWAY_STATUS, "h"))
+        self.assertIn("h", self.service.errors)
+        self.tick()
+        status = self.stored_status("h")
         self.assertEqual(status["state"], "error")
         self.assertIn("cannot listen", status["error"])
 
+    def test_store_failure_postpones_the_reconcile_to_the_tick(self):
+        """A change met while Redis cannot answer is caught up at the next tick."""
+        self.redis.fail_next("smembers")  # the reconcile's first read
+        self.config.put_gateway({"id": "g", "listen": f"tcp:{PORT + 1}:interface=127.0.0.1"})
+        self.assertEqual(self.service.gateways["g"].port.getHost().port, PORT)  # postponed
+        self.tick()
+        self.assertEqual(self.service.gateways["g"].port.getHost().port, PORT + 1)
 
-class RedundancyTests(GatewayHarness, TestCase):
+
+class RedundancyTests(GatewayHarness, SynchronousTestCase):
     """Two connections of one redundancy group (both masters are 127.0.0.1 here)."""
 
-    @defer.inlineCallbacks
     def setUp(self):
-        yield GatewayHarness.setUp(self)
-        yield self.rest(
-            "PUT",
-            "/api/v1/gateways/g",
-            {"redundancy_groups": [["127.0.0.1"]], "event_queue": 10, "t3": 1},
+        GatewayHarness.setUp(self)
+        self.config.put_gateway(
+            {"id": "g", "redundancy_groups": [["127.0.0.1"]], "event_queue": 10, "t3": 1}
         )
-
-        def grouped():
-            server = self.service.gateways.get("g")
-            return server is not None and server.gateway.redundancy_groups
-
-        yield until(grouped)
+        self.assertTrue(self.service.gateways["g"].gateway.redundancy_groups)
 
     def values(self, master):
-        return [v for a in master.asdus if a.cause == 3 for v in a.values]
+        return [v for a in master.events() for v in a.values]
 
-    @defer.inlineCallbacks
     def test_one_active_connection_and_retention(self):
-        first = yield self.connect()
-        second = yield self.connect(start=False)
+        first = self.connect()
+        second = self.connect(start=False)
         self.publish(sample("t1", "a", 1.0, at="2026-12-03T10:00:01.000+00:00"))
-        yield until(lambda: self.values(first) == [1.0])
+        self.assertEqual(self.values(first), [1.0])
         # STARTDT on the second: it becomes the active one, the first is kept stopped
         second.start_data_transfer()
-        yield until(lambda: second.state is LinkState.STARTED)
+        self.reactor.flush()
+        self.assertIs(second.state, LinkState.STARTED)
         self.publish(sample("t1", "a", 2.0, at="2026-12-03T10:00:02.000+00:00"))
-        yield until(lambda: self.values(second) == [2.0])
+        self.assertEqual(self.values(second), [2.0])
         self.assertEqual(self.values(first), [1.0])
         # the stopped connection stays up: the station tests it (t3 = 1 s)
         frames = first.counters.frames_received
-        yield deferLater(reactor, 1.5, lambda: None)
+        self.reactor.wait(1.5)
         self.assertGreater(first.counters.frames_received, frames)
         self.assertFalse(first.lost.called)
         # no active connection: events are kept (bounded: the 10 newest) ...
         second.stop_data_transfer()
-        yield until(lambda: second.state is LinkState.STOPPED)
+        self.reactor.flush()
+        self.assertIs(second.state, LinkState.STOPPED)
         for i in range(15):
             self.publish(sample("t1", "a", 10.0 + i, at=f"2026-12-03T10:01:{i:02d}.000+00:00"))
         group = self.service.gateways["g"].groups["group 1"]
-        yield until(lambda: len(group.queue) == 10)
-        self.assertEqual(group.queue.dropped, 5)
+        self.assertEqual((len(group.queue), group.queue.dropped), (10, 5))
         # ... and sent on the next STARTDT, on whichever connection of the group
         first.start_data_transfer()
-        yield until(lambda: len(self.values(first)) == 11)
+        self.reactor.flush()
         self.assertEqual(self.values(first), [1.0, *[10.0 + i for i in range(5, 15)]])
         self.assertEqual(self.values(second), [2.0])
-        yield self.service._tick()
-        status = json.loads(self.sync.hget(keys.GATEWAY_STATUS, "g"))
-        (group_status,) = status["groups"]
+        self.tick()
+        (group_status,) = self.stored_status("g")["groups"]
         self.assertEqual(group_status["group"], "group 1")
         self.assertEqual(len(group_status["connections"]), 2)
         self.assertEqual(group_status["events_dropped"], 5)
@@ -328,28 +312,18 @@ class _FlakyStore:
         self.reads = 0
 
     def gateway_ids(self):
-        from twisted.internet.defer import fail, succeed
-
-        from pydatacoll.errors import StoreUnavailable
-
         self.reads += 1
         if not self.up:
             return fail(StoreUnavailable("Redis is not reachable"))
         return succeed([])
 
 
-class _Redis:
-    address = None
-
-    def when_ready(self):
-        return defer.succeed(None)
-
-
 class ReconcileOrderingTests(SynchronousTestCase):
     """Redis absent when the subscription comes up: the pass fails synchronously."""
 
     def test_synchronous_failure_does_not_wedge_and_is_retried(self):
-        service = GatewayService(_Redis(), Clock())
+        redis = MemoryRedis()
+        service = GatewayService(redis, Clock(), subscriber_factory=subscriber_factory(redis))
         service.store = store = _FlakyStore()
         service.running = True
         service.reconcile()  # fails at once, inside the call
