@@ -274,3 +274,11 @@ class IGatewayStore(Interface):
     def append_ctrl_log(fields, maxlen):  # type: ignore[no-untyped-def]
         """Append one entry (field -> text) to the device_ctrl audit stream, keeping at
         most ``maxlen`` entries."""
+
+
+class ISnapshotReader(Interface):
+    """The whole configuration read at once (`pydatacoll.store.snapshot.SnapshotReader`)."""
+
+    def read():  # type: ignore[no-untyped-def]
+        """Deferred `ConfigSnapshot`: every device, term, item, term-item and formula hash
+        (field -> JSON text) and the configuration version, in one atomic read."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from importlib.resources import files
@@ -9,11 +10,15 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
+from pydatacoll.interfaces import ISnapshotReader
 from pydatacoll.store import keys
 from pydatacoll.store.redis import RedisClient
 
 _SCRIPT = files("pydatacoll.store").joinpath("config_dump.lua").read_text(encoding="utf-8")
+#: The script's SHA1 (`pydatacoll.testing.memory` emulates it under this name).
+SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 #: The configuration entities, in the order they depend on each other.
 ENTITY_ORDER = ("device", "term", "item", "term_item", "formula")
 
@@ -34,11 +39,23 @@ class ConfigSnapshot:
         return sum(len(stored) for stored in self.entities.values())
 
 
+@implementer(ISnapshotReader)
+class SnapshotReader:
+    """Reads the whole configuration in one atomic, read-only script."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
+
+    def read(self) -> Deferred[ConfigSnapshot]:
+        """The configuration as it is now (entities whose hash is gone left out)."""
+        request = json.dumps({"k": keys.lua_templates()})
+        d = self.redis.call("eval", _SCRIPT, [], [request])
+        return d.addCallback(_snapshot)
+
+
 def read_snapshot(redis: RedisClient) -> Deferred[ConfigSnapshot]:
     """One atomic read of the whole configuration (a read-only script)."""
-    request = json.dumps({"k": keys.lua_templates()})
-    d = redis.call("eval", _SCRIPT, [], [request])
-    return d.addCallback(_snapshot)
+    return SnapshotReader(redis).read()
 
 
 def _snapshot(reply: Any) -> ConfigSnapshot:

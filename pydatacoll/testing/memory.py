@@ -441,6 +441,7 @@ def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
         status._SHA: _status_script,
         **_cluster_scripts(),
         **_processing_scripts(),
+        **_snapshot_scripts(),  # i12gw
     }
 
 
@@ -496,3 +497,41 @@ def _xadd_capped(store: MemoryRedis, key: str, *args: Any) -> str:
     if len(stream) > maxlen:
         del stream[: len(stream) - maxlen]
     return added
+
+
+# -- i12gw: store/config_dump.lua (the whole configuration at once), emulated ---------------
+
+
+def _config_dump_script(store: MemoryRedis, keys: Any, args: list[str]) -> str:
+    """store/config_dump.lua: every entity hash (JSON texts as stored) and the version."""
+    templates = json.loads(args[0])["k"]
+
+    def collection(set_name: str, hash_name: str) -> dict[str, dict[str, str]]:
+        found = {}
+        for entity_id in store._smembers(templates[set_name]):
+            fields = store._hgetall(templates[hash_name] % entity_id)
+            if fields:
+                found[entity_id] = fields
+        return found
+
+    points = {}
+    for term_id in store._smembers(templates["terms"]):
+        for item_id in store._smembers(templates["term_items"] % term_id):
+            fields = store._hgetall(templates["term_item"] % (term_id, item_id))
+            if fields:
+                points[f"{term_id}:{item_id}"] = fields
+    reply = {
+        "version": store._get(templates["config_version"]) or "",
+        "device": collection("devices", "device"),
+        "term": collection("terms", "term"),
+        "item": collection("items", "item"),
+        "term_item": points,
+        "formula": collection("formulas", "formula"),
+    }
+    return json.dumps(reply)
+
+
+def _snapshot_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import snapshot
+
+    return {snapshot.SHA: _config_dump_script}

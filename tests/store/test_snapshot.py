@@ -1,84 +1,69 @@
-"""The whole-configuration read and the mixed batches of the configuration script."""
+"""The whole-configuration read, through `ISnapshotReader`: the contract is written once
+here and run against `MemoryRedis` (below) and a private redis-server
+(tests/integration/test_snapshot_redis.py imports `SnapshotContract`, and also runs the
+configuration script's batches that the snapshot reads back).
 
-import json
+A test case mixing the contract in sets ``self.redis`` in its ``setUp``, with an empty
+database; the seeding goes through the same client.
+"""
 
-import redis as redis_py
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
 
-from pydatacoll import errors
-from pydatacoll.config import load_settings
-from pydatacoll.model import Device, Item, Term, TermItem
-from pydatacoll.store.config import ConfigStore, RetryChange
-from pydatacoll.store.redis import RedisClient
-from pydatacoll.store.snapshot import read_snapshot
-from pydatacoll.testing.redis import digest, shared_redis
+from pydatacoll.interfaces import ISnapshotReader
+from pydatacoll.store import keys
+from pydatacoll.store.snapshot import ENTITY_ORDER, SnapshotReader, read_snapshot
+from pydatacoll.testing.memory import MemoryRedis
 
-
-def put(entity):
-    op = {"op": "put", "entity": entity.KIND, "id": entity.key, "fields": entity.to_fields()}
-    if entity.KIND == "term_item":
-        op.update(term_id=entity.term_id, item_id=entity.item_id)
-    return op
+DEVICE = {"id": '"007"', "protocol": '"iec104"', "ip": '"127.0.0.1"', "port": "2404"}
+TERM = {"id": '"10"', "device_id": '"007"', "address": "3"}
+ITEM = {"id": '"1000"', "name": '"voltage"'}
+POINT = {"term_id": '"10"', "item_id": '"1000"', "protocol_code": "1", "coefficient": "1.50"}
+FORMULA = {"id": '"f1"', "formula": '"p1 * 2"'}
 
 
-DEVICE = Device.from_json({"id": "1", "protocol": "iec104", "ip": "127.0.0.1"})
-TERM = Term.from_json({"id": "10", "device_id": "1", "address": 3})
-ITEM = Item.from_json({"id": "1000", "name": "voltage"})
-POINT = TermItem.from_json({"term_id": "10", "item_id": "1000", "protocol_code": 1})
-
-
-class SnapshotTests(TestCase):
+class SnapshotContract:
     @inlineCallbacks
+    def seed(self, set_key, hash_key, entity_id, fields):
+        yield self.redis.call("sadd", set_key, [entity_id])
+        yield self.redis.call("hmset", hash_key % entity_id, fields)
+
+    def test_interface(self):
+        self.assertTrue(verifyObject(ISnapshotReader, SnapshotReader(self.redis)))
+
+    @inlineCallbacks
+    def test_empty_configuration(self):
+        snapshot = yield read_snapshot(self.redis)
+        self.assertEqual((snapshot.version, snapshot.count()), ("", 0))
+        self.assertEqual({name: dict(snapshot.entities[name]) for name in ENTITY_ORDER},
+                         {name: {} for name in ENTITY_ORDER})  # fmt: skip
+
+    @inlineCallbacks
+    def test_every_entity_as_stored(self):
+        yield self.seed(keys.DEVICES, keys.DEVICE, "007", DEVICE)
+        yield self.redis.call("sadd", keys.DEVICES, ["gone"])  # listed, its hash deleted
+        yield self.seed(keys.TERMS, keys.TERM, "10", TERM)
+        yield self.seed(keys.ITEMS, keys.ITEM, "1000", ITEM)
+        yield self.redis.call("sadd", keys.TERM_ITEMS % "10", ["1000", "2000"])
+        yield self.redis.call("hmset", keys.TERM_ITEM % ("10", "1000"), POINT)
+        yield self.seed(keys.FORMULAS, keys.FORMULA, "f1", FORMULA)
+        yield self.redis.call("set", keys.CONFIG_VERSION, "7")
+        snapshot = yield SnapshotReader(self.redis).read()
+        self.assertEqual(snapshot.version, "7")
+        self.assertEqual(snapshot.count(), 5)
+        self.assertEqual(
+            {name: dict(snapshot.entities[name]) for name in ENTITY_ORDER},
+            {
+                "device": {"007": DEVICE},  # the JSON texts as stored: "1.50" stays "1.50"
+                "term": {"10": TERM},
+                "item": {"1000": ITEM},
+                "term_item": {"10:1000": POINT},
+                "formula": {"f1": FORMULA},
+            },
+        )
+
+
+class MemorySnapshotTests(SnapshotContract, TestCase):
     def setUp(self):
-        server = shared_redis()
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.sync.flushall()
-        self.addCleanup(self.sync.close)
-        settings = load_settings(None, {"redis": server.url})
-        self.client = RedisClient(settings.redis, timeout=5, pool_size=1)
-        self.client.startService()
-        self.addCleanup(self.client.stopService)
-        for _ in range(200):
-            if self.client.connected:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.store = ConfigStore(self.client)
-
-    @inlineCallbacks
-    def test_one_batch_creates_what_depends_on_what(self):
-        """A term, item and point see the device and term put before them in the batch."""
-        results = yield self.store.apply([put(DEVICE), put(TERM), put(ITEM), put(POINT)])
-        self.assertEqual(len(results), 4)
-        self.assertEqual(self.sync.hget("HS:TERM_ITEM:10:1000", "device_id"), '"1"')
-        snapshot = yield read_snapshot(self.client)
-        self.assertEqual(snapshot.version, "4")
-        self.assertEqual(snapshot.count(), 4)
-        self.assertEqual(dict(snapshot.entities["device"]["1"]), DEVICE.to_fields())
-        self.assertEqual(snapshot.entities["term_item"]["10:1000"]["protocol_code"], "1")
-
-    @inlineCallbacks
-    def test_a_delete_is_seen_by_later_ops(self):
-        yield self.store.apply([put(DEVICE)])
-        before = digest(self.sync)
-        delete = {"op": "delete", "entity": "device", "id": "1"}
-        with self.assertRaises(errors.NotFound) as caught:
-            yield self.store.apply([delete, put(TERM)])
-        self.assertEqual((caught.exception.field, caught.exception.index), ("device_id", 1))
-        self.assertEqual(digest(self.sync), before)
-
-    @inlineCallbacks
-    def test_check_only_and_expected_version(self):
-        empty = yield read_snapshot(self.client)
-        self.assertEqual((empty.version, empty.count()), ("", 0))
-        before = digest(self.sync)
-        self.assertEqual((yield self.store.apply([put(DEVICE)], check_only=True)), [])
-        self.assertEqual(digest(self.sync), before)
-        yield self.store.apply([put(DEVICE)], expect_version="")
-        with self.assertRaises(RetryChange):
-            yield self.store.apply([put(TERM)], expect_version="")  # now "1"
-        self.assertEqual(self.sync.exists("HS:TERM:10"), 0)
-        yield self.store.apply([put(TERM)], expect_version="1")
-        self.assertEqual(json.loads(self.sync.hget("HS:TERM:10", "address")), 3)
+        self.redis = MemoryRedis()
