@@ -37,7 +37,7 @@ from pydatacoll.model import (
     worst_quality,
 )
 from pydatacoll.processing import ProcessorContext
-from pydatacoll.processing.expression import (
+from pydatacoll.expression import (
     Expression,
     ExpressionError,
     Window,
