@@ -106,3 +106,71 @@ class IHistoryReader(Interface):
         ``(device_id, term_id, item_id)``) with ``since_ms <= receive time <= until_ms``
         (epoch milliseconds, None: open), newest first, at most ``limit``, each already in
         the API's JSON sample shape (`Sample.to_json`)."""
+
+
+# --- i12dev: the collector's stores, subscriptions and sinks ---
+
+
+class IConfigSink(ISampleSink):
+    """A sink the device manager also tells about configuration changes (the processors)."""
+
+    def config_changed(change):  # type: ignore[no-untyped-def]
+        """A configuration change message (the JSON object of the change channels)."""
+
+
+class IIngest(ISampleSink):
+    """The ingest path: samples into the store in batches (`pydatacoll.store.ingest`)."""
+
+    settled_version = Attribute(
+        "the configuration version every running point is known to match ('' while catching up)"
+    )
+    congested = Attribute("whether the devices' input is paused because the store lags")
+
+    def mark_not_topical(device_id):  # type: ignore[no-untyped-def]
+        """Flag the latest value of each of the device's points NT, in sample order."""
+
+    def status():  # type: ignore[no-untyped-def]
+        """The counters (written, skipped, dropped, buffered...) as a JSON object."""
+
+
+class IDeviceStore(Interface):
+    """What the device manager reads and writes in Redis besides the configuration
+    entities (`pydatacoll.store.devices.DeviceStore`)."""
+
+    connected = Attribute("whether the store can be reached now")
+
+    def when_connected():  # type: ignore[no-untyped-def]
+        """A Deferred that fires when the store can be reached (at once if it can)."""
+
+    def config_version():  # type: ignore[no-untyped-def]
+        """Deferred text of the configuration version, or None before the first change."""
+
+    def device_ids():  # type: ignore[no-untyped-def]
+        """Deferred set of every configured device id."""
+
+    def read_device_config(device_id):  # type: ignore[no-untyped-def]
+        """Deferred `DeviceConfig` of a device with its terms and term-items (one round
+        trip), or None when the device is not stored."""
+
+    def write_statuses(statuses):  # type: ignore[no-untyped-def]
+        """Write and publish each device's JSON status text (``{device_id: text}``)."""
+
+    def append_frames(device_id, frames, keep):  # type: ignore[no-untyped-def]
+        """Append lines to a device's frame log, keeping its last ``keep`` lines."""
+
+    def publish_reply(channel, body):  # type: ignore[no-untyped-def]
+        """Publish the JSON answer ``body`` (a dict) to a request's ``reply_to``."""
+
+
+class ISubscriber(Interface):
+    """A pub/sub subscription kept up across store restarts (an `IService`).
+
+    After every (re)subscription it calls its ``on_subscribed`` callback: messages sent
+    while it was down are lost and its owner catches up."""
+
+    subscribed = Attribute("whether every channel and pattern is subscribed now")
+    channels = Attribute("the channels subscribed (a list)")
+    patterns = Attribute("the patterns subscribed (a list)")
+
+    def update_channels(channels):  # type: ignore[no-untyped-def]
+        """Subscribe exactly ``channels`` from now on; a Deferred fired once done."""

@@ -78,6 +78,11 @@ class MemoryRedis:
         self._waiters.append(d)
         return d
 
+    def dedicated(self) -> MemoryRedis:
+        """The client itself: its commands run in call order already (as on one
+        connection of `RedisClient.dedicated`)."""
+        return self
+
     def call(self, command: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Run ``command`` on the dicts; fails at once while down."""
         name = command.lower()
@@ -280,8 +285,37 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
     return [written, skipped]
 
 
-def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.devices import ingest
-    from pydatacoll.store import status
+# --- i12dev: store/device_config.lua ---
 
-    return {ingest._SHA: _ingest_script, status._SHA: _status_script}
+
+def _device_config_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    """store/device_config.lua: a device, its terms and term-items as nested lists."""
+
+    def flat(key: str) -> list[str]:
+        return [text for pair in store._hgetall(key).items() for text in pair]
+
+    device_key, device_terms, term_key, term_items, term_item, device_id = args[:6]
+    device = flat(device_key % device_id)
+    if not device:
+        return []
+    reply: list[Any] = [device]
+    for term_id in store._smembers(device_terms % device_id):
+        term = flat(term_key % term_id)
+        if term:
+            points: list[Any] = []
+            for item_id in store._smembers(term_items % term_id):
+                fields = flat(term_item % (term_id, item_id))
+                if fields:
+                    points += (item_id, fields)
+            reply.append([term_id, term, points])
+    return reply
+
+
+def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import devices, ingest, status
+
+    return {
+        ingest._SHA: _ingest_script,
+        status._SHA: _status_script,
+        devices.DEVICE_CONFIG_SHA: _device_config_script,
+    }

@@ -1,4 +1,5 @@
-"""The device manager against a real Redis and our IEC 104 simulator over TCP."""
+"""The device manager against a real Redis and our IEC 104 simulator over TCP (the unit
+tests on MemoryRedis are in tests/devices)."""
 
 import json
 
@@ -11,7 +12,8 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from pydatacoll.config import load_settings
-from pydatacoll.devices.manager import DeviceManager, _iso_times, discover_drivers
+from pydatacoll.devices.manager import DeviceManager, discover_drivers
+from pydatacoll.devices.status import iso_times as _iso_times
 from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
 from pydatacoll.model import Device, Item, Term, TermItem
 from pydatacoll.store import keys
@@ -414,6 +416,9 @@ class _Recorder:
 
     def samples_received(self, samples):
         self.seen.extend(samples)
+
+    def config_changed(self, change):
+        pass
 
 
 class BadPointTests(_Base):
