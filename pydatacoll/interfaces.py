@@ -174,3 +174,6 @@ class ISubscriber(Interface):
 
     def update_channels(channels):  # type: ignore[no-untyped-def]
         """Subscribe exactly ``channels`` from now on; a Deferred fired once done."""
+
+    def resubscribe():  # type: ignore[no-untyped-def]
+        """Drop the connection: the next one subscribes again and calls ``on_subscribed``."""

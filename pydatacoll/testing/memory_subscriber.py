@@ -67,6 +67,10 @@ class MemorySubscriber(Service):
             self.on_lost()
         self._connect()
 
+    def resubscribe(self) -> None:
+        """As `lose`: the owner's ``on_subscribed`` runs again once resubscribed."""
+        self.lose()
+
     def update_channels(self, channels: Sequence[str]) -> Deferred[None]:
         """Subscribe exactly ``channels`` from now on."""
         self.channels = sorted(set(channels))
