@@ -13,7 +13,6 @@ from zope.interface.verify import verifyObject
 
 from pydatacoll.config import load_settings
 from pydatacoll.devices.manager import DeviceManager, discover_drivers
-from pydatacoll.devices.status import iso_times as _iso_times
 from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
 from pydatacoll.model import Device, Item, Term, TermItem
 from pydatacoll.store import keys
@@ -329,26 +328,6 @@ class ManagerTests(_Base):
         self.assertEqual(len(lines("points updated")), 1)
         states = [line for line in lines("device d1: ") if "points updated" not in line]
         self.assertEqual(states, ["device d1: online"])
-
-    def test_link_counter_times_are_iso(self):
-        """Whatever a driver's counters hold, the status shows its times in ISO 8601."""
-        counters = {
-            "link": {"last_error_time": 0.5, "last_response_time": None, "since": 60.0},
-            "requests": 3,
-            "flag": True,
-        }
-        self.assertEqual(
-            _iso_times(counters),
-            {
-                "link": {
-                    "last_error_time": "1970-01-01T00:00:00.500+00:00",
-                    "last_response_time": None,
-                    "since": "1970-01-01T00:01:00.000+00:00",
-                },
-                "requests": 3,
-                "flag": True,
-            },
-        )
 
     @defer.inlineCallbacks
     def test_frame_log_is_bounded(self):
