@@ -6,7 +6,7 @@ connection SUBSCRIBEs its channels and PSUBSCRIBEs its patterns before it counts
 subscribed; then ``on_subscribed`` is called, because messages published while the
 connection was down are lost and the owner must catch up (the device manager
 reconciles; the reply listener lets requests be sent again). A subscription that is not
-confirmed within the connect timeout counts as a failed attempt.
+confirmed within the connect timeout closes the connection, and the next one tries again.
 
 Its users (device manager, reply listener, gateway, event stream, history, MQTT) hold it
 as a child service; tests use the in-memory `pydatacoll.testing.memory_subscriber`.
@@ -52,6 +52,11 @@ class _Protocol(txredisapi.SubscriberProtocol):
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
         self.subscriber._message(channel, message)
+
+    def connectionMade(self) -> Any:  # noqa: N802 (Twisted API)
+        made = super().connectionMade()  # AUTH (when there is a password) runs now
+        self.subscriber._connected(self)
+        return made
 
     def connectionLost(self, why: Failure) -> None:  # noqa: N802 (Twisted API)
         super().connectionLost(why)
@@ -126,6 +131,8 @@ class Subscriber(Service):
         self._service: ClientService | None = None
         #: The subscribed connection (None while there is none).
         self._conn: _Protocol | None = None
+        #: The subscription being made on a new connection.
+        self._subscribing: defer.Deferred[Any] | None = None
 
     # -- service ------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802 (Twisted API)
@@ -156,7 +163,6 @@ class Subscriber(Service):
             _Factory(self, address.password),
             retryPolicy=self._retry_policy,
             clock=self.reactor,
-            prepareConnection=self._prepare,
         )
         self._service.startService()
 
@@ -164,6 +170,9 @@ class Subscriber(Service):
         """Close the connection; fires when it is closed."""
         super().stopService()
         service, self._service = self._service, None
+        subscribing, self._subscribing = self._subscribing, None
+        if subscribing is not None:
+            subscribing.cancel()
         self._conn = None
         self.subscribed = False
         if service is None:
@@ -203,46 +212,43 @@ class Subscriber(Service):
             conn.transport.loseConnection()
 
     # -- connection ---------------------------------------------------------------------
-    def _prepare(self, proxy: Any) -> defer.Deferred[None]:
-        """Subscribe on a fresh connection; a failure, loss or timeout fails the attempt."""
-        done: defer.Deferred[None] = defer.Deferred()
+    def _connected(self, conn: _Protocol) -> None:
+        """A new connection: subscribe on it, within the connect timeout.
 
-        def subscribed(connected: Any) -> None:
-            if not done.called:
-                done.callback(None)
-                self._subscribed(connected)
+        The subscription is made here rather than in ClientService's prepareConnection:
+        a connection lost while that runs has no transition in ClientService's state
+        machine. A failure or timeout closes the connection; ClientService then
+        connects again after its retry delay.
+        """
+        d: defer.Deferred[Any] = conn.whenConnected()  # after AUTH
+        d.addCallback(self._subscribe)
+        d.addTimeout(self._connect_timeout, self.reactor)
+        self._subscribing = d
+        d.addCallbacks(self._subscribed, self._not_subscribed, errbackArgs=(conn,))
+        d.addErrback(lambda f: self.log.failure("{name}: subscribing", f, name=self.label))
 
-        def failed(reason: Any) -> None:
-            if not done.called:
-                done.errback(reason if isinstance(reason, Failure) else Failure(reason))
-                if proxy.transport is not None:
-                    proxy.transport.loseConnection()
+    @defer.inlineCallbacks
+    def _subscribe(self, conn: _Protocol) -> Any:
+        if self.channels:
+            yield conn.subscribe(self.channels)
+        if self.patterns:
+            yield conn.psubscribe(self.patterns)
+        return conn
 
-        @defer.inlineCallbacks
-        def connected(p: Any) -> Any:
-            # ``p`` is the protocol itself (``proxy`` is ClientService's wrapper of it):
-            # the one `_lost` is called with.
-            if self.channels:
-                yield p.subscribe(self.channels)
-            if self.patterns:
-                yield p.psubscribe(self.patterns)
-            return p
-
-        proxy.whenConnected().addCallback(connected).addCallback(subscribed).addErrback(failed)
-        proxy.whenDisconnected().addCallback(
-            lambda _: failed(ConnectionError("lost while subscribing"))
+    def _not_subscribed(self, failure: Failure, conn: _Protocol) -> None:
+        self._subscribing = None
+        if failure.check(defer.CancelledError):
+            return  # lost or stopped meanwhile
+        self.log.info(
+            "{name}: subscribing failed ({error}); reconnecting",
+            name=self.label,
+            error=failure.getErrorMessage() or failure.type.__name__,
         )
-
-        def timed_out(reason: Failure) -> Failure:
-            if proxy.transport is not None:
-                proxy.transport.abortConnection()
-            return reason
-
-        done.addTimeout(self._connect_timeout, self.reactor)
-        done.addErrback(timed_out)
-        return done
+        if conn.transport is not None:
+            conn.transport.abortConnection()
 
     def _subscribed(self, conn: _Protocol) -> None:
+        self._subscribing = None
         if not self.running or conn.transport is None or not conn.connected:
             return
         self._conn = conn
@@ -255,6 +261,9 @@ class Subscriber(Service):
                 self.log.failure("{name}: on_subscribed failed", name=self.label)
 
     def _lost(self, conn: _Protocol) -> None:
+        subscribing, self._subscribing = self._subscribing, None
+        if subscribing is not None:
+            subscribing.cancel()
         if conn is not self._conn:
             return
         self._conn = None
