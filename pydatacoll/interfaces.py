@@ -133,6 +133,27 @@ class IIngest(ISampleSink):
         """The counters (written, skipped, dropped, buffered...) as a JSON object."""
 
 
+class IRedisClient(Interface):
+    """The shared Redis client the stores run their commands on
+    (`pydatacoll.store.redis.RedisClient`; in tests `pydatacoll.testing.memory.MemoryRedis`)."""
+
+    connected = Attribute("whether a connection to Redis is up now")
+    address = Attribute("the `RedisAddress` of the server (known once it is ready)")
+
+    def call(command, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Run one command: a Deferred, failing at once with `StoreUnavailable` while
+        Redis cannot be reached."""
+
+    def when_connected():  # type: ignore[no-untyped-def]
+        """A Deferred that fires when a connection is up (at once if one is)."""
+
+    def when_ready():  # type: ignore[no-untyped-def]
+        """A Deferred that fires when the server can be reached (the embedded one started)."""
+
+    def dedicated():  # type: ignore[no-untyped-def]
+        """A client whose commands run in the order they were sent (the ingest path)."""
+
+
 class IDeviceStore(Interface):
     """What the device manager reads and writes in Redis besides the configuration
     entities (`pydatacoll.store.devices.DeviceStore`)."""

@@ -21,11 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
 
 from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
+from pydatacoll.interfaces import IRedisClient
 
 
+@implementer(IRedisClient)
 class MemoryRedis:
     """Strings, hashes, sets and lists in dicts; ``published`` records every PUBLISH."""
 

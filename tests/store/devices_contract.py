@@ -17,7 +17,7 @@ from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from pydatacoll.errors import ValidationError
-from pydatacoll.interfaces import IDeviceStore
+from pydatacoll.interfaces import IDeviceStore, IRedisClient
 from pydatacoll.model import Device, Sample, Term, TermItem
 from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore
@@ -62,7 +62,8 @@ class DeviceStoreContract:
             )
         yield self.hash(keys.DEVICE % "e", {"id": "e", "protocol": "iec104", "ip": "127.0.0.2"})
 
-    def test_interface(self) -> None:
+    def test_interfaces(self) -> None:
+        verifyObject(IRedisClient, self.redis)  # what the stores and the ingest path use
         verifyObject(IDeviceStore, DeviceStore(self.redis))
 
     @defer.inlineCallbacks
