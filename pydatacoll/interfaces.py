@@ -7,6 +7,7 @@ Every implementation has a ``verifyObject`` test.
 
 from __future__ import annotations
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -118,8 +119,9 @@ class IConfigSink(ISampleSink):
         """A configuration change message (the JSON object of the change channels)."""
 
 
-class IIngest(ISampleSink):
-    """The ingest path: samples into the store in batches (`pydatacoll.store.ingest`)."""
+class IIngest(ISampleSink, IService):
+    """The ingest path, a service: samples into the store in batches
+    (`pydatacoll.store.ingest`); stopping it writes what waits."""
 
     settled_version = Attribute(
         "the configuration version every running point is known to match ('' while catching up)"
@@ -183,8 +185,8 @@ class IDeviceStore(Interface):
         """Publish the JSON answer ``body`` (a dict) to a request's ``reply_to``."""
 
 
-class ISubscriber(Interface):
-    """A pub/sub subscription kept up across store restarts (an `IService`).
+class ISubscriber(IService):
+    """A pub/sub subscription kept up across store restarts, a service.
 
     After every (re)subscription it calls its ``on_subscribed`` callback: messages sent
     while it was down are lost and its owner catches up."""
