@@ -7,6 +7,7 @@ Every implementation has a ``verifyObject`` test.
 
 from __future__ import annotations
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -226,6 +227,99 @@ class IPluginStatusStore(Interface):
     def running_instances(name, now, max_age, exclude=None):  # type: ignore[no-untyped-def]
         """Deferred sorted list of the instances that reported running ``name`` less
         than ``max_age`` seconds ago (``exclude`` left out)."""
+
+
+# --- i12dev: the collector's stores, subscriptions and sinks ---
+
+
+class IConfigSink(ISampleSink):
+    """A sink the device manager also tells about configuration changes (the processors)."""
+
+    def config_changed(change):  # type: ignore[no-untyped-def]
+        """A configuration change message (the JSON object of the change channels)."""
+
+
+class IIngest(ISampleSink, IService):
+    """The ingest path, a service: samples into the store in batches
+    (`pydatacoll.store.ingest`); stopping it writes what waits."""
+
+    settled_version = Attribute(
+        "the configuration version every running point is known to match ('' while catching up)"
+    )
+    congested = Attribute("whether the devices' input is paused because the store lags")
+
+    def mark_not_topical(device_id):  # type: ignore[no-untyped-def]
+        """Flag the latest value of each of the device's points NT, in sample order."""
+
+    def status():  # type: ignore[no-untyped-def]
+        """The counters (written, skipped, dropped, buffered...) as a JSON object."""
+
+
+class IRedisClient(Interface):
+    """The shared Redis client the stores run their commands on
+    (`pydatacoll.store.redis.RedisClient`; in tests `pydatacoll.testing.memory.MemoryRedis`)."""
+
+    connected = Attribute("whether a connection to Redis is up now")
+    address = Attribute("the `RedisAddress` of the server (known once it is ready)")
+
+    def call(command, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Run one command: a Deferred, failing at once with `StoreUnavailable` while
+        Redis cannot be reached."""
+
+    def when_connected():  # type: ignore[no-untyped-def]
+        """A Deferred that fires when a connection is up (at once if one is)."""
+
+    def when_ready():  # type: ignore[no-untyped-def]
+        """A Deferred that fires when the server can be reached (the embedded one started)."""
+
+    def dedicated():  # type: ignore[no-untyped-def]
+        """A client whose commands run in the order they were sent (the ingest path)."""
+
+
+class IDeviceStore(Interface):
+    """What the device manager reads and writes in Redis besides the configuration
+    entities (`pydatacoll.store.devices.DeviceStore`)."""
+
+    connected = Attribute("whether the store can be reached now")
+
+    def when_connected():  # type: ignore[no-untyped-def]
+        """A Deferred that fires when the store can be reached (at once if it can)."""
+
+    def config_version():  # type: ignore[no-untyped-def]
+        """Deferred text of the configuration version, or None before the first change."""
+
+    def device_ids():  # type: ignore[no-untyped-def]
+        """Deferred set of every configured device id."""
+
+    def read_device_config(device_id):  # type: ignore[no-untyped-def]
+        """Deferred `DeviceConfig` of a device with its terms and term-items (one round
+        trip), or None when the device is not stored."""
+
+    def write_statuses(statuses):  # type: ignore[no-untyped-def]
+        """Write and publish each device's JSON status text (``{device_id: text}``)."""
+
+    def append_frames(device_id, frames, keep):  # type: ignore[no-untyped-def]
+        """Append lines to a device's frame log, keeping its last ``keep`` lines."""
+
+    def publish_reply(channel, body):  # type: ignore[no-untyped-def]
+        """Publish the JSON answer ``body`` (a dict) to a request's ``reply_to``."""
+
+
+class ISubscriber(IService):
+    """A pub/sub subscription kept up across store restarts, a service.
+
+    After every (re)subscription it calls its ``on_subscribed`` callback: messages sent
+    while it was down are lost and its owner catches up."""
+
+    subscribed = Attribute("whether every channel and pattern is subscribed now")
+    channels = Attribute("the channels subscribed (a list)")
+    patterns = Attribute("the patterns subscribed (a list)")
+
+    def update_channels(channels):  # type: ignore[no-untyped-def]
+        """Subscribe exactly ``channels`` from now on; a Deferred fired once done."""
+
+    def resubscribe():  # type: ignore[no-untyped-def]
+        """Drop the connection: the next one subscribes again and calls ``on_subscribed``."""
 
 
 # --- i12gw: the northbound gateway's store ---

@@ -1,14 +1,11 @@
-"""The root service tree: wiring only."""
+"""The root service tree: wiring only (the composition root; only `tap` imports it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.application.service import MultiService
 
 from pydatacoll.api.app import ApiApp
 from pydatacoll.api.replies import ReplyListener
@@ -16,36 +13,12 @@ from pydatacoll.api.stream import StreamHub
 from pydatacoll.config import Settings
 from pydatacoll.devices.collector import make_collector
 from pydatacoll.metrics import ProcessMetrics, metrics_site
+from pydatacoll.ordered import OrderedService
 from pydatacoll.processing.history import history_reader
 from pydatacoll.processing.loader import PluginDirectory
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.embedded import DataDirLock, EmbeddedRedis, find_redis_server
 from pydatacoll.store.redis import RedisClient
-
-
-class OrderedService(MultiService):
-    """A MultiService that stops its children one at a time, the last started first.
-
-    Twisted's MultiService stops them all at once; here the API stops before the
-    collector, and the collector (which writes what it still holds) before Redis.
-    """
-
-    log = Logger()
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        d: Deferred[Any] = succeed(None)
-        for child in reversed(list(self)):
-            d.addCallback(_stop, child)
-            d.addErrback(self._stop_failed, child)
-        return d.addCallback(lambda _: None)
-
-    def _stop_failed(self, failure: Failure, child: Any) -> None:
-        self.log.failure("stopping {name}", failure, name=child.name)
-
-
-def _stop(_: object, child: Any) -> Any:
-    return child.stopService()
 
 
 def make_root_service(settings: Settings, reactor: Any) -> MultiService:

@@ -1,4 +1,4 @@
-"""Replies to device_call / device_ctrl: one subscriber connection, matched by request id.
+"""Replies to device_call / device_ctrl: one subscription, matched by request id.
 
 The API publishes each request with ``reply_to = keys.REPLY % (instance_id, request_id)``;
 the collector that runs the device PUBLISHes its answer there. `ReplyListener` holds one
@@ -15,20 +15,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import txredisapi
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import Service
-from twisted.internet import protocol
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from pydatacoll import errors
 from pydatacoll.config import RedisAddress
 from pydatacoll.model import OUTCOME_STATUS
 from pydatacoll.store import keys
-from pydatacoll.store.redis import RECONNECT_MAX_DELAY
+from pydatacoll.store.subscriber import Subscriber
 
 #: Requests waiting for a reply at most; past it `ReplyListener.wait` refuses (503).
 MAX_PENDING = 10000
@@ -106,53 +101,15 @@ class DeviceAnswer(errors.ApiError):
         return body
 
 
-class _ReplyProtocol(txredisapi.SubscriberProtocol):
-    """A txredisapi subscriber that hands every message to its listener."""
-
-    listener: ReplyListener
-
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
-        self.listener._reply(channel, message)
-
-    def connectionLost(self, why: Failure) -> None:  # noqa: N802 (Twisted API)
-        super().connectionLost(why)
-        self.listener._lost(self)
-
-
-class _ReplyFactory(protocol.Factory):
-    """Builds `_ReplyProtocol`s; what txredisapi's protocol expects of its factory."""
-
-    noisy = False
-    #: txredisapi's protocol logs its own auth/select errors when this is set.
-    isLazy = True  # noqa: N815 (txredisapi API)
-
-    def __init__(self, listener: ReplyListener, password: str | None) -> None:
-        self.listener = listener
-        self.password = password
-
-    def buildProtocol(self, addr: Any) -> _ReplyProtocol:  # noqa: N802 (Twisted API)
-        p = _ReplyProtocol(
-            charset="utf-8", password=self.password, convertNumbers=False, replyTimeout=None
-        )
-        p.factory = self
-        p.listener = self.listener
-        return p
-
-    def stopTrying(self) -> None:  # noqa: N802 (txredisapi API)
-        """Called by txredisapi when AUTH fails: we keep retrying with backoff."""
-
-    def connectionError(self, why: str) -> None:  # noqa: N802 (txredisapi API)
-        """Called by txredisapi when AUTH or SELECT fails."""
-        self.listener.log.error("reply listener: {why}", why=why)
-
-
-class ReplyListener(Service):
-    """One Redis subscriber connection receiving every reply addressed to this process.
+class ReplyListener(MultiService):
+    """One Redis subscription receiving every reply addressed to this process.
 
     ``address`` (or ``address_source.address`` once ``address_source.when_ready()`` has
     fired, for the embedded server) is the same `RedisAddress` the pool uses. The
-    connection is kept by a `ClientService` with jittered exponential backoff; each new
-    connection PSUBSCRIBEs again before the listener counts as subscribed.
+    subscription is a `pydatacoll.store.subscriber.Subscriber` child service (jittered
+    backoff, connect timeout, on the listener's clock), or what ``subscribe`` builds
+    (tests: `pydatacoll.testing.memory_subscriber`); each new connection PSUBSCRIBEs again
+    before the listener counts as subscribed.
     Pending requests are bounded by ``max_pending`` (overflow: refused at once).
     """
 
@@ -168,31 +125,47 @@ class ReplyListener(Service):
         max_pending: int = MAX_PENDING,
         connect_timeout: float = 5.0,
         retry_policy: Callable[[int], float] | None = None,
+        subscribe: Callable[..., Any] | None = None,
     ) -> None:
+        super().__init__()
         self.clock = reactor
-        self._reactor = reactor
         self._address = address
         self._address_source = address_source
         self.instance_id = instance_id or uuid.uuid4().hex
         self.pattern = keys.REPLY_PATTERN % self.instance_id
         self._prefix = keys.REPLY % (self.instance_id, "")
         self.max_pending = max_pending
-        self._connect_timeout = connect_timeout
-        self._retry_policy = retry_policy or backoffPolicy(
-            initialDelay=0.5, maxDelay=RECONNECT_MAX_DELAY
-        )
         self._pending: dict[str, tuple[Deferred[dict[str, Any]], Any]] = {}
-        self._protocol: _ReplyProtocol | None = None
-        self._service: ClientService | None = None
         self._subscribed_waiters: list[Deferred[None]] = []
         #: Replies that came after their request had timed out (or for no request).
         self.late_replies = 0
+        options: dict[str, Any] = dict(
+            patterns=[self.pattern],
+            on_subscribed=self._subscribed,
+            on_lost=self._lost,
+            name="reply listener",
+        )
+        if subscribe is None:
+            ready = address_source.when_ready if address_source is not None else None
+            self.subscriber: Any = Subscriber(
+                reactor,
+                self._current_address,
+                self._reply,
+                ready=ready,
+                connect_timeout=connect_timeout,
+                retry_policy=retry_policy,
+                **options,
+            )
+        else:
+            self.subscriber = subscribe(self._reply, **options)
+        self.subscriber.setName("subscription")
+        self.subscriber.setServiceParent(self)
 
     # -- public -------------------------------------------------------------------------
     @property
     def subscribed(self) -> bool:
         """Whether the reply pattern is subscribed now (replies cannot be missed)."""
-        return self._protocol is not None
+        return bool(self.subscriber.subscribed)
 
     @property
     def pending(self) -> int:
@@ -242,105 +215,34 @@ class ReplyListener(Service):
         return d
 
     # -- service ------------------------------------------------------------------------
-    def startService(self) -> None:  # noqa: N802 (Twisted API)
-        """Connect (after the embedded server, when there is one, is ready)."""
-        super().startService()
-        if self._address_source is not None:
-            ready: Deferred[Any] = self._address_source.when_ready()
-        else:
-            ready = succeed(None)
-        ready.addCallback(lambda _: self._connect())
-        ready.addErrback(lambda f: self.log.failure("reply listener cannot connect", f))
-
-    def _connect(self) -> None:
-        if not self.running:
-            return
-        address = self._address or self._address_source.address
-        endpoint: Any
-        if address.path is not None:
-            endpoint = UNIXClientEndpoint(self._reactor, address.path, self._connect_timeout)
-        else:
-            endpoint = HostnameEndpoint(
-                self._reactor,
-                address.host or "127.0.0.1",
-                address.port or 6379,
-                self._connect_timeout,
-            )
-        self._service = ClientService(
-            endpoint,
-            _ReplyFactory(self, address.password),
-            retryPolicy=self._retry_policy,
-            clock=self.clock,
-            prepareConnection=self._prepare,
-        )
-        self._service.startService()
-
     def stopService(self) -> Deferred[None]:  # noqa: N802 (Twisted API)
-        """Close the connection; requests still waiting fail with `errors.Unavailable`."""
-        super().stopService()
+        """Close the subscription; requests still waiting fail with `errors.Unavailable`."""
         pending, self._pending = self._pending, {}
         for d, timer in pending.values():
             if timer.active():
                 timer.cancel()
             d.errback(errors.Unavailable("the API is shutting down"))
-        service, self._service = self._service, None
-        self._protocol = None
-        if service is None:
-            return succeed(None)
-        return service.stopService()
+        stopped: Deferred[None] = super().stopService()
+        return stopped
 
-    # -- connection -----------------------------------------------------------------------
-    def _prepare(self, proxy: Any) -> Deferred[None]:
-        """PSUBSCRIBE on a fresh connection; a failure (or loss) counts as a failed attempt."""
-        done: Deferred[None] = Deferred()
+    # -- subscription -------------------------------------------------------------------
+    def _current_address(self) -> RedisAddress:
+        address = self._address or self._address_source.address
+        assert address is not None
+        return address
 
-        def subscribed(_: Any, connected: Any) -> None:
-            if not done.called:
-                done.callback(None)
-                self._subscribed(connected)
-
-        def failed(reason: Any) -> None:
-            if not done.called:
-                done.errback(reason if isinstance(reason, Failure) else Failure(reason))
-                if proxy.transport is not None:
-                    proxy.transport.loseConnection()
-
-        def connected(p: Any) -> Deferred[Any]:
-            return p.psubscribe(self.pattern).addCallback(subscribed, p)
-
-        proxy.whenConnected().addCallback(connected).addErrback(failed)
-        proxy.whenDisconnected().addCallback(
-            lambda _: failed(ConnectionError("lost while subscribing"))
-        )
-
-        def timed_out(reason: Failure) -> Failure:
-            if proxy.transport is not None:
-                proxy.transport.abortConnection()
-            return reason
-
-        done.addTimeout(self._connect_timeout, self.clock)
-        done.addErrback(timed_out)
-        return done
-
-    def _subscribed(self, p: _ReplyProtocol) -> None:
-        if not self.running or p.transport is None or not p.connected:
-            return
-        self._protocol = p
+    def _subscribed(self) -> None:
         self.log.info("reply listener subscribed to {pattern}", pattern=self.pattern)
         waiters, self._subscribed_waiters = self._subscribed_waiters, []
         for d in waiters:
             d.callback(None)
 
-    def _lost(self, p: _ReplyProtocol) -> None:
-        if p is not self._protocol:
-            return
-        self._protocol = None
-        if self.running:
-            self.log.warn(
-                "reply listener lost Redis; device_call/device_ctrl answer 503 until it is back"
-                " ({pending} requests keep waiting for their replies)",
-                pending=len(self._pending),
-            )
+    def _lost(self) -> None:
+        self.log.warn(
+            "reply listener lost Redis; device_call/device_ctrl answer 503 until it is back"
+            " ({pending} requests keep waiting for their replies)",
+            pending=len(self._pending),
+        )
 
     # -- replies ----------------------------------------------------------------------------
     def _reply(self, channel: Any, message: Any) -> None:

@@ -8,6 +8,7 @@ from twisted.application.service import MultiService
 
 from pydatacoll.config import Settings
 from pydatacoll.devices.manager import DeviceManager
+from pydatacoll.ordered import OrderedService
 from pydatacoll.processing.loader import Processors
 
 
@@ -18,8 +19,6 @@ def make_collector(settings: Settings, reactor: Any, redis: Any) -> MultiService
     the processors emit (formula results) takes the same path, so results of results work
     (the loader bounds each plugin's emit rate, so a loop cannot run away).
     """
-    from pydatacoll.service import OrderedService
-
     collector = OrderedService()
     manager: DeviceManager | None = None
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import attrs
 
 from pydatacoll.errors import ValidationError
+from pydatacoll.expression import ExpressionError, compile_expression
 
 #: What an id may be: it goes into Redis key names and URLs, so no ``:``, ``*``, ``/`` ...
 from pydatacoll.model.entities import ENTITIES, Entity, _extra
@@ -35,7 +36,7 @@ class Formula(Entity):
     """A calculated point: an expression over input points (``p1``..``pN``) and a result point.
 
     Fields named ``p`` + digits are the parameters; other free attributes are kept.
-    The expression is checked by `pydatacoll.processing.expression.compile_expression`.
+    The expression is checked by `pydatacoll.expression.compile_expression`.
     """
 
     KIND: ClassVar[str] = "formula"
@@ -79,8 +80,6 @@ class Formula(Entity):
 
     def check(self) -> None:
         """Parameters must name points; the expression must pass the sandbox's checks."""
-        from pydatacoll.processing.expression import ExpressionError, compile_expression
-
         for name in self.extra:
             if name.startswith("p") and name[1:].isdigit() and not _PARAM_NAME.match(name):
                 raise ValidationError("parameters are named p0 to p999", field=name)

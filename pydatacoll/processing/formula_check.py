@@ -10,9 +10,9 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from pydatacoll.errors import ValidationError
+from pydatacoll.expression import ExpressionError, compile_expression, evaluate
 from pydatacoll.interfaces import IPointConfigStore
 from pydatacoll.model import parse_point, worst_quality
-from pydatacoll.processing.expression import ExpressionError, compile_expression, evaluate
 from pydatacoll.store.processing import PointConfigStore
 
 Point = tuple[str, str, str]

@@ -29,6 +29,13 @@ from zope.interface import implementer
 
 from pydatacoll.config import integer_option, number_option
 from pydatacoll.errors import PyDataCollError
+from pydatacoll.expression import (
+    Expression,
+    ExpressionError,
+    Window,
+    compile_expression,
+    evaluate,
+)
 from pydatacoll.interfaces import IProcessor, IProcessorFactory
 from pydatacoll.model import (
     Formula,
@@ -37,13 +44,6 @@ from pydatacoll.model import (
     worst_quality,
 )
 from pydatacoll.processing import ProcessorContext
-from pydatacoll.processing.expression import (
-    Expression,
-    ExpressionError,
-    Window,
-    compile_expression,
-    evaluate,
-)
 from pydatacoll.processing.formula_check import check_formula as check_formula  # API's name
 from pydatacoll.processing.formula_check import window_values
 from pydatacoll.processing.loading import RetryingLoad

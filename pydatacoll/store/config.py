@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from pydatacoll.errors import ApiError, Conflict, NotFound, ValidationError
 from pydatacoll.store import keys
+from pydatacoll.store.devices import DeviceConfig, read_device_config
 from pydatacoll.store.redis import RedisClient
 
 _SCRIPT = files("pydatacoll.store").joinpath("config.lua").read_text(encoding="utf-8")
@@ -149,6 +150,12 @@ class ConfigStore:
     def publish(self, channel: str, message: dict[str, Any]) -> Deferred[int]:
         """Publish a JSON message; fires with the number of subscribers that got it."""
         return self.redis.call("publish", channel, json.dumps(message, ensure_ascii=False))
+
+    # --- i12dev ---
+    def read_device_config(self, device_id: str) -> Deferred[DeviceConfig | None]:
+        """A device with its terms and term-items in one round trip (a read-only script),
+        or None when it is not stored (see `pydatacoll.store.devices.read_device_config`)."""
+        return read_device_config(self.redis, device_id)
 
 
 class RetryChange(Exception):

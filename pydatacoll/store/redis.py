@@ -9,9 +9,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
+from pydatacoll.interfaces import IRedisClient
 from pydatacoll.store.sentinel import MasterResolver, sentinel_pool
 
 #: Longest wait (s, before jitter) between two attempts to reach Redis, for the pool and
@@ -19,6 +21,7 @@ from pydatacoll.store.sentinel import MasterResolver, sentinel_pool
 RECONNECT_MAX_DELAY = 2.0
 
 
+@implementer(IRedisClient)
 class RedisClient(Service):
     """A pool of Redis connections that reconnects by itself (txredisapi's backoff).
 

@@ -1,10 +1,15 @@
-"""A Redis pub/sub subscription that survives Redis restarts.
+"""THE Redis pub/sub subscription of PyDataColl, kept up across Redis restarts.
 
-`Subscriber` keeps one subscriber connection open (txredisapi's reconnecting factory,
-with the pool's address, password and backoff). After every (re)connection it subscribes
-again to its channels and patterns and then calls ``on_subscribed``, because messages
-published while the connection was down are lost and the owner must catch up (the device
-manager reconciles; the API fails fast meanwhile).
+`Subscriber` holds one subscriber connection, kept by a `ClientService` (injected clock,
+connect timeout, jittered exponential backoff from `pydatacoll.retry`). Each new
+connection SUBSCRIBEs its channels and PSUBSCRIBEs its patterns before it counts as
+subscribed; then ``on_subscribed`` is called, because messages published while the
+connection was down are lost and the owner must catch up (the device manager
+reconciles; the reply listener lets requests be sent again). A subscription that is not
+confirmed within the connect timeout closes the connection, and the next one tries again.
+
+Its users (device manager, reply listener, gateway, event stream, history, MQTT) hold it
+as a child service; tests use the in-memory `pydatacoll.testing.memory_subscriber`.
 """
 
 from __future__ import annotations
@@ -13,44 +18,86 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import txredisapi
+from twisted.application.internet import ClientService
 from twisted.application.service import Service
-from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from pydatacoll.config import RedisAddress
+from pydatacoll.interfaces import ISubscriber
+from pydatacoll.retry import exponential
 from pydatacoll.store.redis import RECONNECT_MAX_DELAY
+from pydatacoll.store.sentinel import MasterResolver, client_endpoint
 
 Handler = Callable[[str, str], None]  # (channel, message)
 
+#: First delay (s) before connecting again; it doubles up to RECONNECT_MAX_DELAY.
+RECONNECT_INITIAL_DELAY = 0.5
+#: Seconds to connect and confirm the subscription before the attempt counts as failed.
+CONNECT_TIMEOUT = 5.0
+
+
+def default_retry_policy() -> Callable[[int], float]:
+    """0.5 s doubling to ``RECONNECT_MAX_DELAY``, less up to half of it at random: a fleet
+    of subscribers cut off together spreads out, and none waits longer than the cap."""
+    return exponential(RECONNECT_INITIAL_DELAY, RECONNECT_MAX_DELAY, jitter=0.5)
+
 
 class _Protocol(txredisapi.SubscriberProtocol):
+    """A txredisapi subscriber connection that hands everything to its `Subscriber`."""
+
+    subscriber: Subscriber
+
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
-        self.factory.owner._message(channel, message)
+        self.subscriber._message(channel, message)
 
-    def connectionLost(self, why: Any) -> None:  # noqa: N802
+    def connectionMade(self) -> Any:  # noqa: N802 (Twisted API)
+        made = super().connectionMade()  # AUTH (when there is a password) runs now
+        self.subscriber._connected(self)
+        return made
+
+    def connectionLost(self, why: Failure) -> None:  # noqa: N802 (Twisted API)
         super().connectionLost(why)
-        self.factory.owner._lost(self)
+        self.subscriber._lost(self)
 
 
-class _Factory(txredisapi.SubscriberFactory):
-    protocol = _Protocol
+class _Factory(protocol.Factory):
+    """Builds `_Protocol`s; what txredisapi's protocol expects of its factory."""
 
-    def __init__(self, owner: Subscriber, password: str | None) -> None:
-        super().__init__()
-        self.owner = owner
+    noisy = False
+    #: txredisapi's protocol logs its own auth errors when this is set.
+    isLazy = True  # noqa: N815 (txredisapi API)
+
+    def __init__(self, subscriber: Subscriber, password: str | None) -> None:
+        self.subscriber = subscriber
         self.password = password
-        self.convertNumbers = False  # messages stay text: "007" must not become 7
-        self.maxDelay = RECONNECT_MAX_DELAY
 
-    def addConnection(self, conn: Any) -> None:  # noqa: N802 (txredisapi API)
-        super().addConnection(conn)
-        if conn.connected:
-            self.owner._connected(conn)
+    def buildProtocol(self, addr: Any) -> _Protocol:  # noqa: N802 (Twisted API)
+        p = _Protocol(
+            charset="utf-8", password=self.password, convertNumbers=False, replyTimeout=None
+        )
+        p.factory = self
+        p.subscriber = self.subscriber
+        return p
+
+    def stopTrying(self) -> None:  # noqa: N802 (txredisapi API)
+        """Called by txredisapi when AUTH fails: we keep retrying with backoff."""
+
+    def connectionError(self, why: str) -> None:  # noqa: N802 (txredisapi API)
+        """Called by txredisapi when AUTH fails."""
+        self.subscriber.log.error("{name}: {why}", name=self.subscriber.label, why=why)
 
 
+@implementer(ISubscriber)
 class Subscriber(Service):
-    """Subscribes ``channels`` and ``patterns``; every message goes to ``handler``."""
+    """Subscribes ``channels`` and ``patterns``; every message goes to ``handler``.
+
+    ``address`` gives the `RedisAddress` when connecting (the pool's, known once
+    ``ready()`` has fired for the embedded server). ``on_subscribed`` runs after every
+    (re)subscription, ``on_lost`` when a confirmed subscription is lost.
+    """
 
     log = Logger()
 
@@ -63,8 +110,11 @@ class Subscriber(Service):
         channels: Sequence[str] = (),
         patterns: Sequence[str] = (),
         on_subscribed: Callable[[], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
         ready: Callable[[], defer.Deferred[Any]] | None = None,
         name: str = "subscriber",
+        connect_timeout: float = CONNECT_TIMEOUT,
+        retry_policy: Callable[[int], float] | None = None,
     ) -> None:
         self.reactor = reactor
         self._address = address
@@ -72,13 +122,24 @@ class Subscriber(Service):
         self.channels = list(channels)
         self.patterns = list(patterns)
         self.on_subscribed = on_subscribed
+        self.on_lost = on_lost
         self.label = name
         self.subscribed = False
         self._ready = ready
-        self._factory: _Factory | None = None
-        self._conn: Any = None
+        self._connect_timeout = connect_timeout
+        self._retry_policy = retry_policy or default_retry_policy()
+        self._service: ClientService | None = None
+        #: The subscribed connection (None while there is none).
+        self._conn: _Protocol | None = None
+        #: The subscription being made on a new connection.
+        self._subscribing: defer.Deferred[Any] | None = None
+        #: For a ``sentinel://`` address: asks the Sentinels where the master is before
+        #: every (re)connection, so the subscription follows a failover.
+        self._resolver: MasterResolver | None = None
 
-    def startService(self) -> None:
+    # -- service ------------------------------------------------------------------------
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        """Connect (once ``ready()`` has fired, when given)."""
         super().startService()
         ready = self._ready() if self._ready is not None else defer.succeed(None)
         ready.addCallback(lambda _: self._connect())
@@ -87,27 +148,37 @@ class Subscriber(Service):
         )
 
     def _connect(self) -> None:
-        if not self.running:
+        if not self.running or self._service is not None:
             return
         address = self._address()
-        if address.path is not None:
-            endpoint: Any = UNIXClientEndpoint(self.reactor, address.path)
-        else:
-            endpoint = HostnameEndpoint(
-                self.reactor, address.host or "127.0.0.1", address.port or 6379
-            )
-        self._factory = _Factory(self, address.password)
-        self._factory.startConnecting(endpoint)
+        if address.sentinels and self._resolver is None:
+            self._resolver = MasterResolver(address, timeout=self._connect_timeout)
+        endpoint = client_endpoint(self.reactor, address, self._connect_timeout, self._resolver)
+        self._service = ClientService(
+            endpoint,
+            _Factory(self, address.password),
+            retryPolicy=self._retry_policy,
+            clock=self.reactor,
+        )
+        self._service.startService()
 
-    def stopService(self) -> defer.Deferred[None]:
+    def stopService(self) -> defer.Deferred[None]:  # noqa: N802 (Twisted API)
+        """Close the connection; fires when it is closed."""
         super().stopService()
-        factory, self._factory = self._factory, None
+        service, self._service = self._service, None
+        subscribing, self._subscribing = self._subscribing, None
+        if subscribing is not None:
+            subscribing.cancel()
+        self._conn = None
         self.subscribed = False
-        if factory is None:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = factory.disconnect()
-        return d.addErrback(lambda f: self.log.failure("closing {name}", f, name=self.label))
+        resolver, self._resolver = self._resolver, None
+        d: defer.Deferred[Any] = defer.succeed(None) if service is None else service.stopService()
+        d.addErrback(lambda f: self.log.failure("closing {name}", f, name=self.label))
+        if resolver is not None:
+            d.addBoth(lambda _: resolver.disconnect())
+        return d
 
+    # -- public -------------------------------------------------------------------------
     @defer.inlineCallbacks
     def update_channels(self, channels: Sequence[str]) -> Any:
         """Subscribe exactly ``channels`` from now on (and after every reconnection).
@@ -129,24 +200,56 @@ class Subscriber(Service):
             self.log.info("{name}: subscription not changed: {error}", name=self.label, error=exc)
         except Exception:
             self.log.failure("{name}: changing the subscription failed", name=self.label)
-            if conn.transport is not None:
-                conn.transport.loseConnection()  # the reconnection subscribes everything
+            self.resubscribe()
+
+    def resubscribe(self) -> None:
+        """Drop the connection: the next one subscribes everything and calls
+        ``on_subscribed`` again (an owner that could not catch up tries once more)."""
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.loseConnection()
+
+    # -- connection ---------------------------------------------------------------------
+    def _connected(self, conn: _Protocol) -> None:
+        """A new connection: subscribe on it, within the connect timeout.
+
+        The subscription is made here rather than in ClientService's prepareConnection:
+        a connection lost while that runs has no transition in ClientService's state
+        machine. A failure or timeout closes the connection; ClientService then
+        connects again after its retry delay.
+        """
+        d: defer.Deferred[Any] = conn.whenConnected()  # after AUTH
+        d.addCallback(self._subscribe)
+        d.addTimeout(self._connect_timeout, self.reactor)
+        self._subscribing = d
+        d.addCallbacks(self._subscribed, self._not_subscribed, errbackArgs=(conn,))
+        d.addErrback(lambda f: self.log.failure("{name}: subscribing", f, name=self.label))
 
     @defer.inlineCallbacks
-    def _connected(self, conn: Any) -> Any:
+    def _subscribe(self, conn: _Protocol) -> Any:
+        if self.channels:
+            yield conn.subscribe(self.channels)
+        if self.patterns:
+            yield conn.psubscribe(self.patterns)
+        return conn
+
+    def _not_subscribed(self, failure: Failure, conn: _Protocol) -> None:
+        self._subscribing = None
+        if failure.check(defer.CancelledError):
+            return  # lost or stopped meanwhile
+        self.log.info(
+            "{name}: subscribing failed ({error}); reconnecting",
+            name=self.label,
+            error=failure.getErrorMessage() or failure.type.__name__,
+        )
+        if conn.transport is not None:
+            conn.transport.abortConnection()
+
+    def _subscribed(self, conn: _Protocol) -> None:
+        self._subscribing = None
+        if not self.running or conn.transport is None or not conn.connected:
+            return
         self._conn = conn
-        try:
-            if self.channels:
-                yield conn.subscribe(self.channels)
-            if self.patterns:
-                yield conn.psubscribe(self.patterns)
-        except Exception:
-            self.log.failure("{name}: subscribing failed", name=self.label)
-            if conn.transport is not None:  # reconnected (and subscribed) by the factory
-                conn.transport.loseConnection()
-            return
-        if conn is not self._conn or not self.running:
-            return
         self.subscribed = True
         self.log.info("{name}: subscribed", name=self.label)
         if self.on_subscribed is not None:
@@ -155,12 +258,21 @@ class Subscriber(Service):
             except Exception:
                 self.log.failure("{name}: on_subscribed failed", name=self.label)
 
-    def _lost(self, conn: Any) -> None:
-        if conn is self._conn:
-            self._conn = None
-            if self.subscribed:
-                self.log.warn("{name}: subscription lost; reconnecting", name=self.label)
-            self.subscribed = False
+    def _lost(self, conn: _Protocol) -> None:
+        subscribing, self._subscribing = self._subscribing, None
+        if subscribing is not None:
+            subscribing.cancel()
+        if conn is not self._conn:
+            return
+        self._conn = None
+        self.subscribed = False
+        if self.running:
+            self.log.warn("{name}: subscription lost; reconnecting", name=self.label)
+            if self.on_lost is not None:
+                try:
+                    self.on_lost()
+                except Exception:
+                    self.log.failure("{name}: on_lost failed", name=self.label)
 
     def _message(self, channel: Any, message: Any) -> None:
         if isinstance(channel, bytes):

@@ -21,11 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
 
 from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
+from pydatacoll.interfaces import IRedisClient
 
 
+@implementer(IRedisClient)
 class MemoryRedis:
     """Strings, hashes, sets and lists in dicts; ``published`` records every PUBLISH."""
 
@@ -77,6 +80,11 @@ class MemoryRedis:
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
         return d
+
+    def dedicated(self) -> MemoryRedis:
+        """The client itself: its commands run in call order already (as on one
+        connection of `RedisClient.dedicated`)."""
+        return self
 
     def call(self, command: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Run ``command`` on the dicts; fails at once while down."""
@@ -432,19 +440,6 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
     }
 
 
-def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.devices import ingest
-    from pydatacoll.store import status
-
-    return {
-        ingest._SHA: _ingest_script,
-        status._SHA: _status_script,
-        **_cluster_scripts(),
-        **_processing_scripts(),
-        **_snapshot_scripts(),  # i12gw
-    }
-
-
 # -- i12proc: the processors' stream ids and scripts --------------------------------------
 
 
@@ -482,6 +477,45 @@ def _processing_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], A
     from pydatacoll.store import alarms
 
     return {alarms.SHA: _alarm_event_script}
+
+
+# --- i12dev: store/device_config.lua ---
+
+
+def _device_config_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    """store/device_config.lua: a device, its terms and term-items as nested lists."""
+
+    def flat(key: str) -> list[str]:
+        return [text for pair in store._hgetall(key).items() for text in pair]
+
+    device_key, device_terms, term_key, term_items, term_item, device_id = args[:6]
+    device = flat(device_key % device_id)
+    if not device:
+        return []
+    reply: list[Any] = [device]
+    for term_id in store._smembers(device_terms % device_id):
+        term = flat(term_key % term_id)
+        if term:
+            points: list[Any] = []
+            for item_id in store._smembers(term_items % term_id):
+                fields = flat(term_item % (term_id, item_id))
+                if fields:
+                    points += (item_id, fields)
+            reply.append([term_id, term, points])
+    return reply
+
+
+def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import devices, ingest, status
+
+    return {
+        ingest._SHA: _ingest_script,
+        status._SHA: _status_script,
+        devices.DEVICE_CONFIG_SHA: _device_config_script,
+        **_cluster_scripts(),
+        **_processing_scripts(),
+        **_snapshot_scripts(),  # i12gw
+    }
 
 
 # -- i12gw: XADD with MAXLEN (the gateway's device_ctrl audit, GatewayStore.append_ctrl_log) --

@@ -1,32 +1,43 @@
-"""ReplyListener's matching, timeouts and bounds, on a fake clock (no Redis)."""
+"""ReplyListener's matching, timeouts and bounds, on a fake clock and the in-memory store
+(no redis-server): the collector's replies are PUBLISHed to MemoryRedis and reach the
+listener through its MemorySubscriber."""
 
 import json
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from pydatacoll import errors
 from pydatacoll.api.replies import DeviceAnswer, ReplyListener, ReplyTimeout
-from pydatacoll.config import RedisAddress
+from pydatacoll.interfaces import ISubscriber
 from pydatacoll.store import keys
-
-
-class _Subscribed:
-    """Stands for a subscribed connection."""
+from pydatacoll.testing.memory import MemoryRedis
+from pydatacoll.testing.memory_subscriber import memory_subscription
 
 
 class ReplyListenerTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
+        self.store = MemoryRedis()
         self.listener = ReplyListener(
-            self.clock, RedisAddress(host="127.0.0.1", port=1), instance_id="me", max_pending=2
+            self.clock,
+            instance_id="me",
+            max_pending=2,
+            subscribe=memory_subscription(self.store),
         )
-        self.listener._protocol = _Subscribed()
+        self.listener.startService()
+        self.addCleanup(self.listener.stopService)
 
     def deliver(self, request_id, body):
         message = body if isinstance(body, str) else json.dumps(body)
-        self.listener._reply(keys.REPLY % ("me", request_id), message)
+        self.successResultOf(self.store.call("publish", keys.REPLY % ("me", request_id), message))
+
+    def test_subscribes_through_its_subscriber(self):
+        verifyObject(ISubscriber, self.listener.subscriber)
+        self.assertTrue(self.listener.subscribed)
+        self.assertEqual(self.listener.subscriber.patterns, [keys.REPLY_PATTERN % "me"])
 
     def test_replies_go_to_their_own_request(self):
         a = self.listener.wait("a", 5)
@@ -54,7 +65,7 @@ class ReplyListenerTests(SynchronousTestCase):
             d = self.listener.wait(str(number), 5)
             self.deliver(str(number), message)
             self.assertEqual(self.successResultOf(d)["outcome"], "failed")
-        self.listener._reply("CHANNEL:REPLY:someone-else:0", "{}")
+        self.store.call("publish", keys.REPLY % ("someone-else", "0"), "{}")
         self.assertEqual(self.listener.late_replies, 0)
 
     def test_non_finite_values_in_a_reply_become_null(self):
@@ -67,11 +78,21 @@ class ReplyListenerTests(SynchronousTestCase):
         self.assertEqual((reply["sample"]["value"], reply["x"]), (None, None))
 
     def test_bounded_and_refused_while_unsubscribed(self):
-        self.listener.wait("a", 5)
-        self.listener.wait("b", 5)
+        waiting = [self.listener.wait("a", 5), self.listener.wait("b", 5)]
         self.assertRaises(errors.Unavailable, self.listener.wait, "c", 5)
-        self.listener._protocol = None
+        self.store.down()
+        self.listener.subscriber.lose()  # the connection drops while Redis is away
         self.assertRaises(errors.Unavailable, self.listener.wait, "d", 5)
+        back = self.listener.when_subscribed()
+        self.assertNoResult(back)
+        self.store.up()  # resubscribed: requests may be sent again
+        self.successResultOf(back)
+        self.assertTrue(self.listener.subscribed)
+        for d in waiting:  # they kept waiting through the outage
+            self.assertNoResult(d)
+        self.listener.stopService()
+        for d in waiting:
+            self.failureResultOf(d, errors.Unavailable)
 
     def test_cancel_forgets_the_request(self):
         d = self.listener.wait("a", 5)

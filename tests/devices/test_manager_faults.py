@@ -10,11 +10,8 @@ import datetime
 import json
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from pydatacoll.config import load_settings
@@ -24,75 +21,12 @@ from pydatacoll.devices.manager import (
     STATUS_INTERVAL,
     DeviceManager,
 )
-from pydatacoll.errors import ValidationError
-from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver
-from pydatacoll.model import ControlOutcome, Sample
+from pydatacoll.interfaces import IProtocolDriver
+from pydatacoll.model import Sample
 from pydatacoll.store import keys
 from pydatacoll.testing.memory import MemoryRedis
 
-
-@implementer(IDeviceRuntime)
-class FakeRuntime(Service):
-    """A device whose link state the test sets."""
-
-    def __init__(self, device: Any, sink: Any) -> None:
-        self.device_id = device.id
-        self.sink = sink
-        self.state = "connecting"
-        self.last_value_time: float | None = None
-
-    def update_points(self, terms: Any, term_items: Any) -> None:
-        pass
-
-    def read_point(self, term_id: str, item_id: str) -> Any:
-        return defer.fail(RuntimeError("not readable"))
-
-    def control_point(self, term_id: str, item_id: str, value: Any, select: Any) -> Any:
-        return defer.succeed(ControlOutcome("refused", "fake"))
-
-    def status(self) -> dict[str, Any]:
-        return {"state": self.state, "last_value_time": self.last_value_time, "counters": {}}
-
-
-@implementer(IProtocolDriver)
-class FakeDriver:
-    """Builds `FakeRuntime`s and remembers them by device id."""
-
-    name = "modbus"
-    description = "a fake protocol for tests"
-    default_port = None
-
-    def __init__(self) -> None:
-        self.runtimes: dict[str, FakeRuntime] = {}
-        self.fail = False
-
-    def build(
-        self,
-        device: Any,
-        terms: Any,
-        term_items: Any,
-        sink: Any,
-        reactor: Any,
-        settings: Any,
-        frame_observer: Any = None,
-    ) -> FakeRuntime:
-        if self.fail:
-            raise ValidationError("a setting this device cannot run with", field="port")
-        runtime = self.runtimes[device.id] = FakeRuntime(device, sink)
-        return runtime
-
-
-def configure(store: MemoryRedis, *device_ids: str, version: Any = 1) -> None:
-    """Devices of the fake protocol, written the way ConfigStore writes them."""
-    for device_id in device_ids:
-        store.data.setdefault(keys.DEVICES, set()).add(device_id)
-        store.data[keys.DEVICE % device_id] = {
-            "id": json.dumps(device_id),
-            "protocol": json.dumps("modbus"),
-            "ip": json.dumps("127.0.0.1"),
-            "port": "1",
-        }
-    store.data[keys.CONFIG_VERSION] = str(version)
+from .support import FakeDriver, configure, memory_manager
 
 
 class StartUpOrderTests(SynchronousTestCase):
@@ -104,7 +38,8 @@ class StartUpOrderTests(SynchronousTestCase):
         self.manager = DeviceManager(
             self.store, load_settings(None, {}), self.clock, drivers={"modbus": self.driver}
         )
-        # The subscription is driven by the test (MemoryRedis has no server to subscribe).
+        # The subscription is driven by the test: MemoryRedis has no server, so the real
+        # Subscriber never connects, and the subscription may come back before the store.
         self.manager.startService()
         self.addCleanup(self.manager.stopService)
 
@@ -202,18 +137,15 @@ class StatusAndTopicalityTests(SynchronousTestCase):
         self.clock.advance(1_700_000_000)  # wall-clock-like times for the ISO texts
         self.store = MemoryRedis()
         self.driver = FakeDriver()
-        self.manager = DeviceManager(
-            self.store, load_settings(None, {}), self.clock, drivers={"modbus": self.driver}
-        )
+        self.manager = memory_manager(self.store, self.clock, self.driver)
         configure(self.store, "a", "b")
         for device_id in ("a", "b"):
             for item in ("i1", "i2"):
                 self.store.data[keys.TERM_ITEM % (f"t{device_id}", item)] = {
                     "device_id": json.dumps(device_id)
                 }
-        self.manager.startService()
+        self.manager.startService()  # subscribed at once: the first pass runs
         self.addCleanup(self.manager.stopService)
-        self.manager._subscribed()
         self.channel: list[dict[str, Any]] = []
         self.store.listeners.append(self._heard)
 
@@ -322,12 +254,11 @@ class UnreadableDeviceTests(SynchronousTestCase):
         clock = Clock()
         store = MemoryRedis()
         driver = FakeDriver()
-        manager = DeviceManager(store, load_settings(None, {}), clock, drivers={"modbus": driver})
+        manager = memory_manager(store, clock, driver)
         configure(store, "a", "b")
         store.data[keys.DEVICE % "a"]["protocol"] = json.dumps("no such protocol")
-        manager.startService()
+        manager.startService()  # subscribed at once: the first pass runs
         self.addCleanup(manager.stopService)
-        manager._subscribed()
         self.assertEqual(set(driver.runtimes), {"b"})
         self.assertIsNone(manager._reconciling)
         self.assertEqual(manager.ingest.settled_version, "1")  # the pass completed

@@ -202,3 +202,57 @@ class SentinelFailoverTests(TestCase):
         self.assertEqual(ingest.status()["dropped"], 0)
         # only what the old master acknowledged just before dying can be missing
         self.assertLessEqual(len(missing), 50, missing)
+
+    @inlineCallbacks
+    def test_subscriber_follows_the_master(self) -> Any:
+        """Pub/sub on a ``sentinel://`` address: subscribed on the master, and again on
+        the promoted replica after the master is SIGKILLed (no message sent after the
+        resubscription is missed)."""
+        from pydatacoll.store.subscriber import Subscriber
+
+        client = RedisClient(self.address, timeout=1.0, pool_size=1)
+        client.startService()
+        self.addCleanup(_settle)
+        self.addCleanup(client.stopService)
+        yield client.when_connected()
+        received: list[str] = []
+        subscriptions: list[float] = []
+        subscriber = Subscriber(
+            reactor,
+            lambda: self.address,
+            lambda channel, message: received.append(message),
+            channels=["CHANNEL:TEST"],
+            on_subscribed=lambda: subscriptions.append(reactor.seconds()),
+            name="sentinel test",
+        )
+        subscriber.startService()
+        self.addCleanup(subscriber.stopService)
+        deadline = reactor.seconds() + 10
+        while not subscriptions:
+            self.assertLess(reactor.seconds(), deadline, "never subscribed through Sentinel")
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        yield client.call("publish", "CHANNEL:TEST", "before")
+        killed_at = reactor.seconds()
+        self.setup.kill_master()
+        deadline = killed_at + 20
+        while len(subscriptions) < 2:
+            self.assertLess(reactor.seconds(), deadline, "not resubscribed after the failover")
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.log.info(
+            "sentinel failover: subscription back {s:.2f} s after SIGKILL",
+            s=subscriptions[-1] - killed_at,
+        )
+        # The pool follows too; a message published on the new master arrives.
+        while True:
+            try:
+                receivers = yield client.call("publish", "CHANNEL:TEST", "after")
+            except StoreUnavailable:
+                receivers = 0
+            if receivers:
+                break
+            self.assertLess(reactor.seconds(), deadline, "publish never reached the subscriber")
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        while "after" not in received:
+            self.assertLess(reactor.seconds(), deadline)
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(received[0], "before")

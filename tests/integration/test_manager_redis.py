@@ -1,22 +1,24 @@
-"""The device manager against a real Redis and our IEC 104 simulator over TCP."""
+"""The device manager against a real Redis and our IEC 104 simulator over TCP (the unit
+tests on MemoryRedis are in tests/devices)."""
 
 import json
 
 import attrs
-import redis as redis_py
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from pydatacoll.api.replies import ReplyListener
 from pydatacoll.config import load_settings
-from pydatacoll.devices.manager import DeviceManager, _iso_times, discover_drivers
+from pydatacoll.devices.manager import DeviceManager, discover_drivers
 from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
 from pydatacoll.model import Device, Item, Term, TermItem
 from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.redis import RedisClient
+from pydatacoll.store.subscriber import Subscriber
 from pydatacoll.testing.iec104_sim import (
     Behaviour,
     CommandPoint,
@@ -72,15 +74,16 @@ class _Base(TestCase):
     def setUp(self):
         server = self.redis_server or shared_redis()
         self.server = server
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.sync.flushall()
-        self.addCleanup(self.sync.close)
         self.settings = load_settings(None, {"redis": server.url, "history_length": "50"})
         self.client = RedisClient(self.settings.redis, timeout=2, pool_size=2)
         self.client.startService()
         self.addCleanup(self.client.stopService)
         yield until(lambda: self.client.connected, what="redis")
+        yield self.client.call("flushdb")
         self.store = ConfigStore(self.client)
+        self.replies = ReplyListener(reactor, self.settings.redis, instance_id="test")
+        self.replies.startService()
+        self.addCleanup(self.replies.stopService)
         listening, self.registry = yield start_simulator(
             reactor, config=SimulatorConfig(stations=(STATION,))
         )
@@ -128,28 +131,30 @@ class _Base(TestCase):
         d.addCallback(lambda _: self.store.apply(ops))
         return d
 
-    def latest(self, item_id):
-        text = self.sync.hget(keys.DEVICE_VALUES % "d1", f"t1:{item_id}")
-        return json.loads(text) if text else None
+    def latest(self, item_id, device_id="d1"):
+        """A Deferred of the point's latest stored sample (None when there is none)."""
+        d = self.client.call("hget", keys.DEVICE_VALUES % device_id, f"t1:{item_id}")
+        return d.addCallback(lambda text: json.loads(text) if text else None)
+
+    def latest_is(self, item_id, field, expected, device_id="d1"):
+        """A Deferred: whether the point's latest sample has ``field == expected``."""
+        d = self.latest(item_id, device_id)
+        return d.addCallback(lambda sample: (sample or {}).get(field) == expected)
 
     @defer.inlineCallbacks
     def request(self, channel, body):
-        """Publish a device_call/ctrl request and wait for its reply (a test-side client)."""
-        reply_to = keys.REPLY % ("test", body["request_id"])
-        pubsub = self.sync.pubsub()
-        pubsub.subscribe(reply_to)
-        self.addCleanup(pubsub.close)
-        pubsub.get_message(timeout=1)
-        self.sync.publish(
-            channel, json.dumps({**body, "reply_to": reply_to, "deadline": reactor.seconds() + 30})
-        )
-
-        def poll():
-            message = pubsub.get_message(timeout=0)
-            return json.loads(message["data"]) if message and message["type"] == "message" else None
-
-        reply = yield until(poll, what="reply")
-        return reply
+        """Publish a device_call/ctrl request and wait for its reply (as the API does)."""
+        yield self.replies.when_subscribed()
+        request_id = body["request_id"]
+        reply = self.replies.wait(request_id, 30)
+        message = {
+            **body,
+            "reply_to": self.replies.reply_channel(request_id),
+            "deadline": reactor.seconds() + 30,
+        }
+        yield self.client.call("publish", channel, json.dumps(message))
+        answer = yield reply
+        return answer
 
 
 class ManagerTests(_Base):
@@ -165,21 +170,26 @@ class ManagerTests(_Base):
         yield self.configure()
         yield self.start_manager()
         yield until(lambda: self.latest("i300"), what="interrogation values")
-        self.assertEqual(self.latest("i100")["value"], 12.5 * 2 + 1)
-        self.assertEqual(self.latest("i101")["quality"], "questionable")
-        self.assertEqual(self.latest("i101")["flags"], ["NT"])
-        self.assertEqual(self.latest("i200")["value"], True)
-        self.assertAlmostEqual(self.latest("i300")["value"], 123.4)
-        history = self.sync.xrevrange(keys.POINT_DATA % ("d1", "t1", "i100"))
-        self.assertEqual(json.loads(history[0][1]["sample"])["value"], 26.0)
+        latest = {}
+        for item_id in ("i100", "i101", "i200", "i300"):
+            latest[item_id] = yield self.latest(item_id)
+        self.assertEqual(latest["i100"]["value"], 12.5 * 2 + 1)
+        self.assertEqual(latest["i101"]["quality"], "questionable")
+        self.assertEqual(latest["i101"]["flags"], ["NT"])
+        self.assertEqual(latest["i200"]["value"], True)
+        self.assertAlmostEqual(latest["i300"]["value"], 123.4)
+        history = yield self.store.read_samples(("d1", "t1", "i100"), 1, None, None)
+        self.assertEqual(history[0]["value"], 26.0)
         runtime = self.manager.running_devices["d1"].runtime
         verifyObject(IDeviceRuntime, runtime)
         self.assertTrue(self.seen)
         # Spontaneous change: stored, published, and given to the processors.
         self.registry.update(5, 100, 40.0)
-        yield until(lambda: (self.latest("i100") or {}).get("value") == 81.0, what="spontaneous")
-        yield until(lambda: self.sync.hget(keys.DEVICE_STATUS % "d1", "status"), what="status")
-        status = json.loads(self.sync.hget(keys.DEVICE_STATUS % "d1", "status"))
+        yield until(lambda: self.latest_is("i100", "value", 81.0), what="spontaneous")
+        text = yield until(
+            lambda: self.client.call("hget", keys.DEVICE_STATUS % "d1", "status"), what="status"
+        )
+        status = json.loads(text)
         self.assertEqual(status["state"], "online")
         self.assertGreater(status["points_updated"], 4)
 
@@ -210,7 +220,7 @@ class ManagerTests(_Base):
             lambda: any(ti.item_id == "i999" for ti in running.config.term_items), what="new points"
         )
         self.registry.update(5, 101, 77.0)
-        yield until(lambda: (self.latest("i999") or {}).get("value") == 77.0, what="moved point")
+        yield until(lambda: self.latest_is("i999", "value", 77.0), what="moved point")
         self.assertEqual(len(self.registry.connections), connects)
         # A changed address restarts the device only; deleting it stops it.
         yield self.store.apply(
@@ -328,26 +338,6 @@ class ManagerTests(_Base):
         states = [line for line in lines("device d1: ") if "points updated" not in line]
         self.assertEqual(states, ["device d1: online"])
 
-    def test_link_counter_times_are_iso(self):
-        """Whatever a driver's counters hold, the status shows its times in ISO 8601."""
-        counters = {
-            "link": {"last_error_time": 0.5, "last_response_time": None, "since": 60.0},
-            "requests": 3,
-            "flag": True,
-        }
-        self.assertEqual(
-            _iso_times(counters),
-            {
-                "link": {
-                    "last_error_time": "1970-01-01T00:00:00.500+00:00",
-                    "last_response_time": None,
-                    "since": "1970-01-01T00:01:00.000+00:00",
-                },
-                "requests": 3,
-                "flag": True,
-            },
-        )
-
     @defer.inlineCallbacks
     def test_frame_log_is_bounded(self):
         self.manager = DeviceManager(
@@ -355,8 +345,13 @@ class ManagerTests(_Base):
         )
         yield self.configure()
         yield self.start_manager()
-        yield until(lambda: self.sync.llen(keys.FRAME_LOG % "d1") == 5, what="frame log")
-        entry = self.sync.lrange(keys.FRAME_LOG % "d1", -1, -1)[0]
+        frames = yield until(
+            lambda: self.client.call("lrange", keys.FRAME_LOG % "d1", 0, -1).addCallback(
+                lambda frames: frames if len(frames) == 5 else None
+            ),
+            what="frame log",
+        )
+        entry = frames[-1]
         when, direction, octets = entry.split(",")
         self.assertIn(direction, ("send", "recv"))
         self.assertTrue(octets.startswith("68"))
@@ -378,7 +373,8 @@ class OutageTests(_Base):
     """The same manager with a Redis of its own, stopped and restarted mid-flow."""
 
     def setUp(self):
-        self.redis_server = PrivateRedis()
+        # persistent: the configuration survives the restart (an outage, not a wipe)
+        self.redis_server = PrivateRedis(persistent=True)
         self.addCleanup(self.redis_server.stop)
         return super().setUp()
 
@@ -387,24 +383,17 @@ class OutageTests(_Base):
         yield self.configure()
         yield self.start_manager()
         yield until(lambda: self.latest("i100"), what="values")
-        config = {k: self.sync.hgetall(k) for k in self.sync.keys("HS:*") if "VALUE" not in k}
-        sets = {k: self.sync.smembers(k) for k in self.sync.keys("SET:*")}
         self.server.kill()
         yield until(lambda: not self.client.connected, what="redis down")
         for value in range(10):
             self.registry.update(5, 300, 1000 + value)
         yield until(lambda: self.manager.ingest.status()["buffered"] >= 10, what="buffering")
-        self.server.restart()
-        self.sync = redis_py.Redis(port=self.server.port, decode_responses=True)
-        self.addCleanup(self.sync.close)
-        for key, fields in config.items():  # the new server is empty: put the config back
-            self.sync.hset(key, mapping=fields)
-        for key, members in sets.items():
-            self.sync.sadd(key, *members)
+        self.server.start()
         yield until(lambda: self.manager.ingest.status()["buffered"] == 0, 30, what="flush")
-        history = self.sync.xrange(keys.POINT_DATA % ("d1", "t1", "i300"))
-        values = [json.loads(e[1]["sample"])["value"] for e in history]
-        self.assertEqual([round(v, 1) for v in values[-10:]], [100.0 + v / 10 for v in range(10)])
+        yield until(lambda: self.client.connected, what="the pool back")
+        history = yield self.store.read_samples(("d1", "t1", "i300"), 10, None, None)
+        values = [sample["value"] for sample in reversed(history)]
+        self.assertEqual([round(v, 1) for v in values], [100.0 + v / 10 for v in range(10)])
         self.assertEqual(self.manager.ingest.status()["dropped"], 0)
 
 
@@ -414,6 +403,9 @@ class _Recorder:
 
     def samples_received(self, samples):
         self.seen.extend(samples)
+
+    def config_changed(self, change):
+        pass
 
 
 class BadPointTests(_Base):
@@ -456,12 +448,8 @@ class BadPointTests(_Base):
         )
         yield self.start_manager()
 
-        def value(item_id):
-            text = self.sync.hget(keys.DEVICE_VALUES % "m1", f"t1:{item_id}")
-            return json.loads(text) if text else None
-
-        yield until(lambda: (value("good") or {}).get("value") == 42, what="good point")
-        yield until(lambda: (value("edge") or {}).get("quality") == "good", what="edge point")
+        yield until(lambda: self.latest_is("good", "value", 42, "m1"), what="good point")
+        yield until(lambda: self.latest_is("edge", "quality", "good", "m1"), what="edge point")
 
         def bad_points():
             status = self.manager.device_status("m1")
@@ -473,7 +461,8 @@ class BadPointTests(_Base):
             {"no_address": "protocol_code", "typo": "code_type", "beyond": "protocol_code"},
         )
         self.assertEqual(self.manager.device_status("m1")["state"], "online")
-        self.assertIsNone(value("no_address"))
+        missing = yield self.latest("no_address", "m1")
+        self.assertIsNone(missing)
 
 
 class OverloadTests(_Base):
@@ -508,10 +497,16 @@ class OverloadTests(_Base):
         )
         yield self.start_manager()
         yield until(lambda: peer.open, what="the collector connected to the silent peer")
-        pubsub = self.sync.pubsub()
-        pubsub.psubscribe(keys.REPLY % ("burst", "*"))
-        self.addCleanup(pubsub.close)
-        pubsub.get_message(timeout=1)
+        replies = []
+        listener = Subscriber(
+            reactor,
+            lambda: self.settings.redis,
+            lambda channel, message: replies.append(json.loads(message)),
+            patterns=[keys.REPLY % ("burst", "*")],
+        )
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        yield until(lambda: listener.subscribed, what="the test's subscription")
         for n in range(MAX_REQUESTS + 1):
             message = {
                 "request_id": str(n),
@@ -521,15 +516,9 @@ class OverloadTests(_Base):
                 "reply_to": keys.REPLY % ("burst", n),
                 "deadline": reactor.seconds() + 60,
             }
-            self.sync.publish(keys.DEVICE_CALL, json.dumps(message))
-
-        def poll():
-            message = pubsub.get_message(timeout=0)
-            return (
-                json.loads(message["data"]) if message and message["type"] == "pmessage" else None
-            )
-
-        reply = yield until(poll, what="the overload answer")
+            yield self.client.call("publish", keys.DEVICE_CALL, json.dumps(message))
+        yield until(lambda: replies, what="the overload answer")
+        (reply,) = replies
         # the 256 before it wait for the silent device; the one past them is not queued
         self.assertEqual(
             (reply["request_id"], reply["outcome"], reply["ok"]),
@@ -537,4 +526,4 @@ class OverloadTests(_Base):
         )
         self.assertIn("256 requests", reply["message"])
         yield deferLater(reactor, 0.3, lambda: None)
-        self.assertIsNone(poll())
+        self.assertEqual(len(replies), 1)

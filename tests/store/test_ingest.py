@@ -1,32 +1,35 @@
 """The ingest path's bounds: pause on overload, buffer on outage, flush on stop.
 
 The Redis side is a scripted stand-in here (each script call is a Deferred the test
-fires); `test_manager` runs the same code against a real redis-server, and
-`NotTopicalScriptTests` runs the NT marks of ingest.lua on one (and on MemoryRedis).
+fires); the NT marks of ingest.lua run on MemoryRedis and a real redis-server alike in
+the device store's contract tests (`tests.store.devices_contract`).
 """
 
 import json
 
-import redis as redis_py
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
-from pydatacoll.config import load_settings
-from pydatacoll.devices import ingest
-from pydatacoll.devices.ingest import RedisIngest, encode
 from pydatacoll.errors import StoreUnavailable
+from pydatacoll.interfaces import IIngest
 from pydatacoll.model import Sample
-from pydatacoll.store import keys
-from pydatacoll.store.redis import RedisClient
+from pydatacoll.store import ingest, keys
+from pydatacoll.store.ingest import RedisIngest, encode
 from pydatacoll.testing.memory import MemoryRedis
-from pydatacoll.testing.redis import shared_redis
 
 
 class ScriptedRedis:
     def __init__(self):
         self.connected = True
         self.calls = []
+        self.waiters = []
+
+    def when_connected(self):
+        d = defer.Deferred()
+        self.waiters.append(d)
+        return d
 
     def call(self, command, sha, keys, args):
         d = defer.Deferred()
@@ -59,6 +62,9 @@ class IngestTests(SynchronousTestCase):
             self.redis, self.clock, 100, 100, on_congestion=self.switches.append
         )
         self.ingest.startService()
+
+    def test_interface(self):
+        verifyObject(IIngest, self.ingest)
 
     def test_one_script_call_per_batch_in_order(self):
         self.ingest.samples_received(samples(25))
@@ -219,88 +225,6 @@ class MarkOrderTests(SynchronousTestCase):
             layouts += self.layout(self.redis.answer())
         self.assertEqual(layouts[0], ("d", -1))
         self.assertEqual(sum(n for _, n in layouts if n > 0), 100)
-
-
-class NotTopicalScriptTests(TestCase):
-    """The NT mark of ingest.lua against a real redis-server, and MemoryRedis alike."""
-
-    timeout = 30
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        server = shared_redis()
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.addCleanup(self.sync.close)
-        self.sync.flushall()
-        settings = load_settings(None, {"redis": server.url})
-        self.client = RedisClient(settings.redis, timeout=2, pool_size=1)
-        self.client.startService()
-        self.addCleanup(self.client.stopService)
-        yield self.client.when_connected()
-        self.pubsub = self.sync.pubsub()
-        self.addCleanup(self.pubsub.close)
-        self.pubsub.psubscribe("CHANNEL:DEVICE_*")
-        self.pubsub.get_message(timeout=1)  # the subscription's confirmation
-
-    @defer.inlineCallbacks
-    def run_ingest(self, redis):
-        """Samples of d (one looks like our own JSON), a mark, then a fresh one; e untouched."""
-        yield redis.call("set", keys.CONFIG_VERSION, "1")
-        sink = RedisIngest(redis, reactor, 100, 1000)
-        sink.settled_version = "1"  # every point is where it is configured
-        sink.startService()
-        sink.samples_received(
-            [
-                Sample("d", "t", "a", 1.25, receive_time=1.5),
-                Sample("d", "t", "b", '","quality":"good","flags":[],', receive_time=1.5),
-                Sample("d", "t", "c", 3, "questionable", ("SB",), receive_time=1.5),
-                Sample("d", "t", "n", None, "invalid", ("NT", "IV"), receive_time=1.5),
-                Sample("e", "t", "a", 9.0, receive_time=1.5),
-            ]
-        )
-        sink.mark_not_topical("d")
-        sink.samples_received([Sample("d", "t", "fresh", 5.0, receive_time=2.5)])
-        yield sink.stopService()  # writes everything waiting
-        self.assertEqual(sink.status()["marks_written"], 1)
-
-    def stored(self, hgetall):
-        return {
-            device: {k: json.loads(v) for k, v in hgetall(keys.DEVICE_VALUES % device).items()}
-            for device in ("d", "e")
-        }
-
-    @defer.inlineCallbacks
-    def test_mark_in_real_redis(self):
-        yield self.run_ingest(self.client)
-        values = self.stored(self.sync.hgetall)["d"]
-        self.assertEqual(
-            {k: (v["value"], v["quality"], v["flags"]) for k, v in values.items()},
-            {
-                "t:a": (1.25, "questionable", ["NT"]),
-                "t:b": ('","quality":"good","flags":[],', "questionable", ["NT"]),
-                "t:c": (3, "questionable", ["SB", "NT"]),
-                "t:n": (None, "invalid", ["NT", "IV"]),  # NT already: left as it was
-                "t:fresh": (5.0, "good", []),  # arrived after the mark
-            },
-        )
-        self.assertEqual(self.stored(self.sync.hgetall)["e"]["t:a"]["flags"], [])
-        messages = []
-        while (message := self.pubsub.get_message(timeout=0.5)) is not None:
-            messages.append((message["channel"], json.loads(message["data"])))
-        marked = [
-            body for channel, body in messages if channel == keys.DEVICE_DATA % ("d", "t", "a")
-        ]
-        self.assertEqual([m["flags"] for m in marked], [[], ["NT"]])
-        self.assertEqual(marked[1]["receive_time"], marked[0]["receive_time"])
-        # The samples' histories are untouched by the mark (it is not a new sample).
-        self.assertEqual(self.sync.xlen(keys.POINT_DATA % ("d", "t", "a")), 1)
-
-    @defer.inlineCallbacks
-    def test_memory_store_agrees(self):
-        yield self.run_ingest(self.client)
-        memory = MemoryRedis()
-        yield self.run_ingest(memory)
-        self.assertEqual(self.stored(memory._hgetall), self.stored(self.sync.hgetall))
 
 
 class LoopNeverDiesTests(SynchronousTestCase):

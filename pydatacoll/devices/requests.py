@@ -1,0 +1,119 @@
+"""``device_call`` / ``device_ctrl`` requests for the devices this collector runs.
+
+A request for a device another collector runs is ignored (that one answers); one past
+its deadline is dropped; past ``MAX_REQUESTS`` at once the answer is ``overloaded`` (503
+with Retry-After), never a queue.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from pydatacoll import errors
+from pydatacoll.model import ControlOutcome, Sample
+
+from .base import ManagerBase, Running
+
+#: Requests (device_call / device_ctrl) handled at once; more are answered "overloaded"
+#: (503 with Retry-After), never queued.
+MAX_REQUESTS = 256
+
+
+class RequestHandler(ManagerBase):
+    """The request part of the device manager."""
+
+    _requests: int = 0
+
+    def _request(self, kind: str, message: dict[str, Any]) -> None:
+        reply_to = message.get("reply_to")
+        device_id = message.get("device_id")
+        if not isinstance(reply_to, str) or not isinstance(device_id, str):
+            return
+        running = self.running_devices.get(device_id)
+        if running is None:
+            return  # not ours: another collector may run it; the API times out otherwise
+        deadline = message.get("deadline")
+        if isinstance(deadline, (int, float)) and time.time() > deadline:
+            self.log.warn(
+                "device_{kind} {request_id} arrived after its deadline: dropped",
+                kind=kind,
+                request_id=message.get("request_id"),
+            )
+            return
+        if self._requests >= MAX_REQUESTS:
+            self._reply(
+                message,
+                ControlOutcome(
+                    "overloaded", f"the collector already handles {MAX_REQUESTS} requests"
+                ),
+            )
+            return
+        self._requests += 1
+        d = defer.maybeDeferred(self._run_request, kind, running, message)
+        d.addErrback(lambda f: ControlOutcome("failed", f.getErrorMessage()))
+        d.addCallback(lambda outcome: self._reply(message, outcome))
+        d.addBoth(self._request_done)
+
+    def _request_done(self, result: Any) -> None:
+        self._requests -= 1
+        if isinstance(result, Failure):
+            self.log.failure("answering a request", result)
+
+    def _run_request(self, kind: str, running: Running, message: dict[str, Any]) -> Any:
+        runtime = running.runtime
+        term_id, item_id = str(message.get("term_id")), str(message.get("item_id"))
+        if runtime is None:
+            return ControlOutcome("offline", running.error or "the device is not running")
+        if not any(
+            (ti.term_id, ti.item_id) == (term_id, item_id) for ti in running.config.term_items
+        ):
+            return ControlOutcome("not_found", f"no point {term_id}:{item_id} on this device")
+        if kind == "call":
+            d = runtime.read_point(term_id, item_id)
+
+            def got(sample: Sample) -> ControlOutcome:
+                self.samples_received([sample])
+                return ControlOutcome("confirmed", "read", sample=sample)
+
+            def failed(failure: Failure) -> ControlOutcome:
+                error = failure.value
+                if isinstance(error, errors.DeviceError):
+                    return ControlOutcome(error.outcome, error.message, error.cause)
+                return ControlOutcome("failed", failure.getErrorMessage())
+
+            return d.addCallbacks(got, failed)
+        select = message.get("select")
+        d = runtime.control_point(
+            term_id, item_id, message.get("value"), select if isinstance(select, bool) else None
+        )
+
+        def done(outcome: ControlOutcome) -> ControlOutcome:
+            # One line per command: the API's, when it runs in this process; else this one.
+            if not self.settings.runs_api:
+                self.log.info(
+                    "device_ctrl {request_id} from {client} (token {token_id}): "
+                    "{device_id}:{term_id}:{item_id} = {value!r}: {outcome} {message}",
+                    request_id=message.get("request_id"),
+                    client=message.get("client"),
+                    token_id=message.get("token_id"),
+                    device_id=running.config.device.id,
+                    term_id=term_id,
+                    item_id=item_id,
+                    value=message.get("value"),
+                    outcome=outcome.outcome,
+                    message=outcome.message,
+                )
+            if outcome.sample is not None:
+                self.samples_received([outcome.sample])
+            return outcome
+
+        return d.addCallback(done)
+
+    def _reply(self, message: dict[str, Any], outcome: ControlOutcome) -> Any:
+        body = {"request_id": message.get("request_id"), **outcome.to_json()}
+        d = self.store.publish_reply(message["reply_to"], body)
+        return d.addErrback(lambda f: self.log.warn("cannot reply: {e}", e=f.getErrorMessage()))

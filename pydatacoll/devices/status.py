@@ -1,0 +1,177 @@
+"""Device statuses and frame logs: written on every state change and every
+``STATUS_INTERVAL``, with the devices' values flagged NT while they are not live."""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import defer
+
+from pydatacoll import errors
+from pydatacoll.model import iso_time
+
+from .base import ManagerBase, Running
+
+STATUS_INTERVAL = 2.0
+#: Seconds between two looks at the devices' link states: a change is written (and
+#: published) at most this long after it happened, well within 1 s.
+STATE_CHECK_INTERVAL = 0.25
+#: A status not rewritten for this long is served with ``"stale": true``.
+STALE_AFTER = 3 * STATUS_INTERVAL
+#: States in which a device's values are not topical (its latest samples are flagged NT).
+NOT_LIVE = frozenset({"offline", "error", "stopped"})
+
+_STATES = {
+    "started": "online",
+    # TCP up but no valid answer yet (Modbus says "online" itself once it has one)
+    "connected": "connecting",
+    "online": "online",
+    "stopped": "connecting",
+    "connecting": "offline",
+    "disconnected": "offline",
+    "closed": "stopped",
+}
+
+
+class StatusWriter(ManagerBase):
+    """The status and frame-log part of the device manager."""
+
+    def device_status(self, device_id: str) -> dict[str, Any] | None:
+        """The status of a running device, as written to Redis."""
+        running = self.running_devices.get(device_id)
+        if running is None:
+            return None
+        now = self.reactor.seconds()
+        body: dict[str, Any] = {"device_id": device_id, "protocol": running.config.device.protocol}
+        if running.runtime is not None:
+            try:
+                body.update(running.runtime.status())
+            except Exception as exc:
+                body.update(state="error", last_error=str(exc))
+            state = normalise(body.get("state"))
+        else:
+            state = running.state
+        if state != running.state:
+            # One line of ours per state change (the link's retries are not logged).
+            self.log.info(
+                "device {device_id}: {state}{why}",
+                device_id=device_id,
+                state=state,
+                why=f" ({body['last_error']})"
+                if state != "online" and body.get("last_error")
+                else "",
+            )
+            running.state, running.since = state, now
+        body["link_state"] = body.get("state")
+        body["state"] = state
+        body["since"] = iso_time(running.since)
+        if running.error is not None:
+            body["last_error"] = running.error
+        body["last_value_time"] = iso_time(body.get("last_value_time"))
+        if isinstance(body.get("counters"), dict):
+            body["counters"] = iso_times(body["counters"])
+        body["updated"] = iso_time(now)
+        # The ingest path is shared by all devices: its drops concern every one of them.
+        body["ingest"] = self.ingest.status()
+        return body
+
+    def _state_now(self, running: Running) -> str:
+        """The device's state as `device_status` would report it now."""
+        if running.runtime is None:
+            return running.state
+        try:
+            return normalise(running.runtime.status().get("state"))
+        except Exception:
+            return "error"
+
+    def _watch_states(self) -> None:
+        """Write the status of every device whose state changed since it was written."""
+        # Run by a LoopingCall: it must never raise, or the loop would stop for good.
+        try:
+            changed = [
+                device_id
+                for device_id, running in self.running_devices.items()
+                if self._written_state.get(device_id) != self._state_now(running)
+            ]
+            if changed:
+                self._write_status(changed)
+        except Exception:
+            self.log.failure("watching the device states")
+
+    @defer.inlineCallbacks
+    def _write_status(self, device_ids: Iterable[str] | None = None) -> Any:
+        """Write (and publish) the statuses of ``device_ids`` (default: every device, and
+        the frame logs) in one script call; flag a device's values NT when it stops
+        being live."""
+        writes = []
+        statuses: dict[str, str] = {}
+        try:
+            for device_id in list(self.running_devices if device_ids is None else device_ids):
+                status = self.device_status(device_id)
+                if status is None:
+                    continue
+                statuses[device_id] = json.dumps(status, default=str)
+                previous = self._written_state.get(device_id)
+                self._written_state[device_id] = state = status["state"]
+                if state in NOT_LIVE:
+                    self._not_live.add(device_id)
+                    if previous not in NOT_LIVE:
+                        self.ingest.mark_not_topical(device_id)
+                else:
+                    self._not_live.discard(device_id)
+                frames = self._frames.get(device_id) if device_ids is None else None
+                if frames:
+                    batch = list(frames)
+                    frames.clear()
+                    writes.append(
+                        self.store.append_frames(device_id, batch, self.settings.frame_log_length)
+                    )
+            if statuses:
+                writes.append(self.store.write_statuses(statuses))
+        except Exception:
+            self.log.failure("writing the device status")
+        results = yield defer.DeferredList(writes, consumeErrors=True)
+        for ok, result in results:
+            if not ok and not result.check(errors.StoreUnavailable):
+                self.log.failure("writing the device status", result)
+                break
+
+    def _frame_observer(self, device_id: str) -> Callable[[str, bytes], None] | None:
+        """The frame observer of a device's link; None when the frame log is off."""
+        if not self.settings.frame_log_length:
+            return None
+        frames: collections.deque[str] = collections.deque(maxlen=self.settings.frame_log_length)
+        self._frames[device_id] = frames
+        clock = self.reactor
+
+        def observe(direction: str, frame: bytes) -> None:
+            send = "send" if direction == "tx" else "recv"
+            frames.append(f"{iso_time(clock.seconds())},{send},{frame.hex()}")
+
+        return observe
+
+
+def iso_times(value: Any) -> Any:
+    """``value`` with every epoch time (a number under a key ``since`` or ``*_time``) as
+    ISO 8601: the API shows times in one format, whatever a driver's counters hold."""
+    if not isinstance(value, dict):
+        return value
+    result = {}
+    for key, item in value.items():
+        if (
+            (key == "since" or str(key).endswith("_time"))
+            and isinstance(item, (int, float))
+            and not isinstance(item, bool)
+        ):
+            result[key] = iso_time(item)
+        else:
+            result[key] = iso_times(item)
+    return result
+
+
+def normalise(state: Any) -> str:
+    """A driver's link state as a device state (online, connecting, offline, stopped...)."""
+    return _STATES.get(str(state), str(state))

@@ -1,0 +1,140 @@
+"""The collector's side of Redis: each device's configuration in one round trip, the
+configuration version, device statuses, frame logs and request replies.
+
+`DeviceStore` is all the device manager knows of Redis (`IDeviceStore`); it works over a
+`pydatacoll.store.redis.RedisClient` or the in-memory `pydatacoll.testing.memory.MemoryRedis`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from importlib.resources import files
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from pydatacoll.interfaces import IDeviceStore
+from pydatacoll.model import Device, Term, TermItem, decode_fields
+from pydatacoll.store import keys
+from pydatacoll.store.status import write_statuses
+
+DEVICE_CONFIG_SCRIPT = (
+    files("pydatacoll.store").joinpath("device_config.lua").read_text(encoding="utf-8")
+)
+DEVICE_CONFIG_SHA = hashlib.sha1(DEVICE_CONFIG_SCRIPT.encode()).hexdigest()
+_TEMPLATES = (keys.DEVICE, keys.DEVICE_TERMS, keys.TERM, keys.TERM_ITEMS, keys.TERM_ITEM)
+
+
+@attrs.frozen
+class DeviceConfig:
+    """A device with its terms and term-items, as read from Redis."""
+
+    device: Device
+    terms: tuple[Term, ...]
+    term_items: tuple[TermItem, ...]
+
+    def link_key(self) -> str:
+        """What restarts the device when it changes: every device field."""
+        return json.dumps(self.device.to_json(), sort_keys=True, default=str)
+
+    def points_key(self) -> str:
+        """What updates the device's points when it changes."""
+        return json.dumps(
+            [[t.to_json() for t in self.terms], [ti.to_json() for ti in self.term_items]],
+            sort_keys=True,
+            default=str,
+        )
+
+
+def run_script(redis: Any, sha: str, text: str, args: Sequence[Any]) -> Deferred[Any]:
+    """``EVALSHA`` of a script, or ``EVAL`` of its text once Redis does not know it yet."""
+    d: Deferred[Any] = redis.call("evalsha", sha, [], list(args))
+
+    def no_script(failure: Any) -> Any:
+        message = failure.getErrorMessage()
+        if "NOSCRIPT" in message or "No script matching" in message:  # txredisapi's wording
+            return redis.call("eval", text, [], list(args))
+        return failure
+
+    return d.addErrback(no_script)
+
+
+def read_device_config(redis: Any, device_id: str) -> Deferred[DeviceConfig | None]:
+    """A device with its terms and term-items (one read-only script call), or None when
+    the device is not stored. A stored entity the model refuses fails the Deferred with
+    the model's error."""
+    d = run_script(redis, DEVICE_CONFIG_SHA, DEVICE_CONFIG_SCRIPT, [*_TEMPLATES, device_id])
+    return d.addCallback(decode_device_config)
+
+
+def decode_device_config(reply: Any) -> DeviceConfig | None:
+    """The `DeviceConfig` of a ``device_config.lua`` reply; terms and term-items by id."""
+    if not reply:
+        return None
+    device = Device.from_json(decode_fields(_pairs(reply[0])))
+    terms = []
+    term_items = []
+    for _term_id, term_fields, points in sorted(reply[1:], key=lambda entry: str(entry[0])):
+        terms.append(Term.from_json(decode_fields(_pairs(term_fields))))
+        by_item = dict(zip(points[::2], points[1::2], strict=True))
+        for item_id in sorted(by_item):
+            term_items.append(TermItem.from_json(decode_fields(_pairs(by_item[item_id]))))
+    return DeviceConfig(device, tuple(terms), tuple(term_items))
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    """An HGETALL reply (a flat list inside a script's reply, or a dict) as a dict."""
+    if isinstance(flat, dict):
+        return flat
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+@implementer(IDeviceStore)
+class DeviceStore:
+    """See the module docstring; ``redis`` is the shared client (or a stand-in)."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+
+    @property
+    def connected(self) -> bool:
+        """Whether Redis can be reached now."""
+        return bool(self.redis.connected)
+
+    def when_connected(self) -> Deferred[None]:
+        """Fires when Redis can be reached (at once if it can)."""
+        d: Deferred[None] = self.redis.when_connected()
+        return d
+
+    def config_version(self) -> Deferred[str | None]:
+        """STR:CONFIG_VERSION as text, None before the first change."""
+        d: Deferred[Any] = self.redis.call("get", keys.CONFIG_VERSION)
+        return d.addCallback(lambda version: None if version is None else str(version))
+
+    def device_ids(self) -> Deferred[set[str]]:
+        """Every configured device id."""
+        d: Deferred[Any] = self.redis.call("smembers", keys.DEVICES)
+        return d.addCallback(lambda ids: set(ids or ()))
+
+    def read_device_config(self, device_id: str) -> Deferred[DeviceConfig | None]:
+        """See `read_device_config`."""
+        return read_device_config(self.redis, device_id)
+
+    def write_statuses(self, statuses: Mapping[str, str]) -> Deferred[Any]:
+        """HSET each device's JSON status and PUBLISH it on its status channel (one call)."""
+        return write_statuses(self.redis, statuses)
+
+    def append_frames(self, device_id: str, frames: Sequence[str], keep: int) -> Deferred[Any]:
+        """RPUSH ``frames`` to the device's frame log, then LTRIM it to its last ``keep``."""
+        key = keys.FRAME_LOG % device_id
+        d: Deferred[Any] = self.redis.call("rpush", key, list(frames))
+        return d.addCallback(lambda _: self.redis.call("ltrim", key, -keep, -1))
+
+    def publish_reply(self, channel: str, body: Mapping[str, Any]) -> Deferred[Any]:
+        """PUBLISH the JSON text of ``body`` on ``channel`` (a request's ``reply_to``)."""
+        d: Deferred[Any] = self.redis.call("publish", channel, json.dumps(body, default=str))
+        return d

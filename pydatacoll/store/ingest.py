@@ -1,0 +1,430 @@
+"""The ingest path: samples into Redis in batches, with bounds for overload and outages.
+
+Every batch is one ``EVALSHA`` of ``store/ingest.lua``. For each sample the script sets
+the point's latest value (``HS:VALUE:{device}``), appends it to the point's bounded
+history stream (``XS:DATA:...``, ``MAXLEN ~ [collector] history_length``) and
+publishes it on the point's data channel. It then sends one message per device on the
+device channel. Nothing waits per sample, so one round trip carries many frames.
+
+Samples wait in memory as they arrived and are encoded only when their batch is written.
+There are two bounds:
+
+- *Overload* (Redis is up but slower than the devices): above ``HIGH_WATER`` waiting
+  samples, the devices are asked to pause their input (`pause_input`; an IEC 104 link
+  then stops reading, so the RTU's own k window holds its data back and nothing is lost).
+  They resume below ``LOW_WATER``.
+- *Outage* (Redis unreachable): the devices are not paused, so their links stay
+  supervised. At most ``[collector] buffer_samples`` samples wait; past that the *oldest*
+  are dropped and counted, because the newest values matter most to a control room. They
+  are written in arrival order once Redis is back.
+
+When a device goes offline or cannot run, `RedisIngest.mark_not_topical` queues a mark
+in the same stream: the script then flags the latest sample of each of the device's
+points ``NT`` (not topical), after every sample of that device that arrived before the
+mark and before any that arrives after it. At most one mark per device waits (a newer one
+replaces it); marks are never dropped by the outage bound.
+
+On shutdown the samples still waiting are written first, for up to ``FLUSH_TIMEOUT``
+seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from importlib.resources import files
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pydatacoll.interfaces import IIngest
+from pydatacoll.model import Sample, iso_time
+from pydatacoll.retry import Backoff
+from pydatacoll.store import keys
+
+_SCRIPT = files("pydatacoll.store").joinpath("ingest.lua").read_text(encoding="utf-8")
+_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+_TEMPLATES = json.dumps(
+    {
+        "term_item": keys.TERM_ITEM,
+        "device_values": keys.DEVICE_VALUES,
+        "point_data": keys.POINT_DATA,
+        "device_data": keys.DEVICE_DATA,
+        "device_samples": keys.DEVICE_SAMPLES,
+        "config_version": keys.CONFIG_VERSION,
+    }
+)
+#: Samples per script call: large enough to amortise the round trip, small enough that
+#: one call never holds Redis for long (a few ms).
+BATCH = 2000
+#: Script calls in flight on the ingest connection: the next batch is encoded while
+#: Redis runs the previous one (one connection keeps them in order).
+IN_FLIGHT = 2
+#: Seconds a partial batch waits for more samples: many small reads (500 Modbus devices)
+#: then share one script call instead of one each.
+LINGER = 0.02
+HIGH_WATER = 20000
+LOW_WATER = 5000
+FLUSH_TIMEOUT = 5.0
+#: Seconds before a failed batch is written again, doubling up to RETRY_MAX.
+RETRY_INITIAL = 0.5
+RETRY_MAX = 5.0
+
+_INFINITIES = (math.inf, -math.inf)
+
+
+class _Times:
+    """ISO texts of epoch seconds, memoised: the samples of a frame share their times."""
+
+    def __init__(self) -> None:
+        self.cache: dict[float, str] = {}
+
+    def text(self, seconds: float) -> str:
+        text = self.cache.get(seconds)
+        if text is None:
+            if len(self.cache) > 4096:  # bounded: times move on
+                self.cache.clear()
+            try:
+                text = iso_time(seconds) or ""
+            except (ValueError, OverflowError, OSError, TypeError):
+                text = ""  # NaN or out of range (a device's clock): no time, never a crash
+            self.cache[seconds] = text
+        return text
+
+
+def _value_json(value: Any) -> str | None:
+    """The JSON text of a value, or None for one JSON cannot carry (NaN, infinities)."""
+    kind = type(value)
+    if kind is float:
+        if value != value or value in _INFINITIES:
+            return None
+        return repr(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return str(value)
+    if value is None:
+        return "null"
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def encode(sample: Sample, times: _Times) -> str:
+    """The stored JSON text of a sample (as `Sample.to_json`, without spaces)."""
+    value = _value_json(sample.value)
+    quality = sample.quality
+    flags = sample.flags
+    if value is None:  # not JSON: stored as null, invalid
+        value, quality, flags = "null", "invalid", (*flags, "not_finite")
+    flags_text = json.dumps(list(flags)) if flags else "[]"
+    source = sample.source_time
+    source_text = "" if source is None else times.text(source)
+    source_text = '"' + source_text + '"' if source_text else "null"  # no (valid) time: null
+    return (
+        f'{{"value":{value},"quality":"{quality}","flags":{flags_text},'
+        f'"source_time":{source_text},"receive_time":"{times.text(sample.receive_time)}"}}'
+    )
+
+
+@implementer(IIngest)
+class RedisIngest(Service):
+    """Writes samples to Redis in batches (see the module docstring)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        redis: Any,
+        reactor: Any,
+        history_length: int,
+        buffer_samples: int,
+        on_congestion: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.clock = reactor
+        self.history_length = history_length
+        self.buffer: collections.deque[Sample] = collections.deque()
+        self.buffer_limit = buffer_samples
+        self.high_water = min(HIGH_WATER, buffer_samples)
+        self.low_water = min(LOW_WATER, self.high_water // 2)
+        #: Called with True to pause the devices' input, False to resume it.
+        self.on_congestion = on_congestion
+        #: The configuration version the collector runs at ("" while it is catching up).
+        self.settled_version = ""
+        self.congested = False
+        self.written = 0
+        self.skipped = 0
+        self.dropped = 0
+        self.failures = 0
+        self.pauses = 0
+        #: Called with (samples, seconds) after each batch written (the metrics).
+        self.observe_batch: Callable[[int, float], None] | None = None
+        self._times = _Times()
+        #: Batches sent and not yet answered, oldest first: (samples, Deferred).
+        #: ... and the marks they carry: (samples, Deferred, [(number, device_id)]).
+        self._in_flight: collections.deque[
+            tuple[list[Sample], defer.Deferred[Any], list[tuple[int, str]]]
+        ] = collections.deque()
+        self._retry: IDelayedCall | None = None
+        self.backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
+        self._linger: IDelayedCall | None = None
+        self._awaiting_connection = False
+        #: Samples ever queued; the oldest in the buffer is number appended - len(buffer).
+        self._appended = 0
+        #: Pending not-topical marks: device id -> the number of samples queued before it.
+        self._marks: dict[str, int] = {}
+        self.marks = 0
+
+    def samples_received(self, samples: Sequence[Sample]) -> None:
+        """Queue a batch and start writing; never blocks."""
+        buffer = self.buffer
+        buffer.extend(samples)
+        self._appended += len(samples)
+        excess = len(buffer) - self.buffer_limit
+        if excess > 0:
+            for _ in range(excess):
+                buffer.popleft()
+            self.dropped += excess
+        if len(buffer) > self.high_water and not self.congested and self.redis.connected:
+            self._congestion(True)
+        self._kick()
+
+    def mark_not_topical(self, device_id: str) -> None:
+        """Flag the latest value of each of the device's points NT, in sample order."""
+        self._marks.pop(device_id, None)  # the newer mark covers everything the older did
+        self._marks[device_id] = self._appended
+        self._kick()
+
+    def _kick(self) -> None:
+        buffer = self.buffer
+        if self._retry is None and self.running and self._linger is None:
+            if len(buffer) >= BATCH or self.congested:
+                self._write()
+            elif not self._in_flight:
+                self._linger = self.clock.callLater(LINGER, self._lingered)
+            # else: the reply to the batch in flight writes what has come meanwhile
+
+    def _lingered(self) -> None:
+        self._linger = None
+        self._write()
+
+    def _congestion(self, congested: bool) -> None:
+        self.congested = congested
+        if congested:
+            self.pauses += 1
+        if self.on_congestion is not None:
+            try:
+                self.on_congestion(congested)
+            except Exception:
+                self.log.failure("pausing or resuming the devices")
+
+    def _write(self) -> None:
+        self._retry = None
+        # A failure (even at once, Redis being away) schedules a retry and ends the loop.
+        try:
+            while (
+                (self.buffer or self._marks)
+                and len(self._in_flight) < IN_FLIGHT
+                and self._retry is None
+            ):
+                self._send()
+        except Exception:
+            # A bug (a sample that cannot be encoded): that batch is lost and logged; the
+            # path goes on with the next one rather than stop writing for good.
+            self.log.failure("ingest: a batch could not be sent")
+            if self.running and self._retry is None:
+                self._retry = self.clock.callLater(self.backoff.peek(), self._write)
+
+    def _send(self) -> None:
+        count = min(BATCH, len(self.buffer))
+        first = self._appended - len(self.buffer)
+        marks: list[tuple[int, str]] = []
+        if self._marks:
+            marks = sorted((n, d) for d, n in self._marks.items() if n <= first + count)
+            for _, device_id in marks:
+                del self._marks[device_id]
+        batch = [self.buffer.popleft() for _ in range(count)]
+        times = self._times
+        args: list[Any] = [_TEMPLATES, self.history_length, self.settled_version]
+        if not marks:
+            groups: dict[str, list[Any]] = {}
+            for sample in batch:
+                group = groups.get(sample.device_id)
+                if group is None:
+                    group = groups[sample.device_id] = []
+                group += (sample.term_id, sample.item_id, encode(sample, times))
+            for device_id, group in groups.items():
+                args += (device_id, len(group) // 3)
+                args += group
+        else:
+            args += _segments(batch, first, marks, times)
+        d = self.redis.call("evalsha", _SHA, [], args)
+        entry = (batch, d, marks)
+        self._in_flight.append(entry)  # before the callbacks: they may run at once
+        d.addErrback(self._no_script, args)
+        if self.observe_batch is not None:
+            d.addCallback(self._observe, len(batch), self.clock.seconds())
+        d.addCallbacks(self._written, self._failed, callbackArgs=(entry,), errbackArgs=(entry,))
+        d.addErrback(self._loop_error)
+
+    def _no_script(self, failure: Any, args: list[Any]) -> Any:
+        message = failure.getErrorMessage()
+        if "NOSCRIPT" in message or "No script matching" in message:  # txredisapi's wording
+            return self.redis.call("eval", _SCRIPT, [], args)
+        return failure
+
+    def _observe(self, reply: Any, count: int, started: float) -> Any:
+        try:
+            if self.observe_batch is not None:
+                self.observe_batch(count, max(0.0, self.clock.seconds() - started))
+        except Exception:
+            self.log.failure("observing an ingest batch")
+        return reply
+
+    def _written(self, reply: Any, entry: Any) -> None:
+        if entry not in self._in_flight:
+            return  # put back by an earlier failure: it will be written again
+        self._in_flight.remove(entry)
+        self.marks += len(entry[2])
+        written, skipped = (int(n) for n in reply)
+        self.written += written
+        self.skipped += skipped
+        self.backoff.reset()
+        if self.congested and len(self.buffer) < self.low_water:
+            self._congestion(False)
+        if self.running and self._retry is None:
+            self._write()
+
+    def _failed(self, failure: Any, entry: Any) -> None:
+        if entry not in self._in_flight:
+            return
+        # Put every batch in flight back in front, in order (a later one may have been
+        # written: then it is written twice, never lost), and retry with capped backoff.
+        self.failures += 1
+        count = 0
+        for batch, _, marks in reversed(self._in_flight):
+            self.buffer.extendleft(reversed(batch))
+            count += len(batch)
+            for number, device_id in marks:  # back, unless a newer mark came meanwhile
+                self._marks.setdefault(device_id, number)
+        self._in_flight.clear()
+        excess = len(self.buffer) - self.buffer_limit
+        if excess > 0:
+            for _ in range(excess):
+                self.buffer.popleft()
+            self.dropped += excess
+        if self.congested:
+            self._congestion(False)  # an outage: keep the links reading, buffer instead
+        self.log.warn(
+            "cannot store {count} samples ({error}); {buffered} buffered, retry in {delay} s",
+            count=count,
+            error=failure.getErrorMessage(),
+            buffered=len(self.buffer),
+            delay=self.backoff.peek(),
+        )
+        if self.running and self._retry is None:
+            self._retry = self.clock.callLater(self.backoff.next_delay(), self._write)
+            self._wait_for_connection()
+
+    def _wait_for_connection(self) -> None:
+        """Write at once when the connection is back, not at the end of the backoff."""
+        if self._awaiting_connection or self.redis.connected:
+            return
+        self._awaiting_connection = True
+
+        def back(_: Any) -> None:
+            self._awaiting_connection = False
+            if self.running and self._retry is not None and self._retry.active():
+                self._retry.cancel()
+                self._write()
+
+        self.redis.when_connected().addCallback(back).addErrback(self._loop_error)
+
+    def _loop_error(self, failure: Any) -> None:
+        # A bug in the reply handling must not stop the loop (house style 5).
+        self.log.failure("ingest loop", failure)
+        self._in_flight.clear()
+        if self._retry is None and self.running:
+            self._retry = self.clock.callLater(self.backoff.peek(), self._write)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        """Write what waits (for up to ``FLUSH_TIMEOUT`` s), then stop."""
+        super().stopService()
+        for call in (self._retry, self._linger):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._linger = None
+        deadline = self.clock.seconds() + FLUSH_TIMEOUT
+        while self.clock.seconds() < deadline:
+            if self._in_flight:
+                yield _quietly(self._in_flight[-1][1])
+            elif (self.buffer or self._marks) and self.redis.connected:
+                self._write()
+            else:
+                break
+        if self.buffer:
+            self.log.warn("stopping with {n} samples not stored", n=len(self.buffer))
+
+    def status(self) -> dict[str, Any]:
+        """Counters: written, skipped (point gone), dropped (buffer full), buffered, pauses."""
+        return {
+            "written": self.written,
+            "skipped": self.skipped,
+            "dropped": self.dropped,
+            "buffered": len(self.buffer),
+            "buffer_limit": self.buffer_limit,
+            "write_failures": self.failures,
+            "congested": self.congested,
+            "pauses": self.pauses,
+            "marks_written": self.marks,
+        }
+
+
+def _segments(
+    batch: list[Sample], first: int, marks: list[tuple[int, str]], times: _Times
+) -> list[Any]:
+    """Script arguments for a batch with marks: a device's samples before its mark, the
+    mark (device_id, -1), then its samples after; ``first`` numbers the batch's first
+    sample, and a mark numbered n comes after sample n - 1."""
+    segments: list[tuple[str, list[Any] | None]] = []
+    open_groups: dict[str, list[Any]] = {}
+    position = 0
+    for index, sample in enumerate(batch):
+        while position < len(marks) and marks[position][0] <= first + index:
+            device_id = marks[position][1]
+            segments.append((device_id, None))
+            open_groups.pop(device_id, None)
+            position += 1
+        group = open_groups.get(sample.device_id)
+        if group is None:
+            group = open_groups[sample.device_id] = []
+            segments.append((sample.device_id, group))
+        group += (sample.term_id, sample.item_id, encode(sample, times))
+    for _, device_id in marks[position:]:
+        segments.append((device_id, None))
+    args: list[Any] = []
+    for device_id, group in segments:
+        if group is None:
+            args += (device_id, -1)
+        else:
+            args += (device_id, len(group) // 3, *group)
+    return args
+
+
+def _quietly(d: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """A Deferred that fires when ``d`` does, without taking its result."""
+    waiter: defer.Deferred[None] = defer.Deferred()
+
+    def fired(result: Any) -> Any:
+        waiter.callback(None)
+        return result
+
+    d.addBoth(fired)
+    return waiter

@@ -1,0 +1,135 @@
+"""device_call / device_ctrl through the in-memory store: the API's reply listener, the
+manager and the device, wired by MemoryRedis's PUBLISH (no redis-server, no sockets)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from pydatacoll.api.replies import DeviceAnswer, ReplyListener, ReplyTimeout
+from pydatacoll.devices.requests import MAX_REQUESTS
+from pydatacoll.errors import DeviceTimeout
+from pydatacoll.model import ControlOutcome, Sample
+from pydatacoll.store import keys
+from pydatacoll.testing.memory import MemoryRedis
+from pydatacoll.testing.memory_subscriber import memory_subscription
+
+from .support import FakeDriver, RecordingSink, add_point, configure, memory_manager
+
+
+class RequestTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = MemoryRedis()
+        configure(self.store, "d")
+        add_point(self.store, "d", "t", "i")
+        self.driver = FakeDriver()
+        self.sink = RecordingSink()
+        self.manager = memory_manager(self.store, self.clock, self.driver, sinks=[self.sink])
+        self.manager.startService()
+        self.addCleanup(self.manager.stopService)
+        self.replies = ReplyListener(
+            self.clock, instance_id="api", subscribe=memory_subscription(self.store)
+        )
+        self.replies.startService()
+        self.addCleanup(self.replies.stopService)
+        self.runtime = self.driver.runtimes["d"]
+        self.number = 0
+
+    def request(self, kind: str, **fields: Any) -> defer.Deferred[dict[str, Any]]:
+        """What the API does: wait for the reply, then publish the request."""
+        self.number += 1
+        request_id = f"r{self.number}"
+        d = self.replies.wait(request_id, 5)
+        message = {
+            "request_id": request_id,
+            "reply_to": self.replies.reply_channel(request_id),
+            "device_id": "d",
+            "term_id": "t",
+            "item_id": "i",
+            **fields,
+        }
+        channel = keys.DEVICE_CALL if kind == "call" else keys.DEVICE_CTRL
+        self.store.call("publish", channel, json.dumps(message))
+        return d
+
+    def test_call_answers_with_the_sample_read_and_stores_it(self) -> None:
+        sample = Sample("d", "t", "i", 4.5, receive_time=self.clock.seconds())
+        self.runtime.read = defer.succeed(sample)
+        reply = self.successResultOf(self.request("call"))
+        self.assertEqual((reply["outcome"], reply["sample"]["value"]), ("confirmed", 4.5))
+        self.assertEqual(self.sink.samples, [sample])  # the processors saw the fresh value
+        self.clock.advance(1)  # the ingest path's linger
+        stored = json.loads(self.store.data[keys.DEVICE_VALUES % "d"]["t:i"])
+        self.assertEqual(stored["value"], 4.5)
+
+    def test_a_device_error_keeps_its_outcome_and_cause(self) -> None:
+        self.runtime.read = defer.fail(DeviceTimeout("no answer", "t1 expired"))
+        reply = self.successResultOf(self.request("call"))
+        self.assertEqual(
+            (reply["outcome"], reply["message"], reply["cause"]),
+            ("timeout", "no answer", "t1 expired"),
+        )
+
+    def test_ctrl_answers_the_device_outcome(self) -> None:
+        self.runtime.control = defer.succeed(ControlOutcome("negative", "no", "COT 47"))
+        answer = DeviceAnswer.from_reply("r1", self.successResultOf(self.request("ctrl")))
+        self.assertEqual((answer.status, answer.cause), (409, "COT 47"))
+
+    def test_unknown_point_is_not_found(self) -> None:
+        reply = self.successResultOf(self.request("call", item_id="nope"))
+        self.assertEqual(reply["outcome"], "not_found")
+
+    def test_a_device_that_cannot_run_is_offline(self) -> None:
+        self.driver.fail = True
+        self.store.data[keys.DEVICE % "d"]["port"] = "2"  # changed: restarts, and fails
+        self.manager.reconcile({"d"})
+        reply = self.successResultOf(self.request("call"))
+        self.assertEqual(reply["outcome"], "offline")
+        self.assertIn("cannot run with", reply["message"])
+
+    def test_another_collectors_device_is_left_to_it(self) -> None:
+        d = self.request("call", device_id="elsewhere")
+        self.assertNoResult(d)
+        self.clock.advance(5)
+        self.failureResultOf(d, ReplyTimeout)
+
+    def test_a_request_past_its_deadline_is_dropped(self) -> None:
+        d = self.request("ctrl", deadline=time.time() - 1)
+        self.clock.advance(5)
+        self.failureResultOf(d, ReplyTimeout)
+
+    def test_past_max_requests_the_answer_is_overloaded_at_once(self) -> None:
+        self.replies.max_pending = MAX_REQUESTS + 1
+        commands: list[defer.Deferred[ControlOutcome]] = []
+
+        def control_point(*_: Any) -> defer.Deferred[ControlOutcome]:
+            commands.append(defer.Deferred())  # the device does not answer yet
+            return commands[-1]
+
+        self.patch(self.runtime, "control_point", control_point)
+        waiting = [self.request("ctrl", value=1) for _ in range(MAX_REQUESTS)]
+        answer = DeviceAnswer.from_reply("x", self.successResultOf(self.request("ctrl")))
+        self.assertEqual(
+            (answer.outcome, answer.status, answer.retry_after), ("overloaded", 503, 1)
+        )
+        for d in waiting:
+            self.assertNoResult(d)
+        for command in commands:
+            command.callback(ControlOutcome("confirmed", "done"))
+        for d in waiting:
+            self.assertEqual(self.successResultOf(d)["outcome"], "confirmed")
+        self.assertEqual(self.manager._requests, 0)  # every slot given back
+
+    def test_a_reply_that_cannot_be_published_is_logged_not_raised(self) -> None:
+        self.store.fail_next("publish")
+        self.manager._message(
+            keys.DEVICE_CALL,
+            json.dumps({"request_id": "x", "reply_to": "R", "device_id": "d", "item_id": "no"}),
+        )
+        self.assertEqual(self.manager._requests, 0)

@@ -1,0 +1,171 @@
+"""The contract of the collector's store classes, written once: `DeviceStore`,
+`ConfigStore.read_device_config` and the ingest script's NT marks.
+
+`tests.store.test_device_store` runs it on MemoryRedis (no redis-server);
+`tests.integration.test_store_contract_devices` runs the same tests on a private
+redis-server, so the in-memory emulations of our Lua scripts cannot drift.
+A subclass sets ``self.redis`` (a started `RedisClient`, or a `MemoryRedis`) in setUp,
+on an empty database.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+from zope.interface.verify import verifyObject
+
+from pydatacoll.errors import ValidationError
+from pydatacoll.interfaces import IDeviceStore, IRedisClient
+from pydatacoll.model import Device, Sample, Term, TermItem
+from pydatacoll.store import keys
+from pydatacoll.store.config import ConfigStore
+from pydatacoll.store.devices import DeviceStore
+from pydatacoll.store.ingest import RedisIngest
+
+
+def fields(body: dict[str, Any]) -> dict[str, str]:
+    """An entity's stored hash: each field's JSON text (as ConfigStore writes it)."""
+    return {name: json.dumps(value) for name, value in body.items()}
+
+
+class DeviceStoreContract:
+    """The tests; mixed into a trial TestCase that sets ``self.redis`` and ``self.clock``."""
+
+    redis: Any
+    clock: Any
+
+    @defer.inlineCallbacks
+    def hash(self, key: str, body: dict[str, Any]) -> Any:
+        for name, text in fields(body).items():
+            yield self.redis.call("hset", key, name, text)
+
+    @defer.inlineCallbacks
+    def seed(self) -> Any:
+        """Device d with terms t2 and t10 (t10 has two points, one of them without fields)
+        and a term t9 listed but not stored; device e elsewhere."""
+        yield self.hash(keys.DEVICE % "d", {"id": "d", "protocol": "iec104", "ip": "127.0.0.1"})
+        yield self.redis.call("sadd", keys.DEVICES, ["d", "e"])
+        yield self.redis.call("sadd", keys.DEVICE_TERMS % "d", ["t2", "t10", "t9"])
+        for term_id, address in (("t2", 2), ("t10", 10)):
+            yield self.hash(
+                keys.TERM % term_id, {"id": term_id, "device_id": "d", "address": address}
+            )
+        yield self.redis.call("sadd", keys.TERM_ITEMS % "t2", ["i1"])
+        yield self.redis.call("sadd", keys.TERM_ITEMS % "t10", ["i2", "i10", "gone"])
+        yield self.redis.call("sadd", keys.TERM_ITEMS % "t9", ["i1"])
+        for term_id, item_id, ioa in (("t2", "i1", 1), ("t10", "i2", 2), ("t10", "i10", 10)):
+            yield self.hash(
+                keys.TERM_ITEM % (term_id, item_id),
+                {"term_id": term_id, "item_id": item_id, "device_id": "d", "protocol_code": ioa},
+            )
+        yield self.hash(keys.DEVICE % "e", {"id": "e", "protocol": "iec104", "ip": "127.0.0.2"})
+
+    def test_interfaces(self) -> None:
+        verifyObject(IRedisClient, self.redis)  # what the stores and the ingest path use
+        verifyObject(IDeviceStore, DeviceStore(self.redis))
+
+    @defer.inlineCallbacks
+    def test_read_device_config(self) -> Any:
+        yield self.seed()
+        for read in (
+            DeviceStore(self.redis).read_device_config,
+            ConfigStore(self.redis).read_device_config,
+        ):
+            config = yield read("d")
+            self.assertEqual(
+                config.device,
+                Device.from_json({"id": "d", "protocol": "iec104", "ip": "127.0.0.1"}),
+            )
+            self.assertEqual([t.id for t in config.terms], ["t10", "t2"])  # by id, as text
+            self.assertEqual(
+                config.terms[1], Term.from_json({"id": "t2", "device_id": "d", "address": 2})
+            )
+            self.assertEqual(
+                [(ti.term_id, ti.item_id) for ti in config.term_items],
+                [("t10", "i10"), ("t10", "i2"), ("t2", "i1")],
+            )
+            self.assertEqual(
+                config.term_items[0],
+                TermItem.from_json(
+                    {"term_id": "t10", "item_id": "i10", "device_id": "d", "protocol_code": 10}
+                ),
+            )
+            missing = yield read("nobody")
+            self.assertIsNone(missing)
+        lonely = yield DeviceStore(self.redis).read_device_config("e")
+        self.assertEqual((lonely.terms, lonely.term_items), ((), ()))
+
+    @defer.inlineCallbacks
+    def test_an_entity_the_model_refuses_fails_the_read(self) -> Any:
+        yield self.seed()
+        yield self.redis.call("hset", keys.TERM % "t2", "address", "not json")
+        d = DeviceStore(self.redis).read_device_config("d")
+        yield self.assertFailure(d, ValidationError)
+
+    @defer.inlineCallbacks
+    def test_version_and_device_ids(self) -> Any:
+        store = DeviceStore(self.redis)
+        version = yield store.config_version()
+        ids = yield store.device_ids()
+        self.assertEqual((version, ids), (None, set()))
+        yield self.seed()
+        yield self.redis.call("set", keys.CONFIG_VERSION, "7")
+        version = yield store.config_version()
+        ids = yield store.device_ids()
+        self.assertEqual((version, ids), ("7", {"d", "e"}))
+
+    @defer.inlineCallbacks
+    def test_statuses_frames_and_replies(self) -> Any:
+        store = DeviceStore(self.redis)
+        written = yield store.write_statuses({"d": '{"state": "online"}', "e": "{}"})
+        self.assertEqual(int(written), 2)
+        status = yield self.redis.call("hgetall", keys.DEVICE_STATUS % "d")
+        self.assertEqual(status, {"status": '{"state": "online"}'})
+        yield store.append_frames("d", ["a", "b", "c"], 4)
+        yield store.append_frames("d", ["d", "e"], 4)
+        frames = yield self.redis.call("lrange", keys.FRAME_LOG % "d", 0, -1)
+        self.assertEqual(frames, ["b", "c", "d", "e"])
+        heard = yield store.publish_reply("CHANNEL:REPLY:nobody:1", {"outcome": "confirmed"})
+        self.assertEqual(int(heard), 0)
+
+    @defer.inlineCallbacks
+    def test_not_topical_marks_of_the_ingest_script(self) -> Any:
+        """Samples of d (one looks like our own JSON), a mark, then a fresh one; e untouched."""
+        for device_id, term_id, item_id in (("d", "t", i) for i in ("a", "b", "c", "n", "fresh")):
+            yield self.redis.call(
+                "hset", keys.TERM_ITEM % (term_id, item_id), "device_id", json.dumps(device_id)
+            )
+        yield self.redis.call("set", keys.CONFIG_VERSION, "1")
+        sink = RedisIngest(self.redis, self.clock, 100, 1000)
+        sink.settled_version = "1"  # every point is where it is configured
+        sink.startService()
+        sink.samples_received(
+            [
+                Sample("d", "t", "a", 1.25, receive_time=1.5),
+                Sample("d", "t", "b", '","quality":"good","flags":[],', receive_time=1.5),
+                Sample("d", "t", "c", 3, "questionable", ("SB",), receive_time=1.5),
+                Sample("d", "t", "n", None, "invalid", ("NT", "IV"), receive_time=1.5),
+                Sample("e", "t", "a", 9.0, receive_time=1.5),
+            ]
+        )
+        sink.mark_not_topical("d")
+        sink.samples_received([Sample("d", "t", "fresh", 5.0, receive_time=2.5)])
+        yield sink.stopService()  # writes everything waiting
+        self.assertEqual(sink.status()["marks_written"], 1)
+        stored = yield self.redis.call("hgetall", keys.DEVICE_VALUES % "d")
+        values = {k: json.loads(v) for k, v in stored.items()}
+        self.assertEqual(
+            {k: (v["value"], v["quality"], v["flags"]) for k, v in values.items()},
+            {
+                "t:a": (1.25, "questionable", ["NT"]),
+                "t:b": ('","quality":"good","flags":[],', "questionable", ["NT"]),
+                "t:c": (3, "questionable", ["SB", "NT"]),
+                "t:n": (None, "invalid", ["NT", "IV"]),  # NT already: left as it was
+                "t:fresh": (5.0, "good", []),  # arrived after the mark
+            },
+        )
+        self.assertEqual(values["t:a"]["receive_time"], "1970-01-01T00:00:01.500+00:00")
+        other = yield self.redis.call("hgetall", keys.DEVICE_VALUES % "e")
+        self.assertEqual(json.loads(other["t:a"])["flags"], [])

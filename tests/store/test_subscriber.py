@@ -1,0 +1,130 @@
+"""The one Redis subscriber on a MemoryReactorClock: it connects, subscribes, hands
+messages over, and retries (jittered, capped) or times out on the injected clock.
+No redis-server: the test plays Redis's side of the protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from pydatacoll.config import RedisAddress
+from pydatacoll.interfaces import ISubscriber
+from pydatacoll.retry import exponential
+from pydatacoll.store.redis import RECONNECT_MAX_DELAY
+from pydatacoll.store.subscriber import Subscriber, default_retry_policy
+
+
+def feed(protocol: Any, *words: str | int) -> None:
+    """Redis sends an array of bulk strings (an int: an integer reply), one piece per
+    call: txredisapi parses the bytes after a bulk string on the global reactor."""
+    protocol.dataReceived(f"*{len(words)}\r\n".encode())
+    for word in words:
+        if isinstance(word, int):
+            protocol.dataReceived(f":{word}\r\n".encode())
+        else:
+            protocol.dataReceived(f"${len(word.encode())}\r\n".encode())
+            protocol.dataReceived(f"{word}\r\n".encode())
+
+
+def confirm(protocol: Any) -> None:
+    """Redis's replies to SUBSCRIBE C and PSUBSCRIBE P:*."""
+    feed(protocol, "subscribe", "C", 1)
+    feed(protocol, "psubscribe", "P:*", 2)
+
+
+class SubscriberTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.messages: list[tuple[str, str]] = []
+        self.subscriptions = 0
+        self.losses = 0
+        self.subscriber = Subscriber(
+            self.reactor,
+            lambda: RedisAddress(path="/nowhere/redis.sock"),
+            lambda channel, message: self.messages.append((channel, message)),
+            channels=["C"],
+            patterns=["P:*"],
+            on_subscribed=self.subscribed,
+            on_lost=self.lost,
+            connect_timeout=5.0,
+            retry_policy=exponential(0.5, 2.0),
+        )
+        self.subscriber.startService()
+        self.addCleanup(self.subscriber.stopService)
+
+    def subscribed(self) -> None:
+        self.subscriptions += 1
+
+    def lost(self) -> None:
+        self.losses += 1
+
+    def attempts(self) -> int:
+        return len(self.reactor.unixClients)
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        """Accept the latest connection attempt: the protocol and its transport."""
+        factory = self.reactor.unixClients[-1][1]
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_interface(self) -> None:
+        verifyObject(ISubscriber, self.subscriber)
+
+    def test_subscribes_then_hands_over_messages(self) -> None:
+        protocol, transport = self.connect()
+        self.assertIn(b"SUBSCRIBE", transport.value())
+        self.assertFalse(self.subscriber.subscribed)  # not before Redis confirmed it
+        feed(protocol, "subscribe", "C", 1)
+        self.assertIn(b"PSUBSCRIBE", transport.value())
+        feed(protocol, "psubscribe", "P:*", 2)
+        self.assertEqual((self.subscriber.subscribed, self.subscriptions), (True, 1))
+        feed(protocol, "message", "C", "007")
+        feed(protocol, "pmessage", "P:*", "P:1", "x")
+        self.assertEqual(self.messages, [("C", "007"), ("P:1", "x")])  # text stays text
+
+    def test_a_refused_connection_is_retried_with_capped_backoff(self) -> None:
+        delays = []
+        for _ in range(5):
+            attempts = self.attempts()
+            connector = self.reactor.unixClients[-1][1]
+            connector.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+            waited = 0.0
+            while self.attempts() == attempts:
+                self.reactor.advance(0.25)
+                waited += 0.25
+            delays.append(waited)
+        self.assertEqual(delays, [0.5, 1.0, 2.0, 2.0, 2.0])
+
+    def test_an_unconfirmed_subscription_times_out_and_is_tried_again(self) -> None:
+        protocol, transport = self.connect()
+        self.reactor.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.2)  # no answer to SUBSCRIBE within the connect timeout
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(0.5)
+        self.assertEqual(self.attempts(), 2)
+        self.assertEqual(self.subscriptions, 0)
+
+    def test_a_lost_subscription_resubscribes_and_says_so(self) -> None:
+        protocol, transport = self.connect()
+        confirm(protocol)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((self.subscriber.subscribed, self.losses), (False, 1))
+        self.reactor.advance(0.5)
+        protocol, transport = self.connect()
+        confirm(protocol)
+        self.assertEqual((self.subscriber.subscribed, self.subscriptions), (True, 2))
+
+    def test_the_default_policy_never_waits_past_the_cap(self) -> None:
+        policy = default_retry_policy()
+        delays = [policy(attempt) for attempt in range(1, 50)]
+        self.assertLessEqual(max(delays), RECONNECT_MAX_DELAY)
+        self.assertGreater(min(delays), 0)
