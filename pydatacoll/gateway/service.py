@@ -75,9 +75,10 @@ class GatewayService(MultiService):
         *,
         replies: Any = None,
         ctrl_log_length: int = 10000,
-        subscriber_factory: Callable[..., Any] = Subscriber,
+        subscribe: Callable[..., Any] | None = None,
     ) -> None:
-        """``subscriber_factory`` takes `Subscriber`'s arguments (a test's in-memory one)."""
+        """``subscribe(handler, channels=, on_subscribed=, name=)`` builds the subscription
+        (an `ISubscriber`; default: a `Subscriber` on the server ``redis`` connects to)."""
         super().__init__()
         self.redis = redis
         self.reactor = reactor
@@ -92,15 +93,15 @@ class GatewayService(MultiService):
         self._dirty: set[str] | None = None
         self._again = False
         self._retry = False
-        self.subscriber = subscriber_factory(
-            reactor,
-            lambda: redis.address,
-            self._message,
-            channels=_CHANNELS,
-            on_subscribed=self._subscribed,
-            ready=redis.when_ready,
-            name="gateway subscription",
+        options: dict[str, Any] = dict(
+            channels=_CHANNELS, on_subscribed=self._subscribed, name="gateway subscription"
         )
+        if subscribe is None:
+            self.subscriber: Any = Subscriber(
+                reactor, lambda: redis.address, self._message, ready=redis.when_ready, **options
+            )
+        else:
+            self.subscriber = subscribe(self._message, **options)
         self.subscriber.setName("subscription")
         self.subscriber.setServiceParent(self)
         self._written: set[str] = set()

@@ -2,16 +2,14 @@
 
 - `Reactor`: a `MemoryReactorClock` whose TCP ports can be dialled (`dial`) through
   `twisted.test.iosim` pumps, and which refuses to listen twice on one port.
-- `MemorySubscriber`: the gateway's `Subscriber` over `MemoryRedis` PUBLISH.
 - `MemoryReplies`: the `ReplyListener` side of device_ctrl over `MemoryRedis`.
 - `Master`: an IEC 104 master that records what it receives.
 """
 
 import json
 
-from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -81,45 +79,6 @@ class Reactor(MemoryReactorClock):
         for _ in range(round(seconds / step)):
             self.advance(step)
             self.flush()
-
-
-class MemorySubscriber(Service):
-    """`Subscriber` over `MemoryRedis`: subscribed as soon as it starts."""
-
-    def __init__(self, redis, reactor, address, handler, *, channels=(), on_subscribed=None,
-                 ready=None, name="subscriber", patterns=()):  # fmt: skip
-        self.redis = redis
-        self.handler = handler
-        self.channels = sorted(channels)
-        self.on_subscribed = on_subscribed
-        self.subscribed = False
-
-    def startService(self):  # noqa: N802 (Twisted API)
-        super().startService()
-        self.redis.listeners.append(self._published)
-        self.subscribed = True
-        if self.on_subscribed is not None:
-            self.on_subscribed()
-
-    def stopService(self):  # noqa: N802 (Twisted API)
-        super().stopService()
-        self.subscribed = False
-        if self._published in self.redis.listeners:
-            self.redis.listeners.remove(self._published)
-        return succeed(None)
-
-    def update_channels(self, channels):
-        self.channels = sorted(channels)
-        return succeed(None)
-
-    def _published(self, channel, message):
-        if self.subscribed and channel in self.channels:
-            self.handler(channel, message)
-
-
-def subscriber_factory(redis):
-    """A ``subscriber_factory`` for `GatewayService` over ``redis`` (a MemoryRedis)."""
-    return lambda *args, **kwargs: MemorySubscriber(redis, *args, **kwargs)
 
 
 class MemoryReplies:

@@ -22,7 +22,8 @@ from pydatacoll.protocols.iec104.link import LinkState
 from pydatacoll.protocols.iec104.station import NOT_TOPICAL
 from pydatacoll.store import keys
 from pydatacoll.testing.memory import MemoryRedis
-from tests.gateway.fakes import Master, Reactor, subscriber_factory
+from pydatacoll.testing.memory_subscriber import memory_subscription
+from tests.gateway.fakes import Master, Reactor
 
 PORT = 2404
 
@@ -105,7 +106,7 @@ class GatewayHarness:
             }
         )
         self.service = GatewayService(
-            self.redis, self.reactor, subscriber_factory=subscriber_factory(self.redis)
+            self.redis, self.reactor, subscribe=memory_subscription(self.redis)
         )
         self.service.startService()
         self.addCleanup(self.service.stopService)
@@ -323,7 +324,7 @@ class ReconcileOrderingTests(SynchronousTestCase):
 
     def test_synchronous_failure_does_not_wedge_and_is_retried(self):
         redis = MemoryRedis()
-        service = GatewayService(redis, Clock(), subscriber_factory=subscriber_factory(redis))
+        service = GatewayService(redis, Clock(), subscribe=memory_subscription(redis))
         service.store = store = _FlakyStore()
         service.running = True
         service.reconcile()  # fails at once, inside the call

@@ -250,6 +250,19 @@ class GatewayRedisTests(TestCase):
         entry = dict(zip(audit[0][1][::2], audit[0][1][1::2], strict=True))
         self.assertEqual((entry["token_id"], entry["outcome"]), ("gateway:g", "confirmed"))
 
+    @defer.inlineCallbacks
+    def test_command_without_collector_is_negative_and_audited(self):
+        """Nobody subscribed to device_ctrl (real Redis counts the receivers): refused."""
+        master = yield self.connect()
+        yield self.interrogate(master)
+        del master.asdus[:]
+        master.send_asdu(Asdu(50, 6, 1, [10], [1.5], [0]))
+        (reply,) = yield until(lambda: [a for a in master.asdus if a.cause == 7])
+        self.assertTrue(reply.negative)
+        audit = yield self.client.call("execute_command", "XREVRANGE", keys.CTRL_LOG, "+", "-")
+        entry = dict(zip(audit[0][1][::2], audit[0][1][1::2], strict=True))
+        self.assertEqual(entry["outcome"], "unavailable")
+
 
 class _CollectorProtocol(txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern, channel, message):  # noqa: N802 (txredisapi API)
