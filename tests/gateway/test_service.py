@@ -13,6 +13,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from pydatacoll.api.replies import ReplyListener
 from pydatacoll.errors import StoreUnavailable
 from pydatacoll.gateway.model import Gateway, GatewayPoint
 from pydatacoll.gateway.service import STATE_INTERVAL, GatewayService
@@ -105,13 +106,14 @@ class GatewayHarness:
                 "item_id": "a",
             }
         )
-        self.service = GatewayService(
-            self.redis, self.reactor, subscribe=memory_subscription(self.redis)
-        )
+        self.service = self.make_service()
         self.service.startService()
         self.addCleanup(self.service.stopService)
         self.assertIn("g", self.service.gateways)  # reconciled at once: the store answers now
         self.port = PORT
+
+    def make_service(self):
+        return GatewayService(self.redis, self.reactor, subscribe=memory_subscription(self.redis))
 
     def set_state(self, state):
         self.redis.call("hset", keys.DEVICE_STATUS % "d1", "status", json.dumps({"state": state}))
@@ -253,6 +255,94 @@ class GatewayServiceTests(GatewayHarness, SynchronousTestCase):
         self.assertEqual(self.service.gateways["g"].port.getHost().port, PORT)  # postponed
         self.tick()
         self.assertEqual(self.service.gateways["g"].port.getHost().port, PORT + 1)
+
+
+class CommandTests(GatewayHarness, SynchronousTestCase):
+    """A master's command through the gateway: device_ctrl, the real `ReplyListener` (on an
+    in-memory subscription), a collector played on `MemoryRedis`."""
+
+    def setUp(self):
+        self.answer = {"ok": True, "outcome": "confirmed", "message": "done"}
+        self.requests = []
+        GatewayHarness.setUp(self)
+        self.config.put_point(
+            {
+                "gateway_id": "g",
+                "ioa": 12,
+                "type_id": 1,
+                "device_id": "d1",
+                "term_id": "t1",
+                "item_id": "b",
+                "command": True,
+            }  # fmt: skip
+        )
+        self.redis.listeners.append(self.collector)
+
+    def make_service(self):
+        self.replies = ReplyListener(self.reactor, subscribe=memory_subscription(self.redis))
+        self.replies.startService()
+        self.addCleanup(self.replies.stopService)
+        return GatewayService(
+            self.redis,
+            self.reactor,
+            replies=self.replies,
+            subscribe=memory_subscription(self.redis),
+        )
+
+    def collector(self, channel, message):
+        if channel != keys.DEVICE_CTRL:
+            return
+        request = json.loads(message)
+        self.requests.append(request)
+        if self.answer is not None:
+            body = json.dumps({"request_id": request["request_id"], **self.answer})
+            self.reactor.callLater(0.05, self.redis.call, "publish", request["reply_to"], body)
+
+    def command(self, master, value=True):
+        del master.asdus[:]
+        master.send_asdu(Asdu(45, 6, 1, [12], [value], [0]))  # C_SC_NA_1
+        self.reactor.flush()
+
+    def confirmations(self, master):
+        return [a for a in master.asdus if a.cause == 7]
+
+    def test_confirmed_command_and_audit(self):
+        master = self.connect()
+        self.command(master)
+        self.assertEqual(self.confirmations(master), [])  # waits for the collector
+        self.reactor.wait(0.1)
+        (reply,) = self.confirmations(master)
+        self.assertFalse(reply.negative)
+        (request,) = self.requests
+        self.assertEqual(
+            (request["device_id"], request["term_id"], request["item_id"], request["value"]),
+            ("d1", "t1", "b", 1),
+        )
+        ((_, entry),) = self.redis.data[keys.CTRL_LOG]
+        self.assertEqual((entry["token_id"], entry["outcome"]), ("gateway:g", "confirmed"))
+
+    def test_silence_times_out_negative(self):
+        self.answer = None
+        master = self.connect()
+        self.command(master)
+        self.reactor.wait(9.9)
+        self.assertEqual(self.confirmations(master), [])
+        self.reactor.wait(0.2)  # the gateway's command_timeout: 10 s
+        (reply,) = self.confirmations(master)
+        self.assertTrue(reply.negative)
+        self.assertEqual(self.redis.data[keys.CTRL_LOG][-1][1]["outcome"], "timeout")
+
+    def test_offline_device_refused_at_once(self):
+        master = self.connect()
+        self.redis.call(
+            "publish",
+            keys.DEVICE_STATUS_CHANNEL % "d1",
+            json.dumps({"device_id": "d1", "state": "offline"}),
+        )
+        self.command(master)
+        (reply,) = self.confirmations(master)
+        self.assertTrue(reply.negative)
+        self.assertEqual(self.requests, [])  # nothing went down
 
 
 class RedundancyTests(GatewayHarness, SynchronousTestCase):
