@@ -192,10 +192,18 @@ class MemoryRedis:
         return lst[start : end + 1]
 
     def _publish(self, channel: str, message: str) -> int:
+        # Like Redis, the reply counts the subscribers the message reached: a listener
+        # with a ``matches(channel)`` method (a subscriber) counts only for its channels
+        # and patterns; a bare callable (a test's ear) hears everything.
         self.published.append((channel, message))
+        receivers = 0
         for listener in list(self.listeners):
+            matches = getattr(listener, "matches", None)
+            if matches is not None and not matches(channel):
+                continue
+            receivers += 1
             listener(channel, message)
-        return len(self.listeners)
+        return receivers
 
     def _evalsha(self, sha: str, keys: Any, args: Any) -> Any:
         script = self.scripts.get(sha)

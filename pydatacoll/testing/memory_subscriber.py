@@ -48,6 +48,7 @@ class MemorySubscriber(Service):
         self.subscribed = False
         #: Subscriptions made so far (the first one and every resubscription).
         self.subscriptions = 0
+        self._ear = _Ear(self)
 
     def startService(self) -> None:
         super().startService()
@@ -83,7 +84,7 @@ class MemorySubscriber(Service):
     def _subscribe(self, _: object) -> None:
         if not self.running or self.subscribed:
             return
-        self.store.listeners.append(self._heard)
+        self.store.listeners.append(self._ear)
         self.subscribed = True
         self.subscriptions += 1
         if self.on_subscribed is not None:
@@ -93,21 +94,35 @@ class MemorySubscriber(Service):
                 self.log.failure("{name}: on_subscribed failed", name=self.label)
 
     def _unsubscribe(self) -> None:
-        if self._heard in self.store.listeners:
-            self.store.listeners.remove(self._heard)
+        if self._ear in self.store.listeners:
+            self.store.listeners.remove(self._ear)
         self.subscribed = False
 
-    def _heard(self, channel: str, message: str) -> None:
-        if channel not in self.channels and not any(
+    def matches(self, channel: str) -> bool:
+        """Whether ``channel`` is one of its channels or matches one of its patterns."""
+        return channel in self.channels or any(
             fnmatch.fnmatchcase(channel, pattern) for pattern in self.patterns
-        ):
-            return
+        )
+
+    def _heard(self, channel: str, message: str) -> None:
         try:
             self.handler(channel, message)
         except Exception:
             self.log.failure(
                 "{name}: handling a message on {channel}", name=self.label, channel=channel
             )
+
+
+class _Ear:
+    """What a `MemorySubscriber` puts in `MemoryRedis.listeners`: it hears only its own
+    channels, and PUBLISH counts it only for those (as Redis counts subscribers)."""
+
+    def __init__(self, subscriber: MemorySubscriber) -> None:
+        self.matches = subscriber.matches
+        self._heard = subscriber._heard
+
+    def __call__(self, channel: str, message: str) -> None:
+        self._heard(channel, message)
 
 
 def memory_subscription(store: MemoryRedis) -> Callable[..., MemorySubscriber]:
