@@ -7,7 +7,7 @@ from typing import Any
 
 from klein import Klein
 
-from pydatacoll.api.app import MAX_BATCH, MAX_INDEX
+from pydatacoll.api.plumbing import MAX_BATCH, MAX_INDEX, route_table
 from pydatacoll.errors import ERROR_SCHEMA
 from pydatacoll.model import (
     ATTRIBUTE_PATTERN,
@@ -835,7 +835,6 @@ _DEVICE_STATUS = {
 
 def document(app: Klein) -> dict[str, Any]:
     """The whole OpenAPI 3.1 document for ``app``."""
-    from pydatacoll.api.app import route_table
 
     paths: dict[str, Any] = {}
     for method, path in route_table(app):

@@ -42,13 +42,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pydatacoll import errors
-from pydatacoll.api.app import ApiApp
+from pydatacoll.api.core import ApiCore
+from pydatacoll.api.plumbing import routes
 from pydatacoll.model import is_valid_id
 from pydatacoll.store import keys
 from pydatacoll.store.live import LiveStore
 from pydatacoll.store.subscriber import Subscriber
-
-app = ApiApp.app
 
 #: Events a client may have waiting while its socket is full; one more drops it.
 QUEUE_EVENTS = 1000
@@ -601,13 +600,13 @@ def _peer(request: Any) -> str:
     return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
 
-@app.route("/api/v1/stream", methods=["GET"])
+@routes.route("/api/v1/stream", methods=["GET"])
 @defer.inlineCallbacks
-def stream(self: ApiApp, request: Any) -> Any:
+def stream(self: ApiCore, request: Any) -> Any:
     """Samples, device statuses and alarms as Server-Sent Events (``text/event-stream``);
     ``?device_id=`` and ``?point=device:term:item`` filter (repeatable), ``Last-Event-ID``
     resumes; see `pydatacoll.api.stream`."""
-    self._read(request)
+    self.check_read(request)
     filters = Filters.from_request(request)
     header = request.getHeader(b"last-event-id")
     resume = Resume.parse(header.decode("latin-1")) if header else None

@@ -18,12 +18,15 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
 
 from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
+from pydatacoll.interfaces import IHistoryReader
 
 
 class MemoryRedis:
@@ -285,3 +288,38 @@ def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.store import status
 
     return {ingest._SHA: _ingest_script, status._SHA: _status_script}
+
+
+# -- an in-memory history database reader --------------------------------------------------
+
+
+@implementer(IHistoryReader)
+class MemoryHistoryReader:
+    """An `IHistoryReader` over samples kept in memory (JSON samples by point), for the
+    REST API's tests; ``asked`` records every read."""
+
+    def __init__(self) -> None:
+        self.samples: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self.asked: list[tuple[Any, ...]] = []
+
+    def add(self, point: tuple[str, str, str], samples: list[dict[str, Any]]) -> None:
+        """Keep ``samples`` (JSON samples with a ``receive_time``) of ``point``."""
+        self.samples.setdefault(point, []).extend(samples)
+
+    def read_samples(
+        self, point: tuple[str, str, str], since_ms: int | None, until_ms: int | None, limit: int
+    ) -> Deferred[list[dict[str, Any]]]:
+        """The kept samples of ``point`` received in the range, newest first."""
+        self.asked.append((point, since_ms, until_ms, limit))
+
+        def received_ms(sample: dict[str, Any]) -> int:
+            return int(datetime.fromisoformat(sample["receive_time"]).timestamp() * 1000)
+
+        found = [
+            s
+            for s in self.samples.get(point, [])
+            if (since_ms is None or received_ms(s) >= since_ms)
+            and (until_ms is None or received_ms(s) <= until_ms)
+        ]
+        found.sort(key=received_ms, reverse=True)
+        return succeed(found[:limit])
