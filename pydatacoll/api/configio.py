@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThreadPool
 from pydatacoll import errors
 from pydatacoll.api.core import ApiCore
 from pydatacoll.api.plumbing import json_response, routes
-from pydatacoll.configio.formats import FORMATS, decode, encode, export_bodies
+from pydatacoll.configio.formats import COLLECTIONS, FORMATS, decode, encode, export_bodies
 from pydatacoll.configio.plan import make_plan
 from pydatacoll.store.config import MAX_RETRIES, RetryChange
 from pydatacoll.store.snapshot import read_snapshot
@@ -139,8 +139,6 @@ def import_config(self: ApiCore, request: Any) -> Any:
 
 
 def _collections_schema() -> dict[str, Any]:
-    from pydatacoll.configio.formats import COLLECTIONS
-
     return {
         "type": "object",
         "properties": {

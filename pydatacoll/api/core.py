@@ -35,6 +35,7 @@ from pydatacoll.model import (
     normalize_id,
 )
 from pydatacoll.processing.limits import LIMIT_FIELDS
+from pydatacoll.processing.loader import PluginDirectory
 from pydatacoll.protocols import get_protocol
 from pydatacoll.store import keys
 from pydatacoll.store.config import MAX_RETRIES, ConfigStore, RetryChange
@@ -81,8 +82,6 @@ class ApiCore:
         self.metrics = metrics
         self.clock = clock or (replies.clock if replies is not None else WallClock())
         if plugins is None:
-            from pydatacoll.processing.loader import PluginDirectory
-
             plugins = PluginDirectory(settings, store.redis, self.clock)
         #: The processor plugins and where they run (`PluginDirectory`).
         self.plugins = plugins
