@@ -17,6 +17,7 @@ import fnmatch
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -29,10 +30,18 @@ from pydatacoll.errors import StoreUnavailable
 from pydatacoll.interfaces import IHistoryReader
 
 
+class _WallClock:
+    @staticmethod
+    def seconds() -> float:
+        return time.time()
+
+
 class MemoryRedis:
     """Strings, hashes, sets and lists in dicts; ``published`` records every PUBLISH."""
 
-    def __init__(self, *, connected: bool = True) -> None:
+    def __init__(self, *, connected: bool = True, clock: Any = None) -> None:
+        #: Gives the ids of stream entries (ms) and TIME; the wall clock by default.
+        self.clock = clock if clock is not None else _WallClock()
         self.data: dict[str, Any] = {}
         self.published: list[tuple[str, str]] = []
         #: Called with (channel, message) on every PUBLISH (a test's subscriber).
@@ -45,7 +54,6 @@ class MemoryRedis:
         self._waiters: list[Deferred[None]] = []
         #: Lua scripts by SHA1 -> a Python emulation ``(store, keys, args) -> reply``.
         self.scripts: dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]] = _scripts()
-        self._stream_ids = 0
 
     # -- the failure switch ----------------------------------------------------------------
     def down(self) -> None:
@@ -206,15 +214,101 @@ class MemoryRedis:
 
     def _xadd(self, key: str, fields: dict[str, str], maxlen: int | None = None) -> str:
         stream = self._typed(key, list)
-        self._stream_ids += 1
-        entry_id = f"{self._stream_ids}-0"
+        entry_id = self._next_stream_id(stream)
         stream.append((entry_id, dict(fields)))
         if maxlen is not None and len(stream) > maxlen:
             del stream[: len(stream) - maxlen]
         return entry_id
 
+    def _next_stream_id(self, stream: list[Any]) -> str:
+        """``ms-seq`` from the clock, like Redis: never below the stream's last id."""
+        now = int(self.clock.seconds() * 1000)
+        if stream:
+            last_ms, last_seq = _stream_id(stream[-1][0])
+            if now <= last_ms:
+                return f"{last_ms}-{last_seq + 1}"
+        return f"{now}-0"
+
     def _xrange(self, key: str, start: str = "-", end: str = "+") -> list[Any]:
-        return list(self.data.get(key) or [])
+        return self._stream_range(key, start, end, None)
+
+    def _stream_range(self, key: str, low: str, high: str, count: int | None) -> list[Any]:
+        entries = list(self._typed(key, list)) if key in self.data else []
+        low_id, low_open = _bound(low, 0)
+        high_id, high_open = _bound(high, 2**64)
+        found = []
+        for entry_id, fields in entries:
+            at = _stream_id(entry_id)
+            if at < low_id or (low_open and at == low_id):
+                continue
+            if at > high_id or (high_open and at == high_id):
+                continue
+            flat: list[str] = []
+            for name, value in fields.items():
+                flat += [name, value]
+            found.append((entry_id, flat))
+        return found if count is None else found[:count]
+
+    def _exists(self, *keys: str) -> int:
+        names = [k for key in keys for k in ([key] if isinstance(key, str) else key)]
+        return sum(1 for k in names if self.data.get(k) not in (None, {}, set(), []))
+
+    def _rename(self, key: str, new_key: str) -> str:
+        if key not in self.data:
+            raise RuntimeError("ERR no such key")
+        self.data[new_key] = self.data.pop(key)
+        return "OK"
+
+    def _hkeys(self, key: str) -> list[str]:
+        return list(dict(self.data.get(key) or {}))
+
+    def _hmget(self, key: str, fields: Any) -> list[Any]:
+        h = dict(self.data.get(key) or {})
+        return [h.get(f) for f in ([fields] if isinstance(fields, str) else fields)]
+
+    def _execute_command(self, command: str, *args: Any) -> Any:
+        """The raw commands the stores send: XADD, XRANGE, XREVRANGE, TIME."""
+        name = command.upper()
+        if name == "TIME":
+            now = self.clock.seconds()
+            return [str(int(now)), str(int(now * 1_000_000) % 1_000_000)]
+        if name == "XADD":
+            key, rest = args[0], list(args[1:])
+            maxlen = None
+            if rest and str(rest[0]).upper() == "MAXLEN":
+                rest = rest[1:]
+                if rest[0] in ("=", "~"):
+                    rest = rest[1:]
+                maxlen, rest = int(rest[0]), rest[1:]
+            if rest[0] != "*":
+                raise NotImplementedError("MemoryRedis XADD takes * ids only")
+            flat = [str(a) for a in rest[1:]]
+            return self._xadd(key, dict(zip(flat[::2], flat[1::2], strict=True)), maxlen)
+        if name in ("XRANGE", "XREVRANGE"):
+            key, first, second, *rest = args
+            count = int(rest[1]) if rest and str(rest[0]).upper() == "COUNT" else None
+            if name == "XRANGE":
+                return self._stream_range(key, str(first), str(second), count)
+            found = self._stream_range(key, str(second), str(first), None)
+            found.reverse()
+            return found if count is None else found[:count]
+        raise NotImplementedError(f"MemoryRedis has no {command}")
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = str(text).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _bound(text: str, default_seq: int) -> tuple[tuple[int, int], bool]:
+    """An XRANGE bound as (id, exclusive): ``-``, ``+``, ``ms``, ``ms-seq``, ``(ms-seq``."""
+    if text == "-":
+        return (0, 0), False
+    if text == "+":
+        return (2**64, 2**64), False
+    exclusive = text.startswith("(")
+    ms, dash, seq = text.lstrip("(").partition("-")
+    return (int(ms), int(seq) if dash else default_seq), exclusive
 
 
 # -- the scripts, emulated -----------------------------------------------------------------
@@ -285,9 +379,15 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
 
 def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.devices import ingest
-    from pydatacoll.store import status
+    from pydatacoll.store import config, snapshot, status
+    from pydatacoll.testing.memory_config import config_dump_script, config_script
 
-    return {ingest._SHA: _ingest_script, status._SHA: _status_script}
+    return {
+        ingest._SHA: _ingest_script,
+        status._SHA: _status_script,
+        hashlib.sha1(config._SCRIPT.encode()).hexdigest(): config_script,
+        hashlib.sha1(snapshot._SCRIPT.encode()).hexdigest(): config_dump_script,
+    }
 
 
 # -- an in-memory history database reader --------------------------------------------------
