@@ -26,8 +26,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from pydatacoll.config import RedisAddress
-from pydatacoll.errors import StoreUnavailable
+from pydatacoll.errors import StoreUnavailable, Unavailable
 from pydatacoll.interfaces import IHistoryReader
+from pydatacoll.store import keys as key_names
 
 
 class _WallClock:
@@ -46,6 +47,9 @@ class MemoryRedis:
         self.published: list[tuple[str, str]] = []
         #: Called with (channel, message) on every PUBLISH (a test's subscriber).
         self.listeners: list[Callable[[str, str], None]] = []
+        #: (channel pattern, callback): called on a PUBLISH to a matching channel, and
+        #: counted in PUBLISH's reply only then (as Redis counts its subscribers).
+        self.subscriptions: list[tuple[str, Callable[[str, str], None]]] = []
         #: Every call made, as (command, args), failed ones included.
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.address = RedisAddress(host="127.0.0.1", port=0)
@@ -194,11 +198,21 @@ class MemoryRedis:
         end = end + n if end < 0 else end
         return lst[start : end + 1]
 
+    def subscribe(self, pattern: str, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(channel, message)`` on each PUBLISH to a channel matching
+        ``pattern`` (PSUBSCRIBE's glob)."""
+        self.subscriptions.append((pattern, callback))
+
     def _publish(self, channel: str, message: str) -> int:
         self.published.append((channel, message))
         for listener in list(self.listeners):
             listener(channel, message)
-        return len(self.listeners)
+        receivers = len(self.listeners)
+        for pattern, callback in list(self.subscriptions):
+            if fnmatch.fnmatchcase(channel, pattern):
+                receivers += 1
+                callback(channel, message)
+        return receivers
 
     def _evalsha(self, sha: str, keys: Any, args: Any) -> Any:
         script = self.scripts.get(sha)
@@ -423,3 +437,81 @@ class MemoryHistoryReader:
         ]
         found.sort(key=received_ms, reverse=True)
         return succeed(found[:limit])
+
+
+# -- pub/sub in memory: the API's reply listener (i12api) -----------------------------------
+# The smallest stand-in for `pydatacoll.api.replies.ReplyListener`: what `ApiApp` uses of
+# it (wait, reply_channel, clock), over `MemoryRedis.listeners`, its timeouts on a Clock.
+
+
+class MemoryReplyListener:
+    """Replies to device_call/device_ctrl taken from a `MemoryRedis`'s PUBLISHes."""
+
+    def __init__(self, memory: MemoryRedis, clock: Any, *, instance_id: str = "api") -> None:
+        self.clock = clock
+        self.instance_id = instance_id
+        self.max_pending = 1000
+        #: Whether the reply channel counts as subscribed (False: `wait` refuses).
+        self.subscribed = True
+        #: Replies that came after their request had timed out (or for no request).
+        self.late_replies = 0
+        self._pending: dict[str, tuple[Deferred[dict[str, Any]], Any]] = {}
+        self._prefix = self.reply_channel("")
+        memory.subscribe(self._prefix + "*", self._published)
+
+    @property
+    def pending(self) -> int:
+        """How many requests wait for their reply."""
+        return len(self._pending)
+
+    def reply_channel(self, request_id: str) -> str:
+        """The ``reply_to`` channel of a request (the real listener's scheme)."""
+        return key_names.REPLY % (self.instance_id, request_id)
+
+    def wait(self, request_id: str, timeout: float) -> Deferred[dict[str, Any]]:
+        """The reply to ``request_id`` (as the real listener: refused at once when not
+        subscribed or too many wait; `ReplyTimeout` after ``timeout`` on the clock)."""
+        if not self.subscribed:
+            raise Unavailable(
+                "the reply channel is not subscribed (Redis unreachable?); nothing was sent"
+            )
+        if len(self._pending) >= self.max_pending:
+            raise Unavailable(
+                f"{self.max_pending} device requests are in flight already; nothing was sent"
+            )
+
+        def cancel(_: Any) -> None:
+            entry = self._pending.pop(request_id, None)
+            if entry is not None and entry[1].active():
+                entry[1].cancel()
+
+        d: Deferred[dict[str, Any]] = Deferred(cancel)
+        timer = self.clock.callLater(timeout, self._expire, request_id)
+        self._pending[request_id] = (d, timer)
+        return d
+
+    def _published(self, channel: str, message: str) -> None:
+        if not channel.startswith(self._prefix):
+            return
+        request_id = channel[len(self._prefix) :]
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            self.late_replies += 1
+            return
+        d, timer = entry
+        if timer.active():
+            timer.cancel()
+        try:
+            body = json.loads(message)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or body.get("request_id", request_id) != request_id:
+            body = {"outcome": "failed", "message": "the collector's reply is not a valid reply"}
+        d.callback(body)
+
+    def _expire(self, request_id: str) -> None:
+        from pydatacoll.api.replies import ReplyTimeout
+
+        entry = self._pending.pop(request_id, None)
+        if entry is not None:
+            entry[0].errback(ReplyTimeout(request_id))

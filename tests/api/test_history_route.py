@@ -5,29 +5,20 @@ import json
 
 from twisted.internet.defer import fail, inlineCallbacks
 
-from pydatacoll.api.app import ApiApp
 from pydatacoll.model import Sample
 from pydatacoll.store import keys
-from pydatacoll.store.config import ConfigStore
 from pydatacoll.testing.memory import MemoryHistoryReader
-from tests.api.test_app import ApiTests
+from tests.api.support import MemoryApiCase
 
 POINT = ("1", "10", "1000")
 
 
-class HistoryRouteTests(ApiTests):
-    @inlineCallbacks
+class HistoryRouteTests(MemoryApiCase):
     def setUp(self):
-        yield super().setUp()
-        from twisted.internet import reactor
-
-        self.history = MemoryHistoryReader()
+        super().setUp()
         # The API under test, now with the history database behind Redis.
-        self.api = ApiApp(ConfigStore(self.client), self.settings, history=self.history)
-        self.port.stopListening()
-        self.port = reactor.listenTCP(0, self.api.site(), interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.history = MemoryHistoryReader()
+        self.api.history = self.history
 
     @inlineCallbacks
     def test_older_samples_come_from_the_database(self):
