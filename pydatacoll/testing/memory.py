@@ -75,6 +75,20 @@ class MemoryRedis:
         """The next ``times`` calls of ``command`` ("*" for any) fail with StoreUnavailable."""
         self._fail[command.lower()] = self._fail.get(command.lower(), 0) + times
 
+    def digest(self) -> str:
+        """A digest of the whole keyspace (what ``DEBUG DIGEST`` is to Redis): equal
+        digests, equal data (empty hashes, sets and lists count as absent, as in Redis)."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, dict):
+                return sorted(value.items())
+            if isinstance(value, set):
+                return sorted(value)
+            return value
+
+        present = sorted((k, plain(v)) for k, v in self.data.items() if v not in ({}, set(), []))
+        return hashlib.sha1(repr(present).encode()).hexdigest()
+
     # -- what RedisClient offers -----------------------------------------------------------
     @property
     def connected(self) -> bool:

@@ -8,7 +8,6 @@ what both harnesses offer: ``call``, ``raw_call``, ``request``, ``sync``, ``dige
 """
 
 import fnmatch
-import hashlib
 import json
 
 from treq.testing import StubTreq
@@ -83,20 +82,6 @@ class SyncView:
         self.memory.data.clear()
 
 
-def memory_digest(memory: MemoryRedis) -> str:
-    """A digest of the whole in-memory keyspace (``DEBUG DIGEST`` of the real one)."""
-
-    def plain(value):
-        if isinstance(value, dict):
-            return sorted(value.items())
-        if isinstance(value, set):
-            return sorted(value)
-        return value
-
-    text = repr(sorted((k, plain(v)) for k, v in memory.data.items() if v not in ({}, set(), [])))
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
 @inlineCallbacks
 def http_call(url, method, pool, body=None, raw=None, headers=None):
     """One HTTP request over real TCP (tests/integration); fires with (status, parsed
@@ -144,7 +129,7 @@ class MemoryApiCase(TestCase):
         return ApiApp(ConfigStore(self.memory), self.settings, clock=self.clock)
 
     def digest(self):
-        return memory_digest(self.memory)
+        return self.memory.digest()
 
     def flush(self):
         """Deliver what the API wrote since (answers that waited for a reply or a timer)."""

@@ -8,7 +8,12 @@ from twisted.trial.unittest import TestCase
 from pydatacoll.config import load_settings
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.testing.redis import shared_redis
-from tests.store.contract import ConfigStoreContract, EventStoreContract, PointStoreContract
+from tests.store.contract import (
+    ConfigStoreContract,
+    EventStoreContract,
+    PointStoreContract,
+    SnapshotContract,
+)
 
 
 class RedisStoreCase(TestCase):
@@ -26,6 +31,9 @@ class RedisStoreCase(TestCase):
         self.addCleanup(self.redis.stopService)
         yield self.redis.when_connected()
 
+    def digest(self):
+        return self.redis.call("execute_command", "DEBUG", "DIGEST")
+
 
 class RedisConfigStoreTests(RedisStoreCase, ConfigStoreContract):
     pass
@@ -36,4 +44,8 @@ class RedisPointStoreTests(RedisStoreCase, PointStoreContract):
 
 
 class RedisEventStoreTests(RedisStoreCase, EventStoreContract):
+    pass
+
+
+class RedisSnapshotTests(RedisStoreCase, SnapshotContract):
     pass

@@ -3,7 +3,8 @@
 (tests/integration/test_store_contract.py). Equal results prove the emulation of the
 commands and scripts the stores use (store/config.lua, config_dump.lua) equals Redis.
 
-A concrete test case provides ``self.redis`` (a client with ``call``), ready in setUp.
+A concrete test case provides ``self.redis`` (a client with ``call``), ready in setUp,
+and ``digest()``: a Deferred digest of the whole keyspace (to prove nothing was written).
 """
 
 import json
@@ -339,3 +340,49 @@ class EventStoreContract:
         self.assertEqual([e["event"] for e in events], ["clear", "raise"])
         self.assertTrue(all("id" in e for e in events))
         self.assertEqual(len((yield store.alarm_history(1, None, None))), 1)
+
+
+class SnapshotContract:
+    """Mixed batches of the configuration script and the whole-configuration read."""
+
+    @inlineCallbacks
+    def test_one_batch_creates_what_depends_on_what(self):
+        """A term, item and point see the device and term put before them in the batch."""
+        store = ConfigStore(self.redis)
+        results = yield store.apply(SEED[:3] + SEED[4:5])
+        self.assertEqual(len(results), 4)
+        self.assertEqual(
+            (yield self.redis.call("hget", keys.TERM_ITEM % ("10", "1000"), "device_id")), '"1"'
+        )
+        snapshot = yield read_snapshot(self.redis)
+        self.assertEqual(snapshot.version, "4")
+        self.assertEqual(snapshot.count(), 4)
+        self.assertEqual(dict(snapshot.entities["device"]["1"]), device("1").to_fields())
+        self.assertEqual(snapshot.entities["term_item"]["10:1000"]["protocol_code"], "1")
+
+    @inlineCallbacks
+    def test_a_delete_is_seen_by_later_ops(self):
+        store = ConfigStore(self.redis)
+        yield store.apply([op("put", device("1"))])
+        before = yield self.digest()
+        delete = {"op": "delete", "entity": "device", "id": "1"}
+        with self.assertRaises(errors.NotFound) as caught:
+            yield store.apply([delete, op("put", term("10", "1"))])
+        self.assertEqual((caught.exception.field, caught.exception.index), ("device_id", 1))
+        self.assertEqual((yield self.digest()), before)
+
+    @inlineCallbacks
+    def test_check_only_and_expected_version(self):
+        store = ConfigStore(self.redis)
+        empty = yield read_snapshot(self.redis)
+        self.assertEqual((empty.version, empty.count()), ("", 0))
+        before = yield self.digest()
+        self.assertEqual((yield store.apply([op("put", device("1"))], check_only=True)), [])
+        self.assertEqual((yield self.digest()), before)
+        yield store.apply([op("put", device("1"))], expect_version="")
+        with self.assertRaises(RetryChange):
+            yield store.apply([op("put", term("10", "1"))], expect_version="")  # now "1"
+        self.assertFalse((yield store.exists(keys.TERM % "10")))
+        yield store.apply([op("put", term("10", "1"))], expect_version="1")
+        fields = yield store.get_fields("term", "10")
+        self.assertEqual(json.loads(fields["address"]), 3)

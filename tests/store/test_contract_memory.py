@@ -1,10 +1,16 @@
 """The store contracts over `MemoryRedis`: no redis-server needed."""
 
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from pydatacoll.testing.memory import MemoryRedis
-from tests.store.contract import ConfigStoreContract, EventStoreContract, PointStoreContract
+from tests.store.contract import (
+    ConfigStoreContract,
+    EventStoreContract,
+    PointStoreContract,
+    SnapshotContract,
+)
 
 
 class MemoryStoreCase(TestCase):
@@ -14,6 +20,9 @@ class MemoryStoreCase(TestCase):
         clock = Clock()
         clock.advance(1_790_000_000)
         self.redis = MemoryRedis(clock=clock)
+
+    def digest(self):
+        return succeed(self.redis.digest())
 
 
 class MemoryConfigStoreTests(MemoryStoreCase, ConfigStoreContract):
@@ -25,4 +34,8 @@ class MemoryPointStoreTests(MemoryStoreCase, PointStoreContract):
 
 
 class MemoryEventStoreTests(MemoryStoreCase, EventStoreContract):
+    pass
+
+
+class MemorySnapshotTests(MemoryStoreCase, SnapshotContract):
     pass
