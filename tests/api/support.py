@@ -158,9 +158,11 @@ class MemoryApiCase(TestCase):
         return seen
 
     @inlineCallbacks
-    def request(self, method, path, data=None, headers=None):
+    def request(self, method, path, data=None, headers=None, **options):
         """One request; fires with (response, body bytes)."""
-        response = yield self.stub.request(method, self.base + path, data=data, headers=headers)
+        response = yield self.stub.request(
+            method, self.base + path, data=data, headers=headers, **options
+        )
         body = yield self.stub.content(response)
         return response, body
 

@@ -78,10 +78,10 @@ class RedisApiCase(TestCase):
         return seen
 
     @inlineCallbacks
-    def request(self, method, path, data=None, headers=None):
+    def request(self, method, path, data=None, headers=None, **options):
         """One request over real TCP; fires with (response, body bytes)."""
         response = yield treq.request(
-            method, self.base + path, data=data, headers=headers, pool=self.pool
+            method, self.base + path, data=data, headers=headers, pool=self.pool, **options
         )
         body = yield treq.content(response)
         return response, body
