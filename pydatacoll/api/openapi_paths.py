@@ -9,7 +9,7 @@ from typing import Any
 from pydatacoll.api.configio import openapi_operation
 from pydatacoll.api.openapi_schemas import field_schema
 from pydatacoll.api.plumbing import MAX_BATCH, MAX_INDEX
-from pydatacoll.api.stream import HEARTBEAT, QUEUE_EVENTS
+from pydatacoll.api.stream_events import HEARTBEAT, QUEUE_EVENTS
 from pydatacoll.model import (
     ENTITIES,
     Field,
