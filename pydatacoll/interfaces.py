@@ -133,7 +133,7 @@ class IConfigStore(Interface):
         """Deferred members of ``set_key`` in natural order, None when ``owner_key`` is
         missing."""
 
-    def apply(ops, check_only=False, expect_version=None):  # type: ignore[no-untyped-def]
+    def apply(ops, *, check_only=False, expect_version=None):  # type: ignore[no-untyped-def]
         """Run configuration operations atomically; Deferred list of the stored entities,
         or failing with the `pydatacoll.errors.ApiError` of the first refused one."""
 

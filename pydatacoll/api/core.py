@@ -25,6 +25,7 @@ from pydatacoll.api.plumbing import (
     routes,
 )
 from pydatacoll.config import Settings
+from pydatacoll.interfaces import IConfigStore, IEventStore, IPointStore
 from pydatacoll.model import (
     ENTITIES,
     Device,
@@ -38,7 +39,7 @@ from pydatacoll.processing.limits import LIMIT_FIELDS
 from pydatacoll.processing.loader import PluginDirectory
 from pydatacoll.protocols import get_protocol
 from pydatacoll.store import keys
-from pydatacoll.store.config import MAX_RETRIES, ConfigStore, RetryChange
+from pydatacoll.store.config import MAX_RETRIES, RetryChange
 from pydatacoll.store.events import EventStore
 from pydatacoll.store.points import PointStore
 
@@ -58,7 +59,7 @@ class ApiCore:
 
     def __init__(
         self,
-        store: ConfigStore,
+        store: IConfigStore,
         settings: Settings,
         *,
         replies: Any = None,
@@ -67,12 +68,12 @@ class ApiCore:
         plugins: Any = None,
         stream_hub: Any = None,
         metrics: Any = None,
-        points: PointStore | None = None,
-        events: EventStore | None = None,
+        points: IPointStore | None = None,
+        events: IEventStore | None = None,
     ) -> None:
         self.store = store
-        self.points = points if points is not None else PointStore(store.redis)
-        self.events = events if events is not None else EventStore(store.redis)
+        self.points: IPointStore = points if points is not None else PointStore(store.redis)
+        self.events: IEventStore = events if events is not None else EventStore(store.redis)
         self.settings = settings
         self.replies = replies
         self.history = history
