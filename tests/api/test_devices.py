@@ -14,7 +14,7 @@ from pydatacoll.devices.manager import STATUS_INTERVAL
 from pydatacoll.model import iso_time
 from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore
-from pydatacoll.testing.memory import MemoryReplyListener
+from pydatacoll.testing.memory_api import MemoryReplyListener
 from tests.api.support import MemoryApiCase
 
 POINT = {"device_id": "1", "term_id": "10", "item_id": "1000"}

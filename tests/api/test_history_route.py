@@ -7,7 +7,7 @@ from twisted.internet.defer import fail, inlineCallbacks
 
 from pydatacoll.model import Sample
 from pydatacoll.store import keys
-from pydatacoll.testing.memory import MemoryHistoryReader
+from pydatacoll.testing.memory_api import MemoryHistoryReader
 from tests.api.support import MemoryApiCase
 
 POINT = ("1", "10", "1000")
