@@ -25,6 +25,7 @@ from pydatacoll.model import Sample
 from pydatacoll.plugins.history import history
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.processing.history import INSERT_SAMPLES, sample_row
+from pydatacoll.testing.history import drained
 
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 
@@ -88,11 +89,11 @@ async def plugin(database: str, samples: list[Sample], batch: int, frame: int) -
     )
     processor = history.build(context)
     processor.startService()
-    await processor.drained()  # schema created, spool opened
+    await drained(processor)  # schema created, spool opened
     started = time.perf_counter()
     for i in range(0, len(samples), frame):
         processor.samples_received(samples[i : i + frame])
-    await processor.drained(timeout=600)
+    await drained(processor, timeout=600)
     elapsed = time.perf_counter() - started
     status = processor.status()
     await processor.stopService()

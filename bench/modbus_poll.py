@@ -6,11 +6,11 @@ once a second over its own TCP connection, against pymodbus' own server
 phases run one after the other, each in its own process so that its CPU is its own:
 
 ``ours``
-    one `ModbusDriver` per device on Twisted's default reactor: planner (one merged
+    one `ModbusPoller` per device on Twisted's default reactor: planner (one merged
     30-register read), client protocol, supervised link, decode and scale of every point
     of every point into `ReadBatch` values, counted by the batch callback;
 ``ours-protocol``
-    our protocol layer alone (`ModbusLink` and the client protocol): the same merged
+    our protocol layer alone (`ModbusClient` and its `ModbusLink` protocol): the same merged
     read per device per second, registers counted, not decoded into points;
 ``pymodbus-merged``
     one AsyncModbusTcpClient per device on asyncio, one ``read_holding_registers(0,
@@ -91,12 +91,12 @@ def free_ports(count: int) -> list[int]:
 
 
 def run_ours(args: argparse.Namespace, ports: list[int]) -> dict:
-    """Poll with PyDataColl's ModbusDriver; returns the measured figures."""
+    """Poll with PyDataColl's ModbusPoller; returns the measured figures."""
     from twisted.internet import reactor
 
     from pydatacoll.model import Device, Term, TermItem
     from pydatacoll.protocols.modbus.config import ModbusSettings, build_points
-    from pydatacoll.protocols.modbus.driver import ModbusDriver
+    from pydatacoll.protocols.modbus.poller import ModbusPoller
 
     counts = {"points": 0, "bad": 0}
 
@@ -125,7 +125,7 @@ def run_ours(args: argparse.Namespace, ports: list[int]) -> dict:
             }
         )
         settings = ModbusSettings.from_device(device)
-        driver = ModbusDriver(
+        driver = ModbusPoller(
             device.id, settings, build_points(settings, [term], items), on_batch, reactor=reactor
         )
         driver.startService()
@@ -153,15 +153,15 @@ def run_ours(args: argparse.Namespace, ports: list[int]) -> dict:
 
 
 def run_ours_protocol(args: argparse.Namespace, ports: list[int]) -> dict:
-    """Our protocol layer alone: ModbusLink + client protocol, the same merged read per
+    """Our protocol layer alone: ModbusClient + its link protocol, the same merged read per
     device per second, registers counted but not decoded into points."""
     from twisted.internet import reactor
     from twisted.internet.endpoints import HostnameEndpoint
 
     from pydatacoll.protocols.modbus import pdu as pdus
+    from pydatacoll.protocols.modbus.client import ModbusClient
     from pydatacoll.protocols.modbus.codec import Table
     from pydatacoll.protocols.modbus.config import ModbusSettings
-    from pydatacoll.protocols.modbus.link import ModbusLink
 
     counts = {"points": 0, "bad": 0}
     links = []
@@ -181,7 +181,7 @@ def run_ours_protocol(args: argparse.Namespace, ports: list[int]) -> dict:
     for i in range(args.devices):
         port = ports[i % len(ports)]
         settings = ModbusSettings(host="127.0.0.1", port=port, timeout=3)
-        link = ModbusLink(HostnameEndpoint(reactor, "127.0.0.1", port), reactor, settings)
+        link = ModbusClient(HostnameEndpoint(reactor, "127.0.0.1", port), reactor, settings)
         link.startService()
         links.append(link)
         offset = 0.5 + i / args.devices

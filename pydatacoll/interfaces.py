@@ -35,6 +35,13 @@ class IDeviceRuntime(Interface):
     def status():  # type: ignore[no-untyped-def]
         """The link state, since when, the last error and the counters, as a JSON object."""
 
+    def pause_input():  # type: ignore[no-untyped-def]
+        """Stop taking new data from the device (the sample pipeline is congested):
+        a pushing protocol stops reading its link, a polling one skips its polls."""
+
+    def resume_input():  # type: ignore[no-untyped-def]
+        """Take data again after `pause_input` (a no-op when not paused)."""
+
 
 class IProtocolDriver(Interface):
     """What the device manager needs to run devices of one protocol."""
@@ -43,9 +50,13 @@ class IProtocolDriver(Interface):
     description = Attribute("one line for GET /api/v1/device_protocols")
     default_port = Attribute("the TCP port of a device that gives none, or None")
 
-    def build(device, terms, term_items, sink, reactor, settings):  # type: ignore[no-untyped-def]
+    def build(device, terms, term_items, sink, reactor, settings, frame_observer):  # type: ignore[no-untyped-def]
         """An `IDeviceRuntime` for ``device``; raise `pydatacoll.errors.ValidationError`
-        when the device's settings are wrong for this protocol."""
+        when the device's settings are wrong for this protocol.
+
+        ``frame_observer`` is None (the frame log is off) or a callable
+        ``(direction, frame)`` the runtime calls with ``"tx"`` or ``"rx"`` and the bytes
+        of every protocol frame it sends or receives."""
 
 
 class IProcessor(Interface):
@@ -106,6 +117,115 @@ class IHistoryReader(Interface):
         ``(device_id, term_id, item_id)``) with ``since_ms <= receive time <= until_ms``
         (epoch milliseconds, None: open), newest first, at most ``limit``, each already in
         the API's JSON sample shape (`Sample.to_json`)."""
+
+
+# --- i14: cluster (issue 14: membership and device leases) ---
+
+
+class IClusterStore(Interface):
+    """Collectors' heartbeats and device leases with fencing epochs, in Redis
+    (`pydatacoll.store.cluster.ClusterStore`). Every method returns a Deferred and fails
+    with `StoreUnavailable` while Redis cannot be reached."""
+
+    def heartbeat(collector_id, *, devices, started_ms, ttl):  # type: ignore[no-untyped-def]
+        """Write the collector's heartbeat (alive ``ttl`` seconds); fires with the
+        server's time in ms."""
+
+    def collectors():  # type: ignore[no-untyped-def]
+        """The live collectors, a list of `CollectorInfo` sorted by id."""
+
+    def leave(collector_id):  # type: ignore[no-untyped-def]
+        """Remove the collector's heartbeat now (a clean stop)."""
+
+    def acquire(device_id, collector_id, seconds):  # type: ignore[no-untyped-def]
+        """Take the device's lease with a new epoch: a `Lease`, or None if another
+        collector holds it."""
+
+    def renew(lease, seconds):  # type: ignore[no-untyped-def]
+        """Extend the lease if it is still exactly this one: True, else False."""
+
+    def release(lease):  # type: ignore[no-untyped-def]
+        """Give the lease back if it is still exactly this one: True, else False."""
+
+    def is_current(lease):  # type: ignore[no-untyped-def]
+        """Whether ``lease`` (epoch and holder) is its device's lease now."""
+
+    def holders(device_ids):  # type: ignore[no-untyped-def]
+        """``{device_id: Lease}`` for the devices among ``device_ids`` that are held."""
+
+
+# --- i12proc: the processors' stores ---
+
+
+class IPointConfigStore(Interface):
+    """What the processors read about points: term-item attributes and stored samples
+    (`pydatacoll.store.processing.PointConfigStore`)."""
+
+    def when_connected():  # type: ignore[no-untyped-def]
+        """Deferred firing once the store can be used (at once when it can)."""
+
+    def term_items():  # type: ignore[no-untyped-def]
+        """Deferred dict ``(term_id, item_id) -> decoded fields`` of every term-item."""
+
+    def term_item(term_id, item_id):  # type: ignore[no-untyped-def]
+        """Deferred decoded fields of one term-item ({} when there is none)."""
+
+    def latest_sample(point):  # type: ignore[no-untyped-def]
+        """Deferred newest stored sample (a JSON object) of ``(device, term, item)``, or
+        None."""
+
+    def sample_window(point, since, limit):  # type: ignore[no-untyped-def]
+        """Deferred list of the point's stored samples since ``since`` (epoch seconds),
+        oldest first, at most ``limit`` (the newest ones)."""
+
+
+class IFormulaStore(Interface):
+    """The formula definitions and the formulas processor's status
+    (`pydatacoll.store.processing.FormulaStore`)."""
+
+    def formulas(limit):  # type: ignore[no-untyped-def]
+        """Deferred dict ``id -> decoded fields`` of at most ``limit`` formulas."""
+
+    def formula_status(formula_id):  # type: ignore[no-untyped-def]
+        """Deferred status object the processor last wrote for a formula, or None."""
+
+    def write_formula_status(statuses):  # type: ignore[no-untyped-def]
+        """Store ``{formula_id: status object}``; a Deferred."""
+
+    def delete_formula_status(formula_id):  # type: ignore[no-untyped-def]
+        """Forget a formula's status; a Deferred."""
+
+
+class IAlarmStore(Interface):
+    """The active alarms, the alarm log and the alarm channel
+    (`pydatacoll.store.alarms.AlarmStore`)."""
+
+    def active_alarms():  # type: ignore[no-untyped-def]
+        """Deferred dict ``"device:term:item:kind" -> raise event`` of the active alarms."""
+
+    def record_event(event, log_length):  # type: ignore[no-untyped-def]
+        """Log a raise or clear event, update the active alarms and publish it, at once."""
+
+
+class IPluginStatusStore(Interface):
+    """Which collectors run which processor plugins, and the plugins' status
+    (`pydatacoll.store.plugins.PluginStatusStore`)."""
+
+    def when_connected():  # type: ignore[no-untyped-def]
+        """Deferred firing once the store can be used (at once when it can)."""
+
+    def write_status(statuses):  # type: ignore[no-untyped-def]
+        """Store ``{plugin name: status JSON text}`` in the plugin status hash."""
+
+    def report_running(names, instance, now):  # type: ignore[no-untyped-def]
+        """Say that ``instance`` runs the plugins ``names`` at ``now``."""
+
+    def withdraw(names, instance):  # type: ignore[no-untyped-def]
+        """Say that ``instance`` no longer runs the plugins ``names``."""
+
+    def running_instances(name, now, max_age, exclude=None):  # type: ignore[no-untyped-def]
+        """Deferred sorted list of the instances that reported running ``name`` less
+        than ``max_age`` seconds ago (``exclude`` left out)."""
 
 
 # --- i12api: the stores behind the REST API ---

@@ -11,8 +11,8 @@ from pydatacoll.logs import RateLimitedLog, logger
 from pydatacoll.model import Device
 from pydatacoll.protocols.iec104.apci import UFunction, encode_u
 from pydatacoll.protocols.iec104.client import Iec104Client
+from pydatacoll.protocols.modbus.client import ModbusClient
 from pydatacoll.protocols.modbus.config import ModbusSettings
-from pydatacoll.protocols.modbus.link import ModbusLink
 
 
 class Captured:
@@ -91,7 +91,7 @@ class OfflineDeviceTests(SynchronousTestCase):
             {"id": "m1", "protocol": "modbus", "ip": "127.0.0.1", "reconnect_initial": 1}
         )
         endpoint = _RefusingEndpoint()
-        link = ModbusLink(endpoint, clock, ModbusSettings.from_device(device))
+        link = ModbusClient(endpoint, clock, ModbusSettings.from_device(device))
         link.startService()
         for _ in range(20):
             clock.advance(60)

@@ -16,8 +16,6 @@ value is kept for input and result points only; window reads are bounded by
 from __future__ import annotations
 
 import datetime
-import json
-import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -29,59 +27,34 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from pydatacoll.errors import ConfigError, PyDataCollError
-from pydatacoll.interfaces import IProcessor, IProcessorFactory
-from pydatacoll.model import (
-    Formula,
-    Sample,
-    decode_fields,
-    iso_time,
-    parse_point,
-    worst_quality,
-)
-from pydatacoll.processing import ProcessorContext
-from pydatacoll.processing.expression import (
+from pydatacoll.config import integer_option, number_option
+from pydatacoll.errors import PyDataCollError
+from pydatacoll.expression import (
     Expression,
     ExpressionError,
     Window,
     compile_expression,
     evaluate,
 )
-from pydatacoll.store import keys
-from pydatacoll.store.redis import when_connected
+from pydatacoll.interfaces import IProcessor, IProcessorFactory
+from pydatacoll.model import (
+    Formula,
+    Sample,
+    iso_time,
+    worst_quality,
+)
+from pydatacoll.processing import ProcessorContext
+from pydatacoll.processing.formula_check import check_formula as check_formula  # API's name
+from pydatacoll.processing.formula_check import window_values
+from pydatacoll.processing.loading import RetryingLoad
+from pydatacoll.processing.options import option
+from pydatacoll.retry import Backoff
+from pydatacoll.store.processing import FormulaStore, PointConfigStore
 
 Point = tuple[str, str, str]
 #: Flags of the samples a formula produces.
 CALCULATED = "calculated"
 FORMULA_ERROR = "formula_error"
-
-
-def _int_option(options: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"plugin:formulas.{name}", f"expected an integer, not {text!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"plugin:formulas.{name}", f"must be between {low} and {high}")
-    return value
-
-
-def _float_option(
-    options: Mapping[str, str], section: str, name: str, default: float, low: float, high: float
-) -> float:
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{section}.{name}", f"expected a number, not {text!r}") from None
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ConfigError(f"{section}.{name}", f"must be between {low} and {high}")
-    return value
 
 
 def _seconds(text: Any) -> float | None:
@@ -91,114 +64,6 @@ def _seconds(text: Any) -> float | None:
         return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
-
-
-# -- reading points from Redis (shared with POST /api/v1/formula_check) ----------------
-def _entry_sample(entry: Any) -> dict[str, Any] | None:
-    _entry_id, flat = entry
-    fields = dict(zip(flat[::2], flat[1::2], strict=False))
-    try:
-        sample = json.loads(fields.get("sample", "null"))
-    except ValueError:
-        return None
-    return sample if isinstance(sample, dict) else None
-
-
-def read_latest(redis: Any, point: Point) -> Deferred[dict[str, Any] | None]:
-    """The newest stored sample of a point (its JSON object), or None."""
-    d = redis.call("execute_command", "XREVRANGE", keys.POINT_DATA % point, "+", "-", "COUNT", 1)
-    return d.addCallback(lambda entries: _entry_sample(entries[0]) if entries else None)
-
-
-def read_window(
-    redis: Any, point: Point, since: float, limit: int
-) -> Deferred[list[dict[str, Any]]]:
-    """The stored samples of a point since ``since`` (epoch seconds), oldest first, at most
-    ``limit`` (the newest ones)."""
-    d = redis.call(
-        "execute_command",
-        "XREVRANGE",
-        keys.POINT_DATA % point,
-        "+",
-        str(max(0, int(since * 1000))),
-        "COUNT",
-        limit,
-    )
-
-    def samples(entries: list[Any]) -> list[dict[str, Any]]:
-        found = [_entry_sample(entry) for entry in reversed(entries)]
-        return [s for s in found if s is not None]
-
-    return d.addCallback(samples)
-
-
-def _numeric(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def window_values(samples: Iterable[Mapping[str, Any]]) -> tuple[list[float], list[str]]:
-    """The usable values of window samples (numbers, not invalid) and their qualities."""
-    values, qualities = [], []
-    for sample in samples:
-        quality = sample.get("quality", "good")
-        value = _numeric(sample.get("value"))
-        if value is None or quality == "invalid":
-            continue
-        values.append(value)
-        qualities.append(quality if quality in ("good", "questionable") else "questionable")
-    return values, qualities
-
-
-@inlineCallbacks
-def check_formula(redis: Any, body: Any, now: float, window_samples: int = 1000) -> Any:
-    """What POST /api/v1/formula_check answers: the formula evaluated on stored values.
-
-    ``{"ok": true, "value", "quality"}`` or ``{"ok": false, "error", "message", "field"}``.
-    """
-    from pydatacoll.errors import ValidationError
-
-    if not isinstance(body, dict):
-        raise ValidationError("the request must be a JSON object")
-    text = body.get("formula")
-    if not isinstance(text, str):
-        raise ValidationError("formula must be a string", field="formula")
-    params: dict[str, Point] = {}
-    for name, value in body.items():
-        if isinstance(name, str) and name.startswith("p") and name[1:].isdigit():
-            if len(params) >= 32 or len(name) > 4:
-                raise ValidationError("at most 32 parameters p0..p999", field=name[:8])
-            params[name] = parse_point(value, name)
-    try:
-        expression = compile_expression(text, params)
-    except ExpressionError as e:
-        return {"ok": False, "error": "invalid", "message": e.message, "field": "formula"}
-    values, qualities = {}, []
-    for name in sorted(expression.params):
-        point = params[name]
-        fields = yield redis.call("hgetall", keys.TERM_ITEM % point[1:])
-        if not fields or decode_fields(fields).get("device_id") != point[0]:
-            message = f"parameter not found: {name}={':'.join(point)}"
-            return {"ok": False, "error": "not_found", "message": message, "field": name}
-        sample = yield read_latest(redis, point)
-        if sample is not None:
-            values[name] = sample.get("value")
-            qualities.append(sample.get("quality", "good"))
-    windows = {}
-    for window in expression.windows:
-        stored = yield read_window(
-            redis, params[window.param], now - window.seconds, window_samples
-        )
-        windows[window], window_qualities = window_values(stored)
-        qualities.extend(window_qualities)
-    try:
-        value = evaluate(expression, values, windows)
-    except ExpressionError as e:
-        return {"ok": False, "error": "failed", "message": e.message, "field": "formula"}
-    return {"ok": True, "value": value, "quality": worst_quality(qualities)}
 
 
 # -- the processor ---------------------------------------------------------------------
@@ -223,16 +88,18 @@ class FormulasProcessor(Service):
     def __init__(self, context: ProcessorContext) -> None:
         options = context.options
         self.reactor = context.reactor
-        self.redis = context.redis
+        self.points = PointConfigStore(context.redis)
+        self.store = FormulaStore(context.redis)
         self._emit = context.emit
-        self.max_formulas = _int_option(options, "max_formulas", 10000, 1, 1_000_000)
-        self.window_samples = _int_option(options, "window_samples", 1000, 1, 100_000)
-        self.time_budget = _float_option(
-            options, "plugin:formulas", "time_budget", 0.05, 0.001, 1.0
+        section = "plugin:formulas"
+        self.max_formulas = option(
+            options, section, "max_formulas", 10000, integer_option(1, 1_000_000)
         )
-        self.retry_delay = _float_option(
-            options, "plugin:formulas", "retry_delay", 5.0, 0.01, 3600.0
+        self.window_samples = option(
+            options, section, "window_samples", 1000, integer_option(1, 100_000)
         )
+        self.time_budget = option(options, section, "time_budget", 0.05, number_option(0.001, 1.0))
+        self.retry_delay = option(options, section, "retry_delay", 5.0, number_option(0.01, 3600.0))
         self._formulas: dict[str, _Compiled] = {}
         self._users: dict[Point, set[str]] = {}
         self._rank: dict[str, int] = {}
@@ -244,50 +111,34 @@ class FormulasProcessor(Service):
         self._loaded = False
         self._statuses: dict[str, dict[str, Any]] = {}
         self._dirty_status: set[str] = set()
-        self._retry: Any = None
+        self._load = RetryingLoad(
+            self.reactor,
+            self.points.when_connected,
+            self._load_all,
+            Backoff(self.retry_delay, self.retry_delay),
+            "formulas",
+        )
         self.counters = {"runs": 0, "evaluations": 0, "failures": 0, "emitted": 0, "refused": 0}
 
     # -- lifecycle ------------------------------------------------------------------------
     def startService(self) -> None:
         """Load the formulas from Redis once it is connected (retried until it works)."""
         super().startService()
-        when_connected(self.redis).addCallback(lambda _: self._start_loading())
-
-    def _start_loading(self) -> None:
-        self._retry = None
-        if not self.running:
-            return
-        d = self._load_all()
-
-        def failed(failure: Any) -> None:
-            self.log.warn(
-                "formulas not loaded ({error}); retrying in {delay}s",
-                error=failure.getErrorMessage(),
-                delay=self.retry_delay,
-            )
-            if self.running:
-                self._retry = self.reactor.callLater(self.retry_delay, self._start_loading)
-
-        d.addErrback(failed)
+        self._load.start()
 
     def stopService(self) -> Deferred[None]:
         """Cancel timers; nothing is written afterwards."""
         super().stopService()
-        for call in (self._retry, self._scheduled):
-            if call is not None and call.active():
-                call.cancel()
-        self._retry = self._scheduled = None
+        self._load.stop()
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
         return succeed(None)
 
     @inlineCallbacks
     def _load_all(self) -> Any:
-        ids = yield self.redis.call("smembers", keys.FORMULAS)
-        formulas = []
-        for formula_id in sorted(ids)[: self.max_formulas]:
-            fields = yield self.redis.call("hgetall", keys.FORMULA % formula_id)
-            if fields:
-                formulas.append((formula_id, decode_fields(fields)))
-        for formula_id, body in formulas:
+        formulas = yield self.store.formulas(self.max_formulas)
+        for formula_id, body in formulas.items():
             self._install(formula_id, body)
         self._reorder()
         yield self._load_latest(self._formulas)
@@ -306,7 +157,7 @@ class FormulasProcessor(Service):
             if point not in self._latest
         }
         for point in sorted(points):
-            stored = yield read_latest(self.redis, point)
+            stored = yield self.points.latest_sample(point)
             if stored is not None and point not in self._latest:
                 self._latest[point] = Sample.from_message(
                     {"device_id": point[0], "term_id": point[1], "item_id": point[2], **stored}
@@ -490,7 +341,7 @@ class FormulasProcessor(Service):
         if needed:
             wanted = sorted(needed)
             reads = [
-                read_window(self.redis, point, now - seconds, self.window_samples).addErrback(
+                self.points.sample_window(point, now - seconds, self.window_samples).addErrback(
                     lambda f: f.getErrorMessage()
                 )
                 for point, seconds in wanted
@@ -574,12 +425,11 @@ class FormulasProcessor(Service):
         self._dirty_status.clear()
         if not dirty:
             return
-        fields = {f: json.dumps(entry, ensure_ascii=False) for f, entry in dirty.items()}
-        d = self.redis.call("hmset", keys.FORMULA_STATUS, fields)
+        d = self.store.write_formula_status(dirty)
         d.addErrback(lambda f: self.log.warn("formula status not written: {e}", e=f.value))
 
     def _write_deleted_status(self, formula_id: str) -> None:
-        d = self.redis.call("hdel", keys.FORMULA_STATUS, [formula_id])
+        d = self.store.delete_formula_status(formula_id)
         d.addErrback(lambda f: self.log.warn("formula status not removed: {e}", e=f.value))
 
 

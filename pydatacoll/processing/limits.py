@@ -20,7 +20,6 @@ Redis is away; past it the oldest are dropped and counted (``events_dropped``).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -36,11 +35,13 @@ from zope.interface import implementer
 
 from pydatacoll.errors import ValidationError
 from pydatacoll.interfaces import IProcessor, IProcessorFactory
-from pydatacoll.model import Field, Sample, decode_fields, iso_time
+from pydatacoll.model import Field, Sample, iso_time
 from pydatacoll.processing import ProcessorContext
-from pydatacoll.processing.formulas import _float_option
-from pydatacoll.store import keys
-from pydatacoll.store.redis import when_connected
+from pydatacoll.processing.loading import RetryingLoad
+from pydatacoll.processing.options import integer_option, number_option, option
+from pydatacoll.retry import Backoff
+from pydatacoll.store import alarms as alarm_store
+from pydatacoll.store.processing import PointConfigStore
 
 #: Term-item fields read by the limit checks, with the alarm kind they drive.
 LIMIT_FIELDS = {
@@ -53,17 +54,9 @@ LIMIT_FIELDS = {
 }
 _NUMBER_FIELDS = tuple(LIMIT_FIELDS) + ("deadband",)
 
-_EVENT_SCRIPT = """
-local id = redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[1], "*", "event", ARGV[2])
-if ARGV[3] == "raise" then
-  redis.call("HSET", KEYS[2], ARGV[4], ARGV[2])
-else
-  redis.call("HDEL", KEYS[2], ARGV[4])
-end
--- published with its log entry id, as GET /api/v1/alarms/history answers it
-redis.call("PUBLISH", ARGV[5], string.sub(ARGV[2], 1, -2) .. ',"id":"' .. id .. '"}')
-return 1
-"""
+#: The event script's text (it lives in `pydatacoll.store.alarms`), for the tests that
+#: write alarm events themselves.
+_EVENT_SCRIPT = alarm_store.SCRIPT
 
 
 @attrs.frozen
@@ -111,10 +104,6 @@ class _PointState:
     raised_at: dict[str, Any] = attrs.Factory(dict)
 
 
-def _option_int(options: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    return int(_float_option(options, "plugin:limits", name, default, low, high))
-
-
 @implementer(IProcessor)
 class LimitsProcessor(Service):
     """Raises and clears alarms (see the module docstring)."""
@@ -125,19 +114,31 @@ class LimitsProcessor(Service):
     def __init__(self, context: ProcessorContext) -> None:
         options = context.options
         self.reactor = context.reactor
-        self.redis = context.redis
-        self.check_interval = _float_option(
-            options, "plugin:limits", "check_interval", 1.0, 0.01, 3600.0
+        self.points = PointConfigStore(context.redis)
+        self.alarms = alarm_store.AlarmStore(context.redis)
+        section = "plugin:limits"
+        self.check_interval = option(
+            options, section, "check_interval", 1.0, number_option(0.01, 3600.0)
         )
-        self.log_length = _option_int(options, "log_length", 100_000, 100, 100_000_000)
-        self.queue_length = _option_int(options, "queue_length", 10_000, 10, 10_000_000)
-        self.retry_delay = _float_option(options, "plugin:limits", "retry_delay", 5.0, 0.01, 3600.0)
+        self.log_length = option(
+            options, section, "log_length", 100_000, integer_option(100, 100_000_000)
+        )
+        self.queue_length = option(
+            options, section, "queue_length", 10_000, integer_option(10, 10_000_000)
+        )
+        self.retry_delay = option(options, section, "retry_delay", 5.0, number_option(0.01, 3600.0))
         self._limits: dict[tuple[str, str], PointLimits] = {}
         self._states: dict[tuple[str, str], _PointState] = {}
         self._queue: deque[dict[str, Any]] = deque()
         self._writing = False
         self._retry: Any = None
-        self._load_retry: Any = None
+        self._load = RetryingLoad(
+            self.reactor,
+            self.points.when_connected,
+            self._load_all,
+            Backoff(self.retry_delay, self.retry_delay),
+            "limits",
+        )
         self._loop: LoopingCall | None = None
         self._loaded = False
         self.counters = {
@@ -157,53 +158,28 @@ class LimitsProcessor(Service):
         self._loop = LoopingCall(self._check_frozen)
         self._loop.clock = self.reactor
         self._loop.start(self.check_interval, now=False)
-        when_connected(self.redis).addCallback(lambda _: self._start_loading())
-
-    def _start_loading(self) -> None:
-        self._load_retry = None
-        if not self.running:
-            return
-        d = self._load()
-
-        def failed(failure: Any) -> None:
-            self.log.warn(
-                "limits not loaded ({e}); retrying in {delay}s",
-                e=failure.getErrorMessage(),
-                delay=self.retry_delay,
-            )
-            if self.running:
-                self._load_retry = self.reactor.callLater(self.retry_delay, self._start_loading)
-
-        d.addErrback(failed)
+        self._load.start()
 
     def stopService(self) -> Deferred[None]:
         """Stop the timers (queued events that could not be written stay unwritten)."""
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        for call in (self._retry, self._load_retry):
-            if call is not None and call.active():
-                call.cancel()
-        self._retry = self._load_retry = None
+        self._load.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         return succeed(None)
 
     @inlineCallbacks
-    def _load(self) -> Any:
-        active = yield self.redis.call("hgetall", keys.ALARMS)
-        terms = yield self.redis.call("smembers", keys.TERMS)
-        loaded = {}
-        for term_id in sorted(terms):
-            item_ids = yield self.redis.call("smembers", keys.TERM_ITEMS % term_id)
-            for item_id in sorted(item_ids):
-                fields = yield self.redis.call("hgetall", keys.TERM_ITEM % (term_id, item_id))
-                if fields:
-                    loaded[(term_id, item_id)] = decode_fields(fields)
+    def _load_all(self) -> Any:
+        active = yield self.alarms.active_alarms()
+        loaded = yield self.points.term_items()
         now = self.reactor.seconds()
         for point, body in loaded.items():
             self._configure(point, body, now)
-        for event_text in active.values():
+        for event in active.values():
             try:
-                event = json.loads(event_text)
                 point = (str(event["term_id"]), str(event["item_id"]))
                 kind = str(event["kind"])
             except (ValueError, KeyError, TypeError):
@@ -427,18 +403,7 @@ class LimitsProcessor(Service):
             return
         body = self._queue[0]
         self._writing = True
-        field = f"{body['device_id']}:{body['term_id']}:{body['item_id']}:{body['kind']}"
-        text = json.dumps(body, ensure_ascii=False)
-        try:
-            d = self.redis.call(
-                "eval",
-                _EVENT_SCRIPT,
-                [keys.ALARM_LOG, keys.ALARMS],
-                [str(self.log_length), text, body["event"], field, keys.ALARM],
-            )
-        except Exception as e:  # a broken client must not lose the queue
-            d = Deferred()
-            d.errback(e)
+        d = self.alarms.record_event(body, self.log_length)  # never raises: a Deferred
 
         def written(_: Any) -> None:
             self._writing = False

@@ -29,9 +29,7 @@ from pydatacoll.errors import ConfigError
 from pydatacoll.interfaces import IProcessor, IProcessorFactory
 from pydatacoll.model import Sample
 from pydatacoll.processing import ProcessorContext
-from pydatacoll.store import keys
-from pydatacoll.store import plugins as plugin_store
-from pydatacoll.store.redis import when_connected
+from pydatacoll.store.plugins import PluginStatusStore
 
 #: Plugin states, as reported by `Processors.status` and GET /api/v1/plugins.
 RUNNING, FAILED, DISABLED, DUPLICATE, NOT_INSTALLED, STOPPED = (
@@ -128,6 +126,7 @@ class Processors(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.redis = redis
+        self.store = PluginStatusStore(redis)
         self._emit = emit
         self._package = package
         self._status_interval = status_interval
@@ -233,7 +232,7 @@ class Processors(MultiService):
         self._status_loop.start(self._status_interval, now=False)
         # The first write as soon as Redis is connected (then retried every second until
         # it works), not a failure logged while the pool is still connecting.
-        when_connected(self.redis).addCallback(
+        self.store.when_connected().addCallback(
             lambda _: self._publish_status() if self.running else None
         )
 
@@ -260,7 +259,7 @@ class Processors(MultiService):
             writes = [self._publish_status()]
             if self._reported:
                 names, self._reported = sorted(self._reported), set()
-                withdrawn = plugin_store.withdraw(self.redis, names, self.instance)
+                withdrawn = self.store.withdraw(names, self.instance)
                 writes.append(withdrawn.addErrback(lambda f: None))  # heartbeats age out
             return DeferredList(writes, consumeErrors=True).addBoth(lambda _: result)
 
@@ -331,7 +330,7 @@ class Processors(MultiService):
             }
             if not fields:
                 return succeed(None)
-            d: Deferred[Any] = self.redis.call("hmset", keys.PLUGIN_STATUS, fields)
+            d = self.store.write_status(fields)
         except Exception:
             self.log.failure("building the plugin status")
             return succeed(None)
@@ -339,9 +338,7 @@ class Processors(MultiService):
         running = self.running_names() if self.running else []
         if running:
             self._reported.update(running)
-            beat = plugin_store.report_running(
-                self.redis, running, self.instance, self.reactor.seconds()
-            )
+            beat = self.store.report_running(running, self.instance, self.reactor.seconds())
             beat.addErrback(lambda f: None)  # the status write above reports the outage
         return d
 
@@ -391,6 +388,7 @@ class PluginDirectory:
     ) -> None:
         self.settings = settings
         self.redis = redis
+        self.store = PluginStatusStore(redis)
         self.clock = clock
         self.processors = processors
         self._package = package
@@ -429,9 +427,7 @@ class PluginDirectory:
     def collectors(self, name: str) -> Deferred[int]:
         """How many collectors run ``name`` now (this one included)."""
         exclude = self.processors.instance if self.processors is not None else None
-        d = plugin_store.running_instances(
-            self.redis, name, self.clock.seconds(), self.max_age, exclude=exclude
-        )
+        d = self.store.running_instances(name, self.clock.seconds(), self.max_age, exclude=exclude)
         return d.addCallback(lambda others: len(others) + (1 if self.runs_here(name) else 0))
 
     def runs_somewhere(self, name: str) -> Deferred[bool]:

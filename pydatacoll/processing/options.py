@@ -1,31 +1,28 @@
-"""Parsers for bounded numeric plugin options (``[plugin:NAME]`` values), shared by the
-processors so each bound is checked and worded the same way."""
+"""Bounded numeric plugin options (``[plugin:NAME]`` values): the parsers are the ones of
+the settings (`pydatacoll.config`), so each bound is checked and worded the same way."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from pydatacoll.config import integer_option, number_option
+from pydatacoll.errors import ConfigError
+
+__all__ = ["integer_option", "number_option", "option"]
+
+T = TypeVar("T")
 
 
-def number_option(low: float, high: float) -> Callable[[str], float]:
-    """A parser of a finite number in ``low..high``; it raises `ValueError` saying why."""
-
-    def parse(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value) or not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}")
-        return value
-
-    return parse
-
-
-def integer_option(low: int, high: int) -> Callable[[str], int]:
-    """A parser of an integer in ``low..high``; it raises `ValueError` saying why."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        return value
-
-    return parse
+def option(
+    options: Mapping[str, str], section: str, name: str, default: T, parse: Callable[[str], T]
+) -> T:
+    """The value of ``options[name]`` parsed (``default`` when absent); `ConfigError`
+    naming ``section.name`` when it is not valid."""
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise ConfigError(f"{section}.{name}", str(e)) from None

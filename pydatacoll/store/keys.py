@@ -264,3 +264,16 @@ def lua_templates() -> dict[str, str]:
         "gateway_point": GATEWAY_POINT,
         "gateway_points": GATEWAY_POINTS,
     }
+
+
+# --- i14: cluster (issue 14: membership, device leases) ---
+#: A collector's heartbeat (JSON), with a TTL: the collector is alive while it exists.
+COLLECTOR = "STR:COLLECTOR:%s"
+#: Every collector that has sent a heartbeat, field id -> its last heartbeat (JSON); the
+#: listing script drops those whose COLLECTOR key has expired.
+COLLECTORS = "HS:COLLECTOR"
+#: A device's lease, "EPOCH COLLECTOR_ID", with a TTL (PX): who may run the device now.
+LEASE = "STR:LEASE:%s"
+#: A device's fencing epoch counter (INCR at every acquisition; never deleted, so an
+#: epoch is never handed out twice, even across a device's removal and re-creation).
+LEASE_EPOCH = "STR:LEASE_EPOCH:%s"

@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 
 from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
+from pydatacoll.store.sentinel import MasterResolver, sentinel_pool
 
 #: Longest wait (s, before jitter) between two attempts to reach Redis, for the pool and
 #: every subscription: once Redis is reachable again, everything is back within it.
@@ -42,6 +43,8 @@ class RedisClient(Service):
         self._timeout = timeout
         self._pool_size = pool_size
         self._handler: Any = None
+        #: The Sentinel lookup of a ``sentinel://`` address (set when the pool opens).
+        self.resolver: MasterResolver | None = None
         self._connected_waiters: list[Deferred[None]] = []
 
     def dedicated(self) -> RedisClient:
@@ -92,12 +95,21 @@ class RedisClient(Service):
             replyTimeout=self._timeout,
             convertNumbers=False,
         )
-        if address.path is not None:
+        if address.sentinels:
+            self.resolver = MasterResolver(address, timeout=self._timeout)
+            self._handler = sentinel_pool(
+                self.resolver,
+                pool_size=self._pool_size,
+                timeout=self._timeout,
+                password=address.password,
+            )
+        elif address.path is not None:
             self._handler = txredisapi.lazyUnixConnectionPool(address.path, **options)
         else:
             self._handler = txredisapi.lazyConnectionPool(address.host, address.port, **options)
         factory = self._handler._factory
-        factory.maxDelay = RECONNECT_MAX_DELAY  # read by its retry policy at every attempt
+        if not address.sentinels:
+            factory.maxDelay = RECONNECT_MAX_DELAY  # read by its retry policy at every attempt
         add_connection = factory.addConnection
 
         def added(conn: Any) -> None:
@@ -129,9 +141,12 @@ class RedisClient(Service):
         """Close every connection; fires when they are closed."""
         super().stopService()
         handler, self._handler = self._handler, None
+        resolver, self.resolver = self.resolver, None
         if handler is None:
             return succeed(None)
         d: Deferred[None] = handler.disconnect()
+        if resolver is not None:
+            d.addBoth(lambda _: resolver.disconnect())
         d.addErrback(lambda f: self.log.failure("closing the Redis pool", f))
         return d
 

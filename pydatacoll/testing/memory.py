@@ -27,18 +27,14 @@ from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
 
 
-class _WallClock:
-    @staticmethod
-    def seconds() -> float:
-        return time.time()
-
-
 class MemoryRedis:
     """Strings, hashes, sets and lists in dicts; ``published`` records every PUBLISH."""
 
     def __init__(self, *, connected: bool = True, clock: Any = None) -> None:
-        #: Gives the ids of stream entries (ms) and TIME; the wall clock by default.
-        self.clock = clock if clock is not None else _WallClock()
+        #: The server's clock (a `task.Clock` in tests): stream entry ids, TIME, and the
+        #: expiry of the cluster scripts' PX keys. None: the wall clock for ids and TIME,
+        #: and PX keys never expire.
+        self.clock = clock
         self.data: dict[str, Any] = {}
         self.published: list[tuple[str, str]] = []
         #: Called with (channel, message) on every PUBLISH (a test's subscriber).
@@ -244,9 +240,22 @@ class MemoryRedis:
             del stream[: len(stream) - maxlen]
         return entry_id
 
+    def _seconds(self) -> float:
+        return float(self.clock.seconds()) if self.clock is not None else time.time()
+
+    def _xadd_at(self, key: str, entry_id: str, fields: dict[str, str], maxlen: int | None) -> str:
+        """XADD with an explicit id (greater than the stream's last one, as Redis wants)."""
+        stream = self._typed(key, list)
+        if stream and _stream_id(entry_id) <= _stream_id(stream[-1][0]):
+            raise ValueError("ERR The ID specified in XADD is equal or smaller than the target")
+        stream.append((entry_id, dict(fields)))
+        if maxlen is not None and len(stream) > maxlen:
+            del stream[: len(stream) - maxlen]
+        return entry_id
+
     def _next_stream_id(self, stream: list[Any]) -> str:
         """``ms-seq`` from the clock, like Redis: never below the stream's last id."""
-        now = int(self.clock.seconds() * 1000)
+        now = int(self._seconds() * 1000)
         if stream:
             last_ms, last_seq = _stream_id(stream[-1][0])
             if now <= last_ms:
@@ -294,7 +303,7 @@ class MemoryRedis:
         """The raw commands the stores send: XADD, XRANGE, XREVRANGE, TIME."""
         name = command.upper()
         if name == "TIME":
-            now = self.clock.seconds()
+            now = self._seconds()
             return [str(int(now)), str(int(now * 1_000_000) % 1_000_000)]
         if name == "XADD":
             key, rest = args[0], list(args[1:])
@@ -304,10 +313,11 @@ class MemoryRedis:
                 if rest[0] in ("=", "~"):
                     rest = rest[1:]
                 maxlen, rest = int(rest[0]), rest[1:]
-            if rest[0] != "*":
-                raise NotImplementedError("MemoryRedis XADD takes * ids only")
             flat = [str(a) for a in rest[1:]]
-            return self._xadd(key, dict(zip(flat[::2], flat[1::2], strict=True)), maxlen)
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            if rest[0] == "*":
+                return self._xadd(key, fields, maxlen)
+            return self._xadd_at(key, str(rest[0]), fields, maxlen)
         if name in ("XRANGE", "XREVRANGE"):
             key, first, second, *rest = args
             count = int(rest[1]) if rest and str(rest[0]).upper() == "COUNT" else None
@@ -317,6 +327,40 @@ class MemoryRedis:
             found.reverse()
             return found if count is None else found[:count]
         raise NotImplementedError(f"MemoryRedis has no {command}")
+
+    # -- i14: key expiry for the cluster scripts (heartbeats, leases) -----------------------
+    # (``self.clock``: the time of key expiry; None: PX keys never expire. Plain commands
+    # ignore expiry.)
+
+    @property
+    def px_deadlines(self) -> dict[str, float]:
+        """Key -> when it expires (clock seconds), for keys set with PX by the scripts."""
+        deadlines: dict[str, float] = self.__dict__.setdefault("_px_deadlines", {})
+        return deadlines
+
+    def now_ms(self) -> int:
+        """The emulated server clock (``TIME``) in ms: 0 without a clock."""
+        return int(self.clock.seconds() * 1000) if self.clock is not None else 0
+
+    def live_get(self, key: str) -> str | None:
+        """GET that honours PX expiry (an expired key is deleted first)."""
+        deadline = self.px_deadlines.get(key)
+        if deadline is not None and self.clock is not None and self.clock.seconds() >= deadline:
+            self.data.pop(key, None)
+            del self.px_deadlines[key]
+        value = self.data.get(key)
+        return value if value is None else str(value)
+
+    def set_px(self, key: str, value: str, ms: int) -> None:
+        """SET key value PX ms."""
+        self.data[key] = value
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        self.px_deadlines[key] = now + int(ms) / 1000 if self.clock is not None else float("inf")
+
+    def delete_px(self, key: str) -> int:
+        """DEL of a key the scripts may have set with PX."""
+        self.px_deadlines.pop(key, None)
+        return int(self.data.pop(key, None) is not None)
 
 
 def _stream_id(text: str) -> tuple[int, int]:
@@ -401,6 +445,88 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
     return [written, skipped]
 
 
+# -- i14: the cluster scripts (store/lease_*.lua, store/collector_*.lua), emulated ----------
+
+
+def lease_is_current(store: MemoryRedis, lease_key: str, token: str) -> bool:
+    """store/lease_guard.lua's lease_is_current, for the emulation of a guarded script."""
+    return store.live_get(lease_key) == token
+
+
+def _lease_acquire(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    lease_key = args[0] % args[2]
+    held = store.live_get(lease_key)
+    if held is not None and held.split(" ", 1)[1] != args[3]:
+        return [0, held]
+    epoch = store._incr(args[1] % args[2])
+    store.set_px(lease_key, f"{epoch} {args[3]}", int(args[4]))
+    return [epoch, ""]
+
+
+def _lease_renew(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    lease_key = args[0] % args[1]
+    if store.live_get(lease_key) == args[2]:
+        store.set_px(lease_key, args[2], int(args[3]))
+        return 1
+    return 0
+
+
+def _lease_release(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    lease_key = args[0] % args[1]
+    if store.live_get(lease_key) == args[2]:
+        store.delete_px(lease_key)
+        return 1
+    return 0
+
+
+def _lease_holders(store: MemoryRedis, keys: Any, args: list[str]) -> list[str]:
+    return [store.live_get(args[0] % device) or "" for device in args[1:]]
+
+
+def _lease_check(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    return int(lease_is_current(store, args[0] % args[1], args[2]))
+
+
+def _collector_heartbeat(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    now_ms = store.now_ms()
+    beat = f'{args[3]},"at_ms":{now_ms}}}'
+    store.set_px(args[0] % args[2], beat, int(args[4]))
+    store._hset(args[1], args[2], beat)
+    return now_ms
+
+
+def _collector_list(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    reply: list[Any] = [store.now_ms()]
+    for collector_id in list(store._hgetall(args[1])):
+        beat = store.live_get(args[0] % collector_id)
+        if beat is None:
+            store._hdel(args[1], collector_id)
+        else:
+            reply.append(beat)
+    return reply
+
+
+def _collector_leave(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    gone = store.delete_px(args[0] % args[2])
+    store._hdel(args[1], args[2])
+    return gone
+
+
+def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import cluster
+
+    return {
+        cluster.ACQUIRE.sha: _lease_acquire,
+        cluster.RENEW.sha: _lease_renew,
+        cluster.RELEASE.sha: _lease_release,
+        cluster.HOLDERS.sha: _lease_holders,
+        cluster.CHECK.sha: _lease_check,
+        cluster.HEARTBEAT.sha: _collector_heartbeat,
+        cluster.LIST.sha: _collector_list,
+        cluster.LEAVE.sha: _collector_leave,
+    }
+
+
 def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.devices import ingest
     from pydatacoll.store import config, snapshot, status
@@ -411,4 +537,28 @@ def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
         status._SHA: _status_script,
         hashlib.sha1(config._SCRIPT.encode()).hexdigest(): config_script,
         hashlib.sha1(snapshot._SCRIPT.encode()).hexdigest(): config_dump_script,
+        **_cluster_scripts(),
+        **_processing_scripts(),
     }
+
+
+# -- i12proc: the processors' stream ids and scripts --------------------------------------
+
+
+def _alarm_event_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/alarm_event.lua: log the event, set or clear the active alarm, publish it."""
+    log_key, active_key = keys
+    maxlen, text, event, field, channel = args
+    entry_id = store._xadd(log_key, {"event": text}, int(maxlen))
+    if event == "raise":
+        store._hset(active_key, field, text)
+    else:
+        store._hdel(active_key, [field])
+    store._publish(channel, text[:-1] + ',"id":"' + entry_id + '"}')
+    return 1
+
+
+def _processing_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import alarms
+
+    return {alarms.SHA: _alarm_event_script}

@@ -74,7 +74,7 @@ class FakeDriver:
         sink: Any,
         reactor: Any,
         settings: Any,
-        **kw: Any,
+        frame_observer: Any = None,
     ) -> FakeRuntime:
         if self.fail:
             raise ValidationError("a setting this device cannot run with", field="port")

@@ -238,7 +238,12 @@ class GatewayServiceTests(GatewayHarness, TestCase):
     @defer.inlineCallbacks
     def test_allowed_clients_and_busy_port(self):
         yield self.rest("PUT", "/api/v1/gateways/g", {"allowed_clients": ["10.1.2.3"]})
-        yield until(lambda: self.service.gateways["g"].gateway.allowed_clients)
+        # the change replaces the running gateway: it may be absent for a moment
+        yield until(
+            lambda: (
+                "g" in self.service.gateways and self.service.gateways["g"].gateway.allowed_clients
+            )
+        )
         master = Master()
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), master)
         yield master.lost  # refused: closed at once

@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from pydatacoll.model import Sample
 from pydatacoll.plugins.history import history
+from pydatacoll.testing.history import drained, stored_samples
 from tests.processing.test_history_sqlite import HOSTILE, context, point_samples
 
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
@@ -111,7 +112,7 @@ class MysqlHistoryTests(TestCase):
             Sample("2", "20", "3001", None, "invalid", ("timeout",), None, 1700000003.0),
         ]
         processor.samples_received(samples)
-        yield processor.drained()
+        yield drained(processor)
         rows = yield self.query(
             "SELECT device_id, term_id, item_id, source_time, receive_time, value, value_text, "
             "quality, flags FROM samples ORDER BY id"
@@ -126,10 +127,11 @@ class MysqlHistoryTests(TestCase):
             ],
         )
         for s in samples:
-            self.assertEqual((yield processor.read(*s.point)), [s.to_json()])
-        window = yield processor.read("1", "10", "1000", 1700000000.456, 1700000000.456)
+            self.assertEqual((yield stored_samples(processor, *s.point)), [s.to_json()])
+        window = yield stored_samples(processor, "1", "10", "1000", 1700000000.456, 1700000000.456)
         self.assertEqual(len(window), 1)
-        self.assertEqual((yield processor.read("1", "10", "1000", until=1700000000.4)), [])
+        before = yield stored_samples(processor, "1", "10", "1000", until=1700000000.4)
+        self.assertEqual(before, [])
 
     @inlineCallbacks
     def test_sql_looking_ids_and_values_verbatim(self):
@@ -142,8 +144,8 @@ class MysqlHistoryTests(TestCase):
                 for i, v in enumerate(values)
             ]
         )
-        yield processor.drained()
-        stored = yield processor.read(*ids)
+        yield drained(processor)
+        stored = yield stored_samples(processor, *ids)
         self.assertEqual([s["value"] for s in stored], list(reversed(values)))
         self.assertEqual(stored[0]["flags"], [HOSTILE])
         rows = yield self.query(
@@ -177,13 +179,13 @@ class MysqlHistoryTests(TestCase):
             batch.append(Sample("1", "10", "1001", v, receive_time=1.0 + i))
         batch.append(Sample("1", "10", "1000", 112.0, "invalid", (), None, 20.0))
         processor.samples_received(batch)
-        yield processor.drained()
-        absolute = yield processor.read("1", "10", "1000")
+        yield drained(processor)
+        absolute = yield stored_samples(processor, "1", "10", "1000")
         self.assertEqual(
             [s["value"] for s in reversed(absolute)], [100.0, 100.6, 108.0, 112.0, 112.0]
         )
         self.assertEqual(absolute[0]["quality"], "invalid")
-        percent = yield processor.read("1", "10", "1001")
+        percent = yield stored_samples(processor, "1", "10", "1001")
         self.assertEqual([s["value"] for s in reversed(percent)], [100.0, 112.0])
 
     @inlineCallbacks
@@ -238,7 +240,7 @@ class MysqlHistoryTests(TestCase):
         self.assertGreater(status["spool_samples"], 0)
         self.forwarder.open()
         yield run_for(3)
-        yield processor.drained(timeout=60)
+        yield drained(processor, timeout=60)
         rows = yield self.query("SELECT COUNT(*), COUNT(DISTINCT value) FROM samples")
         self.assertEqual(tuple(rows[0]), (produced, produced))
         status = processor.status()
@@ -260,7 +262,7 @@ class MysqlHistoryTests(TestCase):
             batch_samples="50",
         )
         processor.samples_received(point_samples(50))
-        yield processor.drained()
+        yield drained(processor)
         yield self.forwarder.close()
         sent = point_samples(1000, start=1700001000.0)
         for i in range(0, 1000, 50):
@@ -268,7 +270,7 @@ class MysqlHistoryTests(TestCase):
             yield deferLater(reactor, 0.02, lambda: None)
         yield deferLater(reactor, 0.5, lambda: None)
         self.forwarder.open()
-        yield processor.drained(timeout=60)
+        yield drained(processor, timeout=60)
         status = processor.status()
         rows = yield self.query("SELECT COUNT(*) FROM samples")
         self.assertEqual(rows[0][0], status["written"])
@@ -279,7 +281,7 @@ class MysqlHistoryTests(TestCase):
     @inlineCallbacks
     def test_alarms(self):
         processor = self.start()
-        yield processor.drained()
+        yield drained(processor)
         yield processor.store_alarm(
             "1", "10", HOSTILE, "high", "raise", 231.5, 230, 1700000000.25, "above 'up_limit'; 230"
         )

@@ -1,9 +1,10 @@
-"""Shared set-up of the processor tests: a private Redis with a few configured points."""
+"""Shared set-up of the real-Redis processor tests (tests/integration): a private Redis
+with a few configured points, reached only through the Twisted client (no blocking call on
+the reactor thread)."""
 
 import json
 import tempfile
 
-import redis as redis_py
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
@@ -31,17 +32,12 @@ def entity_op(kind, entity):
 def redis_store(test, limits=None):
     """Connect to the flushed private Redis; seed device 1, term 10 and the points 10:ITEMS."""
     server = shared_redis()
-    test.sync = redis_py.Redis(port=server.port, decode_responses=True)
-    test.sync.flushall()
-    test.addCleanup(test.sync.close)
     test.settings = load_settings(None, {"redis": server.url})
     test.client = RedisClient(test.settings.redis, timeout=5, pool_size=2)
     test.client.startService()
     test.addCleanup(test.client.stopService)
-    for _ in range(200):
-        if test.client.connected:
-            break
-        yield deferLater(reactor, 0.01, lambda: None)
+    yield test.client.when_connected()
+    yield test.client.call("flushall")
     test.store = ConfigStore(test.client)
     device = Device.from_json({"id": "1", "protocol": "iec104", "ip": "127.0.0.1"})
     yield test.store.apply([entity_op("create", device)])
@@ -72,9 +68,11 @@ def context(test, clock, options=None, emit=None):
     )
 
 
-def store_sample(sync, sample):
-    """Append a sample to its point's stream, as the ingest path does."""
-    sync.xadd(keys.POINT_DATA % sample.point, {"sample": json.dumps(sample.to_json())})
+def store_sample(client, sample):
+    """Append a sample to its point's stream, as the ingest path does (a Deferred)."""
+    text = json.dumps(sample.to_json())
+    key = keys.POINT_DATA % sample.point
+    return client.call("execute_command", "XADD", key, "*", "sample", text)
 
 
 @inlineCallbacks

@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pydatacoll.processing.expression import (
+from pydatacoll.expression import (
     MAX_LENGTH,
     ExpressionError,
     Window,

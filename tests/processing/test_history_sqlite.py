@@ -7,7 +7,7 @@ import sqlite3
 
 from twisted.application.service import IService
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.plugin import IPlugin, getPlugins
 from twisted.trial.unittest import TestCase
@@ -15,27 +15,24 @@ from zope.interface.verify import verifyObject
 
 from pydatacoll import plugins
 from pydatacoll.config import Settings
-from pydatacoll.interfaces import IProcessor, IProcessorFactory
+from pydatacoll.interfaces import IHistoryReader, IProcessor, IProcessorFactory
 from pydatacoll.model import Sample
 from pydatacoll.plugins.history import history
 from pydatacoll.processing import ProcessorContext
-from pydatacoll.store import keys
+from pydatacoll.processing.history import history_reader
+from pydatacoll.testing.history import drained, stored_samples
+from pydatacoll.testing.memory import MemoryRedis
+from tests.processing.memory_support import seed_term_item
 
 HOSTILE = "1'; DROP TABLE samples; --"
 
 
-class FakeRedis:
-    """The `RedisClient.call` surface over a dict of sets and hashes."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def call(self, command, *args):
-        if command == "smembers":
-            return succeed(sorted(self.data.get(args[0], ())))
-        if command == "hgetall":
-            return succeed(dict(self.data.get(args[0], {})))
-        raise AssertionError(command)
+def memory_redis(term_items):
+    """A `MemoryRedis` holding the term-items ``{(term_id, item_id): fields}``."""
+    memory = MemoryRedis()
+    for (term_id, item_id), fields in term_items.items():
+        seed_term_item(memory, term_id, item_id, fields)
+    return memory
 
 
 def context(data_dir, options=None, redis=None):
@@ -104,19 +101,40 @@ class SqliteTests(HistoryTestMixin, TestCase):
         for i in range(0, 30, 3):
             processor.samples_received(a[i : i + 3] + b[i // 6 : i // 6 + 1] * (i % 6 == 0))
         processor.samples_received([bad])
-        yield processor.drained()
+        yield drained(processor)
         self.assertEqual(len(self.rows()), 36)
-        newest = yield processor.read("1", "10", "1000", limit=3)
+        newest = yield stored_samples(processor, "1", "10", "1000", limit=3)
         self.assertEqual(newest, [s.to_json() for s in reversed(a[-3:])])
-        window = yield processor.read("1", "10", "1000", a[5].receive_time, a[9].receive_time, 100)
+        since, until = a[5].receive_time, a[9].receive_time
+        window = yield stored_samples(processor, "1", "10", "1000", since, until, 100)
         self.assertEqual([s["value"] for s in window], [9.0, 8.0, 7.0, 6.0, 5.0])
-        other = yield processor.read("1", "11", "2000")
+        other = yield stored_samples(processor, "1", "11", "2000")
         self.assertEqual(len(other), 5)
-        invalid = yield processor.read("1", "10", "1001")
+        invalid = yield stored_samples(processor, "1", "10", "1001")
         self.assertEqual(invalid, [bad.to_json()])
         status = processor.status()
         self.assertEqual((status["written"], status["dropped_total"]), (36, 0))
         self.assertEqual((status["mode"], status["connected"]), ("direct", True))
+
+    @inlineCallbacks
+    def test_history_reader_reads_what_the_plugin_wrote(self):
+        """`history_reader` opens the plugin's database as an `IHistoryReader`."""
+        root = self.mktemp()
+        settings = Settings(data_dir=root, plugins_enabled=("history",))
+        processor = self.start(data_dir=os.path.join(root, "plugins", "history"))
+        samples = point_samples(4)
+        processor.samples_received(samples)
+        yield drained(processor)
+        reader = history_reader(settings, reactor)
+        self.addCleanup(reader.close)
+        self.assertTrue(verifyObject(IHistoryReader, reader))
+        newest = yield reader.read_samples(("1", "10", "1000"), None, None, 2)
+        self.assertEqual(newest, [s.to_json() for s in reversed(samples[-2:])])
+        since = int(samples[1].receive_time * 1000)
+        until = int(samples[2].receive_time * 1000)
+        window = yield reader.read_samples(("1", "10", "1000"), since, until, 10)
+        self.assertEqual(window, [samples[2].to_json(), samples[1].to_json()])
+        self.assertIsNone(history_reader(Settings(plugins_enabled=()), reactor))
 
     @inlineCallbacks
     def test_sql_looking_ids_and_values_verbatim(self):
@@ -132,8 +150,8 @@ class SqliteTests(HistoryTestMixin, TestCase):
             1700000000.5,
         )
         processor.samples_received([s])
-        yield processor.drained()
-        back = yield processor.read(HOSTILE, 'x"; DELETE FROM alarms;', "`item`\\")
+        yield drained(processor)
+        back = yield stored_samples(processor, HOSTILE, 'x"; DELETE FROM alarms;', "`item`\\")
         self.assertEqual(back, [s.to_json()])
         self.assertEqual(
             self.rows("SELECT device_id, term_id, item_id FROM samples"),
@@ -142,28 +160,28 @@ class SqliteTests(HistoryTestMixin, TestCase):
 
     @inlineCallbacks
     def test_policies_from_redis_and_changes(self):
-        redis = FakeRedis(
+        redis = memory_redis(
             {
-                keys.TERMS: {"10"},
-                keys.TERM_ITEMS % "10": {"1000", "1001", "1002"},
-                keys.TERM_ITEM % ("10", "1000"): {"history": '"change"', "history_deadband": "1"},
-                keys.TERM_ITEM % ("10", "1001"): {"history": '"none"'},
-                keys.TERM_ITEM % ("10", "1002"): {"history": '"bogus"'},  # default applies
+                ("10", "1000"): {"history": '"change"', "history_deadband": "1"},
+                ("10", "1001"): {"history": '"none"'},
+                ("10", "1002"): {"history": '"bogus"'},  # the default applies
             }
         )
-        processor = self.start({"history": "every"}, redis=redis)
-        yield deferLater(reactor, 0.05, lambda: None)
+        redis.down()  # absent at start: the default policy applies meanwhile
+        processor = self.start({"history": "every", "retry_initial": "0.01"}, redis=redis)
+        self.assertFalse(processor.status()["config_loaded"])
+        redis.up()
         self.assertTrue(processor.status()["config_loaded"])
         values = [10.0, 10.5, 11.5, 11.6, 9.0]
         for item in ("1000", "1001", "1002"):
             processor.samples_received(
                 [Sample("1", "10", item, v, receive_time=1.0 + i) for i, v in enumerate(values)]
             )
-        yield processor.drained()
-        stored = yield processor.read("1", "10", "1000")
+        yield drained(processor)
+        stored = yield stored_samples(processor, "1", "10", "1000")
         self.assertEqual([s["value"] for s in stored], [9.0, 11.5, 10.0])
-        self.assertEqual((yield processor.read("1", "10", "1001")), [])
-        self.assertEqual(len((yield processor.read("1", "10", "1002"))), 5)
+        self.assertEqual((yield stored_samples(processor, "1", "10", "1001")), [])
+        self.assertEqual(len((yield stored_samples(processor, "1", "10", "1002"))), 5)
         processor.config_changed(
             {
                 "entity": "term_item",
@@ -192,10 +210,10 @@ class SqliteTests(HistoryTestMixin, TestCase):
             [Sample("1", "10", "1001", v, receive_time=10.0 + i) for i, v in enumerate(values)]
             + [Sample("1", "10", "1000", 9.0, receive_time=20.0)]
         )
-        yield processor.drained()
-        stored = yield processor.read("1", "10", "1001")
+        yield drained(processor)
+        stored = yield stored_samples(processor, "1", "10", "1001")
         self.assertEqual([s["value"] for s in stored], [10.0])
-        self.assertEqual(len((yield processor.read("1", "10", "1000"))), 4)
+        self.assertEqual(len((yield stored_samples(processor, "1", "10", "1000"))), 4)
         self.assertEqual(processor.status()["skipped"], 11)
 
     @inlineCallbacks
@@ -222,12 +240,12 @@ class SqliteTests(HistoryTestMixin, TestCase):
         self.assertGreater(status["database_failures"], 0)
         self.assertEqual(status["spool_samples"], 150)
         os.makedirs(missing)
-        yield processor.drained()
+        yield drained(processor)
         status = processor.status()
         dropped = status["dropped"]["spool_full"]
         self.assertGreater(dropped, 0)
         self.assertEqual(status["written"] + dropped, 200)
-        stored = yield processor.read("1", "10", "1000", limit=1000)
+        stored = yield stored_samples(processor, "1", "10", "1000", limit=1000)
         self.assertEqual(len(stored), status["written"])
         values = [s["value"] for s in reversed(stored)]
         self.assertEqual(values, sorted(values))  # in order, the newest dropped
@@ -250,8 +268,8 @@ class SqliteTests(HistoryTestMixin, TestCase):
         yield first.stopService()
         os.makedirs(missing)
         second = self.start(options, data_dir=data_dir)
-        yield second.drained()
-        stored = yield second.read("1", "10", "1000", limit=1000)
+        yield drained(second)
+        stored = yield stored_samples(second, "1", "10", "1000", limit=1000)
         self.assertEqual(len(stored), 50)
         self.assertEqual(second.status()["written"], 50)
         self.flushLoggedErrors()
@@ -259,7 +277,7 @@ class SqliteTests(HistoryTestMixin, TestCase):
     @inlineCallbacks
     def test_alarms(self):
         processor = self.start()
-        yield processor.drained()
+        yield drained(processor)
         yield processor.store_alarm(
             "1", "10", HOSTILE, "high", "raise", 231.5, 230, 1700000000.25, "above 230"
         )

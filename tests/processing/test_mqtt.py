@@ -1,4 +1,5 @@
-"""The mqtt plugin: options, JSON codec, outbox, and the link against a private Mosquitto."""
+"""The mqtt plugin: options, JSON codec and the outbox (the processor against a private
+Mosquitto and a real Redis: tests/integration/test_mqtt_processor.py)."""
 
 import configparser
 import json
@@ -7,7 +8,8 @@ import tempfile
 
 from twisted.application.service import IService
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -16,13 +18,12 @@ from pydatacoll.interfaces import IProcessor, IProcessorFactory
 from pydatacoll.model import Sample
 from pydatacoll.plugins.mqtt import mqtt as mqtt_factory
 from pydatacoll.processing import ProcessorContext
-from pydatacoll.processing.history import Spool
 from pydatacoll.processing.mqtt.codec import JsonEncoder, sample_record, subscription_filter
+from pydatacoll.processing.mqtt.commands import MqttCommands, json_command_body
 from pydatacoll.processing.mqtt.options import OPTION_DEFAULTS, MqttOptions
 from pydatacoll.processing.mqtt.outbox import Outbox
-from pydatacoll.processing.mqtt.processor import MqttProcessor
-from pydatacoll.testing.mosquitto import PrivateMosquitto
-from tests.processing.mqtt_support import Subscriber
+from pydatacoll.processing.spool import Spool
+from pydatacoll.testing.memory import MemoryRedis
 from tests.processing.support import wait_for
 
 ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "pydatacoll.ini")
@@ -234,7 +235,7 @@ class OutboxTests(TestCase):
         box.spool.max_samples = 50
         yield box.start()
         box.put([("v", i) for i in range(150)])
-        yield wait_for(lambda: not box._appending and not box._pending)
+        yield wait_for(lambda: not box.spool_writer.appending and not box.spool_writer.pending)
         self.assertEqual(box.dropped["queue_full"] + box.dropped["spool_full"], 100)
         self.assertEqual(box.spool.unread_samples, 50)
         yield box.stop()
@@ -260,146 +261,57 @@ class OutboxTests(TestCase):
         yield again.stop()
 
 
-class BrokerTests(TestCase):
-    """The processor without Redis against a private Mosquitto: JSON values, an outage."""
+class CommandTests(SynchronousTestCase):
+    """`MqttCommands`: the ACL, commands off, and the outcome published as a record."""
 
-    timeout = 120
+    def commands(self, **texts):
+        options = MqttOptions.parse({"url": "mqtt://127.0.0.1:1883", **texts})
+        self.records = []
+        counters = {"commands": 0, "commands_refused": 0}
+        self.clock = Clock()
+        return MqttCommands(self.clock, MemoryRedis(), None, options, counters, self.records.extend)
 
-    def setUp(self):
-        self.broker = PrivateMosquitto()
-        self.addCleanup(self.broker.cleanup)
-        self.subscriber = Subscriber(self.broker.port, ["pydatacoll/#"], session="test-sub")
-        self.addCleanup(self.subscriber.close)
+    def test_off_until_started(self):
+        commands = self.commands(commands="true")
+        self.successResultOf(commands.command(("1", "10", "1000"), {"value": 1}))
+        ((kind, *point, text),) = self.records
+        self.assertEqual((kind, point), ("r", ["1", "10", "1000"]))
+        result = json.loads(text)
+        self.assertEqual((result["outcome"], result["client"]), ("refused", "mqtt:anonymous"))
+        self.assertEqual(commands.counters["commands"], 1)
+        self.successResultOf(commands.stop())
 
-    def processor(self, **options):
-        texts = {
-            "url": self.broker.url,
-            "collector": "fep1",
-            "retry_initial": "0.1",
-            "retry_max": "0.5",
-            "keepalive": "5",
-            "connect_timeout": "2",
-            **options,
-        }
-        processor = MqttProcessor.from_context(_context(texts))
-        processor.startService()
-        self.addCleanup(processor.stopService)
-        return processor
+    def test_device_ctrl_answers_and_failures(self):
+        commands = self.commands(commands="true", commands_acl="1:10:1000", client_id="fep")
+        calls = []
 
-    def values(self, prefix="pydatacoll/1/10/"):
-        return [
-            (topic, json.loads(payload))
-            for topic, payload, _ in self.subscriber.taken()
-            if topic.startswith(prefix)
-        ]
+        class Api:
+            def device_ctrl(self, ids, body, client, token_id, refused):
+                calls.append((ids, client, token_id, refused))
+                if refused:
+                    return succeed(_Answer({"outcome": "refused", "message": refused}))
+                return fail(RuntimeError("boom"))
 
-    @inlineCallbacks
-    def test_values_arrive_with_topic_and_payload(self):
-        processor = self.processor()
-        yield wait_for(lambda: processor.link.connected, 20)
-        yield wait_for(lambda: processor.outbox.mode == "direct", 20)
-        processor.samples_received(
-            [Sample("1", "10", "1000", 230.5, "good", (), None, 1700000000.0)]
-        )
-        yield wait_for(lambda: self.values(), 20)
-        self.assertEqual(
-            self.values(),
-            [
-                (
-                    "pydatacoll/1/10/1000",
-                    {"value": 230.5, "quality": "good", "time": "2023-11-14T22:13:20.000+00:00"},
-                )
-            ],
-        )
-        state = [(p, r) for t, p, r in self.subscriber.taken() if t == "pydatacoll/fep1/state"]
-        self.assertEqual(state, [(b"online", False)])
-        yield wait_for(lambda: processor.outbox.idle)
-        self.assertEqual(processor.status()["confirmed"], 1)
-        yield processor.stopService()
-        yield wait_for(
-            lambda: ("pydatacoll/fep1/state", b"offline", False) in self.subscriber.taken()
-        )
+        commands._api = Api()
+        commands.command(("1", "10", "1000"), {"value": 1, "client": "ops"})
+        commands.command(("1", "10", "1001"), {"value": 2})
+        self.assertEqual([c[3] is None for c in calls], [True, False])
+        self.assertEqual(calls[0][1:3], ("mqtt:ops", "mqtt:fep"))
+        outcomes = [json.loads(r[-1])["outcome"] for r in self.records]
+        self.assertEqual(outcomes, ["failed", "refused"])
+        self.assertEqual(json.loads(self.records[0][-1])["message"], "internal error")
+        self.assertEqual(commands.counters["commands_refused"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
-    @inlineCallbacks
-    def test_outage_every_value_in_order(self):
-        processor = self.processor()
-        yield wait_for(lambda: processor.outbox.mode == "direct", 20)
-        n = 0
-
-        def feed(count):
-            nonlocal n
-            for _ in range(count):
-                processor.samples_received([Sample("1", "10", "1000", n, receive_time=n)])
-                n += 1
-
-        feed(50)
-        yield wait_for(lambda: len(self.values()) == 50, 20)
-        self.broker.stop()
-        yield wait_for(lambda: not processor.link.connected, 20)
-        feed(300)
-        yield wait_for(lambda: processor.status()["spool_records"] == 300, 20)
-        self.assertEqual(processor.status()["outbox"], "spooling")
-        self.broker.start()
-        yield wait_for(lambda: processor.outbox.idle, 30)
-        feed(50)
-        yield wait_for(lambda: len({v["value"] for _, v in self.values()}) == 400, 30)
-        values = [v["value"] for _, v in self.values()]
-        first = sorted(set(values), key=values.index)
-        self.assertEqual(first, list(range(400)))
-        self.assertEqual(processor.status()["dropped_total"], 0)
-
-    @inlineCallbacks
-    def test_broker_absent_at_start(self):
-        self.broker.stop()
-        processor = self.processor()
-        processor.samples_received(
-            [Sample("1", "10", "1000", i, receive_time=i) for i in range(20)]
-        )
-        yield wait_for(lambda: processor.status()["spool_records"] == 20, 20)
-        self.assertFalse(processor.link.connected)
-        self.assertIsNotNone(processor.status()["last_error"])
-        self.broker.start()
-        yield wait_for(lambda: len(self.values()) >= 20, 30)
-        self.assertEqual([v["value"] for _, v in self.values()][:20], list(range(20)))
+    def test_json_bodies(self):
+        self.assertEqual(json_command_body(b'{"value": 3}'), {"value": 3})
+        self.assertEqual(json_command_body(b"5"), {"value": 5})
+        self.assertEqual(json_command_body(b"not json"), {"value": None})
 
 
-class ConfigurationTests(TestCase):
-    """The points come from Redis, and again when the version moves without messages."""
+class _Answer:
+    def __init__(self, body):
+        self.body = body
 
-    timeout = 60
-
-    @inlineCallbacks
-    def test_points_loaded_and_reloaded_on_a_silent_change(self):
-        from pydatacoll.processing.mqtt.options import MqttOptions as Options
-        from pydatacoll.store import keys
-        from pydatacoll.testing.redis import free_port
-        from tests.processing.support import redis_store
-
-        yield redis_store(self)
-        options = Options.parse(
-            {
-                "url": f"mqtt://127.0.0.1:{free_port()}",  # no broker: records stay on disk
-                "status_interval": "0.1",
-                "retry_initial": "0.1",
-                "points": "flagged",
-            }
-        )
-        processor = MqttProcessor(reactor, options, tempfile.mkdtemp(), redis=self.client)
-        processor.startService()
-        self.addCleanup(processor.stopService)
-        yield wait_for(lambda: processor.points is not None and len(processor.points) == 6)
-        self.assertEqual(processor.status()["points"], 6)
-        self.assertFalse(processor._select(("1", "10", "1000")))  # flagged: none flagged yet
-        # A change written without a change message (as the v2 batch routes do).
-        self.sync.hset(
-            keys.TERM_ITEM % ("10", "2000"),
-            mapping={"term_id": '"10"', "item_id": '"2000"', "device_id": '"1"', "mqtt": "true"},
-        )
-        self.sync.sadd(keys.TERM_ITEMS % "10", "2000")
-        self.sync.incr(keys.CONFIG_VERSION)
-        yield wait_for(lambda: ("1", "10", "2000") in (processor.points or {}), 10)
-        self.assertTrue(processor._select(("1", "10", "2000")))
-        processor.samples_received(
-            [Sample("1", "10", "2000", 1, receive_time=1.0), Sample("1", "10", "1000", 2)]
-        )
-        self.assertEqual(processor.status()["selected"], 1)
+    def to_json(self):
+        return self.body

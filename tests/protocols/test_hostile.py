@@ -1,6 +1,6 @@
 """Hostile peers against the real links, on a Clock with in-memory transports.
 
-Each hostile behaviour of `pydatacoll.testing.hostile` runs against our Modbus driver or
+Each hostile behaviour of `pydatacoll.testing.hostile` runs against our Modbus poller or
 IEC 104 client for a few simulated minutes: the link is closed and reopened with a delay
 that keeps growing (it is never reset by a TCP connect alone), the device is not shown
 online without a valid answer, and the log stays bounded.
@@ -22,13 +22,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from pydatacoll.model import Device, Term, TermItem
 from pydatacoll.protocols.faults import LinkBackoff
 from pydatacoll.protocols.iec104.apci import UFunction, encode_i, encode_u
-from pydatacoll.protocols.iec104.client import Iec104Client, Iec104Master, StationParams, backoff
+from pydatacoll.protocols.iec104.client import Iec104Client, Iec104Master, StationParams
 from pydatacoll.protocols.iec104.link import LinkState
 from pydatacoll.protocols.modbus import pdu as pdus
-from pydatacoll.protocols.modbus.client import ModbusClientProtocol
+from pydatacoll.protocols.modbus.client import ModbusClient
 from pydatacoll.protocols.modbus.config import ModbusSettings, build_points
-from pydatacoll.protocols.modbus.driver import ModbusDriver
 from pydatacoll.protocols.modbus.link import ModbusLink
+from pydatacoll.protocols.modbus.poller import ModbusPoller
 from pydatacoll.protocols.modbus.runtime import ModbusRuntime
 from pydatacoll.testing.hostile import MODBUS_BEHAVIOURS, HostileFactory
 
@@ -103,8 +103,8 @@ def modbus_runtime(clock, endpoint):
     terms = [Term.from_json({"id": "t1", "device_id": "h1", "address": 1})]
     items = [TermItem.from_json({"term_id": "t1", "item_id": "v", "protocol_code": 0})]
     runtime = ModbusRuntime(device, terms, items, _Sink(), clock)
-    link = ModbusLink(endpoint, clock, settings, name="modbus device h1", rng=random.Random(1))
-    runtime.driver = ModbusDriver(
+    link = ModbusClient(endpoint, clock, settings, name="modbus device h1", rng=random.Random(1))
+    runtime.poller = ModbusPoller(
         "h1", settings, build_points(settings, terms, items), runtime._on_batch,
         reactor=clock, link=link, start_delay=0,
     )  # fmt: skip
@@ -176,14 +176,14 @@ class ModbusHostileTests(SynchronousTestCase):
             if status["state"] != "error":
                 break
         self.assertEqual(status["state"], "disconnected")
-        self.assertEqual(runtime.driver.link.stats.timeouts, 3)
+        self.assertEqual(runtime.poller.client.stats.timeouts, 3)
         self.assertIn("the last connection had no valid response", status["reason"])
         runtime.stopService()
 
     def test_healthy_after_ten_seconds_resets_the_backoff(self):
         """A good device that drops now and then is retried at the first delay again."""
         clock = Clock()
-        link = ModbusLink(_GoodEndpoint(), clock, ModbusSettings("h"), rng=random.Random(1))
+        link = ModbusClient(_GoodEndpoint(), clock, ModbusSettings("h"), rng=random.Random(1))
         link.startService()
         protocol = link.protocol
         for _ in range(3):  # three failed connections: the count grows
@@ -262,11 +262,11 @@ class Iec104HostileTests(SynchronousTestCase):
             self.assertGreater(sum(e["rate_limited_count"] for e in summaries), 2400, behaviour)
 
     def test_first_retry_is_one_second(self):
-        policy = backoff(initial=1, maximum=60, factor=2, jitter=0.25)
+        policy = Iec104Client(Clock(), [("127.0.0.1", 2404)]).retry.delay
         firsts = [policy(1) for _ in range(50)]
-        self.assertTrue(all(0.75 <= d <= 1.25 for d in firsts), firsts)
+        self.assertTrue(all(0.75 <= d <= 1.0 for d in firsts), firsts)
         seconds = [policy(2) for _ in range(50)]
-        self.assertTrue(all(1.5 <= d <= 2.5 for d in seconds), seconds)
+        self.assertTrue(all(1.5 <= d <= 2.0 for d in seconds), seconds)
 
 
 class BackoffTests(SynchronousTestCase):
@@ -311,7 +311,7 @@ class RandomBytesTests(SynchronousTestCase):
     @given(st.binary(min_size=1, max_size=600))
     def test_modbus(self, garbage):
         clock = Clock()
-        protocol = ModbusClientProtocol(clock)
+        protocol = ModbusLink(clock)
         transport = StringTransport()
         transport.abortConnection = transport.loseConnection
         protocol.makeConnection(transport)

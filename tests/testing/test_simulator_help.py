@@ -5,7 +5,7 @@ import io
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pydatacoll.testing import iec104_sim, modbus_sim
+from pydatacoll.testing import iec104_sim_cli, modbus_sim
 
 
 class HelpTests(SynchronousTestCase):
@@ -16,7 +16,7 @@ class HelpTests(SynchronousTestCase):
         return out.getvalue()
 
     def test_iec104_help_lists_its_points(self):
-        text = iec104_sim._parser().format_help()
+        text = iec104_sim_cli.parser().format_help()
         for expected in (
             "IOA 20001  C_SC_NA_1 (45",
             "IOA 20002  C_DC_NA_1 (46",
@@ -29,7 +29,7 @@ class HelpTests(SynchronousTestCase):
         ):
             self.assertIn(expected, text)
         # every demo command point is in the help
-        for cmd_ioa, _type, mon_ioa, _mon in iec104_sim._DEMO_COMMANDS:
+        for cmd_ioa, _type, mon_ioa, _mon in iec104_sim_cli.DEMO_COMMANDS:
             self.assertIn(f"IOA {cmd_ioa}", text)
             self.assertIn(f"IOA {mon_ioa}", text)
 

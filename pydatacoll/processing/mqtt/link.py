@@ -15,7 +15,6 @@ by two parties. Attempts are retried with jittered exponential backoff.
 
 from __future__ import annotations
 
-import random
 import socket
 import ssl
 from collections.abc import Callable
@@ -34,6 +33,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
+
+from pydatacoll.retry import Backoff
 
 
 class LinkLost(Exception):
@@ -134,7 +135,8 @@ class MqttLink(Service):
         self._socket: _Socket | None = None
         self._acks: dict[int, Deferred[None]] = {}
         self._subacks: dict[int, Deferred[None]] = {}
-        self._failures = 0
+        #: Delays between attempts; ``attempts`` counts the failures since the last connect.
+        self._backoff = Backoff(settings.retry_initial, settings.retry_max, jitter=0.2)
         self._retry: Any = None
         self._connect_timer: Any = None
         self._misc = LoopingCall(self._loop_misc)
@@ -304,15 +306,13 @@ class MqttLink(Service):
                 self.on_lost()
             except Exception:
                 self.log.failure("mqtt: on_lost failed")
-        elif self._failures == 0:
+        elif self._backoff.attempts == 0:
             self.log.warn(
                 "mqtt: cannot connect to {broker}: {reason}", broker=self._describe(), reason=reason
             )
         self.last_error = reason
-        self._failures += 1
+        delay = self._backoff.next_delay()
         if self.running and self._retry is None:
-            base = self.settings.retry_initial * 2 ** min(self._failures - 1, 30)
-            delay = min(base, self.settings.retry_max) * random.uniform(0.8, 1.0)
             self._retry = self.reactor.callLater(delay, self._connect)
 
     def _abandon(self, client: paho.Client | None, reason: str) -> None:
@@ -408,7 +408,7 @@ class MqttLink(Service):
             self._connect_timer.cancel()
         self._connect_timer = None
         self.connected = True
-        self._failures = 0
+        self._backoff.reset()
         self.last_error = None
         self.counters["connects"] += 1
         self.log.info(

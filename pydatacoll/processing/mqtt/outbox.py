@@ -25,12 +25,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
-from pydatacoll.processing.history import Spool, SpoolBatch
+from pydatacoll.processing.spool import Spool, SpoolBatch, SpoolWriter
 
 Record = tuple[Any, ...]
 #: send(record, historical) -> a Deferred firing when every message of it is confirmed.
@@ -86,29 +84,39 @@ class Outbox:
         self._queue: deque[Record] = deque()
         self._inflight: deque[_Sent] = deque()
         self._unconfirmed = 0
-        self._pending: deque[Record] = deque()
-        self._appending = False
-        self._append_done: Deferred[None] | None = None
         self._spooling = True  # until the spool is known to be empty
         self._batch: _Batch | None = None
         self._reading = False
         self._committing = False
         self._generation = 0
-        self._pool = ThreadPool(1, 1, name="mqtt-spool")
         self._ready: Deferred[Any] | None = None
         self._pumping = False
         self._pump_again = False
         self.counters = {"queued": 0, "sent": 0, "confirmed": 0, "spooled": 0, "resent": 0}
         self.dropped = {"queue_full": 0, "spool_full": 0, "unencodable": 0}
-        self.spool_peak = 0
+        self.spool_writer = SpoolWriter(
+            reactor,
+            spool,
+            label="mqtt",
+            unit="records",
+            counters=self.counters,
+            dropped=self.dropped,
+            appended=self._appended,
+        )
+        #: Records on their way to the spool (spooling mode), at most queue_records.
+        self._pending = self.spool_writer.pending
+
+    @property
+    def spool_peak(self) -> int:
+        """The most records the spool held unsent."""
+        return self.spool_writer.peak
 
     # -- life -----------------------------------------------------------------------
 
     def start(self) -> Deferred[Any]:
         """Open the spool (in its thread)."""
         self.running = True
-        self._pool.start()
-        self._ready = self._in_thread(self.spool.open)
+        self._ready = self.spool_writer.start()
         self._ready.addCallback(lambda _: self._pump())
         self._ready.addErrback(lambda f: self.log.failure("mqtt: cannot open the spool", f))
         return self._ready
@@ -124,12 +132,7 @@ class Outbox:
         yield ready
         if not self._spooling:
             self._pending.extendleft(reversed(self._take_direct()))
-        while self._pending or self._appending:
-            self._flush(stopping=True)
-            if self._append_done is not None:
-                yield self._append_done
-        yield self._in_thread(self.spool.close)
-        self._pool.stop()
+        yield self.spool_writer.close()
 
     # -- input ----------------------------------------------------------------------
 
@@ -192,13 +195,10 @@ class Outbox:
             and not self._queue
             and not self._inflight
             and not self._pending
-            and not self._appending
+            and not self.spool_writer.appending
         )
 
     # -- internals ------------------------------------------------------------------
-
-    def _in_thread(self, function: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self._pool, function, *args)
 
     def _take_direct(self) -> list[Record]:
         records = [s.record for s in self._inflight if not s.done] + list(self._queue)
@@ -215,38 +215,15 @@ class Outbox:
         self._pending.extendleft(reversed(self._take_direct()))
         self._flush()
 
-    def _flush(self, stopping: bool = False) -> None:
-        """Hand pending records to the spool thread, one append at a time."""
-        if self._appending or not self._pending or (not self.running and not stopping):
-            return
-        rows = list(self._pending)
-        self._pending.clear()
-        self._appending = True
-        self._append_done = Deferred()
-        d = self._in_thread(self.spool.append, rows)
+    def _flush(self) -> None:
+        if self.running:
+            self.spool_writer.flush()
 
-        def appended(result: tuple[int, int]) -> None:
-            accepted, refused = result
-            self.counters["spooled"] += accepted
-            if refused:
-                self.dropped["spool_full"] += refused
-                self.log.warn("mqtt: spool full, {count} records dropped", count=refused)
-            self.spool_peak = max(self.spool_peak, self.spool.unread_samples)
-
-        def failed(failure: Failure) -> None:
-            self.dropped["spool_full"] += len(rows)
-            self.log.failure("mqtt: cannot write the spool; records dropped", failure)
-
-        def finished(_: Any) -> None:
-            self._appending = False
-            done, self._append_done = self._append_done, None
-            if self.running:
-                self._flush()
-                self._pump()
-            if done is not None:
-                done.callback(None)
-
-        d.addCallbacks(appended, failed).addBoth(finished)
+    def _appended(self) -> None:
+        """An append is done: the next records may go, the spool may be sent."""
+        if self.running:
+            self._flush()
+            self._pump()
 
     def _pump(self) -> None:
         """Send what may be sent now (not re-entered: a confirmation that fires at once
@@ -320,12 +297,12 @@ class Outbox:
 
     def _read(self) -> None:
         self._reading = True
-        d = self._in_thread(self.spool.read, self.batch_records)
+        d = self.spool_writer.call(self.spool.read, self.batch_records)
 
         def got(read: SpoolBatch | None) -> None:
             self._reading = False
             if read is None:
-                if not self._pending and not self._appending and self.up:
+                if not self._pending and not self.spool_writer.appending and self.up:
                     self._spooling = False
                     self.log.info("mqtt: spool empty, sending directly again")
                     self._pump()
@@ -345,7 +322,7 @@ class Outbox:
 
     def _commit(self, batch: _Batch) -> None:
         self._committing = True
-        d = self._in_thread(self.spool.commit, batch.read.end, len(batch.read.rows))
+        d = self.spool_writer.call(self.spool.commit, batch.read.end, len(batch.read.rows))
 
         def committed(_: Any) -> None:
             self._committing = False

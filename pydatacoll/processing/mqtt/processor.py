@@ -20,25 +20,29 @@ from twisted.internet.defer import (
     inlineCallbacks,
     succeed,
 )
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pydatacoll.interfaces import IProcessor
-from pydatacoll.model import Sample, iso_time, normalize_id
-from pydatacoll.processing.history import Spool
+from pydatacoll.model import Sample
+from pydatacoll.processing.loading import RetryingLoad
 from pydatacoll.processing.mqtt.codec import (
     JsonEncoder,
     Message,
     sample_record,
     subscription_filter,
 )
+from pydatacoll.processing.mqtt.commands import MqttCommands, json_command_body
 from pydatacoll.processing.mqtt.link import LinkSettings, MqttLink
 from pydatacoll.processing.mqtt.options import MqttOptions
 from pydatacoll.processing.mqtt.outbox import Outbox
+from pydatacoll.processing.spool import Spool
+from pydatacoll.retry import Backoff
 from pydatacoll.store import keys
 from pydatacoll.store.points import config_version, device_states, latest_values, load_points
+from pydatacoll.store.redis import when_connected
 
 NAME = "mqtt"
 Point = tuple[str, str, str]
@@ -113,15 +117,12 @@ class MqttProcessor(Service):
         self.states: dict[str, str] = {}
         self._selected: dict[Point, bool] = {}
         self._topics: dict[str, Point] = {}
-        self._config_sleep: Deferred[Any] | None = None
+        self._load: RetryingLoad | None = None
         #: The configuration version the points were read at (or followed to).
         self._version: int | None = None
-        self._loading = False
         self._status_loop = LoopingCall(self._poll_states)
         self._status_loop.clock = reactor
         self._alarms: Any = None
-        self._replies: Any = None
-        self._api: Any = None
         self.counters = {
             "received": 0,
             "selected": 0,
@@ -129,6 +130,10 @@ class MqttProcessor(Service):
             "commands_refused": 0,
             "commands_ignored": 0,
         }
+        #: Commands from MQTT (refused until `_start_commands` connects them).
+        self.commands = MqttCommands(
+            reactor, redis, settings, options, self.counters, self.outbox.put
+        )
 
     @classmethod
     def from_context(cls, context: Any) -> MqttProcessor:
@@ -299,11 +304,11 @@ class MqttProcessor(Service):
         super().stopService()
         if self._status_loop.running:
             self._status_loop.stop()
-        if self._config_sleep is not None and not self._config_sleep.called:
-            self._config_sleep.cancel()
-        for service in (self._alarms, self._replies):
-            if service is not None:
-                yield service.stopService()
+        if self._load is not None:
+            self._load.stop()
+        if self._alarms is not None:
+            yield self._alarms.stopService()
+        yield self.commands.stop()
         if self.link.connected:
             goodbyes = [self._publish(m) for m in self.encoder.session_stop()]
             done = DeferredList(goodbyes, consumeErrors=True)
@@ -370,46 +375,38 @@ class MqttProcessor(Service):
 
     # -- configuration and states ---------------------------------------------------
 
-    @inlineCallbacks
-    def _load_config(self) -> Any:
+    def _load_config(self) -> None:
         """Read every point (and the latest values) from Redis; retried until it works."""
-        delay = self.options.retry_initial
-        self._loading = True
-        try:
-            yield self._load_loop(delay)
-        finally:
-            self._loading = False
+        if self._load is not None:
+            self._load.stop()
+        self._load = RetryingLoad(
+            self.reactor,
+            lambda: when_connected(self.redis),
+            self._read_points,
+            Backoff(self.options.retry_initial, self.options.retry_max),
+            "mqtt: the point configuration",
+        )
+        self._load.start()
 
     @inlineCallbacks
-    def _load_loop(self, delay: float) -> Any:
-        while self.running:
-            try:
-                version = yield config_version(self.redis)
-                points = yield load_points(self.redis)
-                values: dict[Point, tuple[Any, str, float]] = {}
-                for device_id in sorted({p[0] for p in points}):
-                    latest = yield latest_values(self.redis, device_id)
-                    for (term_id, item_id), sample in latest.items():
-                        point = (device_id, term_id, item_id)
-                        if point in points:
-                            values[point] = _value_of(sample)
-                for point, value in values.items():
-                    self.values.setdefault(point, value)
-                self.points = points
-                self._version = version if version is not None else 0
-                self._selected.clear()
-                self._rebuild_topics()
-                self.log.info("mqtt: {n} points loaded", n=len(points))
-                self.encoder.points_loaded()
-                return
-            except Exception as e:
-                self.log.warn("mqtt: cannot read the point configuration ({e}); retrying", e=e)
-            try:
-                self._config_sleep = deferLater(self.reactor, delay, lambda: None)
-                yield self._config_sleep
-            except CancelledError:
-                return
-            delay = min(delay * 2, self.options.retry_max)
+    def _read_points(self) -> Any:
+        version = yield config_version(self.redis)
+        points = yield load_points(self.redis)
+        values: dict[Point, tuple[Any, str, float]] = {}
+        for device_id in sorted({p[0] for p in points}):
+            latest = yield latest_values(self.redis, device_id)
+            for (term_id, item_id), sample in latest.items():
+                point = (device_id, term_id, item_id)
+                if point in points:
+                    values[point] = _value_of(sample)
+        for point, value in values.items():
+            self.values.setdefault(point, value)
+        self.points = points
+        self._version = version if version is not None else 0
+        self._selected.clear()
+        self._rebuild_topics()
+        self.log.info("mqtt: {n} points loaded", n=len(points))
+        self.encoder.points_loaded()
 
     @inlineCallbacks
     def _poll_states(self) -> Any:
@@ -421,7 +418,11 @@ class MqttProcessor(Service):
             version = yield config_version(self.redis)
         except Exception:
             version = None
-        if version is not None and version != self._version and not self._loading:
+        if (
+            version is not None
+            and version != self._version
+            and not (self._load is not None and self._load.pending)
+        ):
             # Changed without messages we could follow (v2 batches): read it all again.
             self.log.info("mqtt: configuration version {v}: reloading the points", v=version)
             self._load_config()
@@ -457,19 +458,7 @@ class MqttProcessor(Service):
     # -- commands -------------------------------------------------------------------
 
     def _start_commands(self) -> None:
-        from pydatacoll.api.app import ApiApp
-        from pydatacoll.api.replies import ReplyListener
-        from pydatacoll.config import Settings
-        from pydatacoll.store.config import ConfigStore
-
-        self._replies = ReplyListener(self.reactor, address_source=self.redis)
-        self._replies.startService()
-        self._api = ApiApp(
-            ConfigStore(self.redis),
-            self.settings or Settings(),
-            replies=self._replies,
-            clock=self.reactor,
-        )
+        self.commands.start()
 
     def _json_command(self, point_topic: str, payload: bytes) -> None:
         point = self._topics.get(point_topic)
@@ -477,59 +466,11 @@ class MqttProcessor(Service):
             self.counters["commands_ignored"] += 1
             self.log.warn("mqtt: command on {topic}: no such published point", topic=point_topic)
             return
-        try:
-            body = json.loads(payload)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            body = {"value": body}
-        self.command(point, body)
+        self.command(point, json_command_body(payload))
 
     def command(self, point: Point, body: dict[str, Any]) -> Deferred[Any]:
         """Run one command from MQTT through the device_ctrl path; publish its outcome."""
-        self.counters["commands"] += 1
-        who = body.get("client")
-        try:
-            who = normalize_id(who, "client") if who is not None else "anonymous"
-        except Exception:
-            who = "anonymous"
-        client = f"mqtt:{who}"
-        token_id = f"mqtt:{self.options.client_id}"
-        ids = dict(zip(("device_id", "term_id", "item_id"), point, strict=True))
-        refused = None
-        if not self.options.command_allowed(point):
-            refused = f"commands to {':'.join(point)} are not allowed by [plugin:mqtt] commands_acl"
-            self.counters["commands_refused"] += 1
-        if self._api is None:
-            d: Deferred[Any] = succeed(
-                {"outcome": "refused", "message": refused or "commands are off"}
-            )
-        else:
-            d = self._api.device_ctrl(ids, body, client, token_id=token_id, refused=refused)
-            d.addCallbacks(_answer_body, _error_body)
-        request = {"value": body.get("value"), "client": client}
-
-        def publish(answer: dict[str, Any]) -> None:
-            result = json.dumps(
-                {**answer, **request, "time": iso_time(self.reactor.seconds())}, default=str
-            )
-            self.outbox.put([("r", *point, result)])
-
-        return d.addCallback(publish)
-
-
-def _answer_body(answer: Any) -> dict[str, Any]:
-    return dict(answer.to_json())
-
-
-def _error_body(failure: Failure) -> dict[str, Any]:
-    error = failure.value
-    to_json = getattr(error, "to_json", None)
-    if to_json is None:
-        return {"outcome": "failed", "message": "internal error"}
-    body = dict(to_json())
-    body.setdefault("outcome", body.get("error"))
-    return body
+        return self.commands.command(point, body)
 
 
 def _value_of(sample: Mapping[str, Any]) -> tuple[Any, str, float]:

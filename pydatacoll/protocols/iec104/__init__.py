@@ -1,5 +1,10 @@
 """IEC 60870-5-104 controlling station (master): pure codecs, link protocol, services.
 
-``apci`` and ``asdu`` are pure (bytes in, values out); ``link`` is the Twisted protocol
-shared by our master (``client``) and our RTU simulator (``pydatacoll.testing.iec104_sim``).
+Modules, in the vocabulary both stacks share: pure codecs `apci` (APCI framing) and
+`asdu` (ASDUs, with `timetags` and `types`); `config` (a device's settings from the
+model); `link` (`Iec104Link`, the protocol of one connection, which `master` extends
+for our controlling station and `station` for the controlled station of the gateway and
+the RTU simulator); `commands` (request and result values); `client` (`Iec104Client`,
+the supervised connection with reconnect); `tls` (IEC 62351-3); `runtime`
+(`Iec104Runtime`, the `IDeviceRuntime`, and `driver`, the `IProtocolDriver` plugin).
 """

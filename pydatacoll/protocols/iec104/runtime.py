@@ -1,22 +1,15 @@
-"""The IEC 104 protocol driver: a device's settings, its point map, samples and commands.
+"""The IEC 104 device runtime: a device's point map, its samples and its commands.
 
-Device settings are the device's free attributes (all optional): ``k``, ``w``, ``t0`` ..
-``t3``, ``timezone`` (IANA name, default UTC), ``endpoints`` (redundant ``"host:port"``
-list tried after ``ip:port``), ``interrogation_interval``, ``interrogation_groups``,
-``counter_interval``, ``clock_sync_interval``, ``clock_sync`` (on start, default true),
-``command_timeout``, ``wait_termination``, and for IEC 62351-3 TLS ``tls_ca``,
-``tls_cert``, ``tls_key`` (file paths where the collector runs) and optionally
-``tls_fingerprints`` (SHA-256 of the accepted server certificates). A term is a
-station: its ``address`` is the common address (default 1). A term-item is a point:
-``protocol_code`` is its IOA, ``code_type`` the command type for ``device_ctrl``
+The device's settings are parsed in `config` (see its docstring and docs/iec104.rst).
+A term is a station: its ``address`` is the common address (default 1). A term-item is a
+point: ``protocol_code`` is its IOA, ``code_type`` the command type for ``device_ctrl``
 (45..64; a monitor type maps to its command, see ``asdu.COMMAND_FOR_MONITOR``),
-``select`` its default for select-before-operate.
+``select`` its default for select-before-operate. The ``iec104`` protocol driver (the
+`IProtocolDriver` plugin) is `driver`, at the end.
 """
 
 from __future__ import annotations
 
-import datetime
-import zoneinfo
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,11 +22,9 @@ from zope.interface import implementer
 
 from pydatacoll import errors
 from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
-from pydatacoll.model import ControlOutcome, Device, Field, Sample, Term, TermItem
+from pydatacoll.model import ControlOutcome, Device, Sample, Term, TermItem
 from pydatacoll.protocols.iec104.asdu import (
-    IEC104,
     Asdu,
-    AsduParams,
     Quality,
     cause_name,
     command_type_for,
@@ -44,23 +35,14 @@ from pydatacoll.protocols.iec104.client import (
     Outcome,
     StationParams,
 )
-from pydatacoll.protocols.iec104.link import LinkParams
-from pydatacoll.protocols.iec104.tls import TlsSettings, tls_settings
-from pydatacoll.scaling import apply_scaling
-
-#: Device attributes and how they are checked.
-SETTINGS = (
-    Field("k", "integer", "k: unacknowledged I-frames we may send", minimum=1, maximum=32767),
-    Field("w", "integer", "w: acknowledge after this many I-frames", minimum=1, maximum=32767),
-    Field("t0", "number", "t0: connect timeout (s)", minimum=0.1, maximum=255),
-    Field("t1", "number", "t1: acknowledgement timeout (s)", minimum=0.1, maximum=255),
-    Field("t2", "number", "t2: acknowledge a quiet link after (s)", minimum=0.1, maximum=255),
-    Field("t3", "number", "t3: test an idle link after (s)", minimum=0.1, maximum=172800),
-    Field("interrogation_interval", "number", "periodic GI (s, 0 = off)", minimum=0, maximum=1e6),
-    Field("counter_interval", "number", "periodic counter interrogation", minimum=0, maximum=1e6),
-    Field("clock_sync_interval", "number", "periodic clock sync (s)", minimum=0, maximum=1e6),
-    Field("command_timeout", "number", "command confirmation timeout", minimum=0.1, maximum=600),
+from pydatacoll.protocols.iec104.config import (  # noqa: F401 (re-exported: old paths)
+    SETTINGS,
+    DeviceSettings,
+    check_device,
+    check_point,
+    parse_device,
 )
+from pydatacoll.scaling import apply_scaling
 
 _QUALITY_FLAGS = (
     (Quality.IV, "IV"),
@@ -130,105 +112,6 @@ def _command_value(type_id: int, value: Any, ref: PointRef) -> Any:
 
 def _scale(value: Any, ref: PointRef) -> Any:
     return apply_scaling(value, ref.coefficient, ref.base_val)
-
-
-def _settings(device: Device) -> dict[str, Any]:
-    values = {}
-    for field in SETTINGS:
-        if device.extra.get(field.name) is not None:
-            values[field.name] = field.convert(device.extra[field.name])
-    return values
-
-
-def _endpoints(device: Device) -> list[tuple[str, int]]:
-    assert device.ip is not None
-    endpoints = [(device.ip, device.port or 2404)]
-    extra = device.extra.get("endpoints") or []
-    if not isinstance(extra, list) or len(extra) > 8:
-        raise errors.ValidationError(
-            "endpoints is a list of at most 8 host:port", field="endpoints"
-        )
-    for text in extra:
-        host, _, port = str(text).rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise errors.ValidationError(f"{text!r} is not host:port", field="endpoints")
-        endpoints.append((host, int(port)))
-    return endpoints
-
-
-def _timezone(device: Device) -> datetime.tzinfo:
-    name = device.extra.get("timezone") or "UTC"
-    if name == "UTC":
-        return datetime.UTC
-    try:
-        return zoneinfo.ZoneInfo(str(name))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        raise errors.ValidationError(f"unknown time zone {name!r}", field="timezone") from None
-
-
-@attrs.frozen
-class DeviceSettings:
-    """An ``iec104`` device's settings, checked."""
-
-    link: LinkParams
-    asdu: AsduParams
-    #: `StationParams` fields other than the common addresses (those come from terms).
-    station: dict[str, Any]
-    endpoints: list[tuple[str, int]]
-    #: IEC 62351-3 TLS (``tls_ca``, ``tls_cert``, ``tls_key``, ``tls_fingerprints``).
-    tls: TlsSettings | None = None
-
-
-def parse_device(device: Device) -> DeviceSettings:
-    """The settings of an ``iec104`` device; `ValidationError` names the bad attribute."""
-    values = _settings(device)
-    link = {k: values[k] for k in ("k", "w", "t0", "t1", "t2", "t3") if k in values}
-    try:
-        link_params = LinkParams(**link)
-    except ValueError as exc:
-        # "w (9) must not exceed k (8)", "t2 (20) must be less than t1 (15)": name the first.
-        named = str(exc).split(" ", 1)[0]
-        field = named if named in link else next(iter(link), "k")
-        raise errors.ValidationError(str(exc), field=field) from None
-    tz = _timezone(device)
-    station: dict[str, Any] = {
-        "interrogation_interval": values.get("interrogation_interval", 0.0),
-        "counter_interval": values.get("counter_interval", 0.0),
-        "clock_sync_interval": values.get("clock_sync_interval", 0.0),
-        "command_timeout": values.get("command_timeout", 10.0),
-        "clock_sync_on_start": bool(device.extra.get("clock_sync", True)),
-        "wait_termination": bool(device.extra.get("wait_termination", False)),
-    }
-    groups = device.extra.get("interrogation_groups")
-    if groups is not None:
-        if isinstance(groups, list):  # JSON 3.0 is the integer 3
-            groups = [int(g) if isinstance(g, float) and g.is_integer() else g for g in groups]
-        if not isinstance(groups, list) or not all(
-            isinstance(g, int) and not isinstance(g, bool) and 0 <= g <= 16 for g in groups
-        ):
-            raise errors.ValidationError(
-                "interrogation_groups is a list of 0 (station) to 16",
-                field="interrogation_groups",
-            )
-        station["interrogation_groups"] = tuple(groups) or (0,)
-    asdu = AsduParams(tz=tz) if tz is not datetime.UTC else IEC104
-    return DeviceSettings(
-        link_params, asdu, station, _endpoints(device), tls_settings(device.extra)
-    )
-
-
-def check_device(device: Device) -> None:
-    """Refuse (with `ValidationError`) settings an ``iec104`` device cannot run with."""
-    parse_device(device)
-
-
-def check_point(device: Device, term: Term, term_item: TermItem) -> None:
-    """Refuse a point an ``iec104`` device could not map: it needs its IOA."""
-    if term_item.protocol_code is None:
-        raise errors.ValidationError(
-            "protocol_code (the information object address) is required for an iec104 point",
-            field="protocol_code",
-        )
 
 
 def point_map(
@@ -484,7 +367,7 @@ def _error(result: CommandResult) -> errors.DeviceError:
 
 
 @implementer(IPlugin, IProtocolDriver)
-class Iec104Driver:
+class Iec104ProtocolDriver:
     """The ``iec104`` protocol driver."""
 
     name = "iec104"
@@ -505,4 +388,7 @@ class Iec104Driver:
         return Iec104Runtime(device, terms, term_items, sink, reactor, frame_observer)
 
 
-driver = Iec104Driver()
+driver = Iec104ProtocolDriver()
+
+#: The old name of `Iec104ProtocolDriver`.
+Iec104Driver = Iec104ProtocolDriver

@@ -1,8 +1,11 @@
-"""Modbus TCP master: framing, pymodbus PDUs, point codec, poll planning, client, driver.
+"""Modbus TCP master: framing, pymodbus PDUs, point codec, poll planning, link, client, poller.
 
-Modules: `framing` (MBAP), `pdu` (pymodbus request/response PDUs), `codec` (data types,
-byte orders, scaling), `config` (settings and points from the model), `planner` (merged
-reads), `client` (the Twisted protocol), `link` (supervised connection), `driver` (the
-per-device poller the device manager runs). This package imports nothing itself, so that
-`pydatacoll.model` can use the pure `codec` without loading Twisted or pymodbus.
+Modules, in the vocabulary both stacks share: pure codecs `framing` (MBAP), `pdu`
+(pymodbus request/response PDUs) and `codec` (data types, byte orders, scaling);
+`config` (a device's settings and points from the model); `planner` (merged reads);
+`link` (`ModbusLink`, the protocol of one connection); `client` (`ModbusClient`, the
+supervised connection with reconnect); `poller` (`ModbusPoller`, the per-device polling
+engine); `runtime` (`ModbusRuntime`, the `IDeviceRuntime`, and `driver`, the
+`IProtocolDriver` plugin). `driver.py` is only the old path of the poller. This package
+imports nothing itself.
 """

@@ -1,414 +1,195 @@
-"""A thin Modbus TCP client `Protocol`: framing in, transactions matched, Deferreds out.
+"""The Modbus TCP client: one supervised connection; `ClientService` reconnects with capped
+backoff and jitter.
 
-The protocol sends `pdu.Request` values to unit ids, matches responses by MBAP
-transaction id, times each request out on the injected clock and discards a late
-response (its transaction id is no longer pending, so it cannot answer a newer request).
-At most ``max_in_flight`` requests are outstanding; the others wait in a queue bounded by
-``max_queue`` (overflow policy: the new request fails at once with `ModbusQueueFull`).
-Bytes that do not frame or decode close the link (logged with their hex); the
-supervisor (`link.ModbusLink`) reconnects.
+`ModbusClient` keeps one `link.ModbusLink` connected while it runs and sends
+requests through it; with no connection a request fails at once (`ModbusNotConnected`)
+rather than waiting, so a dead device never builds a backlog. Its `LinkCounters` survive
+reconnects and are what the device manager shows.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import random
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import LogLevel
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from pydatacoll.errors import (
-    ModbusExceptionResponse,
-    ModbusFrameError,
-    ModbusNotConnected,
-    ModbusQueueFull,
-    ModbusTimeout,
-)
-from pydatacoll.logs import RateLimitedLog, logger
+from pydatacoll.errors import ModbusNotConnected
+from pydatacoll.logs import RateLimitedLog, quiet_client_service
+from pydatacoll.protocols.faults import HEALTHY_AFTER, LinkBackoff
 from pydatacoll.protocols.modbus import pdu as pdus
-from pydatacoll.protocols.modbus.codec import Table
-from pydatacoll.protocols.modbus.framing import decode_adus, encode_adu
+from pydatacoll.protocols.modbus.config import ModbusSettings
+from pydatacoll.protocols.modbus.link import LinkCounters, ModbusLink
+from pydatacoll.retry import exponential
+
+#: Reconnect delays lose up to this fraction at random, so that devices cut off together
+#: do not all come back in the same instant.
+RETRY_JITTER = 0.25
 
 
-@attrs.define
-class LinkStats:
-    """Counters of one device link, kept across reconnects; `snapshot` is a plain dict."""
+@implementer(IStreamClientEndpoint)
+class _ObservedEndpoint:
+    """Wraps an endpoint to count and remember failed connection attempts."""
 
-    state: str = "stopped"
-    connects: int = 0
-    reconnects: int = 0
-    requests: int = 0
-    responses: int = 0
-    timeouts: int = 0
-    exceptions: int = 0
-    frame_errors: int = 0
-    late_responses: int = 0
-    #: Responses whose transaction id was never sent (or long forgotten): a peer fault.
-    unexpected_responses: int = 0
-    #: Whether the current connection has had a valid response (one matched to its
-    #: request, an exception response included): until then the device is not online.
-    answered: bool = False
-    #: Why the last connection without a valid response was not good (None once answered).
-    reason: str | None = None
-    queue_full: int = 0
-    not_connected: int = 0
-    rtt_last: float | None = None
-    rtt_avg: float | None = None
-    rtt_max: float | None = None
-    last_error: str | None = None
-    last_error_time: float | None = None
-    last_response_time: float | None = None
-    queued: int = 0
-    in_flight: int = 0
+    def __init__(self, endpoint: IStreamClientEndpoint, link: ModbusClient) -> None:
+        self._endpoint = endpoint
+        self._link = link
 
-    def record_rtt(self, rtt: float) -> None:
-        """Update the round-trip figures (``rtt_avg`` is an EWMA over ~16 responses)."""
-        self.rtt_last = rtt
-        self.rtt_avg = rtt if self.rtt_avg is None else self.rtt_avg + (rtt - self.rtt_avg) / 16
-        self.rtt_max = rtt if self.rtt_max is None else max(self.rtt_max, rtt)
-
-    def record_error(self, message: str, when: float) -> None:
-        """Remember the last error and when it happened."""
-        self.last_error = message
-        self.last_error_time = when
-
-    def snapshot(self) -> dict[str, Any]:
-        """The counters as a plain dict (JSON-ready)."""
-        return attrs.asdict(self, filter=lambda a, _: not a.name.startswith("_"))
-
-    # counters at the start of the current connection: what went wrong on it since
-    _at_connect: tuple[int, int, int, int] = (0, 0, 0, 0)
-
-    def connected(self) -> None:
-        """A new connection: nothing answered on it yet."""
-        self.answered = False
-        self._at_connect = self._problem_counts()
-
-    def _problem_counts(self) -> tuple[int, int, int, int]:
-        return (self.timeouts, self.late_responses, self.unexpected_responses, self.frame_errors)
-
-    def problems(self) -> str | None:
-        """What went wrong on the current connection, in words (None: nothing yet)."""
-        now = self._problem_counts()
-        names = ("timeouts", "late responses", "responses with unexpected transaction ids",
-                 "bad frames")  # fmt: skip
-        parts = [
-            f"{after - before} {name}"
-            for name, before, after in zip(names, self._at_connect, now, strict=True)
-            if after > before
-        ]
-        return ", ".join(parts) or None
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self._link.stats.state = "connecting"
+        d = self._endpoint.connect(factory)
+        d.addErrback(self._link._connect_failed)
+        return d
 
 
-@attrs.define(eq=False)
-class _Transaction:
-    unit_id: int
-    request: pdus.Request
-    deferred: Deferred[pdus.Response]
-    transaction_id: int = 0
-    sent_at: float = 0.0
-    timer: IDelayedCall | None = None
+class _LinkFactory(Factory):
+    noisy = False  # no "Starting factory <...>" per attempt; the link logs its states
+
+    def __init__(self, link: ModbusClient) -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: Any) -> ModbusLink:
+        return self.link._build_protocol()
 
 
-class ModbusClientProtocol(Protocol):
-    """One Modbus TCP connection to a device (several unit ids may share it)."""
+class ModbusClient(Service):
+    """One device connection, kept up by a `ClientService`; requests go through it."""
 
-    log = logger()  # drops debug
+    log = Logger()
 
     def __init__(
         self,
+        endpoint: IStreamClientEndpoint,
         clock: IReactorTime,
+        settings: ModbusSettings,
         *,
-        timeout: float = 1.0,
-        max_in_flight: int = 1,
-        max_queue: int = 256,
-        request_pause: float = 0.0,
-        connect_pause: float = 0.0,
-        silent_timeouts: int = 3,
-        stats: LinkStats | None = None,
         name: str = "modbus",
-        limiter: RateLimitedLog | None = None,
+        rng: Any = random,
+        healthy_after: float = HEALTHY_AFTER,
+        frame_observer: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.clock = clock
-        self.timeout = timeout
-        self.max_in_flight = max(1, max_in_flight)
-        self.max_queue = max_queue
-        self.request_pause = request_pause
-        self.connect_pause = connect_pause
-        #: Consecutive timeouts without a valid response (one matched to a pending
-        #: request): a half-open link, or a peer that does not answer what we ask.
-        self.silent_timeouts = silent_timeouts
-        self.stats = stats if stats is not None else LinkStats()
-        self.name = name
-        self.connected = False
-        self._buffer = b""
-        self._queue: deque[_Transaction] = deque()
-        self._pending: dict[int, _Transaction] = {}
-        self._next_tid = 0
-        self._hold: IDelayedCall | None = None
-        self._silent = 0
-        #: Transaction ids that timed out lately: their answers are late, not unexpected.
-        self._expired: deque[int] = deque(maxlen=64)
-        self.on_connection_lost: Callable[[Failure], None] | None = None
-        #: Called once, at the first valid response of this connection.
-        self.on_answer: Callable[[], None] | None = None
-        self.limiter = limiter if limiter is not None else RateLimitedLog(self.log, clock)
+        #: Called with ``("tx" | "rx", frame)`` for every ADU (the device's frame log).
+        self.frame_observer = frame_observer
+        self.settings = settings
+        self.name = name  # type: ignore[assignment]  # Service declares it None
+        self.stats = LinkCounters()
+        self.protocol: ModbusLink | None = None
+        self._building: ModbusLink | None = None
+        #: Retry delays grow until the link has been healthy (a valid response, then
+        #: ``healthy_after`` seconds up): a peer that accepts and then answers garbage
+        #: is retried ever more slowly, not every second.
+        self.backoff = LinkBackoff(
+            exponential(
+                settings.reconnect_initial,
+                settings.reconnect_max,
+                settings.reconnect_factor,
+                jitter=RETRY_JITTER,
+                rng=rng,
+            ),
+            clock,
+            healthy_after,
+        )
+        #: Per-frame complaints of all this link's connections, rate-limited.
+        self.limiter = RateLimitedLog(self.log, clock)
+        self._service = quiet_client_service(
+            _ObservedEndpoint(endpoint, self),
+            _LinkFactory(self),
+            retryPolicy=self.backoff,
+            clock=clock,
+            prepareConnection=self._connected,
+        )
 
-    # Twisted's Protocol interface
+    def startService(self) -> None:
+        """Start connecting (and reconnecting)."""
+        super().startService()
+        self.stats.state = "connecting"
+        self._service.startService()
 
-    def connectionMade(self) -> None:
-        """Start sending (after ``connect_pause``, for devices that need a moment)."""
-        self.connected = True
-        transport: Any = self.transport  # a TCP transport (ITCPTransport)
-        if hasattr(transport, "setTcpKeepAlive"):
-            transport.setTcpKeepAlive(True)
-        if self.connect_pause > 0:
-            self._hold_for(self.connect_pause)
+    def stopService(self) -> Deferred[None]:
+        """Stop reconnecting and close the link; fires when it is closed."""
+        super().stopService()
+        d: Deferred[None] = self._service.stopService()
+        self.backoff.link_lost()
 
-    def dataReceived(self, data: bytes) -> None:
-        """Frame, match and deliver responses; bad bytes close the link."""
-        self._buffer += data
-        try:
-            adus, self._buffer = decode_adus(self._buffer)
-            for adu in adus:
-                self._response(adu.transaction_id, adu.unit_id, adu.pdu)
-        except ModbusFrameError as e:
-            self._frame_error(e)
-            return
-        self._send_more()
+        def stopped(result: Any) -> Any:
+            self.stats.state = "stopped"
+            self.limiter.flush()
+            return result
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """Fail every queued and pending request: their answers can no longer come."""
-        self.connected = False
-        self.limiter.flush()  # this connection's complaints are counted with its end
-        if not self.stats.answered:
-            problems = self.stats.problems()
-            self.stats.reason = (
-                f"the last connection had no valid response ({problems or 'no answer'})"
-            )
-        if self._hold is not None and self._hold.active():
-            self._hold.cancel()
-        self._hold = None
-        error = ModbusNotConnected(f"link lost: {reason.getErrorMessage()}")
-        waiting = list(self._pending.values()) + list(self._queue)
-        self._pending.clear()
-        self._queue.clear()
-        self._update_depths()
-        for transaction in waiting:
-            if transaction.timer is not None and transaction.timer.active():
-                transaction.timer.cancel()
-            transaction.deferred.errback(Failure(error))
-        if self.on_connection_lost is not None:
-            self.on_connection_lost(reason)
-
-    # public commands
+        return d.addBoth(stopped)
 
     def request(self, unit_id: int, request: pdus.Request) -> Deferred[pdus.Response]:
-        """Send ``request`` to ``unit_id``; fires with the `pdu.Response`.
-
-        Fails with `ModbusExceptionResponse`, `ModbusTimeout`, `ModbusQueueFull`,
-        `ModbusNotConnected` or `ModbusFrameError`.
-        """
-        if not self.connected:
+        """Send ``request`` on the current connection (see `ModbusLink.request`)."""
+        protocol = self.protocol
+        if protocol is None or not protocol.connected:
             self.stats.not_connected += 1
-            return _failed(ModbusNotConnected("not connected"))
-        if len(self._queue) >= self.max_queue:
-            self.stats.queue_full += 1
-            return _failed(ModbusQueueFull(f"{self.max_queue} requests are already queued"))
-        transaction = _Transaction(unit_id, request, Deferred(self._cancel))
-        self._queue.append(transaction)
-        self._send_more()
-        self._update_depths()
-        return transaction.deferred
+            d: Deferred[pdus.Response] = Deferred()
+            d.errback(Failure(ModbusNotConnected(f"{self.name}: not connected")))
+            return d
+        return protocol.request(unit_id, request)
 
-    def read(self, unit_id: int, table: Table, address: int, count: int) -> Deferred[Any]:
-        """FC1/2/3/4; fires with a tuple of registers or of bools."""
-        d = self.request(unit_id, pdus.read_request(table, address, count))
-        return d.addCallback(lambda r: r.bits if table.is_bits else r.registers)
-
-    def write_coil(self, unit_id: int, address: int, value: bool) -> Deferred[pdus.Response]:
-        """FC5."""
-        return self.request(unit_id, pdus.write_coil(address, value))
-
-    def write_register(self, unit_id: int, address: int, value: int) -> Deferred[pdus.Response]:
-        """FC6."""
-        return self.request(unit_id, pdus.write_register(address, value))
-
-    def write_coils(self, unit_id: int, address: int, values: list[bool]) -> Deferred[Any]:
-        """FC15."""
-        return self.request(unit_id, pdus.write_coils(address, values))
-
-    def write_registers(self, unit_id: int, address: int, values: list[int]) -> Deferred[Any]:
-        """FC16."""
-        return self.request(unit_id, pdus.write_registers(address, values))
-
-    def mask_write_register(
-        self, unit_id: int, address: int, and_mask: int, or_mask: int
-    ) -> Deferred[pdus.Response]:
-        """FC22."""
-        return self.request(unit_id, pdus.mask_write_register(address, and_mask, or_mask))
-
-    # internals
-
-    def _send_more(self) -> None:
-        while (
-            self.connected
-            and self._queue
-            and len(self._pending) < self.max_in_flight
-            and self._hold is None
-        ):
-            transaction = self._queue.popleft()
-            tid = self._new_tid()
-            transaction.transaction_id = tid
-            transaction.sent_at = self.clock.seconds()
-            transaction.timer = self.clock.callLater(self.timeout, self._timed_out, tid)
-            self._pending[tid] = transaction
-            self.stats.requests += 1
-            assert self.transport is not None
-            self.transport.write(encode_adu(tid, transaction.unit_id, transaction.request.pdu))
-            if self.request_pause > 0:
-                # the pause runs from the answer, see _done; nothing else goes out meanwhile
-                break
-        self._update_depths()
-
-    def _new_tid(self) -> int:
-        # skip ids still pending; with at most max_in_flight pending this ends quickly
-        while True:
-            self._next_tid = (self._next_tid + 1) & 0xFFFF
-            if self._next_tid not in self._pending:
-                return self._next_tid
-
-    def _response(self, tid: int, unit_id: int, data: bytes) -> None:
-        transaction = self._pending.get(tid)
-        if transaction is None:
-            # late (timed out, cancelled) or never asked for: never give it to anyone else
-            if tid in self._expired:
-                # An answer after the timeout is no valid answer either: a device that is
-                # always late is reconnected like a silent one, its status says "late".
-                self.stats.late_responses += 1
-                self.log.debug("{name}: discarded late response {tid}", name=self.name, tid=tid)
-                return
-            # Never sent: the peer is not answering our requests. Its requests time
-            # out, and ``silent_timeouts`` of them close the link.
-            self.stats.unexpected_responses += 1
-            self.limiter.emit(
-                LogLevel.warn,
-                "unexpected_tid",
-                "{name}: discarded a response with transaction id {tid}, never sent",
-                name=self.name,
-                tid=tid,
-            )
-            return
-        if unit_id != transaction.unit_id:
-            raise ModbusFrameError(
-                f"transaction {tid} was for unit {transaction.unit_id}, answered by {unit_id}",
-                offset=6,
-                data=data,
-            )
-        response = pdus.decode_response(transaction.request, data)
-        del self._pending[tid]
-        self._silent = 0
-        if not self.stats.answered:
-            self.stats.answered = True
-            self.stats.reason = None
-            if self.on_answer is not None:
-                self.on_answer()
-        now = self.clock.seconds()
-        if transaction.timer is not None and transaction.timer.active():
-            transaction.timer.cancel()
-        self.stats.responses += 1
-        self.stats.last_response_time = now
-        self.stats.record_rtt(now - transaction.sent_at)
-        self._done()
-        if response.exception_code is None:
-            transaction.deferred.callback(response)
-            return
-        self.stats.exceptions += 1
-        error = ModbusExceptionResponse(
-            transaction.request.function_code, response.exception_code, transaction.unit_id
+    def _build_protocol(self) -> ModbusLink:
+        s = self.settings
+        protocol = ModbusLink(
+            self.clock,
+            timeout=s.timeout,
+            max_in_flight=s.max_in_flight,
+            max_queue=s.max_queue,
+            request_pause=s.request_pause,
+            connect_pause=s.connect_pause,
+            silent_timeouts=s.silent_timeouts,
+            stats=self.stats,
+            name=str(self.name),
+            limiter=self.limiter,
         )
-        self.stats.record_error(str(error), now)
-        transaction.deferred.errback(Failure(error))
+        protocol.on_answer = self.backoff.good_exchange
+        if self.frame_observer is not None:
+            protocol.frame_observer = self._observe_frame
+        self._building = protocol
+        return protocol
 
-    def _timed_out(self, tid: int) -> None:
-        transaction = self._pending.pop(tid, None)
-        if transaction is None:
+    def _observe_frame(self, direction: str, frame: bytes) -> None:
+        assert self.frame_observer is not None
+        try:
+            self.frame_observer(direction, frame)
+        except Exception:
+            self.log.failure("{name}: frame observer failed", name=self.name)
+
+    def _connected(self, proxy: Any) -> None:
+        protocol = self._building
+        self._building = None
+        if protocol is None:
             return
-        self._expired.append(tid)
-        self.stats.timeouts += 1
-        message = f"unit {transaction.unit_id}: no response in {self.timeout:g} s"
-        self.stats.record_error(message, self.clock.seconds())
-        self._silent += 1
-        self._done()
-        transaction.deferred.errback(Failure(ModbusTimeout(message)))
-        if self.silent_timeouts and self._silent >= self.silent_timeouts and self.connected:
-            self.log.warn(
-                "{name}: {count} timeouts with no valid response ({problems}), closing the link",
-                name=self.name,
-                count=self._silent,
-                problems=self.stats.problems(),
-            )
-            self._abort()
-            return
-        self._send_more()
+        protocol.on_connection_lost = lambda reason, p=protocol: self._lost(p, reason)
+        self.protocol = protocol
+        self.stats.connected()
+        self.stats.connects += 1
+        if self.stats.connects > 1:
+            self.stats.reconnects += 1
+        self.stats.state = "connected"
+        self.log.info("{name}: connected", name=self.name)
 
-    def _done(self) -> None:
-        if self.request_pause > 0 and self.connected:
-            self._hold_for(self.request_pause)
+    def _lost(self, protocol: ModbusLink, reason: Failure) -> None:
+        self.backoff.link_lost()
+        if self.protocol is protocol:
+            self.protocol = None
+            if self.running:
+                self.stats.state = "disconnected"
+                self.log.info(
+                    "{name}: link lost: {reason}", name=self.name, reason=reason.getErrorMessage()
+                )
 
-    def _hold_for(self, delay: float) -> None:
-        if self._hold is not None and self._hold.active():
-            self._hold.cancel()
-        self._hold = self.clock.callLater(delay, self._release)
-
-    def _release(self) -> None:
-        self._hold = None
-        self._send_more()
-
-    def _cancel(self, deferred: Deferred[Any]) -> None:
-        # A cancelled request leaves the queue; if it was sent, its slot stays taken until
-        # its answer or timeout so the transaction id cannot be reused meanwhile.
-        for transaction in self._queue:
-            if transaction.deferred is deferred:
-                self._queue.remove(transaction)
-                break
-        for transaction in self._pending.values():
-            if transaction.deferred is deferred:
-                transaction.deferred = Deferred()
-                transaction.deferred.addErrback(lambda _: None)
-                break
-        self._update_depths()
-        deferred.errback(Failure(CancelledError()))
-
-    def _frame_error(self, error: ModbusFrameError) -> None:
-        self.stats.frame_errors += 1
-        self.stats.record_error(str(error), self.clock.seconds())
-        self.log.error(
-            "{name}: closing the link on a bad frame: {error}; bytes: {hex}",
-            name=self.name,
-            error=str(error),
-            hex=error.data.hex(" "),
+    def _connect_failed(self, failure: Failure) -> Failure:
+        self.stats.state = "disconnected"
+        self.stats.record_error(
+            f"connect failed: {failure.getErrorMessage()}", self.clock.seconds()
         )
-        self._buffer = b""
-        self.connected = False  # nothing more goes out on this transport
-        self._abort()
-
-    def _abort(self) -> None:
-        transport: Any = self.transport  # TCP transports can abort (ITCPTransport)
-        if transport is not None:
-            transport.abortConnection()
-
-    def _update_depths(self) -> None:
-        self.stats.queued = len(self._queue)
-        self.stats.in_flight = len(self._pending)
-
-
-def _failed(error: Exception) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(Failure(error))
-    return d
+        return failure

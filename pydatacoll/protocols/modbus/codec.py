@@ -43,13 +43,6 @@ class Table(enum.Enum):
         """Whether a master can write the table (coils, holding registers)."""
         return self in (Table.COIL, Table.HOLDING)
 
-    @property
-    def read_function(self) -> int:
-        """The function code that reads the table."""
-        return _READ_FUNCTION[self]
-
-
-_READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE_INPUT: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
 #: ``code_type`` spellings -> table. The numbers are the Modicon reference prefixes
 #: (0xxxx coils, 1xxxx discrete inputs, 3xxxx input registers, 4xxxx holding registers).
@@ -276,6 +269,20 @@ def point_format(
             field="protocol_code",
         )
     return PointFormat(table, data_type, flags[0], flags[1], bit, width)
+
+
+def check_item_fields(term_item: Any) -> None:
+    """Check a term-item's Modbus fields (``data_type``, ``byte_order``, ``bit``,
+    ``count``) together with its ``code_type`` and address; `ValidationError` names the
+    field. The device registry calls it for a term-item with any of those fields set."""
+    point_format(
+        term_item.code_type,
+        term_item.data_type,
+        term_item.byte_order,
+        term_item.bit,
+        term_item.count,
+        address=term_item.protocol_code,
+    )
 
 
 def _byte_order(name: str | None, default: str, data_type: str, width: int) -> tuple[bool, bool]:

@@ -246,3 +246,17 @@ def build_points(
     if bad:
         raise ValidationError(bad[0].reason, field=bad[0].field)
     return points
+
+
+def check_device(device: Device) -> None:
+    """Refuse (with `ValidationError`) settings a ``modbus`` device cannot run with."""
+    ModbusSettings.from_device(device)
+
+
+def check_point(device: Device, term: Term, term_item: TermItem) -> None:
+    """Refuse (with `ValidationError` naming the field) a point the driver cannot read."""
+    try:
+        byte_order = ModbusSettings.from_device(device).byte_order
+    except ValidationError:
+        byte_order = "ABCD"  # the device itself is refused where it is checked
+    point_from_term_item(term_item, unit_id=1, scan_interval=1.0, default_byte_order=byte_order)

@@ -1,4 +1,4 @@
-"""The Modbus protocol driver: `ModbusDriver` as an `IDeviceRuntime` of the device manager.
+"""The Modbus device runtime: a `ModbusPoller` as an `IDeviceRuntime` of the device manager.
 
 The settings are described in docs/modbus.rst. A term is a unit (its ``address`` is the
 unit id), and a term-item is a point.
@@ -6,7 +6,7 @@ unit id), and a term-item is a point.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -19,13 +19,14 @@ from zope.interface import implementer
 from pydatacoll import errors
 from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
 from pydatacoll.model import ControlOutcome, Device, Sample, Term, TermItem
-from pydatacoll.protocols.modbus.config import (
+from pydatacoll.protocols.modbus.config import (  # noqa: F401 (re-exported: old paths)
     BadPoint,
     ModbusSettings,
-    point_from_term_item,
+    check_device,
+    check_point,
     sort_points,
 )
-from pydatacoll.protocols.modbus.driver import GOOD, ModbusDriver, PointValue, ReadBatch
+from pydatacoll.protocols.modbus.poller import GOOD, ModbusPoller, PointValue, ReadBatch
 
 _ERRORS: tuple[tuple[type[Exception], type[errors.DeviceError]], ...] = (
     (errors.ModbusNotConnected, errors.DeviceOffline),
@@ -36,20 +37,6 @@ _ERRORS: tuple[tuple[type[Exception], type[errors.DeviceError]], ...] = (
     (errors.ValidationError, errors.RequestRefused),
     (errors.NotFound, errors.RequestRefused),
 )
-
-
-def check_device(device: Device) -> None:
-    """Refuse (with `ValidationError`) settings a ``modbus`` device cannot run with."""
-    ModbusSettings.from_device(device)
-
-
-def check_point(device: Device, term: Term, term_item: TermItem) -> None:
-    """Refuse (with `ValidationError` naming the field) a point the driver cannot read."""
-    try:
-        byte_order = ModbusSettings.from_device(device).byte_order
-    except errors.ValidationError:
-        byte_order = "ABCD"  # the device itself is refused where it is checked
-    point_from_term_item(term_item, unit_id=1, scan_interval=1.0, default_byte_order=byte_order)
 
 
 def device_error(failure: Failure) -> errors.DeviceError:
@@ -82,6 +69,7 @@ class ModbusRuntime(Service):
         term_items: Sequence[TermItem],
         sink: ISampleSink,
         reactor: Any,
+        frame_observer: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.device_id = device.id
         self.clock = reactor
@@ -95,13 +83,14 @@ class ModbusRuntime(Service):
         #: so a formula over two reads of one scan is computed once. Bounded: past
         #: MAX_SCAN_SAMPLES (a scan bigger than that) they are handed on early.
         self._scan: list[Sample] = []
-        self.driver = ModbusDriver(
+        self.poller = ModbusPoller(
             device.id,
             self.settings,
             self._points(terms, term_items),
             self._on_batch,
             reactor=reactor,
             on_scan_done=self._flush,
+            frame_observer=frame_observer,
         )
 
     def _points(self, terms: Sequence[Term], term_items: Sequence[TermItem]) -> list[Any]:
@@ -120,17 +109,26 @@ class ModbusRuntime(Service):
 
     def update_points(self, terms: Sequence[Term], term_items: Sequence[TermItem]) -> None:
         """Re-plan the polls for the new points; the link stays up."""
-        self.driver.update_points(self._points(terms, term_items))
+        self.poller.update_points(self._points(terms, term_items))
 
     def startService(self) -> None:
         super().startService()
-        self.driver.startService()
+        self.poller.startService()
 
     def stopService(self) -> Any:
         super().stopService()
-        d = self.driver.stopService()
+        d = self.poller.stopService()
         self._flush()
         return d
+
+    def pause_input(self) -> None:
+        """Skip the polls that fall due (the device keeps its data; nothing is lost but
+        the samples of the skipped scans)."""
+        self.poller.pause_input()
+
+    def resume_input(self) -> None:
+        """Poll again from the next due scan."""
+        self.poller.resume_input()
 
     def _on_batch(self, batch: ReadBatch) -> None:
         device_id = self.device_id
@@ -172,7 +170,7 @@ class ModbusRuntime(Service):
     def read_point(self, term_id: str, item_id: str) -> defer.Deferred[Sample]:
         """A read of this point alone, now."""
         key = f"{term_id}:{item_id}"
-        d = self.driver.read_point(key)
+        d = self.poller.read_point(key)
 
         def failed(failure: Failure) -> Failure:
             return Failure(device_error(failure))
@@ -186,7 +184,7 @@ class ModbusRuntime(Service):
         key = f"{term_id}:{item_id}"
         if select:
             return defer.succeed(ControlOutcome("refused", "Modbus has no select-before-operate"))
-        d = self.driver.write_point(key, value)
+        d = self.poller.write_point(key, value)
 
         def done(point: PointValue) -> ControlOutcome:
             return ControlOutcome("confirmed", "written", sample=self._sample(key, point))
@@ -199,14 +197,14 @@ class ModbusRuntime(Service):
 
     def status(self) -> dict[str, Any]:
         """Link state and counters, scans, points updated, last value time."""
-        stats = self.driver.stats()
+        stats = self.poller.stats()
         link = stats.get("link", {})
         state = link.get("state", "unknown")
         reason = link.get("reason")
         if state == "connected":
             # Online only once the device has answered a request on this connection:
             # a peer that accepts and then answers garbage is not online.
-            problems = self.driver.link.stats.problems()
+            problems = self.poller.client.stats.problems()
             if link.get("answered"):
                 state = "online"
             elif problems is not None:
@@ -218,14 +216,14 @@ class ModbusRuntime(Service):
             "reason": reason,
             "since": link.get("since"),
             "last_error": link.get("last_error"),
-            "retries_since_healthy": self.driver.link.backoff.failures,
+            "retries_since_healthy": self.poller.client.backoff.failures,
             "points_updated": self.points_updated,
             "last_value_time": self.last_value_time,
             "bad_points": [
                 *(p.to_json() for p in self.bad_points),
                 *(
                     BadPoint(key, "protocol_code", reason).to_json()
-                    for key, reason in sorted(self.driver.refused.items())
+                    for key, reason in sorted(self.poller.refused.items())
                 ),
             ],
             "counters": stats,
@@ -248,10 +246,10 @@ class ModbusProtocolDriver:
         sink: ISampleSink,
         reactor: Any,
         settings: Any,
-        frame_observer: Any = None,
+        frame_observer: Callable[[str, bytes], None] | None = None,
     ) -> ModbusRuntime:
-        """A `ModbusRuntime` for ``device``."""
-        return ModbusRuntime(device, terms, term_items, sink, reactor)
+        """A `ModbusRuntime` for ``device`` (reporting its frames to ``frame_observer``)."""
+        return ModbusRuntime(device, terms, term_items, sink, reactor, frame_observer)
 
 
 driver = ModbusProtocolDriver()

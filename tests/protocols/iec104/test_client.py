@@ -22,7 +22,6 @@ from pydatacoll.protocols.iec104.client import (
     Iec104Master,
     Outcome,
     StationParams,
-    backoff,
 )
 from pydatacoll.protocols.iec104.link import LinkParams, LinkState
 
@@ -425,11 +424,12 @@ class ReadAndSystemTests(SynchronousTestCase):
 
 class ClientTests(SynchronousTestCase):
     def test_backoff_is_capped_with_jitter(self):
-        policy = backoff(initial=1, maximum=60, factor=2, jitter=0.25)
-        delays = [policy(n) for n in range(12)]
-        self.assertTrue(0.75 <= delays[0] <= 1.25)
-        self.assertTrue(all(d <= 75 for d in delays))
-        self.assertTrue(45 <= delays[-1] <= 75)
+        client = Iec104Client(MemoryReactorClock(), [("127.0.0.1", 2404)])
+        policy = client.retry.delay
+        delays = [policy(n) for n in range(1, 13)]
+        self.assertTrue(0.75 <= delays[0] <= 1.0)
+        self.assertTrue(all(d <= 60 for d in delays))
+        self.assertTrue(45 <= delays[-1] <= 60)
 
     def test_reconnects_through_redundant_endpoints(self):
         reactor = MemoryReactorClock()

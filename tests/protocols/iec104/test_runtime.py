@@ -1,13 +1,18 @@
 """The IEC 104 device runtime: how device_ctrl values and point types become commands."""
 
+from twisted.application.service import IService
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
+from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver
 from pydatacoll.model import Device, Term, TermItem
 from pydatacoll.protocols.iec104.asdu import COMMAND_FOR_MONITOR, TypeId, command_type_for
-from pydatacoll.protocols.iec104.client import CommandResult, Outcome
-from pydatacoll.protocols.iec104.runtime import Iec104Runtime
+from pydatacoll.protocols.iec104.client import CommandResult, Outcome, _MasterFactory
+from pydatacoll.protocols.iec104.runtime import Iec104Runtime, driver
 
 
 class RecordingClient:
@@ -102,3 +107,35 @@ class CommandTypeTests(SynchronousTestCase):
             self.successResultOf(device.control_point("10", item, value, None))
             self.assertEqual(device.client.commands[-1][3], raw, (item, value))
             self.assertIs(type(device.client.commands[-1][3]), type(raw), (item, value))
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_driver_and_runtime_provide_their_interfaces(self):
+        self.assertTrue(verifyObject(IProtocolDriver, driver))
+        self.assertTrue(verifyObject(IPlugin, driver))
+        device = Device.from_json({"id": "1", "protocol": "iec104", "ip": "127.0.0.1"})
+        term = Term.from_json({"id": "10", "device_id": "1", "address": 1})
+        frames = []
+
+        def observer(direction, frame):
+            frames.append((direction, frame))
+
+        built = driver.build(device, [term], [], None, Clock(), None, observer)
+        self.assertIsInstance(built, Iec104Runtime)
+        self.assertTrue(verifyObject(IDeviceRuntime, built))
+        self.assertTrue(verifyObject(IService, built))
+        self.assertIs(built.client.frame_observer, observer)
+
+    def test_pause_and_resume_input_pause_the_transport(self):
+        device = Device.from_json({"id": "1", "protocol": "iec104", "ip": "127.0.0.1"})
+        term = Term.from_json({"id": "10", "device_id": "1", "address": 1})
+        built = Iec104Runtime(device, [term], [], sink=None, reactor=Clock())
+        built.pause_input()  # no connection yet: nothing to pause
+        master = _MasterFactory(built.client).buildProtocol(None)
+        self.assertIs(built.client.protocol, master)
+        transport = StringTransport()
+        master.makeConnection(transport)
+        built.pause_input()
+        self.assertEqual(transport.producerState, "paused")
+        built.resume_input()
+        self.assertEqual(transport.producerState, "producing")

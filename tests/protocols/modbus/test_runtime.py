@@ -1,11 +1,15 @@
 """The Modbus runtime: points it cannot read are isolated and reported, the others poll."""
 
+from twisted.application.service import IService
 from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from pydatacoll.errors import ValidationError
+from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver
 from pydatacoll.model import Device, Term, TermItem
-from pydatacoll.protocols.modbus.runtime import ModbusRuntime, check_point
+from pydatacoll.protocols.modbus.runtime import ModbusRuntime, check_point, driver
 
 
 class _Sink:
@@ -38,7 +42,7 @@ class BadPointTests(SynchronousTestCase):
             item("t2", "bad_unit", protocol_code=1),
         ]
         runtime = ModbusRuntime(DEVICE, TERMS, items, _Sink(), MemoryReactorClock())
-        self.assertEqual(list(runtime.driver.points), ["t1:good"])
+        self.assertEqual(list(runtime.poller.points), ["t1:good"])
         bad = {(p["term_id"], p["item_id"]): p for p in runtime.status()["bad_points"]}
         self.assertEqual(
             {k: v["field"] for k, v in bad.items()},
@@ -52,7 +56,7 @@ class BadPointTests(SynchronousTestCase):
         # fixing a point over REST takes it off the list, and it polls
         items[2] = item("t1", "typo", protocol_code=2, code_type="holding")
         runtime.update_points(TERMS, items)
-        self.assertEqual(sorted(runtime.driver.points), ["t1:good", "t1:typo"])
+        self.assertEqual(sorted(runtime.poller.points), ["t1:good", "t1:typo"])
         self.assertEqual(len(runtime.status()["bad_points"]), 2)
 
     def test_point_check_names_the_field(self):
@@ -66,3 +70,28 @@ class BadPointTests(SynchronousTestCase):
                 check_point(DEVICE, term, item("t1", "x", **fields))
             self.assertEqual(caught.exception.field, field)
         check_point(DEVICE, term, item("t1", "x", protocol_code=1, code_type=3))
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_driver_and_runtime_provide_their_interfaces(self):
+        self.assertTrue(verifyObject(IProtocolDriver, driver))
+        self.assertTrue(verifyObject(IPlugin, driver))
+        frames = []
+        runtime = driver.build(
+            DEVICE, TERMS, [item("t1", "v", protocol_code=0)], _Sink(), MemoryReactorClock(),
+            None, lambda d, f: frames.append((d, f)),
+        )  # fmt: skip
+        self.assertIsInstance(runtime, ModbusRuntime)
+        self.assertTrue(verifyObject(IDeviceRuntime, runtime))
+        self.assertTrue(verifyObject(IService, runtime))
+        self.assertIsNotNone(runtime.poller.client.frame_observer)
+
+    def test_pause_and_resume_input_reach_the_poller(self):
+        runtime = ModbusRuntime(
+            DEVICE, TERMS, [item("t1", "v", protocol_code=0)], _Sink(), MemoryReactorClock()
+        )
+        self.assertIsNone(runtime.poller.client.frame_observer)
+        runtime.pause_input()
+        self.assertTrue(runtime.poller.input_paused)
+        runtime.resume_input()
+        self.assertFalse(runtime.poller.input_paused)

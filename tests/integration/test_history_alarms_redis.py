@@ -2,7 +2,6 @@
 
 import json
 
-import redis as redis_py
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
@@ -32,14 +31,12 @@ class AlarmHistoryTests(TestCase):
     @inlineCallbacks
     def setUp(self):
         server = shared_redis()
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.sync.flushall()
-        self.addCleanup(self.sync.close)
         settings = load_settings(None, {"redis": server.url})
         self.client = RedisClient(settings.redis, timeout=2, pool_size=1)
         self.client.startService()
         self.addCleanup(self.client.stopService)
-        yield until(lambda: deferLater(reactor, 0, lambda: self.client.connected))
+        yield self.client.when_connected()
+        yield self.client.call("flushall")
         self.history = HistoryProcessor.from_context(context(self.mktemp(), redis=self.client))
         self.history.startService()
         self.addCleanup(self.history.stopService)
@@ -48,7 +45,8 @@ class AlarmHistoryTests(TestCase):
     @inlineCallbacks
     def test_raise_and_clear_are_stored(self):
         for event, value in (("raise", 231.5), ("clear", 225)):
-            self.sync.publish(
+            yield self.client.call(
+                "publish",
                 keys.ALARM,
                 json.dumps(
                     {
@@ -64,7 +62,7 @@ class AlarmHistoryTests(TestCase):
                     }
                 ),
             )
-        self.sync.publish(keys.ALARM, "not JSON")
+        yield self.client.call("publish", keys.ALARM, "not JSON")
         query = (
             "SELECT event, kind, value, value_text, limit_value, event_time, message FROM alarms"
         )

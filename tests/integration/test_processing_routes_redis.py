@@ -45,7 +45,10 @@ class RouteTests(TestCase):
         return response.code, (json.loads(text) if text else None)
 
     def digest(self):
-        return self.sync.execute_command("DEBUG", "DIGEST")
+        return self.client.call("execute_command", "DEBUG", "DIGEST")
+
+    def members(self, key):
+        return self.client.call("smembers", key).addCallback(set)
 
     @inlineCallbacks
     def test_formula_crud(self):
@@ -59,7 +62,7 @@ class RouteTests(TestCase):
             "PUT", "/api/v1/formulas/1", {"formula": "p1 + p2", "p2": "1:10:1001"}
         )
         self.assertEqual((status, changed["p2"]), (200, "1:10:1001"))
-        self.assertEqual(self.sync.smembers("SET:FORMULA_PARAM:1:10:1001"), {"1"})
+        self.assertEqual((yield self.members("SET:FORMULA_PARAM:1:10:1001")), {"1"})
         status, state = yield self.call("GET", "/api/v1/formulas/1/status")
         self.assertEqual((status, state["state"]), (200, "disabled"))
         self.assertEqual((yield self.call("DELETE", "/api/v1/formulas/1"))[0], 204)
@@ -69,7 +72,7 @@ class RouteTests(TestCase):
 
     @inlineCallbacks
     def test_hostile_bodies_name_the_field_and_write_nothing(self):
-        before = self.digest()
+        before = yield self.digest()
         cases = [
             ({**F1, "formula": "__import__('os').system('id')"}, 400, "formula"),
             ({**F1, "formula": "open('/etc/passwd').read()"}, 400, "formula"),
@@ -91,30 +94,32 @@ class RouteTests(TestCase):
             self.assertEqual((status, error.get("field")), (code, field), body)
             if status == 201:
                 yield self.call("DELETE", "/api/v1/formulas/1")
-                before = self.digest()
-        self.assertEqual(self.digest(), before)
+                before = yield self.digest()
+        self.assertEqual((yield self.digest()), before)
         status, error = yield self.call("POST", "/api/v1/formulas", raw=b"{not json")
         self.assertEqual(status, 400)
 
     @inlineCallbacks
     def test_batch_is_all_or_nothing(self):
-        before = self.digest()
+        before = yield self.digest()
         second = {**F1, "id": "2", "item_id": "1003", "p1": "1:10:1002"}
         cycle = {**F1, "id": "3", "item_id": "1000", "p1": "1:10:1003"}
         status, error = yield self.call("POST", "/api/v2/formulas", [F1, second, cycle])
         self.assertEqual((status, error["field"], error["index"]), (409, "p1", 2))
-        self.assertEqual(self.digest(), before)
+        self.assertEqual((yield self.digest()), before)
         status, stored = yield self.call("POST", "/api/v2/formulas", [F1, second])
         self.assertEqual((status, len(stored)), (200, 2))
         status, error = yield self.call("POST", "/api/v2/formulas/del", ["1", "9"])
         self.assertEqual((status, error["index"]), (404, 1))
-        self.assertEqual(self.sync.smembers("SET:FORMULA"), {"1", "2"})
+        self.assertEqual((yield self.members("SET:FORMULA")), {"1", "2"})
         self.assertEqual((yield self.call("POST", "/api/v2/formulas/del", ["1", "2"]))[0], 204)
-        self.assertEqual(self.sync.smembers("SET:FORMULA"), set())
+        self.assertEqual((yield self.members("SET:FORMULA")), set())
 
     @inlineCallbacks
     def test_formula_check(self):
-        store_sample(self.sync, Sample("1", "10", "1000", 5.0, "questionable", (), None, 0.0))
+        yield store_sample(
+            self.client, Sample("1", "10", "1000", 5.0, "questionable", (), None, 0.0)
+        )
         check = "/api/v1/formula_check"
         self.assertEqual(
             (yield self.call("POST", check, {"formula": "p1[-1]+10", "p1": "1:10:1000"}))[1][
@@ -142,8 +147,12 @@ class RouteTests(TestCase):
     def test_alarms_and_plugins(self):
         for n in range(5):
             event = {"event": "raise" if n % 2 == 0 else "clear", "kind": "high", "n": n}
-            self.sync.xadd("XS:ALARM_LOG", {"event": json.dumps(event)})
-        self.sync.hset("HS:ALARM", "1:10:1000:high", json.dumps({"event": "raise", "n": 4}))
+            yield self.client.call(
+                "execute_command", "XADD", "XS:ALARM_LOG", "*", "event", json.dumps(event)
+            )
+        yield self.client.call(
+            "hset", "HS:ALARM", "1:10:1000:high", json.dumps({"event": "raise", "n": 4})
+        )
         self.assertEqual(
             (yield self.call("GET", "/api/v1/alarms")), (200, [{"event": "raise", "n": 4}])
         )
@@ -162,8 +171,8 @@ class RouteTests(TestCase):
         """Without a collector in this process, every installed plugin is listed at once
         (enabled or not); its state comes from the collectors' fresh heartbeats only: a
         previous process's status or a stale heartbeat says nothing."""
-        self.sync.hset(
-            "HS:PLUGIN_STATUS", "limits", json.dumps({"name": "limits", "state": "running"})
+        yield self.client.call(
+            "hset", "HS:PLUGIN_STATUS", "limits", json.dumps({"name": "limits", "state": "running"})
         )
         status, plugins = yield self.call("GET", "/api/v1/plugins")
         by_name = {p["name"]: p for p in plugins}
@@ -175,8 +184,12 @@ class RouteTests(TestCase):
             (by_name["formulas"]["enabled"], by_name["history"]["enabled"]), (True, False)
         )
         self.assertTrue(by_name["history"]["description"])
-        self.sync.hset("HS:PLUGIN_RUNNING:limits", "other", iso_time(time.time() - 1))
-        self.sync.hset("HS:PLUGIN_RUNNING:formulas", "gone", iso_time(time.time() - 600))
+        yield self.client.call(
+            "hset", "HS:PLUGIN_RUNNING:limits", "other", iso_time(time.time() - 1)
+        )
+        yield self.client.call(
+            "hset", "HS:PLUGIN_RUNNING:formulas", "gone", iso_time(time.time() - 600)
+        )
         by_name = {p["name"]: p for p in (yield self.call("GET", "/api/v1/plugins"))[1]}
         self.assertEqual(
             (by_name["limits"]["state"], by_name["limits"]["collectors"]), ("running", 1)
@@ -216,7 +229,7 @@ class RouteTests(TestCase):
         self.assertNotIn("warning", batch[1])
         # a collector reports both plugins running: no warning, the stored status is shown
         for name in ("formulas", "limits"):
-            self.sync.hset(f"HS:PLUGIN_RUNNING:{name}", "c1", iso_time(time.time()))
+            yield self.client.call("hset", f"HS:PLUGIN_RUNNING:{name}", "c1", iso_time(time.time()))
         status, created = yield self.call(
             "POST", "/api/v1/formulas", {**F1, "id": "2", "item_id": "1005"}
         )

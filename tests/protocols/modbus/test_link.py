@@ -1,4 +1,4 @@
-"""The client protocol over a StringTransport and a Clock: matching, timeouts, late replies."""
+"""The link protocol over a StringTransport and a Clock: matching, timeouts, late replies."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,14 +14,14 @@ from pydatacoll.errors import (
     ModbusQueueFull,
     ModbusTimeout,
 )
-from pydatacoll.protocols.modbus.client import ModbusClientProtocol
 from pydatacoll.protocols.modbus.codec import Table
 from pydatacoll.protocols.modbus.framing import decode_adus, encode_adu
+from pydatacoll.protocols.modbus.link import ModbusLink
 
 
 def connect(**kwargs):
     clock = Clock()
-    protocol = ModbusClientProtocol(clock, **kwargs)
+    protocol = ModbusLink(clock, **kwargs)
     transport = StringTransport()
     protocol.makeConnection(transport)
     return clock, protocol, transport
@@ -166,7 +166,7 @@ class ClientTests(SynchronousTestCase):
     def test_pauses(self):
         clock, protocol, transport = connect(request_pause=0.1)
         protocol.connectionLost(Failure(ConnectionError()))
-        protocol = ModbusClientProtocol(clock, connect_pause=0.5, request_pause=0.1)
+        protocol = ModbusLink(clock, connect_pause=0.5, request_pause=0.1)
         transport = StringTransport()
         protocol.makeConnection(transport)
         d1 = protocol.read(1, Table.HOLDING, 0, 1)

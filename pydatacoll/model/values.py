@@ -1,0 +1,131 @@
+"""The values that flow from devices: `Sample` (a point's value, quality and times) and
+`ControlOutcome` (how a command ended)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+#: What an id may be: it goes into Redis key names and URLs, so no ``:``, ``*``, ``/`` ...
+
+QUALITIES = ("good", "questionable", "invalid")
+
+
+def worst_quality(qualities: Any) -> str:
+    """The worst of ``qualities`` ("good" for none)."""
+    return max(qualities, key=QUALITIES.index, default="good")
+
+
+def iso_time(seconds: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC time with milliseconds (``...T06:40:00.123+00:00``)."""
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds")
+
+
+@attrs.frozen(slots=True)
+class Sample:
+    """One value of a point, scaled, with its quality and times (epoch seconds).
+
+    ``quality`` is one of `QUALITIES`; ``flags`` keeps the protocol's own reasons
+    (``"NT"``, ``"SB"``, ``"OV"``, ``"timeout"``, ...) so that none is lost.
+    """
+
+    device_id: str
+    term_id: str
+    item_id: str
+    value: Any
+    quality: str = "good"
+    flags: tuple[str, ...] = ()
+    source_time: float | None = None
+    receive_time: float = 0.0
+
+    @property
+    def point(self) -> tuple[str, str, str]:
+        """``(device_id, term_id, item_id)``."""
+        return (self.device_id, self.term_id, self.item_id)
+
+    def to_json(self) -> dict[str, Any]:
+        """The sample as stored and served: value, quality, flags, ISO times."""
+        return {
+            "value": self.value,
+            "quality": self.quality,
+            "flags": list(self.flags),
+            "source_time": iso_time(self.source_time),
+            "receive_time": iso_time(self.receive_time),
+        }
+
+    def to_message(self) -> dict[str, Any]:
+        """The sample with its point ids, as published on the data channels."""
+        return {
+            "device_id": self.device_id,
+            "term_id": self.term_id,
+            "item_id": self.item_id,
+            **self.to_json(),
+        }
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> Sample:
+        """The inverse of `to_message` (times back to epoch seconds)."""
+
+        def seconds(text: str | None) -> float | None:
+            return None if text is None else datetime.datetime.fromisoformat(text).timestamp()
+
+        return cls(
+            str(message["device_id"]),
+            str(message["term_id"]),
+            str(message["item_id"]),
+            message.get("value"),
+            message.get("quality", "good"),
+            tuple(message.get("flags", ())),
+            seconds(message.get("source_time")),
+            seconds(message.get("receive_time")) or 0.0,
+        )
+
+
+#: device_call / device_ctrl outcomes and the HTTP status the API answers with.
+OUTCOME_STATUS = {
+    "confirmed": 200,
+    "terminated": 200,
+    "negative": 409,
+    "busy": 409,
+    "overloaded": 503,
+    "refused": 400,
+    "not_found": 404,
+    "offline": 503,
+    "timeout": 504,
+    "failed": 502,
+}
+
+
+@attrs.frozen
+class ControlOutcome:
+    """How a command (or a read) ended, as a collector replies to the API."""
+
+    outcome: str  #: a key of `OUTCOME_STATUS`
+    message: str = ""
+    cause: str | None = None  #: the device's own reason (e.g. IEC 104 COT name)
+    sample: Sample | None = None  #: the value read (device_call) or read back
+
+    @property
+    def ok(self) -> bool:
+        """Whether the device confirmed."""
+        return self.outcome in ("confirmed", "terminated")
+
+    def to_json(self) -> dict[str, Any]:
+        """The reply body (without the request id)."""
+        body: dict[str, Any] = {"ok": self.ok, "outcome": self.outcome, "message": self.message}
+        if self.cause is not None:
+            body["cause"] = self.cause
+        if self.sample is not None:
+            body["sample"] = self.sample.to_message()
+        return body
+
+
+# --- formulas ------------------------------------------------------------------------
+
+#: Most parameters (p1..pN) of one formula.
