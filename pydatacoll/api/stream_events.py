@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from twisted.internet import defer
@@ -17,10 +17,6 @@ from zope.interface import implementer
 from pydatacoll import errors
 from pydatacoll.model import is_valid_id
 from pydatacoll.store import keys
-
-if TYPE_CHECKING:
-    from pydatacoll.api.stream import StreamHub
-
 
 #: Events a client may have waiting while its socket is full; one more drops it.
 QUEUE_EVENTS = 1000
@@ -148,7 +144,8 @@ def sample_event(message: dict[str, Any]) -> dict[str, Any]:
 class StreamClient:
     """One open stream: a push producer of its request, with a bounded queue."""
 
-    def __init__(self, hub: StreamHub, request: Any, filters: Filters) -> None:
+    def __init__(self, hub: Any, request: Any, filters: Filters) -> None:
+        # hub: the `pydatacoll.api.stream.StreamHub` (not imported: it imports this module)
         self.hub = hub
         self.request = request
         self.filters = filters
