@@ -298,3 +298,28 @@ class IEventStore(Interface):
 
     def alarm_history(limit, since_ms, until_ms):  # type: ignore[no-untyped-def]
         """Deferred list of alarm events (with their ``id``), newest first."""
+
+
+class ILiveStore(Interface):
+    """The live views' reads: the event stream's catch-up and the metrics' statuses."""
+
+    def server_time_ms():  # type: ignore[no-untyped-def]
+        """Deferred Redis clock in epoch ms (the clock of every stream entry id)."""
+
+    def last_entry_id(key):  # type: ignore[no-untyped-def]
+        """Deferred id of a stream's newest entry, or None."""
+
+    def entries_from(key, start, limit):  # type: ignore[no-untyped-def]
+        """Deferred newest ``limit`` entries at or after ``start``, oldest first."""
+
+    def device_ids():  # type: ignore[no-untyped-def]
+        """Deferred sorted list of every configured device id."""
+
+    def point_ids(device_id):  # type: ignore[no-untyped-def]
+        """Deferred list of (term_id, item_id) of a device's points that have a value."""
+
+    def statuses(device_ids):  # type: ignore[no-untyped-def]
+        """Deferred device id -> the status object the collector last wrote."""
+
+    def plugin_statuses():  # type: ignore[no-untyped-def]
+        """Deferred plugin name -> the state its collector last wrote."""

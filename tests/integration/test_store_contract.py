@@ -11,6 +11,7 @@ from pydatacoll.testing.redis import shared_redis
 from tests.store.contract import (
     ConfigStoreContract,
     EventStoreContract,
+    LiveStoreContract,
     PointStoreContract,
     SnapshotContract,
 )
@@ -48,4 +49,8 @@ class RedisEventStoreTests(RedisStoreCase, EventStoreContract):
 
 
 class RedisSnapshotTests(RedisStoreCase, SnapshotContract):
+    pass
+
+
+class RedisLiveStoreTests(RedisStoreCase, LiveStoreContract):
     pass

@@ -13,11 +13,12 @@ from twisted.internet.defer import inlineCallbacks
 from zope.interface.verify import verifyObject
 
 from pydatacoll import errors
-from pydatacoll.interfaces import IConfigStore, IEventStore, IPointStore
+from pydatacoll.interfaces import IConfigStore, IEventStore, ILiveStore, IPointStore
 from pydatacoll.model import Device, Formula, Item, Term, TermItem
 from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore, RetryChange
 from pydatacoll.store.events import EventStore
+from pydatacoll.store.live import LiveStore
 from pydatacoll.store.points import PointStore
 from pydatacoll.store.snapshot import read_snapshot
 
@@ -386,3 +387,55 @@ class SnapshotContract:
         yield store.apply([op("put", term("10", "1"))], expect_version="1")
         fields = yield store.get_fields("term", "10")
         self.assertEqual(json.loads(fields["address"]), 3)
+
+
+class LiveStoreContract:
+    """`LiveStore` (the event stream's catch-up, the metrics' statuses)."""
+
+    @inlineCallbacks
+    def test_provides_its_interface(self):
+        self.assertTrue(verifyObject(ILiveStore, LiveStore(self.redis)))
+        yield None
+
+    @inlineCallbacks
+    def test_stream_positions(self):
+        store = LiveStore(self.redis)
+        self.assertGreater((yield store.server_time_ms()), 1_600_000_000_000)
+        key = keys.POINT_DATA % ("1", "10", "1000")
+        self.assertIsNone((yield store.last_entry_id(key)))
+        self.assertEqual((yield store.entries_from(key, "-", 10)), [])
+        ids = []
+        for value in range(4):
+            ids.append(
+                (
+                    yield self.redis.call(
+                        "execute_command", "XADD", key, "*", "sample", sample_json(value)
+                    )
+                )
+            )
+        self.assertEqual((yield store.last_entry_id(key)), ids[-1])
+        entries = yield store.entries_from(key, "-", 10)
+        self.assertEqual([entry_id for entry_id, _ in entries], ids)
+        self.assertEqual(entries[0][1], {"sample": sample_json(0)})
+        self.assertEqual([i for i, _ in (yield store.entries_from(key, "-", 2))], ids[2:])
+        self.assertEqual([i for i, _ in (yield store.entries_from(key, ids[1], 10))], ids[1:])
+        self.assertEqual([i for i, _ in (yield store.entries_from(key, "(" + ids[1], 10))], ids[2:])
+
+    @inlineCallbacks
+    def test_devices_points_and_statuses(self):
+        store = LiveStore(self.redis)
+        yield ConfigStore(self.redis).apply(
+            SEED + [op("put", device("2")), op("put", device("10"))]
+        )
+        self.assertEqual((yield store.device_ids()), ["1", "10", "2"])
+        self.assertEqual((yield store.point_ids("1")), [])
+        yield self.redis.call("hset", keys.DEVICE_VALUES % "1", "10:1000", sample_json(1))
+        self.assertEqual((yield store.point_ids("1")), [("10", "1000")])
+        yield self.redis.call("hset", keys.DEVICE_STATUS % "1", "status", '{"state": "online"}')
+        yield self.redis.call("hset", keys.DEVICE_STATUS % "2", "status", "not JSON")
+        yield self.redis.call("hset", keys.DEVICE_STATUS % "10", "status", "[1]")
+        self.assertEqual((yield store.statuses(["1", "2", "10", "11"])), {"1": {"state": "online"}})
+        self.assertEqual((yield store.plugin_statuses()), {})
+        yield self.redis.call("hset", keys.PLUGIN_STATUS, "limits", '{"state": "running"}')
+        yield self.redis.call("hset", keys.PLUGIN_STATUS, "broken", "{")
+        self.assertEqual((yield store.plugin_statuses()), {"limits": {"state": "running"}})

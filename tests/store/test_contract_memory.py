@@ -8,6 +8,7 @@ from pydatacoll.testing.memory import MemoryRedis
 from tests.store.contract import (
     ConfigStoreContract,
     EventStoreContract,
+    LiveStoreContract,
     PointStoreContract,
     SnapshotContract,
 )
@@ -38,4 +39,8 @@ class MemoryEventStoreTests(MemoryStoreCase, EventStoreContract):
 
 
 class MemorySnapshotTests(MemoryStoreCase, SnapshotContract):
+    pass
+
+
+class MemoryLiveStoreTests(MemoryStoreCase, LiveStoreContract):
     pass
