@@ -17,8 +17,8 @@ from pydatacoll.store import keys
 from pydatacoll.store.gateway import GatewayStore
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.testing.redis import shared_redis
-from tests.api.test_devices import FakeCollector
 from tests.gateway.test_service import until
+from tests.integration.test_api_redis_devices import FakeCollector
 
 POINT = GatewayPoint.from_json(
     {
