@@ -78,6 +78,7 @@ def _body_schema(method: str, path: str) -> dict[str, Any]:
 
 
 def operation(method: str, path: str) -> dict[str, Any]:
+    """The OpenAPI operation of one route: parameters, body and responses."""
     parameters = [_parameter(part[1:-1]) for part in path.split("/") if part.startswith("{")]
     responses: dict[str, Any] = {
         code: {"description": text, **_ref("Error")}

@@ -262,6 +262,7 @@ def _settings_schema(protocol: str) -> tuple[dict[str, Any], list[str]]:
 
 
 def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` or null (its description kept outside the alternatives)."""
     description = schema.pop("description", None)
     wrapped: dict[str, Any] = {"anyOf": [schema, _NULL]}
     if description:

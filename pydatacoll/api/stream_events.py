@@ -41,11 +41,13 @@ NO_POSITION = "0-0"
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as (ms, seq), for ordering."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
 
 def later_id(a: str, b: str) -> str:
+    """The later of two stream entry ids."""
     return a if entry_key(a) >= entry_key(b) else b
 
 
@@ -124,6 +126,7 @@ class Filters:
 
 
 def encode_event(kind: str, event_id: str, data: Any) -> bytes:
+    """One Server-Sent Event: ``event``, ``id`` and one line of JSON ``data``."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
     return f"event: {kind}\nid: {event_id}\ndata: {text}\n\n".encode()
 
