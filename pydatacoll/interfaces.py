@@ -246,12 +246,13 @@ class IConfigStore(Interface):
     def get_term_item_fields(term_id, item_id):  # type: ignore[no-untyped-def]
         """Deferred stored hash of a term-item; empty when missing."""
 
-    def exists(key):  # type: ignore[no-untyped-def]
-        """Deferred bool: whether a key (of `pydatacoll.store.keys`) exists."""
+    def entity_exists(entity, entity_id):  # type: ignore[no-untyped-def]
+        """Deferred bool: whether an entity (device, term, item, formula, gateway) is
+        stored."""
 
-    def members(owner_key, set_key):  # type: ignore[no-untyped-def]
-        """Deferred members of ``set_key`` in natural order, None when ``owner_key`` is
-        missing."""
+    def child_ids(entity, entity_id):  # type: ignore[no-untyped-def]
+        """Deferred ids hanging on an entity in natural order (a device's terms, a term's
+        items), None when the entity is missing."""
 
     def apply(ops, *, check_only=False, expect_version=None):  # type: ignore[no-untyped-def]
         """Run configuration operations atomically; Deferred list of the stored entities,

@@ -38,7 +38,6 @@ from pydatacoll.model import (
 from pydatacoll.processing.limits import LIMIT_FIELDS
 from pydatacoll.processing.loader import PluginDirectory
 from pydatacoll.protocols import get_protocol
-from pydatacoll.store import keys
 from pydatacoll.store.config import MAX_RETRIES, RetryChange
 from pydatacoll.store.events import EventStore
 from pydatacoll.store.points import PointStore
@@ -164,11 +163,11 @@ class ApiCore:
         for name, value in (("term_id", term_id), ("item_id", item_id), ("device_id", device_id)):
             if value is not None and not is_valid_id(value):
                 raise errors.NotFound(f"{name} not found!", field=name)
-        if device_id is not None and not (yield self.store.exists(keys.DEVICE % device_id)):
+        if device_id is not None and not (yield self.store.entity_exists("device", device_id)):
             raise errors.NotFound("device_id not found!", field="device_id")
-        if not (yield self.store.exists(keys.TERM % term_id)):
+        if not (yield self.store.entity_exists("term", term_id)):
             raise errors.NotFound("term_id not found!", field="term_id")
-        if not (yield self.store.exists(keys.ITEM % item_id)):
+        if not (yield self.store.entity_exists("item", item_id)):
             raise errors.NotFound("item_id not found!", field="item_id")
         fields = yield self.store.get_term_item_fields(term_id, item_id)
         if not fields or (

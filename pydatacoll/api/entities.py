@@ -11,7 +11,6 @@ from pydatacoll import errors
 from pydatacoll.api.core import ApiCore, batch_put_ops, entity_op, term_item_delete
 from pydatacoll.api.plumbing import batch_elements, json_response, routes
 from pydatacoll.model import ENTITIES, TermItem, decode_fields, is_valid_id, normalize_id
-from pydatacoll.store import keys
 
 _COLLECTION = "<any(devices,terms,items):collection>"
 
@@ -45,7 +44,7 @@ def device_terms(self: ApiCore, request: Any, device_id: str) -> Any:
     self.check_read(request)
     ids = None
     if is_valid_id(device_id):
-        ids = yield self.store.members(keys.DEVICE % device_id, keys.DEVICE_TERMS % device_id)
+        ids = yield self.store.child_ids("device", device_id)
     if ids is None:
         raise errors.NotFound("device_id not found!", field="device_id")
     return json_response(request, 200, ids)
@@ -58,7 +57,7 @@ def term_items(self: ApiCore, request: Any, term_id: str) -> Any:
     self.check_read(request)
     ids = None
     if is_valid_id(term_id):
-        ids = yield self.store.members(keys.TERM % term_id, keys.TERM_ITEMS % term_id)
+        ids = yield self.store.child_ids("term", term_id)
     if ids is None:
         raise errors.NotFound("term_id not found!", field="term_id")
     return json_response(request, 200, ids)

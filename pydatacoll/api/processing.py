@@ -23,7 +23,6 @@ from pydatacoll.api.plumbing import (
 )
 from pydatacoll.model import Formula, decode_fields, is_valid_id, normalize_id
 from pydatacoll.processing.formulas import check_formula
-from pydatacoll.store import keys
 from pydatacoll.store.config import natural_key
 
 #: Most events one GET /api/v1/alarms/history returns.
@@ -76,7 +75,7 @@ def get_formula_status(self: ApiCore, request: Any, formula_id: str) -> Any:
     formulas plugin runs in no collector."""
     self.check_read(request)
     formula_id = _formula_id(formula_id)
-    if not (yield self.store.exists(keys.FORMULA % formula_id)):
+    if not (yield self.store.entity_exists("formula", formula_id)):
         raise errors.NotFound("formula_id not found!", field="formula_id")
     warning = yield self.plugin_warning("formulas")
     if warning is not None:

@@ -35,6 +35,8 @@ ENTITY_SETS = {
     "formula": keys.FORMULAS,
     "gateway": keys.GATEWAYS,
 }
+#: The set of the ids hanging on an entity (`ConfigStore.child_ids`).
+_CHILDREN = {"device": keys.DEVICE_TERMS, "term": keys.TERM_ITEMS}
 
 
 def natural_key(text: str) -> list[Any]:
@@ -63,17 +65,19 @@ class ConfigStore:
         """The stored hash of a term-item; empty when missing."""
         return self.redis.call("hgetall", keys.TERM_ITEM % (term_id, item_id))
 
-    def exists(self, key: str) -> Deferred[bool]:
-        """Whether a key exists."""
-        return self.redis.call("exists", key).addCallback(bool)
+    def entity_exists(self, entity: str, entity_id: str) -> Deferred[bool]:
+        """Whether an entity (device, term, item, formula, gateway) is stored."""
+        d: Deferred[Any] = self.redis.call("exists", ENTITY_KEYS[entity] % entity_id)
+        return d.addCallback(bool)
 
     @inlineCallbacks
-    def members(self, owner_key: str, set_key: str) -> Any:
-        """The members of ``set_key`` in natural order, or None when ``owner_key`` is missing."""
-        found = yield self.exists(owner_key)
+    def child_ids(self, entity: str, entity_id: str) -> Any:
+        """The ids hanging on an entity, in natural order: a device's terms, a term's
+        items; None when the entity is missing."""
+        found = yield self.entity_exists(entity, entity_id)
         if not found:
             return None
-        ids = yield self.redis.call("smembers", set_key)
+        ids = yield self.redis.call("smembers", _CHILDREN[entity] % entity_id)
         return sorted(ids, key=natural_key)
 
     @inlineCallbacks

@@ -90,17 +90,15 @@ class ConfigStoreContract:
         fields = yield store.get_fields("device", "1")
         self.assertEqual(json.loads(fields["protocol"]), "iec104")
         self.assertEqual((yield store.get_fields("device", "nope")), {})
-        self.assertEqual(
-            (yield store.members(keys.TERM % "10", keys.TERM_ITEMS % "10")), ["1000", "1001"]
-        )
-        self.assertIsNone((yield store.members(keys.TERM % "11", keys.TERM_ITEMS % "11")))
-        self.assertEqual((yield store.members(keys.DEVICE % "2", keys.DEVICE_TERMS % "2")), [])
+        self.assertEqual((yield store.child_ids("term", "10")), ["1000", "1001"])
+        self.assertIsNone((yield store.child_ids("term", "11")))
+        self.assertEqual((yield store.child_ids("device", "2")), [])
         stored = yield store.get_term_item_fields("10", "1000")
         self.assertEqual(
             json.loads(stored["device_id"]), "1"
         )  # the term's device, set by the script
-        self.assertTrue((yield store.exists(keys.ITEM % "1001")))
-        self.assertFalse((yield store.exists(keys.ITEM % "1002")))
+        self.assertTrue((yield store.entity_exists("item", "1001")))
+        self.assertFalse((yield store.entity_exists("item", "1002")))
 
     @inlineCallbacks
     def test_refusals_name_the_element_and_write_nothing(self):
@@ -135,7 +133,7 @@ class ConfigStoreContract:
                 op("create", point("50", "500")),
             ]
         )
-        self.assertEqual((yield store.members(keys.DEVICE % "5", keys.DEVICE_TERMS % "5")), ["50"])
+        self.assertEqual((yield store.child_ids("device", "5")), ["50"])
 
     @inlineCallbacks
     def test_check_only_and_versions(self):
@@ -185,7 +183,7 @@ class ConfigStoreContract:
             keys.DEVICE_VALUES % "1",
             keys.POINT_DATA % ("1", "10", "1000"),
         ):
-            self.assertFalse((yield store.exists(key)), key)
+            self.assertEqual((yield self.redis.call("exists", key)), 0, key)
 
     @inlineCallbacks
     def test_moving_a_term_moves_its_points(self):
@@ -193,8 +191,8 @@ class ConfigStoreContract:
         yield store.apply(SEED + [op("put", device("2"))])
         yield self.redis.call("hset", keys.DEVICE_VALUES % "1", "10:1000", '{"value": 1}')
         yield store.apply([op("put", term("10", "2"))])
-        self.assertEqual((yield store.members(keys.DEVICE % "2", keys.DEVICE_TERMS % "2")), ["10"])
-        self.assertEqual((yield store.members(keys.DEVICE % "1", keys.DEVICE_TERMS % "1")), [])
+        self.assertEqual((yield store.child_ids("device", "2")), ["10"])
+        self.assertEqual((yield store.child_ids("device", "1")), [])
         stored = yield store.get_term_item_fields("10", "1001")
         self.assertEqual(json.loads(stored["device_id"]), "2")
         self.assertEqual(
@@ -383,7 +381,7 @@ class SnapshotContract:
         yield store.apply([op("put", device("1"))], expect_version="")
         with self.assertRaises(RetryChange):
             yield store.apply([op("put", term("10", "1"))], expect_version="")  # now "1"
-        self.assertFalse((yield store.exists(keys.TERM % "10")))
+        self.assertFalse((yield store.entity_exists("term", "10")))
         yield store.apply([op("put", term("10", "1"))], expect_version="1")
         fields = yield store.get_fields("term", "10")
         self.assertEqual(json.loads(fields["address"]), 3)
