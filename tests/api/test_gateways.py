@@ -104,6 +104,20 @@ class GatewayRouteMixin:
         self.assertEqual((status, error["field"]), (404, "ioa"))
 
     @inlineCallbacks
+    def test_integral_numbers_are_integers(self):
+        """A group written 2.0 is the group 2 (JSON Schema's integer, which the document
+        publishes, takes 2.0); 2.5 is refused."""
+        yield self.call("POST", "/api/v1/gateways", GATEWAY)
+        status, point = yield self.call(
+            "POST", "/api/v1/gateways/scada/points", {**POINT, "groups": [2.0, 1, 2]}
+        )
+        self.assertEqual((status, point["groups"]), (201, [1, 2]))
+        status, error = yield self.call(
+            "PUT", "/api/v1/gateways/scada/points/1001", {"groups": [2.5]}
+        )
+        self.assertEqual((status, error["field"]), (400, "groups"))
+
+    @inlineCallbacks
     def test_batch_points_all_or_nothing(self):
         yield self.call("POST", "/api/v1/gateways", GATEWAY)
         good = [{**POINT, "ioa": i} for i in (1, 2, 3)]
