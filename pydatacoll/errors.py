@@ -85,13 +85,6 @@ class NotFound(ApiError):
     code = "not_found"
 
 
-class MethodNotAllowed(ApiError):
-    """The route exists but not with this HTTP method."""
-
-    status = 405
-    code = "method_not_allowed"
-
-
 class Conflict(ApiError):
     """The request conflicts with what is stored (duplicate, rename)."""
 
@@ -118,13 +111,6 @@ class Unavailable(ApiError):
 
     status = 503
     code = "unavailable"
-
-
-class GatewayTimeout(ApiError):
-    """A device or collector did not answer in time."""
-
-    status = 504
-    code = "timeout"
 
 
 class StoreUnavailable(Unavailable):

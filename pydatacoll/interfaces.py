@@ -376,3 +376,100 @@ class ISnapshotReader(Interface):
     def read():  # type: ignore[no-untyped-def]
         """Deferred `ConfigSnapshot`: every device, term, item, term-item and formula hash
         (field -> JSON text) and the configuration version, in one atomic read."""
+
+# --- i12api: the stores behind the REST API ---
+
+
+class IConfigStore(Interface):
+    """The configured entities (devices, terms, items, term-items, formulas, gateways)
+    and their atomic changes, which also append to the change log and publish."""
+
+    redis = Attribute("the Redis client the store runs its commands on")
+
+    def list_ids(entity):  # type: ignore[no-untyped-def]
+        """Deferred list of every id of an entity type, in natural order."""
+
+    def get_fields(entity, entity_id):  # type: ignore[no-untyped-def]
+        """Deferred stored hash (name -> JSON text) of an entity; empty when missing."""
+
+    def get_term_item_fields(term_id, item_id):  # type: ignore[no-untyped-def]
+        """Deferred stored hash of a term-item; empty when missing."""
+
+    def entity_exists(entity, entity_id):  # type: ignore[no-untyped-def]
+        """Deferred bool: whether an entity (device, term, item, formula, gateway) is
+        stored."""
+
+    def child_ids(entity, entity_id):  # type: ignore[no-untyped-def]
+        """Deferred ids hanging on an entity in natural order (a device's terms, a term's
+        items), None when the entity is missing."""
+
+    def apply(ops, *, check_only=False, expect_version=None):  # type: ignore[no-untyped-def]
+        """Run configuration operations atomically; Deferred list of the stored entities,
+        or failing with the `pydatacoll.errors.ApiError` of the first refused one."""
+
+
+class IPointStore(Interface):
+    """Points as the collector leaves them: latest values, bounded sample streams,
+    device and formula statuses; and the request channels to the collectors."""
+
+    def device_values(device_id):  # type: ignore[no-untyped-def]
+        """Deferred ``{"term_id:item_id": sample}`` of a device's latest values."""
+
+    def device_status_text(device_id):  # type: ignore[no-untyped-def]
+        """Deferred status text the collector last wrote for a device, or None."""
+
+    def formula_status_text(formula_id):  # type: ignore[no-untyped-def]
+        """Deferred state text the formulas plugin last wrote for a formula, or None."""
+
+    def read_samples(point, limit, since_ms, until_ms):  # type: ignore[no-untyped-def]
+        """Deferred list of a point's samples kept in Redis, newest first, at most
+        ``limit``, received in ``since_ms..until_ms`` (epoch ms, None: open)."""
+
+    def sample_at(point, index):  # type: ignore[no-untyped-def]
+        """Deferred sample at ``index`` of the newest-first order (0 newest, -1 oldest
+        kept), or None."""
+
+    def publish(channel, message):  # type: ignore[no-untyped-def]
+        """Publish a JSON object; Deferred number of subscribers that got it."""
+
+
+class IEventStore(Interface):
+    """Events: the bounded device_ctrl audit stream and the alarms (read side)."""
+
+    def append_audit(fields, max_length):  # type: ignore[no-untyped-def]
+        """Append one audit entry (name -> text), keeping at most ``max_length``;
+        Deferred entry id."""
+
+    def read_audit(limit, since_ms, until_ms):  # type: ignore[no-untyped-def]
+        """Deferred list of audit entries ``(id, fields)``, newest first."""
+
+    def active_alarms():  # type: ignore[no-untyped-def]
+        """Deferred ``{"device:term:item:kind": raise event}`` of the active alarms."""
+
+    def alarm_history(limit, since_ms, until_ms):  # type: ignore[no-untyped-def]
+        """Deferred list of alarm events (with their ``id``), newest first."""
+
+
+class ILiveStore(Interface):
+    """The live views' reads: the event stream's catch-up and the metrics' statuses."""
+
+    def server_time_ms():  # type: ignore[no-untyped-def]
+        """Deferred Redis clock in epoch ms (the clock of every stream entry id)."""
+
+    def last_entry_id(key):  # type: ignore[no-untyped-def]
+        """Deferred id of a stream's newest entry, or None."""
+
+    def entries_from(key, start, limit):  # type: ignore[no-untyped-def]
+        """Deferred newest ``limit`` entries at or after ``start``, oldest first."""
+
+    def device_ids():  # type: ignore[no-untyped-def]
+        """Deferred sorted list of every configured device id."""
+
+    def point_ids(device_id):  # type: ignore[no-untyped-def]
+        """Deferred list of (term_id, item_id) of a device's points that have a value."""
+
+    def statuses(device_ids):  # type: ignore[no-untyped-def]
+        """Deferred device id -> the status object the collector last wrote."""
+
+    def plugin_statuses():  # type: ignore[no-untyped-def]
+        """Deferred plugin name -> the state its collector last wrote."""

@@ -5,7 +5,7 @@ files or an XLSX workbook; ``PUT`` replaces the whole configuration with a file 
 ``POST`` merges one into it, all or nothing, through the configuration script of the
 batch routes (`ConfigStore.apply`). Files are encoded and decoded in the reactor's
 thread pool: a 20,000-point workbook takes seconds of CPU the reactor must not wait on.
-Registered on `pydatacoll.api.app.ApiApp.app` when imported (the end of app.py).
+Registered on the API's route table (`pydatacoll.api.plumbing.routes`) when imported.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 
 from pydatacoll import errors
-from pydatacoll.api.app import ApiApp, _json
-from pydatacoll.configio.formats import FORMATS, decode, encode, export_bodies
+from pydatacoll.api.core import ApiCore
+from pydatacoll.api.plumbing import json_response, routes
+from pydatacoll.configio.formats import COLLECTIONS, FORMATS, decode, encode, export_bodies
 from pydatacoll.configio.plan import make_plan
 from pydatacoll.store.config import MAX_RETRIES, RetryChange
 from pydatacoll.store.snapshot import read_snapshot
 
-app = ApiApp.app
 #: The path whose requests may carry up to [api] max_import_body bytes.
 CONFIG_PATH = b"/api/v1/config"
 _CONTENT_TYPES = {
@@ -33,7 +33,7 @@ _CONTENT_TYPES = {
 }
 
 
-def _in_pool(api: ApiApp, work: Any, *args: Any) -> Deferred[Any]:
+def _in_pool(api: ApiCore, work: Any, *args: Any) -> Deferred[Any]:
     """Run CPU-bound ``work`` in the reactor's thread pool (inline without a reactor)."""
     reactor: Any = api.clock
     if hasattr(reactor, "getThreadPool") and hasattr(reactor, "callFromThread"):
@@ -62,11 +62,11 @@ def _dry_run(request: Any) -> bool:
     raise errors.ValidationError("dry_run must be true or false", field="dry_run")
 
 
-@app.route("/api/v1/config", methods=["GET"])
+@routes.route("/api/v1/config", methods=["GET"])
 @inlineCallbacks
-def export_config(self: ApiApp, request: Any) -> Any:
+def export_config(self: ApiCore, request: Any) -> Any:
     """The whole configuration as a file (``?format=json|csv|xlsx``, default json)."""
-    self._read(request)
+    self.check_read(request)
     fmt = _arg(request, "format")
     if fmt is None:
         fmt = "json"
@@ -84,15 +84,15 @@ def export_config(self: ApiApp, request: Any) -> Any:
     return body
 
 
-@app.route("/api/v1/config", methods=["PUT", "POST"])
+@routes.route("/api/v1/config", methods=["PUT", "POST"])
 @inlineCallbacks
-def import_config(self: ApiApp, request: Any) -> Any:
+def import_config(self: ApiCore, request: Any) -> Any:
     """Replace (PUT) or merge (POST) the configuration from a file, all or nothing.
 
     The format comes from Content-Type; ``?dry_run=true`` answers the same summary
     (created, changed, deleted, unchanged) and changes nothing.
     """
-    self._authorize(request, mutating=True)
+    self.authorize(request, mutating=True)
     replace = request.method == b"PUT"
     dry_run = _dry_run(request)
     if getattr(request, "body_too_large", False):
@@ -134,13 +134,11 @@ def import_config(self: ApiApp, request: Any) -> Any:
                 version=plan.summary(False)["version"],
                 seconds=self.clock.seconds() - started,
             )
-        return _json(request, 200, plan.summary(dry_run))
+        return json_response(request, 200, plan.summary(dry_run))
     raise errors.Conflict("the configuration kept changing during the import; try again")
 
 
 def _collections_schema() -> dict[str, Any]:
-    from pydatacoll.configio.formats import COLLECTIONS
-
     return {
         "type": "object",
         "properties": {

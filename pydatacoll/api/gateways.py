@@ -1,7 +1,7 @@
 """REST routes of the northbound gateways and their points (see docs/gateway.rst).
 
-Registered on `pydatacoll.api.app.ApiApp.app` when this module is imported (the end of
-app.py does it). Gateways and points go through the configuration script like every
+Registered on the API's route table (`pydatacoll.api.plumbing.routes`) when this module
+is imported. Gateways and points go through the configuration script like every
 other entity: atomic, versioned, announced on their change channels, so a running
 gateway takes them at once.
 """
@@ -13,12 +13,12 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from pydatacoll import errors
-from pydatacoll.api.app import ApiApp, _batch, _json, _op, batch_put_ops
+from pydatacoll.api.core import ApiCore, batch_put_ops, entity_op
+from pydatacoll.api.plumbing import batch_elements, json_response, routes
 from pydatacoll.gateway.model import Gateway, GatewayPoint
 from pydatacoll.model import Field, decode_fields, is_valid_id
 from pydatacoll.store.gateway import GatewayStore
 
-app = ApiApp.app
 _IOA = Field("ioa", "integer", "information object address", minimum=1, maximum=16777215)
 
 
@@ -37,7 +37,7 @@ def _ioa(text: Any) -> int:
 
 
 @inlineCallbacks
-def _gateway_fields(self: ApiApp, gateway_id: str) -> Any:
+def _gateway_fields(self: ApiCore, gateway_id: str) -> Any:
     fields = yield self.store.get_fields("gateway", _gateway_id(gateway_id))
     if not fields:
         raise errors.NotFound("gateway_id not found!", field="gateway_id")
@@ -45,7 +45,7 @@ def _gateway_fields(self: ApiApp, gateway_id: str) -> Any:
 
 
 @inlineCallbacks
-def _point_fields(self: ApiApp, gateway_id: str, ioa: int) -> Any:
+def _point_fields(self: ApiCore, gateway_id: str, ioa: int) -> Any:
     yield _gateway_fields(self, gateway_id)
     fields = yield GatewayStore(self.store.redis).point_fields(gateway_id, ioa)
     if not fields:
@@ -75,39 +75,39 @@ def _point_delete(gateway_id: str, ioa: int) -> dict[str, Any]:
 
 
 # -- gateways --------------------------------------------------------------------------
-@app.route("/api/v1/gateways", methods=["GET"])
+@routes.route("/api/v1/gateways", methods=["GET"])
 @inlineCallbacks
-def list_gateways(self: ApiApp, request: Any) -> Any:
+def list_gateways(self: ApiCore, request: Any) -> Any:
     """Ids of all gateways."""
-    self._read(request)
+    self.check_read(request)
     ids = yield self.store.list_ids("gateway")
-    return _json(request, 200, ids)
+    return json_response(request, 200, ids)
 
 
-@app.route("/api/v1/gateways", methods=["POST"])
+@routes.route("/api/v1/gateways", methods=["POST"])
 @inlineCallbacks
-def create_gateway(self: ApiApp, request: Any) -> Any:
+def create_gateway(self: ApiCore, request: Any) -> Any:
     """Create a gateway: 201; it listens at once (in the processes of role all/gateway)."""
-    gateway = Gateway.from_json(self._body(request))
-    results = yield self._apply([_op("create", gateway)], batch=False)
-    return _json(request, 201, results[0])
+    gateway = Gateway.from_json(self.read_body(request))
+    results = yield self.apply_ops([entity_op("create", gateway)], batch=False)
+    return json_response(request, 201, results[0])
 
 
-@app.route("/api/v1/gateways/<gateway_id>", methods=["GET"])
+@routes.route("/api/v1/gateways/<gateway_id>", methods=["GET"])
 @inlineCallbacks
-def get_gateway(self: ApiApp, request: Any, gateway_id: str) -> Any:
+def get_gateway(self: ApiCore, request: Any, gateway_id: str) -> Any:
     """One gateway."""
-    self._read(request)
+    self.check_read(request)
     fields = yield _gateway_fields(self, gateway_id)
-    return _json(request, 200, decode_fields(fields))
+    return json_response(request, 200, decode_fields(fields))
 
 
-@app.route("/api/v1/gateways/<gateway_id>", methods=["PUT"])
-def update_gateway(self: ApiApp, request: Any, gateway_id: str) -> Any:
+@routes.route("/api/v1/gateways/<gateway_id>", methods=["PUT"])
+def update_gateway(self: ApiCore, request: Any, gateway_id: str) -> Any:
     """Change a gateway (fields merged; null removes one); it restarts, points stay."""
-    body = self._body(request)
+    body = self.read_body(request)
     gateway_id = _gateway_id(gateway_id)
-    return self._update(
+    return self.update_fields(
         request,
         "gateway",
         {"id": gateway_id},
@@ -116,36 +116,36 @@ def update_gateway(self: ApiApp, request: Any, gateway_id: str) -> Any:
     )
 
 
-@app.route("/api/v1/gateways/<gateway_id>", methods=["DELETE"])
+@routes.route("/api/v1/gateways/<gateway_id>", methods=["DELETE"])
 @inlineCallbacks
-def delete_gateway(self: ApiApp, request: Any, gateway_id: str) -> Any:
+def delete_gateway(self: ApiCore, request: Any, gateway_id: str) -> Any:
     """Delete a gateway and its points: 204; its connections close."""
-    self._authorize(request, mutating=True)
+    self.authorize(request, mutating=True)
     gateway_id = _gateway_id(gateway_id)
-    yield self._apply([{"op": "delete", "entity": "gateway", "id": gateway_id}], batch=False)
+    yield self.apply_ops([{"op": "delete", "entity": "gateway", "id": gateway_id}], batch=False)
     request.setResponseCode(204)
     return b""
 
 
-@app.route("/api/v1/gateways/<gateway_id>/status", methods=["GET"])
+@routes.route("/api/v1/gateways/<gateway_id>/status", methods=["GET"])
 @inlineCallbacks
-def gateway_status(self: ApiApp, request: Any, gateway_id: str) -> Any:
+def gateway_status(self: ApiCore, request: Any, gateway_id: str) -> Any:
     """The gateway's state as the gateway service last wrote it: listening or not (and
     why), each upstream connection with its counters."""
-    self._read(request)
+    self.check_read(request)
     yield _gateway_fields(self, gateway_id)
     status = yield GatewayStore(self.store.redis).read_status(gateway_id)
     if status is None:
         status = {"gateway_id": gateway_id, "state": "unknown", "connections": []}
-    return _json(request, 200, status)
+    return json_response(request, 200, status)
 
 
 # -- points ----------------------------------------------------------------------------
-@app.route("/api/v1/gateways/<gateway_id>/points", methods=["GET"])
+@routes.route("/api/v1/gateways/<gateway_id>/points", methods=["GET"])
 @inlineCallbacks
-def list_points(self: ApiApp, request: Any, gateway_id: str) -> Any:
+def list_points(self: ApiCore, request: Any, gateway_id: str) -> Any:
     """Every point of a gateway, by IOA."""
-    self._read(request)
+    self.check_read(request)
     yield _gateway_fields(self, gateway_id)
     store = GatewayStore(self.store.redis)
     points = []
@@ -153,34 +153,34 @@ def list_points(self: ApiApp, request: Any, gateway_id: str) -> Any:
         fields = yield store.point_fields(gateway_id, ioa)
         if fields:
             points.append(decode_fields(fields))
-    return _json(request, 200, points)
+    return json_response(request, 200, points)
 
 
-@app.route("/api/v1/gateways/<gateway_id>/points", methods=["POST"])
+@routes.route("/api/v1/gateways/<gateway_id>/points", methods=["POST"])
 @inlineCallbacks
-def create_point(self: ApiApp, request: Any, gateway_id: str) -> Any:
+def create_point(self: ApiCore, request: Any, gateway_id: str) -> Any:
     """Map a point to an IOA: 201; 404 when the gateway or the point does not exist."""
-    body = _with_gateway(self._body(request), _gateway_id(gateway_id))
+    body = _with_gateway(self.read_body(request), _gateway_id(gateway_id))
     point = GatewayPoint.from_json(body)
-    results = yield self._apply([_op("create", point)], batch=False)
-    return _json(request, 201, results[0])
+    results = yield self.apply_ops([entity_op("create", point)], batch=False)
+    return json_response(request, 201, results[0])
 
 
-@app.route("/api/v1/gateways/<gateway_id>/points/<ioa>", methods=["GET"])
+@routes.route("/api/v1/gateways/<gateway_id>/points/<ioa>", methods=["GET"])
 @inlineCallbacks
-def get_point(self: ApiApp, request: Any, gateway_id: str, ioa: str) -> Any:
+def get_point(self: ApiCore, request: Any, gateway_id: str, ioa: str) -> Any:
     """One gateway point."""
-    self._read(request)
+    self.check_read(request)
     fields = yield _point_fields(self, gateway_id, _ioa(ioa))
-    return _json(request, 200, decode_fields(fields))
+    return json_response(request, 200, decode_fields(fields))
 
 
-@app.route("/api/v1/gateways/<gateway_id>/points/<ioa>", methods=["PUT"])
-def update_point(self: ApiApp, request: Any, gateway_id: str, ioa: str) -> Any:
+@routes.route("/api/v1/gateways/<gateway_id>/points/<ioa>", methods=["PUT"])
+def update_point(self: ApiCore, request: Any, gateway_id: str, ioa: str) -> Any:
     """Change a gateway point (fields merged; null removes one)."""
-    body = self._body(request)
+    body = self.read_body(request)
     gateway_id, number = _gateway_id(gateway_id), _ioa(ioa)
-    return self._update(
+    return self.update_fields(
         request,
         "gateway_point",
         {"gateway_id": gateway_id, "ioa": str(number)},
@@ -189,36 +189,36 @@ def update_point(self: ApiApp, request: Any, gateway_id: str, ioa: str) -> Any:
     )
 
 
-@app.route("/api/v1/gateways/<gateway_id>/points/<ioa>", methods=["DELETE"])
+@routes.route("/api/v1/gateways/<gateway_id>/points/<ioa>", methods=["DELETE"])
 @inlineCallbacks
-def delete_point(self: ApiApp, request: Any, gateway_id: str, ioa: str) -> Any:
+def delete_point(self: ApiCore, request: Any, gateway_id: str, ioa: str) -> Any:
     """Remove a point from a gateway: 204."""
-    self._authorize(request, mutating=True)
+    self.authorize(request, mutating=True)
     gateway_id, number = _gateway_id(gateway_id), _ioa(ioa)
     yield _point_fields(self, gateway_id, number)
-    yield self._apply([_point_delete(gateway_id, number)], batch=False)
+    yield self.apply_ops([_point_delete(gateway_id, number)], batch=False)
     request.setResponseCode(204)
     return b""
 
 
-@app.route("/api/v2/gateways/<gateway_id>/points", methods=["POST"])
+@routes.route("/api/v2/gateways/<gateway_id>/points", methods=["POST"])
 @inlineCallbacks
-def batch_points(self: ApiApp, request: Any, gateway_id: str) -> Any:
+def batch_points(self: ApiCore, request: Any, gateway_id: str) -> Any:
     """Create or replace many points of a gateway, all or nothing: 200 with them."""
     gateway_id = _gateway_id(gateway_id)
-    elements = [_with_gateway(e, gateway_id) for e in _batch(self._body(request))]
+    elements = [_with_gateway(e, gateway_id) for e in batch_elements(self.read_body(request))]
     ops = batch_put_ops(GatewayPoint, elements)
-    results = yield self._apply(ops, batch=True) if ops else []
-    return _json(request, 200, results)
+    results = yield self.apply_ops(ops, batch=True) if ops else []
+    return json_response(request, 200, results)
 
 
-@app.route("/api/v2/gateways/<gateway_id>/points/del", methods=["POST"])
+@routes.route("/api/v2/gateways/<gateway_id>/points/del", methods=["POST"])
 @inlineCallbacks
-def batch_delete_points(self: ApiApp, request: Any, gateway_id: str) -> Any:
+def batch_delete_points(self: ApiCore, request: Any, gateway_id: str) -> Any:
     """Remove many points (a list of IOAs) from a gateway, all or nothing: 204."""
     gateway_id = _gateway_id(gateway_id)
     ops, seen = [], set()
-    for index, element in enumerate(_batch(self._body(request))):
+    for index, element in enumerate(batch_elements(self.read_body(request))):
         try:
             ioa = _IOA.convert(element)
         except errors.ApiError as e:
@@ -229,6 +229,6 @@ def batch_delete_points(self: ApiApp, request: Any, gateway_id: str) -> Any:
         seen.add(ioa)
         ops.append(_point_delete(gateway_id, ioa))
     if ops:
-        yield self._apply(ops, batch=True)
+        yield self.apply_ops(ops, batch=True)
     request.setResponseCode(204)
     return b""

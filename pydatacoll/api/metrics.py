@@ -1,6 +1,6 @@
 """``GET /metrics``: the process's Prometheus metrics (see `pydatacoll.metrics`).
 
-Registered on `pydatacoll.api.app.ApiApp.app` when imported (the last lines of app.py),
+Registered on the API's route table (`pydatacoll.api.plumbing.routes`) when imported,
 so it shares the API's errors and its token rule for reads.
 """
 
@@ -11,17 +11,16 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from pydatacoll import errors
-from pydatacoll.api.app import ApiApp
+from pydatacoll.api.core import ApiCore
+from pydatacoll.api.plumbing import routes
 from pydatacoll.metrics import CONTENT_TYPE_LATEST
 
-app = ApiApp.app
 
-
-@app.route("/metrics", methods=["GET"])
+@routes.route("/metrics", methods=["GET"])
 @inlineCallbacks
-def metrics(self: ApiApp, request: Any) -> Any:
+def metrics(self: ApiCore, request: Any) -> Any:
     """The Prometheus text exposition of this process (``pydatacoll_*`` families)."""
-    self._read(request)
+    self.check_read(request)
     if self.metrics is None:
         raise errors.Unavailable("metrics are not served by this process")
     body = yield self.metrics.exposition()

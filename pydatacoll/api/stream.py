@@ -31,229 +31,56 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 from typing import Any
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from pydatacoll import errors
-from pydatacoll.api.app import ApiApp
-from pydatacoll.model import is_valid_id
+from pydatacoll.api.core import ApiCore
+from pydatacoll.api.plumbing import routes
+from pydatacoll.api.stream_events import (
+    ENTRY_ID,
+    HEARTBEAT,
+    IDLE_UNSUBSCRIBE,
+    MAX_FILTERS,
+    NO_POSITION,
+    QUEUE_EVENTS,
+    REPLAY_ALARMS,
+    REPLAY_PER_POINT,
+    REPLAY_POINTS,
+    REPLAY_SAMPLES,
+    RETRY_MS,
+    SAMPLES_PREFIX,
+    STATUS_PREFIX,
+    Filters,
+    Resume,
+    StreamClient,
+    encode_event,
+    entry_key,
+    later_id,
+    sample_event,
+)
 from pydatacoll.store import keys
 from pydatacoll.store.live import LiveStore
 from pydatacoll.store.subscriber import Subscriber
 
-app = ApiApp.app
-
-#: Events a client may have waiting while its socket is full; one more drops it.
-QUEUE_EVENTS = 1000
-#: Seconds between ``: hb`` comments.
-HEARTBEAT = 15.0
-#: Resume bounds (see the module docstring).
-REPLAY_POINTS = 2000
-REPLAY_PER_POINT = 1000
-REPLAY_SAMPLES = 10000
-REPLAY_ALARMS = 1000
-#: Values of ``device_id`` plus ``point`` one request may give.
-MAX_FILTERS = 1000
-#: Seconds the subscription stays open without clients (a reconnecting page finds it).
-IDLE_UNSUBSCRIBE = 60.0
-#: Browsers reconnect after this many milliseconds.
-RETRY_MS = 2000
-
-_SAMPLES_PREFIX = keys.DEVICE_SAMPLES % ""
-_STATUS_PREFIX = keys.DEVICE_STATUS_CHANNEL % ""
-_ENTRY_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
-_NONE = "0-0"
-
-
-def _entry_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _later(a: str, b: str) -> str:
-    return a if _entry_key(a) >= _entry_key(b) else b
-
-
-@attrs.frozen
-class Resume:
-    """Where a client resumes: XRANGE start bounds of the sample streams and the alarm log."""
-
-    sample_start: str
-    alarm_start: str
-    sample: str
-    alarm: str
-
-    @classmethod
-    def parse(cls, text: str) -> Resume:
-        """``{sample id},{alarm id}`` or one stream entry id; `ValidationError` otherwise."""
-        parts = text.strip().split(",")
-        if len(parts) > 2 or not all(_ENTRY_ID.match(p) for p in parts):
-            raise errors.ValidationError(
-                "Last-Event-ID must be an id this stream sent ({sample id},{alarm id})",
-                field="Last-Event-ID",
-            )
-        sample = parts[0]
-        ms = sample.partition("-")[0]
-        if len(parts) == 2:
-            return cls(ms, "(" + parts[1], sample, parts[1])
-        return cls(ms, ms, sample, f"{ms}-0")
-
-
-@attrs.frozen
-class Filters:
-    """``?device_id=`` and ``?point=device:term:item`` (repeatable; union; none: all)."""
-
-    devices: frozenset[str] = frozenset()
-    points: frozenset[tuple[str, str, str]] = frozenset()
-
-    @property
-    def everything(self) -> bool:
-        """Whether no filter was given."""
-        return not self.devices and not self.points
-
-    def wants_device(self, device_id: str) -> bool:
-        """Status events: a named device, or the device of a named point."""
-        return (
-            self.everything
-            or device_id in self.devices
-            or any(p[0] == device_id for p in self.points)
-        )
-
-    def wants_point(self, device_id: str, term_id: str, item_id: str) -> bool:
-        """Sample and alarm events: a point of a named device, or a named point."""
-        return (
-            self.everything
-            or device_id in self.devices
-            or (device_id, term_id, item_id) in self.points
-        )
-
-    @classmethod
-    def from_request(cls, request: Any) -> Filters:
-        """The filters of a request; 400 naming ``device_id`` or ``point``."""
-        devices = [v.decode("utf-8", "replace") for v in request.args.get(b"device_id", [])]
-        points = [v.decode("utf-8", "replace") for v in request.args.get(b"point", [])]
-        if len(devices) + len(points) > MAX_FILTERS:
-            raise errors.ValidationError(f"at most {MAX_FILTERS} filters", field="point")
-        for device_id in devices:
-            if not is_valid_id(device_id):
-                raise errors.ValidationError("device_id is not a valid id", field="device_id")
-        parsed = []
-        for point in points:
-            ids = tuple(point.split(":"))
-            if len(ids) != 3 or not all(is_valid_id(i) for i in ids):
-                raise errors.ValidationError(
-                    "point must be device_id:term_id:item_id", field="point"
-                )
-            parsed.append(ids)
-        return cls(frozenset(devices), frozenset(parsed))  # type: ignore[arg-type]
-
-
-def _event(kind: str, event_id: str, data: Any) -> bytes:
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
-    return f"event: {kind}\nid: {event_id}\ndata: {text}\n\n".encode()
-
-
-def sample_event(message: dict[str, Any]) -> dict[str, Any]:
-    """The ``data`` of a sample event from a published or stored sample."""
-    return {
-        "device_id": message.get("device_id"),
-        "term_id": message.get("term_id"),
-        "item_id": message.get("item_id"),
-        "value": message.get("value"),
-        "quality": message.get("quality"),
-        "time": message.get("source_time") or message.get("receive_time"),
-    }
-
-
-@implementer(IPushProducer)
-class _Client:
-    """One open stream: a push producer of its request, with a bounded queue."""
-
-    def __init__(self, hub: StreamHub, request: Any, filters: Filters) -> None:
-        self.hub = hub
-        self.request = request
-        self.filters = filters
-        self.queue: collections.deque[bytes] = collections.deque()
-        #: While catching up, live events wait here: (dedupe key or None, chunk).
-        self.held: list[tuple[Any, bytes]] | None = []
-        self.paused = False
-        self.closed = False
-        self.opened = False
-        self.done: defer.Deferred[bytes] = defer.Deferred(lambda _: hub.remove(self))
-
-    def open(self) -> None:
-        """Send the response head and take the transport's back-pressure (once)."""
-        if self.opened or self.closed:
-            return
-        self.opened = True
-        request = self.request
-        request.setResponseCode(200)
-        request.setHeader(b"Content-Type", b"text/event-stream")
-        request.setHeader(b"Cache-Control", b"no-cache")
-        request.setHeader(b"X-Accel-Buffering", b"no")  # proxies: do not buffer the stream
-        request.registerProducer(self, True)
-
-    def close(self) -> None:
-        """Forget the queue and let go of the request's producer slot."""
-        self.closed = True
-        self.queue.clear()
-        self.held = None
-        if self.opened:
-            self.opened = False
-            try:
-                self.request.unregisterProducer()
-            except Exception:  # the connection is already gone
-                pass
-
-    def send(self, chunk: bytes, key: Any = None) -> None:
-        """Queue or write one event (``key`` identifies it against the catch-up)."""
-        if self.closed:
-            return
-        if self.held is not None:
-            if len(self.held) >= QUEUE_EVENTS:
-                self.hub.drop(self, "too many events while catching up")
-            else:
-                self.held.append((key, chunk))
-            return
-        self.deliver(chunk)
-
-    def deliver(self, chunk: bytes) -> None:
-        """Write now, or queue while the socket is full; a full queue drops the client."""
-        if self.paused or self.queue:
-            if len(self.queue) >= QUEUE_EVENTS:
-                self.hub.drop(self, "the client does not read")
-                return
-            self.queue.append(chunk)
-            return
-        self.request.write(chunk)
-
-    def go_live(self, sent: set[Any]) -> None:
-        """Deliver what waited during the catch-up (less what it sent) and go live."""
-        held, self.held = self.held or [], None
-        for key, chunk in held:
-            if key is None or key not in sent:
-                self.deliver(chunk)
-                if self.closed:
-                    return
-
-    # IPushProducer: the transport pauses us when its buffer is full.
-    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
-        self.paused = True
-
-    def resumeProducing(self) -> None:  # noqa: N802 (Twisted API)
-        self.paused = False
-        while self.queue and not self.paused and not self.closed:
-            self.request.write(self.queue.popleft())
-
-    def stopProducing(self) -> None:  # noqa: N802 (Twisted API)
-        self.hub.remove(self)
+__all__ = [
+    "HEARTBEAT",
+    "IDLE_UNSUBSCRIBE",
+    "MAX_FILTERS",
+    "QUEUE_EVENTS",
+    "REPLAY_ALARMS",
+    "REPLAY_PER_POINT",
+    "REPLAY_POINTS",
+    "REPLAY_SAMPLES",
+    "RETRY_MS",
+    "Filters",
+    "Resume",
+    "StreamHub",
+    "sample_event",
+]
 
 
 class StreamHub(Service):
@@ -270,10 +97,10 @@ class StreamHub(Service):
         self.redis = redis
         self.live = LiveStore(redis)
         self.max_clients = max_clients
-        self.clients: set[_Client] = set()
+        self.clients: set[StreamClient] = set()
         #: Everything before these positions has been handed to every client.
-        self.sample_position = _NONE
-        self.alarm_position = _NONE
+        self.sample_position = NO_POSITION
+        self.alarm_position = NO_POSITION
         self.dropped = 0
         self.events: collections.Counter[str] = collections.Counter()
         self.subscriber: Subscriber | None = None
@@ -370,8 +197,8 @@ class StreamHub(Service):
                 self.subscriber._conn.transport.loseConnection()  # subscribe again
             return
         if first:
-            self.sample_position = _later(self.sample_position, f"{now}-0")
-            self.alarm_position = _later(self.alarm_position, last_alarm or _NONE)
+            self.sample_position = later_id(self.sample_position, f"{now}-0")
+            self.alarm_position = later_id(self.alarm_position, last_alarm or NO_POSITION)
             self._positioned = True
             self._release()
             return
@@ -395,29 +222,29 @@ class StreamHub(Service):
             if not waiter.called:  # a request may have given up waiting
                 waiter.callback(None)
 
-    def _catch_up_later(self, client: _Client, resume: Resume) -> None:
+    def _catch_up_later(self, client: StreamClient, resume: Resume) -> None:
         d = self.catch_up(client, resume)
         d.addErrback(lambda f: self.drop(client, f"catching up failed: {f.getErrorMessage()}"))
 
     # -- clients --------------------------------------------------------------------------
-    def add(self, request: Any, filters: Filters) -> _Client:
+    def add(self, request: Any, filters: Filters) -> StreamClient:
         """A new client, catching up (its live events wait) until `catch_up` is done."""
         if len(self.clients) >= self.max_clients:
             raise errors.Unavailable(
                 f"at most {self.max_clients} streams are served at once", field=None
             )
-        client = _Client(self, request, filters)
+        client = StreamClient(self, request, filters)
         self.clients.add(client)
         return client
 
-    def remove(self, client: _Client) -> None:
+    def remove(self, client: StreamClient) -> None:
         """Forget a client (gone, dropped or ended)."""
         client.close()
         if client in self.clients:
             self.clients.discard(client)
             self._maybe_idle()
 
-    def drop(self, client: _Client, reason: str) -> None:
+    def drop(self, client: StreamClient, reason: str) -> None:
         """Close a client that cannot be served (it does not read): abort its connection."""
         if client.closed:
             return
@@ -431,7 +258,7 @@ class StreamHub(Service):
             transport.abortConnection()
 
     @defer.inlineCallbacks
-    def catch_up(self, client: _Client, resume: Resume | None) -> Any:
+    def catch_up(self, client: StreamClient, resume: Resume | None) -> Any:
         """Replay what ``resume`` missed, send the statuses, then the held live events."""
         filters = client.filters
         chunks: list[bytes] = []
@@ -445,7 +272,7 @@ class StreamHub(Service):
                     event = json.loads(fields.get("event", ""))
                 except ValueError:
                     continue
-                alarm_position = _later(alarm_position, entry_id)
+                alarm_position = later_id(alarm_position, entry_id)
                 if not isinstance(event, dict) or not filters.wants_point(
                     str(event.get("device_id")),
                     str(event.get("term_id")),
@@ -453,15 +280,15 @@ class StreamHub(Service):
                 ):
                     continue
                 event["id"] = entry_id
-                chunks.append(_event("alarm", f"{sample_position},{alarm_position}", event))
+                chunks.append(encode_event("alarm", f"{sample_position},{alarm_position}", event))
                 sent.add(entry_id)
             samples = yield self._replay_samples(filters, resume.sample_start)
             for point, entry_id, stored in samples:
-                sample_position = _later(sample_position, entry_id)
+                sample_position = later_id(sample_position, entry_id)
                 data = sample_event(
                     {**stored, **dict(zip(("device_id", "term_id", "item_id"), point, strict=True))}
                 )
-                chunks.append(_event("sample", f"{sample_position},{alarm_position}", data))
+                chunks.append(encode_event("sample", f"{sample_position},{alarm_position}", data))
                 sent.add((*point, entry_id))
         if filters.devices or filters.points:
             device_ids = sorted(filters.devices | {p[0] for p in filters.points})
@@ -470,7 +297,7 @@ class StreamHub(Service):
         statuses = yield self.live.statuses(device_ids)
         for device_id, status in sorted(statuses.items()):
             chunks.append(
-                _event(
+                encode_event(
                     "status",
                     f"{sample_position},{alarm_position}",
                     {**status, "device_id": device_id},
@@ -516,17 +343,17 @@ class StreamHub(Service):
                     continue
                 if isinstance(stored, dict):
                     found.append((point, entry_id, stored))
-        found.sort(key=lambda f: _entry_key(f[1]))
+        found.sort(key=lambda f: entry_key(f[1]))
         return found[-REPLAY_SAMPLES:]
 
     # -- fan-out --------------------------------------------------------------------------
     def _message(self, channel: str, text: str) -> None:
-        if channel.startswith(_SAMPLES_PREFIX):
-            self._samples(channel[len(_SAMPLES_PREFIX) :], text)
+        if channel.startswith(SAMPLES_PREFIX):
+            self._samples(channel[len(SAMPLES_PREFIX) :], text)
         elif channel == keys.ALARM:
             self._alarm(text)
-        elif channel.startswith(_STATUS_PREFIX):
-            self._status(channel[len(_STATUS_PREFIX) :], text)
+        elif channel.startswith(STATUS_PREFIX):
+            self._status(channel[len(STATUS_PREFIX) :], text)
 
     def _samples(self, device_id: str, text: str) -> None:
         if not any(c.filters.wants_device(device_id) for c in self.clients):
@@ -535,21 +362,21 @@ class StreamHub(Service):
             at = text.rfind('"id":"')
             if at >= 0:
                 entry_id = text[at + 6 : text.find('"', at + 6)]
-                if _ENTRY_ID.match(entry_id):
-                    self.sample_position = _later(self.sample_position, entry_id)
+                if ENTRY_ID.match(entry_id):
+                    self.sample_position = later_id(self.sample_position, entry_id)
             return
         message = json.loads(text)
         clients = list(self.clients)
         for sample in message.get("samples", ()):
             entry_id = sample.get("id")
-            if isinstance(entry_id, str) and _ENTRY_ID.match(entry_id):
-                self.sample_position = _later(self.sample_position, entry_id)
+            if isinstance(entry_id, str) and ENTRY_ID.match(entry_id):
+                self.sample_position = later_id(self.sample_position, entry_id)
             point = (sample.get("device_id"), sample.get("term_id"), sample.get("item_id"))
             chunk = None
             for client in clients:
                 if client.filters.wants_point(*point):
                     if chunk is None:
-                        chunk = _event(
+                        chunk = encode_event(
                             "sample",
                             f"{self.sample_position},{self.alarm_position}",
                             sample_event(sample),
@@ -562,14 +389,16 @@ class StreamHub(Service):
         if not isinstance(event, dict):
             return
         entry_id = event.get("id")
-        if isinstance(entry_id, str) and _ENTRY_ID.match(entry_id):
-            self.alarm_position = _later(self.alarm_position, entry_id)
+        if isinstance(entry_id, str) and ENTRY_ID.match(entry_id):
+            self.alarm_position = later_id(self.alarm_position, entry_id)
         point = (str(event.get("device_id")), str(event.get("term_id")), str(event.get("item_id")))
         chunk = None
         for client in list(self.clients):
             if client.filters.wants_point(*point):
                 if chunk is None:
-                    chunk = _event("alarm", f"{self.sample_position},{self.alarm_position}", event)
+                    chunk = encode_event(
+                        "alarm", f"{self.sample_position},{self.alarm_position}", event
+                    )
                     self.events["alarm"] += 1
                 client.send(chunk, entry_id)
 
@@ -583,7 +412,7 @@ class StreamHub(Service):
         for client in list(self.clients):
             if client.filters.wants_device(device_id):
                 if chunk is None:
-                    chunk = _event(
+                    chunk = encode_event(
                         "status",
                         f"{self.sample_position},{self.alarm_position}",
                         {**status, "device_id": device_id},
@@ -601,13 +430,13 @@ def _peer(request: Any) -> str:
     return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
 
-@app.route("/api/v1/stream", methods=["GET"])
+@routes.route("/api/v1/stream", methods=["GET"])
 @defer.inlineCallbacks
-def stream(self: ApiApp, request: Any) -> Any:
+def stream(self: ApiCore, request: Any) -> Any:
     """Samples, device statuses and alarms as Server-Sent Events (``text/event-stream``);
     ``?device_id=`` and ``?point=device:term:item`` filter (repeatable), ``Last-Event-ID``
     resumes; see `pydatacoll.api.stream`."""
-    self._read(request)
+    self.check_read(request)
     filters = Filters.from_request(request)
     header = request.getHeader(b"last-event-id")
     resume = Resume.parse(header.decode("latin-1")) if header else None

@@ -12,9 +12,9 @@ from importlib.resources import files
 from typing import Any
 
 from pydatacoll import errors
-from pydatacoll.api.app import ApiApp
+from pydatacoll.api.core import ApiCore
+from pydatacoll.api.plumbing import routes
 
-app = ApiApp.app
 _STATIC = files("pydatacoll.ui").joinpath("static")
 #: name -> (Content-Type, content).
 FILES: dict[str, tuple[bytes, bytes]] = {
@@ -31,22 +31,22 @@ _POLICY = (
 )
 
 
-@app.route("/ui", methods=["GET"])
-def ui_redirect(self: ApiApp, request: Any) -> bytes:
+@routes.route("/ui", methods=["GET"])
+def ui_redirect(self: ApiCore, request: Any) -> bytes:
     """Moved to ``/ui/`` (relative links of the page need the slash)."""
     request.setResponseCode(301)
     request.setHeader(b"Location", b"/ui/")
     return b""
 
 
-@app.route("/ui/", methods=["GET"])
-def ui_index(self: ApiApp, request: Any) -> bytes:
+@routes.route("/ui/", methods=["GET"])
+def ui_index(self: ApiCore, request: Any) -> bytes:
     """The status page."""
     return _serve(request, "index.html")
 
 
-@app.route("/ui/<name>", methods=["GET"])
-def ui_file(self: ApiApp, request: Any, name: str) -> bytes:
+@routes.route("/ui/<name>", methods=["GET"])
+def ui_file(self: ApiCore, request: Any, name: str) -> bytes:
     """A file of the status page (its script and style sheet)."""
     return _serve(request, name)
 

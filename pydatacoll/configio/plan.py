@@ -97,7 +97,7 @@ def make_plan(imported: ImportedConfig, snapshot: ConfigSnapshot, replace: bool)
     view = _Effective(rows, stored, replace)
     view.check_references()
 
-    from pydatacoll.api.app import _op  # the protocol checks of the REST boundary
+    from pydatacoll.api.core import entity_op as _op  # the REST boundary's protocol checks
 
     ops: list[dict[str, Any]] = []
     places: list[tuple[str, int] | None] = []

@@ -100,7 +100,10 @@ class _List(Field):
     def _convert_integers(self, value: Any) -> tuple[int, ...]:
         if not isinstance(value, list) or len(value) > self.max_items:
             raise ValidationError(f"{self.name} must be a list of integers", field=self.name)
+        items = []
         for v in value:
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)  # 10.0 is the integer 10 in JSON (and in the JSON Schema we publish)
             if (
                 isinstance(v, bool)
                 or not isinstance(v, int)
@@ -110,7 +113,8 @@ class _List(Field):
                     f"{self.name} holds integers from {self.item_minimum} to {self.item_maximum}",
                     field=self.name,
                 )
-        return tuple(sorted(set(value)))
+            items.append(v)
+        return tuple(sorted(set(items)))
 
     def json_schema(self) -> dict[str, Any]:
         """Exactly what the conversion accepts (the OpenAPI document uses it)."""

@@ -8,8 +8,10 @@ from importlib.resources import files
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from zope.interface import implementer
 
 from pydatacoll.errors import ApiError, Conflict, NotFound, ValidationError
+from pydatacoll.interfaces import IConfigStore
 from pydatacoll.store import keys
 from pydatacoll.store.devices import DeviceConfig, read_device_config
 from pydatacoll.store.redis import RedisClient
@@ -34,6 +36,8 @@ ENTITY_SETS = {
     "formula": keys.FORMULAS,
     "gateway": keys.GATEWAYS,
 }
+#: The set of the ids hanging on an entity (`ConfigStore.child_ids`).
+_CHILDREN = {"device": keys.DEVICE_TERMS, "term": keys.TERM_ITEMS}
 
 
 def natural_key(text: str) -> list[Any]:
@@ -41,8 +45,10 @@ def natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in _DIGITS.split(text)]
 
 
+@implementer(IConfigStore)
 class ConfigStore:
-    """Reads and atomic changes of devices, terms, items and term-items."""
+    """Reads and atomic changes of the configured entities (devices, terms, items,
+    term-items, formulas, gateways) and the change log (`IConfigStore`)."""
 
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
@@ -60,17 +66,19 @@ class ConfigStore:
         """The stored hash of a term-item; empty when missing."""
         return self.redis.call("hgetall", keys.TERM_ITEM % (term_id, item_id))
 
-    def exists(self, key: str) -> Deferred[bool]:
-        """Whether a key exists."""
-        return self.redis.call("exists", key).addCallback(bool)
+    def entity_exists(self, entity: str, entity_id: str) -> Deferred[bool]:
+        """Whether an entity (device, term, item, formula, gateway) is stored."""
+        d: Deferred[Any] = self.redis.call("exists", ENTITY_KEYS[entity] % entity_id)
+        return d.addCallback(bool)
 
     @inlineCallbacks
-    def members(self, owner_key: str, set_key: str) -> Any:
-        """The members of ``set_key`` in natural order, or None when ``owner_key`` is missing."""
-        found = yield self.exists(owner_key)
+    def child_ids(self, entity: str, entity_id: str) -> Any:
+        """The ids hanging on an entity, in natural order: a device's terms, a term's
+        items; None when the entity is missing."""
+        found = yield self.entity_exists(entity, entity_id)
         if not found:
             return None
-        ids = yield self.redis.call("smembers", set_key)
+        ids = yield self.redis.call("smembers", _CHILDREN[entity] % entity_id)
         return sorted(ids, key=natural_key)
 
     @inlineCallbacks
@@ -107,50 +115,6 @@ class ConfigStore:
             raise error_type(result["message"], field=result["field"], index=result["index"])
         return result["results"]
 
-    def read_stream(
-        self, key: str, limit: int, since_ms: int | None, until_ms: int | None
-    ) -> Deferred[list[tuple[str, dict[str, str]]]]:
-        """A stream's entries (id, fields), newest first, in an arrival-time range (ms)."""
-        high = str(until_ms) if until_ms is not None else "+"
-        low = str(since_ms) if since_ms is not None else "-"
-        d = self.redis.call("execute_command", "XREVRANGE", key, high, low, "COUNT", limit)
-        return d.addCallback(
-            lambda entries: [
-                (entry_id, dict(zip(flat[::2], flat[1::2], strict=False)))
-                for entry_id, flat in entries
-            ]
-        )
-
-    def read_samples(
-        self, point: tuple[str, str, str], limit: int, since_ms: int | None, until_ms: int | None
-    ) -> Deferred[list[Any]]:
-        """A point's stored samples, newest first."""
-        d = self.read_stream(keys.POINT_DATA % point, limit, since_ms, until_ms)
-        return d.addCallback(lambda entries: [_json_field(f, "sample") for _, f in entries])
-
-    @inlineCallbacks
-    def sample_at(self, point: tuple[str, str, str], index: int) -> Any:
-        """The sample at ``index`` in the newest-first order of `read_samples` (0 = the
-        newest, -1 = the oldest kept), or None."""
-        key = keys.POINT_DATA % point
-        if index >= 0:
-            entries = yield self.redis.call(
-                "execute_command", "XREVRANGE", key, "+", "-", "COUNT", index + 1
-            )
-            position = index
-        else:
-            entries = yield self.redis.call(
-                "execute_command", "XRANGE", key, "-", "+", "COUNT", -index
-            )
-            position = -index - 1
-        if len(entries) <= position:
-            return None
-        return _sample(entries[position])
-
-    def publish(self, channel: str, message: dict[str, Any]) -> Deferred[int]:
-        """Publish a JSON message; fires with the number of subscribers that got it."""
-        return self.redis.call("publish", channel, json.dumps(message, ensure_ascii=False))
-
     # --- i12dev ---
     def read_device_config(self, device_id: str) -> Deferred[DeviceConfig | None]:
         """A device with its terms and term-items in one round trip (a read-only script),
@@ -160,15 +124,3 @@ class ConfigStore:
 
 class RetryChange(Exception):
     """An update raced another change of the same entity; read again and retry."""
-
-
-def _sample(entry: Any) -> Any:
-    _entry_id, flat = entry
-    return _json_field(dict(zip(flat[::2], flat[1::2], strict=False)), "sample")
-
-
-def _json_field(fields: dict[str, str], name: str) -> Any:
-    try:
-        return json.loads(fields.get(name, "null"))
-    except ValueError:
-        return None

@@ -7,12 +7,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from zope.interface import implementer
 
+from pydatacoll.interfaces import ILiveStore
 from pydatacoll.store import keys
 
 
+@implementer(ILiveStore)
 class LiveStore:
-    """Reads for `pydatacoll.api.stream` and `pydatacoll.metrics`, on a `RedisClient`."""
+    """Reads for `pydatacoll.api.stream` and `pydatacoll.metrics`, on a `RedisClient`
+    (`ILiveStore`)."""
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis

@@ -1,15 +1,18 @@
-"""Reads of the configured points, their latest values and the devices' states, for
-processors that mirror the collector elsewhere (the MQTT plugin)."""
+"""Points: their latest values, stored samples and statuses (`PointStore`, the API's
+view), and the reads of processors that mirror the collector elsewhere (the MQTT plugin)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from zope.interface import implementer
 
+from pydatacoll.interfaces import IPointStore
 from pydatacoll.model import decode_fields
 from pydatacoll.store import keys
+from pydatacoll.store.streams import json_field, read_stream
 
 
 @inlineCallbacks
@@ -76,3 +79,62 @@ def config_version(redis: Any) -> Any:
     """The configuration version (``STR:CONFIG_VERSION``), or None before any change."""
     text = yield redis.call("get", keys.CONFIG_VERSION)
     return None if text is None else int(text)
+
+
+@implementer(IPointStore)
+class PointStore:
+    """Latest values, stored samples, device and formula statuses, and the request
+    channels, on a `RedisClient` (`IPointStore`)."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+
+    def device_values(self, device_id: str) -> Deferred[dict[str, Any]]:
+        """The latest sample of every point of a device, ``{"term_id:item_id": sample}``
+        (a stored text that is not JSON stays text)."""
+        d = self.redis.call("hgetall", keys.DEVICE_VALUES % device_id)
+        return d.addCallback(lambda fields: decode_fields(fields or {}))
+
+    def device_status_text(self, device_id: str) -> Deferred[str | None]:
+        """The status text the collector last wrote for a device (None: none yet)."""
+        d: Deferred[str | None] = self.redis.call("hget", keys.DEVICE_STATUS % device_id, "status")
+        return d
+
+    def formula_status_text(self, formula_id: str) -> Deferred[str | None]:
+        """The state text the formulas plugin last wrote for a formula (None: none yet)."""
+        d: Deferred[str | None] = self.redis.call("hget", keys.FORMULA_STATUS, formula_id)
+        return d
+
+    def read_samples(
+        self, point: tuple[str, str, str], limit: int, since_ms: int | None, until_ms: int | None
+    ) -> Deferred[list[Any]]:
+        """A point's stored samples, newest first, in an arrival-time range (ms)."""
+        d = read_stream(self.redis, keys.POINT_DATA % point, limit, since_ms, until_ms)
+        return d.addCallback(lambda entries: [json_field(f, "sample") for _, f in entries])
+
+    @inlineCallbacks
+    def sample_at(self, point: tuple[str, str, str], index: int) -> Any:
+        """The sample at ``index`` in the newest-first order of `read_samples` (0 = the
+        newest, -1 = the oldest kept), or None."""
+        key = keys.POINT_DATA % point
+        if index >= 0:
+            entries = yield self.redis.call(
+                "execute_command", "XREVRANGE", key, "+", "-", "COUNT", index + 1
+            )
+            position = index
+        else:
+            entries = yield self.redis.call(
+                "execute_command", "XRANGE", key, "-", "+", "COUNT", -index
+            )
+            position = -index - 1
+        if len(entries or ()) <= position:
+            return None
+        _entry_id, flat = entries[position]
+        return json_field(dict(zip(flat[::2], flat[1::2], strict=False)), "sample")
+
+    def publish(self, channel: str, message: dict[str, Any]) -> Deferred[int]:
+        """Publish a JSON message; fires with the number of subscribers that got it."""
+        d: Deferred[int] = self.redis.call(
+            "publish", channel, json.dumps(message, ensure_ascii=False)
+        )
+        return d

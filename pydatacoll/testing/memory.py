@@ -17,6 +17,7 @@ import fnmatch
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,11 +33,18 @@ from pydatacoll.interfaces import IRedisClient
 class MemoryRedis:
     """Strings, hashes, sets and lists in dicts; ``published`` records every PUBLISH."""
 
-    def __init__(self, *, connected: bool = True) -> None:
+    def __init__(self, *, connected: bool = True, clock: Any = None) -> None:
+        #: The server's clock (a `task.Clock` in tests): stream entry ids, TIME, and the
+        #: expiry of the cluster scripts' PX keys. None: the wall clock for ids and TIME,
+        #: and PX keys never expire.
+        self.clock = clock
         self.data: dict[str, Any] = {}
         self.published: list[tuple[str, str]] = []
         #: Called with (channel, message) on every PUBLISH (a test's subscriber).
         self.listeners: list[Callable[[str, str], None]] = []
+        #: (channel pattern, callback): called on a PUBLISH to a matching channel, and
+        #: counted in PUBLISH's reply only then (as Redis counts its subscribers).
+        self.subscriptions: list[tuple[str, Callable[[str, str], None]]] = []
         #: Every call made, as (command, args), failed ones included.
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.address = RedisAddress(host="127.0.0.1", port=0)
@@ -45,7 +53,6 @@ class MemoryRedis:
         self._waiters: list[Deferred[None]] = []
         #: Lua scripts by SHA1 -> a Python emulation ``(store, keys, args) -> reply``.
         self.scripts: dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]] = _scripts()
-        self._stream_ids = 0
 
     # -- the failure switch ----------------------------------------------------------------
     def down(self) -> None:
@@ -62,6 +69,20 @@ class MemoryRedis:
     def fail_next(self, command: str, times: int = 1) -> None:
         """The next ``times`` calls of ``command`` ("*" for any) fail with StoreUnavailable."""
         self._fail[command.lower()] = self._fail.get(command.lower(), 0) + times
+
+    def digest(self) -> str:
+        """A digest of the whole keyspace (what ``DEBUG DIGEST`` is to Redis): equal
+        digests, equal data (empty hashes, sets and lists count as absent, as in Redis)."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, dict):
+                return sorted(value.items())
+            if isinstance(value, set):
+                return sorted(value)
+            return value
+
+        present = sorted((k, plain(v)) for k, v in self.data.items() if v not in ({}, set(), []))
+        return hashlib.sha1(repr(present).encode()).hexdigest()
 
     # -- what RedisClient offers -----------------------------------------------------------
     @property
@@ -191,6 +212,11 @@ class MemoryRedis:
         end = end + n if end < 0 else end
         return lst[start : end + 1]
 
+    def subscribe(self, pattern: str, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(channel, message)`` on each PUBLISH to a channel matching
+        ``pattern`` (PSUBSCRIBE's glob)."""
+        self.subscriptions.append((pattern, callback))
+
     def _publish(self, channel: str, message: str) -> int:
         # Like Redis, the reply counts the subscribers the message reached: a listener
         # with a ``matches(channel)`` method (a subscriber) counts only for its channels
@@ -203,6 +229,10 @@ class MemoryRedis:
                 continue
             receivers += 1
             listener(channel, message)
+        for pattern, callback in list(self.subscriptions):
+            if fnmatch.fnmatchcase(channel, pattern):
+                receivers += 1
+                callback(channel, message)
         return receivers
 
     def _evalsha(self, sha: str, keys: Any, args: Any) -> Any:
@@ -219,20 +249,103 @@ class MemoryRedis:
 
     def _xadd(self, key: str, fields: dict[str, str], maxlen: int | None = None) -> str:
         stream = self._typed(key, list)
-        self._stream_ids += 1
-        entry_id = f"{self._stream_ids}-0"
+        entry_id = self._next_stream_id(stream)
         stream.append((entry_id, dict(fields)))
         if maxlen is not None and len(stream) > maxlen:
             del stream[: len(stream) - maxlen]
         return entry_id
 
+    def _seconds(self) -> float:
+        return float(self.clock.seconds()) if self.clock is not None else time.time()
+
+    def _xadd_at(self, key: str, entry_id: str, fields: dict[str, str], maxlen: int | None) -> str:
+        """XADD with an explicit id (greater than the stream's last one, as Redis wants)."""
+        stream = self._typed(key, list)
+        if stream and _stream_id(entry_id) <= _stream_id(stream[-1][0]):
+            raise ValueError("ERR The ID specified in XADD is equal or smaller than the target")
+        stream.append((entry_id, dict(fields)))
+        if maxlen is not None and len(stream) > maxlen:
+            del stream[: len(stream) - maxlen]
+        return entry_id
+
+    def _next_stream_id(self, stream: list[Any]) -> str:
+        """``ms-seq`` from the clock, like Redis: never below the stream's last id."""
+        now = int(self._seconds() * 1000)
+        if stream:
+            last_ms, last_seq = _stream_id(stream[-1][0])
+            if now <= last_ms:
+                return f"{last_ms}-{last_seq + 1}"
+        return f"{now}-0"
+
     def _xrange(self, key: str, start: str = "-", end: str = "+") -> list[Any]:
-        return list(self.data.get(key) or [])
+        return self._stream_range(key, start, end, None)
+
+    def _stream_range(self, key: str, low: str, high: str, count: int | None) -> list[Any]:
+        entries = list(self._typed(key, list)) if key in self.data else []
+        low_id, low_open = _bound(low, 0)
+        high_id, high_open = _bound(high, 2**64)
+        found = []
+        for entry_id, fields in entries:
+            at = _stream_id(entry_id)
+            if at < low_id or (low_open and at == low_id):
+                continue
+            if at > high_id or (high_open and at == high_id):
+                continue
+            flat: list[str] = []
+            for name, value in fields.items():
+                flat += [name, value]
+            found.append((entry_id, flat))
+        return found if count is None else found[:count]
+
+    def _exists(self, *keys: str) -> int:
+        names = [k for key in keys for k in ([key] if isinstance(key, str) else key)]
+        return sum(1 for k in names if self.data.get(k) not in (None, {}, set(), []))
+
+    def _rename(self, key: str, new_key: str) -> str:
+        if key not in self.data:
+            raise RuntimeError("ERR no such key")
+        self.data[new_key] = self.data.pop(key)
+        return "OK"
+
+    def _hkeys(self, key: str) -> list[str]:
+        return list(dict(self.data.get(key) or {}))
+
+    def _hmget(self, key: str, fields: Any) -> list[Any]:
+        h = dict(self.data.get(key) or {})
+        return [h.get(f) for f in ([fields] if isinstance(fields, str) else fields)]
+
+    def _execute_command(self, command: str, *args: Any) -> Any:
+        """The raw commands the stores send: XADD, XRANGE, XREVRANGE, TIME."""
+        name = command.upper()
+        if name == "TIME":
+            now = self._seconds()
+            return [str(int(now)), str(int(now * 1_000_000) % 1_000_000)]
+        if name == "XADD":
+            key, rest = args[0], list(args[1:])
+            maxlen = None
+            if rest and str(rest[0]).upper() == "MAXLEN":
+                rest = rest[1:]
+                if rest[0] in ("=", "~"):
+                    rest = rest[1:]
+                maxlen, rest = int(rest[0]), rest[1:]
+            flat = [str(a) for a in rest[1:]]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            if rest[0] == "*":
+                return self._xadd(key, fields, maxlen)
+            return self._xadd_at(key, str(rest[0]), fields, maxlen)
+        if name in ("XRANGE", "XREVRANGE"):
+            key, first, second, *rest = args
+            count = int(rest[1]) if rest and str(rest[0]).upper() == "COUNT" else None
+            if name == "XRANGE":
+                return self._stream_range(key, str(first), str(second), count)
+            found = self._stream_range(key, str(second), str(first), None)
+            found.reverse()
+            return found if count is None else found[:count]
+        raise NotImplementedError(f"MemoryRedis has no {command}")
 
     # -- i14: key expiry for the cluster scripts (heartbeats, leases) -----------------------
-    #: The time of key expiry (``seconds()``: a `task.Clock` in tests). The cluster scripts'
-    #: PX keys expire on it; None: they never expire. Plain commands ignore expiry.
-    clock: Any = None
+    # (``self.clock``: the time of key expiry; None: PX keys never expire. Plain commands
+    # ignore expiry.)
 
     @property
     def px_deadlines(self) -> dict[str, float]:
@@ -264,40 +377,21 @@ class MemoryRedis:
         self.px_deadlines.pop(key, None)
         return int(self.data.pop(key, None) is not None)
 
-    # -- i12proc: the processors' stream reads (execute_command XADD / XREVRANGE) ------------
-    def _execute_command(self, command: str, *args: Any) -> Any:
-        name = command.upper()
-        if name == "XREVRANGE":
-            return self._xrevrange_flat(*args)
-        if name == "XADD":
-            return self._xadd_id(*args)
-        raise NotImplementedError(f"MemoryRedis has no execute_command {command}")
 
-    def _xrevrange_flat(self, key: str, high: str, low: str, *options: Any) -> list[Any]:
-        """XREVRANGE key high low [COUNT n], entries as (id, [field, value, ...])."""
-        count = (
-            int(options[1]) if len(options) >= 2 and str(options[0]).upper() == "COUNT" else None
-        )
-        top, bottom = _stream_bound(high, True), _stream_bound(low, False)
-        found = []
-        for entry_id, fields in reversed(self._typed(key, list)):
-            if bottom <= _stream_id(entry_id) <= top:
-                found.append((entry_id, [x for pair in fields.items() for x in pair]))
-                if count is not None and len(found) >= count:
-                    break
-        return found
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = str(text).partition("-")
+    return int(ms), int(seq or 0)
 
-    def _xadd_id(self, key: str, entry_id: str, *pairs: Any) -> str:
-        """XADD key ID field value ...: an explicit id (greater than the last one)."""
-        if str(entry_id).upper() == "MAXLEN":  # i12gw: XADD key MAXLEN = n ID ...
-            return _xadd_capped(self, key, *pairs)
-        stream = self._typed(key, list)
-        if entry_id == "*":
-            return self._xadd(key, dict(zip(pairs[::2], pairs[1::2], strict=True)))
-        if stream and _stream_id(entry_id) <= _stream_id(stream[-1][0]):
-            raise ValueError("ERR The ID specified in XADD is equal or smaller than the target")
-        stream.append((entry_id, dict(zip(pairs[::2], pairs[1::2], strict=True))))
-        return entry_id
+
+def _bound(text: str, default_seq: int) -> tuple[tuple[int, int], bool]:
+    """An XRANGE bound as (id, exclusive): ``-``, ``+``, ``ms``, ``ms-seq``, ``(ms-seq``."""
+    if text == "-":
+        return (0, 0), False
+    if text == "+":
+        return (2**64, 2**64), False
+    exclusive = text.startswith("(")
+    ms, dash, seq = text.lstrip("(").partition("-")
+    return (int(ms), int(seq) if dash else default_seq), exclusive
 
 
 # -- the scripts, emulated -----------------------------------------------------------------
@@ -448,45 +542,6 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
     }
 
 
-# -- i12proc: the processors' stream ids and scripts --------------------------------------
-
-
-def _stream_id(text: str) -> tuple[int, int]:
-    ms, _, seq = str(text).partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _stream_bound(text: str, high: bool) -> tuple[int, int]:
-    """A range bound of XRANGE/XREVRANGE: "-", "+", "ms" or "ms-seq" (inclusive)."""
-    text = str(text)
-    if text == "-":
-        return (0, 0)
-    if text == "+":
-        return (2**64, 2**64)
-    if "-" not in text:
-        return (int(text), 2**64 if high else 0)
-    return _stream_id(text)
-
-
-def _alarm_event_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
-    """store/alarm_event.lua: log the event, set or clear the active alarm, publish it."""
-    log_key, active_key = keys
-    maxlen, text, event, field, channel = args
-    entry_id = store._xadd(log_key, {"event": text}, int(maxlen))
-    if event == "raise":
-        store._hset(active_key, field, text)
-    else:
-        store._hdel(active_key, [field])
-    store._publish(channel, text[:-1] + ',"id":"' + entry_id + '"}')
-    return 1
-
-
-def _processing_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.store import alarms
-
-    return {alarms.SHA: _alarm_event_script}
-
-
 # --- i12dev: store/device_config.lua ---
 
 
@@ -514,66 +569,37 @@ def _device_config_script(store: MemoryRedis, keys: Any, args: list[str]) -> lis
 
 
 def _scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.store import devices, ingest, status
+    from pydatacoll.store import config, devices, ingest, snapshot, status
+    from pydatacoll.testing.memory_config import config_dump_script, config_script
 
     return {
         ingest._SHA: _ingest_script,
         status._SHA: _status_script,
         devices.DEVICE_CONFIG_SHA: _device_config_script,
+        hashlib.sha1(config._SCRIPT.encode()).hexdigest(): config_script,
+        hashlib.sha1(snapshot._SCRIPT.encode()).hexdigest(): config_dump_script,
         **_cluster_scripts(),
         **_processing_scripts(),
-        **_snapshot_scripts(),  # i12gw
     }
 
 
-# -- i12gw: XADD with MAXLEN (the gateway's device_ctrl audit, GatewayStore.append_ctrl_log) --
+# -- i12proc: the processors' stream ids and scripts --------------------------------------
 
 
-def _xadd_capped(store: MemoryRedis, key: str, *args: Any) -> str:
-    """XADD key MAXLEN [=|~] n ID field value ...: the stream trimmed to its n newest."""
-    if args and str(args[0]) in ("=", "~"):
-        args = args[1:]
-    maxlen, entry_id, pairs = int(args[0]), str(args[1]), args[2:]
-    added = store._xadd_id(key, entry_id, *pairs)
-    stream = store._typed(key, list)
-    if len(stream) > maxlen:
-        del stream[: len(stream) - maxlen]
-    return added
+def _alarm_event_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/alarm_event.lua: log the event, set or clear the active alarm, publish it."""
+    log_key, active_key = keys
+    maxlen, text, event, field, channel = args
+    entry_id = store._xadd(log_key, {"event": text}, int(maxlen))
+    if event == "raise":
+        store._hset(active_key, field, text)
+    else:
+        store._hdel(active_key, [field])
+    store._publish(channel, text[:-1] + ',"id":"' + entry_id + '"}')
+    return 1
 
 
-# -- i12gw: store/config_dump.lua (the whole configuration at once), emulated ---------------
+def _processing_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import alarms
 
-
-def _config_dump_script(store: MemoryRedis, keys: Any, args: list[str]) -> str:
-    """store/config_dump.lua: every entity hash (JSON texts as stored) and the version."""
-    templates = json.loads(args[0])["k"]
-
-    def collection(set_name: str, hash_name: str) -> dict[str, dict[str, str]]:
-        found = {}
-        for entity_id in store._smembers(templates[set_name]):
-            fields = store._hgetall(templates[hash_name] % entity_id)
-            if fields:
-                found[entity_id] = fields
-        return found
-
-    points = {}
-    for term_id in store._smembers(templates["terms"]):
-        for item_id in store._smembers(templates["term_items"] % term_id):
-            fields = store._hgetall(templates["term_item"] % (term_id, item_id))
-            if fields:
-                points[f"{term_id}:{item_id}"] = fields
-    reply = {
-        "version": store._get(templates["config_version"]) or "",
-        "device": collection("devices", "device"),
-        "term": collection("terms", "term"),
-        "item": collection("items", "item"),
-        "term_item": points,
-        "formula": collection("formulas", "formula"),
-    }
-    return json.dumps(reply)
-
-
-def _snapshot_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.store import snapshot
-
-    return {snapshot.SHA: _config_dump_script}
+    return {alarms.SHA: _alarm_event_script}

@@ -1,76 +1,25 @@
-"""The REST API over real HTTP, against a real (private) redis-server."""
+"""The REST API's routes, in memory (`MemoryRedis`, `StubTreq`: no redis-server).
+
+The route tests are mixins: tests/integration/test_api_redis.py runs the same ones over
+real HTTP against a private redis-server.
+"""
 
 import json
 import re
 
-import redis as redis_py
-import treq
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
-from twisted.web.client import HTTPConnectionPool
 
-from pydatacoll.api.app import ApiApp, route_table
+from pydatacoll.api.app import route_table
 from pydatacoll.api.openapi import document
-from pydatacoll.config import load_settings
-from pydatacoll.store.config import ConfigStore
-from pydatacoll.store.redis import RedisClient
-from pydatacoll.testing.fixtures import CREATE_ALL, DEVICE, ITEM, TERM, TERM_ITEM
-from pydatacoll.testing.redis import digest, shared_redis
+from pydatacoll.testing.fixtures import DEVICE, ITEM, TERM, TERM_ITEM
+from tests.api.support import (
+    MemoryApiCase,
+    http_call,  # noqa: F401 (imported from here by other tests)
+)
 
 
-@inlineCallbacks
-def http_call(url, method, pool, body=None, raw=None, headers=None):
-    """One HTTP request over real TCP; fires with (status, parsed JSON or text)."""
-    headers = dict(headers or {})
-    data = raw
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers.setdefault(b"Content-Type", [b"application/json"])
-    response = yield treq.request(method, url, data=data, headers=headers, pool=pool)
-    text = (yield treq.content(response)).decode()
-    try:
-        parsed = json.loads(text) if text else None
-    except ValueError:
-        parsed = text
-    return response.code, parsed
-
-
-class ApiTests(TestCase):
-    token = None
-
-    @inlineCallbacks
-    def setUp(self):
-        server = shared_redis()
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.sync.flushall()
-        overrides = {"redis": server.url, "api_token": self.token}
-        self.settings = load_settings(None, overrides)
-        self.client = RedisClient(self.settings.redis, timeout=5, pool_size=2)
-        self.client.startService()
-        self.addCleanup(self.client.stopService)
-        self.addCleanup(self.sync.close)
-        for _ in range(200):
-            if self.client.connected:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.api = ApiApp(ConfigStore(self.client), self.settings)
-        self.port = reactor.listenTCP(0, self.api.site(), interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(self.pool.closeCachedConnections)
-
-    def call(self, method, path, body=None, raw=None, headers=None):
-        """One request; returns (status, parsed JSON or text)."""
-        return http_call(self.base + path, method, self.pool, body, raw, headers)
-
-    @inlineCallbacks
-    def seed(self):
-        for method, path, body in CREATE_ALL:
-            status, result = yield self.call(method, path, body)
-            self.assertEqual(status, 201, result)
+class ApiRouteTests:
+    """Routes of the entities, data and catalogue (a harness of tests/api/support.py)."""
 
     @inlineCallbacks
     def test_crud_walkthrough(self):
@@ -150,15 +99,10 @@ class ApiTests(TestCase):
 
     @inlineCallbacks
     def test_change_messages(self):
-        pubsub = self.sync.pubsub()
-        pubsub.psubscribe("CHANNEL:*")
-        pubsub.get_message(timeout=1)
+        seen = yield self.watch_channels("CHANNEL:*")
         yield self.seed()
         yield self.call("DELETE", "/api/v1/terms/10")
-        messages = []
-        while (m := pubsub.get_message(timeout=0.5)) is not None:
-            messages.append((m["channel"], json.loads(m["data"])))
-        pubsub.close()
+        messages = [(channel, json.loads(text)) for channel, text in (yield seen())]
         self.assertEqual(
             [c for c, _ in messages],
             [
@@ -182,7 +126,7 @@ class ApiTests(TestCase):
     @inlineCallbacks
     def test_batches_are_all_or_nothing(self):
         yield self.seed()
-        before = digest(self.sync)
+        before = self.digest()
         status, error = yield self.call(
             "POST", "/api/v2/devices", [dict(DEVICE, id="7"), {"id": "8", "protocol": "x"}]
         )
@@ -193,7 +137,7 @@ class ApiTests(TestCase):
         self.assertEqual((status, error["index"], error["field"]), (404, 1, "device_id"))
         status, error = yield self.call("POST", "/api/v2/devices/del", ["1", "99"])
         self.assertEqual((status, error["index"]), (404, 1))
-        self.assertEqual(digest(self.sync), before)
+        self.assertEqual(self.digest(), before)
         status, stored = yield self.call(
             "POST", "/api/v2/devices", [dict(DEVICE, id="7"), dict(DEVICE, id=8)]
         )
@@ -215,10 +159,10 @@ class ApiTests(TestCase):
             ({**base, "protocol": "modbus", "timeout": -1}, "timeout"),
             ({**base, "protocol": "modbus", "byte_order": "XYZW"}, "byte_order"),
         ]:
-            before = digest(self.sync)
+            before = self.digest()
             status, reply = yield self.call("POST", "/api/v1/devices", body)
             self.assertEqual((status, reply["field"]), (400, field), (body, reply))
-            self.assertEqual(digest(self.sync), before)
+            self.assertEqual(self.digest(), before)
         status, _ = yield self.call(
             "POST", "/api/v1/devices", {**base, "protocol": "iec104", "k": 24, "w": 12}
         )
@@ -276,7 +220,7 @@ class ApiTests(TestCase):
 
     @inlineCallbacks
     def test_redis_down_is_503(self):
-        yield self.client.stopService()
+        yield self.redis_down()
         status, error = yield self.call("GET", "/api/v1/devices")
         self.assertEqual((status, error["error"]), (503, "redis_unavailable"))
 
@@ -348,34 +292,34 @@ class ApiTests(TestCase):
         self.assertEqual(status, 201)
 
 
-class TokenTests(ApiTests):
+class TokenRouteTests(ApiRouteTests):
     token = "s3cret"
 
     def call(self, method, path, body=None, raw=None, headers=None):
         headers = dict(headers or {})
         headers.setdefault(b"Authorization", [b"Bearer s3cret"])
-        return ApiTests.call(self, method, path, body, raw, headers)
+        return self.raw_call(method, path, body, raw, headers)
 
     @inlineCallbacks
     def test_token_required_for_changes(self):
-        status, error = yield ApiTests.call(self, "POST", "/api/v1/devices", DEVICE)
+        status, error = yield self.raw_call("POST", "/api/v1/devices", DEVICE)
         self.assertEqual((status, error["error"]), (401, "unauthorized"))
-        status, _ = yield ApiTests.call(
-            self, "POST", "/api/v1/devices", DEVICE, headers={b"Authorization": [b"Bearer wrong"]}
+        status, _ = yield self.raw_call(
+            "POST", "/api/v1/devices", DEVICE, headers={b"Authorization": [b"Bearer wrong"]}
         )
         self.assertEqual(status, 401)
-        status, _ = yield ApiTests.call(self, "GET", "/api/v1/devices")
+        status, _ = yield self.raw_call("GET", "/api/v1/devices")
         self.assertEqual(status, 200)
         self.assertEqual(self.sync.keys("*"), [])
 
 
-class ContractTests(ApiTests):
+class ContractRouteTests(ApiRouteTests):
     """What the OpenAPI document promises, request by request (issue 10 item 8, issue 11)."""
 
     @inlineCallbacks
     def test_non_finite_numbers_are_refused_naming_the_field(self):
         """``1e99999`` is not stored as Infinity: 400 naming where it is, nothing written."""
-        before = digest(self.sync)
+        before = self.digest()
         raw = b'{"id": "7", "protocol": "formula", "a": 1e99999}'
         status, error = yield self.call(
             "POST", "/api/v1/devices", raw=raw, headers={b"Content-Type": [b"application/json"]}
@@ -394,7 +338,7 @@ class ContractTests(ApiTests):
                 headers={b"Content-Type": [b"application/json"]},
             )
             self.assertEqual(status, 400, constant)
-        self.assertEqual(digest(self.sync), before)
+        self.assertEqual(self.digest(), before)
 
     def test_responses_never_carry_nan(self):
         """A non-finite float that reaches an answer is served as null: strict JSON."""
@@ -432,13 +376,13 @@ class ContractTests(ApiTests):
     @inlineCallbacks
     def test_every_error_is_json(self):
         """Non-UTF-8 URL: JSON 400; TRACE or an unknown method: JSON 405 with Allow."""
-        response = yield treq.get(self.base + "/api/v1/devices/%FF", pool=self.pool)
-        body = json.loads((yield treq.content(response)))
+        response, content = yield self.request("GET", "/api/v1/devices/%FF")
+        body = json.loads(content)
         self.assertEqual(response.code, 400)
         self.assertEqual(body, {"error": "invalid", "message": body["message"], "field": "path"})
         for method in ("TRACE", "FOO", "PATCH"):
-            response = yield treq.request(method, self.base + "/api/v1/devices", pool=self.pool)
-            body = json.loads((yield treq.content(response)))
+            response, content = yield self.request(method, "/api/v1/devices")
+            body = json.loads(content)
             self.assertEqual((response.code, body["error"]), (405, "method_not_allowed"))
             allow = response.headers.getRawHeaders(b"Allow")[0].decode()
             self.assertEqual(set(allow.split(", ")) - {"HEAD", "OPTIONS"}, {"GET", "POST"})
@@ -548,3 +492,15 @@ class ContractTests(ApiTests):
         self.assertEqual(status, 200, body)
         status, body = yield self.call("POST", "/api/v2/term_items", EXAMPLES["term_item"][0])
         self.assertEqual(status, 200, body)
+
+
+class ApiTests(ApiRouteTests, MemoryApiCase):
+    pass
+
+
+class TokenTests(TokenRouteTests, MemoryApiCase):
+    pass
+
+
+class ContractTests(ContractRouteTests, MemoryApiCase):
+    pass

@@ -1,28 +1,17 @@
-"""Configuration export and import (/api/v1/config) over real HTTP, on a private Redis."""
+"""Configuration export and import (/api/v1/config) and the status page's files, in memory
+(the route tests are mixins: tests/integration/test_api_redis_configio.py runs them, and
+the command line, over real HTTP and a private redis-server)."""
 
 import csv
 import io
 import json
-import sys
 import zipfile
 
-import redis as redis_py
-import treq
 from openpyxl import load_workbook
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
-from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import TestCase
-from twisted.web.client import HTTPConnectionPool
 
-from pydatacoll.api.app import ApiApp
-from pydatacoll.config import load_settings
 from pydatacoll.configio.formats import XLSX_TYPE
-from pydatacoll.store.config import ConfigStore
-from pydatacoll.store.redis import RedisClient
-from pydatacoll.testing.redis import digest, shared_redis
-from tests.api.test_app import http_call
+from tests.api.support import MemoryApiCase
 
 CONTENT_TYPES = {"json": "application/json", "csv": "application/zip", "xlsx": XLSX_TYPE}
 
@@ -103,54 +92,26 @@ def sample_config():
     }
 
 
-class _ApiCase(TestCase):
-    """A private Redis and the API on a real port, with a token."""
+class ConfigIoHelpers:
+    """Requests with the token, exports and imports, for a harness of tests/api/support.py."""
 
     token = "s3cret"
-    protect_reads = False
-
-    @inlineCallbacks
-    def setUp(self):
-        server = shared_redis()
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.sync.flushall()
-        self.addCleanup(self.sync.close)
-        overrides = {
-            "redis": server.url,
-            "api_token": self.token,
-            "protect_reads": "true" if self.protect_reads else "false",
-            "max_import_body": "3000000",
-        }
-        self.settings = load_settings(None, overrides)
-        # one connection: the setUp waits for it, so none is half-open at the cleanup
-        self.client = RedisClient(self.settings.redis, timeout=5, pool_size=1)
-        self.client.startService()
-        self.addCleanup(self.client.stopService)
-        for _ in range(200):
-            if self.client.connected:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        # clock=reactor: files are encoded and decoded in the reactor's thread pool
-        self.api = ApiApp(ConfigStore(self.client), self.settings, clock=reactor)
-        self.port = reactor.listenTCP(0, self.api.site(), interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(self.pool.closeCachedConnections)
-        self.auth = {b"Authorization": [f"Bearer {self.token}".encode()]}
+    settings_overrides = {"protect_reads": "false", "max_import_body": "3000000"}
 
     def call(self, method, path, body=None, raw=None, headers=None, auth=True):
-        all_headers = dict(self.auth if auth else {})
+        all_headers = dict(self.auth_headers() if auth else {})
         all_headers.update(headers or {})
-        return http_call(self.base + path, method, self.pool, body, raw, all_headers)
+        return self.raw_call(method, path, body, raw, all_headers)
+
+    def auth_headers(self):
+        return {b"Authorization": [f"Bearer {self.token}".encode()]}
 
     @inlineCallbacks
     def export(self, fmt):
         """GET /api/v1/config in ``fmt``: the raw bytes."""
-        response = yield treq.get(
-            f"{self.base}/api/v1/config?format={fmt}", headers=self.auth, pool=self.pool
+        response, body = yield self.request(
+            "GET", f"/api/v1/config?format={fmt}", headers=self.auth_headers()
         )
-        body = yield treq.content(response)
         self.assertEqual(response.code, 200, body[:300])
         self.assertEqual(
             response.headers.getRawHeaders(b"content-type")[0].decode(), CONTENT_TYPES[fmt]
@@ -181,7 +142,7 @@ class _ApiCase(TestCase):
         return summary
 
 
-class ConfigIoTests(_ApiCase):
+class ConfigIoRouteTests(ConfigIoHelpers):
     @inlineCallbacks
     def test_round_trip_is_lossless_in_every_format(self):
         """Export, wipe, import gives the same stored configuration, for all three."""
@@ -242,10 +203,10 @@ class ConfigIoTests(_ApiCase):
         config["term_items"][0]["coefficient"] = 5
         config["formulas"] = []
         raw = json.dumps(config).encode()
-        before = digest(self.sync)
+        before = self.digest()
         status, summary = yield self.send("PUT", "json", raw, "?dry_run=true")
         self.assertEqual(status, 200, summary)
-        self.assertEqual(digest(self.sync), before)
+        self.assertEqual(self.digest(), before)
         self.assertEqual(summary["mode"], "replace")
         self.assertTrue(summary["dry_run"])
         self.assertEqual(summary["created"]["items"], ["3000"])
@@ -289,7 +250,7 @@ class ConfigIoTests(_ApiCase):
     @inlineCallbacks
     def test_invalid_rows_are_named_in_every_format(self):
         yield self.seed()
-        before = digest(self.sync)
+        before = self.digest()
         config = sample_config()
         config["term_items"][2]["coefficient"] = "much"
         status, error = yield self.send("POST", "json", json.dumps(config).encode())
@@ -324,13 +285,13 @@ class ConfigIoTests(_ApiCase):
         status, error = yield self.send("PUT", "xlsx", buffer.getvalue())
         self.assertEqual(status, 400, error)
         self.assertEqual((error["sheet"], error["row"], error["field"]), ("devices", 3, "port"))
-        self.assertEqual(digest(self.sync), before)
+        self.assertEqual(self.digest(), before)
 
     @inlineCallbacks
     def test_refusals_of_the_configuration_script_name_the_row(self):
         """A formula cycle is found by the script: 409, the row, nothing written."""
         yield self.seed()
-        before = digest(self.sync)
+        before = self.digest()
         update = {
             "formulas": [
                 {
@@ -347,12 +308,12 @@ class ConfigIoTests(_ApiCase):
             status, error = yield self.send("POST", "json", json.dumps(update).encode(), query)
             self.assertEqual(status, 409, error)
             self.assertEqual((error["sheet"], error["row"], error["field"]), ("formulas", 1, "p1"))
-        self.assertEqual(digest(self.sync), before)
+        self.assertEqual(self.digest(), before)
 
     @inlineCallbacks
     def test_bad_requests(self):
         yield self.seed()
-        before = digest(self.sync)
+        before = self.digest()
         status, error = yield self.call(
             "PUT", "/api/v1/config", raw=b"a,b", headers={b"Content-Type": [b"text/csv"]}
         )
@@ -383,7 +344,7 @@ class ConfigIoTests(_ApiCase):
         self.assertEqual(status, 413, error)
         status, error = yield self.send("POST", "json", b"{}", "?dry_run=maybe")
         self.assertEqual((status, error["field"]), (400, "dry_run"))
-        self.assertEqual(digest(self.sync), before)
+        self.assertEqual(self.digest(), before)
 
     @inlineCallbacks
     def test_changes_need_the_token(self):
@@ -396,41 +357,9 @@ class ConfigIoTests(_ApiCase):
         status, _ = yield self.call("GET", "/api/v1/config", auth=False)
         self.assertEqual(status, 200)  # reads are open unless protect_reads
 
-    @inlineCallbacks
-    def test_command_line_uses_the_routes(self):
-        """python -m pydatacoll.configio export/import FILE --api URL."""
-        yield self.seed()
-        before = self.stored_configuration()
-        path = self.mktemp() + ".xlsx"
 
-        def run(*args):
-            return getProcessOutputAndValue(
-                sys.executable,
-                ["-m", "pydatacoll.configio", *args, "--api", self.base, "--token", self.token],
-                env=None,
-            )
-
-        out, err, code = yield run("export", path)
-        self.assertEqual(code, 0, err)
-        self.sync.flushall()
-        out, err, code = yield run("import", path, "--replace", "--dry-run")
-        self.assertEqual(code, 0, err)
-        self.assertIn(b"would create", out)
-        self.assertEqual(self.sync.keys("HS:*"), [])
-        out, err, code = yield run("import", path, "--replace")
-        self.assertEqual(code, 0, err)
-        self.assertEqual(self.stored_configuration(), before)
-        bad = self.mktemp() + ".json"
-        with open(bad, "w") as f:
-            json.dump({"items": [{"id": "1", "unit": 5}]}, f)
-        out, err, code = yield run("import", bad)
-        self.assertEqual(code, 1)
-        self.assertIn(b"items row 1", err)
-        self.assertIn(b"unit", err)
-
-
-class ProtectedReadsTests(_ApiCase):
-    protect_reads = True
+class ProtectedReadsRouteTests(ConfigIoHelpers):
+    settings_overrides = {**ConfigIoHelpers.settings_overrides, "protect_reads": "true"}
 
     @inlineCallbacks
     def test_export_needs_the_token(self):
@@ -440,29 +369,38 @@ class ProtectedReadsTests(_ApiCase):
         self.assertEqual(status, 200)
 
 
-class StatusPageRouteTests(_ApiCase):
+class StatusPageRouteTests(ConfigIoHelpers):
     """/ui/ is served without the token (it holds no data), with a strict policy."""
 
-    protect_reads = True
+    settings_overrides = {**ConfigIoHelpers.settings_overrides, "protect_reads": "true"}
 
     @inlineCallbacks
     def test_files_and_refusals(self):
-        response = yield treq.get(self.base + "/ui/", pool=self.pool)
-        page = yield treq.content(response)
+        response, page = yield self.request("GET", "/ui/")
         self.assertEqual(response.code, 200)
         self.assertIn(b'<script src="app.js" defer></script>', page)
         policy = response.headers.getRawHeaders(b"content-security-policy")[0]
         self.assertIn(b"script-src 'self'", policy)
         for name, kind in (("app.js", b"text/javascript"), ("app.css", b"text/css")):
-            response = yield treq.get(f"{self.base}/ui/{name}", pool=self.pool)
-            yield treq.content(response)
+            response, _ = yield self.request("GET", f"/ui/{name}")
             self.assertEqual(response.code, 200)
             self.assertTrue(response.headers.getRawHeaders(b"content-type")[0].startswith(kind))
-        response = yield treq.get(self.base + "/ui", pool=self.pool, allow_redirects=False)
-        yield treq.content(response)
+        response, _ = yield self.request("GET", "/ui", allow_redirects=False)
         self.assertEqual(
             (response.code, response.headers.getRawHeaders(b"location")), (301, [b"/ui/"])
         )
         for path in ("/ui/secret.py", "/ui/..%2Fapp.py", "/ui/static"):
             status, error = yield self.call("GET", path, auth=False)
             self.assertEqual((status, error["error"]), (404, "not_found"), path)
+
+
+class ConfigIoTests(ConfigIoRouteTests, MemoryApiCase):
+    pass
+
+
+class ProtectedReadsTests(ProtectedReadsRouteTests, MemoryApiCase):
+    pass
+
+
+class StatusPageTests(StatusPageRouteTests, MemoryApiCase):
+    pass

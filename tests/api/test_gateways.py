@@ -1,4 +1,5 @@
-"""The gateway routes over real HTTP against a private redis-server: CRUD, validation, changes."""
+"""The gateway routes in memory: CRUD, validation, changes (the mixin runs over a private
+redis-server too, in tests/integration/test_api_redis.py)."""
 
 import json
 
@@ -7,21 +8,18 @@ from twisted.trial.unittest import TestCase
 
 from pydatacoll.api.app import route_table
 from pydatacoll.api.openapi import document
-from tests.api import test_app
+from tests.api.support import MemoryApiCase
 
 GATEWAY = {"id": "scada", "protocol": "iec104", "listen": "tcp:2405", "common_address": 3}
 POINT = {"ioa": 1001, "type_id": 13, "device_id": "1", "term_id": "10", "item_id": "1000"}
 
 
-class GatewayRouteTests(TestCase):
-    token = None
-    # The API harness of test_app (private Redis, real HTTP), without its tests.
-    call = test_app.ApiTests.call
-    seed = test_app.ApiTests.seed
+class GatewayRouteMixin:
+    """Gateway route tests for a harness of tests/api/support.py."""
 
     @inlineCallbacks
     def setUp(self):
-        yield test_app.ApiTests.setUp(self)
+        yield super().setUp()
         yield self.seed()  # device 1, term 10, item 1000 and their point
 
     @inlineCallbacks
@@ -106,6 +104,20 @@ class GatewayRouteTests(TestCase):
         self.assertEqual((status, error["field"]), (404, "ioa"))
 
     @inlineCallbacks
+    def test_integral_numbers_are_integers(self):
+        """A group written 2.0 is the group 2 (JSON Schema's integer, which the document
+        publishes, takes 2.0); 2.5 is refused."""
+        yield self.call("POST", "/api/v1/gateways", GATEWAY)
+        status, point = yield self.call(
+            "POST", "/api/v1/gateways/scada/points", {**POINT, "groups": [2.0, 1, 2]}
+        )
+        self.assertEqual((status, point["groups"]), (201, [1, 2]))
+        status, error = yield self.call(
+            "PUT", "/api/v1/gateways/scada/points/1001", {"groups": [2.5]}
+        )
+        self.assertEqual((status, error["field"]), (400, "groups"))
+
+    @inlineCallbacks
     def test_batch_points_all_or_nothing(self):
         yield self.call("POST", "/api/v1/gateways", GATEWAY)
         good = [{**POINT, "ioa": i} for i in (1, 2, 3)]
@@ -123,21 +135,11 @@ class GatewayRouteTests(TestCase):
     @inlineCallbacks
     def test_changes_are_announced(self):
         """Each change is a message on its channel (what a running gateway follows)."""
-        pubsub = self.sync.pubsub()
-        self.addCleanup(pubsub.close)
-        pubsub.psubscribe("CHANNEL:GATEWAY*")
-        pubsub.get_message(timeout=1)
+        watched = yield self.watch_channels("CHANNEL:GATEWAY*")
         yield self.call("POST", "/api/v1/gateways", GATEWAY)
         yield self.call("POST", "/api/v1/gateways/scada/points", POINT)
         yield self.call("DELETE", "/api/v1/gateways/scada")
-        seen = []
-        for _ in range(20):
-            message = pubsub.get_message(timeout=0.2)
-            if message and message["type"] == "pmessage":
-                body = json.loads(message["data"])
-                seen.append((message["channel"], body["op"]))
-            if len(seen) == 3:
-                break
+        seen = [(channel, json.loads(text)["op"]) for channel, text in (yield watched())]
         self.assertEqual(
             seen,
             [
@@ -169,6 +171,10 @@ class GatewayRouteTests(TestCase):
         clients = schemas["gateway"]["properties"]["allowed_clients"]["anyOf"][0]
         self.assertEqual((clients["type"], clients["maxItems"]), ("array", 64))
         self.assertEqual(clients["items"]["type"], "string")
+
+
+class GatewayRouteTests(GatewayRouteMixin, MemoryApiCase):
+    pass
 
 
 class GatewayRoleTests(TestCase):

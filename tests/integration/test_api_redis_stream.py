@@ -18,7 +18,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
-from pydatacoll.api import stream
+from pydatacoll.api import stream, stream_events
 from pydatacoll.api.app import ApiApp
 from pydatacoll.api.stream import StreamHub
 from pydatacoll.config import load_settings
@@ -32,7 +32,7 @@ from pydatacoll.store.redis import RedisClient
 from pydatacoll.testing.fixtures import CREATE_ALL
 from pydatacoll.testing.redis import PrivateRedis, free_port, shared_redis
 from pydatacoll.testing.sse import SseProtocol
-from tests.api.test_app import http_call
+from tests.api.support import http_call
 
 ENTRY_ID = r"\d+-\d+"
 STATUS = {
@@ -272,13 +272,13 @@ class StreamTests(TestCase):
         idle.pause_reading()
         idle.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         longest = []
-        original = stream._Client.deliver
+        original = stream_events.StreamClient.deliver
 
         def deliver(client, chunk):
             original(client, chunk)
             longest.append(len(client.queue))
 
-        self.patch(stream._Client, "deliver", deliver)
+        self.patch(stream_events.StreamClient, "deliver", deliver)
         deadline = reactor.seconds() + 90
         while not self.hub.dropped and reactor.seconds() < deadline:
             if len(self.ingest.buffer) < 10000:  # as fast as Redis takes them

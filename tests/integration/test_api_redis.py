@@ -1,0 +1,126 @@
+"""The REST API's route tests (the mixins of tests/api/test_app.py) over real HTTP,
+against a private redis-server: what tests/api proves in memory, proved on the real
+thing."""
+
+import json
+
+import redis as redis_py
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+
+from pydatacoll.api.app import ApiApp
+from pydatacoll.config import load_settings
+from pydatacoll.store.config import ConfigStore
+from pydatacoll.store.redis import RedisClient
+from pydatacoll.testing.fixtures import CREATE_ALL
+from pydatacoll.testing.redis import digest, shared_redis
+from tests.api.support import http_call, parsed
+from tests.api.test_app import ApiRouteTests, ContractRouteTests, TokenRouteTests
+from tests.api.test_gateways import GatewayRouteMixin
+
+
+class RedisApiCase(TestCase):
+    """The API on a real port over the run's private, flushed redis-server."""
+
+    token = None
+    settings_overrides: dict = {}
+
+    @inlineCallbacks
+    def setUp(self):
+        server = shared_redis()
+        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
+        self.sync.flushall()
+        self.addCleanup(self.sync.close)
+        overrides = {"redis": server.url, "api_token": self.token, **self.settings_overrides}
+        self.settings = load_settings(None, overrides)
+        self.client = RedisClient(self.settings.redis, timeout=5, pool_size=1)
+        self.client.startService()
+        self.addCleanup(self.client.stopService)
+        yield self.client.when_connected()
+        self.api = self.make_api()
+        self.port = reactor.listenTCP(0, self.api.site(), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(self.pool.closeCachedConnections)
+
+    def make_api(self):
+        return ApiApp(ConfigStore(self.client), self.settings)
+
+    def digest(self):
+        return digest(self.sync)
+
+    def redis_down(self):
+        return self.client.stopService()
+
+    @inlineCallbacks
+    def watch_channels(self, pattern):
+        """Start recording messages on channels matching ``pattern``; the returned
+        callable fires with [(channel, message text)] published since."""
+        pubsub = self.sync.pubsub()
+        self.addCleanup(pubsub.close)
+        pubsub.psubscribe(pattern)
+        pubsub.get_message(timeout=1)  # the subscription's confirmation
+        yield None
+
+        @inlineCallbacks
+        def seen():
+            yield deferLater(reactor, 0.1, lambda: None)  # let the last publications land
+            messages = []
+            while (m := pubsub.get_message(timeout=0.5)) is not None:
+                messages.append((m["channel"], m["data"]))
+            return messages
+
+        return seen
+
+    @inlineCallbacks
+    def request(self, method, path, data=None, headers=None, **options):
+        """One request over real TCP; fires with (response, body bytes)."""
+        response = yield treq.request(
+            method, self.base + path, data=data, headers=headers, pool=self.pool, **options
+        )
+        body = yield treq.content(response)
+        return response, body
+
+    @inlineCallbacks
+    def raw_call(self, method, path, body=None, raw=None, headers=None):
+        """One request; fires with (status, parsed JSON or text)."""
+        headers = dict(headers or {})
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers.setdefault(b"Content-Type", [b"application/json"])
+        response, content = yield self.request(method, path, data, headers)
+        return response.code, parsed(content.decode())
+
+    def call(self, method, path, body=None, raw=None, headers=None):
+        return self.raw_call(method, path, body, raw, headers)
+
+    @inlineCallbacks
+    def seed(self):
+        for method, path, body in CREATE_ALL:
+            status, result = yield self.call(method, path, body)
+            self.assertEqual(status, 201, result)
+
+
+__all__ = ["RedisApiCase", "http_call"]  # http_call: for tests/integration/*
+
+
+class RedisApiTests(ApiRouteTests, RedisApiCase):
+    pass
+
+
+class RedisTokenTests(TokenRouteTests, RedisApiCase):
+    pass
+
+
+class RedisContractTests(ContractRouteTests, RedisApiCase):
+    pass
+
+
+class RedisGatewayRouteTests(GatewayRouteMixin, RedisApiCase):
+    pass
