@@ -377,6 +377,7 @@ class ISnapshotReader(Interface):
         """Deferred `ConfigSnapshot`: every device, term, item, term-item and formula hash
         (field -> JSON text) and the configuration version, in one atomic read."""
 
+
 # --- i12api: the stores behind the REST API ---
 
 
