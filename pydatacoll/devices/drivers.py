@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.plugin import getPlugins
-from zope.interface.exceptions import Invalid
-from zope.interface.verify import verifyObject
 
+from pydatacoll.discovery import discover
 from pydatacoll.interfaces import IProtocolDriver
 
 log = Logger(namespace="pydatacoll.devices.manager.DeviceManager")
@@ -22,29 +20,17 @@ def builtin_drivers() -> list[Any]:
     return [iec104, modbus]
 
 
-def discover_drivers() -> dict[str, Any]:
+def discover_drivers(package: Any = None) -> dict[str, Any]:
     """Protocol name -> driver: the built-ins, then ``pydatacoll.plugins`` providers.
 
-    Each driver is checked with ``verifyObject``; a broken one, or a second driver for a
-    name, is logged and left out.
+    The one discovery policy (`pydatacoll.discovery`): each driver is checked with
+    ``verifyObject``; a broken one is left out, and a protocol name two different
+    drivers provide is left out for both (a device of that protocol then reports "no
+    driver ... is installed" and the log says why). Every refusal is logged.
     """
-    found: dict[str, Any] = {}
-    candidates = list(builtin_drivers())
-    try:
-        import pydatacoll.plugins as drop_in
-
-        candidates += list(getPlugins(IProtocolDriver, drop_in))
-    except ImportError:
-        pass
-    for driver in candidates:
-        try:
-            verifyObject(IProtocolDriver, driver)
-        except Invalid as exc:
-            log.error("protocol driver {driver!r} refused: {error}", driver=driver, error=exc)
-            continue
-        if driver.name in found:
-            if found[driver.name] is not driver and type(found[driver.name]) is not type(driver):
-                log.error("a second driver for protocol {name} is ignored", name=driver.name)
-            continue
-        found[driver.name] = driver
-    return found
+    discovered = discover(
+        IProtocolDriver, package, builtins=builtin_drivers(), kind="protocol driver"
+    )
+    for name, reason in sorted(discovered.refused.items()):
+        log.error("protocol driver {name} refused: {reason}", name=name, reason=reason)
+    return discovered.found

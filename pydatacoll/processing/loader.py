@@ -20,11 +20,10 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.plugin import getPlugins
-from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from pydatacoll.config import PLUGIN_SECTION, Settings
+from pydatacoll.discovery import discover as discover_plugins
 from pydatacoll.errors import ConfigError
 from pydatacoll.interfaces import IProcessor, IProcessorFactory
 from pydatacoll.model import Sample
@@ -43,35 +42,12 @@ RUNNING, FAILED, DISABLED, DUPLICATE, NOT_INSTALLED, STOPPED = (
 
 
 def discover(package: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """The installed processor factories by name, and the refused ones (name -> reason).
-
-    Every provider is checked with ``verifyObject``; a name provided twice is refused for
-    every provider (which one is meant cannot be known).
-    """
-    if package is None:
-        import pydatacoll.plugins as package
-    found: dict[str, list[Any]] = {}
-    refused: dict[str, str] = {}
-    for factory in getPlugins(IProcessorFactory, package):
-        module = type(factory).__module__
-        try:
-            verifyObject(IProcessorFactory, factory)
-            name = factory.name
-            if not isinstance(name, str) or not name:
-                raise Invalid("its name is not a non-empty string")
-        except Invalid as e:
-            label = str(getattr(factory, "name", module))
-            refused[label] = f"{module}: does not provide IProcessorFactory ({e})"[:500]
-            continue
-        found.setdefault(name, []).append(factory)
-    factories = {}
-    for name, providers in found.items():
-        if len(providers) > 1:
-            modules = ", ".join(sorted(type(p).__module__ for p in providers))
-            refused[name] = f"the name {name!r} is provided more than once ({modules})"
-        else:
-            factories[name] = providers[0]
-    return factories, refused
+    """The installed processor factories by name, and the refused ones (name -> reason),
+    under the one discovery policy of `pydatacoll.discovery` (shared with the protocol
+    drivers): checked with ``verifyObject``; a name two providers give is refused for
+    both (which one is meant cannot be known)."""
+    discovered = discover_plugins(IProcessorFactory, package, kind="processor plugin")
+    return discovered.found, discovered.refused
 
 
 def check_plugin_options(settings: Settings, package: Any = None) -> None:
