@@ -1,0 +1,228 @@
+"""Python emulations of PyDataColl's Lua scripts, for `MemoryRedis` (by SHA1).
+
+Each mirrors one ``pydatacoll/store/*.lua`` script command for command; the store
+contract tests (tests/store, run again against a real redis-server in
+tests/integration) are what keep each emulation equal to its script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydatacoll.testing.memory import MemoryRedis
+
+
+# -- the scripts, emulated -----------------------------------------------------------------
+
+_STORED = re.compile(r'^(.*),"quality":"([A-Za-z]+)","flags":\[(.*?)\],(.*)$', re.DOTALL)
+
+
+def _status_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/status.lua: HSET each status and PUBLISH it."""
+    for i in range(2, len(args), 2):
+        store._hset(args[0] % args[i], "status", args[i + 1])
+        store._publish(args[1] % args[i], args[i + 1])
+    return (len(args) - 2) // 2
+
+
+def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
+    """store/ingest.lua: latest values, bounded history, publications, NT marks."""
+    t = json.loads(args[0])
+    maxlen, settled = int(args[1]), args[2]
+    check = settled == "" or store._get(t["config_version"]) != settled
+    written = skipped = 0
+    i = 3
+    while i < len(args):
+        device, n = args[i], int(args[i + 1])
+        i += 2
+        prefix = '{"device_id":"' + device + '","term_id":"'
+        values = t["device_values"] % device
+        if n < 0:
+            messages = []
+            for point, sample in sorted(store._hgetall(values).items()):
+                match = _STORED.match(sample)
+                if match is None or '"NT"' in match.group(3):
+                    continue
+                head, quality, flags, tail = match.groups()
+                quality = "questionable" if quality == "good" else quality
+                flags = flags + ',"NT"' if flags else '"NT"'
+                text = f'{head},"quality":"{quality}","flags":[{flags}],{tail}'
+                store._hset(values, point, text)
+                term, _, item = point.partition(":")
+                message = prefix + term + '","item_id":"' + item + '",' + text[1:]
+                store._publish(t["device_data"] % (device, term, item), message)
+                messages.append(message)
+            if messages:
+                body = '{"device_id":"' + device + '","samples":[' + ",".join(messages) + "]}"
+                store._publish(t["device_samples"] % device, body)
+            continue
+        messages = []
+        for _ in range(n):
+            term, item, sample = args[i], args[i + 1], args[i + 2]
+            i += 3
+            owner = store._hget(t["term_item"] % (term, item), "device_id")
+            if check and owner != json.dumps(device):
+                skipped += 1
+                continue
+            store._hset(values, f"{term}:{item}", sample)
+            entry_id = store._xadd(
+                t["point_data"] % (device, term, item), {"sample": sample}, maxlen
+            )
+            message = f'{prefix}{term}","item_id":"{item}","id":"{entry_id}",{sample[1:]}'
+            store._publish(t["device_data"] % (device, term, item), message)
+            messages.append(message)
+            written += 1
+        if messages:
+            body = '{"device_id":"' + device + '","samples":[' + ",".join(messages) + "]}"
+            store._publish(t["device_samples"] % device, body)
+    return [written, skipped]
+
+
+# -- i14: the cluster scripts (store/lease_*.lua, store/collector_*.lua), emulated ----------
+
+
+def lease_is_current(store: MemoryRedis, lease_key: str, token: str) -> bool:
+    """store/lease_guard.lua's lease_is_current, for the emulation of a guarded script."""
+    return store.live_get(lease_key) == token
+
+
+def _lease_acquire(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    lease_key = args[0] % args[2]
+    held = store.live_get(lease_key)
+    if held is not None and held.split(" ", 1)[1] != args[3]:
+        return [0, held]
+    epoch = store._incr(args[1] % args[2])
+    store.set_px(lease_key, f"{epoch} {args[3]}", int(args[4]))
+    return [epoch, ""]
+
+
+def _lease_renew(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    lease_key = args[0] % args[1]
+    if store.live_get(lease_key) == args[2]:
+        store.set_px(lease_key, args[2], int(args[3]))
+        return 1
+    return 0
+
+
+def _lease_release(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    lease_key = args[0] % args[1]
+    if store.live_get(lease_key) == args[2]:
+        store.delete_px(lease_key)
+        return 1
+    return 0
+
+
+def _lease_holders(store: MemoryRedis, keys: Any, args: list[str]) -> list[str]:
+    return [store.live_get(args[0] % device) or "" for device in args[1:]]
+
+
+def _lease_check(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    return int(lease_is_current(store, args[0] % args[1], args[2]))
+
+
+def _collector_heartbeat(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    now_ms = store.now_ms()
+    beat = f'{args[3]},"at_ms":{now_ms}}}'
+    store.set_px(args[0] % args[2], beat, int(args[4]))
+    store._hset(args[1], args[2], beat)
+    return now_ms
+
+
+def _collector_list(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    reply: list[Any] = [store.now_ms()]
+    for collector_id in list(store._hgetall(args[1])):
+        beat = store.live_get(args[0] % collector_id)
+        if beat is None:
+            store._hdel(args[1], collector_id)
+        else:
+            reply.append(beat)
+    return reply
+
+
+def _collector_leave(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    gone = store.delete_px(args[0] % args[2])
+    store._hdel(args[1], args[2])
+    return gone
+
+
+def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import cluster
+
+    return {
+        cluster.ACQUIRE.sha: _lease_acquire,
+        cluster.RENEW.sha: _lease_renew,
+        cluster.RELEASE.sha: _lease_release,
+        cluster.HOLDERS.sha: _lease_holders,
+        cluster.CHECK.sha: _lease_check,
+        cluster.HEARTBEAT.sha: _collector_heartbeat,
+        cluster.LIST.sha: _collector_list,
+        cluster.LEAVE.sha: _collector_leave,
+    }
+
+
+# --- i12dev: store/device_config.lua ---
+
+
+def _device_config_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    """store/device_config.lua: a device, its terms and term-items as nested lists."""
+
+    def flat(key: str) -> list[str]:
+        return [text for pair in store._hgetall(key).items() for text in pair]
+
+    device_key, device_terms, term_key, term_items, term_item, device_id = args[:6]
+    device = flat(device_key % device_id)
+    if not device:
+        return []
+    reply: list[Any] = [device]
+    for term_id in store._smembers(device_terms % device_id):
+        term = flat(term_key % term_id)
+        if term:
+            points: list[Any] = []
+            for item_id in store._smembers(term_items % term_id):
+                fields = flat(term_item % (term_id, item_id))
+                if fields:
+                    points += (item_id, fields)
+            reply.append([term_id, term, points])
+    return reply
+
+
+def scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import config, devices, ingest, snapshot, status
+    from pydatacoll.testing.memory_config import config_dump_script, config_script
+
+    return {
+        ingest._SHA: _ingest_script,
+        status._SHA: _status_script,
+        devices.DEVICE_CONFIG_SHA: _device_config_script,
+        hashlib.sha1(config._SCRIPT.encode()).hexdigest(): config_script,
+        hashlib.sha1(snapshot._SCRIPT.encode()).hexdigest(): config_dump_script,
+        **_cluster_scripts(),
+        **_processing_scripts(),
+    }
+
+
+# -- i12proc: the processors' stream ids and scripts --------------------------------------
+
+
+def _alarm_event_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/alarm_event.lua: log the event, set or clear the active alarm, publish it."""
+    log_key, active_key = keys
+    maxlen, text, event, field, channel = args
+    entry_id = store._xadd(log_key, {"event": text}, int(maxlen))
+    if event == "raise":
+        store._hset(active_key, field, text)
+    else:
+        store._hdel(active_key, [field])
+    store._publish(channel, text[:-1] + ',"id":"' + entry_id + '"}')
+    return 1
+
+
+def _processing_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
+    from pydatacoll.store import alarms
+
+    return {alarms.SHA: _alarm_event_script}
