@@ -117,11 +117,6 @@ def number_option(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
-#: The old private names, kept while other branches may still use them (merge safety).
-_bounded_int = integer_option
-_bounded_float = number_option
-
-
 def _directory(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -389,7 +384,7 @@ OPTIONS += (
         "lease_seconds",
         "lease_seconds",
         "10",
-        _bounded_float(1.0, 300.0),
+        number_option(1.0, 300.0),
         "Lifetime of a device lease; renewed every third of it.",
     ),
     Option(
@@ -397,7 +392,7 @@ OPTIONS += (
         "heartbeat_seconds",
         "heartbeat_seconds",
         "2",
-        _bounded_float(0.2, 60.0),
+        number_option(0.2, 60.0),
         "Seconds between two heartbeats of a collector (its key lives three of them).",
     ),
 )

@@ -189,7 +189,7 @@ def device_figures(status: dict[str, Any]) -> dict[str, float | None]:
     """The figures of one device status (both protocols' counters, see the docs)."""
     counters = status.get("counters") or {}
     link = counters.get("link") if isinstance(counters.get("link"), dict) else None
-    if link is not None:  # Modbus: LinkStats
+    if link is not None:  # Modbus: LinkCounters
         errors = sum(_number(link.get(n)) or 0 for n in ("timeouts", "exceptions", "frame_errors"))
         round_trip = _number(link.get("rtt_last"))
         reconnects = _number(link.get("reconnects"))

@@ -141,9 +141,9 @@ class SentinelFailoverTests(TestCase):
 
     @inlineCallbacks
     def test_ingest_buffers_through_a_failover_and_writes_in_order(self) -> Any:
-        from pydatacoll.devices.ingest import RedisIngest  # store/ingest.py after issue 12
         from pydatacoll.model import Sample
         from pydatacoll.store import keys
+        from pydatacoll.store.ingest import RedisIngest
 
         client = RedisClient(self.address, timeout=1.0, pool_size=2)
         client.startService()

@@ -389,6 +389,3 @@ class Iec104ProtocolDriver:
 
 
 driver = Iec104ProtocolDriver()
-
-#: The old name of `Iec104ProtocolDriver`.
-Iec104Driver = Iec104ProtocolDriver

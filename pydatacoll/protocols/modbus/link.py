@@ -421,8 +421,3 @@ def _failed(error: Exception) -> Deferred[Any]:
     d: Deferred[Any] = Deferred()
     d.errback(Failure(error))
     return d
-
-
-#: Old names (before the two stacks shared one vocabulary).
-ModbusClientProtocol = ModbusLink
-LinkStats = LinkCounters
