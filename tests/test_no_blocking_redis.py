@@ -47,8 +47,18 @@ def _name(node: ast.AST) -> str | None:
     return None
 
 
-def offences(source: str, filename: str = "<test>") -> list[str]:
-    """Every blocking redis-py creation or use in ``source``, as "line: what"."""
+def offences(
+    source: str,
+    filename: str = "<test>",
+    inherited: frozenset[str] = frozenset(),
+    attributes: set[str] | None = None,
+) -> list[str]:
+    """Every blocking redis-py creation or use in ``source``, as "line: what".
+
+    ``inherited``: attributes (``self.sync``) that modules ``source`` imports from bind
+    to a redis-py client (a test class built on another module's base class).
+    ``attributes``, when given, receives the ``self.*`` attributes ``source`` binds to one.
+    """
     tree = ast.parse(source, filename)
     modules: set[str] = set()  # names bound to the redis module
     classes = set()  # names bound to redis.Redis / StrictRedis
@@ -75,7 +85,7 @@ def offences(source: str, filename: str = "<test>") -> list[str]:
         return last in CLIENT_CLASSES and head in modules
 
     # names (``sync``, ``self.sync``) bound to a client somewhere in the module
-    clients: set[str] = set()
+    clients: set[str] = set(inherited - _bound_here(tree))
     for node in ast.walk(tree):
         targets: list[ast.AST] = []
         value = None
@@ -126,7 +136,60 @@ def offences(source: str, filename: str = "<test>") -> list[str]:
             visit(child, in_thread)
 
     visit(tree, False)
+    if attributes is not None:
+        attributes |= {name for name in clients if name.startswith("self.")}
     return found
+
+
+def _bound_here(tree: ast.AST) -> set[str]:
+    """The ``self.*`` attributes a module assigns itself (they hide inherited ones)."""
+    bound = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        bound |= {n for n in map(_name, targets) if n is not None and n.startswith("self.")}
+    return bound
+
+
+def _imported_tests(source: str) -> set[str]:
+    """The modules of tests/ that ``source`` imports from (``tests.x.y``)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests."):
+            found.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("tests.")}
+    return found
+
+
+def scan(root: Path) -> dict[str, list[str]]:
+    """The offences of every module under ``root`` (tests/), by path relative to it;
+    attributes bound to a client in a module count in the modules importing it."""
+    sources = {
+        path.relative_to(root).as_posix(): path.read_text(encoding="utf-8")
+        for path in sorted(root.rglob("*.py"))
+    }
+    attributes: dict[str, set[str]] = {}
+    for name, source in sources.items():
+        attributes[name] = set()
+        offences(source, name, attributes=attributes[name])
+    by_module = {
+        "tests." + name.removesuffix(".py").replace("/", "."): found
+        for name, found in attributes.items()
+    }
+    result = {}
+    for name, source in sources.items():
+        inherited = frozenset().union(
+            *(by_module.get(module, set()) for module in _imported_tests(source))
+        )
+        found = offences(source, name, inherited)
+        if found:
+            result[name] = found
+    return result
 
 
 class ScannerTests(SynchronousTestCase):
@@ -176,16 +239,49 @@ class ScannerTests(SynchronousTestCase):
         )
         self.assertEqual(offences(source), [])
 
+    def test_a_client_attribute_of_an_imported_base_class_counts(self):
+        base = (
+            "import redis\nclass Base:\n    def setUp(self):\n        self.sync = redis.Redis()\n"
+        )
+        attributes: set[str] = set()
+        offences(base, attributes=attributes)
+        self.assertEqual(attributes, {"self.sync"})
+        child = "from tests.base import Base\nclass T(Base):\n    def test(self):\n"
+        child += "        self.sync.keys('*')\n"
+        self.assertEqual(offences(child), [])
+        self.assertEqual(
+            offences(child, inherited=frozenset(attributes)),
+            ["4: a redis-py call (self.sync.keys)"],
+        )
+        # a module that binds the attribute itself (to something else) is not affected
+        other = "class U:\n    def setUp(self):\n        self.sync = View()\n"
+        other += "        self.sync.keys('*')\n"
+        self.assertEqual(offences(other, inherited=frozenset(attributes)), [])
+
+    def test_scan_follows_imports_between_test_modules(self):
+        root = Path(self.mktemp())
+        (root / "integration").mkdir(parents=True)
+        (root / "integration" / "base.py").write_text(
+            "import redis\nclass Base:\n    def setUp(self):\n        self.sync = redis.Redis()\n"
+        )
+        (root / "integration" / "child.py").write_text(
+            "from tests.integration.base import Base\n"
+            "class T(Base):\n    def test(self):\n        self.sync.flushall()\n"
+        )
+        self.assertEqual(
+            scan(root),
+            {
+                "integration/base.py": ["4: creates a redis-py client (redis.Redis)"],
+                "integration/child.py": ["4: a redis-py call (self.sync.flushall)"],
+            },
+        )
+
 
 class NoBlockingRedisTests(SynchronousTestCase):
     def test_no_blocking_redis_py_call_in_tests(self):
         """Every module of tests/ outside `ALLOWED` is clean, and every allowed one still
         needs its place (the list only shrinks)."""
-        offending = {}
-        for path in sorted(TESTS.rglob("*.py")):
-            found = offences(path.read_text(encoding="utf-8"), str(path))
-            if found:
-                offending[path.relative_to(TESTS).as_posix()] = found
+        offending = scan(TESTS)
         self.assertEqual(
             {name: found for name, found in offending.items() if name not in ALLOWED}, {}
         )
