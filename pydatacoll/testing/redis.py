@@ -9,6 +9,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from typing import Any
+
+from twisted.internet.defer import Deferred
 
 from pydatacoll.store.embedded import find_redis_server
 
@@ -112,8 +115,115 @@ def shared_redis() -> PrivateRedis:
 
 
 def digest(client: object) -> str:
-    """A digest of the whole keyspace (``DEBUG DIGEST``)."""
+    """A digest of the whole keyspace (``DEBUG DIGEST``) over a blocking redis-py client.
+
+    It blocks: call it off the reactor thread (``deferToThread``) or from a process of
+    its own; on the reactor use `RedisView.digest`.
+    """
     return str(client.execute_command("DEBUG", "DIGEST"))  # type: ignore[attr-defined]
+
+
+class RedisView:
+    """The look-ups and writes tests make behind the code's back, without blocking.
+
+    Each method sends one command over ``client`` (a started
+    `pydatacoll.store.redis.RedisClient`, or anything with its ``call``) and returns a
+    Deferred firing with what redis-py's method of the same name answers (strings,
+    sets for SMEMBERS, ``[(id, {field: value})]`` for XRANGE). Tests on the reactor use
+    it instead of a redis-py client, whose every call would block the reactor thread.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def _command(self, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self.client.call("execute_command", *args)
+        return d
+
+    def flushall(self) -> Deferred[Any]:
+        return self._command("FLUSHALL")
+
+    def digest(self) -> Deferred[str]:
+        """A digest of the whole keyspace (``DEBUG DIGEST``)."""
+        return self._command("DEBUG", "DIGEST").addCallback(str)
+
+    def get(self, key: str) -> Deferred[Any]:
+        return self._command("GET", key)
+
+    def exists(self, key: str) -> Deferred[Any]:
+        return self._command("EXISTS", key)
+
+    def keys(self, pattern: str = "*") -> Deferred[Any]:
+        return self._command("KEYS", pattern).addCallback(list)
+
+    def type(self, key: str) -> Deferred[Any]:  # noqa: A003 (redis-py's name)
+        return self._command("TYPE", key)
+
+    def hget(self, key: str, field: str) -> Deferred[Any]:
+        return self._command("HGET", key, field)
+
+    def hgetall(self, key: str) -> Deferred[Any]:
+        return self._command("HGETALL", key).addCallback(_pairs)
+
+    def hset(
+        self,
+        key: str,
+        field: str | None = None,
+        value: Any = None,
+        mapping: dict[str, Any] | None = None,
+    ) -> Deferred[Any]:
+        """``HSET key field value`` and/or every pair of ``mapping``, in one command."""
+        pairs = [] if field is None else [field, value]
+        for name, text in (mapping or {}).items():
+            pairs += [name, text]
+        return self._command("HSET", key, *pairs)
+
+    def smembers(self, key: str) -> Deferred[Any]:
+        return self._command("SMEMBERS", key).addCallback(set)
+
+    def publish(self, channel: str, message: str) -> Deferred[Any]:
+        return self._command("PUBLISH", channel, message)
+
+    def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Deferred[Any]:  # noqa: A003
+        """``EVAL`` as redis-py spells it: the script, the number of keys, keys, args."""
+        return self._command("EVAL", script, numkeys, *keys_and_args)
+
+    def xadd(self, key: str, fields: dict[str, Any], id: str = "*") -> Deferred[Any]:  # noqa: A002
+        flat = [part for name, value in fields.items() for part in (name, value)]
+        return self._command("XADD", key, id, *flat)
+
+    def xlen(self, key: str) -> Deferred[Any]:
+        return self._command("XLEN", key)
+
+    def xrange(self, key: str, min: str = "-", max: str = "+") -> Deferred[Any]:  # noqa: A002
+        def entries(reply: Any) -> list[tuple[str, dict[str, Any]]]:
+            return [(entry_id, _pairs(fields)) for entry_id, fields in reply or []]
+
+        return self._command("XRANGE", key, min, max).addCallback(entries)
+
+    def client_list(self) -> Deferred[list[dict[str, str]]]:
+        """``CLIENT LIST`` as redis-py parses it: one dict per connection."""
+
+        def parsed(text: Any) -> list[dict[str, str]]:
+            return [
+                dict(part.split("=", 1) for part in line.split(" ") if "=" in part)
+                for line in str(text).splitlines()
+                if line.strip()
+            ]
+
+        return self._command("CLIENT", "LIST").addCallback(parsed)
+
+    def client_kill_id(self, client_id: str) -> Deferred[Any]:
+        """``CLIENT KILL ID client_id``: ends that connection."""
+        return self._command("CLIENT", "KILL", "ID", client_id)
+
+
+def _pairs(reply: Any) -> dict[str, Any]:
+    """A flat [field, value, ...] reply (or a dict already) as a dict."""
+    if isinstance(reply, dict):
+        return reply
+    items = list(reply or [])
+    return dict(zip(items[::2], items[1::2], strict=True))
 
 
 os.environ.setdefault(

@@ -4,7 +4,9 @@
 No redis-server and no socket: every route runs to its answer synchronously. The
 same route tests run over a private redis-server from tests/integration (they use only
 what both harnesses offer: ``call``, ``raw_call``, ``request``, ``sync``, ``digest``,
-``redis_down``, ``watch_channels``).
+``redis_down``, ``watch_channels``). Over Redis ``sync``'s look-ups and ``digest`` answer
+with Deferreds (nothing blocks the reactor), here at once: the route mixins ``yield``
+them, which inlineCallbacks turns into the value either way.
 """
 
 import fnmatch

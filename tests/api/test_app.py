@@ -45,7 +45,9 @@ class ApiRouteTests:
         status, error = yield self.call("PUT", "/api/v1/devices/1", {"id": "5"})
         self.assertEqual((status, error["field"]), (409, "id"))
         status, _ = yield self.call("PUT", "/api/v1/terms/10/items/1000", {"protocol_code": 101})
-        self.assertEqual(json.loads(self.sync.hget("HS:TERM_ITEM:10:1000", "protocol_code")), 101)
+        self.assertEqual(
+            json.loads((yield self.sync.hget("HS:TERM_ITEM:10:1000", "protocol_code"))), 101
+        )
         self.assertEqual(
             (yield self.call("GET", "/api/v1/devices/1/terms/10/items/1000/datas")), (200, [])
         )
@@ -56,7 +58,7 @@ class ApiRouteTests:
     def test_samples_are_read_newest_first(self):
         yield self.seed()
         for value in (100.0, 101.0, 102.0):
-            self.sync.xadd(
+            yield self.sync.xadd(
                 "XS:DATA:1:10:1000", {"sample": json.dumps({"value": value, "quality": 0})}
             )
         status, samples = yield self.call(
@@ -85,16 +87,16 @@ class ApiRouteTests:
         yield self.call("POST", "/api/v1/items", dict(ITEM, id="2000"))
         yield self.call("POST", "/api/v1/terms/20/items", dict(TERM_ITEM, term_id="20"))
         yield self.call("POST", "/api/v1/terms/10/items", dict(TERM_ITEM, item_id="2000"))
-        self.sync.xadd("XS:DATA:1:10:1000", {"sample": "{}"})
+        yield self.sync.xadd("XS:DATA:1:10:1000", {"sample": "{}"})
         status, _ = yield self.call("DELETE", "/api/v1/items/1000")
         self.assertEqual(status, 204)
-        self.assertEqual(self.sync.smembers("SET:TERM_ITEM:10"), {"2000"})
-        self.assertEqual(self.sync.smembers("SET:TERM_ITEM:20"), set())
-        self.assertFalse(self.sync.exists("XS:DATA:1:10:1000"))
+        self.assertEqual((yield self.sync.smembers("SET:TERM_ITEM:10")), {"2000"})
+        self.assertEqual((yield self.sync.smembers("SET:TERM_ITEM:20")), set())
+        self.assertFalse((yield self.sync.exists("XS:DATA:1:10:1000")))
         status, _ = yield self.call("DELETE", "/api/v1/devices/1")
         self.assertEqual(status, 204)
         self.assertEqual(
-            sorted(self.sync.keys("*")), ["HS:ITEM:2000", "SET:ITEM", "STR:CONFIG_VERSION"]
+            sorted((yield self.sync.keys("*"))), ["HS:ITEM:2000", "SET:ITEM", "STR:CONFIG_VERSION"]
         )
 
     @inlineCallbacks
@@ -126,7 +128,7 @@ class ApiRouteTests:
     @inlineCallbacks
     def test_batches_are_all_or_nothing(self):
         yield self.seed()
-        before = self.digest()
+        before = yield self.digest()
         status, error = yield self.call(
             "POST", "/api/v2/devices", [dict(DEVICE, id="7"), {"id": "8", "protocol": "x"}]
         )
@@ -137,13 +139,13 @@ class ApiRouteTests:
         self.assertEqual((status, error["index"], error["field"]), (404, 1, "device_id"))
         status, error = yield self.call("POST", "/api/v2/devices/del", ["1", "99"])
         self.assertEqual((status, error["index"]), (404, 1))
-        self.assertEqual(self.digest(), before)
+        self.assertEqual((yield self.digest()), before)
         status, stored = yield self.call(
             "POST", "/api/v2/devices", [dict(DEVICE, id="7"), dict(DEVICE, id=8)]
         )
         self.assertEqual((status, [d["id"] for d in stored]), (200, ["7", "8"]))
         status, _ = yield self.call("POST", "/api/v2/devices/del", [7, "8"])
-        self.assertEqual((status, self.sync.smembers("SET:DEVICE")), (204, {"1"}))
+        self.assertEqual((status, (yield self.sync.smembers("SET:DEVICE"))), (204, {"1"}))
 
     @inlineCallbacks
     def test_protocol_settings_are_checked(self):
@@ -159,10 +161,10 @@ class ApiRouteTests:
             ({**base, "protocol": "modbus", "timeout": -1}, "timeout"),
             ({**base, "protocol": "modbus", "byte_order": "XYZW"}, "byte_order"),
         ]:
-            before = self.digest()
+            before = yield self.digest()
             status, reply = yield self.call("POST", "/api/v1/devices", body)
             self.assertEqual((status, reply["field"]), (400, field), (body, reply))
-            self.assertEqual(self.digest(), before)
+            self.assertEqual((yield self.digest()), before)
         status, _ = yield self.call(
             "POST", "/api/v1/devices", {**base, "protocol": "iec104", "k": 24, "w": 12}
         )
@@ -266,8 +268,8 @@ class ApiRouteTests:
             ]
             status, error = yield self.call("POST", "/api/v2/term_items", batch)
             self.assertEqual((status, error["field"], error["index"]), (400, field, 1), fields)
-        self.assertFalse(self.sync.exists("HS:TERM_ITEM:20:2000"))
-        self.assertFalse(self.sync.exists("HS:TERM_ITEM:20:1000"))
+        self.assertFalse((yield self.sync.exists("HS:TERM_ITEM:20:2000")))
+        self.assertFalse((yield self.sync.exists("HS:TERM_ITEM:20:1000")))
         status, point = yield self.call(
             "POST", "/api/v1/terms/20/items", {"item_id": "2000", "protocol_code": 4}
         )
@@ -310,7 +312,7 @@ class TokenRouteTests(ApiRouteTests):
         self.assertEqual(status, 401)
         status, _ = yield self.raw_call("GET", "/api/v1/devices")
         self.assertEqual(status, 200)
-        self.assertEqual(self.sync.keys("*"), [])
+        self.assertEqual((yield self.sync.keys("*")), [])
 
 
 class ContractRouteTests(ApiRouteTests):
@@ -319,7 +321,7 @@ class ContractRouteTests(ApiRouteTests):
     @inlineCallbacks
     def test_non_finite_numbers_are_refused_naming_the_field(self):
         """``1e99999`` is not stored as Infinity: 400 naming where it is, nothing written."""
-        before = self.digest()
+        before = yield self.digest()
         raw = b'{"id": "7", "protocol": "formula", "a": 1e99999}'
         status, error = yield self.call(
             "POST", "/api/v1/devices", raw=raw, headers={b"Content-Type": [b"application/json"]}
@@ -338,7 +340,7 @@ class ContractRouteTests(ApiRouteTests):
                 headers={b"Content-Type": [b"application/json"]},
             )
             self.assertEqual(status, 400, constant)
-        self.assertEqual(self.digest(), before)
+        self.assertEqual((yield self.digest()), before)
 
     def test_responses_never_carry_nan(self):
         """A non-finite float that reaches an answer is served as null: strict JSON."""

@@ -122,15 +122,17 @@ class ConfigIoHelpers:
         headers = {b"Content-Type": [CONTENT_TYPES[fmt].encode()]}
         return self.call(method, "/api/v1/config" + query, raw=raw, headers=headers)
 
+    @inlineCallbacks
     def stored_configuration(self):
-        """Every configuration key of Redis with its content (hashes and sets)."""
+        """Every configuration key of Redis with its content (hashes and sets); a
+        Deferred (``sync`` answers with Deferreds over a real redis-server)."""
         state = {}
-        for key in self.sync.keys("*"):
-            kind = self.sync.type(key)
+        for key in (yield self.sync.keys("*")):
+            kind = yield self.sync.type(key)
             if kind == "hash":
-                state[key] = self.sync.hgetall(key)
+                state[key] = yield self.sync.hgetall(key)
             elif kind == "set":
-                state[key] = sorted(self.sync.smembers(key))
+                state[key] = sorted((yield self.sync.smembers(key)))
         state.pop("STR:CONFIG_VERSION", None)
         return state
 
@@ -150,16 +152,16 @@ class ConfigIoRouteTests(ConfigIoHelpers):
         self.assertEqual(
             summary["created"]["term_items"], ["10:1000", "20:1000", "20:1001", "30:2000"]
         )
-        before = self.stored_configuration()
+        before = yield self.stored_configuration()
         self.assertEqual(json.loads(before["HS:TERM_ITEM:10:1000"]["base_val"]), 0.0)
         self.assertEqual(before["HS:TERM_ITEM:10:1000"]["base_val"], "-0.0")
         for fmt in ("json", "csv", "xlsx"):
             exported = yield self.export(fmt)
-            self.sync.flushall()
+            yield self.sync.flushall()
             status, summary = yield self.send("PUT", fmt, exported)
             self.assertEqual(status, 200, (fmt, summary))
             self.assertEqual(len(summary["created"]["devices"]), 3, fmt)
-            self.assertEqual(self.stored_configuration(), before, fmt)
+            self.assertEqual((yield self.stored_configuration()), before, fmt)
             again = yield self.export(fmt)
             if fmt != "xlsx":  # a workbook holds its creation time
                 self.assertEqual(again, exported, fmt)
@@ -203,10 +205,10 @@ class ConfigIoRouteTests(ConfigIoHelpers):
         config["term_items"][0]["coefficient"] = 5
         config["formulas"] = []
         raw = json.dumps(config).encode()
-        before = self.digest()
+        before = yield self.digest()
         status, summary = yield self.send("PUT", "json", raw, "?dry_run=true")
         self.assertEqual(status, 200, summary)
-        self.assertEqual(self.digest(), before)
+        self.assertEqual((yield self.digest()), before)
         self.assertEqual(summary["mode"], "replace")
         self.assertTrue(summary["dry_run"])
         self.assertEqual(summary["created"]["items"], ["3000"])
@@ -222,8 +224,8 @@ class ConfigIoRouteTests(ConfigIoHelpers):
             {k: v for k, v in real.items() if k not in ("dry_run", "version")},
             {k: v for k, v in summary.items() if k not in ("dry_run", "version")},
         )
-        self.assertEqual(self.sync.smembers("SET:DEVICE"), {"1", "2"})
-        self.assertEqual(self.sync.get("STR:CONFIG_VERSION"), real["version"])
+        self.assertEqual((yield self.sync.smembers("SET:DEVICE")), {"1", "2"})
+        self.assertEqual((yield self.sync.get("STR:CONFIG_VERSION")), real["version"])
 
     @inlineCallbacks
     def test_merge_keeps_what_the_file_does_not_name(self):
@@ -232,25 +234,25 @@ class ConfigIoRouteTests(ConfigIoHelpers):
             "terms": [{"id": "10", "device_id": "2", "address": 7}],  # moves to device 2
             "term_items": [{"term_id": "10", "item_id": "2000", "protocol_code": 9}],
         }
-        self.sync.xadd("XS:DATA:1:10:1000", {"sample": json.dumps({"value": 1})})
+        yield self.sync.xadd("XS:DATA:1:10:1000", {"sample": json.dumps({"value": 1})})
         status, summary = yield self.send("POST", "json", json.dumps(update).encode())
         self.assertEqual(status, 200, summary)
         self.assertEqual(summary["mode"], "merge")
         self.assertEqual(summary["changed"]["terms"], ["10"])
         self.assertEqual(summary["created"]["term_items"], ["10:2000"])
         self.assertEqual(summary["deleted"], {k: [] for k in summary["deleted"]})
-        self.assertEqual(self.sync.smembers("SET:DEVICE"), {"1", "2", "3"})
-        self.assertEqual(self.sync.smembers("SET:DEVICE_TERM:2"), {"10", "20"})
+        self.assertEqual((yield self.sync.smembers("SET:DEVICE")), {"1", "2", "3"})
+        self.assertEqual((yield self.sync.smembers("SET:DEVICE_TERM:2")), {"10", "20"})
         # the moved term keeps its points, their device and their data
-        self.assertEqual(self.sync.hget("HS:TERM_ITEM:10:1000", "device_id"), '"2"')
-        self.assertEqual(self.sync.hget("HS:TERM_ITEM:10:2000", "device_id"), '"2"')
-        self.assertEqual(self.sync.xlen("XS:DATA:2:10:1000"), 1)
-        self.assertEqual(self.sync.exists("HS:FORMULA:1"), 1)
+        self.assertEqual((yield self.sync.hget("HS:TERM_ITEM:10:1000", "device_id")), '"2"')
+        self.assertEqual((yield self.sync.hget("HS:TERM_ITEM:10:2000", "device_id")), '"2"')
+        self.assertEqual((yield self.sync.xlen("XS:DATA:2:10:1000")), 1)
+        self.assertEqual((yield self.sync.exists("HS:FORMULA:1")), 1)
 
     @inlineCallbacks
     def test_invalid_rows_are_named_in_every_format(self):
         yield self.seed()
-        before = self.digest()
+        before = yield self.digest()
         config = sample_config()
         config["term_items"][2]["coefficient"] = "much"
         status, error = yield self.send("POST", "json", json.dumps(config).encode())
@@ -285,13 +287,13 @@ class ConfigIoRouteTests(ConfigIoHelpers):
         status, error = yield self.send("PUT", "xlsx", buffer.getvalue())
         self.assertEqual(status, 400, error)
         self.assertEqual((error["sheet"], error["row"], error["field"]), ("devices", 3, "port"))
-        self.assertEqual(self.digest(), before)
+        self.assertEqual((yield self.digest()), before)
 
     @inlineCallbacks
     def test_refusals_of_the_configuration_script_name_the_row(self):
         """A formula cycle is found by the script: 409, the row, nothing written."""
         yield self.seed()
-        before = self.digest()
+        before = yield self.digest()
         update = {
             "formulas": [
                 {
@@ -308,12 +310,12 @@ class ConfigIoRouteTests(ConfigIoHelpers):
             status, error = yield self.send("POST", "json", json.dumps(update).encode(), query)
             self.assertEqual(status, 409, error)
             self.assertEqual((error["sheet"], error["row"], error["field"]), ("formulas", 1, "p1"))
-        self.assertEqual(self.digest(), before)
+        self.assertEqual((yield self.digest()), before)
 
     @inlineCallbacks
     def test_bad_requests(self):
         yield self.seed()
-        before = self.digest()
+        before = yield self.digest()
         status, error = yield self.call(
             "PUT", "/api/v1/config", raw=b"a,b", headers={b"Content-Type": [b"text/csv"]}
         )
@@ -344,7 +346,7 @@ class ConfigIoRouteTests(ConfigIoHelpers):
         self.assertEqual(status, 413, error)
         status, error = yield self.send("POST", "json", b"{}", "?dry_run=maybe")
         self.assertEqual((status, error["field"]), (400, "dry_run"))
-        self.assertEqual(self.digest(), before)
+        self.assertEqual((yield self.digest()), before)
 
     @inlineCallbacks
     def test_changes_need_the_token(self):

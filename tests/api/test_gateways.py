@@ -54,7 +54,7 @@ class GatewayRouteMixin:
         status, _ = yield self.call("DELETE", "/api/v1/gateways/scada")
         self.assertEqual(status, 204)
         # the points went with the gateway
-        self.assertEqual(self.sync.keys("*GATEWAY_POINT*"), [])
+        self.assertEqual((yield self.sync.keys("*GATEWAY_POINT*")), [])
         status, error = yield self.call("GET", "/api/v1/gateways/scada")
         self.assertEqual((status, error["error"], error["field"]), (404, "not_found", "gateway_id"))
 

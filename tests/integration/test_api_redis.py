@@ -4,10 +4,9 @@ thing."""
 
 import json
 
-import redis as redis_py
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -16,15 +15,20 @@ from pydatacoll.api.app import ApiApp
 from pydatacoll.config import load_settings
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.redis import RedisClient
+from pydatacoll.store.subscriber import Subscriber
 from pydatacoll.testing.fixtures import CREATE_ALL
-from pydatacoll.testing.redis import digest, shared_redis
+from pydatacoll.testing.redis import RedisView, shared_redis
 from tests.api.support import http_call, parsed
 from tests.api.test_app import ApiRouteTests, ContractRouteTests, TokenRouteTests
 from tests.api.test_gateways import GatewayRouteMixin
 
 
 class RedisApiCase(TestCase):
-    """The API on a real port over the run's private, flushed redis-server."""
+    """The API on a real port over the run's private, flushed redis-server.
+
+    ``sync`` is a `RedisView` over the test's own `RedisClient`: its look-ups return
+    Deferreds (the route mixins yield them), nothing blocks the reactor thread.
+    """
 
     token = None
     settings_overrides: dict = {}
@@ -32,15 +36,14 @@ class RedisApiCase(TestCase):
     @inlineCallbacks
     def setUp(self):
         server = shared_redis()
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.sync.flushall()
-        self.addCleanup(self.sync.close)
         overrides = {"redis": server.url, "api_token": self.token, **self.settings_overrides}
         self.settings = load_settings(None, overrides)
         self.client = RedisClient(self.settings.redis, timeout=5, pool_size=1)
         self.client.startService()
         self.addCleanup(self.client.stopService)
         yield self.client.when_connected()
+        self.sync = RedisView(self.client)
+        yield self.sync.flushall()
         self.api = self.make_api()
         self.port = reactor.listenTCP(0, self.api.site(), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
@@ -52,7 +55,8 @@ class RedisApiCase(TestCase):
         return ApiApp(ConfigStore(self.client), self.settings)
 
     def digest(self):
-        return digest(self.sync)
+        """A Deferred digest of the whole keyspace (the mixins yield it)."""
+        return self.sync.digest()
 
     def redis_down(self):
         return self.client.stopService()
@@ -61,19 +65,24 @@ class RedisApiCase(TestCase):
     def watch_channels(self, pattern):
         """Start recording messages on channels matching ``pattern``; the returned
         callable fires with [(channel, message text)] published since."""
-        pubsub = self.sync.pubsub()
-        self.addCleanup(pubsub.close)
-        pubsub.psubscribe(pattern)
-        pubsub.get_message(timeout=1)  # the subscription's confirmation
-        yield None
+        messages = []
+        subscribed = Deferred()
+        watcher = Subscriber(
+            reactor,
+            lambda: self.settings.redis,
+            lambda channel, message: messages.append((channel, message)),
+            patterns=[pattern],
+            on_subscribed=lambda: None if subscribed.called else subscribed.callback(None),
+            name="watch_channels",
+        )
+        watcher.startService()
+        self.addCleanup(watcher.stopService)
+        yield subscribed  # the subscription's confirmation
 
         @inlineCallbacks
         def seen():
             yield deferLater(reactor, 0.1, lambda: None)  # let the last publications land
-            messages = []
-            while (m := pubsub.get_message(timeout=0.5)) is not None:
-                messages.append((m["channel"], m["data"]))
-            return messages
+            return list(messages)
 
         return seen
 

@@ -29,7 +29,7 @@ class RedisConfigIoTests(ConfigIoRouteTests, RedisConfigIoCase):
     def test_command_line_uses_the_routes(self):
         """python -m pydatacoll.configio export/import FILE --api URL."""
         yield self.seed()
-        before = self.stored_configuration()
+        before = yield self.stored_configuration()
         path = self.mktemp() + ".xlsx"
 
         def run(*args):
@@ -41,14 +41,14 @@ class RedisConfigIoTests(ConfigIoRouteTests, RedisConfigIoCase):
 
         out, err, code = yield run("export", path)
         self.assertEqual(code, 0, err)
-        self.sync.flushall()
+        yield self.sync.flushall()
         out, err, code = yield run("import", path, "--replace", "--dry-run")
         self.assertEqual(code, 0, err)
         self.assertIn(b"would create", out)
-        self.assertEqual(self.sync.keys("HS:*"), [])
+        self.assertEqual((yield self.sync.keys("HS:*")), [])
         out, err, code = yield run("import", path, "--replace")
         self.assertEqual(code, 0, err)
-        self.assertEqual(self.stored_configuration(), before)
+        self.assertEqual((yield self.stored_configuration()), before)
         bad = self.mktemp() + ".json"
         with open(bad, "w") as f:
             json.dump({"items": [{"id": "1", "unit": 5}]}, f)

@@ -10,7 +10,6 @@ import hashlib
 import json
 import time
 
-import redis as redis_py
 import txredisapi
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
@@ -28,7 +27,7 @@ from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.testing.fixtures import CREATE_ALL
-from pydatacoll.testing.redis import shared_redis
+from pydatacoll.testing.redis import RedisView, shared_redis
 from tests.integration.test_api_redis import http_call
 
 POINT = {"device_id": "1", "term_id": "10", "item_id": "1000"}
@@ -105,9 +104,6 @@ class _DeviceApiBase(TestCase):
     def setUp(self):
         server = shared_redis()
         self.server = server
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.addCleanup(self.sync.close)
-        self.sync.flushall()
         overrides = {
             "redis": server.url,
             "api_token": self.token,
@@ -126,6 +122,9 @@ class _DeviceApiBase(TestCase):
             if self.client.connected:
                 break
             yield deferLater(reactor, 0.01, lambda: None)
+        #: Looks at Redis behind the API's back, without blocking the reactor.
+        self.sync = RedisView(self.client)
+        yield self.sync.flushall()
         self.api = ApiApp(ConfigStore(self.client), self.settings, replies=self.replies)
         self.port = reactor.listenTCP(0, self.api.site(), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
@@ -311,9 +310,9 @@ class DeviceApiTests(_DeviceApiBase):
     @inlineCallbacks
     def test_resubscribes_after_the_connection_is_killed(self):
         yield self.collector()
-        listener = [c for c in self.sync.client_list() if c["psub"] == "1"]
+        listener = [c for c in (yield self.sync.client_list()) if c["psub"] == "1"]
         self.assertEqual(len(listener), 1)
-        self.sync.client_kill_filter(_id=listener[0]["id"])
+        yield self.sync.client_kill_id(listener[0]["id"])
         for _ in range(200):
             if not self.replies.subscribed:
                 break
@@ -382,7 +381,7 @@ class DeviceApiTests(_DeviceApiBase):
         status, error = yield self.call("GET", "/api/v1/devices/9/values")
         self.assertEqual((status, error["field"]), (404, "device_id"))
         sample = {k: v for k, v in SAMPLE.items() if not k.endswith("_id")}
-        self.sync.hset(
+        yield self.sync.hset(
             keys.DEVICE_VALUES % "1",
             mapping={"10:1000": json.dumps(sample), "10:2": json.dumps(dict(sample, value=7))},
         )
@@ -405,7 +404,7 @@ class DeviceApiTests(_DeviceApiBase):
             "counters": {"frames_in": 3},
             "updated": iso_time(time.time()),
         }
-        self.sync.hset(keys.DEVICE_STATUS % "1", "status", json.dumps(written))
+        yield self.sync.hset(keys.DEVICE_STATUS % "1", "status", json.dumps(written))
         self.assertEqual(
             (yield self.call("GET", "/api/v1/devices/1/status")),
             (200, dict(written, stale=False)),
@@ -413,10 +412,10 @@ class DeviceApiTests(_DeviceApiBase):
         # No collector refreshed it for 3 intervals (it died): it must not look online.
         for updated in (iso_time(time.time() - 3 * STATUS_INTERVAL - 1), None, "garbage"):
             written["updated"] = updated
-            self.sync.hset(keys.DEVICE_STATUS % "1", "status", json.dumps(written))
+            yield self.sync.hset(keys.DEVICE_STATUS % "1", "status", json.dumps(written))
             status, body = yield self.call("GET", "/api/v1/devices/1/status")
             self.assertEqual((status, body["state"], body["stale"]), (200, "online", True))
-        self.sync.hset(keys.DEVICE_STATUS % "1", "status", "{broken")
+        yield self.sync.hset(keys.DEVICE_STATUS % "1", "status", "{broken")
         status, body = yield self.call("GET", "/api/v1/devices/1/status")
         self.assertEqual((status, body["state"]), (200, "unknown"))
         self.assertIn("not a JSON object", body["last_error"])
@@ -482,7 +481,7 @@ class AuditTests(_DeviceApiBase):
         self.assertEqual((status, older), (200, []))
         for _ in range(12):
             yield self.call("POST", "/api/v1/device_ctrl", dict(POINT, value=5))
-        self.assertEqual(self.sync.xlen(keys.CTRL_LOG), 10)
+        self.assertEqual((yield self.sync.xlen(keys.CTRL_LOG)), 10)
 
     @inlineCallbacks
     def test_the_round_trip_finishes_when_the_client_goes_away(self):
@@ -496,10 +495,10 @@ class AuditTests(_DeviceApiBase):
         d.addErrback(lambda f: None)
         yield fake.answer(fake.requests[0][1], {"outcome": "confirmed", "message": "ok"})
         for _ in range(300):
-            if self.sync.xlen(keys.CTRL_LOG):
+            if (yield self.sync.xlen(keys.CTRL_LOG)):
                 break
             yield deferLater(reactor, 0.01, lambda: None)
-        [(_, entry)] = self.sync.xrange(keys.CTRL_LOG)
+        [(_, entry)] = yield self.sync.xrange(keys.CTRL_LOG)
         self.assertEqual((entry["outcome"], entry["value"]), ("confirmed", "9"))
 
 

@@ -9,10 +9,9 @@ import json
 import re
 import socket
 
-import redis as redis_py
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
@@ -30,7 +29,7 @@ from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.testing.fixtures import CREATE_ALL
-from pydatacoll.testing.redis import PrivateRedis, free_port, shared_redis
+from pydatacoll.testing.redis import PrivateRedis, RedisView, free_port, shared_redis
 from pydatacoll.testing.sse import SseProtocol
 from tests.api.support import http_call
 
@@ -51,9 +50,6 @@ class StreamTests(TestCase):
     @inlineCallbacks
     def setUp(self):
         server = shared_redis()
-        self.sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.addCleanup(self.sync.close)
-        self.sync.flushall()
         self.settings = load_settings(
             None,
             {
@@ -69,6 +65,9 @@ class StreamTests(TestCase):
         self.ingest_client.startService()
         self.addCleanup(self.ingest_client.stopService)
         yield self.until(lambda: self.client.connected and self.ingest_client.connected)
+        #: Writes and looks behind the API's back, without blocking the reactor.
+        self.sync = RedisView(self.client)
+        yield self.sync.flushall()
         self.ingest = RedisIngest(self.ingest_client, reactor, 1000, 100000)
         self.ingest.startService()
         self.addCleanup(self.ingest.stopService)
@@ -112,8 +111,9 @@ class StreamTests(TestCase):
 
     @inlineCallbacks
     def until(self, predicate, timeout=20.0, what="condition"):
+        """Poll ``predicate`` (its answer, or a Deferred of it) until it holds."""
         for _ in range(int(timeout / 0.01)):
-            if predicate():
+            if (yield maybeDeferred(predicate)):
                 return
             yield deferLater(reactor, 0.01, lambda: None)
         raise AssertionError(f"timed out waiting for {what}")
@@ -139,6 +139,7 @@ class StreamTests(TestCase):
             ]
         )
 
+    @inlineCallbacks
     def alarm(self, kind="high", device="1", term="10", item="1000"):
         body = {
             "event": "raise",
@@ -152,7 +153,7 @@ class StreamTests(TestCase):
             "message": "above 230",
         }
         field = f"{device}:{term}:{item}:{kind}"
-        self.sync.eval(
+        yield self.sync.eval(
             limits._EVENT_SCRIPT,
             2,
             keys.ALARM_LOG,
@@ -167,7 +168,7 @@ class StreamTests(TestCase):
 
     @inlineCallbacks
     def test_samples_statuses_and_alarms(self):
-        self.sync.hset(keys.DEVICE_STATUS % "1", "status", json.dumps(STATUS))
+        yield self.sync.hset(keys.DEVICE_STATUS % "1", "status", json.dumps(STATUS))
         client = yield self.open()
         parser = client.parser
         self.assertEqual(parser.status, 200)
@@ -188,16 +189,16 @@ class StreamTests(TestCase):
                 "time": "2026-12-03T09:26:40.500+00:00",
             },
         )
-        [(entry_id, _)] = self.sync.xrange(keys.POINT_DATA % ("1", "10", "1000"))
+        [(entry_id, _)] = yield self.sync.xrange(keys.POINT_DATA % ("1", "10", "1000"))
         self.assertRegex(sample["id"], f"^{entry_id},{ENTRY_ID}$")
         changed = dict(STATUS, state="offline")
-        self.sync.publish(keys.DEVICE_STATUS_CHANNEL % "1", json.dumps(changed))
+        yield self.sync.publish(keys.DEVICE_STATUS_CHANNEL % "1", json.dumps(changed))
         yield self.until(lambda: len(parser.of_kind("status")) == 2, what="a status event")
         self.assertEqual(parser.of_kind("status")[1]["data"], changed)
-        body = self.alarm()
+        body = yield self.alarm()
         yield self.until(lambda: parser.of_kind("alarm"), what="an alarm event")
         [alarm] = parser.of_kind("alarm")
-        [(log_id, _)] = self.sync.xrange(keys.ALARM_LOG)
+        [(log_id, _)] = yield self.sync.xrange(keys.ALARM_LOG)
         self.assertEqual(alarm["data"], {**body, "id": log_id})
         self.assertEqual(alarm["id"], f"{entry_id},{log_id}")
         # the history route answers the same event, with the same id
@@ -214,8 +215,8 @@ class StreamTests(TestCase):
         yield self.until(lambda: by_point.parser.of_kind("sample"), what="the point's sample")
         self.assertEqual([e["data"]["value"] for e in by_device.parser.of_kind("sample")], [1.0])
         self.assertEqual([e["data"]["value"] for e in by_point.parser.of_kind("sample")], [2.0])
-        self.sync.publish(keys.DEVICE_STATUS_CHANNEL % "2", json.dumps({"state": "online"}))
-        self.alarm(device="2", term="20", item="2000")
+        yield self.sync.publish(keys.DEVICE_STATUS_CHANNEL % "2", json.dumps({"state": "online"}))
+        yield self.alarm(device="2", term="20", item="2000")
         yield self.until(lambda: by_point.parser.of_kind("alarm"), what="the alarm")
         yield self.until(lambda: len(everything.parser.of_kind("status")) == 1, what="status")
         self.assertEqual(
@@ -234,8 +235,12 @@ class StreamTests(TestCase):
         yield deferLater(reactor, 0.01, lambda: None)  # a later millisecond
         self.store(("1", "10", "1000", 2.0), ("2", "20", "2000", 9.0))
         self.store(("1", "10", "1000", 3.0))
-        body = self.alarm()
-        yield self.until(lambda: self.sync.xlen(keys.POINT_DATA % ("1", "10", "1000")) == 3)
+        body = yield self.alarm()
+        yield self.until(
+            lambda: self.sync.xlen(keys.POINT_DATA % ("1", "10", "1000")).addCallback(
+                lambda length: length == 3
+            )
+        )
         again = yield self.open("/api/v1/stream?device_id=1", {"Last-Event-ID": last})
         values = [e["data"]["value"] for e in again.parser.of_kind("sample")]
         # the missed ones in order, not device 2's; 1.0 again: it was stored in the
@@ -253,7 +258,7 @@ class StreamTests(TestCase):
             {e["data"]["value"] for e in third.parser.of_kind("sample")}, {2.0, 3.0}
         )
         # a plain stream entry id is a sample position
-        [(first_id, _), *_] = self.sync.xrange(keys.POINT_DATA % ("1", "10", "1000"))
+        [(first_id, _), *_] = yield self.sync.xrange(keys.POINT_DATA % ("1", "10", "1000"))
         plain = yield self.open("/api/v1/stream?point=1:10:1000", {"Last-Event-ID": first_id})
         self.assertEqual(
             [e["data"]["value"] for e in plain.parser.of_kind("sample")], [1.0, 2.0, 3.0]
@@ -399,8 +404,6 @@ class RedisOutageTests(TestCase):
     def test_streams_catch_up_after_redis_comes_back(self):
         server = PrivateRedis(persistent=True)
         self.addCleanup(server.stop)
-        sync = redis_py.Redis(port=server.port, decode_responses=True)
-        self.addCleanup(sync.close)
         settings = load_settings(None, {"redis": server.url})
         client = RedisClient(settings.redis, timeout=2, pool_size=2)
         client.startService()
@@ -410,6 +413,7 @@ class RedisOutageTests(TestCase):
         self.addCleanup(ingest_client.stopService)
         until = StreamTests.until.__get__(self)
         yield until(lambda: client.connected and ingest_client.connected)
+        sync = RedisView(client)
         ingest = RedisIngest(ingest_client, reactor, 1000, 100000)
         ingest.startService()
         self.addCleanup(ingest.stopService)
@@ -439,7 +443,7 @@ class RedisOutageTests(TestCase):
         yield until(lambda: values() == [1.0], what="the first sample")
         # stored and not published (as if published while the subscription was down):
         # only the catch-up after the reconnection can bring it
-        sync.xadd(
+        yield sync.xadd(
             keys.POINT_DATA % ("1", "10", "1000"),
             {"sample": json.dumps({"value": 2.0, "quality": "good", "receive_time": None})},
         )

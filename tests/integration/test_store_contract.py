@@ -1,13 +1,12 @@
 """The store contracts over a private redis-server (the same mixins as tests/store run
 over `MemoryRedis`): what passes in both proves the in-memory emulation equals Redis."""
 
-import redis as redis_py
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from pydatacoll.config import load_settings
 from pydatacoll.store.redis import RedisClient
-from pydatacoll.testing.redis import shared_redis
+from pydatacoll.testing.redis import RedisView, shared_redis
 from tests.store.contract import (
     ConfigStoreContract,
     EventStoreContract,
@@ -23,17 +22,16 @@ class RedisStoreCase(TestCase):
     @inlineCallbacks
     def setUp(self):
         server = shared_redis()
-        sync = redis_py.Redis(port=server.port, decode_responses=True)
-        sync.flushall()
-        sync.close()
         settings = load_settings(None, {"redis": server.url})
         self.redis = RedisClient(settings.redis, timeout=5, pool_size=1)
         self.redis.startService()
         self.addCleanup(self.redis.stopService)
         yield self.redis.when_connected()
+        self.view = RedisView(self.redis)
+        yield self.view.flushall()
 
     def digest(self):
-        return self.redis.call("execute_command", "DEBUG", "DIGEST")
+        return self.view.digest()
 
 
 class RedisConfigStoreTests(RedisStoreCase, ConfigStoreContract):
