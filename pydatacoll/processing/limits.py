@@ -54,10 +54,6 @@ LIMIT_FIELDS = {
 }
 _NUMBER_FIELDS = tuple(LIMIT_FIELDS) + ("deadband",)
 
-#: The event script's text (it lives in `pydatacoll.store.alarms`), for the tests that
-#: write alarm events themselves.
-_EVENT_SCRIPT = alarm_store.SCRIPT
-
 
 @attrs.frozen
 class PointLimits:

@@ -21,12 +21,12 @@ from pydatacoll.api import stream, stream_events
 from pydatacoll.api.app import ApiApp
 from pydatacoll.api.stream import StreamHub
 from pydatacoll.config import load_settings
-from pydatacoll.devices.ingest import RedisIngest
 from pydatacoll.metrics import ProcessMetrics
 from pydatacoll.model import Sample
-from pydatacoll.processing import limits
+from pydatacoll.store import alarms as alarm_store
 from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore
+from pydatacoll.store.ingest import RedisIngest
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.testing.fixtures import CREATE_ALL
 from pydatacoll.testing.redis import PrivateRedis, RedisView, free_port, shared_redis
@@ -154,7 +154,7 @@ class StreamTests(TestCase):
         }
         field = f"{device}:{term}:{item}:{kind}"
         yield self.sync.eval(
-            limits._EVENT_SCRIPT,
+            alarm_store.SCRIPT,
             2,
             keys.ALARM_LOG,
             keys.ALARMS,
