@@ -474,3 +474,26 @@ class ILiveStore(Interface):
 
     def plugin_statuses():  # type: ignore[no-untyped-def]
         """Deferred plugin name -> the state its collector last wrote."""
+
+
+# --- i12cmd: the one command path (device_call / device_ctrl) ---
+
+
+class ICommander(Interface):
+    """device_call / device_ctrl to the collector running a device, with the audit of
+    every command: the one path of the REST API, the gateways and the MQTT plugin."""
+
+    replies = Attribute(
+        "The reply listener (`pydatacoll.control.replies.ReplyListener`) the collector's "
+        "answers arrive at, or None (every request answered unavailable)"
+    )
+
+    def device_call(request_id, ids):  # type: ignore[no-untyped-def]
+        """Read a point now (``ids``: device_id, term_id, item_id): Deferred `DeviceAnswer`
+        (2xx), or failing with it or with the `errors.ApiError` refusing the request."""
+
+    def device_ctrl(request_id, ids, body, client, token_id, refused=None, timeout=None):  # type: ignore[no-untyped-def]
+        """Validate, send and audit one command (``body``: value, select); Deferred
+        `DeviceAnswer` (2xx), or failing with it or with the `errors.ApiError` refusing
+        it; ``refused`` (a reason) audits it as refused without sending it; ``timeout``
+        (default: the device timeout) bounds the wait for the reply."""
