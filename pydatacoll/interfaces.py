@@ -327,8 +327,8 @@ class ISubscriber(IService):
 
 class IGatewayStore(Interface):
     """The gateways' configuration, the devices' latest values and states they serve, the
-    gateways' statuses and the command round trip (`pydatacoll.store.gateway.GatewayStore`).
-    """
+    gateways' statuses (`pydatacoll.store.gateway.GatewayStore`; their commands go
+    through the `ICommander`)."""
 
     def gateway_ids():  # type: ignore[no-untyped-def]
         """Deferred list of every gateway id, in natural order."""
@@ -361,13 +361,6 @@ class IGatewayStore(Interface):
 
     def read_status(gateway_id):  # type: ignore[no-untyped-def]
         """Deferred stored status of a gateway (a dict), or None."""
-
-    def publish(channel, message):  # type: ignore[no-untyped-def]
-        """Publish ``message`` (a dict) as JSON; Deferred number of receivers."""
-
-    def append_ctrl_log(fields, maxlen):  # type: ignore[no-untyped-def]
-        """Append one entry (field -> text) to the device_ctrl audit stream, keeping at
-        most ``maxlen`` entries."""
 
 
 class ISnapshotReader(Interface):
