@@ -327,8 +327,8 @@ class ISubscriber(IService):
 
 class IGatewayStore(Interface):
     """The gateways' configuration, the devices' latest values and states they serve, the
-    gateways' statuses and the command round trip (`pydatacoll.store.gateway.GatewayStore`).
-    """
+    gateways' statuses (`pydatacoll.store.gateway.GatewayStore`; their commands go
+    through the `ICommander`)."""
 
     def gateway_ids():  # type: ignore[no-untyped-def]
         """Deferred list of every gateway id, in natural order."""
@@ -361,13 +361,6 @@ class IGatewayStore(Interface):
 
     def read_status(gateway_id):  # type: ignore[no-untyped-def]
         """Deferred stored status of a gateway (a dict), or None."""
-
-    def publish(channel, message):  # type: ignore[no-untyped-def]
-        """Publish ``message`` (a dict) as JSON; Deferred number of receivers."""
-
-    def append_ctrl_log(fields, maxlen):  # type: ignore[no-untyped-def]
-        """Append one entry (field -> text) to the device_ctrl audit stream, keeping at
-        most ``maxlen`` entries."""
 
 
 class ISnapshotReader(Interface):
@@ -474,3 +467,26 @@ class ILiveStore(Interface):
 
     def plugin_statuses():  # type: ignore[no-untyped-def]
         """Deferred plugin name -> the state its collector last wrote."""
+
+
+# --- i12cmd: the one command path (device_call / device_ctrl) ---
+
+
+class ICommander(Interface):
+    """device_call / device_ctrl to the collector running a device, with the audit of
+    every command: the one path of the REST API, the gateways and the MQTT plugin."""
+
+    replies = Attribute(
+        "The reply listener (`pydatacoll.control.replies.ReplyListener`) the collector's "
+        "answers arrive at, or None (every request answered unavailable)"
+    )
+
+    def device_call(request_id, ids):  # type: ignore[no-untyped-def]
+        """Read a point now (``ids``: device_id, term_id, item_id): Deferred `DeviceAnswer`
+        (2xx), or failing with it or with the `errors.ApiError` refusing the request."""
+
+    def device_ctrl(request_id, ids, body, client, token_id, refused=None, timeout=None):  # type: ignore[no-untyped-def]
+        """Validate, send and audit one command (``body``: value, select); Deferred
+        `DeviceAnswer` (2xx), or failing with it or with the `errors.ApiError` refusing
+        it; ``refused`` (a reason) audits it as refused without sending it; ``timeout``
+        (default: the device timeout) bounds the wait for the reply."""

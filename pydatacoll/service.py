@@ -8,9 +8,10 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 
 from pydatacoll.api.app import ApiApp
-from pydatacoll.api.replies import ReplyListener
 from pydatacoll.api.stream import StreamHub
 from pydatacoll.config import Settings
+from pydatacoll.control.commander import make_commander
+from pydatacoll.control.replies import ReplyListener
 from pydatacoll.devices.collector import make_collector
 from pydatacoll.metrics import ProcessMetrics, metrics_site
 from pydatacoll.ordered import OrderedService
@@ -80,9 +81,8 @@ def _add_gateway(
     )
     replies.setName("gateway-replies")
     replies.setServiceParent(root)
-    gateway = GatewayService(
-        client, reactor, replies=replies, ctrl_log_length=settings.ctrl_log_length
-    )
+    commander = make_commander(client, settings, reactor, replies)
+    gateway = GatewayService(client, reactor, commander=commander)
     gateway.setName("gateway")
     gateway.setServiceParent(root)
 

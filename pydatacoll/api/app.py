@@ -7,11 +7,6 @@ is the only one that knows the whole API (nothing in `pydatacoll.api` imports it
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
-
-from twisted.internet.defer import Deferred
-
 from pydatacoll.api import (
     catalogue,
     commands,
@@ -65,18 +60,3 @@ _op = entity_op
 
 class ApiApp(ApiCore):
     """The REST API bound to its stores and the settings (see `ApiCore`)."""
-
-    def device_ctrl(
-        self,
-        ids: dict[str, str],
-        body: dict[str, Any],
-        client: str,
-        *,
-        token_id: str | None = None,
-        refused: str | None = None,
-    ) -> Deferred[Any]:
-        """One command from elsewhere than HTTP (the MQTT plugin), on the route's path:
-        validation, round trip, audit entry. Fires with the `DeviceAnswer` or fails with
-        the `errors.ApiError` the route would answer; ``refused`` (a reason) audits the
-        command as refused without sending it."""
-        return commands.send_ctrl(self, uuid.uuid4().hex, ids, body, client, token_id, refused)

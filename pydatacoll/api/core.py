@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
@@ -25,6 +24,7 @@ from pydatacoll.api.plumbing import (
     routes,
 )
 from pydatacoll.config import Settings
+from pydatacoll.control.commander import Commander, find_term_item
 from pydatacoll.interfaces import IConfigStore, IEventStore, IPointStore
 from pydatacoll.model import (
     ENTITIES,
@@ -81,6 +81,10 @@ class ApiCore:
         self.stream_hub = stream_hub
         self.metrics = metrics
         self.clock = clock or (replies.clock if replies is not None else WallClock())
+        #: device_call / device_ctrl and their audit (the one command path).
+        self.commander = Commander(
+            store, self.points, self.events, replies, settings, self.clock, metrics
+        )
         if plugins is None:
             plugins = PluginDirectory(settings, store.redis, self.clock)
         #: The processor plugins and where they run (`PluginDirectory`).
@@ -156,25 +160,12 @@ class ApiCore:
         self.authorize(request, mutating=False)
 
     # -- look-ups ---------------------------------------------------------------------------
-    @inlineCallbacks
-    def term_item_fields(self, term_id: str, item_id: str, device_id: str | None = None) -> Any:
+    def term_item_fields(
+        self, term_id: str, item_id: str, device_id: str | None = None
+    ) -> Deferred[Any]:
         """The stored hash of a term-item (of ``device_id`` when given), or a 404 naming
         the first id that is not found."""
-        for name, value in (("term_id", term_id), ("item_id", item_id), ("device_id", device_id)):
-            if value is not None and not is_valid_id(value):
-                raise errors.NotFound(f"{name} not found!", field=name)
-        if device_id is not None and not (yield self.store.entity_exists("device", device_id)):
-            raise errors.NotFound("device_id not found!", field="device_id")
-        if not (yield self.store.entity_exists("term", term_id)):
-            raise errors.NotFound("term_id not found!", field="term_id")
-        if not (yield self.store.entity_exists("item", item_id)):
-            raise errors.NotFound("item_id not found!", field="item_id")
-        fields = yield self.store.get_term_item_fields(term_id, item_id)
-        if not fields or (
-            device_id is not None and json.loads(fields.get("device_id", "null")) != device_id
-        ):
-            raise errors.NotFound("term_item not found!", field="term_item")
-        return fields
+        return find_term_item(self.store, term_id, item_id, device_id)
 
     @inlineCallbacks
     def device_fields(self, device_id: str) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.application.service import MultiService
 
 from pydatacoll.config import Settings
+from pydatacoll.control.commander import commander_factory
 from pydatacoll.devices.manager import DeviceManager
 from pydatacoll.ordered import OrderedService
 from pydatacoll.processing.loader import Processors
@@ -17,7 +18,9 @@ def make_collector(settings: Settings, reactor: Any, redis: Any) -> MultiService
 
     Every sample of every device goes to the ingest path and then to the processors. What
     the processors emit (formula results) takes the same path, so results of results work
-    (the loader bounds each plugin's emit rate, so a loop cannot run away).
+    (the loader bounds each plugin's emit rate, so a loop cannot run away). The
+    processors may command devices (the MQTT plugin) through commanders they build with
+    reply listeners of their own (`commander_factory`).
     """
     collector = OrderedService()
     manager: DeviceManager | None = None
@@ -26,7 +29,9 @@ def make_collector(settings: Settings, reactor: Any, redis: Any) -> MultiService
         if manager is not None:
             manager.samples_received(samples)
 
-    processors = Processors(settings, reactor, redis, emit)
+    processors = Processors(
+        settings, reactor, redis, emit, commander=commander_factory(redis, settings, reactor)
+    )
     manager = DeviceManager(redis, settings, reactor, sinks=[processors])
     manager.setName("devices")
     manager.setServiceParent(collector)

@@ -1,15 +1,16 @@
-"""Commands from an upstream master, through the same round trip as REST device_ctrl.
+"""Commands from an upstream master, through the one command path of REST device_ctrl.
 
-`CommandPath.execute` publishes a ``CHANNEL:DEVICE_CTRL`` request (``client`` = the
-master's address, ``token_id`` = ``gateway:{id}``), waits for the collector running the
-device on this process's reply channel, and appends the outcome to the same audit stream
-(``XS:CTRL_LOG``) as the API does, whatever the outcome. Only ``confirmed`` and
-``terminated`` (the field device confirmed) are a positive answer upstream.
+`CommandPath.execute` runs `pydatacoll.control.commander.Commander.device_ctrl`
+(``client`` = the master's address, ``token_id`` = ``gateway:{id}``, the gateway's own
+command timeout): the point is checked, a ``CHANNEL:DEVICE_CTRL`` request published, the
+collector running the device awaited on this process's reply channel, and the outcome
+appended to the audit stream (``XS:CTRL_LOG``) as for the API, whatever the outcome.
+Only ``confirmed`` and ``terminated`` (the field device confirmed) are a positive answer
+upstream.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -17,24 +18,21 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from pydatacoll import errors
-from pydatacoll.api.replies import DeviceAnswer, ReplyTimeout
 from pydatacoll.gateway.model import GatewayPoint
-from pydatacoll.model import OUTCOME_STATUS, iso_time
+from pydatacoll.interfaces import ICommander
 from pydatacoll.protocols.iec104.station import CommandAnswer, CommandRequest
-from pydatacoll.store import keys
-from pydatacoll.store.gateway import GatewayStore
+
+#: The outcomes that are a positive answer upstream.
+POSITIVE = ("confirmed", "terminated")
 
 
 class CommandPath:
-    """device_ctrl for the gateways: publish, await the reply, audit."""
+    """device_ctrl for the gateways, through ``commander`` (an `ICommander`)."""
 
     log = Logger()
 
-    def __init__(self, store: GatewayStore, replies: Any, clock: Any, log_length: int) -> None:
-        self.store = store
-        self.replies = replies
-        self.clock = clock
-        self.log_length = log_length
+    def __init__(self, commander: ICommander) -> None:
+        self.commander = commander
 
     @defer.inlineCallbacks
     def execute(
@@ -44,16 +42,6 @@ class CommandPath:
         request_id = uuid.uuid4().hex
         ids = {"device_id": point.device_id, "term_id": point.term_id, "item_id": point.item_id}
         select = True if request.selected else None
-        token_id = f"gateway:{gateway_id}"
-        entry = {
-            "time": iso_time(self.clock.seconds()),
-            "request_id": request_id,
-            "client": request.peer,
-            "token_id": token_id,
-            **ids,
-            "value": json.dumps(request.value),
-            "select": json.dumps(select),
-        }
         self.log.info(
             "gateway {gateway_id}: command {request_id} from {peer}: IOA {ioa} -> "
             "{device_id}:{term_id}:{item_id} = {value} select={select}",
@@ -65,61 +53,21 @@ class CommandPath:
             select=select,
             **ids,
         )
-        outcome, message, cause = yield self._round_trip(
-            request_id, ids, request, select, timeout, token_id
-        )
-        status = OUTCOME_STATUS.get(outcome, 503)
-        fields = dict(
-            entry, outcome=outcome, status=str(status), message=message[:500], cause=cause or ""
-        )
         try:
-            yield self.store.append_ctrl_log(fields, self.log_length)
-        except Exception:
-            self.log.failure("gateway command audit entry not written: {entry}", entry=fields)
-        ok = outcome in ("confirmed", "terminated")
-        return CommandAnswer(ok, f"{outcome}: {message}" if message else outcome)
-
-    @defer.inlineCallbacks
-    def _round_trip(
-        self,
-        request_id: str,
-        ids: dict[str, str],
-        request: CommandRequest,
-        select: bool | None,
-        timeout: float,
-        token_id: str,
-    ) -> Any:
-        try:
-            waiting = self.replies.wait(request_id, timeout)
-        except errors.ApiError as exc:
-            return "unavailable", exc.message, None
-        message = {
-            "request_id": request_id,
-            **ids,
-            "value": request.value,
-            "select": select,
-            "client": request.peer,
-            "token_id": token_id,
-            "reply_to": self.replies.reply_channel(request_id),
-            "deadline": self.clock.seconds() + timeout,
-        }
-        try:
-            receivers = yield self.store.publish(keys.DEVICE_CTRL, message)
-        except Exception as exc:
-            waiting.cancel()
-            waiting.addErrback(lambda f: None)
-            return "unavailable", f"the command was not sent: {exc}", None
-        if not receivers:
-            waiting.cancel()
-            waiting.addErrback(lambda f: None)
-            return "unavailable", "no collector is running; nothing was sent", None
-        try:
-            reply = yield waiting
-        except ReplyTimeout:
-            return (
-                "timeout",
-                f"no answer within {timeout:g} s; the command may still have been executed",
-                None,
+            answer = yield self.commander.device_ctrl(
+                request_id,
+                ids,
+                {"value": request.value, "select": select},
+                request.peer,
+                f"gateway:{gateway_id}",
+                timeout=timeout,
             )
-        answer = DeviceAnswer.from_reply(request_id, reply)
-        return answer.outcome, answer.message, answer.cause
+        except errors.ApiError as e:  # a DeviceAnswer that is not 2xx, or a refusal
+            outcome, message = getattr(e, "outcome", e.code), e.message
+        except Exception:
+            self.log.failure("gateway {gateway_id}: command failed", gateway_id=gateway_id)
+            outcome, message = "failed", "internal error"
+        else:
+            outcome, message = answer.outcome, answer.message
+        ok = outcome in POSITIVE
+        return CommandAnswer(ok, f"{outcome}: {message}" if message else outcome)

@@ -25,6 +25,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from pydatacoll import errors
+from pydatacoll.control.commander import CommandSettings, make_commander
 from pydatacoll.gateway.commands import CommandPath
 from pydatacoll.gateway.model import Gateway, GatewayPoint
 from pydatacoll.gateway.redundancy import RedundancyGroup
@@ -35,6 +36,7 @@ from pydatacoll.gateway.server import (
     MAX_CONNECTIONS,
     GatewayServer,
 )
+from pydatacoll.interfaces import ICommander
 from pydatacoll.model import decode_fields
 from pydatacoll.store import keys
 from pydatacoll.store.gateway import GatewayStore
@@ -73,19 +75,25 @@ class GatewayService(MultiService):
         redis: Any,
         reactor: Any,
         *,
+        commander: ICommander | None = None,
         replies: Any = None,
         ctrl_log_length: int = 10000,
         subscribe: Callable[..., Any] | None = None,
     ) -> None:
-        """``subscribe(handler, channels=, on_subscribed=, name=)`` builds the subscription
-        (an `ISubscriber`; default: a `Subscriber` on the server ``redis`` connects to)."""
+        """``commander`` runs the commands of the masters (without it and without
+        ``replies``, commands are refused); given ``replies`` (a reply listener) instead,
+        the service builds its `Commander` on ``redis`` (audit bounded to
+        ``ctrl_log_length``). ``subscribe(handler, channels=, on_subscribed=, name=)``
+        builds the subscription (an `ISubscriber`; default: a `Subscriber` on the server
+        ``redis`` connects to)."""
         super().__init__()
         self.redis = redis
         self.reactor = reactor
         self.store = GatewayStore(redis)
-        self.commands = (
-            CommandPath(self.store, replies, reactor, ctrl_log_length) if replies else None
-        )
+        if commander is None and replies is not None:
+            limits = CommandSettings(ctrl_log_length=ctrl_log_length)
+            commander = make_commander(redis, limits, reactor, replies)
+        self.commands = CommandPath(commander) if commander is not None else None
         self.gateways: dict[str, GatewayServer] = {}
         #: Why a configured gateway does not run (gateway id -> message).
         self.errors: dict[str, str] = {}

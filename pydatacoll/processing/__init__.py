@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from pydatacoll.config import Settings
+from pydatacoll.interfaces import ICommander
 from pydatacoll.model import Sample
 
 
@@ -26,3 +27,7 @@ class ProcessorContext:
     emit: Callable[[Sequence[Sample]], None]
     #: A directory of the plugin's own under the data dir (created on demand).
     data_dir: str
+    #: Builds an `ICommander` (device_call / device_ctrl with their audit) with a reply
+    #: listener of its own, which the plugin starts and stops (``commander.replies``);
+    #: None where devices cannot be commanded from here.
+    commander: Callable[[], ICommander] | None = None

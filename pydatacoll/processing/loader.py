@@ -25,7 +25,7 @@ from zope.interface.verify import verifyObject
 from pydatacoll.config import PLUGIN_SECTION, Settings
 from pydatacoll.discovery import discover as discover_plugins
 from pydatacoll.errors import ConfigError
-from pydatacoll.interfaces import IProcessor, IProcessorFactory
+from pydatacoll.interfaces import ICommander, IProcessor, IProcessorFactory
 from pydatacoll.model import Sample
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.store.plugins import PluginStatusStore
@@ -80,6 +80,7 @@ class Processors(MultiService):
     """The running processor plugins, one named child each, and their states.
 
     ``emit`` takes the samples a plugin produces (formula results) to the ingest path;
+    ``commander`` (a factory of `ICommander`) is handed to the plugins in their context;
     each plugin may emit at most ``emit_per_second`` samples per second (a bucket
     refilled continuously), beyond that its samples are dropped and counted, so that a
     loop of processors feeding each other cannot run away.
@@ -94,12 +95,14 @@ class Processors(MultiService):
         redis: Any,
         emit: Callable[[Sequence[Sample]], None],
         *,
+        commander: Callable[[], ICommander] | None = None,
         package: Any = None,
         status_interval: float = 10.0,
         emit_per_second: float = 10000.0,
     ) -> None:
         super().__init__()
         self.settings = settings
+        self._commander = commander
         self.reactor = reactor
         self.redis = redis
         self.store = PluginStatusStore(redis)
@@ -174,6 +177,7 @@ class Processors(MultiService):
             redis=self.redis,
             emit=lambda samples: self._emit_from(name, samples),
             data_dir=data_dir,
+            commander=self._commander,
         )
         try:
             processor = factory.build(context)

@@ -16,7 +16,7 @@ from pydatacoll.store.config import natural_key
 
 @implementer(IGatewayStore)
 class GatewayStore:
-    """Gateway configuration, the live values and states of devices, the command audit."""
+    """Gateway configuration, the live values and states of devices, gateway statuses."""
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
@@ -114,19 +114,6 @@ class GatewayStore:
                 name = None
             protocols[device_id] = name if isinstance(name, str) else None
         return protocols
-
-    def publish(self, channel: str, message: dict[str, Any]) -> Deferred[int]:
-        """Publish a JSON message; fires with the number of subscribers that got it."""
-        return self.redis.call("publish", channel, json.dumps(message, ensure_ascii=False))
-
-    def append_ctrl_log(self, fields: dict[str, str], maxlen: int) -> Deferred[Any]:
-        """Append one entry to the device_ctrl audit stream (bounded to ``maxlen``)."""
-        flat: list[str] = []
-        for name, text in fields.items():
-            flat += [name, str(text)]
-        return self.redis.call(
-            "execute_command", "XADD", keys.CTRL_LOG, "MAXLEN", "=", maxlen, "*", *flat
-        )
 
 
 def _json_object(text: Any) -> Any:

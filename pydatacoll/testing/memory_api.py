@@ -121,7 +121,7 @@ class MemoryReplyListener:
         d.callback(body)
 
     def _expire(self, request_id: str) -> None:
-        from pydatacoll.api.replies import ReplyTimeout
+        from pydatacoll.control.replies import ReplyTimeout
 
         entry = self._pending.pop(request_id, None)
         if entry is not None:

@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from pydatacoll.api.replies import ReplyTimeout
+from pydatacoll.control.replies import ReplyTimeout
 from pydatacoll.protocols.iec104.link import Iec104Link, LinkParams
 from pydatacoll.store import keys
 

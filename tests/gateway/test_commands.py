@@ -6,13 +6,14 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from pydatacoll.control.commander import CommandSettings, make_commander
 from pydatacoll.gateway.commands import CommandPath
 from pydatacoll.gateway.model import Gateway, GatewayPoint
 from pydatacoll.gateway.service import GatewayServer
 from pydatacoll.protocols.iec104.station import CommandRequest
 from pydatacoll.store import keys
-from pydatacoll.store.gateway import GatewayStore
 from pydatacoll.testing.memory import MemoryRedis
+from tests.control.support import store_point
 from tests.gateway.fakes import MemoryReplies
 
 POINT = GatewayPoint.from_json(
@@ -66,8 +67,10 @@ class CommandPathTests(SynchronousTestCase):
         self.redis = MemoryRedis()
         self.clock = Clock()
         self.replies = MemoryReplies(self.clock)
+        self.successResultOf(store_point(self.redis, "d1", "t1", "i1"))
         self.collector = MemoryCollector(self.redis, self.replies, confirmed)
-        self.path = CommandPath(GatewayStore(self.redis), self.replies, self.clock, 100)
+        settings = CommandSettings(ctrl_log_length=100)
+        self.path = CommandPath(make_commander(self.redis, settings, self.clock, self.replies))
 
     def request(self, selected=False, value=1):
         return CommandRequest(
@@ -127,12 +130,22 @@ class CommandPathTests(SynchronousTestCase):
         self.assertEqual(self.audit()[0]["outcome"], "unavailable")
         self.assertEqual(self.replies.pending, {})  # nothing left waiting
 
+    def test_a_point_that_is_not_configured_is_negative_and_nothing_is_sent(self):
+        point = GatewayPoint.from_json({**POINT.to_json(), "item_id": "gone"})
+        answer = self.successResultOf(self.path.execute("g", point, self.request(), 2.0))
+        self.assertFalse(answer.ok)
+        self.assertEqual(answer.message, "not_found: item_id not found!")
+        self.assertEqual(self.collector.requests, [])
+        self.assertEqual(
+            (self.audit()[0]["outcome"], self.audit()[0]["status"]), ("not_found", "404")
+        )
+
     def test_store_down_is_negative(self):
         self.redis.fail_next("publish")
         answer = self.successResultOf(self.path.execute("g", POINT, self.request(), 2.0))
         self.assertFalse(answer.ok)
-        self.assertIn("not sent", answer.message)
-        self.assertEqual(self.audit()[0]["outcome"], "unavailable")
+        self.assertIn("redis_unavailable: Redis is not reachable", answer.message)
+        self.assertEqual(self.audit()[0]["outcome"], "redis_unavailable")
 
     def test_select_goes_down_only_where_the_protocol_has_it(self):
         gateway = Gateway.from_json({"id": "g", "protocol": "iec104"})

@@ -13,7 +13,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pydatacoll.api.replies import ReplyListener
+from pydatacoll.control.replies import ReplyListener
 from pydatacoll.errors import StoreUnavailable
 from pydatacoll.gateway.model import Gateway, GatewayPoint
 from pydatacoll.gateway.service import STATE_INTERVAL, GatewayService
@@ -24,6 +24,7 @@ from pydatacoll.protocols.iec104.station import NOT_TOPICAL
 from pydatacoll.store import keys
 from pydatacoll.testing.memory import MemoryRedis
 from pydatacoll.testing.memory_subscriber import memory_subscription
+from tests.control.support import store_point
 from tests.gateway.fakes import Master, Reactor
 
 PORT = 2404
@@ -276,6 +277,8 @@ class CommandTests(GatewayHarness, SynchronousTestCase):
                 "command": True,
             }  # fmt: skip
         )
+        device = {"id": "d1", "protocol": "modbus", "ip": "127.0.0.1"}
+        self.successResultOf(store_point(self.redis, "d1", "t1", "b", device=device))
         self.redis.listeners.append(self.collector)
 
     def make_service(self):

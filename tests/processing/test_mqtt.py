@@ -6,13 +6,14 @@ import json
 import os
 import tempfile
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from pydatacoll.control.commander import CommandSettings, make_commander
 from pydatacoll.errors import ConfigError
 from pydatacoll.interfaces import IProcessor, IProcessorFactory
 from pydatacoll.model import Sample
@@ -23,7 +24,10 @@ from pydatacoll.processing.mqtt.commands import MqttCommands, json_command_body
 from pydatacoll.processing.mqtt.options import OPTION_DEFAULTS, MqttOptions
 from pydatacoll.processing.mqtt.outbox import Outbox
 from pydatacoll.processing.spool import Spool
+from pydatacoll.store import keys
 from pydatacoll.testing.memory import MemoryRedis
+from pydatacoll.testing.memory_api import MemoryReplyListener
+from tests.control.support import store_point
 from tests.processing.support import wait_for
 
 ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "pydatacoll.ini")
@@ -264,12 +268,12 @@ class OutboxTests(TestCase):
 class CommandTests(SynchronousTestCase):
     """`MqttCommands`: the ACL, commands off, and the outcome published as a record."""
 
-    def commands(self, **texts):
+    def commands(self, make_commander=None, **texts):
         options = MqttOptions.parse({"url": "mqtt://127.0.0.1:1883", **texts})
         self.records = []
         counters = {"commands": 0, "commands_refused": 0}
         self.clock = Clock()
-        return MqttCommands(self.clock, MemoryRedis(), None, options, counters, self.records.extend)
+        return MqttCommands(self.clock, make_commander, options, counters, self.records.extend)
 
     def test_off_until_started(self):
         commands = self.commands(commands="true")
@@ -282,17 +286,23 @@ class CommandTests(SynchronousTestCase):
         self.successResultOf(commands.stop())
 
     def test_device_ctrl_answers_and_failures(self):
-        commands = self.commands(commands="true", commands_acl="1:10:1000", client_id="fep")
         calls = []
 
-        class Api:
-            def device_ctrl(self, ids, body, client, token_id, refused):
+        class Commander:
+            replies = Service()
+
+            def device_ctrl(self, request_id, ids, body, client, token_id, refused=None):
                 calls.append((ids, client, token_id, refused))
                 if refused:
                     return succeed(_Answer({"outcome": "refused", "message": refused}))
                 return fail(RuntimeError("boom"))
 
-        commands._api = Api()
+        commander = Commander()
+        commands = self.commands(
+            lambda: commander, commands="true", commands_acl="1:10:1000", client_id="fep"
+        )
+        commands.start()
+        self.assertTrue(commander.replies.running)  # its reply listener runs with it
         commands.command(("1", "10", "1000"), {"value": 1, "client": "ops"})
         commands.command(("1", "10", "1001"), {"value": 2})
         self.assertEqual([c[3] is None for c in calls], [True, False])
@@ -302,6 +312,37 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(json.loads(self.records[0][-1])["message"], "internal error")
         self.assertEqual(commands.counters["commands_refused"], 1)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.successResultOf(commands.stop())
+        self.assertFalse(commander.replies.running)
+
+    def test_commands_go_through_the_command_path_and_are_audited(self):
+        """A real `Commander` on `MemoryRedis`: sent on device_ctrl, confirmed, audited
+        under the MQTT client's name, the answer published as a result record."""
+        memory = MemoryRedis()
+        self.successResultOf(store_point(memory))
+        clock = Clock()
+
+        def make():
+            replies = MemoryReplyListener(memory, clock)
+            replies.startService = replies.stopService = lambda: succeed(None)
+            return make_commander(memory, CommandSettings(), clock, replies)
+
+        def collector(channel, message):
+            request = json.loads(message)
+            reply = {"request_id": request["request_id"], "outcome": "confirmed", "message": ""}
+            memory.call("publish", request["reply_to"], json.dumps(reply))
+
+        memory.subscribe(keys.DEVICE_CTRL, collector)
+        commands = self.commands(make, commands="true", commands_acl="1:10:*", client_id="fep")
+        commands.start()
+        self.successResultOf(commands.command(("1", "10", "1000"), {"value": 7, "client": "op"}))
+        result = json.loads(self.records[0][-1])
+        self.assertEqual((result["outcome"], result["value"]), ("confirmed", 7))
+        ((_, entry),) = memory.data[keys.CTRL_LOG]
+        self.assertEqual(
+            (entry["client"], entry["token_id"], entry["value"], entry["outcome"]),
+            ("mqtt:op", "mqtt:fep", "7", "confirmed"),
+        )
 
     def test_json_bodies(self):
         self.assertEqual(json_command_body(b'{"value": 3}'), {"value": 3})

@@ -95,22 +95,6 @@ class GatewayStoreContract:
         yield self.redis.call("hset", keys.GATEWAY_STATUS, "x", "[1]")
         self.assertIsNone((yield self.store.read_status("x")))
 
-    @inlineCallbacks
-    def test_publish_without_subscribers_reaches_nobody(self):
-        receivers = yield self.store.publish(keys.DEVICE_CTRL, {"request_id": "r", "value": "é"})
-        self.assertEqual(receivers, 0)
-
-    @inlineCallbacks
-    def test_ctrl_log_is_appended_and_bounded(self):
-        for n in range(4):
-            yield self.store.append_ctrl_log({"request_id": f"r{n}", "status": 200}, 3)
-        reply = yield self.redis.call("execute_command", "XREVRANGE", keys.CTRL_LOG, "+", "-")
-        entries = [dict(zip(flat[::2], flat[1::2], strict=True)) for _, flat in reply]
-        self.assertEqual(
-            entries,
-            [{"request_id": f"r{n}", "status": "200"} for n in (3, 2, 1)],
-        )
-
 
 class MemoryGatewayStoreTests(GatewayStoreContract, TestCase):
     """Every Deferred here has fired by the time it is returned: no reactor turn is used."""

@@ -1,16 +1,20 @@
-"""Commands from MQTT (JSON ``.../set`` topics, Sparkplug DCMD) through the same path as
-the REST ``device_ctrl``, each outcome published back as a result record."""
+"""Commands from MQTT (JSON ``.../set`` topics, Sparkplug DCMD) through the one command
+path of the REST ``device_ctrl`` (`pydatacoll.interfaces.ICommander`, built by the
+factory the composition root hands the plugin), each outcome published back as a result
+record."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pydatacoll.interfaces import ICommander
 from pydatacoll.model import iso_time, normalize_id
 from pydatacoll.processing.mqtt.options import MqttOptions
 
@@ -28,52 +32,42 @@ def json_command_body(payload: bytes) -> dict[str, Any]:
 
 
 class MqttCommands:
-    """Runs commands through ``device_ctrl`` once `start` has connected the reply
-    listener (before: each is answered "refused: commands are off"); ``put`` takes the
-    result records to the outbox; ``counters`` are the processor's."""
+    """Runs commands through an `ICommander` (built by ``make_commander``) once `start`
+    has started its reply listener (before, or without ``make_commander``: each is
+    answered "refused: commands are off"); ``put`` takes the result records to the
+    outbox; ``counters`` are the processor's."""
 
     def __init__(
         self,
         reactor: Any,
-        redis: Any,
-        settings: Any,
+        make_commander: Callable[[], ICommander] | None,
         options: MqttOptions,
         counters: dict[str, int],
         put: Callable[[Sequence[tuple[Any, ...]]], None],
     ) -> None:
         self.reactor = reactor
-        self.redis = redis
-        self.settings = settings
+        self.make_commander = make_commander
         self.options = options
         self.counters = counters
         self.put = put
+        self._commander: ICommander | None = None
         self._replies: Any = None
-        self._api: Any = None
 
     def start(self) -> None:
         """Listen for device replies; commands run from now on."""
-        # The device_ctrl path of the REST API (imported here: the API is built on demand).
-        from pydatacoll.api.app import ApiApp
-        from pydatacoll.api.replies import ReplyListener
-        from pydatacoll.config import Settings
-        from pydatacoll.store.config import ConfigStore
-
-        self._replies = ReplyListener(self.reactor, address_source=self.redis)
+        if self.make_commander is None:
+            _log.warn("mqtt: commands are on, but devices cannot be commanded from here")
+            return
+        self._commander = self.make_commander()
+        self._replies = self._commander.replies
         self._replies.startService()
-        self._api = ApiApp(
-            ConfigStore(self.redis),
-            self.settings or Settings(),
-            replies=self._replies,
-            clock=self.reactor,
-        )
 
     def stop(self) -> Deferred[Any]:
         """Stop listening for replies."""
         replies, self._replies = self._replies, None
         if replies is None:
             return succeed(None)
-        d: Deferred[Any] = replies.stopService()
-        return d
+        return maybeDeferred(replies.stopService)
 
     def command(self, point: Point, body: dict[str, Any]) -> Deferred[Any]:
         """Run one command from MQTT through the device_ctrl path; publish its outcome."""
@@ -90,12 +84,14 @@ class MqttCommands:
         if not self.options.command_allowed(point):
             refused = f"commands to {':'.join(point)} are not allowed by [plugin:mqtt] commands_acl"
             self.counters["commands_refused"] += 1
-        if self._api is None:
+        if self._commander is None:
             d: Deferred[Any] = succeed(
                 {"outcome": "refused", "message": refused or "commands are off"}
             )
         else:
-            d = self._api.device_ctrl(ids, body, client, token_id=token_id, refused=refused)
+            d = self._commander.device_ctrl(
+                uuid.uuid4().hex, ids, body, client, token_id, refused=refused
+            )
             d.addCallbacks(_answer_body, _error_body)
         request = {"value": body.get("value"), "client": client}
 

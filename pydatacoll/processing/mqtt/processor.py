@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pydatacoll.interfaces import IProcessor
+from pydatacoll.interfaces import ICommander, IProcessor
 from pydatacoll.model import Sample
 from pydatacoll.processing.loading import RetryingLoad
 from pydatacoll.processing.mqtt.codec import (
@@ -62,7 +62,10 @@ class MqttProcessor(Service):
         data_dir: str,
         redis: Any = None,
         settings: Any = None,
+        commander: Callable[[], ICommander] | None = None,
     ) -> None:
+        """``commander`` builds the `ICommander` commands from MQTT go through (None:
+        commands are answered "refused: commands are off")."""
         self.reactor = reactor
         self.options = options
         self.redis = redis
@@ -131,9 +134,7 @@ class MqttProcessor(Service):
             "commands_ignored": 0,
         }
         #: Commands from MQTT (refused until `_start_commands` connects them).
-        self.commands = MqttCommands(
-            reactor, redis, settings, options, self.counters, self.outbox.put
-        )
+        self.commands = MqttCommands(reactor, commander, options, self.counters, self.outbox.put)
 
     @classmethod
     def from_context(cls, context: Any) -> MqttProcessor:
@@ -146,7 +147,14 @@ class MqttProcessor(Service):
                 from pydatacoll.errors import ConfigError
 
                 raise ConfigError(f"plugin:mqtt.{name}", f"no such file: {path}")
-        return cls(context.reactor, options, context.data_dir, context.redis, context.settings)
+        return cls(
+            context.reactor,
+            options,
+            context.data_dir,
+            context.redis,
+            context.settings,
+            commander=context.commander,
+        )
 
     # -- IProcessor -----------------------------------------------------------------
 

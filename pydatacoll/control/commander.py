@@ -1,0 +1,263 @@
+"""THE command path: device_call and device_ctrl to the collector running a device.
+
+`Commander` checks the point exists, publishes one request on ``CHANNEL:DEVICE_CALL`` /
+``CHANNEL:DEVICE_CTRL`` with ``reply_to`` = this process's reply channel, awaits the
+collector's reply there (`pydatacoll.control.replies.ReplyListener`) and turns it into a
+`DeviceAnswer`: only a 2xx outcome is success; a negative confirmation, a refusal, a
+reply that comes too late, or nobody listening is not. Every device_ctrl, whatever its
+outcome (refused before sending included), gets one entry in the audit stream
+(``XS:CTRL_LOG``: who, what, when, outcome). The REST API, the gateways and the MQTT
+plugin all command through it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pydatacoll import errors
+from pydatacoll.control.replies import DeviceAnswer, ReplyListener, ReplyTimeout
+from pydatacoll.interfaces import ICommander, IConfigStore, IEventStore, IPointStore
+from pydatacoll.model import is_valid_id, iso_time
+from pydatacoll.store import keys
+from pydatacoll.store.config import ConfigStore
+from pydatacoll.store.events import EventStore
+from pydatacoll.store.points import PointStore
+
+_CHANNELS = {"device_call": keys.DEVICE_CALL, "device_ctrl": keys.DEVICE_CTRL}
+
+
+@attrs.frozen
+class CommandSettings:
+    """What a `Commander` reads of the settings, for callers without a `Settings`."""
+
+    device_timeout: float = 10.0
+    ctrl_log_length: int = 10000
+
+
+@implementer(ICommander)
+class Commander:
+    """device_call / device_ctrl over the stores and one reply listener.
+
+    ``config`` tells whether a point exists, ``points`` publishes the request,
+    ``events`` takes the audit entries; ``replies`` (None: every request is answered
+    ``unavailable``) receives the collector's answers; ``settings`` gives
+    ``device_timeout`` and ``ctrl_log_length`` (read at each request); ``clock`` the
+    times; ``metrics`` (optional) counts the outcomes of device_ctrl.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: IConfigStore,
+        points: IPointStore,
+        events: IEventStore,
+        replies: Any,
+        settings: Any,
+        clock: Any,
+        metrics: Any = None,
+    ) -> None:
+        self.config = config
+        self.points = points
+        self.events = events
+        self.replies = replies
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics
+
+    def device_call(self, request_id: str, ids: dict[str, str]) -> Deferred[Any]:
+        """Read a point now: fires with the `DeviceAnswer` (2xx) or fails with it (or
+        with the `errors.ApiError` refusing the request: 404, 503...)."""
+        return self._round_trip("device_call", request_id, ids, {}, None)
+
+    @inlineCallbacks
+    def device_ctrl(
+        self,
+        request_id: str,
+        ids: dict[str, str],
+        body: dict[str, Any],
+        client: str,
+        token_id: str,
+        refused: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Validate, send and audit one command; every outcome gets its audit entry.
+
+        Fires with the `DeviceAnswer` or fails with the `errors.ApiError` the REST route
+        answers; ``refused`` (a reason) audits the command as refused without sending
+        it; ``timeout`` (default: ``device_timeout``) bounds the wait for the reply.
+        """
+        entry = {
+            "time": iso_time(self.clock.seconds()),
+            "request_id": request_id,
+            "client": client,
+            "token_id": token_id,
+            **ids,
+            "value": _short_json(body.get("value")),
+            "select": _short_json(body.get("select")),
+        }
+        try:
+            value = body.get("value")
+            # JSON true/false go to the driver as they are: a coil or an IEC 104 single
+            # command takes them, a double command maps them to 2/1, others to 1/0.
+            if not isinstance(value, (bool, int, float, str)) or (
+                isinstance(value, str) and len(value) > 256
+            ):
+                raise errors.ValidationError(
+                    "value must be a number, true/false, or a short string", field="value"
+                )
+            select = body.get("select")  # None: the term-item's default mode
+            if select is not None and not isinstance(select, bool):
+                raise errors.ValidationError("select must be true, false or null", field="select")
+            if refused is not None:
+                raise DeviceAnswer(request_id, "refused", refused)
+            extra = {"value": value, "select": select, "client": client, "token_id": token_id}
+            answer = yield self._round_trip("device_ctrl", request_id, ids, extra, timeout)
+        except errors.ApiError as e:
+            outcome = e.outcome if isinstance(e, DeviceAnswer) else e.code
+            yield self._audit(entry, outcome, e.status, e.message, getattr(e, "cause", None))
+            raise
+        except Exception:
+            yield self._audit(entry, "failed", 500, "internal error", None)
+            raise
+        yield self._audit(entry, answer.outcome, answer.status, answer.message, answer.cause)
+        return answer
+
+    # -- the round trip -----------------------------------------------------------------
+    @inlineCallbacks
+    def _round_trip(
+        self,
+        action: str,
+        request_id: str,
+        ids: dict[str, str],
+        extra: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """Publish one request and await its own reply: a `DeviceAnswer` (raised if not 2xx)."""
+        yield find_term_item(self.config, ids["term_id"], ids["item_id"], ids["device_id"])
+        if self.replies is None:
+            raise DeviceAnswer(request_id, "unavailable", "device requests are not served here")
+        if timeout is None:
+            timeout = self.settings.device_timeout
+        waiting = self.replies.wait(request_id, timeout)  # before publishing: no reply missed
+        message = {
+            "request_id": request_id,
+            **ids,
+            **extra,
+            "reply_to": self.replies.reply_channel(request_id),
+            "deadline": self.clock.seconds() + timeout,
+        }
+        try:
+            receivers = yield self.points.publish(_CHANNELS[action], message)
+        except BaseException:
+            _forget(waiting)
+            raise
+        if not receivers:
+            _forget(waiting)
+            raise DeviceAnswer(
+                request_id, "unavailable", "no collector is running; nothing was sent"
+            )
+        try:
+            reply = yield waiting
+        except ReplyTimeout:
+            maybe = "; the command may still have been executed" if action == "device_ctrl" else ""
+            raise DeviceAnswer(
+                request_id, "timeout", f"no answer from the collector within {timeout:g} s{maybe}"
+            ) from None
+        answer = DeviceAnswer.from_reply(request_id, reply)
+        if action == "device_ctrl" and answer.outcome == "refused":
+            answer.field = "value"  # the collector cannot send this value to this point
+        if answer.status >= 400:
+            raise answer
+        return answer
+
+    @inlineCallbacks
+    def _audit(
+        self, entry: dict[str, Any], outcome: str, status: int, message: str, cause: Any
+    ) -> Any:
+        """Append one command to the bounded audit stream; a failure is logged, not raised."""
+        if self.metrics is not None:
+            self.metrics.commands.labels(outcome).inc()
+        fields = dict(
+            entry, outcome=outcome, status=str(status), message=message[:500], cause=cause or ""
+        )
+        try:
+            yield self.events.append_audit(
+                {name: str(text) for name, text in fields.items()}, self.settings.ctrl_log_length
+            )
+        except Exception:
+            self.log.failure("device_ctrl audit entry not written: {entry}", entry=fields)
+        # One line per command, with its outcome (the collector does not log it again).
+        self.log.info(
+            "device_ctrl {request_id} from {client} (token {token_id}): "
+            "{device_id}:{term_id}:{item_id} = {value} select={select}: "
+            "{outcome} ({status}) {message}",
+            **{k: v for k, v in entry.items() if k != "time"},  # "time" is the logger's
+            outcome=outcome,
+            status=status,
+            message=message,
+        )
+
+
+@inlineCallbacks
+def find_term_item(
+    config: IConfigStore, term_id: str, item_id: str, device_id: str | None = None
+) -> Any:
+    """The stored hash of a term-item (of ``device_id`` when given), or `errors.NotFound`
+    naming the first id that is not found."""
+    for name, value in (("term_id", term_id), ("item_id", item_id), ("device_id", device_id)):
+        if value is not None and not is_valid_id(value):
+            raise errors.NotFound(f"{name} not found!", field=name)
+    if device_id is not None and not (yield config.entity_exists("device", device_id)):
+        raise errors.NotFound("device_id not found!", field="device_id")
+    if not (yield config.entity_exists("term", term_id)):
+        raise errors.NotFound("term_id not found!", field="term_id")
+    if not (yield config.entity_exists("item", item_id)):
+        raise errors.NotFound("item_id not found!", field="item_id")
+    fields = yield config.get_term_item_fields(term_id, item_id)
+    if not fields or (
+        device_id is not None and json.loads(fields.get("device_id", "null")) != device_id
+    ):
+        raise errors.NotFound("term_item not found!", field="term_item")
+    return fields
+
+
+def make_commander(
+    redis: Any, settings: Any, clock: Any, replies: Any, metrics: Any = None
+) -> Commander:
+    """A `Commander` over the stores on the Redis client ``redis`` and ``replies``."""
+    return Commander(
+        ConfigStore(redis), PointStore(redis), EventStore(redis), replies, settings, clock, metrics
+    )
+
+
+def commander_factory(redis: Any, settings: Any, clock: Any) -> Callable[[], Commander]:
+    """Builds, on demand, a `Commander` with a reply listener of its own on the server the
+    pool ``redis`` connects to (its owner starts and stops ``commander.replies``): for a
+    processor plugin commanding devices (the MQTT plugin)."""
+
+    def build() -> Commander:
+        return make_commander(redis, settings, clock, ReplyListener(clock, address_source=redis))
+
+    return build
+
+
+def _short_json(value: Any) -> str:
+    """A value as JSON text of at most 256 characters (audit fields)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = json.dumps(repr(value))
+    return text[:256]
+
+
+def _forget(waiting: Deferred[Any]) -> None:
+    waiting.addErrback(lambda f: f.trap(CancelledError))
+    waiting.cancel()
