@@ -17,6 +17,7 @@ from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver, ISampleSink
 from pydatacoll.model import Device, Item, Term, TermItem
 from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore
+from pydatacoll.store.points import PointStore
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.store.subscriber import Subscriber
 from pydatacoll.testing.iec104_sim import (
@@ -81,6 +82,7 @@ class _Base(TestCase):
         yield until(lambda: self.client.connected, what="redis")
         yield self.client.call("flushdb")
         self.store = ConfigStore(self.client)
+        self.points = PointStore(self.client)
         self.replies = ReplyListener(reactor, self.settings.redis, instance_id="test")
         self.replies.startService()
         self.addCleanup(self.replies.stopService)
@@ -178,7 +180,7 @@ class ManagerTests(_Base):
         self.assertEqual(latest["i101"]["flags"], ["NT"])
         self.assertEqual(latest["i200"]["value"], True)
         self.assertAlmostEqual(latest["i300"]["value"], 123.4)
-        history = yield self.store.read_samples(("d1", "t1", "i100"), 1, None, None)
+        history = yield self.points.read_samples(("d1", "t1", "i100"), 1, None, None)
         self.assertEqual(history[0]["value"], 26.0)
         runtime = self.manager.running_devices["d1"].runtime
         verifyObject(IDeviceRuntime, runtime)
@@ -391,7 +393,7 @@ class OutageTests(_Base):
         self.server.start()
         yield until(lambda: self.manager.ingest.status()["buffered"] == 0, 30, what="flush")
         yield until(lambda: self.client.connected, what="the pool back")
-        history = yield self.store.read_samples(("d1", "t1", "i300"), 10, None, None)
+        history = yield self.points.read_samples(("d1", "t1", "i300"), 10, None, None)
         values = [sample["value"] for sample in reversed(history)]
         self.assertEqual([round(v, 1) for v in values], [100.0 + v / 10 for v in range(10)])
         self.assertEqual(self.manager.ingest.status()["dropped"], 0)
