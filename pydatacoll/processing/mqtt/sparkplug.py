@@ -57,6 +57,8 @@ _RANGES = {
     pb.UInt64: (0, 2**64 - 1),
 }
 _SMALL_INTS = {pb.Int8, pb.Int16, pb.Int32, pb.UInt8, pb.UInt16, pb.UInt32}
+#: Modbus tables whose points are single bits: Boolean whatever value has been read yet.
+_BIT_TABLES = {"0", "1", "coil", "coils", "discrete_input", "discrete_inputs"}
 
 
 def datatype_of(fields: dict[str, Any] | None, value: Any) -> int:
@@ -66,6 +68,9 @@ def datatype_of(fields: dict[str, Any] | None, value: Any) -> int:
     declared = DATA_TYPES.get(str(fields.get("data_type")))
     if declared is not None and not (scaled and declared not in (pb.Boolean, pb.String)):
         return declared
+    if str(fields.get("code_type", "")).lower() in _BIT_TABLES and not scaled:
+        # a coil's birth before its first read (no value yet) is still a Boolean
+        return pb.Boolean
     if scaled:
         return pb.Double
     if isinstance(value, bool):
