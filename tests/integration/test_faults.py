@@ -22,6 +22,12 @@ from tests.integration.test_daemon import TWISTD, Daemon, request
 
 #: twistd's exit status after SIGTERM (it ends by its own signal once it has shut down).
 STOPPED = (0, -signal.SIGTERM)
+#: Redis's outage (s) in `test_redis_sigkilled_under_load`: long enough for every
+#: reconnect backoff to reach its 2 s cap (``store.redis.RECONNECT_MAX_DELAY``).
+OUTAGE = 6.0
+#: Samples of the outage (0.5 s trimmed at each end) each point must have in its history:
+#: scanned every 0.3 s, about 16; half of that allows for a loaded machine.
+OUTAGE_SAMPLES = 8
 #: Start-ups timed in `test_twenty_starts_in_a_row`.
 STARTS = int(os.environ.get("PYDATACOLL_FAULT_STARTS", "20"))
 
@@ -290,7 +296,7 @@ class FaultTests(SynchronousTestCase):
         self.assertLess(time.time() - dead, 3 * 2.0 + 1.5)
 
     def test_redis_sigkilled_under_load(self):
-        """Redis SIGKILLed for 15 s and restarted on its AOF: the outage's samples are kept."""
+        """Redis SIGKILLed for OUTAGE s and restarted on its AOF: the outage's samples are kept."""
         self.configure()
         daemon = self.daemon()
         wait(lambda: answering(daemon.base), 30, what="api")
@@ -298,7 +304,7 @@ class FaultTests(SynchronousTestCase):
         self.wait_fresh([(d, f"{t}:{i}") for d, t, i in points], time.time())
         before = time.time()
         self.redis.kill(hard=True)
-        time.sleep(15)  # the outage itself
+        time.sleep(OUTAGE)  # the outage itself
         after = time.time()
         self.redis.start()
         # Collection resumes by itself.
@@ -314,8 +320,7 @@ class FaultTests(SynchronousTestCase):
                 for _, fields in entries
                 if before + 0.5 < received(fields["sample"]) < after - 0.5
             ]
-            # scans every 0.3 s for 14 s: about 46 samples; allow for a loaded machine
-            return inside if len(inside) >= 30 else None
+            return inside if len(inside) >= OUTAGE_SAMPLES else None
 
         for point in points:
             history = wait(lambda p=point: outage_history(p), 30, what=f"outage samples {point}")
