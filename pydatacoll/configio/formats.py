@@ -190,6 +190,10 @@ def _loads(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
+#: The time stamp of every member of a CSV export (zip's earliest).
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
 def _encode_csv(bodies: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -204,7 +208,11 @@ def _encode_csv(bodies: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes:
                 writer.writerow(
                     [cell_text(k, body.get(c)) for c, k in zip(header, kinds, strict=True)]
                 )
-            archive.writestr(f"{name}.csv", text.getvalue().encode("utf-8"))
+            # A fixed time stamp: the same configuration exports to the same bytes.
+            member = zipfile.ZipInfo(f"{name}.csv", date_time=_ZIP_TIME)
+            member.compress_type = zipfile.ZIP_DEFLATED
+            member.external_attr = 0o644 << 16
+            archive.writestr(member, text.getvalue().encode("utf-8"))
     return buffer.getvalue()
 
 

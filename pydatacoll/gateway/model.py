@@ -8,6 +8,7 @@ IOA and a monitor type, and optionally accepts commands for it.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -100,10 +101,11 @@ class _List(Field):
     def _convert_integers(self, value: Any) -> tuple[int, ...]:
         if not isinstance(value, list) or len(value) > self.max_items:
             raise ValidationError(f"{self.name} must be a list of integers", field=self.name)
-        items = []
+        integers = []
         for v in value:
-            if isinstance(v, float) and v.is_integer():
-                v = int(v)  # 10.0 is the integer 10 in JSON (and in the JSON Schema we publish)
+            # 4.0 is an integer for JSON Schema (and the OpenAPI document), as for Field.
+            if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+                v = int(v)
             if (
                 isinstance(v, bool)
                 or not isinstance(v, int)
@@ -113,8 +115,8 @@ class _List(Field):
                     f"{self.name} holds integers from {self.item_minimum} to {self.item_maximum}",
                     field=self.name,
                 )
-            items.append(v)
-        return tuple(sorted(set(items)))
+            integers.append(v)
+        return tuple(sorted(set(integers)))
 
     def json_schema(self) -> dict[str, Any]:
         """Exactly what the conversion accepts (the OpenAPI document uses it)."""

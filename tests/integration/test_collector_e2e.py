@@ -24,6 +24,13 @@ from tests.integration.iec104_peer import (
 )
 from tests.integration.test_daemon import TWISTD, Daemon, request
 
+#: Redis's outage (s) in the walk-through: long enough for every reconnect backoff to
+#: reach its 2 s cap (``store.redis.RECONNECT_MAX_DELAY``, the manager's ``RETRY_MAX``).
+OUTAGE = 6.0
+#: Samples of the outage (0.5 s trimmed at each end) that must be in the history: the
+#: point is scanned every 0.3 s, so about 16; half of that allows for a loaded machine.
+OUTAGE_SAMPLES = 8
+
 
 def wait(predicate, timeout=30.0, what="condition"):
     """Poll ``predicate`` until it is truthy (subprocesses and c104 threads move on)."""
@@ -279,10 +286,10 @@ class Scenario:
         wait(lambda: self.device_status("m1").get("state") == "online", 15, what="back online")
         wait(lambda: self.value("m1", "mt1:reg") == 20.0, what="values again")
 
-        # Redis stops for 10 s while values flow: the samples of the outage are kept.
+        # Redis stops for OUTAGE s while values flow: the samples of the outage are kept.
         before = time.time()
         self.redis.kill()
-        time.sleep(10)  # the outage itself
+        time.sleep(OUTAGE)  # the outage itself
         after = time.time()
         self.redis.restart()
         history = wait(
@@ -290,7 +297,7 @@ class Scenario:
             30,
             what="outage samples in the history",
         )
-        self.assertGreaterEqual(len(history), 15)  # scans every 0.3 s for 10 s
+        self.assertGreaterEqual(len(history), OUTAGE_SAMPLES)
         counts = [sample["value"] for sample in reversed(history)]
         self.assertEqual(counts, sorted(counts))
 
@@ -307,7 +314,7 @@ class Scenario:
             for s in datas
             if start + 0.5 < datetime.fromisoformat(s["receive_time"]).timestamp() < end - 0.5
         ]
-        return inside if len(inside) >= 15 else None
+        return inside if len(inside) >= OUTAGE_SAMPLES else None
 
 
 class OneDaemonTests(Scenario, SynchronousTestCase):

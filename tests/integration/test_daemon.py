@@ -23,7 +23,8 @@ TWISTD = [
     "-c",
     "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
 ]
-EXAMPLES = int(os.environ.get("PYDATACOLL_HOSTILE_EXAMPLES", "2000"))
+#: Random bodies in `HostileJsonTests` (about 55 per route; more for a deeper run).
+EXAMPLES = int(os.environ.get("PYDATACOLL_HOSTILE_EXAMPLES", "1000"))
 
 
 class Daemon:

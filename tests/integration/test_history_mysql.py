@@ -2,7 +2,9 @@
 
 Each test creates and drops its own database. Outages are made with a TCP port forwarder
 of the test's own between the plugin and MariaDB: closed (connections cut, new ones
-refused) for ``PYDATACOLL_HISTORY_OUTAGE`` seconds (default 30), then opened again.
+refused) until the plugin's retries have reached their cap (`OUTAGE_FAILURES` failed
+attempts) and at least ``PYDATACOLL_HISTORY_OUTAGE`` seconds (default 3) have passed,
+then opened again.
 A missing MariaDB fails these tests; they never skip.
 """
 
@@ -25,7 +27,10 @@ from pydatacoll.testing.history import drained, stored_samples
 from tests.processing.test_history_sqlite import HOSTILE, context, point_samples
 
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
-OUTAGE = float(os.environ.get("PYDATACOLL_HISTORY_OUTAGE", "30"))
+OUTAGE = float(os.environ.get("PYDATACOLL_HISTORY_OUTAGE", "3"))
+#: Failed attempts to reach the database before it returns: with retry_initial 0.2 and
+#: retry_max 2 the delays are 0.2, 0.4, 0.8, 1.6, then 2 s (the cap) before the sixth.
+OUTAGE_FAILURES = 6
 
 
 def admin(statement, args=None, database=None):
@@ -190,7 +195,7 @@ class MysqlHistoryTests(TestCase):
 
     @inlineCallbacks
     def test_database_away_and_back_nothing_lost(self):
-        """MariaDB unreachable for OUTAGE seconds mid-run: every sample is in the table."""
+        """MariaDB unreachable mid-run (retries at their cap): every sample is in the table."""
         processor = self.start(
             through_forwarder=True,
             retry_initial="0.2",
@@ -223,9 +228,11 @@ class MysqlHistoryTests(TestCase):
             processor.samples_received(samples)
 
         @inlineCallbacks
-        def run_for(seconds):
+        def run_for(seconds, until=lambda: True):
+            """Produce 20 samples every 0.05 s for ``seconds``, then until ``until()``."""
             end = reactor.seconds() + seconds
-            while reactor.seconds() < end:
+            while reactor.seconds() < end or not until():
+                self.assertLess(reactor.seconds(), end + 60, processor.status())
                 produce()
                 yield deferLater(reactor, 0.05, lambda: None)
 
@@ -233,7 +240,9 @@ class MysqlHistoryTests(TestCase):
         before = produced
         self.assertTrue(processor.status()["connected"])
         yield self.forwarder.close()
-        yield run_for(OUTAGE)
+        yield run_for(
+            OUTAGE, until=lambda: processor.status()["database_failures"] >= OUTAGE_FAILURES
+        )
         during = produced - before
         status = processor.status()
         self.assertEqual((status["connected"], status["mode"]), (False, "spooling"))

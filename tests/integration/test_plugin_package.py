@@ -50,7 +50,11 @@ SCRIPT = textwrap.dedent(
 
 
 def run(*args, **kwargs):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
+    """Run a command without the runner's PYTHONPATH: trial -j hands its workers its
+    sys.path (the checkout included), and the venv's own PyDataColl must be the one pip
+    installs and the script imports."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(args, check=True, capture_output=True, text=True, env=env, **kwargs)
 
 
 class ExamplePluginPackageTests(SynchronousTestCase):
