@@ -52,15 +52,11 @@ def discover(
 ) -> Discovered:
     """The providers of ``interface``: ``builtins``, then ``package``'s plugins.
 
-    ``package`` None means ``pydatacoll.plugins``; a package that cannot be imported
-    contributes nothing. ``kind`` words the refusal reasons ("protocol driver").
+    ``package`` is the drop-in package to search (the callers pass
+    ``pydatacoll.plugins``); None searches none. ``kind`` words the refusal reasons
+    ("protocol driver").
     """
     candidates = list(builtins)
-    if package is None:
-        try:
-            import pydatacoll.plugins as package
-        except ImportError:  # pragma: no cover - the package ships with PyDataColl
-            package = None
     if package is not None:
         candidates += list(getPlugins(interface, package))  # type: ignore[arg-type]
     by_name: dict[str, list[Any]] = {}

@@ -28,6 +28,8 @@ def discover_drivers(package: Any = None) -> dict[str, Any]:
     drivers provide is left out for both (a device of that protocol then reports "no
     driver ... is installed" and the log says why). Every refusal is logged.
     """
+    if package is None:
+        import pydatacoll.plugins as package
     discovered = discover(
         IProtocolDriver, package, builtins=builtin_drivers(), kind="protocol driver"
     )

@@ -46,6 +46,8 @@ def discover(package: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
     under the one discovery policy of `pydatacoll.discovery` (shared with the protocol
     drivers): checked with ``verifyObject``; a name two providers give is refused for
     both (which one is meant cannot be known)."""
+    if package is None:
+        import pydatacoll.plugins as package
     discovered = discover_plugins(IProcessorFactory, package, kind="processor plugin")
     return discovered.found, discovered.refused
 
