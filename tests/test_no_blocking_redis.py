@@ -21,12 +21,11 @@ TESTS = Path(__file__).resolve().parent
 #: Modules (relative to tests/) still allowed a blocking redis-py client. The list can
 #: only shrink: an entry that no longer offends fails the test too.
 ALLOWED = {
-    # to convert: trial tests on the reactor (setUp, hget, xrange, pubsub on self.sync)
+    # SynchronousTestCases: no reactor runs in them (the daemon under test is a process
+    # of its own, driven over HTTP and observed in Redis), so their redis-py client
+    # blocks no reactor thread
     "integration/test_faults.py",
-    # to convert: trial test on the reactor (self.sync.xrange)
     "integration/test_mqtt_e2e.py",
-    # a SynchronousTestCase: no reactor runs in it (the daemon under test is a process
-    # of its own), so its redis-py client blocks no reactor thread
     "integration/test_daemon.py",
 }
 
