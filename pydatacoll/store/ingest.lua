@@ -1,16 +1,20 @@
 -- Store a batch of samples: latest values, bounded history, publications; one round trip.
 -- ARGV: templates (JSON), maxlen, settled configuration version ("" = unknown), then per
--- device: device_id, n, and n times term_id, item_id, sample JSON; or device_id, -1: mark
+-- device: device_id, token, n, and n times term_id, item_id, sample JSON; or device_id,
+-- token, -1: mark
 -- the latest sample of each of the device's points not topical (it went offline), in the
 -- order of the batch, so a value read before that never overwrites the mark.
 -- Ids are [A-Za-z0-9_.-] (checked by the model), so they go into JSON text as they are.
 -- While the collector's configuration is settled at the stored version, every sample's
 -- point is known to be on its device; otherwise each point's owner is checked, and a
 -- sample of a point deleted or moved meanwhile is skipped (no orphan data).
+-- token: "" (no cluster) or the writer's lease of the device, "EPOCH COLLECTOR_ID": a
+-- segment whose lease is not current (lease_is_current, store/lease_guard.lua, put in
+-- front of this script) is refused whole and its samples counted as fenced.
 local t = cjson.decode(ARGV[1])
 local maxlen = ARGV[2]
 local check = ARGV[3] == "" or redis.call("GET", t.config_version) ~= ARGV[3]
-local written, skipped = 0, 0
+local written, skipped, fenced = 0, 0, 0
 
 -- "NT" added to the flags and "good" made "questionable", in the stored text itself (no
 -- decode/encode: cjson would round the value). Our encoder writes quality and flags
@@ -47,9 +51,15 @@ end
 
 local i = 4
 while i <= #ARGV do
-  local device, n = ARGV[i], tonumber(ARGV[i + 1])
-  i = i + 2
-  if n < 0 then
+  local device, token, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  if token ~= "" and not lease_is_current(string.format(t.lease, device), token) then
+    if n > 0 then
+      fenced = fenced + n
+      i = i + 3 * n
+    end
+    n = 0
+  elseif n < 0 then
     mark_not_topical(device)
     n = 0
   end
@@ -86,4 +96,4 @@ while i <= #ARGV do
       '{"device_id":"' .. device .. '","samples":[' .. table.concat(messages, ",") .. "]}")
   end
 end
-return {written, skipped}
+return {written, skipped, fenced}

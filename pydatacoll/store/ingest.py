@@ -24,6 +24,13 @@ points ``NT`` (not topical), after every sample of that device that arrived befo
 mark and before any that arrives after it. At most one mark per device waits (a newer one
 replaces it); marks are never dropped by the outage bound.
 
+In cluster mode (docs/cluster.rst) each device's segment of a batch carries the token of
+the lease under which its collector runs it (``token_of(device_id)``, read when the batch
+is sent); the script (`pydatacoll.store.cluster.guarded`) refuses a segment whose token
+is not the device's current lease, and those samples (and marks) are counted ``fenced``
+and never retried: a collector that was paused or cut off past its lease cannot write
+over the device's new owner.
+
 On shutdown the samples still waiting are written first, for up to ``FLUSH_TIMEOUT``
 seconds.
 """
@@ -48,8 +55,9 @@ from pydatacoll.interfaces import IIngest
 from pydatacoll.model import Sample, iso_time
 from pydatacoll.retry import Backoff
 from pydatacoll.store import keys
+from pydatacoll.store.cluster import guarded
 
-_SCRIPT = files("pydatacoll.store").joinpath("ingest.lua").read_text(encoding="utf-8")
+_SCRIPT = guarded(files("pydatacoll.store").joinpath("ingest.lua").read_text(encoding="utf-8"))
 _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 _TEMPLATES = json.dumps(
     {
@@ -59,6 +67,7 @@ _TEMPLATES = json.dumps(
         "device_data": keys.DEVICE_DATA,
         "device_samples": keys.DEVICE_SAMPLES,
         "config_version": keys.CONFIG_VERSION,
+        "lease": keys.LEASE,
     }
 )
 #: Samples per script call: large enough to amortise the round trip, small enough that
@@ -78,6 +87,9 @@ RETRY_INITIAL = 0.5
 RETRY_MAX = 5.0
 
 _INFINITIES = (math.inf, -math.inf)
+#: The token of a device whose lease this collector does not hold (cluster mode): it
+#: never matches a lease (``"EPOCH COLLECTOR_ID"``), so the script refuses its samples.
+NO_LEASE = "-"
 
 
 class _Times:
@@ -145,6 +157,7 @@ class RedisIngest(Service):
         history_length: int,
         buffer_samples: int,
         on_congestion: Callable[[bool], None] | None = None,
+        token_of: Callable[[str], str] | None = None,
     ) -> None:
         self.redis = redis
         self.clock = reactor
@@ -155,11 +168,15 @@ class RedisIngest(Service):
         self.low_water = min(LOW_WATER, self.high_water // 2)
         #: Called with True to pause the devices' input, False to resume it.
         self.on_congestion = on_congestion
+        #: Cluster mode: device id -> the token of its lease (`NO_LEASE` when not held);
+        #: None: no lease check.
+        self.token_of = token_of
         #: The configuration version the collector runs at ("" while it is catching up).
         self.settled_version = ""
         self.congested = False
         self.written = 0
         self.skipped = 0
+        self.fenced = 0
         self.dropped = 0
         self.failures = 0
         self.pauses = 0
@@ -259,11 +276,12 @@ class RedisIngest(Service):
                 if group is None:
                     group = groups[sample.device_id] = []
                 group += (sample.term_id, sample.item_id, encode(sample, times))
+            token = self._token
             for device_id, group in groups.items():
-                args += (device_id, len(group) // 3)
+                args += (device_id, token(device_id), len(group) // 3)
                 args += group
         else:
-            args += _segments(batch, first, marks, times)
+            args += _segments(batch, first, marks, times, self._token)
         d = self.redis.call("evalsha", _SHA, [], args)
         entry = (batch, d, marks)
         self._in_flight.append(entry)  # before the callbacks: they may run at once
@@ -272,6 +290,10 @@ class RedisIngest(Service):
             d.addCallback(self._observe, len(batch), self.clock.seconds())
         d.addCallbacks(self._written, self._failed, callbackArgs=(entry,), errbackArgs=(entry,))
         d.addErrback(self._loop_error)
+
+    def _token(self, device_id: str) -> str:
+        """The lease token a device's samples are written under ("": no check)."""
+        return "" if self.token_of is None else self.token_of(device_id)
 
     def _no_script(self, failure: Any, args: list[Any]) -> Any:
         message = failure.getErrorMessage()
@@ -292,9 +314,15 @@ class RedisIngest(Service):
             return  # put back by an earlier failure: it will be written again
         self._in_flight.remove(entry)
         self.marks += len(entry[2])
-        written, skipped = (int(n) for n in reply)
+        written, skipped, fenced = (int(n) for n in reply)
         self.written += written
         self.skipped += skipped
+        if fenced:
+            self.fenced += fenced
+            self.log.warn(
+                "{n} samples refused: their device's lease is no longer this collector's",
+                n=fenced,
+            )
         self.backoff.reset()
         if self.congested and len(self.buffer) < self.low_water:
             self._congestion(False)
@@ -373,10 +401,12 @@ class RedisIngest(Service):
             self.log.warn("stopping with {n} samples not stored", n=len(self.buffer))
 
     def status(self) -> dict[str, Any]:
-        """Counters: written, skipped (point gone), dropped (buffer full), buffered, pauses."""
+        """Counters: written, skipped (point gone), fenced (lease not current), dropped
+        (buffer full), buffered, pauses."""
         return {
             "written": self.written,
             "skipped": self.skipped,
+            "fenced": self.fenced,
             "dropped": self.dropped,
             "buffered": len(self.buffer),
             "buffer_limit": self.buffer_limit,
@@ -388,10 +418,14 @@ class RedisIngest(Service):
 
 
 def _segments(
-    batch: list[Sample], first: int, marks: list[tuple[int, str]], times: _Times
+    batch: list[Sample],
+    first: int,
+    marks: list[tuple[int, str]],
+    times: _Times,
+    token: Callable[[str], str],
 ) -> list[Any]:
     """Script arguments for a batch with marks: a device's samples before its mark, the
-    mark (device_id, -1), then its samples after; ``first`` numbers the batch's first
+    mark (device_id, token, -1), then its samples after; ``first`` numbers the batch's first
     sample, and a mark numbered n comes after sample n - 1."""
     segments: list[tuple[str, list[Any] | None]] = []
     open_groups: dict[str, list[Any]] = {}
@@ -412,9 +446,9 @@ def _segments(
     args: list[Any] = []
     for device_id, group in segments:
         if group is None:
-            args += (device_id, -1)
+            args += (device_id, token(device_id), -1)
         else:
-            args += (device_id, len(group) // 3, *group)
+            args += (device_id, token(device_id), len(group) // 3, *group)
     return args
 
 

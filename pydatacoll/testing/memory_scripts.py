@@ -35,11 +35,16 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
     t = json.loads(args[0])
     maxlen, settled = int(args[1]), args[2]
     check = settled == "" or store._get(t["config_version"]) != settled
-    written = skipped = 0
+    written = skipped = fenced = 0
     i = 3
     while i < len(args):
-        device, n = args[i], int(args[i + 1])
-        i += 2
+        device, token, n = args[i], args[i + 1], int(args[i + 2])
+        i += 3
+        if token != "" and not lease_is_current(store, t["lease"] % device, token):
+            if n > 0:
+                fenced += n
+                i += 3 * n
+            continue
         prefix = '{"device_id":"' + device + '","term_id":"'
         values = t["device_values"] % device
         if n < 0:
@@ -80,7 +85,7 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
         if messages:
             body = '{"device_id":"' + device + '","samples":[' + ",".join(messages) + "]}"
             store._publish(t["device_samples"] % device, body)
-    return [written, skipped]
+    return [written, skipped, fenced]
 
 
 # -- i14: the cluster scripts (store/lease_*.lua, store/collector_*.lua), emulated ----------

@@ -169,3 +169,44 @@ class DeviceStoreContract:
         self.assertEqual(values["t:a"]["receive_time"], "1970-01-01T00:00:01.500+00:00")
         other = yield self.redis.call("hgetall", keys.DEVICE_VALUES % "e")
         self.assertEqual(json.loads(other["t:a"])["flags"], [])
+
+    @defer.inlineCallbacks
+    def test_the_ingest_script_refuses_a_lease_that_is_not_current(self) -> Any:
+        """Cluster mode: d's lease is "7 b"; a writes under a stale "6 a" (fenced, samples
+        and mark alike), b under the current one (stored); e has no lease at all."""
+        for device_id, item_id in (("d", "a"), ("d", "b"), ("e", "a")):
+            yield self.redis.call(
+                "hset",
+                keys.TERM_ITEM % ("t" + device_id, item_id),
+                "device_id",
+                json.dumps(device_id),
+            )
+        yield self.redis.call("set", keys.LEASE % "d", "7 b")
+        tokens = {"d": "6 a", "e": "1 a"}
+        sink = RedisIngest(self.redis, self.clock, 100, 1000, token_of=tokens.__getitem__)
+        sink.startService()
+        sink.samples_received(
+            [Sample("d", "td", "a", 1.0, receive_time=1.5), Sample("e", "te", "a", 2.0)]
+        )
+        sink.mark_not_topical("d")
+        yield sink.stopService()
+        self.assertEqual((sink.status()["written"], sink.status()["fenced"]), (0, 2))
+        for device_id in ("d", "e"):
+            stored = yield self.redis.call("hgetall", keys.DEVICE_VALUES % device_id)
+            self.assertEqual(stored, {})
+            history = yield self.redis.call(
+                "execute_command",
+                "XRANGE",
+                keys.POINT_DATA % (device_id, "t" + device_id, "a"),
+                "-",
+                "+",
+            )
+            self.assertEqual(list(history), [])
+        tokens["d"] = "7 b"
+        sink = RedisIngest(self.redis, self.clock, 100, 1000, token_of=tokens.__getitem__)
+        sink.startService()
+        sink.samples_received([Sample("d", "td", "b", 3.0, receive_time=1.5)])
+        yield sink.stopService()
+        self.assertEqual((sink.status()["written"], sink.status()["fenced"]), (1, 0))
+        stored = yield self.redis.call("hgetall", keys.DEVICE_VALUES % "d")
+        self.assertEqual(json.loads(stored["td:b"])["value"], 3.0)

@@ -38,12 +38,22 @@ class ScriptedRedis:
 
     def answer(self):
         args, d = self.calls.pop(0)
-        d.callback([(len(args) - 3) // 3, 0])
+        d.callback([sum(max(n, 0) for _, _, n in segments(args)), 0, 0])
         return args
 
     def fail(self):
         args, d = self.calls.pop(0)
         d.errback(StoreUnavailable("Redis is not reachable"))
+
+
+def segments(args):
+    """(device_id, token, n) of each segment of a script call."""
+    found, i = [], 3
+    while i < len(args):
+        device_id, token, n = args[i], args[i + 1], args[i + 2]
+        found.append((device_id, token, n))
+        i += 3 + 3 * max(n, 0)
+    return found
 
 
 def samples(n, start=0):
@@ -70,9 +80,9 @@ class IngestTests(SynchronousTestCase):
         self.ingest.samples_received(samples(25))
         self.assertEqual(len(self.redis.calls), 2)  # the next batch is sent while one runs
         args = self.redis.answer()
-        self.assertEqual(args[3:5], ["d", 10])
-        self.assertEqual(args[5:7], ["t", "i0"])
-        self.assertEqual(json.loads(args[7])["value"], 0.0)
+        self.assertEqual(args[3:6], ["d", "", 10])  # no cluster: no lease token
+        self.assertEqual(args[6:8], ["t", "i0"])
+        self.assertEqual(json.loads(args[8])["value"], 0.0)
         self.redis.answer()
         self.redis.answer()
         self.assertEqual(self.ingest.status()["written"], 25)
@@ -97,7 +107,7 @@ class IngestTests(SynchronousTestCase):
         self.redis.connected = True
         self.clock.advance(0.5)
         first = self.redis.answer()
-        self.assertEqual(first[6], "i10")
+        self.assertEqual(first[7], "i10")
 
     def test_a_failure_puts_every_batch_in_flight_back_in_order(self):
         self.ingest.samples_received(samples(30))
@@ -107,7 +117,7 @@ class IngestTests(SynchronousTestCase):
         self.assertEqual([s.item_id for s in self.ingest.buffer][:3], ["i0", "i1", "i2"])
         self.assertEqual(len(self.ingest.buffer), 30)
         self.clock.advance(0.5)
-        self.assertEqual(self.redis.answer()[6], "i0")
+        self.assertEqual(self.redis.answer()[7], "i0")
 
     def test_small_batches_linger_to_share_a_call(self):
         for i in range(3):
@@ -115,7 +125,7 @@ class IngestTests(SynchronousTestCase):
         self.assertEqual(self.redis.calls, [])
         self.clock.advance(ingest.LINGER)
         args = self.redis.answer()
-        self.assertEqual(args[3:5], ["d", 6])
+        self.assertEqual(args[3:6], ["d", "", 6])
 
     def test_stop_writes_what_waits(self):
         self.ingest.samples_received(samples(25))
@@ -186,12 +196,7 @@ class MarkOrderTests(SynchronousTestCase):
 
     def layout(self, args):
         """(device_id, n) of each segment of a script call."""
-        segments, i = [], 3
-        while i < len(args):
-            device_id, n = args[i], args[i + 1]
-            segments.append((device_id, n))
-            i += 2 + 3 * max(n, 0)
-        return segments
+        return [(device_id, n) for device_id, _, n in segments(args)]
 
     def test_a_mark_keeps_its_place_across_a_failure(self):
         self.ingest.samples_received(samples(5))
@@ -255,7 +260,7 @@ class LoopNeverDiesTests(SynchronousTestCase):
         self.ingest.samples_received([Sample("d", "t", "good", 2.0)])
         self.clock.advance(5)
         self.assertEqual(len(self.redis.calls), 1)
-        self.assertEqual(self.redis.answer()[4:7], [1, "t", "good"])
+        self.assertEqual(self.redis.answer()[5:8], [1, "t", "good"])
 
 
 class ReconnectTests(SynchronousTestCase):
