@@ -350,24 +350,13 @@ def _optional_collector_id(text: str) -> str | None:
     return text or None
 
 
-def _cluster_enabled(text: str) -> bool:
-    # Refused rather than accepted and ignored: the leases, membership and assignment
-    # exist (pydatacoll/cluster/) but the device manager does not run under them yet.
-    if _boolean(text):
-        raise ValueError(
-            "cluster mode is not available in this version yet: the device manager does "
-            "not take leases (docs/cluster.rst, 'Still to come'); leave it false"
-        )
-    return False
-
-
 OPTIONS += (
     Option(
         "cluster",
         "enabled",
         "cluster",
         "false",
-        _cluster_enabled,
+        _boolean,
         "Share the devices with the other collectors on this Redis, under leases "
         "(false: this collector runs every device, as a lone collector does).",
     ),
@@ -404,6 +393,7 @@ CLI_OPTIONS: Mapping[str, str] = {
     "data-dir": "data_dir",
     "api-token": "api_token",
     "role": "role",
+    "collector-id": "collector_id",
 }
 
 

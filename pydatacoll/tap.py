@@ -13,7 +13,8 @@ from pydatacoll.processing.loader import check_plugin_options
 
 class Options(usage.Options):
     """``twistd pydatacoll [--config FILE] [--api ENDPOINT] [--redis URL] [--data-dir DIR]
-    [--api-token TOKEN] [--role all|api|collector|gateway]``"""
+    [--api-token TOKEN] [--role all|api|collector|gateway]
+    [--collector-id ID]``"""
 
     optParameters = [
         ["config", "c", None, "INI configuration file (see etc/pydatacoll.ini)."],
@@ -28,6 +29,12 @@ class Options(usage.Options):
         ["data-dir", None, None, "Directory of the embedded Redis [default: ./pydatacoll-data]."],
         ["api-token", None, None, "Bearer token required for changes and device commands."],
         ["role", None, None, "all, api, collector or gateway [default: all]."],
+        [
+            "collector-id",
+            None,
+            None,
+            "This collector's id in the cluster ([cluster] collector_id) [default: host:pid].",
+        ],
     ]
 
     def postOptions(self) -> None:  # noqa: N802 (Twisted API)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.service import MultiService
@@ -14,6 +14,11 @@ from pydatacoll.config import Settings
 from pydatacoll.logs import RateLimitedLog
 from pydatacoll.model import Sample
 from pydatacoll.store.devices import DeviceConfig
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from pydatacoll.store.cluster import Lease
 
 
 @attrs.define
@@ -35,6 +40,8 @@ class ManagerBase(MultiService):
 
     settings: Settings
     reactor: Any
+    #: The shared Redis client.
+    redis: Any
     #: An `IDeviceStore`.
     store: Any
     #: The `IIngest` path every sample goes to first.
@@ -50,7 +57,28 @@ class ManagerBase(MultiService):
     _written_state: dict[str, str]
     #: Devices whose state is not live (their non-good samples are flagged NT).
     _not_live: set[str]
+    #: Cluster mode: the leases of the devices running here (empty otherwise).
+    _leases: dict[str, Lease]
+    #: Devices whose link is closing: the Deferred that fires when it is closed.
+    _closing: dict[str, Deferred[Any]]
+    #: The cluster member (`pydatacoll.devices.cluster`); None without the cluster.
+    member: Any = None
 
     def samples_received(self, samples: Sequence[Sample]) -> None:
         """Every batch from every device (see `DeviceManager.samples_received`)."""
+        raise NotImplementedError
+
+    def _cluster_apply(self, device_id: str, config: DeviceConfig | None) -> bool:
+        """Cluster mode: whether a device's configuration applies here (it runs here)."""
+        return True  # no cluster: every device runs here (`pydatacoll.devices.cluster`)
+
+    def _cluster_reconciled(self) -> None:
+        """Cluster mode: after a reconciliation (`pydatacoll.devices.cluster`)."""
+
+    def _start(self, config: DeviceConfig) -> None:
+        """Run a device (see `pydatacoll.devices.reconcile.Reconciler._start`)."""
+        raise NotImplementedError
+
+    def _stop(self, device_id: str) -> Deferred[Any]:
+        """Stop a device (see `pydatacoll.devices.reconcile.Reconciler._stop`)."""
         raise NotImplementedError

@@ -43,6 +43,7 @@ from pydatacoll.store.devices import DeviceConfig, DeviceStore
 from pydatacoll.store.ingest import RedisIngest
 from pydatacoll.store.subscriber import Subscriber
 
+from .cluster import ClusterMode
 from .drivers import builtin_drivers, discover_drivers
 from .reconcile import RECONCILE_INTERVAL, RETRY_INITIAL, RETRY_MAX, Reconciler
 from .requests import MAX_REQUESTS, RequestHandler
@@ -100,10 +101,12 @@ def redis_subscription(redis: Any, reactor: Any) -> SubscriptionFactory:
 
 
 @implementer(ISampleSink)
-class DeviceManager(RequestHandler, Reconciler):
+class DeviceManager(RequestHandler, Reconciler, ClusterMode):
     """See the module docstring. ``sinks`` (`IConfigSink`) receive every sample after the
     ingest path, and every configuration change. ``redis`` is the shared client;
-    ``subscribe`` builds the subscription (default: `redis_subscription`)."""
+    ``subscribe`` builds the subscription (default: `redis_subscription`). With
+    ``settings.cluster`` the devices run under leases (`pydatacoll.devices.cluster`;
+    ``cluster_store``: an `IClusterStore`, default one on ``redis``)."""
 
     log = Logger()
 
@@ -116,6 +119,7 @@ class DeviceManager(RequestHandler, Reconciler):
         drivers: dict[str, Any] | None = None,
         *,
         subscribe: SubscriptionFactory | None = None,
+        cluster_store: Any = None,
     ) -> None:
         super().__init__()
         self.redis = redis
@@ -134,6 +138,7 @@ class DeviceManager(RequestHandler, Reconciler):
             settings.history_length,
             settings.buffer_samples,
             on_congestion=self._congestion,
+            token_of=self.token_of if settings.cluster else None,
         )
         self.ingest.setName("ingest")
         self.ingest.setServiceParent(self)
@@ -143,6 +148,8 @@ class DeviceManager(RequestHandler, Reconciler):
         self._frames = {}
         self._written_state = {}
         self._not_live = set()
+        self._leases = {}
+        self._closing = {}
         subscribe = subscribe or redis_subscription(redis, reactor)
         self.subscriber = subscribe(
             self._message,
@@ -152,6 +159,8 @@ class DeviceManager(RequestHandler, Reconciler):
         )
         self.subscriber.setName("subscription")
         self.subscriber.setServiceParent(self)
+        if settings.cluster:
+            self._join_cluster(cluster_store)  # started after the subscription
         self._loops = [
             task.LoopingCall(self._write_status),
             task.LoopingCall(self._check_version),
@@ -180,11 +189,14 @@ class DeviceManager(RequestHandler, Reconciler):
             self._retry.cancel()
         self._retry = None
         self.rate_limited.stop()
+        if self.member is not None:
+            # Its devices stop (links closed), then their leases go back, then it leaves.
+            yield defer.maybeDeferred(self.member.stopService)
         Service.stopService(self)
         devices = [
             child
             for child in self
-            if child not in (self.ingest, self.subscriber, self.ingest.redis)
+            if child not in (self.ingest, self.subscriber, self.ingest.redis, self.member)
         ]
         yield defer.DeferredList(
             [defer.maybeDeferred(child.stopService) for child in devices], consumeErrors=True
@@ -267,4 +279,5 @@ class DeviceManager(RequestHandler, Reconciler):
             "subscribed": self.subscriber.subscribed,
             "ingest": self.ingest.status(),
             "config_version": self.version,
+            **({"collector": self.collector_id} if self.member is not None else {}),
         }

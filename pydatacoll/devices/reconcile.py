@@ -136,8 +136,11 @@ class Reconciler(StatusWriter):
                     )
                     continue
             self._apply(device_id, config)
+        self._cluster_reconciled()
 
     def _apply(self, device_id: str, config: DeviceConfig | None) -> None:
+        if self.member is not None and not self._cluster_apply(device_id, config):
+            return  # cluster mode: not ours (its member starts it once the lease is taken)
         running = self.running_devices.get(device_id)
         if config is None:
             if running is not None:
@@ -193,14 +196,42 @@ class Reconciler(StatusWriter):
             "device {device_id} ({protocol}) started", device_id=device.id, protocol=device.protocol
         )
 
-    def _stop(self, device_id: str) -> None:
+    def _stop(self, device_id: str) -> defer.Deferred[Any]:
+        """Stop a device now; fires (never fails) once its link is closed, or that of
+        its previous run when it is stopping already."""
         running = self.running_devices.pop(device_id, None)
         self._frames.pop(device_id, None)
         self._written_state.pop(device_id, None)
         self._not_live.discard(device_id)
-        if running is not None and running.runtime is not None:
-            d = defer.maybeDeferred(running.runtime.disownServiceParent)
-            d.addErrback(lambda f: self.log.failure("stopping device {d}", f, d=device_id))
+        if running is None or running.runtime is None:
+            closing = self._closing.get(device_id)
+            if closing is None:
+                return defer.succeed(None)
+            waiter: defer.Deferred[Any] = defer.Deferred()
+
+            def fire(result: Any) -> Any:
+                waiter.callback(None)
+                return result
+
+            closing.addBoth(fire)
+            return waiter
+        runtime = running.runtime
+        was_running = runtime.running
+        # Removed from a running manager, the runtime is stopped by the removal; from a
+        # stopping one (its shutdown), it is stopped here, so the Deferred still waits.
+        d = defer.maybeDeferred(runtime.disownServiceParent)
+        if was_running and not self.running:
+            d = defer.maybeDeferred(runtime.stopService)
+        d.addErrback(lambda f: self.log.failure("stopping device {d}", f, d=device_id))
+        self._closing[device_id] = d
+
+        def closed(result: Any) -> Any:
+            if self._closing.get(device_id) is d:
+                del self._closing[device_id]
+            return result
+
+        d.addBoth(closed)
+        return d
 
     def _update_points(self, device_id: str, running: Running, config: DeviceConfig) -> None:
         if running.runtime is None:

@@ -74,6 +74,9 @@ class StatusWriter(ManagerBase):
         if isinstance(body.get("counters"), dict):
             body["counters"] = iso_times(body["counters"])
         body["updated"] = iso_time(now)
+        lease = self._leases.get(device_id)
+        if lease is not None:  # cluster mode: who runs it, under which fencing epoch
+            body["collector"], body["epoch"] = lease.collector_id, lease.epoch
         # The ingest path is shared by all devices: its drops concern every one of them.
         body["ingest"] = self.ingest.status()
         return body

@@ -44,11 +44,23 @@ class SentinelUrlTests(SynchronousTestCase):
             (settings.cluster, settings.collector_id, settings.lease_seconds),
             (False, "site-a:1", 4.0),
         )
-        # Until the device manager takes leases, turning the cluster on is refused
-        # (accepted and ignored, every collector would run every device).
+        self.assertTrue(load_settings(None, {"cluster": "yes"}).cluster)
         with self.assertRaises(ConfigError) as caught:
-            load_settings(None, {"cluster": "yes"})
+            load_settings(None, {"cluster": "maybe"})
         self.assertIn("cluster.enabled", str(caught.exception))
-        self.assertIn("docs/cluster.rst", str(caught.exception))
         with self.assertRaises(ConfigError):
             load_settings(None, {"collector_id": "two words"})
+
+    def test_collector_id_on_the_command_line(self):
+        from pydatacoll.tap import BadConfiguration, Options
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[cluster]\nenabled = true\ncollector_id = from-file\n")
+        options = Options()
+        options.parseOptions(["--config", path, "--collector-id", "site-b:2"])
+        settings = options["settings"]
+        self.assertEqual((settings.cluster, settings.collector_id), (True, "site-b:2"))
+        with self.assertRaises(BadConfiguration) as caught:
+            Options().parseOptions(["--collector-id", "two words"])
+        self.assertEqual(caught.exception.key, "cluster.collector_id")
