@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydatacoll.api import (
     catalogue,
+    cluster,
     commands,
     configio,
     data,
@@ -34,6 +35,7 @@ ROUTE_MODULES = (
     catalogue,
     entities,
     data,
+    cluster,
     commands,
     processing,
     configio,

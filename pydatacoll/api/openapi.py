@@ -8,6 +8,7 @@ from typing import Any
 from klein import Klein
 
 from pydatacoll.api.openapi_paths import (
+    COLLECTOR,
     CTRL_LOG_ENTRY,
     DEVICE_ANSWER,
     DEVICE_STATUS,
@@ -105,6 +106,7 @@ def document(app: Klein) -> dict[str, Any]:
     schemas["Sample"] = SAMPLE
     schemas["CtrlLogEntry"] = CTRL_LOG_ENTRY
     schemas["DeviceStatus"] = DEVICE_STATUS
+    schemas["Collector"] = COLLECTOR
     return {
         "openapi": "3.1.0",
         "info": {"title": "PyDataColl REST API", "version": "1"},

@@ -247,6 +247,20 @@ def _specialise(method: str, path: str, operation: dict[str, Any]) -> None:
             'The collector\'s status of the device; "state": "unknown" while none was written.'
         )
         responses["200"] = {"description": "the device status", **_ref("DeviceStatus")}
+    elif path == "/api/v1/collectors":
+        operation["description"] = (
+            "The live collectors (cluster mode, docs/cluster.rst), by id; empty when none "
+            "runs in cluster mode."
+        )
+        responses.pop("404", None)
+        responses["200"] = {
+            "description": "the collectors",
+            "content": {
+                "application/json": {
+                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Collector"}}
+                }
+            },
+        }
     elif path in _LIVE_ROUTES:
         _LIVE_ROUTES[path](operation)
 
@@ -404,7 +418,14 @@ DEVICE_STATUS = {
         "counters": {"type": "object"},
         "points_updated": {"type": "integer"},
         "last_value_time": {"type": ["string", "null"], "format": "date-time"},
-        "collector": {"type": ["string", "null"]},
+        "collector": {
+            "type": ["string", "null"],
+            "description": "cluster mode: the collector running the device (its lease holder)",
+        },
+        "epoch": {
+            "type": "integer",
+            "description": "cluster mode: the fencing epoch of the lease it runs under",
+        },
         "updated": {
             "type": "string",
             "format": "date-time",
@@ -418,4 +439,18 @@ DEVICE_STATUS = {
         },
     },
     "additionalProperties": True,
+}
+
+COLLECTOR = {
+    "type": "object",
+    "required": ["collector", "devices", "heartbeat_age", "started_ms"],
+    "properties": {
+        "collector": {"type": "string", "description": "its id ([cluster] collector_id)"},
+        "devices": {"type": "integer", "description": "devices it runs (leases it holds)"},
+        "heartbeat_age": {
+            "type": "number",
+            "description": "seconds since its last heartbeat, by the Redis server's clock",
+        },
+        "started_ms": {"type": "integer", "description": "when it joined (epoch ms)"},
+    },
 }
