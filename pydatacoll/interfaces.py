@@ -128,6 +128,9 @@ class IClusterStore(Interface):
     (`pydatacoll.store.cluster.ClusterStore`). Every method returns a Deferred and fails
     with `StoreUnavailable` while Redis cannot be reached."""
 
+    def when_connected():  # type: ignore[no-untyped-def]
+        """Fires when Redis can be reached (at once if it can)."""
+
     def heartbeat(collector_id, *, devices, started_ms, ttl):  # type: ignore[no-untyped-def]
         """Write the collector's heartbeat (alive ``ttl`` seconds); fires with the
         server's time in ms."""

@@ -111,6 +111,10 @@ class ClusterMember(Service):
 
     @inlineCallbacks
     def _tick(self) -> Any:
+        # At start the pool may not be up yet: wait for it rather than fail and log it.
+        yield self.store.when_connected()
+        if not self.running:
+            return
         yield self.store.heartbeat(
             self.collector_id,
             devices=len(self.keeper.held()),

@@ -28,6 +28,10 @@ from pydatacoll.store.ingest import NO_LEASE
 
 from .base import ManagerBase
 
+#: Seconds a device handed over waits, after its link has closed, for its last samples
+#: to be written under its lease (longer: the lease is released anyway).
+DRAIN_TIMEOUT = 2.0
+
 
 class ClusterMode(ManagerBase):
     """The cluster part of the device manager (see the module docstring)."""
@@ -75,10 +79,18 @@ class ClusterMode(ManagerBase):
             self._start(config)
 
     def _stop_leased(self, device_id: str) -> defer.Deferred[Any]:
-        """Stop ``device_id`` now; fires once its link is closed (then the member may
-        release the lease)."""
-        self._leases.pop(device_id, None)
-        return self._stop(device_id)
+        """Stop ``device_id`` now; fires once its link is closed and the samples it sent
+        are written (then the member may release the lease)."""
+        lease = self._leases.get(device_id)
+        d = self._stop(device_id)
+        d.addCallback(lambda _: self.ingest.drained(DRAIN_TIMEOUT))
+
+        def forget(result: Any) -> Any:
+            if lease is not None and self._leases.get(device_id) is lease:
+                del self._leases[device_id]
+            return result
+
+        return d.addBoth(forget)
 
     def token_of(self, device_id: str) -> str:
         """The token the ingest path writes ``device_id``'s samples under."""

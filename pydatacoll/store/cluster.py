@@ -121,6 +121,11 @@ class ClusterStore:
     def __init__(self, redis: Any) -> None:
         self.redis = redis
 
+    def when_connected(self) -> Deferred[None]:
+        """Fires when Redis can be reached (at once if it can)."""
+        d: Deferred[None] = self.redis.when_connected()
+        return d
+
     # -- membership ------------------------------------------------------------------------
     def heartbeat(
         self, collector_id: str, *, devices: int, started_ms: int, ttl: float

@@ -197,6 +197,8 @@ class RedisIngest(Service):
         #: Pending not-topical marks: device id -> the number of samples queued before it.
         self._marks: dict[str, int] = {}
         self.marks = 0
+        #: `drained` waiters: (samples that must be answered, Deferred, timeout call).
+        self._drain_waiters: list[tuple[int, defer.Deferred[None], IDelayedCall]] = []
 
     def samples_received(self, samples: Sequence[Sample]) -> None:
         """Queue a batch and start writing; never blocks."""
@@ -217,6 +219,37 @@ class RedisIngest(Service):
         self._marks.pop(device_id, None)  # the newer mark covers everything the older did
         self._marks[device_id] = self._appended
         self._kick()
+
+    def drained(self, timeout: float) -> defer.Deferred[None]:
+        """Fires once every sample queued so far has been answered by Redis (written,
+        skipped or fenced), or after ``timeout`` seconds: a collector that hands a device
+        over writes that device's last samples under its lease before releasing it."""
+        target = self._appended
+        if self._answered() >= target:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        call = self.clock.callLater(timeout, self._drain_timeout, d)
+        self._drain_waiters.append((target, d, call))
+        return d
+
+    def _answered(self) -> int:
+        """Samples queued and answered by Redis (neither waiting nor in flight)."""
+        in_flight = sum(len(batch) for batch, _, _ in self._in_flight)
+        return self._appended - len(self.buffer) - in_flight
+
+    def _drain_timeout(self, d: defer.Deferred[None]) -> None:
+        self._drain_waiters = [w for w in self._drain_waiters if w[1] is not d]
+        d.callback(None)
+
+    def _wake_drained(self) -> None:
+        answered = self._answered()
+        ready = [w for w in self._drain_waiters if w[0] <= answered]
+        if ready:
+            self._drain_waiters = [w for w in self._drain_waiters if w[0] > answered]
+            for _, d, call in ready:
+                if call.active():
+                    call.cancel()
+                d.callback(None)
 
     def _kick(self) -> None:
         buffer = self.buffer
@@ -324,6 +357,8 @@ class RedisIngest(Service):
                 n=fenced,
             )
         self.backoff.reset()
+        if self._drain_waiters:
+            self._wake_drained()
         if self.congested and len(self.buffer) < self.low_water:
             self._congestion(False)
         if self.running and self._retry is None:

@@ -248,3 +248,14 @@ class ClusterManagerTests(SynchronousTestCase):
             json.dumps({**message, "request_id": "r2", "reply_to": listener.reply_channel("r2")}),
         )
         self.assertEqual(len(replies), 1)
+
+    def test_a_device_handed_over_writes_its_last_samples_before_the_lease_goes(self) -> None:
+        manager = self.start("a")
+        self.clock.advance(0.1)
+        manager.samples_received([Sample("d0", "td0", "i", 5.0)])  # waits LINGER to be sent
+        manager.member._stop("d0")  # d0 moves away (a newcomer's share, say)
+        self.assertEqual(self.lease("d0"), "1 a")  # its sample is not written yet
+        self.clock.advance(LINGER)
+        self.assertIsNone(self.lease("d0"))
+        self.assertEqual((manager.ingest.fenced, manager.ingest.written), (0, 1))
+        self.assertIn("td0:i", self.store._hgetall(keys.DEVICE_VALUES % "d0"))

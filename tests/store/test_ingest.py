@@ -279,3 +279,33 @@ class ReconnectTests(SynchronousTestCase):
         store.up()  # the connection is back: no waiting for the timer
         self.assertEqual((sink.status()["written"], sink.status()["buffered"]), (1, 0))
         self.assertIn("t:i", store._hgetall(keys.DEVICE_VALUES % "d"))
+
+
+class DrainedTests(SynchronousTestCase):
+    def setUp(self):
+        self.patch(ingest, "BATCH", 10)
+        self.redis = ScriptedRedis()
+        self.clock = Clock()
+        self.ingest = RedisIngest(self.redis, self.clock, 100, 100)
+        self.ingest.startService()
+
+    def test_fires_once_what_was_queued_is_answered(self):
+        self.successResultOf(self.ingest.drained(2))  # nothing queued
+        self.ingest.samples_received(samples(15))
+        d = self.ingest.drained(2)
+        self.ingest.samples_received(samples(5, 15))  # queued later: not waited for
+        self.redis.answer()
+        self.assertNoResult(d)
+        self.redis.answer()
+        self.successResultOf(d)
+
+    def test_a_failure_keeps_it_waiting_until_the_timeout(self):
+        self.ingest.samples_received(samples(5))
+        self.clock.advance(ingest.LINGER)
+        d = self.ingest.drained(2)
+        self.redis.connected = False
+        self.redis.fail()
+        self.clock.advance(1.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.successResultOf(d)
