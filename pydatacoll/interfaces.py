@@ -304,8 +304,9 @@ class IDeviceStore(Interface):
     def append_frames(device_id, frames, keep):  # type: ignore[no-untyped-def]
         """Append lines to a device's frame log, keeping its last ``keep`` lines."""
 
-    def publish_reply(channel, body):  # type: ignore[no-untyped-def]
-        """Publish the JSON answer ``body`` (a dict) to a request's ``reply_to``."""
+    def publish_reply(channel, body, device_id=None, token=None):  # type: ignore[no-untyped-def]
+        """Publish the JSON answer ``body`` (a dict) to a request's ``reply_to``; with a
+        lease ``token`` only while it is ``device_id``'s current lease (else -1)."""
 
 
 class ISubscriber(IService):

@@ -75,6 +75,10 @@ class ManagerBase(MultiService):
     def _cluster_reconciled(self) -> None:
         """Cluster mode: after a reconciliation (`pydatacoll.devices.cluster`)."""
 
+    def token_of(self, device_id: str) -> str:
+        """Cluster mode: the lease token ``device_id``'s writes carry."""
+        raise NotImplementedError
+
     def _start(self, config: DeviceConfig) -> None:
         """Run a device (see `pydatacoll.devices.reconcile.Reconciler._start`)."""
         raise NotImplementedError

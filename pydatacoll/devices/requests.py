@@ -115,5 +115,25 @@ class RequestHandler(ManagerBase):
 
     def _reply(self, message: dict[str, Any], outcome: ControlOutcome) -> Any:
         body = {"request_id": message.get("request_id"), **outcome.to_json()}
-        d = self.store.publish_reply(message["reply_to"], body)
+        if self.member is None:
+            d = self.store.publish_reply(message["reply_to"], body)
+        else:
+            # Cluster mode: answered only under the device's current lease (a lease lost
+            # meanwhile: no answer, the API times out; never one for another's device).
+            device_id = str(message.get("device_id"))
+            d = self.store.publish_reply(
+                message["reply_to"], body, device_id, self.token_of(device_id)
+            )
+
+            def fenced(heard: Any) -> Any:
+                if heard is not None and int(heard) < 0:
+                    self.log.warn(
+                        "answer to {request_id} refused: the lease of {device_id} is no "
+                        "longer this collector's",
+                        request_id=message.get("request_id"),
+                        device_id=device_id,
+                    )
+                return heard
+
+            d.addCallback(fenced)
         return d.addErrback(lambda f: self.log.warn("cannot reply: {e}", e=f.getErrorMessage()))

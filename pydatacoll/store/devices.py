@@ -20,12 +20,15 @@ from zope.interface import implementer
 from pydatacoll.interfaces import IDeviceStore
 from pydatacoll.model import Device, Term, TermItem, decode_fields
 from pydatacoll.store import keys
+from pydatacoll.store.cluster import LuaScript, guarded
 from pydatacoll.store.status import write_statuses
 
 DEVICE_CONFIG_SCRIPT = (
     files("pydatacoll.store").joinpath("device_config.lua").read_text(encoding="utf-8")
 )
 DEVICE_CONFIG_SHA = hashlib.sha1(DEVICE_CONFIG_SCRIPT.encode()).hexdigest()
+#: The fenced reply (cluster mode): published only under the current lease.
+REPLY = LuaScript(guarded(files("pydatacoll.store").joinpath("reply.lua").read_text("utf-8")))
 _TEMPLATES = (keys.DEVICE, keys.DEVICE_TERMS, keys.TERM, keys.TERM_ITEMS, keys.TERM_ITEM)
 
 
@@ -134,7 +137,18 @@ class DeviceStore:
         d: Deferred[Any] = self.redis.call("rpush", key, list(frames))
         return d.addCallback(lambda _: self.redis.call("ltrim", key, -keep, -1))
 
-    def publish_reply(self, channel: str, body: Mapping[str, Any]) -> Deferred[Any]:
-        """PUBLISH the JSON text of ``body`` on ``channel`` (a request's ``reply_to``)."""
-        d: Deferred[Any] = self.redis.call("publish", channel, json.dumps(body, default=str))
+    def publish_reply(
+        self,
+        channel: str,
+        body: Mapping[str, Any],
+        device_id: str | None = None,
+        token: str | None = None,
+    ) -> Deferred[Any]:
+        """PUBLISH the JSON text of ``body`` on ``channel`` (a request's ``reply_to``);
+        with a lease ``token`` (cluster mode) only while it is ``device_id``'s current
+        lease (fires with -1, nothing published, when it is not)."""
+        text = json.dumps(body, default=str)
+        if token is not None and device_id is not None:
+            return REPLY(self.redis, [keys.LEASE % device_id, token, channel, text])
+        d: Deferred[Any] = self.redis.call("publish", channel, text)
         return d

@@ -155,8 +155,15 @@ def _collector_leave(store: MemoryRedis, keys: Any, args: list[str]) -> int:
     return gone
 
 
+def _reply(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/reply.lua: PUBLISH the answer only under the current lease."""
+    if not lease_is_current(store, args[0], args[1]):
+        return -1
+    return int(store._publish(args[2], args[3]))
+
+
 def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.store import cluster
+    from pydatacoll.store import cluster, devices
 
     return {
         cluster.ACQUIRE.sha: _lease_acquire,
@@ -167,6 +174,7 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
         cluster.HEARTBEAT.sha: _collector_heartbeat,
         cluster.LIST.sha: _collector_list,
         cluster.LEAVE.sha: _collector_leave,
+        devices.REPLY.sha: _reply,
     }
 
 

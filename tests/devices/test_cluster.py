@@ -259,3 +259,33 @@ class ClusterManagerTests(SynchronousTestCase):
         self.assertIsNone(self.lease("d0"))
         self.assertEqual((manager.ingest.fenced, manager.ingest.written), (0, 1))
         self.assertIn("td0:i", self.store._hgetall(keys.DEVICE_VALUES % "d0"))
+
+    def test_an_answer_after_the_lease_was_lost_is_refused(self) -> None:
+        manager = self.start("a")
+        self.clock.advance(0.1)
+        runtime = manager.drivers["modbus"].runtimes["d0"]
+        pending: defer.Deferred[ControlOutcome] = defer.Deferred()
+        runtime.control = pending
+        listener = ReplyListener(
+            self.clock, instance_id="api", subscribe=memory_subscription(self.store)
+        )
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        answered = listener.wait("r1", 30)
+        message = {
+            "request_id": "r1",
+            "reply_to": listener.reply_channel("r1"),
+            "device_id": "d0",
+            "term_id": "td0",
+            "item_id": "i",
+            "value": 1,
+        }
+        self.store.call("publish", keys.DEVICE_CTRL, json.dumps(message))
+        # While the command runs, d0's lease goes to another collector.
+        self.store.set_px(keys.LEASE % "d0", "9 b", 60_000)
+        self.clock.advance(LEASE_SECONDS / 3)
+        self.assertFalse(runtime.running)
+        pending.callback(ControlOutcome("confirmed", "done"))  # too late: not answered
+        self.assertNoResult(answered)
+        self.clock.advance(30)
+        self.failureResultOf(answered)  # the API's timeout, never a success

@@ -129,6 +129,12 @@ class DeviceStoreContract:
         self.assertEqual(frames, ["b", "c", "d", "e"])
         heard = yield store.publish_reply("CHANNEL:REPLY:nobody:1", {"outcome": "confirmed"})
         self.assertEqual(int(heard), 0)
+        # Cluster mode: an answer goes out only under the device's current lease.
+        yield self.redis.call("set", keys.LEASE % "d", "7 b")
+        answer = ("CHANNEL:REPLY:nobody:2", {"outcome": "confirmed"}, "d")
+        self.assertEqual(int((yield store.publish_reply(*answer, "6 a"))), -1)
+        self.assertEqual(int((yield store.publish_reply(*answer, "7 b"))), 0)
+        self.assertEqual(int((yield store.publish_reply(*answer[:2], "e", "1 a"))), -1)
 
     @defer.inlineCallbacks
     def test_not_topical_marks_of_the_ingest_script(self) -> Any:
