@@ -75,7 +75,21 @@ class ClusterMode(ManagerBase):
         if config is None:  # deleted meanwhile: the member releases the lease
             raise KeyError(f"device {device_id} is not configured any more")
         self._leases[device_id] = lease
-        if device_id not in self.running_devices:
+        if device_id in self._closing:
+            # Its previous run here (a lease lost a moment ago) is still closing its link:
+            # the new one opens only once that one is closed.
+            self._stop(device_id).addCallback(lambda _: self._start_if_leased(device_id, lease))
+        elif device_id not in self.running_devices:
+            self._start(config)
+
+    def _start_if_leased(self, device_id: str, lease: Lease) -> None:
+        config = self._configs.get(device_id)
+        if (
+            self.running
+            and config is not None
+            and self._leases.get(device_id) is lease
+            and device_id not in self.running_devices
+        ):
             self._start(config)
 
     def _stop_leased(self, device_id: str) -> defer.Deferred[Any]:

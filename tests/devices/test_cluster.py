@@ -289,3 +289,29 @@ class ClusterManagerTests(SynchronousTestCase):
         self.assertNoResult(answered)
         self.clock.advance(30)
         self.failureResultOf(answered)  # the API's timeout, never a success
+
+    def test_a_lease_taken_again_waits_for_the_previous_link_to_close(self) -> None:
+        manager = self.start("a", SlowRuntime)
+        self.clock.advance(0.1)
+        driver = manager.drivers["modbus"]
+        first = driver.runtimes["d0"]
+        # d0's lease is lost (Redis lost it, say) and free again at once.
+        self.store.delete_px(keys.LEASE % "d0")
+        self.clock.advance(LEASE_SECONDS / 3)  # the renewal is refused: d0 stops
+        self.assertFalse(first.running)
+        self.clock.advance(2)  # the member takes d0 again, with a new epoch
+        self.assertEqual(self.lease("d0"), "2 a")
+        self.assertIs(driver.runtimes["d0"], first)  # no second link while the first closes
+        first.closed.callback(None)
+        second = driver.runtimes["d0"]
+        self.assertIsNot(second, first)
+        self.assertTrue(second.running)
+        self.assertEqual(manager.token_of("d0"), "2 a")
+        d = manager.stopService()
+        while not d.called:  # the member stops its devices one after the other
+            closing = [
+                r.closed for r in driver.runtimes.values() if r.closed and not r.closed.called
+            ]
+            self.assertTrue(closing)
+            closing[0].callback(None)
+        self.successResultOf(d)
