@@ -5,7 +5,9 @@ that answers Modbus TCP and counts its concurrent connections per port.
 
 One collector is SIGKILLed: its devices must run on the others within 15 s (the takeover
 time is printed), no port may ever see two connections at once, and
-``GET /api/v1/collectors`` must show the right collectors before and after.
+``GET /api/v1/collectors`` must show the right collectors before and after. Then a
+fourth collector joins: the devices that move, move to it only, still one connection
+per port.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pydatacoll.cluster.rendezvous import owner
 from pydatacoll.testing.redis import PrivateRedis
 from tests.integration.test_collector_e2e import CollectorDaemon, wait
 from tests.integration.test_daemon import Daemon, request
@@ -179,12 +182,13 @@ class ClusterDaemonTests(SynchronousTestCase):
         return {c["collector"]: c["devices"] for c in body}
 
     def settled(self, live: list[str]) -> dict[str, str] | None:
-        """Device -> collector when each device runs online on one of ``live``, each port
-        holds one connection and the listed collectors are ``live`` with those counts."""
+        """Device -> collector when each device runs online on its rendezvous owner among
+        ``live``, each port holds one connection and the listed collectors are ``live``
+        with those counts."""
         statuses = self.statuses()
         runs = {}
         for device_id, status in statuses.items():
-            if status.get("state") != "online" or status.get("collector") not in live:
+            if status.get("state") != "online" or status.get("collector") != owner(device_id, live):
                 return None
             if status.get("stale") or self.peers[device_id].open != 1:
                 return None
@@ -233,4 +237,16 @@ class ClusterDaemonTests(SynchronousTestCase):
             if device_id not in moved:  # the survivors' devices did not move
                 self.assertEqual(after[device_id], runs[device_id])
         self.assertEqual(sorted(self.listed()), survivors)
+        self.assertEqual({d: p.most for d, p in self.peers.items()}, dict.fromkeys(DEVICES, 1))
+
+        # A fourth collector joins: only the devices it now scores highest for move, to it.
+        joined_at = time.monotonic()
+        self.start_collector("c4")
+        members = [*survivors, "c4"]
+        final = wait(lambda: self.settled(members), 30, what="the newcomer's share")
+        joined = time.monotonic() - joined_at
+        moved_in = sorted(d for d in DEVICES if final[d] != after[d])
+        print(f"cluster daemons: a fourth collector took {len(moved_in)} devices in {joined:.2f} s")
+        self.assertTrue(moved_in)
+        self.assertTrue(all(final[d] == "c4" for d in moved_in), final)
         self.assertEqual({d: p.most for d, p in self.peers.items()}, dict.fromkeys(DEVICES, 1))
