@@ -121,6 +121,7 @@ class RedisClient(Service):
                 self._pool_up()
 
         factory.addConnection = added  # the one hook txredisapi offers on a new connection
+        keep_trying(factory, self.log)
         self.log.info("connecting to Redis at {redis}", redis=address.describe())
 
     def when_connected(self) -> Deferred[None]:
@@ -167,6 +168,47 @@ class RedisClient(Service):
         except txredisapi.ConnectionError:
             return fail(StoreUnavailable("Redis is not reachable"))
         return d.addErrback(_unavailable)
+
+
+def keep_trying(factory: Any, log: Logger, clock: Any = None) -> None:
+    """Keep a txredisapi pool reconnecting after a failed AUTH or SELECT.
+
+    txredisapi stops the whole pool's reconnection (``factory.stopTrying()``: every slot
+    stops once idle) when the handshake of one new connection fails, even when it failed
+    only because Redis went away in the middle of it (a restart, a failover): the pool
+    would never come back and the collector would stay deaf until restarted. Its
+    ``connectionError``, called right after, is replaced here: it turns every slot's
+    reconnection back on (restarting, on the next turn, the slots stopped meanwhile),
+    logs the reason, and settles the factory's first-connection Deferred, which nobody
+    waits on for a lazy pool (left unsettled, it was logged as an unhandled error).
+    A pool we close ourselves (``disconnect``) is left closed.
+    """
+    if clock is None:
+        from twisted.internet import reactor as clock
+
+    def restart() -> None:
+        if getattr(factory, "disconnectCalled", False):
+            return
+        factory.stopped = False
+        for slot in getattr(factory, "slots", ()):
+            slot.reconnect = True
+            if not slot.service.running:
+                slot.service.startService()
+
+    def handshake_failed(why: str) -> None:
+        log.warn("Redis refused or lost a new connection ({why}); retrying", why=why)
+        pending, factory.deferred = getattr(factory, "deferred", None), None
+        if pending is not None and not pending.called:
+            pending.addErrback(lambda _: None)
+            pending.errback(StoreUnavailable(why))
+        if not getattr(factory, "disconnectCalled", False):
+            factory.stopped = False
+            for slot in getattr(factory, "slots", ()):
+                slot.reconnect = True
+            # after the slots' own "stop if idle" of this turn
+            clock.callLater(0, restart)
+
+    factory.connectionError = handshake_failed
 
 
 def _unavailable(failure: Failure) -> Failure:
