@@ -478,6 +478,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for command in sorted(after["stats"])
             if (calls := delta(before, after, command)[0]) > 0
         },
+        # Redis time inside each command (script-internal calls included), per sample
+        command_us_per_sample={
+            command: round(usec / xadd, 2)
+            for command in sorted(after["stats"])
+            if (usec := delta(before, after, command)[1]) > 0 and xadd
+        },
         scripts=evalsha,
         samples_per_script=round(xadd / evalsha, 1) if evalsha else None,
         redis_us_per_sample=round(evalsha_us / xadd, 2) if xadd else None,
@@ -526,6 +532,11 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         if figures["samples_per_s"]
     )
     print(f"  Redis commands per stored sample: {per_sample}")
+    inside = ", ".join(
+        f"{command.upper()} {usec:.2f}"
+        for command, usec in sorted(figures["command_us_per_sample"].items(), key=lambda kv: -kv[1])
+    )
+    print(f"  Redis us per stored sample, by command (EVALSHA includes the rest): {inside}")
     if "decoded_per_s" in figures:
         print(f"{'  samples decoded (points_updated)':34} {figures['decoded_per_s']:>12,}")
     if "dropped_per_s" in figures:
