@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
-    from rest import REPO_ROOT, BenchError, start_daemon, start_redis, stop_daemon
+    from rest import BenchError, start_daemon, start_redis, stop_daemon, use_checkout
 else:
-    from .rest import REPO_ROOT, BenchError, start_daemon, start_redis, stop_daemon
+    from .rest import BenchError, start_daemon, start_redis, stop_daemon, use_checkout
 
-sys.path.insert(0, str(REPO_ROOT))
+use_checkout()
 from pydatacoll.configio.formats import FORMATS, encode  # noqa: E402
 
 BATCH = 2400

@@ -54,7 +54,7 @@ if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
         start_simulator,
         wait_until,
     )
-    from rest import BenchError, Child, free_port
+    from rest import BenchError, Child, free_port, use_checkout
 else:
     from .ingest import (
         BATCH,
@@ -72,7 +72,7 @@ else:
         start_simulator,
         wait_until,
     )
-    from .rest import BenchError, Child, free_port
+    from .rest import BenchError, Child, free_port, use_checkout
 
 GATEWAY_ID = "bench"
 
@@ -305,6 +305,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    use_checkout()
     with tempfile.TemporaryDirectory(prefix="pydatacoll-bench-gateway-") as workdir:
         try:
             figures = run(args, Path(workdir))

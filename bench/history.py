@@ -20,12 +20,18 @@ import pymysql
 from twisted.internet import reactor, threads
 from twisted.internet.defer import ensureDeferred
 
-from pydatacoll.config import Settings
-from pydatacoll.model import Sample
-from pydatacoll.plugins.history import history
-from pydatacoll.processing import ProcessorContext
-from pydatacoll.processing.history import INSERT_SAMPLES, sample_row
-from pydatacoll.testing.history import drained
+if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
+    from rest import use_checkout
+else:
+    from .rest import use_checkout
+
+use_checkout()
+from pydatacoll.config import Settings  # noqa: E402
+from pydatacoll.model import Sample  # noqa: E402
+from pydatacoll.plugins.history import history  # noqa: E402
+from pydatacoll.processing import ProcessorContext  # noqa: E402
+from pydatacoll.processing.history import INSERT_SAMPLES, sample_row  # noqa: E402
+from pydatacoll.testing.history import drained  # noqa: E402
 
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 

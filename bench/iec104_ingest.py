@@ -35,6 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
+    from rest import use_checkout
+else:
+    from .rest import use_checkout
+
 HERE = Path(__file__).resolve().parent
 TARGET_RATIO = 2.0
 _LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
@@ -225,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="cProfile our phase into FILE")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    use_checkout()
 
     sim = Simulator(args.points, args.k, args.w)
     try:

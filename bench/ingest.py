@@ -58,9 +58,9 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
-    from rest import BenchError, Child, free_port
+    from rest import BenchError, Child, free_port, use_checkout
 else:
-    from .rest import BenchError, Child, free_port
+    from .rest import BenchError, Child, free_port, use_checkout
 
 HOST = "127.0.0.1"
 #: ``twistd`` run by this Python (the venv's ``twistd`` script may not see the plugin).
@@ -374,6 +374,30 @@ def delta(before: dict[str, Any], after: dict[str, Any], command: str) -> tuple[
     return c1 - c0, u1 - u0
 
 
+def wait_settled(redis: Resp, daemon: Child) -> float:
+    """Seconds until the ingest script stops checking each point's owner (HGET).
+
+    Until the collector has applied the configuration change that the REST set-up made,
+    the ingest script checks every sample's owner with one HGET (``store/ingest.lua``);
+    under the flood that reconcile takes seconds, and measuring during it would count
+    a transient (about 0.1 to 0.3 HGET per sample) as the steady state.
+    """
+    started = time.perf_counter()
+    calls = redis.commandstats().get("hget", (0, 0))[0]
+    quiet_since = started
+    while time.perf_counter() - started < START_TIMEOUT:
+        time.sleep(0.25)
+        now_calls = redis.commandstats().get("hget", (0, 0))[0]
+        now = time.perf_counter()
+        if now_calls != calls:
+            calls, quiet_since = now_calls, now
+        elif now - quiet_since >= 1.0:
+            return round(quiet_since - started, 2)
+        if daemon.process.poll() is not None:
+            raise BenchError(f"the daemon exited with {daemon.process.returncode}")
+    raise BenchError(f"the ingest still checked owners after {START_TIMEOUT} s")
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """The whole benchmark; every figure in one dict."""
     figures: dict[str, Any] = {"load_before": os.getloadavg()}
@@ -396,6 +420,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             status = device_status(base)
             raise BenchError(f"{error}\n  device status: {json.dumps(status)[:800]}") from None
         time.sleep(args.warmup)
+        figures["settle_s"] = wait_settled(redis, daemon)
         children = {"daemon": daemon, "redis": redis_child, "simulator": sim}
         status0 = device_status(base)
         rss0 = rss_mib(daemon.process.pid)
@@ -447,6 +472,18 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         samples_per_s=round(xadd / wall),
         hset_per_s=round(hset / wall),
         publish_per_s=round(publish / wall),
+        # every command Redis ran in the window (script-internal calls included), per s
+        commands_per_s={
+            command: round(calls / wall)
+            for command in sorted(after["stats"])
+            if (calls := delta(before, after, command)[0]) > 0
+        },
+        # Redis time inside each command (script-internal calls included), per sample
+        command_us_per_sample={
+            command: round(usec / xadd, 2)
+            for command in sorted(after["stats"])
+            if (usec := delta(before, after, command)[1]) > 0 and xadd
+        },
         scripts=evalsha,
         samples_per_script=round(xadd / evalsha, 1) if evalsha else None,
         redis_us_per_sample=round(evalsha_us / xadd, 2) if xadd else None,
@@ -476,7 +513,10 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     unpiped, piped = figures["redis_benchmark"]
     cpu = figures["cpu"]
     print(f"simulator: iec104_sim --ca 1 --points {args.points} --flood -k {args.k} -w {args.w}")
-    print(f"measured {figures['seconds']:.1f} s after {args.warmup:g} s of warm-up")
+    print(
+        f"measured {figures['seconds']:.1f} s after {args.warmup:g} s of warm-up and "
+        f"{figures['settle_s']:g} s until the configuration was settled (no owner HGET)"
+    )
     print(f"{'':34} {'per s':>12} {'daemon cpu':>11} {'redis cpu':>10} {'sim cpu':>8}")
     print(
         f"{'ours: samples stored (XADD)':34} {figures['samples_per_s']:>12,} "
@@ -486,6 +526,17 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         f"{'  check: HSET / PUBLISH calls':34} {figures['hset_per_s']:>12,} "
         f"{figures['publish_per_s']:>12,}"
     )
+    per_sample = ", ".join(
+        f"{command.upper()} {calls / figures['samples_per_s']:.3f}"
+        for command, calls in sorted(figures["commands_per_s"].items(), key=lambda kv: -kv[1])
+        if figures["samples_per_s"]
+    )
+    print(f"  Redis commands per stored sample: {per_sample}")
+    inside = ", ".join(
+        f"{command.upper()} {usec:.2f}"
+        for command, usec in sorted(figures["command_us_per_sample"].items(), key=lambda kv: -kv[1])
+    )
+    print(f"  Redis us per stored sample, by command (EVALSHA includes the rest): {inside}")
     if "decoded_per_s" in figures:
         print(f"{'  samples decoded (points_updated)':34} {figures['decoded_per_s']:>12,}")
     if "dropped_per_s" in figures:
@@ -543,6 +594,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, print; 0 when it ran (whatever the figure), 1 when it could not."""
     args = parse_args(argv)
+    use_checkout()
     workdir = Path(tempfile.mkdtemp(prefix="pydatacoll-bench-ingest-"))
     try:
         figures = run(args, workdir)

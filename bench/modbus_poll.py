@@ -502,6 +502,11 @@ def main() -> None:
     parser.add_argument("--ports", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    from rest import use_checkout
+
+    use_checkout()
 
     if args.phase:
         ports = [int(p) for p in args.ports.split(",")]

@@ -50,7 +50,7 @@ if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
         start_simulator,
         wait_until,
     )
-    from rest import BenchError, Child, free_port
+    from rest import BenchError, Child, free_port, use_checkout
 else:
     from .ingest import (
         HOST,
@@ -64,7 +64,7 @@ else:
         start_simulator,
         wait_until,
     )
-    from .rest import BenchError, Child, free_port
+    from .rest import BenchError, Child, free_port, use_checkout
 
 PAYLOAD = b'{"value":123.456,"quality":"good","time":"2026-12-03T10:00:00.123+00:00"}'
 
@@ -290,6 +290,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    use_checkout()
     if args.paho_peer is not None:
         print(json.dumps(paho_peer(args.paho_peer, args.duration, args.inflight)))
         return 0

@@ -55,6 +55,24 @@ HOST = "127.0.0.1"
 #: The checkout this file belongs to: the daemon runs from here, so that this tree's
 #: ``pydatacoll`` and its ``twisted/plugins`` are the ones imported and found.
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def use_checkout() -> None:
+    """Import and run this checkout's ``pydatacoll``, in this process and in its children.
+
+    A bench run from a clone measures that clone, whether the venv has ``pydatacoll``
+    installed (``pip install .``: an older copy, maybe), installed editable (the venv's
+    ``twistd`` does not see its plugin), or not at all; the simulators and daemons it
+    starts inherit ``PYTHONPATH``, whatever their working directory.
+    """
+    root = str(REPO_ROOT)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+
+
 #: ``twistd`` run by this Python. ``python -m twisted`` runs ``twist``, which knows neither
 #: ``-n`` nor ``--pidfile``; and the ``twistd`` script of a virtualenv does not see the
 #: plugin of an editable install, as the checkout is not on its ``sys.path``. ``-c`` puts
@@ -600,6 +618,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or the peer); the exit status."""
     args = parse_args(argv)
+    use_checkout()
     if args.peer:
         run_peer(args.port, args.redis_port)
         return 0
