@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-import tempfile
-import textwrap
-import uuid
-
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from pydatacoll.devices.drivers import builtin_drivers, discover_drivers
 from pydatacoll.discovery import discover
 from pydatacoll.interfaces import IProtocolDriver
+from pydatacoll.testing.plugins import drop_in_package
 
 DRIVER = """
     from twisted.plugin import IPlugin
@@ -47,17 +41,7 @@ BROKEN = """
 
 def drop_in(test: SynchronousTestCase, files: dict[str, str]) -> object:
     """An importable plugin package holding ``files``."""
-    root = tempfile.mkdtemp()
-    name = f"fake_drivers_{uuid.uuid4().hex[:8]}"
-    os.mkdir(os.path.join(root, name))
-    with open(os.path.join(root, name, "__init__.py"), "w") as f:
-        f.write("")
-    for filename, source in files.items():
-        with open(os.path.join(root, name, filename), "w") as f:
-            f.write(textwrap.dedent(source))
-    sys.path.insert(0, root)
-    test.addCleanup(sys.path.remove, root)
-    return importlib.import_module(name)
+    return drop_in_package(test, files, prefix="fake_drivers")
 
 
 class DiscoveryTests(SynchronousTestCase):

@@ -1,12 +1,8 @@
 """The plugin loader: discovery, checks, duplicates, failure isolation, fan-out, status."""
 
-import importlib
 import json
 import os
-import sys
 import tempfile
-import textwrap
-import uuid
 
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
@@ -22,6 +18,7 @@ from pydatacoll.processing.loader import (
     discover,
 )
 from pydatacoll.tap import BadConfiguration, Options
+from pydatacoll.testing.plugins import drop_in_package
 
 ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "pydatacoll.ini")
 PLUGINS = {
@@ -101,17 +98,7 @@ PLUGINS = {
 
 def plugin_package(test):
     """An importable drop-in package holding PLUGINS."""
-    root = tempfile.mkdtemp()
-    name = f"fake_plugins_{uuid.uuid4().hex[:8]}"
-    os.mkdir(os.path.join(root, name))
-    with open(os.path.join(root, name, "__init__.py"), "w") as f:
-        f.write("")
-    for filename, source in PLUGINS.items():
-        with open(os.path.join(root, name, filename), "w") as f:
-            f.write(textwrap.dedent(source))
-    sys.path.insert(0, root)
-    test.addCleanup(sys.path.remove, root)
-    return importlib.import_module(name)
+    return drop_in_package(test, PLUGINS)
 
 
 class FakeRedis:
