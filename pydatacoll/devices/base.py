@@ -59,6 +59,7 @@ class ManagerBase(MultiService):
     _not_live: set[str]
     #: Cluster mode: the leases of the devices running here (empty otherwise).
     _leases: dict[str, Lease]
+    _handing_over: dict[str, Lease]
     #: Devices whose link is closing: the Deferred that fires when it is closed.
     _closing: dict[str, Deferred[Any]]
     #: The cluster member (`pydatacoll.devices.cluster`); None without the cluster.

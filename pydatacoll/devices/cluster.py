@@ -96,12 +96,16 @@ class ClusterMode(ManagerBase):
         """Stop ``device_id`` now; fires once its link is closed and the samples it sent
         are written (then the member may release the lease)."""
         lease = self._leases.get(device_id)
+        if lease is not None:
+            self._handing_over[device_id] = lease
         d = self._stop(device_id)
         d.addCallback(lambda _: self.ingest.drained(DRAIN_TIMEOUT))
 
         def forget(result: Any) -> Any:
             if lease is not None and self._leases.get(device_id) is lease:
                 del self._leases[device_id]
+            if lease is not None and self._handing_over.get(device_id) is lease:
+                del self._handing_over[device_id]
             return result
 
         return d.addBoth(forget)
@@ -118,7 +122,18 @@ class ClusterMode(ManagerBase):
             self._configs.pop(device_id, None)
         else:
             self._configs[device_id] = config
-        return device_id in self._leases
+        lease = self._leases.get(device_id)
+        # A lease being given back is no longer ours to run under: a reconcile during
+        # the handover (a resubscription, a change) must not reopen the link. A lease
+        # taken again later is a new object, so the re-take starts the device as usual.
+        ours = lease is not None and self._handing_over.get(device_id) is not lease
+        if not ours and device_id in self.running_devices and device_id not in self._handing_over:
+            # a device running here without its lease (never expected): stop it now
+            self.log.warn(
+                "device {device_id} runs without its lease: stopping it", device_id=device_id
+            )
+            self._stop(device_id)
+        return ours
 
     def _cluster_reconciled(self) -> None:
         """After a reconciliation: let the member start and stop what changed at once."""

@@ -149,6 +149,9 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         self._written_state = {}
         self._not_live = set()
         self._leases = {}
+        #: Leases being given back: the device is stopping, its lease kept until its link
+        #: is closed and its samples written; a reconcile meanwhile must not restart it.
+        self._handing_over = {}
         self._closing = {}
         subscribe = subscribe or redis_subscription(redis, reactor)
         self.subscriber = subscribe(

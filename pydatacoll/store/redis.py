@@ -170,30 +170,18 @@ class RedisClient(Service):
         return d.addErrback(_unavailable)
 
 
-def keep_trying(factory: Any, log: Logger, clock: Any = None) -> None:
+def keep_trying(factory: Any, log: Logger) -> None:
     """Keep a txredisapi pool reconnecting after a failed AUTH or SELECT.
 
-    txredisapi stops the whole pool's reconnection (``factory.stopTrying()``: every slot
-    stops once idle) when the handshake of one new connection fails, even when it failed
-    only because Redis went away in the middle of it (a restart, a failover): the pool
-    would never come back and the collector would stay deaf until restarted. Its
-    ``connectionError``, called right after, is replaced here: it turns every slot's
-    reconnection back on (restarting, on the next turn, the slots stopped meanwhile),
-    logs the reason, and settles the factory's first-connection Deferred, which nobody
-    waits on for a lazy pool (left unsettled, it was logged as an unhandled error).
-    A pool we close ourselves (``disconnect``) is left closed.
+    txredisapi stops the whole pool's reconnection (``factory.stopTrying()``) when the
+    handshake of one new connection fails, even when it failed only because Redis went
+    away in the middle of it (a restart, a failover): the pool would never come back and
+    the collector would stay deaf until restarted. Here ``stopTrying`` does nothing (we
+    close pools with ``disconnect()``, which does not use it), so the failing slot
+    reconnects on its own backoff, like any lost connection; ``connectionError`` logs
+    the reason and settles the factory's first-connection Deferred, which nobody waits
+    on for a lazy pool (left unsettled, it was logged as an unhandled error).
     """
-    if clock is None:
-        from twisted.internet import reactor as clock
-
-    def restart() -> None:
-        if getattr(factory, "disconnectCalled", False):
-            return
-        factory.stopped = False
-        for slot in getattr(factory, "slots", ()):
-            slot.reconnect = True
-            if not slot.service.running:
-                slot.service.startService()
 
     def handshake_failed(why: str) -> None:
         log.warn("Redis refused or lost a new connection ({why}); retrying", why=why)
@@ -201,13 +189,8 @@ def keep_trying(factory: Any, log: Logger, clock: Any = None) -> None:
         if pending is not None and not pending.called:
             pending.addErrback(lambda _: None)
             pending.errback(StoreUnavailable(why))
-        if not getattr(factory, "disconnectCalled", False):
-            factory.stopped = False
-            for slot in getattr(factory, "slots", ()):
-                slot.reconnect = True
-            # after the slots' own "stop if idle" of this turn
-            clock.callLater(0, restart)
 
+    factory.stopTrying = lambda: succeed(None)
     factory.connectionError = handshake_failed
 
 

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from pydatacoll.config import RedisAddress
 from pydatacoll.interfaces import ISubscriber
 from pydatacoll.retry import exponential
-from pydatacoll.store.redis import RECONNECT_MAX_DELAY, keep_trying
+from pydatacoll.store.redis import RECONNECT_MAX_DELAY
 from pydatacoll.store.sentinel import MasterResolver, client_endpoint
 
 Handler = Callable[[str, str], None]  # (channel, message)
@@ -155,7 +155,6 @@ class Subscriber(Service):
             self._resolver = MasterResolver(address, timeout=self._connect_timeout)
         endpoint = client_endpoint(self.reactor, address, self._connect_timeout, self._resolver)
         factory = _Factory(self, address.password)
-        keep_trying(factory, self.log, self.reactor)  # a cut AUTH: logged, not unhandled
         self._service = ClientService(
             endpoint,
             factory,

@@ -203,6 +203,36 @@ class ClusterManagerTests(SynchronousTestCase):
         self.assertTrue(all(self.lease(d) is None for d in DEVICES))
         self.assertEqual(self.successResultOf(ClusterStore(self.store).collectors()), [])
 
+    def test_a_reconcile_during_a_handover_does_not_reopen_the_link(self) -> None:
+        """A full reconcile (the change subscription came back, a change) while a moving
+        device's link is still closing must not start it again without its lease: it
+        would keep a second link to the RTU, fenced forever, and execute commands."""
+        a = self.start("a", SlowRuntime)
+        self.clock.advance(0.1)
+        self.assertEqual(sorted(a.running_devices), DEVICES)
+        self.start("b")
+        for _ in range(6):
+            self.clock.advance(1)
+        moving = [d for d in DEVICES if d not in a.running_devices]
+        self.assertTrue(moving)  # b took its share; a's links to them are closing
+        closing = {d: a.drivers["modbus"].runtimes[d] for d in moving}
+        self.successResultOf(a.reconcile())  # during the handover
+        for device_id, runtime in closing.items():
+            self.assertIs(a.drivers["modbus"].runtimes[device_id], runtime)  # not reopened
+            self.assertNotIn(device_id, a.running_devices)
+            runtime.closed.callback(None)
+        for _ in range(6):
+            self.clock.advance(1)
+        runners = self.runners()
+        self.assertTrue(all(runners[d] == ["b"] for d in moving), runners)
+        self.assertTrue(all(a.token_of(d) == "-" for d in moving))
+        # a shuts down: its remaining links close when the test says so
+        d = self.managers.pop("a").stopService()
+        for runtime in a.drivers["modbus"].runtimes.values():
+            if runtime.closed is not None and not runtime.closed.called:
+                runtime.closed.callback(None)
+        self.successResultOf(d)
+
     def test_only_the_lease_holder_answers_a_request(self) -> None:
         self.start("a")
         self.clock.advance(0.1)
