@@ -14,7 +14,16 @@ from pydatacoll.processing.loader import check_plugin_options
 class Options(usage.Options):
     """``twistd pydatacoll [--config FILE] [--api ENDPOINT] [--redis URL] [--data-dir DIR]
     [--api-token TOKEN] [--role all|api|collector|gateway]
-    [--collector-id ID]``"""
+    [--cluster] [--collector-id ID]``"""
+
+    optFlags = [
+        [
+            "cluster",
+            None,
+            "Share the devices with the other collectors on this Redis, under leases "
+            "([cluster] enabled = true; see docs/cluster.rst).",
+        ],
+    ]
 
     optParameters = [
         ["config", "c", None, "INI configuration file (see etc/pydatacoll.ini)."],
@@ -40,6 +49,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:  # noqa: N802 (Twisted API)
         """Build the settings; a bad value is a `BadConfiguration` naming its key."""
         overrides = {attribute: self[name] for name, attribute in CLI_OPTIONS.items()}
+        if self["cluster"]:  # a flag: given, it turns the cluster on; absent, the INI decides
+            overrides["cluster"] = "true"
         try:
             self["settings"] = load_settings(self["config"], overrides)
             check_plugin_options(self["settings"])

@@ -64,3 +64,15 @@ class SentinelUrlTests(SynchronousTestCase):
         with self.assertRaises(BadConfiguration) as caught:
             Options().parseOptions(["--collector-id", "two words"])
         self.assertEqual(caught.exception.key, "cluster.collector_id")
+
+    def test_cluster_flag_on_the_command_line(self):
+        from pydatacoll.tap import Options
+
+        options = Options()
+        options.parseOptions(["--cluster", "--collector-id", "c1"])
+        self.assertEqual(
+            (options["settings"].cluster, options["settings"].collector_id), (True, "c1")
+        )
+        options = Options()
+        options.parseOptions([])
+        self.assertFalse(options["settings"].cluster)  # absent: the INI (default false) decides
