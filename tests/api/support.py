@@ -107,7 +107,32 @@ def parsed(text):
         return text
 
 
-class MemoryApiCase(TestCase):
+class ApiCalls:
+    """JSON calls on an API test case whose ``request(method, path, data, headers)``
+    fires with (response, body bytes): in memory (StubTreq) or over real TCP."""
+
+    @inlineCallbacks
+    def raw_call(self, method, path, body=None, raw=None, headers=None):
+        """One request; fires with (status, parsed JSON or text)."""
+        headers = dict(headers or {})
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers.setdefault(b"Content-Type", [b"application/json"])
+        response, content = yield self.request(method, path, data, headers)
+        return response.code, parsed(content.decode())
+
+    def call(self, method, path, body=None, raw=None, headers=None):
+        return self.raw_call(method, path, body, raw, headers)
+
+    @inlineCallbacks
+    def seed(self):
+        for method, path, body in CREATE_ALL:
+            status, result = yield self.call(method, path, body)
+            self.assertEqual(status, 201, result)
+
+
+class MemoryApiCase(ApiCalls, TestCase):
     """The API over `MemoryRedis` and `StubTreq`; ``settings_overrides`` and ``token``
     shape the settings, ``make_api`` may be overridden."""
 
@@ -167,23 +192,3 @@ class MemoryApiCase(TestCase):
         )
         body = yield self.stub.content(response)
         return response, body
-
-    @inlineCallbacks
-    def raw_call(self, method, path, body=None, raw=None, headers=None):
-        """One request; fires with (status, parsed JSON or text)."""
-        headers = dict(headers or {})
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers.setdefault(b"Content-Type", [b"application/json"])
-        response, content = yield self.request(method, path, data, headers)
-        return response.code, parsed(content.decode())
-
-    def call(self, method, path, body=None, raw=None, headers=None):
-        return self.raw_call(method, path, body, raw, headers)
-
-    @inlineCallbacks
-    def seed(self):
-        for method, path, body in CREATE_ALL:
-            status, result = yield self.call(method, path, body)
-            self.assertEqual(status, 201, result)

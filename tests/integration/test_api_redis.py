@@ -2,8 +2,6 @@
 against a private redis-server: what tests/api proves in memory, proved on the real
 thing."""
 
-import json
-
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -16,14 +14,13 @@ from pydatacoll.config import load_settings
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.store.subscriber import Subscriber
-from pydatacoll.testing.fixtures import CREATE_ALL
 from pydatacoll.testing.redis import RedisView, shared_redis
-from tests.api.support import http_call, parsed
+from tests.api.support import ApiCalls, http_call
 from tests.api.test_app import ApiRouteTests, ContractRouteTests, TokenRouteTests
 from tests.api.test_gateways import GatewayRouteMixin
 
 
-class RedisApiCase(TestCase):
+class RedisApiCase(ApiCalls, TestCase):
     """The API on a real port over the run's private, flushed redis-server.
 
     ``sync`` is a `RedisView` over the test's own `RedisClient`: its look-ups return
@@ -94,26 +91,6 @@ class RedisApiCase(TestCase):
         )
         body = yield treq.content(response)
         return response, body
-
-    @inlineCallbacks
-    def raw_call(self, method, path, body=None, raw=None, headers=None):
-        """One request; fires with (status, parsed JSON or text)."""
-        headers = dict(headers or {})
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers.setdefault(b"Content-Type", [b"application/json"])
-        response, content = yield self.request(method, path, data, headers)
-        return response.code, parsed(content.decode())
-
-    def call(self, method, path, body=None, raw=None, headers=None):
-        return self.raw_call(method, path, body, raw, headers)
-
-    @inlineCallbacks
-    def seed(self):
-        for method, path, body in CREATE_ALL:
-            status, result = yield self.call(method, path, body)
-            self.assertEqual(status, 201, result)
 
 
 __all__ = ["RedisApiCase", "http_call"]  # http_call: for tests/integration/*
