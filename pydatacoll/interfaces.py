@@ -334,6 +334,9 @@ class IGatewayStore(Interface):
     gateways' statuses (`pydatacoll.store.gateway.GatewayStore`; their commands go
     through the `ICommander`)."""
 
+    def when_connected():  # type: ignore[no-untyped-def]
+        """Deferred that fires once Redis can be used (at once when it can)."""
+
     def gateway_ids():  # type: ignore[no-untyped-def]
         """Deferred list of every gateway id, in natural order."""
 

@@ -64,6 +64,7 @@ from pydatacoll.api.stream_events import (
 )
 from pydatacoll.store import keys
 from pydatacoll.store.live import LiveStore
+from pydatacoll.store.redis import when_connected
 from pydatacoll.store.subscriber import Subscriber
 
 __all__ = [
@@ -189,6 +190,7 @@ class StreamHub(Service):
     def _on_subscribed(self) -> Any:
         first = not self._positioned
         try:
+            yield when_connected(self.redis)  # the subscription may be up before the pool
             now = yield self.live.server_time_ms()
             last_alarm = yield self.live.last_entry_id(keys.ALARM_LOG)
         except Exception as exc:

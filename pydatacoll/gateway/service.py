@@ -135,8 +135,12 @@ class GatewayService(MultiService):
         yield defer.maybeDeferred(self.subscriber.stopService)
 
     def _subscribed(self) -> None:
-        # Changes may have been missed while the subscription was down: catch up.
-        self.reconcile()
+        # Changes may have been missed while the subscription was down: catch up, once
+        # the pool can be used (at start the subscription may be up before the pool is,
+        # and a pass then would only be postponed, with a warning).
+        d = self.store.when_connected()
+        d.addCallback(lambda _: self.reconcile() if self.running else None)
+        d.addErrback(lambda f: self.log.failure("gateway catch-up", f))
 
     # --- messages --------------------------------------------------------------------
 

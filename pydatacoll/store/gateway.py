@@ -12,6 +12,7 @@ from zope.interface import implementer
 from pydatacoll.interfaces import IGatewayStore
 from pydatacoll.store import keys
 from pydatacoll.store.config import natural_key
+from pydatacoll.store.redis import when_connected
 
 
 @implementer(IGatewayStore)
@@ -20,6 +21,10 @@ class GatewayStore:
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
+
+    def when_connected(self) -> Deferred[None]:
+        """Fires once Redis can be used (at once when it can)."""
+        return when_connected(self.redis)
 
     def gateway_ids(self) -> Deferred[list[str]]:
         """Every gateway id, in natural order."""

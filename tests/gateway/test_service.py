@@ -431,3 +431,21 @@ class ReconcileOrderingTests(SynchronousTestCase):
         self.successResultOf(service._tick())  # the tick retries the failed pass
         self.assertEqual(store.reads, 4)
         self.assertFalse(service._retry)
+
+    def test_subscription_up_before_the_pool_waits_for_the_pool(self):
+        """At start the subscription may be up before the pool (CI saw "gateway reconcile
+        postponed: Redis is not reachable" on a normal embedded start): the catch-up pass
+        waits for the pool instead of failing and warning."""
+        redis = MemoryRedis()
+        redis.down()
+        service = GatewayService(redis, Clock(), subscribe=memory_subscription(redis))
+        service.store = store = _FlakyStore()
+        service.store.when_connected = redis.when_connected
+        service.running = True
+        service._subscribed()  # the subscription is up, the pool is not
+        self.assertEqual(store.reads, 0)
+        self.assertFalse(service._retry)
+        store.up = True
+        redis.up()  # the pool connects: the pass runs now, once
+        self.assertEqual(store.reads, 1)
+        self.assertFalse(service._retry)
