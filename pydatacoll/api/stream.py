@@ -184,11 +184,39 @@ class StreamHub(Service):
             self._unsubscribe()
 
     def _subscription_up(self) -> None:
-        self._on_subscribed()
+        if self._positioned:
+            self._resubscribed()
+        else:
+            self._on_subscribed()
+
+    def _resubscribed(self) -> None:
+        """Messages were lost while the subscription was down: every client catches up
+        from the positions everything was handed out to.
+
+        The clients are held at once, before anything is read: a live message arriving
+        while the pool reconnects would otherwise go out first and move the client past
+        what the catch-up replays (it was lost, and the live one sent twice)."""
+        resume = Resume(
+            self.sample_position.partition("-")[0],
+            "(" + self.alarm_position,
+            self.sample_position,
+            self.alarm_position,
+        )
+        clients = [client for client in self.clients if client.held is None]
+        for client in clients:
+            client.held = []
+
+        def catch_up(_: Any) -> None:
+            for client in clients:
+                self._catch_up_later(client, resume)
+
+        # the subscription may be up before the pool is
+        when_connected(self.redis).addCallback(catch_up)
+        self._release()
 
     @defer.inlineCallbacks
     def _on_subscribed(self) -> Any:
-        first = not self._positioned
+        """The first subscription: where the stream starts."""
         try:
             yield when_connected(self.redis)  # the subscription may be up before the pool
             now = yield self.live.server_time_ms()
@@ -198,24 +226,11 @@ class StreamHub(Service):
             if self.subscriber is not None and self.subscriber._conn is not None:
                 self.subscriber._conn.transport.loseConnection()  # subscribe again
             return
-        if first:
-            self.sample_position = later_id(self.sample_position, f"{now}-0")
-            self.alarm_position = later_id(self.alarm_position, last_alarm or NO_POSITION)
-            self._positioned = True
-            self._release()
+        if self._positioned:  # positioned meanwhile (a second subscription)
             return
-        # Messages were lost while the subscription was down: every client catches up
-        # from the positions everything was handed out to.
-        resume = Resume(
-            self.sample_position.partition("-")[0],
-            "(" + self.alarm_position,
-            self.sample_position,
-            self.alarm_position,
-        )
-        for client in list(self.clients):
-            if client.held is None:
-                client.held = []
-                self._catch_up_later(client, resume)
+        self.sample_position = later_id(self.sample_position, f"{now}-0")
+        self.alarm_position = later_id(self.alarm_position, last_alarm or NO_POSITION)
+        self._positioned = True
         self._release()
 
     def _release(self) -> None:
