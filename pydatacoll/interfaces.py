@@ -75,6 +75,25 @@ class IProcessor(Interface):
         """The plugin's state and counters, as a JSON object."""
 
 
+class IDeviceOwnership(Interface):
+    """Cluster mode: which devices this collector holds the lease of, handed to the
+    processors (`pydatacoll.cluster.ownership.Ownership`; None outside cluster mode)."""
+
+    collector_id = Attribute("this collector's id in the cluster")
+
+    def owns(device_id):  # type: ignore[no-untyped-def]
+        """Whether this collector holds ``device_id``'s lease now."""
+
+    def watch(callback):  # type: ignore[no-untyped-def]
+        """Call ``callback(device_id, owned)`` on every change of ownership."""
+
+    def unwatch(callback):  # type: ignore[no-untyped-def]
+        """Stop calling ``callback``."""
+
+    def subscribe(handler, channels, on_subscribed, name):  # type: ignore[no-untyped-def]
+        """An `ISubscriber` service (not started) delivering ``handler(channel, text)``."""
+
+
 class IProcessorFactory(Interface):
     """A ``twisted.plugin`` provider that builds one `IProcessor`."""
 
