@@ -323,6 +323,11 @@ class IDeviceStore(Interface):
     def append_frames(device_id, frames, keep):  # type: ignore[no-untyped-def]
         """Append lines to a device's frame log, keeping its last ``keep`` lines."""
 
+    def write_fenced(entries, keep):  # type: ignore[no-untyped-def]
+        """Cluster mode: ``{device_id: (token, JSON status or None, frame lines)}``, each
+        device's written only while ``token`` is its current lease (``keep``: frame log
+        length); fires with ``[statuses written, devices refused]``."""
+
     def publish_reply(channel, body, device_id=None, token=None):  # type: ignore[no-untyped-def]
         """Publish the JSON answer ``body`` (a dict) to a request's ``reply_to``; with a
         lease ``token`` only while it is ``device_id``'s current lease (else -1)."""

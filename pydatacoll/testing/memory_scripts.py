@@ -162,6 +162,28 @@ def _reply(store: MemoryRedis, keys: Any, args: list[str]) -> int:
     return int(store._publish(args[2], args[3]))
 
 
+def _status_fenced(store: MemoryRedis, keys: Any, args: list[Any]) -> list[int]:
+    """store/status_fenced.lua: statuses and frame logs under the current lease only."""
+    status_key, channel, lease_key, log_key, keep = args[:5]
+    written = fenced = 0
+    i = 5
+    while i < len(args):
+        device, token, status, n = args[i], args[i + 1], args[i + 2], int(args[i + 3])
+        i += 4
+        if not lease_is_current(store, lease_key % device, token):
+            fenced += 1
+        else:
+            if status != "":
+                store._hset(status_key % device, "status", status)
+                store._publish(channel % device, status)
+                written += 1
+            if n > 0:
+                store._rpush(log_key % device, [str(a) for a in args[i : i + n]])
+                store._ltrim(log_key % device, -int(keep), -1)
+        i += n
+    return [written, fenced]
+
+
 def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.store import cluster, devices
 
@@ -175,6 +197,7 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
         cluster.LIST.sha: _collector_list,
         cluster.LEAVE.sha: _collector_leave,
         devices.REPLY.sha: _reply,
+        devices.STATUS_FENCED.sha: _status_fenced,
     }
 
 
