@@ -42,11 +42,14 @@ heartbeat_seconds = 2
 
 class CountingPeer:
     """A Modbus TCP peer on its own port (one per device): it answers every register read
-    with ``value`` (0 unless the test sets it) and records its concurrent connections (the
-    most ever, and when each began)."""
+    with ``value`` (0 unless the test sets it), after ``delay`` seconds, and records its
+    concurrent connections (the most ever, and when each began). With ``idle_timeout``
+    it closes a connection that sends no request for that long, as many RTUs do."""
 
     def __init__(self) -> None:
         self.value = 0
+        self.delay = 0.0
+        self.idle_timeout: float | None = None
         self.lock = threading.Lock()
         self.open = 0
         self.most = 0
@@ -60,7 +63,8 @@ class CountingPeer:
                     peer.most = max(peer.most, peer.open)
                     peer.accepted.append(time.monotonic())
                 try:
-                    serve_modbus(self.request, lambda: peer.value)
+                    self.request.settimeout(peer.idle_timeout)
+                    serve_modbus(self.request, lambda: peer.value, peer.delay)
                 finally:
                     with peer.lock:
                         peer.open -= 1
@@ -87,9 +91,12 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
     return data
 
 
-def serve_modbus(sock: socket.socket, value: Callable[[], int] = lambda: 0) -> None:
-    """Answer Modbus TCP requests until the client goes: bit reads with zeros, register
-    reads with ``value()`` in each register, writes echoed."""
+def serve_modbus(
+    sock: socket.socket, value: Callable[[], int] = lambda: 0, delay: float = 0.0
+) -> None:
+    """Answer Modbus TCP requests until the client goes (or a timeout of the socket):
+    bit reads with zeros, register reads with ``value()`` in each register, writes
+    echoed; each answer ``delay`` seconds after its request."""
     try:
         while True:
             header = _read_exactly(sock, 7)
@@ -110,6 +117,8 @@ def serve_modbus(sock: socket.socket, value: Callable[[], int] = lambda: 0) -> N
                 reply = pdu[:5]
             else:
                 reply = bytes([function | 0x80, 1])
+            if delay:
+                time.sleep(delay)
             sock.sendall(struct.pack(">HHHB", transaction, protocol, len(reply) + 1, unit) + reply)
     except OSError:
         return
