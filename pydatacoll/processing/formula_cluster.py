@@ -39,7 +39,7 @@ class ClusterInputs:
         def _receive(self, samples: Sequence[Sample]) -> None: ...
         def _trigger(self, formula_ids: Iterable[str]) -> None: ...
         def _forget_points(self) -> None: ...
-        def _load_latest(self, formula_ids: Iterable[str]) -> Any: ...
+        def _load_latest(self, formula_ids: Iterable[str], refresh: bool = False) -> Any: ...
 
     def _computes(self, formula_id: str) -> bool:
         """Whether ``formula_id`` is computed here: always, but in cluster mode only
@@ -99,13 +99,10 @@ class ClusterInputs:
     def _resubscribed(self) -> None:
         """The input subscription came (back): samples may have been missed meanwhile."""
         if self._installed:
-            computed = [f for f in self._formulas if self._computes(f)]
-            for point in {p for f in computed for p in self._formulas[f].params.values()}:
-                self._latest.pop(point, None)
-            self._catch_up(computed)
+            self._catch_up([f for f in self._formulas if self._computes(f)], refresh=True)
 
-    def _catch_up(self, formula_ids: Sequence[str]) -> None:
+    def _catch_up(self, formula_ids: Sequence[str], refresh: bool = False) -> None:
         d = self._follow()
-        d.addCallback(lambda _: self._load_latest(formula_ids))
+        d.addCallback(lambda _: self._load_latest(formula_ids, refresh))
         d.addCallback(lambda _: self._trigger(formula_ids))
         d.addErrback(lambda f: self.log.failure("loading the inputs of formulas", f))

@@ -178,20 +178,26 @@ class FormulasProcessor(ClusterInputs, Service):
         self._schedule()
 
     @inlineCallbacks
-    def _load_latest(self, formula_ids: Iterable[str]) -> Any:
+    def _load_latest(self, formula_ids: Iterable[str], refresh: bool = False) -> Any:
+        """Read the stored latest value of the inputs of ``formula_ids`` not known yet
+        (``refresh``: of every input, kept when newer than the one known)."""
         points = {
             point
             for formula_id in formula_ids
             if formula_id in self._formulas and self._computes(formula_id)
             for point in self._formulas[formula_id].params.values()
-            if point not in self._latest
+            if refresh or point not in self._latest
         }
         for point in sorted(points):
             stored = yield self.points.latest_sample(point)
-            if stored is not None and point not in self._latest:
-                self._latest[point] = Sample.from_message(
-                    {"device_id": point[0], "term_id": point[1], "item_id": point[2], **stored}
-                )
+            if stored is None:
+                continue
+            sample = Sample.from_message(
+                {"device_id": point[0], "term_id": point[1], "item_id": point[2], **stored}
+            )
+            known = self._latest.get(point)
+            if known is None or (refresh and sample.receive_time > known.receive_time):
+                self._latest[point] = sample
 
     # -- the formula set ----------------------------------------------------------------
     def _install(self, formula_id: str, body: Any) -> None:

@@ -156,6 +156,16 @@ class ClusterFormulaTests(SynchronousTestCase):
             expected = self.feed()
             self.advance(0.5)
             self.assertEqual(self.result()["value"], expected)
+        # Samples published while its subscription is down are missed; once it is back
+        # the holder reads the stored latest values and computes again.
+        inputs = self.collectors[holder].formulas._inputs
+        inputs._unsubscribe()
+        expected = self.feed()
+        self.advance(0.5)
+        self.assertNotEqual(self.result()["value"], expected)
+        inputs.lose()  # it subscribes again
+        self.advance(0.5)
+        self.assertEqual(self.result()["value"], expected)
 
     def test_the_holder_killed_another_computes_within_the_lease_bound_the_dead_is_fenced(
         self,
