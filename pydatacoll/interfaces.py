@@ -84,6 +84,9 @@ class IDeviceOwnership(Interface):
     def owns(device_id):  # type: ignore[no-untyped-def]
         """Whether this collector holds ``device_id``'s lease now."""
 
+    def token(device_id):  # type: ignore[no-untyped-def]
+        """The token of ``device_id``'s lease held here ("EPOCH COLLECTOR_ID"), or None."""
+
     def watch(callback):  # type: ignore[no-untyped-def]
         """Call ``callback(device_id, owned)`` on every change of ownership."""
 

@@ -31,12 +31,16 @@ class Ownership:
     def __init__(self, collector_id: str, subscribe: Callable[..., Any]) -> None:
         self.collector_id = collector_id
         self._subscribe = subscribe
-        self._owned: set[str] = set()
+        self._owned: dict[str, str] = {}
         self._watchers: list[Watcher] = []
 
     def owns(self, device_id: str) -> bool:
         """Whether this collector holds ``device_id``'s lease now."""
         return device_id in self._owned
+
+    def token(self, device_id: str) -> str | None:
+        """The token of ``device_id``'s lease held here, or None."""
+        return self._owned.get(device_id)
 
     @property
     def owned(self) -> frozenset[str]:
@@ -62,14 +66,17 @@ class Ownership:
         """An `ISubscriber` (not started) on the collector's Redis."""
         return self._subscribe(handler, channels=channels, on_subscribed=on_subscribed, name=name)
 
-    def set_owned(self, device_id: str, owned: bool) -> None:
-        """The device manager: ``device_id``'s lease was taken (True) or is going (False)."""
+    def set_owned(self, device_id: str, owned: bool, token: str = "") -> None:
+        """The device manager: ``device_id``'s lease was taken (True, with its
+        ``token``) or is going (False)."""
         if owned == (device_id in self._owned):
+            if owned:
+                self._owned[device_id] = token
             return
         if owned:
-            self._owned.add(device_id)
+            self._owned[device_id] = token
         else:
-            self._owned.discard(device_id)
+            del self._owned[device_id]
         for callback in list(self._watchers):
             try:
                 callback(device_id, owned)

@@ -82,7 +82,7 @@ class ClusterMode(ManagerBase):
             raise KeyError(f"device {device_id} is not configured any more")
         self._leases[device_id] = lease
         if self.ownership is not None:
-            self.ownership.set_owned(device_id, True)
+            self.ownership.set_owned(device_id, True, lease.token)
         if device_id in self._closing:
             # Its previous run here (a lease lost a moment ago) is still closing its link:
             # the new one opens only once that one is closed.

@@ -33,6 +33,7 @@ class ClusterInputs:
     _latest: dict[Any, Sample]
     _pending: set[str]
     _dirty_status: set[str]
+    store: Any
 
     if TYPE_CHECKING:  # provided by FormulasProcessor
 
@@ -106,3 +107,30 @@ class ClusterInputs:
         d.addCallback(lambda _: self._load_latest(formula_ids, refresh))
         d.addCallback(lambda _: self._trigger(formula_ids))
         d.addErrback(lambda f: self.log.failure("loading the inputs of formulas", f))
+
+    def _write_status_fenced(self, dirty: Mapping[str, Mapping[str, Any]]) -> None:
+        """Cluster mode: the statuses of the formulas computed here, each written only
+        under its result device's lease (a collector paused past it writes none); a
+        formula that cannot be installed (its error is the same everywhere) as it is."""
+        if self._cluster is None:
+            return
+        fenced: dict[str, Mapping[str, Any]] = {}
+        leases: dict[str, tuple[str, str]] = {}
+        plain: dict[str, Mapping[str, Any]] = {}
+        for formula_id, entry in dirty.items():
+            compiled = self._formulas.get(formula_id)
+            if compiled is None:
+                plain[formula_id] = entry
+                continue
+            device_id = compiled.result[0]
+            token = self._cluster.token(device_id)
+            if token is not None:
+                fenced[formula_id] = {**entry, "collector": self._cluster.collector_id}
+                leases[formula_id] = (device_id, token)
+        writes = []
+        if fenced:
+            writes.append(self.store.write_formula_status(fenced, leases))
+        if plain:
+            writes.append(self.store.write_formula_status(plain))
+        for d in writes:
+            d.addErrback(lambda f: self.log.warn("formula status not written: {e}", e=f.value))

@@ -477,12 +477,9 @@ class FormulasProcessor(ClusterInputs, Service):
     def _write_status(self) -> None:
         dirty = {f: self._statuses[f] for f in self._dirty_status if f in self._statuses}
         self._dirty_status.clear()
-        if self._cluster is not None:  # only the statuses of the formulas computed here
-            dirty = {
-                f: {**entry, "collector": self._cluster.collector_id}
-                for f, entry in dirty.items()
-                if self._computes(f)
-            }
+        if self._cluster is not None:
+            self._write_status_fenced(dirty)
+            return
         if not dirty:
             return
         d = self.store.write_formula_status(dirty)

@@ -184,8 +184,20 @@ def _status_fenced(store: MemoryRedis, keys: Any, args: list[Any]) -> list[int]:
     return [written, fenced]
 
 
+def _formula_status_fenced(store: MemoryRedis, keys: Any, args: list[Any]) -> list[int]:
+    """store/formula_status.lua: formula statuses under their result device's lease."""
+    written = fenced = 0
+    for i in range(2, len(args), 4):
+        if lease_is_current(store, args[1] % args[i + 1], args[i + 2]):
+            store._hset(args[0], args[i], args[i + 3])
+            written += 1
+        else:
+            fenced += 1
+    return [written, fenced]
+
+
 def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.store import cluster, devices
+    from pydatacoll.store import cluster, devices, processing
 
     return {
         cluster.ACQUIRE.sha: _lease_acquire,
@@ -198,6 +210,7 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
         cluster.LEAVE.sha: _collector_leave,
         devices.REPLY.sha: _reply,
         devices.STATUS_FENCED.sha: _status_fenced,
+        processing.FORMULA_STATUS_FENCED.sha: _formula_status_fenced,
     }
 
 

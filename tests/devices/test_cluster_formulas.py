@@ -96,6 +96,10 @@ class ClusterFormulaTests(SynchronousTestCase):
             self.store.data[keys.DEVICE % device_id]["collectors"] = json.dumps(pins)
         self.store.call("sadd", keys.FORMULAS, [FORMULA.key])
         self.store.call("hmset", keys.FORMULA % FORMULA.key, FORMULA.to_fields())
+        # a formula that cannot be compiled: its error is written all the same
+        bad = {**dict(FORMULA.to_fields()), "id": json.dumps("bad"), "formula": json.dumps("p1 +")}
+        self.store.call("sadd", keys.FORMULAS, ["bad"])
+        self.store.call("hmset", keys.FORMULA % "bad", bad)
         self.collectors: dict[str, Collector] = {}
         for collector_id in "abcd":
             self.collectors[collector_id] = Collector(self.store, self.world, collector_id)
@@ -147,6 +151,8 @@ class ClusterFormulaTests(SynchronousTestCase):
         self.assertEqual((status["state"], status["collector"]), ("ok", holder))
         self.assertEqual(self.collectors[holder].formulas.status()["computed_here"], 1)
         self.assertEqual(self.collectors["a"].formulas.status()["computed_here"], 0)
+        bad = json.loads(self.store.data[keys.FORMULA_STATUS]["bad"])
+        self.assertEqual(bad["state"], "error")
         # the holder follows the inputs' devices, and no other collector does
         inputs = self.collectors[holder].formulas._inputs.channels
         self.assertEqual(inputs, [keys.DEVICE_SAMPLES % "d0", keys.DEVICE_SAMPLES % "d1"])
@@ -203,6 +209,8 @@ class ClusterFormulaTests(SynchronousTestCase):
         self.assertGreater(paused.manager.ingest.status()["fenced"], 0)
         self.assertFalse(paused.manager.ownership.owns("d2"))
         self.assertEqual(self.result()["value"], expected)  # the new holder's value stays
+        status = json.loads(self.store.data[keys.FORMULA_STATUS]["f1"])
+        self.assertEqual(status["collector"], other)  # and its formula status
         # Back alive, it is d2's preferred collector again: d2 comes back to it by a
         # handover (never two holders), and the formula is computed there again.
         for _ in range(20):

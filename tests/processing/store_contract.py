@@ -118,6 +118,14 @@ class ProcessingStoreContract:
         yield store.delete_formula_status("f1")
         self.assertIsNone((yield store.formula_status("f1")))
         self.assertEqual((yield store.formula_status("f2"))["state"], "error")
+        # Cluster mode: a status is written only under its result device's current lease.
+        yield self.redis.call("set", keys.LEASE % "1", "7 b")
+        leases = {"f2": ("1", "6 a"), "f3": ("1", "7 b")}
+        statuses = {"f2": {"id": "f2", "state": "ok"}, "f3": {"id": "f3", "state": "ok"}}
+        result = yield store.write_formula_status(statuses, leases)
+        self.assertEqual([int(n) for n in result], [1, 1])
+        self.assertEqual((yield store.formula_status("f2"))["state"], "error")  # refused
+        self.assertEqual((yield store.formula_status("f3"))["state"], "ok")
 
     @inlineCallbacks
     def test_alarm_events(self):
