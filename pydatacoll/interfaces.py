@@ -229,8 +229,10 @@ class IAlarmStore(Interface):
     def active_alarms():  # type: ignore[no-untyped-def]
         """Deferred dict ``"device:term:item:kind" -> raise event`` of the active alarms."""
 
-    def record_event(event, log_length):  # type: ignore[no-untyped-def]
-        """Log a raise or clear event, update the active alarms and publish it, at once."""
+    def record_event(event, log_length, token=None):  # type: ignore[no-untyped-def]
+        """Log a raise or clear event, update the active alarms and publish it, at once;
+        with a lease ``token`` (cluster mode) only while it is the device's current lease
+        (fires with 0 when it is not)."""
 
 
 class IPluginStatusStore(Interface):

@@ -131,7 +131,8 @@ class LimitsProcessor(Service):
         self.retry_delay = option(options, section, "retry_delay", 5.0, number_option(0.01, 3600.0))
         self._limits: dict[tuple[str, str], PointLimits] = {}
         self._states: dict[tuple[str, str], _PointState] = {}
-        self._queue: deque[dict[str, Any]] = deque()
+        #: Events to write, each with the token of its device's lease (cluster mode).
+        self._queue: deque[tuple[dict[str, Any], str | None]] = deque()
         self._writing = False
         self._retry: Any = None
         self._load = RetryingLoad(
@@ -150,6 +151,7 @@ class LimitsProcessor(Service):
             "cleared": 0,
             "events_written": 0,
             "events_dropped": 0,
+            "events_fenced": 0,
             "config_errors": 0,
             "loop_errors": 0,
         }
@@ -430,21 +432,26 @@ class LimitsProcessor(Service):
         if len(self._queue) >= self.queue_length:
             self._queue.popleft()
             self.counters["events_dropped"] += 1
-        self._queue.append(body)
+        token = None if self._cluster is None else self._cluster.token(body["device_id"])
+        self._queue.append((body, token))
         self._flush()
 
     def _flush(self) -> None:
         if self._writing or not self._queue or self._retry is not None:
             return
-        body = self._queue[0]
+        entry = self._queue[0]
+        body, token = entry
         self._writing = True
-        d = self.alarms.record_event(body, self.log_length)  # never raises: a Deferred
+        d = self.alarms.record_event(body, self.log_length, token)  # never raises
 
-        def written(_: Any) -> None:
+        def written(result: Any) -> None:
             self._writing = False
-            if self._queue and self._queue[0] is body:
+            if self._queue and self._queue[0] is entry:
                 self._queue.popleft()
-            self.counters["events_written"] += 1
+            if token is not None and not int(result or 0):
+                self.counters["events_fenced"] += 1  # the lease moved on: the new
+            else:  # holder took the active alarms over and judges from now on
+                self.counters["events_written"] += 1
             self._flush()
 
         def failed(failure: Any) -> None:

@@ -271,7 +271,14 @@ def _alarm_event_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
     return 1
 
 
+def _alarm_event_fenced(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/alarm_fence.lua then alarm_event.lua: only under the current lease."""
+    if not lease_is_current(store, args[5], args[6]):
+        return 0
+    return _alarm_event_script(store, keys, args[:5])
+
+
 def _processing_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.store import alarms
 
-    return {alarms.SHA: _alarm_event_script}
+    return {alarms.SHA: _alarm_event_script, alarms.FENCED.sha: _alarm_event_fenced}

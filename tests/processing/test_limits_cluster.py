@@ -25,7 +25,8 @@ class ClusterLimitsTests(SynchronousTestCase):
         self.clock.advance(1_000_000)
         self.owners = {c: Ownership(c, memory_subscription(self.memory)) for c in "ab"}
         self.processors = {c: self.start(c) for c in "ab"}
-        self.owners["a"].set_owned("1", True)  # a holds device 1's lease
+        self.memory.call("set", keys.LEASE % "1", "1 a")
+        self.owners["a"].set_owned("1", True, "1 a")  # a holds device 1's lease
 
     def start(self, collector_id):
         context = memory_context(self.memory, self.clock, {"check_interval": "1"})
@@ -58,7 +59,8 @@ class ClusterLimitsTests(SynchronousTestCase):
         self.assertIn("1:10:1000:high", self.memory.data[keys.ALARMS])
         # the lease moves from a to b
         self.owners["a"].set_owned("1", False)
-        self.owners["b"].set_owned("1", True)
+        self.memory.call("set", keys.LEASE % "1", "2 b")
+        self.owners["b"].set_owned("1", True, "2 b")
         self.feed("a", "1000", 100)  # a's last sample while the link closes: not judged
         self.assertEqual(self.processors["a"].status()["cleared"], 0)
         self.feed("b", "1000", 236)  # still high: not raised twice
@@ -74,3 +76,14 @@ class ClusterLimitsTests(SynchronousTestCase):
         self.assertEqual(self.processors["b"].status()["raised"], 1)  # the frozen value
         alarm = json.loads(self.memory.data[keys.ALARMS]["1:10:1002:frozen"])
         self.assertEqual(alarm["device_id"], "1")
+
+    def test_an_event_judged_under_a_lease_that_moved_on_is_refused(self):
+        """A paused holder's late judgement is not written over the new holder's alarms."""
+        self.feed("a", "1000", 235)  # written under a's current lease
+        self.assertIn("1:10:1000:high", self.memory.data[keys.ALARMS])
+        self.memory.call("set", keys.LEASE % "1", "2 b")  # b took device 1; a was paused
+        self.feed("a", "1000", 220)  # a's last sample, judged before it notices
+        self.assertIn("1:10:1000:high", self.memory.data[keys.ALARMS])  # not cleared by a
+        status = self.processors["a"].status()
+        self.assertEqual((status["events_written"], status["events_fenced"]), (1, 1))
+        self.assertEqual(self.events(), [("raise", "high", 235.0)])
