@@ -75,6 +75,28 @@ class IProcessor(Interface):
         """The plugin's state and counters, as a JSON object."""
 
 
+class IDeviceOwnership(Interface):
+    """Cluster mode: which devices this collector holds the lease of, handed to the
+    processors (`pydatacoll.cluster.ownership.Ownership`; None outside cluster mode)."""
+
+    collector_id = Attribute("this collector's id in the cluster")
+
+    def owns(device_id):  # type: ignore[no-untyped-def]
+        """Whether this collector holds ``device_id``'s lease now."""
+
+    def token(device_id):  # type: ignore[no-untyped-def]
+        """The token of ``device_id``'s lease held here ("EPOCH COLLECTOR_ID"), or None."""
+
+    def watch(callback):  # type: ignore[no-untyped-def]
+        """Call ``callback(device_id, owned)`` on every change of ownership."""
+
+    def unwatch(callback):  # type: ignore[no-untyped-def]
+        """Stop calling ``callback``."""
+
+    def subscribe(handler, channels, on_subscribed, name):  # type: ignore[no-untyped-def]
+        """An `ISubscriber` service (not started) delivering ``handler(channel, text)``."""
+
+
 class IProcessorFactory(Interface):
     """A ``twisted.plugin`` provider that builds one `IProcessor`."""
 
@@ -207,8 +229,10 @@ class IAlarmStore(Interface):
     def active_alarms():  # type: ignore[no-untyped-def]
         """Deferred dict ``"device:term:item:kind" -> raise event`` of the active alarms."""
 
-    def record_event(event, log_length):  # type: ignore[no-untyped-def]
-        """Log a raise or clear event, update the active alarms and publish it, at once."""
+    def record_event(event, log_length, token=None):  # type: ignore[no-untyped-def]
+        """Log a raise or clear event, update the active alarms and publish it, at once;
+        with a lease ``token`` (cluster mode) only while it is the device's current lease
+        (fires with 0 when it is not)."""
 
 
 class IPluginStatusStore(Interface):
@@ -303,6 +327,11 @@ class IDeviceStore(Interface):
 
     def append_frames(device_id, frames, keep):  # type: ignore[no-untyped-def]
         """Append lines to a device's frame log, keeping its last ``keep`` lines."""
+
+    def write_fenced(entries, keep):  # type: ignore[no-untyped-def]
+        """Cluster mode: ``{device_id: (token, JSON status or None, frame lines)}``, each
+        device's written only while ``token`` is its current lease (``keep``: frame log
+        length); fires with ``[statuses written, devices refused]``."""
 
     def publish_reply(channel, body, device_id=None, token=None):  # type: ignore[no-untyped-def]
         """Publish the JSON answer ``body`` (a dict) to a request's ``reply_to``; with a

@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet import defer
 
 from pydatacoll.cluster.member import ClusterMember, default_collector_id
+from pydatacoll.cluster.ownership import Ownership
 from pydatacoll.cluster.rendezvous import restriction
 from pydatacoll.store.cluster import ClusterStore, Lease
 from pydatacoll.store.devices import DeviceConfig
@@ -40,15 +41,20 @@ class ClusterMode(ManagerBase):
     member: ClusterMember | None = None
     #: This collector's id in the cluster (None: not in cluster mode).
     collector_id: str | None = None
+    #: The devices whose lease is held here, for the processors (None: not in cluster
+    #: mode).
+    ownership: Ownership | None = None
     #: Cluster mode: every stored device's configuration, running here or not.
     _configs: dict[str, DeviceConfig]
 
-    def _join_cluster(self, store: Any = None) -> None:
+    def _join_cluster(self, store: Any, subscribe: Any) -> None:
         """Cluster mode: the member as the child service ``cluster`` (``store``: an
-        `IClusterStore`, default one on the manager's Redis)."""
+        `IClusterStore`, default one on the manager's Redis; ``subscribe``: the
+        subscription factory the processors' `Ownership` hands out)."""
         settings = self.settings
         self._configs = {}
         self.collector_id = settings.collector_id or default_collector_id()
+        self.ownership = Ownership(self.collector_id, subscribe)
         self.member = ClusterMember(
             store if store is not None else ClusterStore(self.redis),
             self.reactor,
@@ -75,6 +81,8 @@ class ClusterMode(ManagerBase):
         if config is None:  # deleted meanwhile: the member releases the lease
             raise KeyError(f"device {device_id} is not configured any more")
         self._leases[device_id] = lease
+        if self.ownership is not None:
+            self.ownership.set_owned(device_id, True, lease.token)
         if device_id in self._closing:
             # Its previous run here (a lease lost a moment ago) is still closing its link:
             # the new one opens only once that one is closed.
@@ -98,6 +106,8 @@ class ClusterMode(ManagerBase):
         lease = self._leases.get(device_id)
         if lease is not None:
             self._handing_over[device_id] = lease
+        if self.ownership is not None:  # nothing more is computed here for it
+            self.ownership.set_owned(device_id, False)
         d = self._stop(device_id)
         d.addCallback(lambda _: self.ingest.drained(DRAIN_TIMEOUT))
 

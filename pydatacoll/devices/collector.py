@@ -20,7 +20,8 @@ def make_collector(settings: Settings, reactor: Any, redis: Any) -> MultiService
     the processors emit (formula results) takes the same path, so results of results work
     (the loader bounds each plugin's emit rate, so a loop cannot run away). The
     processors may command devices (the MQTT plugin) through commanders they build with
-    reply listeners of their own (`commander_factory`).
+    reply listeners of their own (`commander_factory`). In cluster mode they learn which
+    devices' leases this collector holds (``manager.ownership``).
     """
     collector = OrderedService()
     manager: DeviceManager | None = None
@@ -29,10 +30,16 @@ def make_collector(settings: Settings, reactor: Any, redis: Any) -> MultiService
         if manager is not None:
             manager.samples_received(samples)
 
+    manager = DeviceManager(redis, settings, reactor)
     processors = Processors(
-        settings, reactor, redis, emit, commander=commander_factory(redis, settings, reactor)
+        settings,
+        reactor,
+        redis,
+        emit,
+        commander=commander_factory(redis, settings, reactor),
+        cluster=manager.ownership,
     )
-    manager = DeviceManager(redis, settings, reactor, sinks=[processors])
+    manager.sinks.append(processors)
     manager.setName("devices")
     manager.setServiceParent(collector)
     processors.setName("processors")

@@ -163,7 +163,7 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         self.subscriber.setName("subscription")
         self.subscriber.setServiceParent(self)
         if settings.cluster:
-            self._join_cluster(cluster_store)  # started after the subscription
+            self._join_cluster(cluster_store, subscribe)  # started after the subscription
         self._loops = [
             task.LoopingCall(self._write_status),
             task.LoopingCall(self._check_version),

@@ -108,9 +108,12 @@ class StatusWriter(ManagerBase):
     def _write_status(self, device_ids: Iterable[str] | None = None) -> Any:
         """Write (and publish) the statuses of ``device_ids`` (default: every device, and
         the frame logs) in one script call; flag a device's values NT when it stops
-        being live."""
+        being live. Cluster mode: each written only under the device's lease (a
+        collector paused past it never overwrites the new owner's status)."""
         writes = []
         statuses: dict[str, str] = {}
+        fenced = self.member is not None
+        batches: dict[str, list[str]] = {}
         try:
             for device_id in list(self.running_devices if device_ids is None else device_ids):
                 status = self.device_status(device_id)
@@ -129,10 +132,21 @@ class StatusWriter(ManagerBase):
                 if frames:
                     batch = list(frames)
                     frames.clear()
-                    writes.append(
-                        self.store.append_frames(device_id, batch, self.settings.frame_log_length)
-                    )
-            if statuses:
+                    if fenced:
+                        batches[device_id] = batch
+                    else:
+                        writes.append(
+                            self.store.append_frames(
+                                device_id, batch, self.settings.frame_log_length
+                            )
+                        )
+            if fenced and (statuses or batches):
+                entries = {
+                    d: (self.token_of(d), statuses.get(d), batches.get(d, ()))
+                    for d in sorted(statuses.keys() | batches.keys())
+                }
+                writes.append(self.store.write_fenced(entries, self.settings.frame_log_length))
+            elif statuses:
                 writes.append(self.store.write_statuses(statuses))
         except Exception:
             self.log.failure("writing the device status")

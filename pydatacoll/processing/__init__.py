@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from pydatacoll.config import Settings
-from pydatacoll.interfaces import ICommander
+from pydatacoll.interfaces import ICommander, IDeviceOwnership
 from pydatacoll.model import Sample
 
 
@@ -31,3 +31,6 @@ class ProcessorContext:
     #: listener of its own, which the plugin starts and stops (``commander.replies``);
     #: None where devices cannot be commanded from here.
     commander: Callable[[], ICommander] | None = None
+    #: Cluster mode: the `IDeviceOwnership` of this collector (which devices' leases it
+    #: holds, and subscriptions to the devices run elsewhere); None outside cluster mode.
+    cluster: IDeviceOwnership | None = None

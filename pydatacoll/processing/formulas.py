@@ -11,6 +11,14 @@ through ``emit`` with the worst quality of its inputs; a formula that fails emit
 Buffers: the pending set holds formula ids (at most every formula once); the latest
 value is kept for input and result points only; window reads are bounded by
 ``window_samples`` entries per point.
+
+Cluster mode (``context.cluster``, docs/cluster.rst): a formula is computed by the one
+collector that holds the lease of its result device, whose result writes are fenced by
+that lease like every sample of the device. Its inputs come from the per-device sample
+channels (``CHANNEL:DEVICE_SAMPLES:{device}``) of its input devices, wherever they run,
+not from the local batches: what it reads is exactly what was stored (a stale owner's
+fenced samples never reach it). When the lease moves, the new holder subscribes, reads
+the latest values and computes; the old one stops computing it at once.
 """
 
 from __future__ import annotations
@@ -46,12 +54,16 @@ from pydatacoll.model import (
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.processing.formula_check import check_formula as check_formula  # API's name
 from pydatacoll.processing.formula_check import window_values
+from pydatacoll.processing.formula_cluster import ClusterInputs
 from pydatacoll.processing.loading import RetryingLoad
 from pydatacoll.processing.options import option
 from pydatacoll.retry import Backoff
 from pydatacoll.store.processing import FormulaStore, PointConfigStore
 
 Point = tuple[str, str, str]
+#: Seconds within which a sample of a result point with the value just computed is that
+#: result coming back (the sample channels carry times to the millisecond).
+ECHO_TOLERANCE = 0.0015
 #: Flags of the samples a formula produces.
 CALCULATED = "calculated"
 FORMULA_ERROR = "formula_error"
@@ -79,7 +91,7 @@ class _Compiled:
 
 
 @implementer(IProcessor)
-class FormulasProcessor(Service):
+class FormulasProcessor(ClusterInputs, Service):
     """Computes every formula when one of its inputs changes (see the module docstring)."""
 
     log = Logger()
@@ -119,17 +131,33 @@ class FormulasProcessor(Service):
             "formulas",
         )
         self.counters = {"runs": 0, "evaluations": 0, "failures": 0, "emitted": 0, "refused": 0}
+        #: Cluster mode: this collector's `IDeviceOwnership`, and the subscription to the
+        #: sample channels of the input devices of the formulas computed here.
+        self._cluster = context.cluster
+        self._inputs: Any = None
+        self._installed = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def startService(self) -> None:
         """Load the formulas from Redis once it is connected (retried until it works)."""
         super().startService()
+        if self._cluster is not None:
+            self._cluster.watch(self._ownership_changed)
+            self._inputs = self._cluster.subscribe(
+                self._channel_message, [], self._resubscribed, "formula inputs"
+            )
+            self._inputs.startService()
         self._load.start()
 
     def stopService(self) -> Deferred[None]:
         """Cancel timers; nothing is written afterwards."""
         super().stopService()
         self._load.stop()
+        if self._cluster is not None:
+            self._cluster.unwatch(self._ownership_changed)
+        if self._inputs is not None:
+            inputs, self._inputs = self._inputs, None
+            inputs.stopService()
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         self._scheduled = None
@@ -141,27 +169,35 @@ class FormulasProcessor(Service):
         for formula_id, body in formulas.items():
             self._install(formula_id, body)
         self._reorder()
+        self._installed = True  # ownership changes from now on catch up on their own
+        yield self._follow()
         yield self._load_latest(self._formulas)
         self._loaded = True
         self.log.info("{count} formulas loaded", count=len(self._formulas))
-        self._pending.update(self._formulas)
+        self._pending.update(f for f in self._formulas if self._computes(f))
         self._schedule()
 
     @inlineCallbacks
-    def _load_latest(self, formula_ids: Iterable[str]) -> Any:
+    def _load_latest(self, formula_ids: Iterable[str], refresh: bool = False) -> Any:
+        """Read the stored latest value of the inputs of ``formula_ids`` not known yet
+        (``refresh``: of every input, kept when newer than the one known)."""
         points = {
             point
             for formula_id in formula_ids
-            if formula_id in self._formulas
+            if formula_id in self._formulas and self._computes(formula_id)
             for point in self._formulas[formula_id].params.values()
-            if point not in self._latest
+            if refresh or point not in self._latest
         }
         for point in sorted(points):
             stored = yield self.points.latest_sample(point)
-            if stored is not None and point not in self._latest:
-                self._latest[point] = Sample.from_message(
-                    {"device_id": point[0], "term_id": point[1], "item_id": point[2], **stored}
-                )
+            if stored is None:
+                continue
+            sample = Sample.from_message(
+                {"device_id": point[0], "term_id": point[1], "item_id": point[2], **stored}
+            )
+            known = self._latest.get(point)
+            if known is None or (refresh and sample.receive_time > known.receive_time):
+                self._latest[point] = sample
 
     # -- the formula set ----------------------------------------------------------------
     def _install(self, formula_id: str, body: Any) -> None:
@@ -198,7 +234,8 @@ class FormulasProcessor(Service):
         self._forget_points()
 
     def _forget_points(self) -> None:
-        wanted = set(self._users) | {c.result for c in self._formulas.values()}
+        computed = [c for f, c in self._formulas.items() if self._computes(f)]
+        wanted = {p for c in computed for p in c.params.values()} | {c.result for c in computed}
         for point in [p for p in self._latest if p not in wanted]:
             del self._latest[point]
         for point in [p for p in self._own if p not in wanted]:
@@ -252,12 +289,18 @@ class FormulasProcessor(Service):
         if formula_id not in self._formulas:
             self._write_status()
             return
-        d = self._load_latest([formula_id])
+        d = self._follow()
+        d.addCallback(lambda _: self._load_latest([formula_id]))
         d.addCallback(lambda _: self._trigger([formula_id]))
         d.addErrback(lambda f: self.log.failure("loading inputs of formula {id}", f, id=formula_id))
 
     def samples_received(self, samples: Sequence[Sample]) -> None:
-        """Remember the new values of inputs and schedule the formulas that use them."""
+        """Remember the new values of inputs and schedule the formulas that use them
+        (cluster mode: the inputs come from the sample channels, these are ignored)."""
+        if self._cluster is None:
+            self._receive(samples)
+
+    def _receive(self, samples: Sequence[Sample]) -> None:
         triggered: set[str] = set()
         for sample in samples:
             point = sample.point
@@ -266,7 +309,11 @@ class FormulasProcessor(Service):
             if users is None and own is None:
                 continue
             self._latest[point] = sample
-            if own is not None and own == (sample.receive_time, sample.value):
+            if (
+                own is not None
+                and own[1] == sample.value
+                and abs(own[0] - sample.receive_time) < ECHO_TOLERANCE
+            ):
                 del self._own[point]  # our own result coming back: dependents are done
                 continue
             if users:
@@ -275,7 +322,7 @@ class FormulasProcessor(Service):
             self._trigger(triggered)
 
     def _trigger(self, formula_ids: Iterable[str]) -> None:
-        self._pending.update(f for f in formula_ids if f in self._formulas)
+        self._pending.update(f for f in formula_ids if f in self._formulas and self._computes(f))
         self._schedule()
 
     def _schedule(self) -> None:
@@ -287,11 +334,18 @@ class FormulasProcessor(Service):
         states: dict[str, int] = {}
         for entry in self._statuses.values():
             states[entry["state"]] = states.get(entry["state"], 0) + 1
+        cluster: dict[str, Any] = {}
+        if self._cluster is not None:
+            cluster = {
+                "collector": self._cluster.collector_id,
+                "computed_here": sum(1 for f in self._formulas if self._computes(f)),
+            }
         return {
             "loaded": self._loaded,
             "formulas": len(self._formulas),
             "states": states,
             "pending": len(self._pending),
+            **cluster,
             **self.counters,
         }
 
@@ -326,7 +380,7 @@ class FormulasProcessor(Service):
 
     @inlineCallbacks
     def _compute(self) -> Any:
-        order = self._closure(self._pending)
+        order = [f for f in self._closure(self._pending) if self._computes(f)]
         self._pending.clear()
         if not order:
             return
@@ -423,6 +477,9 @@ class FormulasProcessor(Service):
     def _write_status(self) -> None:
         dirty = {f: self._statuses[f] for f in self._dirty_status if f in self._statuses}
         self._dirty_status.clear()
+        if self._cluster is not None:
+            self._write_status_fenced(dirty)
+            return
         if not dirty:
             return
         d = self.store.write_formula_status(dirty)

@@ -16,6 +16,12 @@ and clear is one event: appended to ``XS:ALARM_LOG`` (trimmed to about ``log_len
 set in or removed from ``HS:ALARM`` and published on ``CHANNEL:ALARM``, all in one script
 so that the three always agree. Events wait in a queue of at most ``queue_length`` while
 Redis is away; past it the oldest are dropped and counted (``events_dropped``).
+
+Cluster mode (``context.cluster``): a collector judges only the points of the devices
+whose lease it holds (their samples are its own, and a frozen check of a device run
+elsewhere would be false). When a device's lease comes here, the alarms active in Redis
+for its points are taken over, so the new holder clears what the old one raised; when it
+goes, the device's alarm states are dropped here without an event (the new holder goes on).
 """
 
 from __future__ import annotations
@@ -125,7 +131,8 @@ class LimitsProcessor(Service):
         self.retry_delay = option(options, section, "retry_delay", 5.0, number_option(0.01, 3600.0))
         self._limits: dict[tuple[str, str], PointLimits] = {}
         self._states: dict[tuple[str, str], _PointState] = {}
-        self._queue: deque[dict[str, Any]] = deque()
+        #: Events to write, each with the token of its device's lease (cluster mode).
+        self._queue: deque[tuple[dict[str, Any], str | None]] = deque()
         self._writing = False
         self._retry: Any = None
         self._load = RetryingLoad(
@@ -137,12 +144,14 @@ class LimitsProcessor(Service):
         )
         self._loop: LoopingCall | None = None
         self._loaded = False
+        self._cluster = context.cluster
         self.counters = {
             "samples": 0,
             "raised": 0,
             "cleared": 0,
             "events_written": 0,
             "events_dropped": 0,
+            "events_fenced": 0,
             "config_errors": 0,
             "loop_errors": 0,
         }
@@ -154,11 +163,15 @@ class LimitsProcessor(Service):
         self._loop = LoopingCall(self._check_frozen)
         self._loop.clock = self.reactor
         self._loop.start(self.check_interval, now=False)
+        if self._cluster is not None:
+            self._cluster.watch(self._ownership_changed)
         self._load.start()
 
     def stopService(self) -> Deferred[None]:
         """Stop the timers (queued events that could not be written stay unwritten)."""
         super().stopService()
+        if self._cluster is not None:
+            self._cluster.unwatch(self._ownership_changed)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._load.stop()
@@ -174,6 +187,18 @@ class LimitsProcessor(Service):
         now = self.reactor.seconds()
         for point, body in loaded.items():
             self._configure(point, body, now)
+        self._adopt(active, None)
+        self._loaded = True
+        self.log.info("limit checks on {count} points", count=len(self._limits))
+
+    def _here(self, device_id: str) -> bool:
+        """Whether this collector judges ``device_id``'s points (cluster mode: only
+        while it holds the device's lease)."""
+        return self._cluster is None or self._cluster.owns(device_id)
+
+    def _adopt(self, active: Mapping[str, Any], device_id: str | None) -> None:
+        """Take the alarms active in Redis (of ``device_id`` only, if given) as ours;
+        clear those whose limit is gone. Cluster mode: only those of devices held here."""
         for event in active.values():
             try:
                 point = (str(event["term_id"]), str(event["item_id"]))
@@ -181,6 +206,9 @@ class LimitsProcessor(Service):
             except (ValueError, KeyError, TypeError):
                 continue
             limits = self._limits.get(point)
+            device = limits.device_id if limits is not None else str(event.get("device_id"))
+            if (device_id is not None and device != device_id) or not self._here(device):
+                continue
             if limits is not None and self._kind_configured(limits, kind):
                 self._states[point].active.add(kind)
                 self._states[point].raised_at[kind] = event.get("limit")
@@ -193,8 +221,20 @@ class LimitsProcessor(Service):
                     event.get("limit"),
                     "limit removed from the configuration",
                 )
-        self._loaded = True
-        self.log.info("limit checks on {count} points", count=len(self._limits))
+
+    def _ownership_changed(self, device_id: str, owned: bool) -> None:
+        """Cluster mode: a device's lease came here (start judging its points from now,
+        taking over its active alarms) or went (forget their states, no event)."""
+        if not self._loaded:
+            return  # the load takes over what is held here once it is done
+        now = self.reactor.seconds()
+        for limits in self._limits.values():
+            if limits.device_id == device_id:
+                self._states[(limits.term_id, limits.item_id)] = _PointState(last_change=now)
+        if owned:
+            d = self.alarms.active_alarms()
+            d.addCallback(lambda active: self._adopt(active, device_id))
+            d.addErrback(lambda f: self.log.failure("taking over the alarms of a device", f))
 
     @staticmethod
     def _kind_configured(limits: PointLimits, kind: str) -> bool:
@@ -268,7 +308,7 @@ class LimitsProcessor(Service):
         for sample in samples:
             point = (sample.term_id, sample.item_id)
             limits = self._limits.get(point)
-            if limits is None or sample.quality == "invalid":
+            if limits is None or sample.quality == "invalid" or not self._here(limits.device_id):
                 continue
             value = sample.value
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -327,6 +367,7 @@ class LimitsProcessor(Service):
                 state = self._states[point]
                 if (
                     limits.frozen_after is not None
+                    and self._here(limits.device_id)
                     and "frozen" not in state.active
                     and now - state.last_change >= limits.frozen_after
                 ):
@@ -391,21 +432,26 @@ class LimitsProcessor(Service):
         if len(self._queue) >= self.queue_length:
             self._queue.popleft()
             self.counters["events_dropped"] += 1
-        self._queue.append(body)
+        token = None if self._cluster is None else self._cluster.token(body["device_id"])
+        self._queue.append((body, token))
         self._flush()
 
     def _flush(self) -> None:
         if self._writing or not self._queue or self._retry is not None:
             return
-        body = self._queue[0]
+        entry = self._queue[0]
+        body, token = entry
         self._writing = True
-        d = self.alarms.record_event(body, self.log_length)  # never raises: a Deferred
+        d = self.alarms.record_event(body, self.log_length, token)  # never raises
 
-        def written(_: Any) -> None:
+        def written(result: Any) -> None:
             self._writing = False
-            if self._queue and self._queue[0] is body:
+            if self._queue and self._queue[0] is entry:
                 self._queue.popleft()
-            self.counters["events_written"] += 1
+            if token is not None and not int(result or 0):
+                self.counters["events_fenced"] += 1  # the lease moved on: the new
+            else:  # holder took the active alarms over and judges from now on
+                self.counters["events_written"] += 1
             self._flush()
 
         def failed(failure: Any) -> None:

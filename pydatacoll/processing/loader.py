@@ -25,7 +25,7 @@ from zope.interface.verify import verifyObject
 from pydatacoll.config import PLUGIN_SECTION, Settings
 from pydatacoll.discovery import discover as discover_plugins
 from pydatacoll.errors import ConfigError
-from pydatacoll.interfaces import ICommander, IProcessor, IProcessorFactory
+from pydatacoll.interfaces import ICommander, IDeviceOwnership, IProcessor, IProcessorFactory
 from pydatacoll.model import Sample
 from pydatacoll.processing import ProcessorContext
 from pydatacoll.store.plugins import PluginStatusStore
@@ -82,7 +82,8 @@ class Processors(MultiService):
     """The running processor plugins, one named child each, and their states.
 
     ``emit`` takes the samples a plugin produces (formula results) to the ingest path;
-    ``commander`` (a factory of `ICommander`) is handed to the plugins in their context;
+    ``commander`` (a factory of `ICommander`) and ``cluster`` (the collector's
+    `IDeviceOwnership` in cluster mode) are handed to the plugins in their context;
     each plugin may emit at most ``emit_per_second`` samples per second (a bucket
     refilled continuously), beyond that its samples are dropped and counted, so that a
     loop of processors feeding each other cannot run away.
@@ -98,6 +99,7 @@ class Processors(MultiService):
         emit: Callable[[Sequence[Sample]], None],
         *,
         commander: Callable[[], ICommander] | None = None,
+        cluster: IDeviceOwnership | None = None,
         package: Any = None,
         status_interval: float = 10.0,
         emit_per_second: float = 10000.0,
@@ -105,6 +107,7 @@ class Processors(MultiService):
         super().__init__()
         self.settings = settings
         self._commander = commander
+        self._cluster = cluster
         self.reactor = reactor
         self.redis = redis
         self.store = PluginStatusStore(redis)
@@ -180,6 +183,7 @@ class Processors(MultiService):
             emit=lambda samples: self._emit_from(name, samples),
             data_dir=data_dir,
             commander=self._commander,
+            cluster=self._cluster,
         )
         try:
             processor = factory.build(context)

@@ -17,9 +17,14 @@ from zope.interface import implementer
 
 from pydatacoll.interfaces import IAlarmStore
 from pydatacoll.store import keys
+from pydatacoll.store.cluster import LuaScript, guarded
 
 SCRIPT = files("pydatacoll.store").joinpath("alarm_event.lua").read_text(encoding="utf-8")
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+#: Cluster mode: the same, written only under the device's lease the event was judged under.
+FENCED = LuaScript(
+    guarded(files("pydatacoll.store").joinpath("alarm_fence.lua").read_text("utf-8") + SCRIPT)
+)
 
 
 def alarm_field(event: Mapping[str, Any]) -> str:
@@ -52,12 +57,37 @@ class AlarmStore:
 
         return d.addCallback(decode)
 
-    def record_event(self, event: Mapping[str, Any], log_length: int) -> Deferred[Any]:
+    def record_event(
+        self, event: Mapping[str, Any], log_length: int, token: str | None = None
+    ) -> Deferred[Any]:
         """Append an event (``event["event"]`` "raise" or "clear") to the log (about
-        ``log_length`` kept), set or clear its active alarm, publish it with its log id."""
+        ``log_length`` kept), set or clear its active alarm, publish it with its log id.
+        Cluster mode: with the ``token`` of the device's lease the event was judged
+        under, only while it is still current (fires with 0 when it is not, else 1)."""
         text = json.dumps(event, ensure_ascii=False)
         args = [str(log_length), text, event["event"], alarm_field(event), keys.ALARM]
         script_keys = [keys.ALARM_LOG, keys.ALARMS]
+        if token is not None:
+            fenced: Deferred[Any] = maybeDeferred(
+                self.redis.call,
+                "evalsha",
+                FENCED.sha,
+                script_keys,
+                [*args, keys.LEASE % event["device_id"], token],
+            )
+
+            def no_fenced_script(failure: Any) -> Any:
+                message = failure.getErrorMessage()
+                if "NOSCRIPT" in message or "No script matching" in message:
+                    return self.redis.call(
+                        "eval",
+                        FENCED.text,
+                        script_keys,
+                        [*args, keys.LEASE % event["device_id"], token],
+                    )
+                return failure
+
+            return fenced.addErrback(no_fenced_script)
         d: Deferred[Any] = maybeDeferred(self.redis.call, "evalsha", SHA, script_keys, args)
 
         def no_script(failure: Any) -> Any:

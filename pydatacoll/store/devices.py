@@ -29,6 +29,10 @@ DEVICE_CONFIG_SCRIPT = (
 DEVICE_CONFIG_SHA = hashlib.sha1(DEVICE_CONFIG_SCRIPT.encode()).hexdigest()
 #: The fenced reply (cluster mode): published only under the current lease.
 REPLY = LuaScript(guarded(files("pydatacoll.store").joinpath("reply.lua").read_text("utf-8")))
+#: Cluster mode: statuses and frame logs written only under the writer's current lease.
+STATUS_FENCED = LuaScript(
+    guarded(files("pydatacoll.store").joinpath("status_fenced.lua").read_text("utf-8"))
+)
 _TEMPLATES = (keys.DEVICE, keys.DEVICE_TERMS, keys.TERM, keys.TERM_ITEMS, keys.TERM_ITEM)
 
 
@@ -130,6 +134,24 @@ class DeviceStore:
     def write_statuses(self, statuses: Mapping[str, str]) -> Deferred[Any]:
         """HSET each device's JSON status and PUBLISH it on its status channel (one call)."""
         return write_statuses(self.redis, statuses)
+
+    def write_fenced(
+        self, entries: Mapping[str, tuple[str, str | None, Sequence[str]]], keep: int
+    ) -> Deferred[Any]:
+        """Cluster mode: per device ``(token, JSON status or None, frame log lines)``,
+        each written (and the status published) only while ``token`` is the device's
+        current lease; the frame log trimmed to its last ``keep`` lines. One call; fires
+        with ``[statuses written, devices refused]``."""
+        args: list[Any] = [
+            keys.DEVICE_STATUS,
+            keys.DEVICE_STATUS_CHANNEL,
+            keys.LEASE,
+            keys.FRAME_LOG,
+            keep,
+        ]
+        for device_id, (token, status, frames) in entries.items():
+            args += (device_id, token, status or "", len(frames), *frames)
+        return STATUS_FENCED(self.redis, args)
 
     def append_frames(self, device_id: str, frames: Sequence[str], keep: int) -> Deferred[Any]:
         """RPUSH ``frames`` to the device's frame log, then LTRIM it to its last ``keep``."""

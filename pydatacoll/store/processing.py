@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from importlib.resources import files
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
@@ -17,7 +18,13 @@ from zope.interface import implementer
 from pydatacoll.interfaces import IFormulaStore, IPointConfigStore
 from pydatacoll.model import decode_fields
 from pydatacoll.store import keys
+from pydatacoll.store.cluster import LuaScript, guarded
 from pydatacoll.store.redis import when_connected
+
+#: Cluster mode: formula statuses written only under their result device's lease.
+FORMULA_STATUS_FENCED = LuaScript(
+    guarded(files("pydatacoll.store").joinpath("formula_status.lua").read_text("utf-8"))
+)
 
 Point = tuple[str, str, str]
 
@@ -123,9 +130,22 @@ class FormulaStore:
         d = self.redis.call("hget", keys.FORMULA_STATUS, formula_id)
         return d.addCallback(lambda text: None if text is None else json.loads(text))
 
-    def write_formula_status(self, statuses: Mapping[str, Mapping[str, Any]]) -> Deferred[Any]:
-        """Store each formula's status (a JSON object) under its id."""
+    def write_formula_status(
+        self,
+        statuses: Mapping[str, Mapping[str, Any]],
+        leases: Mapping[str, tuple[str, str]] | None = None,
+    ) -> Deferred[Any]:
+        """Store each formula's status (a JSON object) under its id. Cluster mode:
+        ``leases`` gives each formula's ``(result device, lease token)``, and a status is
+        written only while that token is the device's current lease (fires with
+        ``[written, refused]``)."""
         fields = {f: json.dumps(entry, ensure_ascii=False) for f, entry in statuses.items()}
+        if leases is not None:
+            args: list[Any] = [keys.FORMULA_STATUS, keys.LEASE]
+            for formula_id, text in fields.items():
+                device_id, token = leases[formula_id]
+                args += (formula_id, device_id, token, text)
+            return FORMULA_STATUS_FENCED(self.redis, args)
         d: Deferred[Any] = self.redis.call("hmset", keys.FORMULA_STATUS, fields)
         return d
 

@@ -162,8 +162,42 @@ def _reply(store: MemoryRedis, keys: Any, args: list[str]) -> int:
     return int(store._publish(args[2], args[3]))
 
 
+def _status_fenced(store: MemoryRedis, keys: Any, args: list[Any]) -> list[int]:
+    """store/status_fenced.lua: statuses and frame logs under the current lease only."""
+    status_key, channel, lease_key, log_key, keep = args[:5]
+    written = fenced = 0
+    i = 5
+    while i < len(args):
+        device, token, status, n = args[i], args[i + 1], args[i + 2], int(args[i + 3])
+        i += 4
+        if not lease_is_current(store, lease_key % device, token):
+            fenced += 1
+        else:
+            if status != "":
+                store._hset(status_key % device, "status", status)
+                store._publish(channel % device, status)
+                written += 1
+            if n > 0:
+                store._rpush(log_key % device, [str(a) for a in args[i : i + n]])
+                store._ltrim(log_key % device, -int(keep), -1)
+        i += n
+    return [written, fenced]
+
+
+def _formula_status_fenced(store: MemoryRedis, keys: Any, args: list[Any]) -> list[int]:
+    """store/formula_status.lua: formula statuses under their result device's lease."""
+    written = fenced = 0
+    for i in range(2, len(args), 4):
+        if lease_is_current(store, args[1] % args[i + 1], args[i + 2]):
+            store._hset(args[0], args[i], args[i + 3])
+            written += 1
+        else:
+            fenced += 1
+    return [written, fenced]
+
+
 def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.store import cluster, devices
+    from pydatacoll.store import cluster, devices, processing
 
     return {
         cluster.ACQUIRE.sha: _lease_acquire,
@@ -175,6 +209,8 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
         cluster.LIST.sha: _collector_list,
         cluster.LEAVE.sha: _collector_leave,
         devices.REPLY.sha: _reply,
+        devices.STATUS_FENCED.sha: _status_fenced,
+        processing.FORMULA_STATUS_FENCED.sha: _formula_status_fenced,
     }
 
 
@@ -235,7 +271,14 @@ def _alarm_event_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
     return 1
 
 
+def _alarm_event_fenced(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/alarm_fence.lua then alarm_event.lua: only under the current lease."""
+    if not lease_is_current(store, args[5], args[6]):
+        return 0
+    return _alarm_event_script(store, keys, args[:5])
+
+
 def _processing_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.store import alarms
 
-    return {alarms.SHA: _alarm_event_script}
+    return {alarms.SHA: _alarm_event_script, alarms.FENCED.sha: _alarm_event_fenced}

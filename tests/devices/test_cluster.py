@@ -20,7 +20,7 @@ from pydatacoll.devices.manager import DeviceManager
 from pydatacoll.model import ControlOutcome, Sample
 from pydatacoll.store import keys
 from pydatacoll.store.cluster import ClusterStore
-from pydatacoll.store.ingest import LINGER, NO_LEASE
+from pydatacoll.store.ingest import LINGER, NO_LEASE, RedisIngest
 from pydatacoll.testing.memory import MemoryRedis
 from pydatacoll.testing.memory_subscriber import memory_subscription
 
@@ -30,7 +30,9 @@ LEASE_SECONDS = 10.0
 DEVICES = [f"d{i}" for i in range(8)]
 
 
-def cluster_manager(store: MemoryRedis, clock: Clock, collector_id: str) -> DeviceManager:
+def cluster_manager(
+    store: MemoryRedis, clock: Clock, collector_id: str, **options: str
+) -> DeviceManager:
     settings = load_settings(
         None,
         {
@@ -38,6 +40,7 @@ def cluster_manager(store: MemoryRedis, clock: Clock, collector_id: str) -> Devi
             "collector_id": collector_id,
             "lease_seconds": str(LEASE_SECONDS),
             "heartbeat_seconds": "2",
+            **options,
         },
     )
     return DeviceManager(
@@ -71,12 +74,14 @@ class ClusterManagerTests(SynchronousTestCase):
             add_point(self.store, device_id, "t" + device_id, "i")
         self.managers: dict[str, DeviceManager] = {}
 
-    def start(self, collector_id: str, runtime_class: type = FakeRuntime) -> DeviceManager:
-        manager = cluster_manager(self.store, self.clock, collector_id)
+    def start(
+        self, collector_id: str, runtime_class: type = FakeRuntime, **options: str
+    ) -> DeviceManager:
+        manager = cluster_manager(self.store, self.clock, collector_id, **options)
         driver = manager.drivers["modbus"]
 
         def build(device: Any, terms: Any, term_items: Any, sink: Any, *rest: Any, **kw: Any):
-            runtime = runtime_class(device, terms, term_items, sink, None)
+            runtime = runtime_class(device, terms, term_items, sink, kw.get("frame_observer"))
             driver.runtimes[device.id] = runtime
             return runtime
 
@@ -289,6 +294,11 @@ class ClusterManagerTests(SynchronousTestCase):
         self.assertIsNone(self.lease("d0"))
         self.assertEqual((manager.ingest.fenced, manager.ingest.written), (0, 1))
         self.assertIn("td0:i", self.store._hgetall(keys.DEVICE_VALUES % "d0"))
+        # Handed over, not gone offline: its values are not marked not topical (the new
+        # owner's samples follow), neither now nor by a later status write.
+        self.clock.advance(5)
+        stored = json.loads(self.store._hgetall(keys.DEVICE_VALUES % "d0")["td0:i"])
+        self.assertEqual((stored["value"], stored["flags"]), (5.0, []))
 
     def test_an_answer_after_the_lease_was_lost_is_refused(self) -> None:
         manager = self.start("a")
@@ -345,3 +355,45 @@ class ClusterManagerTests(SynchronousTestCase):
             self.assertTrue(closing)
             closing[0].callback(None)
         self.successResultOf(d)
+
+    def test_a_stale_holder_overwrites_neither_status_frames_nor_values_of_the_new_owner(
+        self,
+    ) -> None:
+        """A collector paused past its lease, before its next renewal tells it: its
+        status, frame lines and not-topical mark for the device are refused (issue 14)."""
+        manager = self.start("a", frame_log_length="10")
+        self.clock.advance(0.1)
+        runtime = manager.drivers["modbus"].runtimes["d0"]
+        runtime.state = "online"
+        runtime.frame_observer("rx", b"\x01")
+        self.clock.advance(2.5)  # the status and the frame log are written at 1002.0
+        written = json.loads(self.store._hgetall(keys.DEVICE_STATUS % "d0")["status"])
+        self.assertEqual((written["collector"], written["state"]), ("a", "online"))
+        self.assertEqual(len(self.store._lrange(keys.FRAME_LOG % "d0", 0, -1)), 1)
+        # b took d0 (a was paused past its lease) and wrote its status and a fresh value
+        self.store.set_px(keys.LEASE % "d0", "7 b", 60_000)
+        theirs = json.dumps({"device_id": "d0", "state": "online", "collector": "b"})
+        self.store._hset(keys.DEVICE_STATUS % "d0", "status", theirs)
+        b = RedisIngest(self.store, self.clock, 100, 1000, token_of=lambda device_id: "7 b")
+        b.startService()
+        self.addCleanup(b.stopService)
+        b.samples_received([Sample("d0", "td0", "i", 42.0, receive_time=self.clock.seconds())])
+        self.clock.advance(LINGER)
+        self.assertEqual(b.status()["written"], 1)
+        # a resumes: its link to the RTU drops (state offline) before its renewal is due
+        runtime.state = "disconnected"
+        runtime.frame_observer("tx", b"\x02")
+        self.clock.advance(0.3)  # the state check writes the status and marks d0 NT
+        manager._write_status()  # and a full write with the frame log
+        self.clock.advance(LINGER)
+        self.assertIn("d0", manager.running_devices)  # a has not noticed yet
+        self.assertEqual(self.store._hgetall(keys.DEVICE_STATUS % "d0")["status"], theirs)
+        self.assertEqual(len(self.store._lrange(keys.FRAME_LOG % "d0", 0, -1)), 1)
+        value = json.loads(self.store._hgetall(keys.DEVICE_VALUES % "d0")["td0:i"])
+        self.assertEqual((value["value"], value["quality"], value["flags"]), (42.0, "good", []))
+        # the other devices' statuses are still a's to write
+        other = json.loads(self.store._hgetall(keys.DEVICE_STATUS % "d1")["status"])
+        self.assertEqual(other["collector"], "a")
+        self.clock.advance(LEASE_SECONDS / 3)  # a's renewal is refused: d0 stops there
+        self.assertNotIn("d0", manager.running_devices)
+        self.assertEqual(self.store._hgetall(keys.DEVICE_STATUS % "d0")["status"], theirs)

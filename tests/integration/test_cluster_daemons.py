@@ -20,6 +20,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -40,10 +41,15 @@ heartbeat_seconds = 2
 
 
 class CountingPeer:
-    """A Modbus TCP peer on its own port (one per device): it answers every read with
-    zeros and records its concurrent connections (the most ever, and when each began)."""
+    """A Modbus TCP peer on its own port (one per device): it answers every register read
+    with ``value`` (0 unless the test sets it), after ``delay`` seconds, and records its
+    concurrent connections (the most ever, and when each began). With ``idle_timeout``
+    it closes a connection that sends no request for that long, as many RTUs do."""
 
     def __init__(self) -> None:
+        self.value = 0
+        self.delay = 0.0
+        self.idle_timeout: float | None = None
         self.lock = threading.Lock()
         self.open = 0
         self.most = 0
@@ -57,7 +63,8 @@ class CountingPeer:
                     peer.most = max(peer.most, peer.open)
                     peer.accepted.append(time.monotonic())
                 try:
-                    serve_modbus(self.request)
+                    self.request.settimeout(peer.idle_timeout)
+                    serve_modbus(self.request, lambda: peer.value, peer.delay)
                 finally:
                     with peer.lock:
                         peer.open -= 1
@@ -84,8 +91,12 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
     return data
 
 
-def serve_modbus(sock: socket.socket) -> None:
-    """Answer Modbus TCP requests until the client goes: reads with zeros, writes echoed."""
+def serve_modbus(
+    sock: socket.socket, value: Callable[[], int] = lambda: 0, delay: float = 0.0
+) -> None:
+    """Answer Modbus TCP requests until the client goes (or a timeout of the socket):
+    bit reads with zeros, register reads with ``value()`` in each register, writes
+    echoed; each answer ``delay`` seconds after its request."""
     try:
         while True:
             header = _read_exactly(sock, 7)
@@ -100,12 +111,14 @@ def serve_modbus(sock: socket.socket) -> None:
                 count = (struct.unpack(">H", pdu[3:5])[0] + 7) // 8
                 reply = bytes([function, count]) + bytes(count)
             elif function in (3, 4) and len(pdu) >= 5:
-                count = 2 * struct.unpack(">H", pdu[3:5])[0]
-                reply = bytes([function, count]) + bytes(count)
+                count = struct.unpack(">H", pdu[3:5])[0]
+                reply = bytes([function, 2 * count]) + struct.pack(">H", value()) * count
             elif function in (5, 6, 15, 16) and len(pdu) >= 5:
                 reply = pdu[:5]
             else:
                 reply = bytes([function | 0x80, 1])
+            if delay:
+                time.sleep(delay)
             sock.sendall(struct.pack(">HHHB", transaction, protocol, len(reply) + 1, unit) + reply)
     except OSError:
         return

@@ -118,6 +118,14 @@ class ProcessingStoreContract:
         yield store.delete_formula_status("f1")
         self.assertIsNone((yield store.formula_status("f1")))
         self.assertEqual((yield store.formula_status("f2"))["state"], "error")
+        # Cluster mode: a status is written only under its result device's current lease.
+        yield self.redis.call("set", keys.LEASE % "1", "7 b")
+        leases = {"f2": ("1", "6 a"), "f3": ("1", "7 b")}
+        statuses = {"f2": {"id": "f2", "state": "ok"}, "f3": {"id": "f3", "state": "ok"}}
+        result = yield store.write_formula_status(statuses, leases)
+        self.assertEqual([int(n) for n in result], [1, 1])
+        self.assertEqual((yield store.formula_status("f2"))["state"], "error")  # refused
+        self.assertEqual((yield store.formula_status("f3"))["state"], "ok")
 
     @inlineCallbacks
     def test_alarm_events(self):
@@ -135,6 +143,16 @@ class ProcessingStoreContract:
         log = yield self.redis.call("execute_command", "XREVRANGE", keys.ALARM_LOG, "+", "-")
         events = [json.loads(dict(zip(f[::2], f[1::2], strict=True))["event"]) for _, f in log]
         self.assertEqual([e["event"] for e in events], ["clear", "raise", "raise", "raise"])
+        # Cluster mode: written only under the device's current lease.
+        yield self.redis.call("set", keys.LEASE % "1", "7 b")
+        refused = yield store.record_event(alarm("clear", item="1001", kind="low"), 1000, "6 a")
+        self.assertEqual(int(refused), 0)
+        self.assertIn("1:10:1001:low", (yield store.active_alarms()))
+        log = yield self.redis.call("execute_command", "XREVRANGE", keys.ALARM_LOG, "+", "-")
+        self.assertEqual(len(log), 4)
+        done = yield store.record_event(alarm("clear", item="1001", kind="low"), 1000, "7 b")
+        self.assertEqual(int(done), 1)
+        self.assertNotIn("1:10:1001:low", (yield store.active_alarms()))
 
     @inlineCallbacks
     def test_plugin_status_and_heartbeats(self):

@@ -137,6 +137,35 @@ class DeviceStoreContract:
         self.assertEqual(int((yield store.publish_reply(*answer[:2], "e", "1 a"))), -1)
 
     @defer.inlineCallbacks
+    def test_fenced_statuses_and_frame_logs(self) -> Any:
+        """Cluster mode: a device's status and frame lines are written only under its
+        current lease; a stale holder's are refused whole."""
+        store = DeviceStore(self.redis)
+        yield self.redis.call("set", keys.LEASE % "d", "7 b")
+        yield self.redis.call("set", keys.LEASE % "e", "1 a")
+        yield store.write_statuses({"d": '{"by": "b"}'})
+        result = yield store.write_fenced(
+            {
+                "d": ("6 a", '{"by": "stale a"}', ["stale"]),
+                "e": ("1 a", '{"by": "a"}', ["1", "2", "3"]),
+                "f": ("1 a", None, ["x"]),  # no lease at all
+            },
+            2,
+        )
+        self.assertEqual([int(n) for n in result], [1, 2])
+        status = yield self.redis.call("hget", keys.DEVICE_STATUS % "d", "status")
+        self.assertEqual(status, '{"by": "b"}')  # the new owner's, untouched
+        status = yield self.redis.call("hget", keys.DEVICE_STATUS % "e", "status")
+        self.assertEqual(status, '{"by": "a"}')
+        for device_id, lines in (("d", []), ("e", ["2", "3"]), ("f", [])):
+            frames = yield self.redis.call("lrange", keys.FRAME_LOG % device_id, 0, -1)
+            self.assertEqual(frames, lines)
+        result = yield store.write_fenced({"d": ("7 b", None, ["4", "5", "6"])}, 2)
+        self.assertEqual([int(n) for n in result], [0, 0])
+        frames = yield self.redis.call("lrange", keys.FRAME_LOG % "d", 0, -1)
+        self.assertEqual(frames, ["5", "6"])
+
+    @defer.inlineCallbacks
     def test_not_topical_marks_of_the_ingest_script(self) -> Any:
         """Samples of d (one looks like our own JSON), a mark, then a fresh one; e untouched."""
         for device_id, term_id, item_id in (("d", "t", i) for i in ("a", "b", "c", "n", "fresh")):

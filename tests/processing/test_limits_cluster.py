@@ -1,0 +1,89 @@
+"""Limit checks in cluster mode (`MemoryRedis`, a `Clock`): a collector judges only the
+points of the devices whose lease it holds, and the new holder of a device takes over
+the alarms the old one raised (it clears them; the old one writes nothing more)."""
+
+import json
+
+import attrs
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from pydatacoll.cluster.ownership import Ownership
+from pydatacoll.model import Sample
+from pydatacoll.processing.limits import LimitsProcessor
+from pydatacoll.store import keys
+from pydatacoll.testing.memory_subscriber import memory_subscription
+from tests.processing.memory_support import memory_context, memory_points, stream_events
+
+LIMITS = {"1000": {"up_limit": 230, "deadband": 2}, "1002": {"frozen_after": 30}}
+
+
+class ClusterLimitsTests(SynchronousTestCase):
+    def setUp(self):
+        self.memory = memory_points(LIMITS)
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.owners = {c: Ownership(c, memory_subscription(self.memory)) for c in "ab"}
+        self.processors = {c: self.start(c) for c in "ab"}
+        self.memory.call("set", keys.LEASE % "1", "1 a")
+        self.owners["a"].set_owned("1", True, "1 a")  # a holds device 1's lease
+
+    def start(self, collector_id):
+        context = memory_context(self.memory, self.clock, {"check_interval": "1"})
+        processor = LimitsProcessor(attrs.evolve(context, cluster=self.owners[collector_id]))
+        processor.startService()
+        self.addCleanup(lambda: processor.stopService() if processor.running else None)
+        return processor
+
+    def feed(self, collector_id, item_id, value):
+        self.clock.advance(1)
+        now = self.clock.seconds()
+        sample = Sample("1", "10", item_id, value, "good", (), now, now)
+        self.processors[collector_id].samples_received([sample])
+
+    def events(self):
+        return [(e["event"], e["kind"], e["value"]) for e in stream_events(self.memory)]
+
+    def test_only_the_holder_judges_and_checks_frozen_values(self):
+        self.feed("a", "1000", 235)
+        self.feed("b", "1000", 236)  # a stale sample at b (never its device): not judged
+        self.clock.advance(40)
+        self.assertEqual(
+            self.events(), [("raise", "high", 235.0), ("raise", "frozen", None)]
+        )  # raised once each, by a: b runs no frozen check of a device it does not hold
+        self.assertEqual(self.processors["b"].status()["raised"], 0)
+        self.assertEqual(self.processors["b"].status()["samples"], 0)
+
+    def test_the_new_holder_takes_the_alarms_over_and_clears_them(self):
+        self.feed("a", "1000", 235)
+        self.assertIn("1:10:1000:high", self.memory.data[keys.ALARMS])
+        # the lease moves from a to b
+        self.owners["a"].set_owned("1", False)
+        self.memory.call("set", keys.LEASE % "1", "2 b")
+        self.owners["b"].set_owned("1", True, "2 b")
+        self.feed("a", "1000", 100)  # a's last sample while the link closes: not judged
+        self.assertEqual(self.processors["a"].status()["cleared"], 0)
+        self.feed("b", "1000", 236)  # still high: not raised twice
+        self.feed("b", "1000", 220)
+        self.assertEqual(self.events(), [("raise", "high", 235.0), ("clear", "high", 220.0)])
+        self.assertEqual(self.memory.data.get(keys.ALARMS) or {}, {})
+        # frozen: counted at b from the takeover (3 s ago), never at a any more
+        self.clock.advance(26)
+        self.assertNotIn(("raise", "frozen", None), self.events())
+        self.clock.advance(2)
+        self.assertEqual(self.events()[-1], ("raise", "frozen", None))
+        self.assertEqual(self.processors["a"].status()["raised"], 1)  # its high only
+        self.assertEqual(self.processors["b"].status()["raised"], 1)  # the frozen value
+        alarm = json.loads(self.memory.data[keys.ALARMS]["1:10:1002:frozen"])
+        self.assertEqual(alarm["device_id"], "1")
+
+    def test_an_event_judged_under_a_lease_that_moved_on_is_refused(self):
+        """A paused holder's late judgement is not written over the new holder's alarms."""
+        self.feed("a", "1000", 235)  # written under a's current lease
+        self.assertIn("1:10:1000:high", self.memory.data[keys.ALARMS])
+        self.memory.call("set", keys.LEASE % "1", "2 b")  # b took device 1; a was paused
+        self.feed("a", "1000", 220)  # a's last sample, judged before it notices
+        self.assertIn("1:10:1000:high", self.memory.data[keys.ALARMS])  # not cleared by a
+        status = self.processors["a"].status()
+        self.assertEqual((status["events_written"], status["events_fenced"]), (1, 1))
+        self.assertEqual(self.events(), [("raise", "high", 235.0)])
