@@ -322,11 +322,19 @@ def answers_200(url: str) -> bool:
         return False
 
 
-def start_daemon(stack: contextlib.ExitStack, workdir: Path, redis_port: int) -> tuple[Child, str]:
-    """Start PyDataColl, wait for its API and create the benchmark device; child, base URL."""
+def start_daemon(
+    stack: contextlib.ExitStack, workdir: Path, redis_port: int, profile: Path | None = None
+) -> tuple[Child, str]:
+    """Start PyDataColl, wait for its API and create the benchmark device; child, base URL.
+
+    With ``profile``, twistd runs the daemon under cProfile and saves its stats there when
+    it stops (``--profile``)."""
     port = free_port()
+    profiling = [] if profile is None else [
+        f"--profile={profile}", "--profiler=cprofile", "--savestats",
+    ]  # fmt: skip
     argv = [
-        *TWISTD, "-n", "--pidfile=", "pydatacoll",
+        *TWISTD, "-n", "--pidfile=", *profiling, "pydatacoll",
         "--api", f"tcp:{port}:interface={HOST}",
         "--redis", f"redis://{HOST}:{redis_port}/0",
     ]  # fmt: skip
@@ -561,7 +569,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Start Redis, the daemon and the peer, run wrk, stop everything; the report."""
     with contextlib.ExitStack() as stack:
         redis_port = start_redis(stack, workdir)
-        daemon, ours = start_daemon(stack, workdir, redis_port)
+        daemon, ours = start_daemon(stack, workdir, redis_port, args.profile)
         _peer, peer = start_peer(stack, workdir, redis_port)
         servers = {"ours": ours, "peer": peer}
         sizes = check_device_answers(servers)
@@ -599,6 +607,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="keep the logs of redis-server, pydatacoll and the peer in a new folder in DIR",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="run PyDataColl under cProfile and save its stats in FILE (pstats format; the "
+        "figures are then not comparable)",
+    )
     peer = parser.add_argument_group("peer mode (started by the driver)")
     peer.add_argument("--peer", action="store_true", help="serve the ceiling peer and exit")
     peer.add_argument("--port", type=int, help="peer: TCP port on 127.0.0.1")
@@ -618,6 +633,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or the peer); the exit status."""
     args = parse_args(argv)
+    if args.profile is not None:
+        args.profile = args.profile.resolve()  # the daemon runs in REPO_ROOT
     use_checkout()
     if args.peer:
         run_peer(args.port, args.redis_port)
