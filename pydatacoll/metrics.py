@@ -150,8 +150,26 @@ class ProcessMetrics:
         return body
 
 
+#: route_template's answers by (method, path): a path always matches the same route, so
+#: the URL map is matched once per path, not twice per request. At most
+#: ``_TEMPLATES_KEPT`` paths are kept; past it the oldest is dropped (and matched again).
+_TEMPLATES: dict[tuple[Any, Any], str] = {}
+_TEMPLATES_KEPT = 4096
+
+
 def route_template(request: Any) -> str:
     """The Klein route a request matched, as ``/api/v1/devices/{device_id}``; "unmatched"."""
+    key = (request.method, request.path)
+    found = _TEMPLATES.get(key)
+    if found is None:
+        found = _route_template(request)
+        if len(_TEMPLATES) >= _TEMPLATES_KEPT:
+            del _TEMPLATES[next(iter(_TEMPLATES))]
+        _TEMPLATES[key] = found
+    return found
+
+
+def _route_template(request: Any) -> str:
     from klein.interfaces import IKleinRequest
 
     try:

@@ -109,7 +109,7 @@ def _add_api(
     hub.setServiceParent(root)
     metrics.watch_stream(hub)
     cache: ConfigCache[bytes] = ConfigCache(
-        client, redis_subscription(client, reactor), settings.config_cache
+        client, redis_subscription(client, reactor), settings.config_cache, reactor
     )
     cache.setName("config-cache")
     cache.setServiceParent(root)

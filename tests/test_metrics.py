@@ -163,3 +163,24 @@ class MetricsSiteTests(TestCase):
         self.assertEqual(status, 200)
         found = parse(text)
         self.assertEqual(found[("pydatacoll_ingest_samples_written_total", ())], 10)
+
+
+class RouteTemplateMemoTests(SynchronousTestCase):
+    def test_one_match_per_path_and_bounded(self):
+        """The route of a (method, path) is matched once, not once per request; at most
+        `_TEMPLATES_KEPT` paths are kept."""
+        from pydatacoll import metrics
+
+        class Request:
+            def __init__(self, path):
+                self.method, self.path = b"GET", path
+
+        matched = []
+        self.patch(metrics, "_TEMPLATES", {})
+        self.patch(metrics, "_route_template", lambda r: matched.append(r.path) or "t")
+        for _ in range(3):
+            self.assertEqual(metrics.route_template(Request(b"/api/v1/devices/1")), "t")
+        self.assertEqual(matched, [b"/api/v1/devices/1"])
+        for i in range(metrics._TEMPLATES_KEPT + 10):
+            metrics.route_template(Request(b"/api/v1/devices/%d" % i))
+        self.assertEqual(len(metrics._TEMPLATES), metrics._TEMPLATES_KEPT)

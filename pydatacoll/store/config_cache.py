@@ -18,7 +18,8 @@ the highest version V such that the messages of every change up to V have been h
 (handling one clears the cache). A read:
 
 - asks Redis for the version, with a ``GET STR:CONFIG_VERSION`` *sent after the read
-  arrived* (one GET answers every read that arrived before it was sent: a fence);
+  arrived* (one GET, sent at the end of the reactor turn, answers every read of that
+  turn: a fence);
 - answers from memory only when the subscription is up and ``seen`` >= that version:
   then every change acknowledged before the read arrived has cleared the cache, and an
   entry in it holds a state of the entity as new as that change;
@@ -39,7 +40,7 @@ may or may not be seen (as with a read of Redis). What bypasses ``config.lua`` (
 version lower than ``seen`` (Redis lost data) clears the cache, but a hand edit of an
 entity hash is not seen until the next change.
 
-The fence's waiting reads are the HTTP requests in flight (bounded by the listener);
+The fence's waiting reads are HTTP requests in flight (bounded by the connections);
 the entries are at most ``max_entries``, the oldest dropped first (a dropped entry is
 read from Redis again).
 """
@@ -68,13 +69,17 @@ CHANGE_CHANNELS = sorted(
 
 
 class VersionFence:
-    """``version()``: STR:CONFIG_VERSION read by a GET sent after the call (one GET in
-    flight at a time; the calls made meanwhile share the next one)."""
+    """``version()``: STR:CONFIG_VERSION read by a GET sent after the call.
 
-    def __init__(self, redis: Any) -> None:
+    The calls of one reactor turn share one GET, sent at the end of the turn
+    (``clock.callLater(0)``); several may be on their way at once. Without a clock each
+    call sends its own GET at once.
+    """
+
+    def __init__(self, redis: Any, clock: Any = None) -> None:
         self.redis = redis
+        self.clock = clock
         self._next: list[Deferred[int]] = []
-        self._in_flight = False
         #: GETs sent (a test's and the benchmark's count).
         self.reads = 0
 
@@ -82,19 +87,20 @@ class VersionFence:
         """Fires with the version (0 before the first change) read after this call."""
         d: Deferred[int] = Deferred()
         self._next.append(d)
-        if not self._in_flight:
-            self._send()
+        if len(self._next) == 1:
+            if self.clock is None:
+                self._send()
+            else:
+                self.clock.callLater(0, self._send)
         return d
 
     def _send(self) -> None:
         batch, self._next = self._next, []
-        self._in_flight = True
         self.reads += 1
         d: Deferred[Any] = self.redis.call("get", keys.CONFIG_VERSION)
         d.addBoth(self._answer, batch)
 
     def _answer(self, result: Any, batch: list[Deferred[int]]) -> None:
-        self._in_flight = False
         if not isinstance(result, Failure):
             result = _version(result)
         for d in batch:
@@ -102,8 +108,6 @@ class VersionFence:
                 d.errback(result)
             else:
                 d.callback(result)
-        if self._next and not self._in_flight:
-            self._send()
 
 
 def _version(text: Any) -> int:
@@ -132,17 +136,22 @@ class ConfigCache(Service, Generic[T]):
     ``subscribe(handler, channels=, on_subscribed=, on_lost=, name=)`` builds the
     subscription (an `ISubscriber` service: `redis_subscription`, or the in-memory one
     of the tests); ``max_entries`` bounds the entries. Without ``subscribe`` or with
-    ``max_entries`` 0 there is no cache: every read is one ``HGETALL``.
+    ``max_entries`` 0 there is no cache: every read is one ``HGETALL``. ``clock`` (the
+    reactor) lets the reads of one reactor turn share one GET (`VersionFence`).
     """
 
     log = Logger()
 
     def __init__(
-        self, redis: Any, subscribe: Callable[..., Any] | None = None, max_entries: int = 0
+        self,
+        redis: Any,
+        subscribe: Callable[..., Any] | None = None,
+        max_entries: int = 0,
+        clock: Any = None,
     ) -> None:
         self.redis = redis
         self.max_entries = max_entries
-        self.fence = VersionFence(redis)
+        self.fence = VersionFence(redis, clock)
         self._subscribe = subscribe
         self.subscriber: Any = None
         #: (entity, id) -> the rendered entity (None: not stored).

@@ -35,7 +35,7 @@ class TwoApisTests(TestCase):
             client.startService()
             self.addCleanup(client.stopService)
             yield client.when_connected()
-            cache = ConfigCache(client, redis_subscription(client, reactor), 1000)
+            cache = ConfigCache(client, redis_subscription(client, reactor), 1000, reactor)
             cache.startService()
             self.addCleanup(cache.stopService)
             api = ApiApp(ConfigStore(client), self.settings, config_cache=cache)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from pydatacoll.errors import StoreUnavailable
@@ -116,7 +117,10 @@ class CacheCase(SynchronousTestCase):
         self.memory = MemoryRedis()
         self.redis = HeldRedis(self.memory)
         self.subscription = HeldSubscription(self.memory)
-        self.cache: ConfigCache[str | None] = ConfigCache(self.redis, self.subscription, 100)
+        self.clock = Clock()
+        self.cache: ConfigCache[str | None] = ConfigCache(
+            self.redis, self.subscription, 100, self.clock
+        )
         #: This API process's changes, and another's on the same Redis.
         self.here = ConfigStore(self.redis)
         self.there = ConfigStore(self.memory)
@@ -129,7 +133,10 @@ class CacheCase(SynchronousTestCase):
         self.successResultOf(store.apply([device_op(kind, device_id, name)]))
 
     def read(self, device_id: str = "1") -> Deferred[Any]:
-        return self.cache.read("device", device_id, name_of)
+        """A read arriving in a reactor turn of its own (the turn ends: its GET is sent)."""
+        d = self.cache.read("device", device_id, name_of)
+        self.clock.advance(0)
+        return d
 
     def hgetalls(self) -> int:
         return sum(1 for command, _ in self.memory.calls if command == "hgetall")
@@ -203,12 +210,13 @@ class ReadTests(CacheCase):
         early = self.read()  # its GET runs now (version 1) and its reply is held
         self.assertEqual(len(self.redis.held), 1)
         self.change(self.there, "put", "1", "second")  # acknowledged after that GET ran
-        late = self.read()  # must not be answered by the held GET
-        self.assertEqual(len(self.redis.held), 1, "a second GET was sent before the first came")
-        self.redis.release()  # the first GET's reply: answers `early`, sends the next GET
+        late = self.read()  # must not be answered by the held GET: it sends its own
+        self.assertEqual(len(self.redis.held), 2)
+        self.redis.release(1)  # the first GET's reply answers `early` only
         self.assertEqual(self.successResultOf(early), "first")  # a state current when it came
         self.assertNoResult(late)
-        self.redis.release()  # the second GET (version 2 > seen 1): late reads Redis
+        self.redis.release(1)  # the second GET (version 2 > seen 1): late reads Redis
+        self.assertNoResult(late)
         self.redis.release()  # its HGETALL
         self.assertEqual(self.successResultOf(late), "second")
 
@@ -216,13 +224,15 @@ class ReadTests(CacheCase):
         self.assert_from_redis("first")
         self.redis.holding = True
         first = self.read()
-        waiting = [self.read() for _ in range(10)]
+        # Ten reads in one reactor turn (one GET still on its way): one more GET.
+        waiting = [self.cache.read("device", "1", name_of) for _ in range(10)]
         self.assertEqual(len(self.redis.held), 1)
-        self.redis.release()
-        self.assertEqual(len(self.redis.held), 1)  # one GET for the ten that came meanwhile
+        self.clock.advance(0)
+        self.assertEqual(len(self.redis.held), 2)
         self.redis.release()
         self.assertEqual([self.successResultOf(d) for d in [first, *waiting]], ["first"] * 11)
         self.assertEqual(self.hgetalls(), 1)
+        self.assertEqual(self.cache.fence.reads, 3)  # with the first read's
 
     def test_change_in_flight_when_the_read_arrives(self) -> None:
         """A change not yet acknowledged when the read came may or may not be seen (as with
@@ -378,12 +388,15 @@ class BoundTests(SynchronousTestCase):
         memory = MemoryRedis()
         redis = HeldRedis(memory)
         redis.holding = True
-        fence = VersionFence(redis)
+        clock = Clock()
+        fence = VersionFence(redis, clock)
         first = fence.version()
+        clock.advance(0)
         memory.fail_next("get")
         waiting = [fence.version(), fence.version()]
+        clock.advance(0)
+        self.assertEqual(len(redis.held), 2)
         redis.release()
         self.assertEqual(self.successResultOf(first), 0)
-        redis.release()
         for d in waiting:
             self.failureResultOf(d, StoreUnavailable)
