@@ -202,16 +202,20 @@ class ConfigCache(Service, Generic[T]):
         if self.subscriber is None:
             fields = yield self.redis.call("hgetall", ENTITY_KEYS[entity] % entity_id)
             return render(fields)
+        # Every version ``seen`` takes is one a change reached, so the version read after
+        # this moment is at least ``seen`` now, unless Redis lost data. (``seen`` may pass
+        # that version meanwhile: a change made after the GET ran, its message here first.)
+        seen_before = self.seen
         version = yield self.fence.version()
         key = (entity, entity_id)
         seen = self.seen
-        if seen is not None and version < seen:
-            # The version went backwards: Redis lost data (restarted without it,
-            # flushed). Nothing held can be trusted; a new base comes with the next change.
+        if seen_before is not None and version < seen_before:
+            # The version went backwards: Redis lost data (flushed, or a replica that was
+            # behind took over). Nothing held can be trusted: cleared, base read again.
             self.log.warn(
                 "configuration version {version} below {seen}: cache cleared",
                 version=version,
-                seen=seen,
+                seen=seen_before,
             )
             self._restart_base()
         elif seen is not None and seen >= version and key in self.entries:

@@ -345,6 +345,21 @@ class SubscriptionTests(CacheCase):
         self.assert_from_redis("again")
         self.assert_from_memory("again")
 
+    def test_message_before_the_version_reply_is_not_a_loss(self) -> None:
+        """A change made after a read's GET ran, its message here before that GET's reply:
+        ``seen`` is above the version read, which is no sign of lost data."""
+        self.assert_from_redis("first")
+        self.redis.holding = True
+        read = self.read()  # its GET runs now: version 1
+        self.change(self.there, "put", "1", "second")  # heard at once: seen 2
+        self.redis.release(1)
+        self.assertEqual(self.cache.seen, 2)  # not cleared and based anew
+        self.assertEqual(self.redis.held[0][0], "hgetall")  # the entry went with the change
+        self.redis.release()
+        self.assertEqual(self.successResultOf(read), "second")
+        self.redis.holding = False
+        self.assert_from_memory("second")
+
     def test_redis_down(self) -> None:
         self.assert_from_redis("first")
         self.memory.down()
