@@ -113,6 +113,7 @@ def _add_api(
     )
     cache.setName("config-cache")
     cache.setServiceParent(root)
+    metrics.watch_config_cache(cache)
     api = ApiApp(
         ConfigStore(client),
         settings,

@@ -184,3 +184,23 @@ class RouteTemplateMemoTests(SynchronousTestCase):
         for i in range(metrics._TEMPLATES_KEPT + 10):
             metrics.route_template(Request(b"/api/v1/devices/%d" % i))
         self.assertEqual(len(metrics._TEMPLATES), metrics._TEMPLATES_KEPT)
+
+
+class ConfigCacheFamiliesTests(SynchronousTestCase):
+    def test_reads_entries_dropped(self):
+        from pydatacoll.store.config_cache import ConfigCache
+        from pydatacoll.testing.memory import MemoryRedis
+        from pydatacoll.testing.memory_subscriber import memory_subscription
+
+        memory = MemoryRedis()
+        cache = ConfigCache(memory, memory_subscription(memory), 2)
+        cache.startService()
+        for device_id in ("1", "1", "2", "3"):
+            self.successResultOf(cache.read("device", device_id, lambda fields: None))
+        metrics = ProcessMetrics(Clock())
+        metrics.watch_config_cache(cache)
+        found = parse(self.successResultOf(metrics.exposition()).decode())
+        self.assertEqual(found[("pydatacoll_config_cache_reads_total", (("answer", "memory"),))], 1)
+        self.assertEqual(found[("pydatacoll_config_cache_reads_total", (("answer", "redis"),))], 3)
+        self.assertEqual(found[("pydatacoll_config_cache_entries", ())], 2)
+        self.assertEqual(found[("pydatacoll_config_cache_dropped_total", ())], 1)

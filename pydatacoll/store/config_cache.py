@@ -170,6 +170,8 @@ class ConfigCache(Service, Generic[T]):
         #: Reads answered from memory / from Redis (counted for tests and the bench).
         self.hits = 0
         self.misses = 0
+        #: Entries dropped at ``max_entries`` (the oldest first).
+        self.dropped = 0
 
     # -- service --------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802 (Twisted API)
@@ -236,6 +238,7 @@ class ConfigCache(Service, Generic[T]):
         self.entries[key] = rendered
         while len(self.entries) > self.max_entries:
             del self.entries[next(iter(self.entries))]
+            self.dropped += 1
 
     # -- the subscription -------------------------------------------------------------------
     def _message(self, channel: str, message: str) -> None:

@@ -383,6 +383,7 @@ class BoundTests(SynchronousTestCase):
         for device_id in "12345":
             self.successResultOf(cache.read("device", device_id, name_of))
         self.assertEqual(list(cache.entries), [("device", i) for i in "345"])
+        self.assertEqual(cache.dropped, 2)
 
     def test_no_subscription_no_cache(self) -> None:
         memory = MemoryRedis()
