@@ -324,7 +324,11 @@ def answers_200(url: str) -> bool:
 
 
 def start_daemon(
-    stack: contextlib.ExitStack, workdir: Path, redis_port: int, profile: Path | None = None
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    redis_port: int,
+    profile: Path | None = None,
+    config: Path | None = None,
 ) -> tuple[Child, str]:
     """Start PyDataColl, wait for its API and create the benchmark device; child, base URL.
 
@@ -338,6 +342,7 @@ def start_daemon(
         *TWISTD, "-n", "--pidfile=", *profiling, "pydatacoll",
         "--api", f"tcp:{port}:interface={HOST}",
         "--redis", f"redis://{HOST}:{redis_port}/0",
+        *([] if config is None else ["--config", str(config)]),
     ]  # fmt: skip
     child = Child("pydatacoll", argv, workdir / "pydatacoll.log", cwd=REPO_ROOT)
     stack.callback(child.stop)
@@ -581,7 +586,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Start Redis, the daemon and the peer, run wrk, stop everything; the report."""
     with contextlib.ExitStack() as stack:
         redis_port = start_redis(stack, workdir)
-        daemon, ours = start_daemon(stack, workdir, redis_port, args.profile)
+        daemon, ours = start_daemon(stack, workdir, redis_port, args.profile, args.config)
         _peer, peer = start_peer(stack, workdir, redis_port)
         servers = {"ours": ours, "peer": peer}
         sizes = check_device_answers(servers)
@@ -624,6 +629,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="keep the logs of redis-server, pydatacoll and the peer in a new folder in DIR",
     )
     parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the daemon's configuration file (e.g. [api] config_cache = 0: no cache)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="FILE",
@@ -651,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.profile is not None:
         args.profile = args.profile.resolve()  # the daemon runs in REPO_ROOT
+    if args.config is not None:
+        args.config = args.config.resolve()
     use_checkout()
     if args.peer:
         run_peer(args.port, args.redis_port)
