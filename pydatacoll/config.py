@@ -321,6 +321,14 @@ OPTIONS += (
         "Event streams (GET /api/v1/stream) served at once; 503 above.",
     ),
     Option(
+        "api",
+        "config_cache",
+        "config_cache",
+        "10000",
+        integer_option(0, 10_000_000),
+        "Entities (devices, terms, items) the API keeps in memory for GET; 0: none.",
+    ),
+    Option(
         "collector",
         "metrics_endpoint",
         "metrics_endpoint",
@@ -420,6 +428,7 @@ class Settings:
     frame_log_length: int = 0
     ctrl_log_length: int = 10000
     stream_clients: int = 100
+    config_cache: int = 10000
     metrics_endpoint: str | None = None
     plugins_enabled: tuple[str, ...] = ("formulas", "limits")
     cluster: bool = False

@@ -87,6 +87,7 @@ class ProcessMetrics:
         self.manager: Any = None
         self.processors: Any = None
         self.hub: Any = None
+        self.config_cache: Any = None
         self.live: LiveStore | None = None
         #: Statuses read from Redis for the scrape in progress (API-only processes).
         self._stored: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
@@ -102,6 +103,10 @@ class ProcessMetrics:
     def watch_stream(self, hub: Any) -> None:
         """Read the event stream's clients."""
         self.hub = hub
+
+    def watch_config_cache(self, cache: Any) -> None:
+        """Read the API's configuration cache (`pydatacoll.store.config_cache`)."""
+        self.config_cache = cache
 
     def watch_redis(self, redis: Any) -> None:
         """Read device and plugin states from Redis (a process without the collector)."""
@@ -150,8 +155,26 @@ class ProcessMetrics:
         return body
 
 
+#: route_template's answers by (method, path): a path always matches the same route, so
+#: the URL map is matched once per path, not twice per request. At most
+#: ``_TEMPLATES_KEPT`` paths are kept; past it the oldest is dropped (and matched again).
+_TEMPLATES: dict[tuple[Any, Any], str] = {}
+_TEMPLATES_KEPT = 4096
+
+
 def route_template(request: Any) -> str:
     """The Klein route a request matched, as ``/api/v1/devices/{device_id}``; "unmatched"."""
+    key = (request.method, request.path)
+    found = _TEMPLATES.get(key)
+    if found is None:
+        found = _route_template(request)
+        if len(_TEMPLATES) >= _TEMPLATES_KEPT:
+            del _TEMPLATES[next(iter(_TEMPLATES))]
+        _TEMPLATES[key] = found
+    return found
+
+
+def _route_template(request: Any) -> str:
     from klein.interfaces import IKleinRequest
 
     try:
@@ -233,6 +256,8 @@ class _Snapshot(Collector):
             yield from _plugin_families(plugins)
         if metrics.hub is not None:
             yield from _stream_families(metrics.hub)
+        if metrics.config_cache is not None:
+            yield from _config_cache_families(metrics.config_cache)
 
 
 def _device_families(statuses: dict[str, dict[str, Any]]) -> Iterator[Metric]:
@@ -326,6 +351,26 @@ def _plugin_families(plugins: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         errors.add_metric([name], _number(body.get("errors")) or 0.0)
         dropped.add_metric([name], _number(body.get("emit_dropped")) or 0.0)
     yield from (enabled, running, errors, dropped)
+
+
+def _config_cache_families(cache: Any) -> Iterator[Metric]:
+    reads = CounterMetricFamily(
+        "pydatacoll_config_cache_reads",
+        "Entity reads (GET /api/v1/{devices,terms,items}/{id}) by where they were answered "
+        "from: memory, or redis (a miss, or the cache not provably current).",
+        labels=["answer"],
+    )
+    reads.add_metric(["memory"], cache.hits)
+    reads.add_metric(["redis"], cache.misses)
+    yield reads
+    yield GaugeMetricFamily(
+        "pydatacoll_config_cache_entries", "Entities held in memory.", value=len(cache.entries)
+    )
+    yield CounterMetricFamily(
+        "pydatacoll_config_cache_dropped",
+        "Entries dropped at [api] config_cache (the oldest; read from Redis again).",
+        value=cache.dropped,
+    )
 
 
 def _stream_families(hub: Any) -> Iterator[Metric]:

@@ -18,15 +18,17 @@ from pydatacoll.ordered import OrderedService
 from pydatacoll.processing.history import history_reader
 from pydatacoll.processing.loader import PluginDirectory
 from pydatacoll.store.config import ConfigStore
+from pydatacoll.store.config_cache import ConfigCache, redis_subscription
 from pydatacoll.store.embedded import DataDirLock, EmbeddedRedis, find_redis_server
 from pydatacoll.store.redis import RedisClient
 
 
 def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     """Children in start order: ``redis-server`` (embedded only), ``redis``, then
-    ``collector`` (roles all and collector), ``replies``, ``stream`` and ``api`` (roles all
-    and api), or ``metrics`` (role collector with ``[collector] metrics_endpoint``), then
-    ``gateway-replies`` and ``gateway`` (roles all and gateway)."""
+    ``collector`` (roles all and collector), ``replies``, ``stream``, ``config-cache``
+    and ``api`` (roles all and api), or ``metrics`` (role collector with ``[collector]
+    metrics_endpoint``), then ``gateway-replies`` and ``gateway`` (roles all and
+    gateway)."""
     root = OrderedService()
     embedded = None
     if settings.embedded_redis:
@@ -106,6 +108,12 @@ def _add_api(
     hub.setName("stream")
     hub.setServiceParent(root)
     metrics.watch_stream(hub)
+    cache: ConfigCache[bytes] = ConfigCache(
+        client, redis_subscription(client, reactor), settings.config_cache, reactor
+    )
+    cache.setName("config-cache")
+    cache.setServiceParent(root)
+    metrics.watch_config_cache(cache)
     api = ApiApp(
         ConfigStore(client),
         settings,
@@ -115,6 +123,7 @@ def _add_api(
         plugins=PluginDirectory(settings, client, reactor, processors=processors),
         stream_hub=hub,
         metrics=metrics,
+        config_cache=cache,
     )
     api_service = strports.service(settings.api_listen, api.site(), reactor=reactor)
     api_service.setName("api")

@@ -163,3 +163,44 @@ class MetricsSiteTests(TestCase):
         self.assertEqual(status, 200)
         found = parse(text)
         self.assertEqual(found[("pydatacoll_ingest_samples_written_total", ())], 10)
+
+
+class RouteTemplateMemoTests(SynchronousTestCase):
+    def test_one_match_per_path_and_bounded(self):
+        """The route of a (method, path) is matched once, not once per request; at most
+        `_TEMPLATES_KEPT` paths are kept."""
+        from pydatacoll import metrics
+
+        class Request:
+            def __init__(self, path):
+                self.method, self.path = b"GET", path
+
+        matched = []
+        self.patch(metrics, "_TEMPLATES", {})
+        self.patch(metrics, "_route_template", lambda r: matched.append(r.path) or "t")
+        for _ in range(3):
+            self.assertEqual(metrics.route_template(Request(b"/api/v1/devices/1")), "t")
+        self.assertEqual(matched, [b"/api/v1/devices/1"])
+        for i in range(metrics._TEMPLATES_KEPT + 10):
+            metrics.route_template(Request(b"/api/v1/devices/%d" % i))
+        self.assertEqual(len(metrics._TEMPLATES), metrics._TEMPLATES_KEPT)
+
+
+class ConfigCacheFamiliesTests(SynchronousTestCase):
+    def test_reads_entries_dropped(self):
+        from pydatacoll.store.config_cache import ConfigCache
+        from pydatacoll.testing.memory import MemoryRedis
+        from pydatacoll.testing.memory_subscriber import memory_subscription
+
+        memory = MemoryRedis()
+        cache = ConfigCache(memory, memory_subscription(memory), 2)
+        cache.startService()
+        for device_id in ("1", "1", "2", "3"):
+            self.successResultOf(cache.read("device", device_id, lambda fields: None))
+        metrics = ProcessMetrics(Clock())
+        metrics.watch_config_cache(cache)
+        found = parse(self.successResultOf(metrics.exposition()).decode())
+        self.assertEqual(found[("pydatacoll_config_cache_reads_total", (("answer", "memory"),))], 1)
+        self.assertEqual(found[("pydatacoll_config_cache_reads_total", (("answer", "redis"),))], 3)
+        self.assertEqual(found[("pydatacoll_config_cache_entries", ())], 2)
+        self.assertEqual(found[("pydatacoll_config_cache_dropped_total", ())], 1)

@@ -39,6 +39,7 @@ from pydatacoll.processing.limits import LIMIT_FIELDS
 from pydatacoll.processing.loader import PluginDirectory
 from pydatacoll.protocols import get_protocol
 from pydatacoll.store.config import MAX_RETRIES, RetryChange
+from pydatacoll.store.config_cache import ConfigCache
 from pydatacoll.store.events import EventStore
 from pydatacoll.store.points import PointStore
 
@@ -50,7 +51,9 @@ class ApiCore:
     client when not given) the values, statuses, channels, audit log and alarms;
     ``replies`` receives the collector's answers to device_call/device_ctrl (without it
     those routes answer 503); ``clock`` gives the times of requests and audit entries;
-    ``history`` (an `IHistoryReader`) serves ranges older than Redis holds.
+    ``history`` (an `IHistoryReader`) serves ranges older than Redis holds;
+    ``config_cache`` (a started `ConfigCache`) serves entity reads from memory when that
+    is provably current (without it every read is one HGETALL).
     """
 
     app = routes
@@ -69,8 +72,12 @@ class ApiCore:
         metrics: Any = None,
         points: IPointStore | None = None,
         events: IEventStore | None = None,
+        config_cache: ConfigCache[Any] | None = None,
     ) -> None:
         self.store = store
+        self.config_cache: ConfigCache[Any] = (
+            config_cache if config_cache is not None else ConfigCache(store.redis)
+        )
         self.points: IPointStore = points if points is not None else PointStore(store.redis)
         self.events: IEventStore = events if events is not None else EventStore(store.redis)
         self.settings = settings

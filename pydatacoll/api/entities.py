@@ -9,6 +9,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from pydatacoll import errors
 from pydatacoll.api.core import ApiCore, batch_put_ops, entity_op, term_item_delete
+from pydatacoll.api.jsonbody import dumps
 from pydatacoll.api.plumbing import batch_elements, json_response, routes
 from pydatacoll.model import ENTITIES, TermItem, decode_fields, is_valid_id, normalize_id
 
@@ -26,15 +27,27 @@ def list_entities(self: ApiCore, request: Any, collection: str) -> Any:
 
 
 @routes.route(f"/api/v1/{_COLLECTION}/<entity_id>", methods=["GET"])
-@inlineCallbacks
 def get_entity(self: ApiCore, request: Any, collection: str, entity_id: str) -> Any:
-    """One device / term / item."""
+    """One device / term / item (from the configuration cache when it is current)."""
     self.check_read(request)
     entity = collection[:-1]
-    fields = {} if not is_valid_id(entity_id) else (yield self.store.get_fields(entity, entity_id))
-    if not fields:
+    if not is_valid_id(entity_id):
         raise errors.NotFound(f"{entity}_id not found!", field=f"{entity}_id")
-    return json_response(request, 200, decode_fields(fields))
+    d = self.config_cache.read(entity, entity_id, entity_body)
+    return d.addCallback(_entity_answer, request, entity)
+
+
+def entity_body(fields: dict[str, str]) -> bytes | None:
+    """The JSON body of a stored entity hash; None when it is not stored."""
+    return dumps(decode_fields(fields)) if fields else None
+
+
+def _entity_answer(body: bytes | None, request: Any, entity: str) -> bytes:
+    if body is None:
+        raise errors.NotFound(f"{entity}_id not found!", field=f"{entity}_id")
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    return body
 
 
 @routes.route("/api/v1/devices/<device_id>/terms", methods=["GET"])

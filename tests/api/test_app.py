@@ -9,9 +9,12 @@ import re
 
 from twisted.internet.defer import inlineCallbacks
 
-from pydatacoll.api.app import route_table
+from pydatacoll.api.app import ApiApp, route_table
 from pydatacoll.api.openapi import document
+from pydatacoll.store.config import ConfigStore
+from pydatacoll.store.config_cache import ConfigCache
 from pydatacoll.testing.fixtures import DEVICE, ITEM, TERM, TERM_ITEM
+from pydatacoll.testing.memory_subscriber import memory_subscription
 from tests.api.support import (
     MemoryApiCase,
     http_call,  # noqa: F401 (imported from here by other tests)
@@ -506,3 +509,42 @@ class TokenTests(TokenRouteTests, MemoryApiCase):
 
 class ContractTests(ContractRouteTests, MemoryApiCase):
     pass
+
+
+class CachedApiCase(MemoryApiCase):
+    """The API with its configuration cache on (subscribed over `MemoryRedis`): every
+    route test must pass whether a read is served from memory or from Redis."""
+
+    def make_api(self):
+        self.cache = ConfigCache(self.memory, memory_subscription(self.memory), 100)
+        self.cache.startService()
+        self.addCleanup(self.cache.stopService)
+        return ApiApp(
+            ConfigStore(self.memory), self.settings, clock=self.clock, config_cache=self.cache
+        )
+
+
+class CachedApiTests(ApiRouteTests, CachedApiCase):
+    @inlineCallbacks
+    def test_entity_reads_are_served_from_memory_and_never_stale(self):
+        """GET after GET is served from memory; after a PUT, DELETE or batch the next
+        GET answers the change at once."""
+        yield self.seed()
+        for _ in range(3):
+            status, body = yield self.call("GET", "/api/v1/devices/1")
+            self.assertEqual(status, 200, body)
+        self.assertEqual((self.cache.hits, self.cache.misses), (2, 1))
+        status, body = yield self.call("PUT", "/api/v1/devices/1", {"name": "renamed"})
+        self.assertEqual(status, 200, body)
+        status, body = yield self.call("GET", "/api/v1/devices/1")
+        self.assertEqual(body["name"], "renamed")
+        status, body = yield self.call("POST", "/api/v2/devices", [dict(body, name="batched")])
+        self.assertEqual(status, 200, body)
+        status, body = yield self.call("GET", "/api/v1/devices/1")
+        self.assertEqual(body["name"], "batched")
+        status, _ = yield self.call("DELETE", "/api/v1/devices/1")
+        self.assertEqual(status, 204)
+        status, body = yield self.call("GET", "/api/v1/devices/1")
+        self.assertEqual(status, 404, body)
+        status, body = yield self.call("GET", "/api/v1/terms/10")  # cascaded with the device
+        self.assertEqual(status, 404, body)

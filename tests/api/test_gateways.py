@@ -186,10 +186,21 @@ class GatewayRoleTests(TestCase):
         from pydatacoll.service import make_root_service
 
         for role, names in (
-            ("all", ["collector", "replies", "stream", "api", "gateway-replies", "gateway"]),
+            (
+                "all",
+                [
+                    "collector",
+                    "replies",
+                    "stream",
+                    "config-cache",
+                    "api",
+                    "gateway-replies",
+                    "gateway",
+                ],
+            ),
             ("gateway", ["gateway-replies", "gateway"]),
             ("collector", ["collector"]),
-            ("api", ["replies", "stream", "api"]),
+            ("api", ["replies", "stream", "config-cache", "api"]),
         ):
             settings = load_settings(None, {"redis": "redis://127.0.0.1:1/0", "role": role})
             children = [s.name for s in make_root_service(settings, reactor)]

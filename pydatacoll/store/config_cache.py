@@ -1,0 +1,312 @@
+"""Configuration reads served from memory, never staler than a read of Redis.
+
+`ConfigCache` keeps what ``HGETALL`` of an entity hash gave (rendered by the caller,
+e.g. as the JSON body of ``GET /api/v1/devices/{id}``), and serves a read from memory
+only when that is *provably* what a read of Redis started at the same moment could
+return. It rests on three facts of the store:
+
+1. every configuration change is one ``config.lua`` call that writes, ``INCR``\\s
+   ``STR:CONFIG_VERSION`` and ``PUBLISH``\\es one change message carrying that version,
+   atomically: the versions of the change messages are 1, 2, 3... without a hole, in
+   the order of the changes, and nothing else writes an entity hash;
+2. Redis runs commands one after the other, so a command sent after a change was
+   acknowledged (to anyone) runs after it;
+3. messages on one subscribed connection arrive in the order they were published.
+
+The cache subscribes to every change channel on its own connection and keeps ``seen``:
+the highest version V such that the messages of every change up to V have been handled
+(handling one clears the cache). A read:
+
+- asks Redis for the version, with a ``GET STR:CONFIG_VERSION`` *sent after the read
+  arrived* (one GET, sent at the end of the reactor turn, answers every read of that
+  turn: a fence);
+- answers from memory only when the subscription is up and ``seen`` >= that version:
+  then every change acknowledged before the read arrived has cleared the cache, and an
+  entry in it holds a state of the entity as new as that change;
+- otherwise (subscription down, a message not here yet: a change made a moment ago by
+  this or another API process, a hole in the versions, the version gone backwards)
+  reads the hash from Redis, as without a cache.
+
+An entry is stored only when no change message arrived while its ``HGETALL`` was on the
+way (else the reply might predate a change already handled), and only while the
+subscription is up and has a base version; losing the subscription clears everything,
+and a new one starts again from the version read after it was confirmed.
+
+So a read never returns a state older than the newest change acknowledged before the
+read arrived: from this process, from another API process on the same Redis, whatever
+was lost while the subscription was down. A change still in flight when the read arrives
+may or may not be seen (as with a read of Redis). What bypasses ``config.lua`` (a
+``FLUSHALL``, a hand edit, a restore of an older dump) is not a change in this sense; a
+version lower than ``seen`` (Redis lost data) clears the cache, but a hand edit of an
+entity hash is not seen until the next change.
+
+The fence's waiting reads are HTTP requests in flight (bounded by the connections);
+the entries are at most ``max_entries``, the oldest dropped first (a dropped entry is
+read from Redis again).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pydatacoll.store import keys
+from pydatacoll.store.config import ENTITY_KEYS
+from pydatacoll.store.subscriber import Subscriber
+
+T = TypeVar("T")
+
+#: Every configuration change channel (each version is published on exactly one).
+CHANGE_CHANNELS = sorted(
+    channel for kinds in keys.CHANGE_CHANNELS.values() for channel in kinds.values()
+)
+
+
+class VersionFence:
+    """``version()``: STR:CONFIG_VERSION read by a GET sent after the call.
+
+    The calls of one reactor turn share one GET, sent at the end of the turn
+    (``clock.callLater(0)``); several may be on their way at once. Without a clock each
+    call sends its own GET at once.
+    """
+
+    def __init__(self, redis: Any, clock: Any = None) -> None:
+        self.redis = redis
+        self.clock = clock
+        self._next: list[Deferred[int]] = []
+        #: GETs sent (a test's and the benchmark's count).
+        self.reads = 0
+
+    def version(self) -> Deferred[int]:
+        """Fires with the version (0 before the first change) read after this call."""
+        d: Deferred[int] = Deferred()
+        self._next.append(d)
+        if len(self._next) == 1:
+            if self.clock is None:
+                self._send()
+            else:
+                self.clock.callLater(0, self._send)
+        return d
+
+    def _send(self) -> None:
+        batch, self._next = self._next, []
+        self.reads += 1
+        d: Deferred[Any] = self.redis.call("get", keys.CONFIG_VERSION)
+        d.addBoth(self._answer, batch)
+
+    def _answer(self, result: Any, batch: list[Deferred[int]]) -> None:
+        if not isinstance(result, Failure):
+            result = _version(result)
+        for d in batch:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+
+def _version(text: Any) -> int:
+    """A stored version as a number (absent or not a number: 0)."""
+    try:
+        return int(text or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def redis_subscription(redis: Any, reactor: Any) -> Callable[..., Any]:
+    """The cache's subscription: its own connection to the Redis of ``redis``."""
+
+    def subscribe(handler: Callable[[str, str], None], **options: Any) -> Subscriber:
+        return Subscriber(
+            reactor, lambda: redis.address, handler, ready=redis.when_ready, **options
+        )
+
+    return subscribe
+
+
+class ConfigCache(Service, Generic[T]):
+    """Entity reads (device, term, item, formula, gateway) served from memory when that
+    is provably current (see the module docstring).
+
+    ``subscribe(handler, channels=, on_subscribed=, on_lost=, name=)`` builds the
+    subscription (an `ISubscriber` service: `redis_subscription`, or the in-memory one
+    of the tests); ``max_entries`` bounds the entries. Without ``subscribe`` or with
+    ``max_entries`` 0 there is no cache: every read is one ``HGETALL``. ``clock`` (the
+    reactor) lets the reads of one reactor turn share one GET (`VersionFence`).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        redis: Any,
+        subscribe: Callable[..., Any] | None = None,
+        max_entries: int = 0,
+        clock: Any = None,
+    ) -> None:
+        self.redis = redis
+        self.max_entries = max_entries
+        self.fence = VersionFence(redis, clock)
+        self._subscribe = subscribe
+        self.subscriber: Any = None
+        #: (entity, id) -> the rendered entity (None: not stored).
+        self.entries: dict[tuple[str, str], Any] = {}
+        #: Every change up to this version has cleared the cache; None: no base (the
+        #: subscription is down or its base version is being read).
+        self.seen: int | None = None
+        #: Versions of the messages heard while the base version is read.
+        self._early: set[int] = set()
+        #: Bumped by every change message, loss and resubscription: a fill whose read
+        #: saw it change is not stored.
+        self.generation = 0
+        #: Bumped when the base is dropped: a base read for an older one is not used.
+        self._epoch = 0
+        self._basing = False
+        #: Reads answered from memory / from Redis (counted for tests and the bench).
+        self.hits = 0
+        self.misses = 0
+        #: Entries dropped at ``max_entries`` (the oldest first).
+        self.dropped = 0
+
+    # -- service --------------------------------------------------------------------------
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        if self._subscribe is None or self.max_entries <= 0:
+            return
+        self.subscriber = self._subscribe(
+            self._message,
+            channels=CHANGE_CHANNELS,
+            on_subscribed=self._subscribed,
+            on_lost=self._lost,
+            name="configuration cache",
+        )
+        self.subscriber.startService()
+
+    def stopService(self) -> Deferred[None] | None:  # noqa: N802 (Twisted API)
+        super().stopService()
+        self._forget()
+        subscriber, self.subscriber = self.subscriber, None
+        if subscriber is None:
+            return None
+        result: Deferred[None] | None = subscriber.stopService()
+        return result
+
+    # -- reads ----------------------------------------------------------------------------
+    @inlineCallbacks
+    def read(self, entity: str, entity_id: str, render: Callable[[dict[str, str]], T]) -> Any:
+        """``render`` of the entity's stored hash (``{}`` when it is not stored), no older
+        than the newest change acknowledged before this call."""
+        if self.subscriber is None:
+            fields = yield self.redis.call("hgetall", ENTITY_KEYS[entity] % entity_id)
+            return render(fields)
+        # Every version ``seen`` takes is one a change reached, so the version read after
+        # this moment is at least ``seen`` now, unless Redis lost data. (``seen`` may pass
+        # that version meanwhile: a change made after the GET ran, its message here first.)
+        seen_before = self.seen
+        version = yield self.fence.version()
+        key = (entity, entity_id)
+        seen = self.seen
+        if seen_before is not None and version < seen_before:
+            # The version went backwards: Redis lost data (flushed, or a replica that was
+            # behind took over). Nothing held can be trusted: cleared, base read again.
+            self.log.warn(
+                "configuration version {version} below {seen}: cache cleared",
+                version=version,
+                seen=seen_before,
+            )
+            self._restart_base()
+        elif seen is not None and seen >= version and key in self.entries:
+            self.hits += 1
+            return self.entries[key]
+        self.misses += 1
+        if self.seen is None and not self._basing and self.subscriber.subscribed:
+            self._restart_base()  # the last base read failed: try again
+        generation = self.generation
+        fields = yield self.redis.call("hgetall", ENTITY_KEYS[entity] % entity_id)
+        rendered = render(fields)
+        if self.generation == generation and self.seen is not None:
+            self._store(key, rendered)
+        return rendered
+
+    def _store(self, key: tuple[str, str], rendered: Any) -> None:
+        self.entries.pop(key, None)
+        self.entries[key] = rendered
+        while len(self.entries) > self.max_entries:
+            del self.entries[next(iter(self.entries))]
+            self.dropped += 1
+
+    # -- the subscription -------------------------------------------------------------------
+    def _message(self, channel: str, message: str) -> None:
+        self.generation += 1
+        self.entries.clear()
+        try:
+            version = int(json.loads(message)["version"])
+        except (ValueError, TypeError, KeyError):
+            self.log.warn("change message without a version on {channel}", channel=channel)
+            self._restart_base()
+            return
+        seen = self.seen
+        if seen is None:
+            self._early.add(version)
+        elif version == seen + 1:
+            self.seen = version
+        elif version > seen + 1 or version <= seen:
+            # A hole (a change not heard) or a version gone backwards: the cache is empty
+            # now, so any base is true of it; restart from this version.
+            self.log.info(
+                "configuration change {version} after {seen}: cache restarted",
+                version=version,
+                seen=seen,
+            )
+            self.seen = version
+
+    def _subscribed(self) -> None:
+        self._restart_base()
+
+    def _restart_base(self) -> None:
+        """Clear, and read the base version anew (changes heard meanwhile are kept)."""
+        self._forget()
+        self._basing = True
+        d: Deferred[Any] = self.redis.call("get", keys.CONFIG_VERSION)
+        d.addCallbacks(
+            self._based, self._no_base, callbackArgs=(self._epoch,), errbackArgs=(self._epoch,)
+        )
+
+    def _based(self, text: Any, epoch: int) -> None:
+        if epoch != self._epoch:
+            return  # the base was dropped meanwhile (a newer one is read)
+        self._basing = False
+        if self.subscriber is None or not self.subscriber.subscribed:
+            return
+        seen = _version(text)
+        early, self._early = self._early, set()
+        while seen + 1 in early:
+            seen += 1
+        if any(v > seen for v in early):
+            seen = max(early)  # a hole while the base was read: the cache is empty
+        self.seen = seen
+
+    def _no_base(self, failure: Failure, epoch: int) -> None:
+        if epoch != self._epoch:
+            return
+        self._basing = False
+        self.log.info(
+            "configuration cache: base version not read ({error}); reads go to Redis",
+            error=failure.getErrorMessage(),
+        )
+
+    def _lost(self) -> None:
+        self._forget()
+
+    def _forget(self) -> None:
+        self.generation += 1
+        self._epoch += 1
+        self._basing = False
+        self.entries.clear()
+        self.seen = None
+        self._early = set()
