@@ -435,6 +435,9 @@ class RedisOutageTests(TestCase):
             lambda: stream_client.close() if stream_client.transport.connected else None
         )
         parser = stream_client.parser
+        # the head and the catch-up (its "retry:" line) have come: the stream is
+        # subscribed and positioned, so the first sample cannot go out before it
+        yield until(lambda: any("retry" in e for e in parser.events), what="stream open")
 
         def values():
             return [e["data"]["value"] for e in parser.of_kind("sample")]
