@@ -21,6 +21,7 @@ LIMITS = {"1000": {"up_limit": 230, "deadband": 2}, "1002": {"frozen_after": 30}
 class ClusterLimitsTests(SynchronousTestCase):
     def setUp(self):
         self.memory = memory_points(LIMITS)
+        self.memory.call("sadd", keys.DEVICES, ["1", "9"])
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.owners = {c: Ownership(c, memory_subscription(self.memory)) for c in "ab"}
@@ -87,3 +88,43 @@ class ClusterLimitsTests(SynchronousTestCase):
         status = self.processors["a"].status()
         self.assertEqual((status["events_written"], status["events_fenced"]), (1, 1))
         self.assertEqual(self.events(), [("raise", "high", 235.0)])
+
+    def restart(self):
+        for c in "ab":  # both collectors restart: the load takes the alarms over
+            self.processors[c].stopService()
+            self.processors[c] = self.start(c)
+
+    def test_an_alarm_of_a_deleted_device_is_cleared_once_at_the_load(self):
+        """Device 7 was deleted (no lease ever again) and its clear was lost: any
+        collector's load clears it, once across the collectors."""
+        event = {
+            "event": "raise",
+            "device_id": "7",
+            "term_id": "70",
+            "item_id": "1000",
+            "kind": "high",
+            "value": 1.0,
+            "limit": 2.0,
+            "time": "t",
+            "message": "m",
+        }
+        self.memory.call("hset", keys.ALARMS, "7:70:1000:high", json.dumps(event))
+        # device 9 exists (b holds it, or nobody right now): its alarm is not an orphan
+        self.memory.call(
+            "hset",
+            keys.ALARMS,
+            "9:90:1000:high",
+            json.dumps({**event, "device_id": "9", "term_id": "90"}),
+        )
+        self.restart()
+        self.assertEqual(list(self.memory.data.get(keys.ALARMS) or {}), ["9:90:1000:high"])
+        self.assertEqual(self.events(), [("clear", "high", None)])
+        self.assertEqual(stream_events(self.memory)[0]["message"], "device deleted")
+        written = [self.processors[c].status()["events_written"] for c in "ab"]
+        self.assertEqual(sorted(written), [0, 1])
+
+    def test_a_raise_judged_before_the_deletion_and_written_after_is_refused(self):
+        self.memory.call("srem", keys.DEVICES, ["1"])  # deleted, the lease not yet given back
+        self.feed("a", "1000", 235)
+        self.assertEqual(self.memory.data.get(keys.ALARMS) or {}, {})
+        self.assertEqual(self.processors["a"].status()["events_fenced"], 1)
