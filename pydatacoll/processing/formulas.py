@@ -308,6 +308,10 @@ class FormulasProcessor(ClusterInputs, Service):
             own = self._own.get(point)
             if users is None and own is None:
                 continue
+            if own is not None and sample.receive_time < own[0] - ECHO_TOLERANCE:
+                # an older result of ours coming back after a newer one was computed
+                # (cluster mode: the echo is late); the newer one is the value known
+                continue
             self._latest[point] = sample
             if (
                 own is not None
