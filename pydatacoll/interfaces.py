@@ -200,6 +200,10 @@ class IPointConfigStore(Interface):
         """Deferred newest stored sample (a JSON object) of ``(device, term, item)``, or
         None."""
 
+    def latest_value(point):  # type: ignore[no-untyped-def]
+        """Deferred latest value of ``(device, term, item)`` as the value hash holds it
+        (a JSON object, not-topical mark included), or None."""
+
     def sample_window(point, since, limit):  # type: ignore[no-untyped-def]
         """Deferred list of the point's stored samples since ``since`` (epoch seconds),
         oldest first, at most ``limit`` (the newest ones)."""

@@ -180,7 +180,7 @@ class FormulasProcessor(ClusterInputs, Service):
     @inlineCallbacks
     def _load_latest(self, formula_ids: Iterable[str], refresh: bool = False) -> Any:
         """Read the stored latest value of the inputs of ``formula_ids`` not known yet
-        (``refresh``: of every input, kept when newer than the one known)."""
+        (``refresh``: of every input, kept unless older than the one known)."""
         points = {
             point
             for formula_id in formula_ids
@@ -189,14 +189,19 @@ class FormulasProcessor(ClusterInputs, Service):
             if refresh or point not in self._latest
         }
         for point in sorted(points):
-            stored = yield self.points.latest_sample(point)
+            # the value hash first: it carries a not-topical mark made since the sample
+            stored = yield self.points.latest_value(point)
+            if stored is None:
+                stored = yield self.points.latest_sample(point)
             if stored is None:
                 continue
             sample = Sample.from_message(
                 {"device_id": point[0], "term_id": point[1], "item_id": point[2], **stored}
             )
             known = self._latest.get(point)
-            if known is None or (refresh and sample.receive_time > known.receive_time):
+            # refresh: the stored value unless older than the one known; the same time
+            # may carry a not-topical mark (quality and flags) missed meanwhile
+            if known is None or (refresh and sample.receive_time >= known.receive_time):
                 self._latest[point] = sample
 
     # -- the formula set ----------------------------------------------------------------

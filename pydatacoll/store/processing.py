@@ -84,6 +84,21 @@ class PointConfigStore:
         )
         return d.addCallback(lambda entries: _entry_sample(entries[0]) if entries else None)
 
+    def latest_value(self, point: Point) -> Deferred[dict[str, Any] | None]:
+        """The point's latest value as the value hash holds it (its JSON object, with a
+        not-topical mark made since), or None."""
+        device_id, term_id, item_id = point
+        d = self.redis.call("hget", keys.DEVICE_VALUES % device_id, f"{term_id}:{item_id}")
+
+        def decode(text: Any) -> dict[str, Any] | None:
+            try:
+                value = json.loads(text) if text is not None else None
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+
+        return d.addCallback(decode)
+
     def sample_window(
         self, point: Point, since: float, limit: int
     ) -> Deferred[list[dict[str, Any]]]:

@@ -98,6 +98,12 @@ class ProcessingStoreContract:
         newest_two = yield store.sample_window(POINT, 0, 2)
         self.assertEqual([s["value"] for s in newest_two], [3, 4])
         self.assertIsNone((yield store.latest_sample(("1", "10", "1001"))))
+        self.assertIsNone((yield store.latest_value(POINT)))
+        marked = {"value": 4, "quality": "questionable", "flags": ["NT"], "receive_time": "t"}
+        yield self.redis.call("hset", keys.DEVICE_VALUES % "1", "10:1000", json.dumps(marked))
+        yield self.redis.call("hset", keys.DEVICE_VALUES % "1", "10:1001", "not json")
+        self.assertEqual((yield store.latest_value(POINT)), marked)
+        self.assertIsNone((yield store.latest_value(("1", "10", "1001"))))
 
     @inlineCallbacks
     def test_formulas_and_their_status(self):
