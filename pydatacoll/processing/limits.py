@@ -210,24 +210,30 @@ class LimitsProcessor(ClusterAlarms, Service):
             except (ValueError, KeyError, TypeError):
                 continue
             limits = self._limits.get(point)
-            device = limits.device_id if limits is not None else str(event.get("device_id"))
+            device = str(event.get("device_id"))  # the alarm's (the point may have moved)
             if device_id is not None and device != device_id:
                 continue
             if not self._here(device):
                 if device_id is None and self._cluster is not None and device not in configured:
                     self._clear_orphan(event, kind)  # a deleted device's, maybe
                 continue
-            if limits is not None and self._kind_configured(limits, kind):
+            if (
+                limits is not None
+                and limits.device_id == device
+                and self._kind_configured(limits, kind)
+            ):
                 self._states[point].active.add(kind)
                 self._states[point].raised_at[kind] = event.get("limit")
             else:
+                moved = limits is not None and limits.device_id != device
+                reason = "point moved to another device" if moved else None
                 self._event(
                     "clear",
                     event,
                     kind,
                     None,
                     event.get("limit"),
-                    "limit removed from the configuration",
+                    reason or "limit removed from the configuration",
                 )
 
     @staticmethod
@@ -438,12 +444,15 @@ class LimitsProcessor(ClusterAlarms, Service):
             point=f"{body['device_id']}:{body['term_id']}:{body['item_id']}",
             message=message,
         )
-        if len(self._queue) >= self.queue_length:
-            self._queue.popleft()
-            self.counters["events_dropped"] += 1
         token = None
         if self._cluster is not None and not orphan:
             token = self._cluster.token(body["device_id"])
+            if token is None:  # in cluster mode an event is never written unfenced
+                self.counters["events_fenced"] += 1
+                return
+        if len(self._queue) >= self.queue_length:
+            self._queue.popleft()
+            self.counters["events_dropped"] += 1
         self._queue.append((body, token, orphan))
         self._flush()
 

@@ -128,3 +128,41 @@ class ClusterLimitsTests(SynchronousTestCase):
         self.feed("a", "1000", 235)
         self.assertEqual(self.memory.data.get(keys.ALARMS) or {}, {})
         self.assertEqual(self.processors["a"].status()["events_fenced"], 1)
+
+    def test_an_alarm_left_by_another_device_on_a_moved_point_is_not_cleared_unfenced(self):
+        """Point 10:1000 belonged to device 9 (held by z) before it moved to device 1.
+        b takes device 1 over: device 9's alarm is z's to clear, under 9's lease."""
+        event = {
+            "event": "raise",
+            "device_id": "9",
+            "term_id": "10",
+            "item_id": "1000",
+            "kind": "low",
+            "value": 1.0,
+            "limit": 2.0,
+            "time": "t",
+            "message": "m",
+        }
+        self.memory.call("hset", keys.ALARMS, "9:10:1000:low", json.dumps(event))
+        self.memory.call("set", keys.LEASE % "9", "5 z")
+        self.owners["b"].set_owned("1", True, "1 b")  # (a stale token: the lease is a's)
+        self.assertIn("9:10:1000:low", self.memory.data.get(keys.ALARMS) or {})
+        self.assertEqual(self.events(), [])
+        # the holder of device 9 clears it, under its lease (kind low is not configured)
+        self.memory.call("set", keys.LEASE % "9", "6 a")
+        self.owners["a"].set_owned("9", True, "6 a")
+        self.assertEqual(self.memory.data.get(keys.ALARMS) or {}, {})
+        self.assertEqual(self.events(), [("clear", "low", None)])
+
+    def test_an_event_with_no_lease_held_is_never_written_unfenced(self):
+        limits = self.processors["b"]
+        limits._event(
+            "raise",
+            {"device_id": "1", "term_id": "10", "item_id": "1000"},
+            "high",
+            235.0,
+            230.0,
+            "judged by a collector not holding device 1",
+        )
+        self.assertEqual(self.memory.data.get(keys.ALARMS) or {}, {})
+        self.assertEqual(limits.status()["events_fenced"], 1)
