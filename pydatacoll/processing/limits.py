@@ -222,8 +222,16 @@ class LimitsProcessor(ClusterAlarms, Service):
                 and limits.device_id == device
                 and self._kind_configured(limits, kind)
             ):
-                self._states[point].active.add(kind)
-                self._states[point].raised_at[kind] = event.get("limit")
+                state = self._states[point]
+                state.active.add(kind)
+                state.raised_at[kind] = event.get("limit")
+                value = event.get("value")
+                if (
+                    kind == "frozen"
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                ):
+                    state.last_value = float(value)  # the frozen value: only a change clears
             else:
                 moved = limits is not None and limits.device_id != device
                 reason = "point moved to another device" if moved else None

@@ -166,3 +166,16 @@ class ClusterLimitsTests(SynchronousTestCase):
         )
         self.assertEqual(self.memory.data.get(keys.ALARMS) or {}, {})
         self.assertEqual(limits.status()["events_fenced"], 1)
+
+    def test_a_frozen_alarm_taken_over_is_not_cleared_by_the_same_frozen_value(self):
+        self.feed("a", "1002", 5.0)
+        self.clock.advance(40)
+        self.assertIn("1:10:1002:frozen", self.memory.data[keys.ALARMS])
+        self.owners["a"].set_owned("1", False)
+        self.memory.call("set", keys.LEASE % "1", "2 b")
+        self.owners["b"].set_owned("1", True, "2 b")
+        self.feed("b", "1002", 5.0)  # still the same frozen value
+        self.assertIn("1:10:1002:frozen", self.memory.data.get(keys.ALARMS) or {})
+        self.assertEqual(self.events(), [("raise", "frozen", 5.0)])
+        self.feed("b", "1002", 6.0)  # it changes: cleared by the new holder
+        self.assertEqual(self.events()[-1], ("clear", "frozen", 6.0))
