@@ -288,6 +288,8 @@ class FormulasProcessor(ClusterInputs, Service):
             self._remove(formula_id)
             self._reorder()
             self._write_deleted_status(formula_id)
+            # cluster mode: its inputs' channels no longer needed are unsubscribed
+            self._follow().addErrback(lambda f: self.log.failure("formula inputs", f))
             return
         self._install(formula_id, change["data"])
         self._reorder()

@@ -269,3 +269,11 @@ class CatchUpAndDeletionTests(ClusterFormulaHarness):
         inputs.lose()  # back: the catch-up reads the stored values again
         self.advance(0.5)
         self.assertEqual(self.result()["quality"], "questionable")  # as if heard live
+
+    def test_deleting_the_formula_unsubscribes_its_inputs(self) -> None:
+        self.advance(5)
+        holder = self.collectors[owner("d2", ["c", "d"])]
+        self.assertEqual(len(holder.formulas._inputs.channels), 2)
+        holder.formulas.config_changed({"entity": "formula", "op": "del", "id": "f1"})
+        self.advance(0.5)
+        self.assertEqual(holder.formulas._inputs.channels, [])
