@@ -33,6 +33,11 @@ class ClusterInputs:
     _latest: dict[Any, Sample]
     _pending: set[str]
     _dirty_status: set[str]
+    #: Formulas whose catch-up read failed, and the call that tries it again.
+    _catch_up_ids: set[str]
+    _catch_up_call: Any
+    reactor: Any
+    retry_delay: float
     store: Any
 
     if TYPE_CHECKING:  # provided by FormulasProcessor
@@ -106,7 +111,27 @@ class ClusterInputs:
         d = self._follow()
         d.addCallback(lambda _: self._load_latest(formula_ids, refresh))
         d.addCallback(lambda _: self._trigger(formula_ids))
-        d.addErrback(lambda f: self.log.failure("loading the inputs of formulas", f))
+        d.addErrback(self._catch_up_failed, formula_ids)
+
+    def _catch_up_failed(self, failure: Any, formula_ids: Sequence[str]) -> None:
+        """The inputs could not be read (Redis away or slow): read them again after
+        ``retry_delay`` (an input that changes seldom brings nothing on its channel)."""
+        self.log.warn(
+            "inputs of {n} formulas not read ({e}); again in {delay}s",
+            n=len(formula_ids),
+            e=failure.getErrorMessage(),
+            delay=self.retry_delay,
+        )
+        self._catch_up_ids.update(formula_ids)
+        if self.running and self._catch_up_call is None:
+            self._catch_up_call = self.reactor.callLater(self.retry_delay, self._catch_up_again)
+
+    def _catch_up_again(self) -> None:
+        self._catch_up_call = None
+        formula_ids = sorted(f for f in self._catch_up_ids if self._computes(f))
+        self._catch_up_ids = set()
+        if formula_ids and self.running:
+            self._catch_up(formula_ids, refresh=True)
 
     def _write_status_fenced(self, dirty: Mapping[str, Mapping[str, Any]]) -> None:
         """Cluster mode: the statuses of the formulas computed here, each written only

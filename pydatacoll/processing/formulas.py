@@ -135,6 +135,8 @@ class FormulasProcessor(ClusterInputs, Service):
         #: sample channels of the input devices of the formulas computed here.
         self._cluster = context.cluster
         self._inputs: Any = None
+        self._catch_up_ids: set[str] = set()
+        self._catch_up_call: Any = None
         self._installed = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -158,9 +160,10 @@ class FormulasProcessor(ClusterInputs, Service):
         if self._inputs is not None:
             inputs, self._inputs = self._inputs, None
             inputs.stopService()
-        if self._scheduled is not None and self._scheduled.active():
-            self._scheduled.cancel()
-        self._scheduled = None
+        for call in (self._scheduled, self._catch_up_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._scheduled = self._catch_up_call = None
         return succeed(None)
 
     @inlineCallbacks

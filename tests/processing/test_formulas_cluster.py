@@ -51,10 +51,10 @@ class ChainedFormulaTests(SynchronousTestCase):
             data_dir=tempfile.mkdtemp(),
             cluster=ownership,
         )
+        self.ownership = ownership
         self.processor = FormulasProcessor(context)
         self.processor.startService()
         self.addCleanup(self.processor.stopService)
-        ownership.set_owned("r", True, "1 c")
         self.clock.advance(0)
 
     def feed(self, device_id: str, samples: list[Sample]) -> None:
@@ -62,6 +62,8 @@ class ChainedFormulaTests(SynchronousTestCase):
         self.clock.advance(0)
 
     def test_an_older_echo_after_a_newer_result_does_not_take_g_back(self) -> None:
+        self.ownership.set_owned("r", True, "1 c")
+        self.clock.advance(0)
         for value in (1.0, 2.0):  # two input changes 5 ms apart, before any echo
             self.clock.advance(0.005)
             self.feed("d", [Sample("d", "t", "a", value, receive_time=self.clock.seconds())])
@@ -73,3 +75,15 @@ class ChainedFormulaTests(SynchronousTestCase):
         self.feed("r", [results["i"]])
         self.assertEqual([s.value for s in self.emitted if s.item_id == "j"][-1], 20.0)
         self.assertEqual(self.processor._latest[("r", "t", "i")].value, 2.0)
+
+    def test_a_failed_catch_up_at_a_takeover_is_tried_again(self) -> None:
+        """The stored value of f's input could not be read when r's lease came here (a
+        slowly changing input: nothing new comes on its channel): read again later."""
+        stored = Sample("d", "t", "a", 3.0, receive_time=self.clock.seconds())
+        self.memory.call("hset", keys.DEVICE_VALUES % "d", "t:a", json.dumps(stored.to_json()))
+        self.memory.fail_next("hget")
+        self.ownership.set_owned("r", True, "1 c")
+        self.clock.advance(0)
+        self.assertEqual(self.emitted, [])
+        self.clock.advance(self.processor.retry_delay)
+        self.assertEqual({s.item_id: s.value for s in self.emitted}, {"i": 3.0, "j": 30.0})
