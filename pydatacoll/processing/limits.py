@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -139,6 +139,9 @@ class LimitsProcessor(ClusterAlarms, Service):
         #: whether it is the clear of a deleted device's alarm (`AlarmStore.clear_orphan`).
         self._queue: deque[tuple[dict[str, Any], str | None, bool]] = deque()
         self._sweeping = False
+        self._gained: set[str] = set()
+        self._adopting = False
+        self._adopt_call: Any = None
         self._sweep_again = False
         self._writing = False
         self._retry: Any = None
@@ -182,9 +185,10 @@ class LimitsProcessor(ClusterAlarms, Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._load.stop()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+        for call in (self._retry, self._adopt_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._adopt_call = None
         return succeed(None)
 
     @inlineCallbacks
@@ -198,8 +202,8 @@ class LimitsProcessor(ClusterAlarms, Service):
         self._loaded = True
         self.log.info("limit checks on {count} points", count=len(self._limits))
 
-    def _adopt(self, active: Mapping[str, Any], device_id: str | None) -> None:
-        """Take the alarms active in Redis (of ``device_id`` only, if given) as ours;
+    def _adopt(self, active: Mapping[str, Any], devices: Collection[str] | None) -> None:
+        """Take the alarms active in Redis (of ``devices`` only, if given) as ours;
         clear those whose limit is gone. Cluster mode: only those of devices held here (and,
         at the load, those of devices not configured any more, through the orphan clear)."""
         configured = {limits.device_id for limits in self._limits.values()}
@@ -211,10 +215,10 @@ class LimitsProcessor(ClusterAlarms, Service):
                 continue
             limits = self._limits.get(point)
             device = str(event.get("device_id"))  # the alarm's (the point may have moved)
-            if device_id is not None and device != device_id:
+            if devices is not None and device not in devices:
                 continue
             if not self._here(device):
-                if device_id is None and self._cluster is not None and device not in configured:
+                if devices is None and self._cluster is not None and device not in configured:
                     self._clear_orphan(event, kind)  # a deleted device's, maybe
                 continue
             if (

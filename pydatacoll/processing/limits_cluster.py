@@ -10,7 +10,7 @@ configured (a fenced event of a device no longer configured is refused).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -31,12 +31,16 @@ class ClusterAlarms:
     _limits: dict[tuple[str, str], Any]
     _states: dict[tuple[str, str], Any]
     _sweeping: bool
+    #: Devices gained whose alarms are not taken over yet, and the read doing it.
+    _gained: set[str]
+    _adopting: bool
+    _adopt_call: Any
     _sweep_again: bool
 
     if TYPE_CHECKING:  # provided by LimitsProcessor
 
         def _new_state(self, now: float) -> Any: ...
-        def _adopt(self, active: Mapping[str, Any], device_id: str | None) -> None: ...
+        def _adopt(self, active: Mapping[str, Any], devices: Collection[str] | None) -> None: ...
         def _event(
             self,
             event: str,
@@ -63,9 +67,39 @@ class ClusterAlarms:
             if limits.device_id == device_id:
                 self._states[(limits.term_id, limits.item_id)] = self._new_state(now)
         if owned:
-            d = self.alarms.active_alarms()
-            d.addCallback(lambda active: self._adopt(active, device_id))
-            d.addErrback(lambda f: self.log.failure("taking over the alarms of a device", f))
+            self._gained.add(device_id)
+            if self._adopt_call is None and not self._adopting:
+                self._adopt_call = self.reactor.callLater(0, self._adopt_gained)
+
+    def _adopt_gained(self) -> None:
+        """Take over the alarms of the devices gained since the last read: one read of
+        the active alarms for all of them (a takeover of many devices at once), one
+        read at a time; a device gained while it runs waits for the next."""
+        self._adopt_call = None
+        if self._adopting or not self._gained or not self.running:
+            return
+        devices, self._gained = self._gained, set()
+        self._adopting = True
+        d = self.alarms.active_alarms()
+        d.addCallback(lambda active: self._adopt(active, devices))
+
+        def failed(failure: Any) -> float:
+            self.log.warn(
+                "alarms of {n} devices not taken over ({e}); again in {delay}s",
+                n=len(devices),
+                e=failure.getErrorMessage(),
+                delay=self.retry_delay,
+            )
+            self._gained.update(d for d in devices if self._here(d))
+            return self.retry_delay
+
+        def done(delay: Any) -> None:
+            self._adopting = False
+            if self._gained and self.running and self._adopt_call is None:
+                self._adopt_call = self.reactor.callLater(delay or 0, self._adopt_gained)
+
+        d.addErrback(failed)
+        d.addCallback(done)
 
     def _clear_orphan(self, event: Mapping[str, Any], kind: str) -> None:
         self._event("clear", event, kind, None, event.get("limit"), "device deleted", orphan=True)

@@ -151,6 +151,7 @@ class ClusterLimitsTests(SynchronousTestCase):
         # the holder of device 9 clears it, under its lease (kind low is not configured)
         self.memory.call("set", keys.LEASE % "9", "6 a")
         self.owners["a"].set_owned("9", True, "6 a")
+        self.clock.advance(0)
         self.assertEqual(self.memory.data.get(keys.ALARMS) or {}, {})
         self.assertEqual(self.events(), [("clear", "low", None)])
 
@@ -179,3 +180,27 @@ class ClusterLimitsTests(SynchronousTestCase):
         self.assertEqual(self.events(), [("raise", "frozen", 5.0)])
         self.feed("b", "1002", 6.0)  # it changes: cleared by the new holder
         self.assertEqual(self.events()[-1], ("clear", "frozen", 6.0))
+
+    def test_a_takeover_of_many_devices_reads_the_active_alarms_once(self):
+        self.feed("a", "1000", 235)
+        self.owners["a"].set_owned("1", False)
+        self.memory.call("set", keys.LEASE % "1", "2 b")
+        before = sum(1 for name, _ in self.memory.calls if name == "hgetall")
+        for device in ["1", *(str(n) for n in range(100, 120))]:  # 21 leases at once
+            self.owners["b"].set_owned(device, True, "2 b")
+        self.clock.advance(0)
+        reads = sum(1 for name, _ in self.memory.calls if name == "hgetall") - before
+        self.assertEqual(reads, 1)
+        self.feed("b", "1000", 220)  # the alarm was taken over: b clears it
+        self.assertEqual(self.events(), [("raise", "high", 235.0), ("clear", "high", 220.0)])
+
+    def test_a_failed_takeover_read_is_tried_again(self):
+        self.feed("a", "1000", 235)
+        self.owners["a"].set_owned("1", False)
+        self.memory.call("set", keys.LEASE % "1", "2 b")
+        self.memory.fail_next("hgetall")
+        self.owners["b"].set_owned("1", True, "2 b")
+        self.clock.advance(0)
+        self.assertEqual(self.processors["b"].status()["active"], 0)
+        self.clock.advance(self.processors["b"].retry_delay)
+        self.assertEqual(self.processors["b"].status()["active"], 1)
