@@ -33,6 +33,8 @@ class ClusterInputs:
     _latest: dict[Any, Sample]
     _pending: set[str]
     _dirty_status: set[str]
+    _statuses: dict[str, Any]
+    _failed: dict[str, str | None]
     #: Formulas whose catch-up read failed, and the call that tries it again.
     _catch_up_ids: set[str]
     _catch_up_call: Any
@@ -41,6 +43,8 @@ class ClusterInputs:
     store: Any
 
     if TYPE_CHECKING:  # provided by FormulasProcessor
+
+        def _write_status(self) -> None: ...
 
         def _receive(self, samples: Sequence[Sample]) -> None: ...
         def _trigger(self, formula_ids: Iterable[str]) -> None: ...
@@ -85,6 +89,11 @@ class ClusterInputs:
     def _ownership_changed(self, device_id: str, owned: bool) -> None:
         """A result device's lease came here (subscribe its formulas' inputs, read their
         latest values, compute) or went away (stop computing its formulas at once)."""
+        if owned and self._installed:  # errors of formulas of this device: written here now
+            failed = [f for f, d in self._failed.items() if d == device_id and f in self._statuses]
+            if failed:
+                self._dirty_status.update(failed)
+                self._write_status()
         formula_ids = [f for f, c in self._formulas.items() if c.result[0] == device_id]
         if not formula_ids or not self._installed:
             return
@@ -135,8 +144,9 @@ class ClusterInputs:
 
     def _write_status_fenced(self, dirty: Mapping[str, Mapping[str, Any]]) -> None:
         """Cluster mode: the statuses of the formulas computed here, each written only
-        under its result device's lease (a collector paused past it writes none); a
-        formula that cannot be installed (its error is the same everywhere) as it is."""
+        under its result device's lease (a collector paused past it writes none); so is
+        the error of a formula that cannot be installed (by the holder of the result
+        device its body names; as it is when the body names none)."""
         if self._cluster is None:
             return
         fenced: dict[str, Mapping[str, Any]] = {}
@@ -144,10 +154,10 @@ class ClusterInputs:
         plain: dict[str, Mapping[str, Any]] = {}
         for formula_id, entry in dirty.items():
             compiled = self._formulas.get(formula_id)
-            if compiled is None:
-                plain[formula_id] = entry
+            device_id = compiled.result[0] if compiled is not None else self._failed.get(formula_id)
+            if device_id is None:
+                plain[formula_id] = entry  # no device to fence with: the same everywhere
                 continue
-            device_id = compiled.result[0]
             token = self._cluster.token(device_id)
             if token is not None:
                 fenced[formula_id] = {**entry, "collector": self._cluster.collector_id}

@@ -136,6 +136,8 @@ class FormulasProcessor(ClusterInputs, Service):
         self._cluster = context.cluster
         self._inputs: Any = None
         self._catch_up_ids: set[str] = set()
+        #: Formulas that could not be installed -> their result device (None: not known).
+        self._failed: dict[str, str | None] = {}
         self._catch_up_call: Any = None
         self._installed = False
 
@@ -210,6 +212,8 @@ class FormulasProcessor(ClusterInputs, Service):
     # -- the formula set ----------------------------------------------------------------
     def _install(self, formula_id: str, body: Any) -> None:
         self._remove(formula_id)
+        device = body.get("device_id") if isinstance(body, dict) else None
+        self._failed[formula_id] = str(device) if isinstance(device, (str, int)) else None
         try:
             formula = Formula.from_json(body)
             params = formula.params
@@ -223,6 +227,7 @@ class FormulasProcessor(ClusterInputs, Service):
             self._set_status(formula_id, state="error", error="over max_formulas")
             return
         self._formulas[formula_id] = compiled
+        del self._failed[formula_id]
         for point in compiled.params.values():
             self._users.setdefault(point, set()).add(formula_id)
         self._set_status(formula_id, state="waiting", error=None)
@@ -289,6 +294,7 @@ class FormulasProcessor(ClusterInputs, Service):
         formula_id = str(change.get("id"))
         if change.get("op") == "del" or not isinstance(change.get("data"), dict):
             self._remove(formula_id)
+            self._failed.pop(formula_id, None)
             self._reorder()
             self._write_deleted_status(formula_id)
             # cluster mode: its inputs' channels no longer needed are unsubscribed

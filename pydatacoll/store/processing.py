@@ -21,6 +21,10 @@ from pydatacoll.store import keys
 from pydatacoll.store.cluster import LuaScript, guarded
 from pydatacoll.store.redis import when_connected
 
+#: A deleted formula's status removed only while the formula does not exist.
+FORMULA_STATUS_DELETE = LuaScript(
+    files("pydatacoll.store").joinpath("formula_status_del.lua").read_text("utf-8")
+)
 #: Cluster mode: formula statuses written only under their result device's lease.
 FORMULA_STATUS_FENCED = LuaScript(
     guarded(files("pydatacoll.store").joinpath("formula_status.lua").read_text("utf-8"))
@@ -165,6 +169,5 @@ class FormulaStore:
         return d
 
     def delete_formula_status(self, formula_id: str) -> Deferred[Any]:
-        """Forget a deleted formula's status."""
-        d: Deferred[Any] = self.redis.call("hdel", keys.FORMULA_STATUS, [formula_id])
-        return d
+        """Forget a deleted formula's status, unless the formula exists (again)."""
+        return FORMULA_STATUS_DELETE(self.redis, [keys.FORMULA_STATUS, keys.FORMULAS, formula_id])

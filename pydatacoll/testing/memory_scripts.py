@@ -196,6 +196,13 @@ def _formula_status_fenced(store: MemoryRedis, keys: Any, args: list[Any]) -> li
     return [written, fenced]
 
 
+def _formula_status_delete(store: MemoryRedis, keys: Any, args: list[Any]) -> int:
+    """store/formula_status_del.lua: HDEL only while the formula is not in the set."""
+    if args[2] in store._smembers(args[1]):
+        return 0
+    return store._hdel(args[0], [args[2]])
+
+
 def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.store import cluster, devices, processing
 
@@ -211,6 +218,7 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
         devices.REPLY.sha: _reply,
         devices.STATUS_FENCED.sha: _status_fenced,
         processing.FORMULA_STATUS_FENCED.sha: _formula_status_fenced,
+        processing.FORMULA_STATUS_DELETE.sha: _formula_status_delete,
     }
 
 

@@ -121,7 +121,10 @@ class ProcessingStoreContract:
         status = {"id": "f1", "state": "ok", "value": 4.5, "quality": "good"}
         yield store.write_formula_status({"f1": status, "f2": {"id": "f2", "state": "error"}})
         self.assertEqual((yield store.formula_status("f1")), status)
-        yield store.delete_formula_status("f1")
+        yield store.delete_formula_status("f1")  # f1 still exists (re-created): kept
+        self.assertEqual((yield store.formula_status("f1")), status)
+        yield self.redis.call("srem", keys.FORMULAS, ["f1"])
+        self.assertEqual(int((yield store.delete_formula_status("f1"))), 1)
         self.assertIsNone((yield store.formula_status("f1")))
         self.assertEqual((yield store.formula_status("f2"))["state"], "error")
         # Cluster mode: a status is written only under its result device's current lease.

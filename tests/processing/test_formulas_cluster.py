@@ -31,7 +31,9 @@ def message(samples: list[Sample]) -> str:
     )
 
 
-class ChainedFormulaTests(SynchronousTestCase):
+class FormulaProcessorHarness(SynchronousTestCase):
+    """A formulas processor of collector c over MemoryRedis, f and g stored (no tests)."""
+
     def setUp(self) -> None:
         self.memory = MemoryRedis()
         self.clock = Clock()
@@ -61,6 +63,8 @@ class ChainedFormulaTests(SynchronousTestCase):
         self.processor._channel_message(keys.DEVICE_SAMPLES % device_id, message(samples))
         self.clock.advance(0)
 
+
+class ChainedFormulaTests(FormulaProcessorHarness):
     def test_an_older_echo_after_a_newer_result_does_not_take_g_back(self) -> None:
         self.ownership.set_owned("r", True, "1 c")
         self.clock.advance(0)
@@ -87,3 +91,35 @@ class ChainedFormulaTests(SynchronousTestCase):
         self.assertEqual(self.emitted, [])
         self.clock.advance(self.processor.retry_delay)
         self.assertEqual({s.item_id: s.value for s in self.emitted}, {"i": 3.0, "j": 30.0})
+
+
+class StaleConfigReplayTests(FormulaProcessorHarness):
+    """A collector paused past its leases replays the configuration messages it had
+    buffered (SIGCONT): its formula statuses must not undo the holder's."""
+
+    def status(self, formula_id: str) -> dict | None:
+        text = self.memory.data.get(keys.FORMULA_STATUS, {}).get(formula_id)
+        return None if text is None else json.loads(text)
+
+    def test_a_replayed_error_does_not_overwrite_the_holders_status(self) -> None:
+        self.memory.call("set", keys.LEASE % "r", "7 z")  # z holds r now, f is ok there
+        self.memory.call("hset", keys.FORMULA_STATUS, "f", json.dumps({"state": "ok"}))
+        bad = {**F, "formula": "p1 +"}  # an invalid body, since made valid again
+        self.processor.config_changed({"entity": "formula", "op": "fresh", "id": "f", "data": bad})
+        self.clock.advance(0)
+        self.assertEqual(self.status("f"), {"state": "ok"})
+        # the holder of r writes the error, under its lease (it needs no computation)
+        self.memory.call("set", keys.LEASE % "r", "8 c")
+        self.ownership.set_owned("r", True, "8 c")
+        self.clock.advance(0)
+        self.assertEqual((self.status("f")["state"], self.status("f")["collector"]), ("error", "c"))
+
+    def test_a_replayed_deletion_does_not_remove_the_recreated_formulas_status(self) -> None:
+        self.memory.call("hset", keys.FORMULA_STATUS, "f", json.dumps({"state": "ok"}))
+        self.processor.config_changed({"entity": "formula", "op": "del", "id": "f"})
+        self.clock.advance(0)
+        self.assertEqual(self.status("f"), {"state": "ok"})  # f exists (re-created)
+        self.memory.call("srem", keys.FORMULAS, ["f"])  # really deleted
+        self.processor.config_changed({"entity": "formula", "op": "del", "id": "f"})
+        self.clock.advance(0)
+        self.assertIsNone(self.status("f"))
