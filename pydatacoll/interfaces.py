@@ -200,6 +200,10 @@ class IPointConfigStore(Interface):
         """Deferred newest stored sample (a JSON object) of ``(device, term, item)``, or
         None."""
 
+    def latest_value(point):  # type: ignore[no-untyped-def]
+        """Deferred latest value of ``(device, term, item)`` as the value hash holds it
+        (a JSON object, not-topical mark included), or None."""
+
     def sample_window(point, since, limit):  # type: ignore[no-untyped-def]
         """Deferred list of the point's stored samples since ``since`` (epoch seconds),
         oldest first, at most ``limit`` (the newest ones)."""
@@ -232,7 +236,11 @@ class IAlarmStore(Interface):
     def record_event(event, log_length, token=None):  # type: ignore[no-untyped-def]
         """Log a raise or clear event, update the active alarms and publish it, at once;
         with a lease ``token`` (cluster mode) only while it is the device's current lease
-        (fires with 0 when it is not)."""
+        and the device still configured (fires with 0 when not)."""
+
+    def clear_orphan(event, log_length):  # type: ignore[no-untyped-def]
+        """Cluster mode: clear the alarm of a device no longer configured, once (fires
+        with 1 when written, 0 when the device exists or the alarm is not active)."""
 
 
 class IPluginStatusStore(Interface):

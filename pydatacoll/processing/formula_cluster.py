@@ -33,9 +33,18 @@ class ClusterInputs:
     _latest: dict[Any, Sample]
     _pending: set[str]
     _dirty_status: set[str]
+    _statuses: dict[str, Any]
+    _failed: dict[str, str | None]
+    #: Formulas whose catch-up read failed, and the call that tries it again.
+    _catch_up_ids: set[str]
+    _catch_up_call: Any
+    reactor: Any
+    retry_delay: float
     store: Any
 
     if TYPE_CHECKING:  # provided by FormulasProcessor
+
+        def _write_status(self) -> None: ...
 
         def _receive(self, samples: Sequence[Sample]) -> None: ...
         def _trigger(self, formula_ids: Iterable[str]) -> None: ...
@@ -80,6 +89,11 @@ class ClusterInputs:
     def _ownership_changed(self, device_id: str, owned: bool) -> None:
         """A result device's lease came here (subscribe its formulas' inputs, read their
         latest values, compute) or went away (stop computing its formulas at once)."""
+        if owned and self._installed:  # errors of formulas of this device: written here now
+            failed = [f for f, d in self._failed.items() if d == device_id and f in self._statuses]
+            if failed:
+                self._dirty_status.update(failed)
+                self._write_status()
         formula_ids = [f for f, c in self._formulas.items() if c.result[0] == device_id]
         if not formula_ids or not self._installed:
             return
@@ -106,12 +120,33 @@ class ClusterInputs:
         d = self._follow()
         d.addCallback(lambda _: self._load_latest(formula_ids, refresh))
         d.addCallback(lambda _: self._trigger(formula_ids))
-        d.addErrback(lambda f: self.log.failure("loading the inputs of formulas", f))
+        d.addErrback(self._catch_up_failed, formula_ids)
+
+    def _catch_up_failed(self, failure: Any, formula_ids: Sequence[str]) -> None:
+        """The inputs could not be read (Redis away or slow): read them again after
+        ``retry_delay`` (an input that changes seldom brings nothing on its channel)."""
+        self.log.warn(
+            "inputs of {n} formulas not read ({e}); again in {delay}s",
+            n=len(formula_ids),
+            e=failure.getErrorMessage(),
+            delay=self.retry_delay,
+        )
+        self._catch_up_ids.update(formula_ids)
+        if self.running and self._catch_up_call is None:
+            self._catch_up_call = self.reactor.callLater(self.retry_delay, self._catch_up_again)
+
+    def _catch_up_again(self) -> None:
+        self._catch_up_call = None
+        formula_ids = sorted(f for f in self._catch_up_ids if self._computes(f))
+        self._catch_up_ids = set()
+        if formula_ids and self.running:
+            self._catch_up(formula_ids, refresh=True)
 
     def _write_status_fenced(self, dirty: Mapping[str, Mapping[str, Any]]) -> None:
         """Cluster mode: the statuses of the formulas computed here, each written only
-        under its result device's lease (a collector paused past it writes none); a
-        formula that cannot be installed (its error is the same everywhere) as it is."""
+        under its result device's lease (a collector paused past it writes none); so is
+        the error of a formula that cannot be installed (by the holder of the result
+        device its body names; as it is when the body names none)."""
         if self._cluster is None:
             return
         fenced: dict[str, Mapping[str, Any]] = {}
@@ -119,10 +154,10 @@ class ClusterInputs:
         plain: dict[str, Mapping[str, Any]] = {}
         for formula_id, entry in dirty.items():
             compiled = self._formulas.get(formula_id)
-            if compiled is None:
-                plain[formula_id] = entry
+            device_id = compiled.result[0] if compiled is not None else self._failed.get(formula_id)
+            if device_id is None:
+                plain[formula_id] = entry  # no device to fence with: the same everywhere
                 continue
-            device_id = compiled.result[0]
             token = self._cluster.token(device_id)
             if token is not None:
                 fenced[formula_id] = {**entry, "collector": self._cluster.collector_id}

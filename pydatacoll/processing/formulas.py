@@ -135,6 +135,10 @@ class FormulasProcessor(ClusterInputs, Service):
         #: sample channels of the input devices of the formulas computed here.
         self._cluster = context.cluster
         self._inputs: Any = None
+        self._catch_up_ids: set[str] = set()
+        #: Formulas that could not be installed -> their result device (None: not known).
+        self._failed: dict[str, str | None] = {}
+        self._catch_up_call: Any = None
         self._installed = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -158,9 +162,10 @@ class FormulasProcessor(ClusterInputs, Service):
         if self._inputs is not None:
             inputs, self._inputs = self._inputs, None
             inputs.stopService()
-        if self._scheduled is not None and self._scheduled.active():
-            self._scheduled.cancel()
-        self._scheduled = None
+        for call in (self._scheduled, self._catch_up_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._scheduled = self._catch_up_call = None
         return succeed(None)
 
     @inlineCallbacks
@@ -180,7 +185,7 @@ class FormulasProcessor(ClusterInputs, Service):
     @inlineCallbacks
     def _load_latest(self, formula_ids: Iterable[str], refresh: bool = False) -> Any:
         """Read the stored latest value of the inputs of ``formula_ids`` not known yet
-        (``refresh``: of every input, kept when newer than the one known)."""
+        (``refresh``: of every input, kept unless older than the one known)."""
         points = {
             point
             for formula_id in formula_ids
@@ -189,19 +194,26 @@ class FormulasProcessor(ClusterInputs, Service):
             if refresh or point not in self._latest
         }
         for point in sorted(points):
-            stored = yield self.points.latest_sample(point)
+            # the value hash first: it carries a not-topical mark made since the sample
+            stored = yield self.points.latest_value(point)
+            if stored is None:
+                stored = yield self.points.latest_sample(point)
             if stored is None:
                 continue
             sample = Sample.from_message(
                 {"device_id": point[0], "term_id": point[1], "item_id": point[2], **stored}
             )
             known = self._latest.get(point)
-            if known is None or (refresh and sample.receive_time > known.receive_time):
+            # refresh: the stored value unless older than the one known; the same time
+            # may carry a not-topical mark (quality and flags) missed meanwhile
+            if known is None or (refresh and sample.receive_time >= known.receive_time):
                 self._latest[point] = sample
 
     # -- the formula set ----------------------------------------------------------------
     def _install(self, formula_id: str, body: Any) -> None:
         self._remove(formula_id)
+        device = body.get("device_id") if isinstance(body, dict) else None
+        self._failed[formula_id] = str(device) if isinstance(device, (str, int)) else None
         try:
             formula = Formula.from_json(body)
             params = formula.params
@@ -215,6 +227,7 @@ class FormulasProcessor(ClusterInputs, Service):
             self._set_status(formula_id, state="error", error="over max_formulas")
             return
         self._formulas[formula_id] = compiled
+        del self._failed[formula_id]
         for point in compiled.params.values():
             self._users.setdefault(point, set()).add(formula_id)
         self._set_status(formula_id, state="waiting", error=None)
@@ -281,8 +294,11 @@ class FormulasProcessor(ClusterInputs, Service):
         formula_id = str(change.get("id"))
         if change.get("op") == "del" or not isinstance(change.get("data"), dict):
             self._remove(formula_id)
+            self._failed.pop(formula_id, None)
             self._reorder()
             self._write_deleted_status(formula_id)
+            # cluster mode: its inputs' channels no longer needed are unsubscribed
+            self._follow().addErrback(lambda f: self.log.failure("formula inputs", f))
             return
         self._install(formula_id, change["data"])
         self._reorder()
@@ -307,6 +323,10 @@ class FormulasProcessor(ClusterInputs, Service):
             users = self._users.get(point)
             own = self._own.get(point)
             if users is None and own is None:
+                continue
+            if own is not None and sample.receive_time < own[0] - ECHO_TOLERANCE:
+                # an older result of ours coming back after a newer one was computed
+                # (cluster mode: the echo is late); the newer one is the value known
                 continue
             self._latest[point] = sample
             if (

@@ -22,13 +22,16 @@ whose lease it holds (their samples are its own, and a frozen check of a device 
 elsewhere would be false). When a device's lease comes here, the alarms active in Redis
 for its points are taken over, so the new holder clears what the old one raised; when it
 goes, the device's alarm states are dropped here without an event (the new holder goes on).
+The alarms of a deleted device have no lease holder ever again: every collector sends
+their clears at the deletion (and at its load) through ``store/alarm_orphan.lua``, which
+writes each once, only while the device is not configured.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -43,6 +46,7 @@ from pydatacoll.errors import ValidationError
 from pydatacoll.interfaces import IProcessor, IProcessorFactory
 from pydatacoll.model import Field, Sample, iso_time
 from pydatacoll.processing import ProcessorContext
+from pydatacoll.processing.limits_cluster import ClusterAlarms
 from pydatacoll.processing.loading import RetryingLoad
 from pydatacoll.processing.options import integer_option, number_option, option
 from pydatacoll.retry import Backoff
@@ -107,7 +111,7 @@ class _PointState:
 
 
 @implementer(IProcessor)
-class LimitsProcessor(Service):
+class LimitsProcessor(ClusterAlarms, Service):
     """Raises and clears alarms (see the module docstring)."""
 
     log = Logger()
@@ -131,8 +135,14 @@ class LimitsProcessor(Service):
         self.retry_delay = option(options, section, "retry_delay", 5.0, number_option(0.01, 3600.0))
         self._limits: dict[tuple[str, str], PointLimits] = {}
         self._states: dict[tuple[str, str], _PointState] = {}
-        #: Events to write, each with the token of its device's lease (cluster mode).
-        self._queue: deque[tuple[dict[str, Any], str | None]] = deque()
+        #: Events to write, each with the token of its device's lease (cluster mode) and
+        #: whether it is the clear of a deleted device's alarm (`AlarmStore.clear_orphan`).
+        self._queue: deque[tuple[dict[str, Any], str | None, bool]] = deque()
+        self._sweeping = False
+        self._gained: set[str] = set()
+        self._adopting = False
+        self._adopt_call: Any = None
+        self._sweep_again = False
         self._writing = False
         self._retry: Any = None
         self._load = RetryingLoad(
@@ -175,9 +185,10 @@ class LimitsProcessor(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._load.stop()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+        for call in (self._retry, self._adopt_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._adopt_call = None
         return succeed(None)
 
     @inlineCallbacks
@@ -191,14 +202,11 @@ class LimitsProcessor(Service):
         self._loaded = True
         self.log.info("limit checks on {count} points", count=len(self._limits))
 
-    def _here(self, device_id: str) -> bool:
-        """Whether this collector judges ``device_id``'s points (cluster mode: only
-        while it holds the device's lease)."""
-        return self._cluster is None or self._cluster.owns(device_id)
-
-    def _adopt(self, active: Mapping[str, Any], device_id: str | None) -> None:
-        """Take the alarms active in Redis (of ``device_id`` only, if given) as ours;
-        clear those whose limit is gone. Cluster mode: only those of devices held here."""
+    def _adopt(self, active: Mapping[str, Any], devices: Collection[str] | None) -> None:
+        """Take the alarms active in Redis (of ``devices`` only, if given) as ours;
+        clear those whose limit is gone. Cluster mode: only those of devices held here (and,
+        at the load, those of devices not configured any more, through the orphan clear)."""
+        configured = {limits.device_id for limits in self._limits.values()}
         for event in active.values():
             try:
                 point = (str(event["term_id"]), str(event["item_id"]))
@@ -206,35 +214,43 @@ class LimitsProcessor(Service):
             except (ValueError, KeyError, TypeError):
                 continue
             limits = self._limits.get(point)
-            device = limits.device_id if limits is not None else str(event.get("device_id"))
-            if (device_id is not None and device != device_id) or not self._here(device):
+            device = str(event.get("device_id"))  # the alarm's (the point may have moved)
+            if devices is not None and device not in devices:
                 continue
-            if limits is not None and self._kind_configured(limits, kind):
-                self._states[point].active.add(kind)
-                self._states[point].raised_at[kind] = event.get("limit")
+            if not self._here(device):
+                if devices is None and self._cluster is not None and device not in configured:
+                    self._clear_orphan(event, kind)  # a deleted device's, maybe
+                continue
+            if (
+                limits is not None
+                and limits.device_id == device
+                and self._kind_configured(limits, kind)
+            ):
+                state = self._states[point]
+                state.active.add(kind)
+                state.raised_at[kind] = event.get("limit")
+                value = event.get("value")
+                if (
+                    kind == "frozen"
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                ):
+                    state.last_value = float(value)  # the frozen value: only a change clears
             else:
+                moved = limits is not None and limits.device_id != device
+                reason = "point moved to another device" if moved else None
                 self._event(
                     "clear",
                     event,
                     kind,
                     None,
                     event.get("limit"),
-                    "limit removed from the configuration",
+                    reason or "limit removed from the configuration",
                 )
 
-    def _ownership_changed(self, device_id: str, owned: bool) -> None:
-        """Cluster mode: a device's lease came here (start judging its points from now,
-        taking over its active alarms) or went (forget their states, no event)."""
-        if not self._loaded:
-            return  # the load takes over what is held here once it is done
-        now = self.reactor.seconds()
-        for limits in self._limits.values():
-            if limits.device_id == device_id:
-                self._states[(limits.term_id, limits.item_id)] = _PointState(last_change=now)
-        if owned:
-            d = self.alarms.active_alarms()
-            d.addCallback(lambda active: self._adopt(active, device_id))
-            d.addErrback(lambda f: self.log.failure("taking over the alarms of a device", f))
+    @staticmethod
+    def _new_state(now: float) -> _PointState:
+        return _PointState(last_change=now)
 
     @staticmethod
     def _kind_configured(limits: PointLimits, kind: str) -> bool:
@@ -288,10 +304,20 @@ class LimitsProcessor(Service):
             old = change["old"]
             self._unconfigure((str(old.get("term_id")), str(old.get("item_id"))), "point deleted")
         elif op == "del" and isinstance(change.get("cascade"), dict):
+            # Cluster mode, a device deleted: no lease of it any more to fence its clears
+            # with (its holder may even have dropped the states already): they are sent
+            # by every collector through the orphan clear, written once.
+            deleted_device = self._cluster is not None and entity == "device"
             for point in change["cascade"].get("term_items") or ():
                 if isinstance(point, dict):
                     key = (str(point.get("term_id")), str(point.get("item_id")))
-                    self._unconfigure(key, "point deleted")
+                    if deleted_device:
+                        self._limits.pop(key, None)
+                        self._states.pop(key, None)
+                    else:
+                        self._unconfigure(key, "point deleted")
+            if deleted_device:
+                self._sweep_orphans()
         elif entity == "term" and op == "fresh" and isinstance(change.get("data"), dict):
             term_id = str(change.get("id"))
             device_id = str(change["data"].get("device_id"))
@@ -410,6 +436,7 @@ class LimitsProcessor(Service):
         value: Any,
         limit: Any,
         message: str,
+        orphan: bool = False,
     ) -> None:
         body = {
             "event": event,
@@ -429,26 +456,36 @@ class LimitsProcessor(Service):
             point=f"{body['device_id']}:{body['term_id']}:{body['item_id']}",
             message=message,
         )
+        token = None
+        if self._cluster is not None and not orphan:
+            token = self._cluster.token(body["device_id"])
+            if token is None:  # in cluster mode an event is never written unfenced
+                self.counters["events_fenced"] += 1
+                return
         if len(self._queue) >= self.queue_length:
             self._queue.popleft()
             self.counters["events_dropped"] += 1
-        token = None if self._cluster is None else self._cluster.token(body["device_id"])
-        self._queue.append((body, token))
+        self._queue.append((body, token, orphan))
         self._flush()
 
     def _flush(self) -> None:
         if self._writing or not self._queue or self._retry is not None:
             return
         entry = self._queue[0]
-        body, token = entry
+        body, token, orphan = entry
         self._writing = True
-        d = self.alarms.record_event(body, self.log_length, token)  # never raises
+        if orphan:
+            d = self.alarms.clear_orphan(body, self.log_length)  # never raises
+        else:
+            d = self.alarms.record_event(body, self.log_length, token)
 
         def written(result: Any) -> None:
             self._writing = False
             if self._queue and self._queue[0] is entry:
                 self._queue.popleft()
-            if token is not None and not int(result or 0):
+            if orphan:  # 0: cleared by another collector already, or the device is back
+                self.counters["events_written"] += int(result or 0)
+            elif token is not None and not int(result or 0):
                 self.counters["events_fenced"] += 1  # the lease moved on: the new
             else:  # holder took the active alarms over and judges from now on
                 self.counters["events_written"] += 1

@@ -25,6 +25,10 @@ SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 FENCED = LuaScript(
     guarded(files("pydatacoll.store").joinpath("alarm_fence.lua").read_text("utf-8") + SCRIPT)
 )
+#: Cluster mode: the clear of an alarm whose device was deleted, written once.
+ORPHAN = LuaScript(
+    files("pydatacoll.store").joinpath("alarm_orphan.lua").read_text("utf-8") + SCRIPT
+)
 
 
 def alarm_field(event: Mapping[str, Any]) -> str:
@@ -63,37 +67,41 @@ class AlarmStore:
         """Append an event (``event["event"]`` "raise" or "clear") to the log (about
         ``log_length`` kept), set or clear its active alarm, publish it with its log id.
         Cluster mode: with the ``token`` of the device's lease the event was judged
-        under, only while it is still current (fires with 0 when it is not, else 1)."""
+        under, only while it is still current and the device still configured (fires
+        with 0 when not, else 1)."""
         text = json.dumps(event, ensure_ascii=False)
         args = [str(log_length), text, event["event"], alarm_field(event), keys.ALARM]
         script_keys = [keys.ALARM_LOG, keys.ALARMS]
         if token is not None:
-            fenced: Deferred[Any] = maybeDeferred(
-                self.redis.call,
-                "evalsha",
-                FENCED.sha,
-                script_keys,
-                [*args, keys.LEASE % event["device_id"], token],
-            )
-
-            def no_fenced_script(failure: Any) -> Any:
-                message = failure.getErrorMessage()
-                if "NOSCRIPT" in message or "No script matching" in message:
-                    return self.redis.call(
-                        "eval",
-                        FENCED.text,
-                        script_keys,
-                        [*args, keys.LEASE % event["device_id"], token],
-                    )
-                return failure
-
-            return fenced.addErrback(no_fenced_script)
+            device_id = str(event["device_id"])
+            fenced = [*args, keys.LEASE % device_id, token, keys.DEVICES, device_id]
+            return self._run(FENCED, script_keys, fenced)
         d: Deferred[Any] = maybeDeferred(self.redis.call, "evalsha", SHA, script_keys, args)
 
         def no_script(failure: Any) -> Any:
             message = failure.getErrorMessage()
             if "NOSCRIPT" in message or "No script matching" in message:
                 return self.redis.call("eval", SCRIPT, script_keys, args)
+            return failure
+
+        return d.addErrback(no_script)
+
+    def clear_orphan(self, event: Mapping[str, Any], log_length: int) -> Deferred[Any]:
+        """Cluster mode: the clear ``event`` of an alarm whose device is no longer
+        configured (deleted), written only while that is so and the alarm still active:
+        every collector may send it, the first writes it (fires with 1, the others 0)."""
+        text = json.dumps(event, ensure_ascii=False)
+        device_id = str(event["device_id"])
+        args = [str(log_length), text, "clear", alarm_field(event), keys.ALARM]
+        return self._run(ORPHAN, [keys.ALARM_LOG, keys.ALARMS], [*args, keys.DEVICES, device_id])
+
+    def _run(self, script: LuaScript, script_keys: list[str], args: list[str]) -> Deferred[Any]:
+        d: Deferred[Any] = maybeDeferred(self.redis.call, "evalsha", script.sha, script_keys, args)
+
+        def no_script(failure: Any) -> Any:
+            message = failure.getErrorMessage()
+            if "NOSCRIPT" in message or "No script matching" in message:
+                return self.redis.call("eval", script.text, script_keys, args)
             return failure
 
         return d.addErrback(no_script)

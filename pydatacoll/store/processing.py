@@ -21,6 +21,10 @@ from pydatacoll.store import keys
 from pydatacoll.store.cluster import LuaScript, guarded
 from pydatacoll.store.redis import when_connected
 
+#: A deleted formula's status removed only while the formula does not exist.
+FORMULA_STATUS_DELETE = LuaScript(
+    files("pydatacoll.store").joinpath("formula_status_del.lua").read_text("utf-8")
+)
 #: Cluster mode: formula statuses written only under their result device's lease.
 FORMULA_STATUS_FENCED = LuaScript(
     guarded(files("pydatacoll.store").joinpath("formula_status.lua").read_text("utf-8"))
@@ -83,6 +87,21 @@ class PointConfigStore:
             "execute_command", "XREVRANGE", keys.POINT_DATA % point, "+", "-", "COUNT", 1
         )
         return d.addCallback(lambda entries: _entry_sample(entries[0]) if entries else None)
+
+    def latest_value(self, point: Point) -> Deferred[dict[str, Any] | None]:
+        """The point's latest value as the value hash holds it (its JSON object, with a
+        not-topical mark made since), or None."""
+        device_id, term_id, item_id = point
+        d = self.redis.call("hget", keys.DEVICE_VALUES % device_id, f"{term_id}:{item_id}")
+
+        def decode(text: Any) -> dict[str, Any] | None:
+            try:
+                value = json.loads(text) if text is not None else None
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+
+        return d.addCallback(decode)
 
     def sample_window(
         self, point: Point, since: float, limit: int
@@ -150,6 +169,5 @@ class FormulaStore:
         return d
 
     def delete_formula_status(self, formula_id: str) -> Deferred[Any]:
-        """Forget a deleted formula's status."""
-        d: Deferred[Any] = self.redis.call("hdel", keys.FORMULA_STATUS, [formula_id])
-        return d
+        """Forget a deleted formula's status, unless the formula exists (again)."""
+        return FORMULA_STATUS_DELETE(self.redis, [keys.FORMULA_STATUS, keys.FORMULAS, formula_id])

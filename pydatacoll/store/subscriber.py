@@ -7,6 +7,10 @@ subscribed; then ``on_subscribed`` is called, because messages published while t
 connection was down are lost and the owner must catch up (the device manager
 reconciles; the reply listener lets requests be sent again). A subscription that is not
 confirmed within the connect timeout closes the connection, and the next one tries again.
+``update_channels`` changes the channels at any time: each connection keeps the set it
+asked for, and every change (or a change made while a (re)connection's SUBSCRIBE is in
+flight, before ``on_subscribed``) sends the difference to that set; an update fires once
+all its channels are confirmed, including those an earlier update asked for.
 
 Its users (device manager, reply listener, gateway, event stream, history, MQTT) hold it
 as a child service; tests use the in-memory `pydatacoll.testing.memory_subscriber`.
@@ -49,6 +53,12 @@ class _Protocol(txredisapi.SubscriberProtocol):
     """A txredisapi subscriber connection that hands everything to its `Subscriber`."""
 
     subscriber: Subscriber
+    #: The channels asked for on this connection (SUBSCRIBE sent, confirmed or not), as
+    #: opposed to `Subscriber.channels`, the channels wanted: every change is the
+    #: difference between the two, so nothing asked for midway is left out.
+    wire: set[str]
+    #: The channels whose SUBSCRIBE is in flight, each with the updates waiting for it.
+    inflight: dict[str, list[defer.Deferred[None]]]
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
         self.subscriber._message(channel, message)
@@ -184,18 +194,17 @@ class Subscriber(Service):
     def update_channels(self, channels: Sequence[str]) -> Any:
         """Subscribe exactly ``channels`` from now on (and after every reconnection).
 
-        Fires once the live connection (if any) has (un)subscribed the difference.
+        Fires once the live connection (if any) has (un)subscribed the difference and
+        every channel of ``channels`` is confirmed (including those another update asked
+        for just before). With no subscribed connection it fires at once: the one being
+        made subscribes the difference before ``on_subscribed``.
         """
-        old, new = set(self.channels), set(channels)
-        self.channels = sorted(new)
+        self.channels = sorted(set(channels))
         conn = self._conn
-        if conn is None or old == new:
+        if conn is None:
             return
         try:
-            if new - old:
-                yield conn.subscribe(sorted(new - old))
-            if old - new:
-                yield conn.unsubscribe(sorted(old - new))
+            yield self._sync(conn)
         except txredisapi.ConnectionError as exc:
             # Lost meanwhile: the reconnection subscribes every channel of the new list.
             self.log.info("{name}: subscription not changed: {error}", name=self.label, error=exc)
@@ -228,11 +237,42 @@ class Subscriber(Service):
 
     @defer.inlineCallbacks
     def _subscribe(self, conn: _Protocol) -> Any:
+        conn.wire, conn.inflight = set(self.channels), {}
         if self.channels:
-            yield conn.subscribe(self.channels)
+            yield conn.subscribe(sorted(conn.wire))
         if self.patterns:
             yield conn.psubscribe(self.patterns)
+        while conn.wire != set(self.channels):  # changed during the round trips
+            yield self._sync(conn)
         return conn
+
+    @defer.inlineCallbacks
+    def _sync(self, conn: _Protocol) -> Any:
+        """(Un)subscribe on ``conn`` the difference between the channels wanted and
+        those asked for on it; fire once every wanted channel is confirmed."""
+        wanted = set(self.channels)
+        add, remove = sorted(wanted - conn.wire), sorted(conn.wire - wanted)
+        conn.wire = wanted
+        waits = []
+        for channel in wanted.intersection(conn.inflight).difference(add):
+            wait: defer.Deferred[None] = defer.Deferred()
+            conn.inflight[channel].append(wait)
+            waits.append(wait)
+        waiting: dict[str, list[defer.Deferred[None]]] = {channel: [] for channel in add}
+        conn.inflight.update(waiting)
+        try:
+            if add:
+                yield conn.subscribe(add)
+        finally:
+            for channel, waiters in waiting.items():
+                if conn.inflight.get(channel) is waiters:
+                    del conn.inflight[channel]
+                for wait in waiters:
+                    wait.callback(None)
+        if remove:
+            yield conn.unsubscribe(remove)
+        if waits:
+            yield defer.gatherResults(waits)
 
     def _not_subscribed(self, failure: Failure, conn: _Protocol) -> None:
         self._subscribing = None

@@ -196,6 +196,13 @@ def _formula_status_fenced(store: MemoryRedis, keys: Any, args: list[Any]) -> li
     return [written, fenced]
 
 
+def _formula_status_delete(store: MemoryRedis, keys: Any, args: list[Any]) -> int:
+    """store/formula_status_del.lua: HDEL only while the formula is not in the set."""
+    if args[2] in store._smembers(args[1]):
+        return 0
+    return store._hdel(args[0], [args[2]])
+
+
 def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.store import cluster, devices, processing
 
@@ -211,6 +218,7 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
         devices.REPLY.sha: _reply,
         devices.STATUS_FENCED.sha: _status_fenced,
         processing.FORMULA_STATUS_FENCED.sha: _formula_status_fenced,
+        processing.FORMULA_STATUS_DELETE.sha: _formula_status_delete,
     }
 
 
@@ -272,8 +280,16 @@ def _alarm_event_script(store: MemoryRedis, keys: Any, args: list[str]) -> int:
 
 
 def _alarm_event_fenced(store: MemoryRedis, keys: Any, args: list[str]) -> int:
-    """store/alarm_fence.lua then alarm_event.lua: only under the current lease."""
-    if not lease_is_current(store, args[5], args[6]):
+    """store/alarm_fence.lua then alarm_event.lua: only under the current lease, and only
+    while the device is configured."""
+    if not lease_is_current(store, args[5], args[6]) or args[8] not in store._smembers(args[7]):
+        return 0
+    return _alarm_event_script(store, keys, args[:5])
+
+
+def _alarm_orphan(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/alarm_orphan.lua then alarm_event.lua: a deleted device's alarm, cleared once."""
+    if args[6] in store._smembers(args[5]) or args[3] not in store._hgetall(keys[1]):
         return 0
     return _alarm_event_script(store, keys, args[:5])
 
@@ -281,4 +297,8 @@ def _alarm_event_fenced(store: MemoryRedis, keys: Any, args: list[str]) -> int:
 def _processing_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.store import alarms
 
-    return {alarms.SHA: _alarm_event_script, alarms.FENCED.sha: _alarm_event_fenced}
+    return {
+        alarms.SHA: _alarm_event_script,
+        alarms.FENCED.sha: _alarm_event_fenced,
+        alarms.ORPHAN.sha: _alarm_orphan,
+    }

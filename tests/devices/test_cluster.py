@@ -63,7 +63,9 @@ class SlowRuntime(FakeRuntime):
         return self.closed
 
 
-class ClusterManagerTests(SynchronousTestCase):
+class ClusterManagerHarness(SynchronousTestCase):
+    """Cluster managers on one `MemoryRedis` and a `Clock` (no tests of its own)."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
@@ -109,6 +111,8 @@ class ClusterManagerTests(SynchronousTestCase):
                     found[device_id].append(collector_id)
         return found
 
+
+class ClusterManagerTests(ClusterManagerHarness):
     def test_a_device_runs_only_under_its_lease(self) -> None:
         manager = self.start("a")
         self.clock.advance(0.1)

@@ -84,7 +84,9 @@ class Collector:
             assert d.called
 
 
-class ClusterFormulaTests(SynchronousTestCase):
+class ClusterFormulaHarness(SynchronousTestCase):
+    """Four collectors on one MemoryRedis (no tests of its own)."""
+
     def setUp(self) -> None:
         self.world = Clock()
         self.world.advance(1000)
@@ -135,6 +137,8 @@ class ClusterFormulaTests(SynchronousTestCase):
     def computing(self) -> list[str]:
         return [c for c, x in self.collectors.items() if x.formulas.status().get("evaluations")]
 
+
+class ClusterFormulaTests(ClusterFormulaHarness):
     def test_a_formula_over_two_collectors_is_computed_by_its_result_devices_holder(self) -> None:
         self.advance(5)
         holder = owner("d2", ["c", "d"])
@@ -245,3 +249,31 @@ class ClusterFormulaTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual([s.value for s in emitted], [3.0])
         self.assertNotIn("computed_here", processor.status())
+
+
+class CatchUpAndDeletionTests(ClusterFormulaHarness):
+    """The input subscription and the stored values after an outage or a deletion."""
+
+    def test_a_not_topical_mark_missed_while_unsubscribed_is_caught_up(self) -> None:
+        self.advance(5)
+        holder = owner("d2", ["c", "d"])
+        self.feed()
+        self.advance(0.5)
+        self.assertEqual(self.result()["quality"], "good")
+        inputs = self.collectors[holder].formulas._inputs
+        inputs._unsubscribe()  # the input subscription is down
+        self.collectors["a"].manager.ingest.mark_not_topical("d0")  # d0 went offline
+        self.advance(0.5)
+        stored = json.loads(self.store._hgetall(keys.DEVICE_VALUES % "d0")["td0:i"])
+        self.assertIn("NT", stored["flags"])  # same receive_time, quality questionable
+        inputs.lose()  # back: the catch-up reads the stored values again
+        self.advance(0.5)
+        self.assertEqual(self.result()["quality"], "questionable")  # as if heard live
+
+    def test_deleting_the_formula_unsubscribes_its_inputs(self) -> None:
+        self.advance(5)
+        holder = self.collectors[owner("d2", ["c", "d"])]
+        self.assertEqual(len(holder.formulas._inputs.channels), 2)
+        holder.formulas.config_changed({"entity": "formula", "op": "del", "id": "f1"})
+        self.advance(0.5)
+        self.assertEqual(holder.formulas._inputs.channels, [])

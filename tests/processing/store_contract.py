@@ -98,6 +98,12 @@ class ProcessingStoreContract:
         newest_two = yield store.sample_window(POINT, 0, 2)
         self.assertEqual([s["value"] for s in newest_two], [3, 4])
         self.assertIsNone((yield store.latest_sample(("1", "10", "1001"))))
+        self.assertIsNone((yield store.latest_value(POINT)))
+        marked = {"value": 4, "quality": "questionable", "flags": ["NT"], "receive_time": "t"}
+        yield self.redis.call("hset", keys.DEVICE_VALUES % "1", "10:1000", json.dumps(marked))
+        yield self.redis.call("hset", keys.DEVICE_VALUES % "1", "10:1001", "not json")
+        self.assertEqual((yield store.latest_value(POINT)), marked)
+        self.assertIsNone((yield store.latest_value(("1", "10", "1001"))))
 
     @inlineCallbacks
     def test_formulas_and_their_status(self):
@@ -115,7 +121,10 @@ class ProcessingStoreContract:
         status = {"id": "f1", "state": "ok", "value": 4.5, "quality": "good"}
         yield store.write_formula_status({"f1": status, "f2": {"id": "f2", "state": "error"}})
         self.assertEqual((yield store.formula_status("f1")), status)
-        yield store.delete_formula_status("f1")
+        yield store.delete_formula_status("f1")  # f1 still exists (re-created): kept
+        self.assertEqual((yield store.formula_status("f1")), status)
+        yield self.redis.call("srem", keys.FORMULAS, ["f1"])
+        self.assertEqual(int((yield store.delete_formula_status("f1"))), 1)
         self.assertIsNone((yield store.formula_status("f1")))
         self.assertEqual((yield store.formula_status("f2"))["state"], "error")
         # Cluster mode: a status is written only under its result device's current lease.
@@ -143,7 +152,8 @@ class ProcessingStoreContract:
         log = yield self.redis.call("execute_command", "XREVRANGE", keys.ALARM_LOG, "+", "-")
         events = [json.loads(dict(zip(f[::2], f[1::2], strict=True))["event"]) for _, f in log]
         self.assertEqual([e["event"] for e in events], ["clear", "raise", "raise", "raise"])
-        # Cluster mode: written only under the device's current lease.
+        # Cluster mode: written only under the device's current lease, while configured.
+        yield self.redis.call("sadd", keys.DEVICES, ["1"])
         yield self.redis.call("set", keys.LEASE % "1", "7 b")
         refused = yield store.record_event(alarm("clear", item="1001", kind="low"), 1000, "6 a")
         self.assertEqual(int(refused), 0)
@@ -153,6 +163,18 @@ class ProcessingStoreContract:
         done = yield store.record_event(alarm("clear", item="1001", kind="low"), 1000, "7 b")
         self.assertEqual(int(done), 1)
         self.assertNotIn("1:10:1001:low", (yield store.active_alarms()))
+        # A deleted device: its fenced events are refused, even under its lease; the
+        # orphan clear is written once, only while the device is not configured.
+        self.assertEqual(int((yield store.clear_orphan(alarm("clear"), 1000))), 0)  # exists
+        yield self.redis.call("srem", keys.DEVICES, ["1"])
+        refused = yield store.record_event(alarm("raise", item="1002"), 1000, "7 b")
+        self.assertEqual(int(refused), 0)
+        self.assertEqual(sorted((yield store.active_alarms())), ["1:10:1000:high"])
+        self.assertEqual(int((yield store.clear_orphan(alarm("clear"), 1000))), 1)
+        self.assertEqual(int((yield store.clear_orphan(alarm("clear"), 1000))), 0)  # done
+        self.assertEqual((yield store.active_alarms()), {})
+        log = yield self.redis.call("execute_command", "XREVRANGE", keys.ALARM_LOG, "+", "-")
+        self.assertEqual(len(log), 6)
 
     @inlineCallbacks
     def test_plugin_status_and_heartbeats(self):

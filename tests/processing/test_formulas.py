@@ -141,6 +141,7 @@ class FormulaProcessorTests(SynchronousTestCase):
         )
         self.turn()
         self.assertEqual(self.values("1002"), [(12, "good")])
+        self.memory.call("srem", keys.FORMULAS, ["1"])  # the API deletes it, then says so
         self.processor.config_changed({"entity": "formula", "op": "del", "id": "1", "data": None})
         self.ingest(Sample("1", "10", "1000", 5, receive_time=self.clock.seconds()))
         self.turn()

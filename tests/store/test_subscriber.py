@@ -37,7 +37,9 @@ def confirm(protocol: Any) -> None:
     feed(protocol, "psubscribe", "P:*", 2)
 
 
-class SubscriberTests(SynchronousTestCase):
+class SubscriberHarness(SynchronousTestCase):
+    """A `Subscriber` on a MemoryReactorClock (no tests of its own)."""
+
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.messages: list[tuple[str, str]] = []
@@ -74,6 +76,8 @@ class SubscriberTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         return protocol, transport
 
+
+class SubscriberTests(SubscriberHarness):
     def test_interface(self) -> None:
         verifyObject(ISubscriber, self.subscriber)
 
@@ -128,3 +132,58 @@ class SubscriberTests(SynchronousTestCase):
         delays = [policy(attempt) for attempt in range(1, 50)]
         self.assertLessEqual(max(delays), RECONNECT_MAX_DELAY)
         self.assertGreater(min(delays), 0)
+
+
+class ChannelsChangedMidwayTests(SubscriberHarness):
+    """`update_channels` while a SUBSCRIBE is in flight (a reconnection's, or another
+    update's): what is asked for is subscribed on the wire, and an update fires only
+    once its channels are confirmed (the formulas processor reads the stored values
+    then, and would miss what is published in between)."""
+
+    caught_up: list[str] | None = None
+
+    def subscribed(self) -> None:
+        self.subscriptions += 1
+        if self.caught_up is not None:  # an owner catching up (formulas' _follow)
+            self.subscriber.update_channels(self.caught_up)
+
+    def test_a_channel_added_during_the_subscribe_round_trip_is_subscribed(self) -> None:
+        self.caught_up = ["C", "D"]
+        protocol, transport = self.connect()
+        self.assertIn(b"SUBSCRIBE", transport.value())  # SUBSCRIBE C in flight
+        self.subscriber.update_channels(["C", "D"])  # a lease taken meanwhile
+        transport.clear()
+        feed(protocol, "subscribe", "C", 1)
+        feed(protocol, "psubscribe", "P:*", 2)
+        self.assertIn(b"$9\r\nSUBSCRIBE\r\n$1\r\nD\r\n", transport.value())
+        self.assertEqual(self.subscriptions, 0)  # on_subscribed once D is confirmed too
+        feed(protocol, "subscribe", "D", 3)
+        self.assertEqual((self.subscriber.subscribed, self.subscriptions), (True, 1))
+        self.assertEqual(self.subscriber.channels, ["C", "D"])
+
+    def test_an_update_waits_for_its_channels_asked_for_by_an_earlier_one(self) -> None:
+        """Two lease gains sharing the input device E, one round trip apart."""
+        protocol, transport = self.connect()
+        confirm(protocol)
+        transport.clear()
+        first = self.subscriber.update_channels(["C", "E"])
+        self.assertIn(b"E", transport.value())
+        transport.clear()
+        second = self.subscriber.update_channels(["C", "E"])
+        self.assertEqual(transport.value(), b"")  # not asked twice
+        self.assertNoResult(second)  # E is not confirmed yet
+        feed(protocol, "subscribe", "E", 3)
+        self.successResultOf(first)
+        self.successResultOf(second)
+
+    def test_a_channel_dropped_during_the_round_trip_is_unsubscribed(self) -> None:
+        protocol, transport = self.connect()
+        self.subscriber.update_channels(["D"])  # C no longer wanted, D wanted
+        transport.clear()
+        confirm(protocol)
+        self.assertIn(b"$9\r\nSUBSCRIBE\r\n$1\r\nD\r\n", transport.value())
+        feed(protocol, "subscribe", "D", 3)
+        self.assertIn(b"$11\r\nUNSUBSCRIBE\r\n$1\r\nC\r\n", transport.value())
+        self.assertFalse(self.subscriber.subscribed)  # not before C is gone
+        feed(protocol, "unsubscribe", "C", 2)
+        self.assertEqual((self.subscriber.subscribed, self.subscriptions), (True, 1))
