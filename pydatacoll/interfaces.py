@@ -451,6 +451,18 @@ class IEventStore(Interface):
         """Deferred list of alarm events (with their ``id``), newest first."""
 
 
+class ICommandStore(Interface):
+    """The command path's writes: a request sent in one round trip, and its audit."""
+
+    def send_request(ids, channel, message):  # type: ignore[no-untyped-def]
+        """Publish ``message`` on ``channel`` if the point ``ids`` exists: Deferred
+        ``(None, subscribers)``, or ``(field, 0)`` naming the first id not stored."""
+
+    def append_audit(fields, max_length):  # type: ignore[no-untyped-def]
+        """Append one audit entry (name -> text), keeping at most ``max_length``;
+        Deferred entry id."""
+
+
 class ILiveStore(Interface):
     """The live views' reads: the event stream's catch-up and the metrics' statuses."""
 

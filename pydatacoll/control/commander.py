@@ -23,9 +23,16 @@ from zope.interface import implementer
 
 from pydatacoll import errors
 from pydatacoll.control.replies import DeviceAnswer, ReplyListener, ReplyTimeout
-from pydatacoll.interfaces import ICommander, IConfigStore, IEventStore, IPointStore
+from pydatacoll.interfaces import (
+    ICommander,
+    ICommandStore,
+    IConfigStore,
+    IEventStore,
+    IPointStore,
+)
 from pydatacoll.model import is_valid_id, iso_time
 from pydatacoll.store import keys
+from pydatacoll.store.commands import CommandStore
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.events import EventStore
 from pydatacoll.store.points import PointStore
@@ -45,9 +52,11 @@ class CommandSettings:
 class Commander:
     """device_call / device_ctrl over the stores and one reply listener.
 
-    ``config`` tells whether a point exists, ``points`` publishes the request,
-    ``events`` takes the audit entries; ``replies`` (None: every request is answered
-    ``unavailable``) receives the collector's answers; ``settings`` gives
+    ``commands`` (an `ICommandStore`, default one on ``config``'s client) checks the
+    point and publishes the request in one round trip, and takes the audit entries;
+    ``config`` names a missing point when nothing can be sent; ``points`` and ``events``
+    are the API's stores (kept for its callers); ``replies`` (None: every request is
+    answered ``unavailable``) receives the collector's answers; ``settings`` gives
     ``device_timeout`` and ``ctrl_log_length`` (read at each request); ``clock`` the
     times; ``metrics`` (optional) counts the outcomes of device_ctrl.
     """
@@ -63,6 +72,7 @@ class Commander:
         settings: Any,
         clock: Any,
         metrics: Any = None,
+        commands: ICommandStore | None = None,
     ) -> None:
         self.config = config
         self.points = points
@@ -71,6 +81,10 @@ class Commander:
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
+        #: Requests and audit entries (default: on the configuration store's client).
+        self.commands: ICommandStore = (
+            commands if commands is not None else CommandStore(config.redis)  # type: ignore[attr-defined]
+        )
 
     def device_call(self, request_id: str, ids: dict[str, str]) -> Deferred[Any]:
         """Read a point now: fires with the `DeviceAnswer` (2xx) or fails with it (or
@@ -140,13 +154,24 @@ class Commander:
         extra: dict[str, Any],
         timeout: float | None,
     ) -> Any:
-        """Publish one request and await its own reply: a `DeviceAnswer` (raised if not 2xx)."""
-        yield find_term_item(self.config, ids["term_id"], ids["item_id"], ids["device_id"])
+        """Publish one request and await its own reply: a `DeviceAnswer` (raised if not 2xx).
+
+        One Redis round trip checks the point and publishes (`ICommandStore.send_request`).
+        """
         if self.replies is None:
+            yield find_term_item(self.config, ids["term_id"], ids["item_id"], ids["device_id"])
             raise DeviceAnswer(request_id, "unavailable", "device requests are not served here")
         if timeout is None:
             timeout = self.settings.device_timeout
-        waiting = self.replies.wait(request_id, timeout)  # before publishing: no reply missed
+        for name in ("term_id", "item_id", "device_id"):
+            if not is_valid_id(ids[name]):
+                raise errors.NotFound(f"{name} not found!", field=name)
+        try:
+            waiting = self.replies.wait(request_id, timeout)  # before publishing: none missed
+        except errors.Unavailable:
+            # Nothing can be sent; a point that does not exist is still named first (404).
+            yield find_term_item(self.config, ids["term_id"], ids["item_id"], ids["device_id"])
+            raise
         message = {
             "request_id": request_id,
             **ids,
@@ -155,10 +180,13 @@ class Commander:
             "deadline": self.clock.seconds() + timeout,
         }
         try:
-            receivers = yield self.points.publish(_CHANNELS[action], message)
+            missing, receivers = yield self.commands.send_request(ids, _CHANNELS[action], message)
         except BaseException:
             _forget(waiting)
             raise
+        if missing is not None:
+            _forget(waiting)
+            raise errors.NotFound(f"{missing} not found!", field=missing)
         if not receivers:
             _forget(waiting)
             raise DeviceAnswer(
@@ -189,7 +217,7 @@ class Commander:
             entry, outcome=outcome, status=str(status), message=message[:500], cause=cause or ""
         )
         try:
-            yield self.events.append_audit(
+            yield self.commands.append_audit(
                 {name: str(text) for name, text in fields.items()}, self.settings.ctrl_log_length
             )
         except Exception:
@@ -230,11 +258,25 @@ def find_term_item(
 
 
 def make_commander(
-    redis: Any, settings: Any, clock: Any, replies: Any, metrics: Any = None
+    redis: Any,
+    settings: Any,
+    clock: Any,
+    replies: Any,
+    metrics: Any = None,
+    command_redis: Any = None,
 ) -> Commander:
-    """A `Commander` over the stores on the Redis client ``redis`` and ``replies``."""
+    """A `Commander` over the stores on the Redis client ``redis`` and ``replies``; its
+    requests and audit entries go through ``command_redis`` (default ``redis``): give it
+    a connection of its own (`RedisClient.dedicated`)."""
     return Commander(
-        ConfigStore(redis), PointStore(redis), EventStore(redis), replies, settings, clock, metrics
+        ConfigStore(redis),
+        PointStore(redis),
+        EventStore(redis),
+        replies,
+        settings,
+        clock,
+        metrics,
+        CommandStore(command_redis if command_redis is not None else redis),
     )
 
 

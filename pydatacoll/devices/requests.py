@@ -53,15 +53,34 @@ class RequestHandler(ManagerBase):
             )
             return
         self._requests += 1
+        self._command_started(device_id)
         d = defer.maybeDeferred(self._run_request, kind, running, message)
         d.addErrback(lambda f: ControlOutcome("failed", f.getErrorMessage()))
         d.addCallback(lambda outcome: self._reply(message, outcome))
-        d.addBoth(self._request_done)
+        d.addBoth(self._request_done, device_id)
 
-    def _request_done(self, result: Any) -> None:
+    def _request_done(self, result: Any, device_id: str) -> None:
         self._requests -= 1
+        self._command_done(device_id)
         if isinstance(result, Failure):
             self.log.failure("answering a request", result)
+
+    def _command_started(self, device_id: str) -> None:
+        """A request for ``device_id`` starts: its input reads (even while the ingest is
+        congested) until its last request is answered, so its reply is not held back."""
+        self._commands[device_id] = self._commands.get(device_id, 0) + 1
+        runtime = self._paused.pop(device_id, None)
+        if runtime is not None:
+            self._set_input(runtime, pause=False)
+
+    def _command_done(self, device_id: str) -> None:
+        left = self._commands.get(device_id, 0) - 1
+        if left > 0:
+            self._commands[device_id] = left
+            return
+        self._commands.pop(device_id, None)
+        if self.ingest.congested and any(s.device_id == device_id for s in self.ingest.buffer):
+            self._pause(device_id)  # still flooding: paused again until the ingest catches up
 
     def _run_request(self, kind: str, running: Running, message: dict[str, Any]) -> Any:
         runtime = running.runtime
@@ -116,12 +135,12 @@ class RequestHandler(ManagerBase):
     def _reply(self, message: dict[str, Any], outcome: ControlOutcome) -> Any:
         body = {"request_id": message.get("request_id"), **outcome.to_json()}
         if self.member is None:
-            d = self.store.publish_reply(message["reply_to"], body)
+            d = self.reply_store.publish_reply(message["reply_to"], body)
         else:
             # Cluster mode: answered only under the device's current lease (a lease lost
             # meanwhile: no answer, the API times out; never one for another's device).
             device_id = str(message.get("device_id"))
-            d = self.store.publish_reply(
+            d = self.reply_store.publish_reply(
                 message["reply_to"], body, device_id, self.token_of(device_id)
             )
 

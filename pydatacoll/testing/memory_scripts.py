@@ -162,8 +162,24 @@ def _reply(store: MemoryRedis, keys: Any, args: list[str]) -> int:
     return int(store._publish(args[2], args[3]))
 
 
+def _ctrl_request(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    """store/ctrl_request.lua: the point's lookups, then PUBLISH the request."""
+    device_key, term_key, item_key, term_item_key, device_id, channel, message = args
+    for key, field in ((device_key, "device_id"), (term_key, "term_id"), (item_key, "item_id")):
+        if not store._exists(key):
+            return [1, field]
+    owner = store._hget(term_item_key, "device_id")
+    try:
+        decoded = json.loads(owner if owner is not None else "null")
+    except ValueError:
+        decoded = None
+    if decoded != device_id:
+        return [1, "term_item"]
+    return [0, int(store._publish(channel, message))]
+
+
 def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.store import cluster, devices
+    from pydatacoll.store import cluster, commands, devices
 
     return {
         cluster.ACQUIRE.sha: _lease_acquire,
@@ -175,6 +191,7 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
         cluster.LIST.sha: _collector_list,
         cluster.LEAVE.sha: _collector_leave,
         devices.REPLY.sha: _reply,
+        commands.REQUEST.sha: _ctrl_request,
     }
 
 

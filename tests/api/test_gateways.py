@@ -179,17 +179,24 @@ class GatewayRouteTests(GatewayRouteMixin, MemoryApiCase):
 
 class GatewayRoleTests(TestCase):
     def test_roles(self):
-        """The gateway runs in the all and gateway roles, with its own reply listener."""
+        """The gateway runs in the all and gateway roles, with its own reply listener; the
+        commands of the API and the gateway have a connection of their own."""
         from twisted.internet import reactor
 
         from pydatacoll.config import load_settings
         from pydatacoll.service import make_root_service
 
         for role, names in (
-            ("all", ["collector", "replies", "stream", "api", "gateway-replies", "gateway"]),
-            ("gateway", ["gateway-replies", "gateway"]),
+            (
+                "all",
+                [
+                    "command-redis",
+                    *("collector", "replies", "stream", "api", "gateway-replies", "gateway"),
+                ],
+            ),
+            ("gateway", ["command-redis", "gateway-replies", "gateway"]),
             ("collector", ["collector"]),
-            ("api", ["replies", "stream", "api"]),
+            ("api", ["command-redis", "replies", "stream", "api"]),
         ):
             settings = load_settings(None, {"redis": "redis://127.0.0.1:1/0", "role": role})
             children = [s.name for s in make_root_service(settings, reactor)]

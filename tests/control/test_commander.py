@@ -218,7 +218,7 @@ class CommanderTests(SynchronousTestCase):
         self.assertEqual((self.requests, self.audit()[0]["outcome"]), ([], "unavailable"))
 
     def test_store_lost_while_publishing_is_audited_and_nothing_waits(self):
-        self.memory.fail_next("publish")
+        self.memory.fail_next("evalsha")  # the lookups and the PUBLISH: one script call
         self.assert_failed_with(self.ctrl(), "redis_unavailable", 503)
         self.assertEqual(self.requests, [])
         (entry,) = self.audit()

@@ -19,7 +19,7 @@ from pydatacoll.store import keys
 from pydatacoll.testing.memory import MemoryRedis
 from pydatacoll.testing.memory_subscriber import memory_subscription
 
-from .support import FakeDriver, RecordingSink, add_point, configure, memory_manager
+from .support import FakeDriver, HeldIngest, RecordingSink, add_point, configure, memory_manager
 
 
 class RequestTests(SynchronousTestCase):
@@ -75,6 +75,30 @@ class RequestTests(SynchronousTestCase):
             (reply["outcome"], reply["message"], reply["cause"]),
             ("timeout", "no answer", "t1 expired"),
         )
+
+    def test_a_command_reads_its_device_while_the_ingest_is_congested(self) -> None:
+        """A flooding device paused for congestion reads again while a command of its
+        runs (its confirmation must not wait for the ingest), and is paused again once
+        answered if it still has samples waiting; the API gets its answer meanwhile."""
+        ingest = HeldIngest()
+        self.patch(self.manager, "ingest", ingest)
+        ingest.samples_received([Sample("d", "t", "i", 1.0, receive_time=0.0)])
+        ingest.congested = True
+        self.manager._congestion(True)
+        self.assertTrue(self.runtime.paused)
+        confirmation: defer.Deferred[ControlOutcome] = defer.Deferred()
+        self.runtime.control = confirmation
+        answer = self.request("ctrl", value=1)
+        self.assertFalse(self.runtime.paused)  # reading: the confirmation can come in
+        # Its samples arriving meanwhile do not pause it again.
+        self.manager.samples_received([Sample("d", "t", "i", 2.0, receive_time=0.0)])
+        self.assertFalse(self.runtime.paused)
+        confirmation.callback(ControlOutcome("confirmed", "done"))
+        self.assertEqual(self.successResultOf(answer)["outcome"], "confirmed")
+        self.assertTrue(self.runtime.paused)  # still flooding, still congested
+        ingest.congested = False
+        self.manager._congestion(False)
+        self.assertFalse(self.runtime.paused)
 
     def test_ctrl_answers_the_device_outcome(self) -> None:
         self.runtime.control = defer.succeed(ControlOutcome("negative", "no", "COT 47"))
