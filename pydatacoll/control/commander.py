@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pydatacoll import errors
-from pydatacoll.control.replies import DeviceAnswer, ReplyListener, ReplyTimeout
+from pydatacoll.control.replies import DeviceAnswer, ReplyListener, ReplyTimeout, parse_reply
 from pydatacoll.interfaces import (
     ICommander,
     ICommandStore,
@@ -132,16 +132,29 @@ class Commander:
                 raise errors.ValidationError("select must be true, false or null", field="select")
             if refused is not None:
                 raise DeviceAnswer(request_id, "refused", refused)
-            extra = {"value": value, "select": select, "client": client, "token_id": token_id}
+            extra = {
+                "value": value,
+                "select": select,
+                "client": client,
+                "token_id": token_id,
+                # The collector writes the entry with its answer (one round trip less).
+                "audit": {name: str(text) for name, text in entry.items()},
+                "audit_length": self.settings.ctrl_log_length,
+            }
             answer = yield self._round_trip("device_ctrl", request_id, ids, extra, timeout)
         except errors.ApiError as e:
             outcome = e.outcome if isinstance(e, DeviceAnswer) else e.code
-            yield self._audit(entry, outcome, e.status, e.message, getattr(e, "cause", None))
+            cause = getattr(e, "cause", None)
+            yield self._audit(
+                entry, outcome, e.status, e.message, cause, getattr(e, "audited", False)
+            )
             raise
         except Exception:
             yield self._audit(entry, "failed", 500, "internal error", None)
             raise
-        yield self._audit(entry, answer.outcome, answer.status, answer.message, answer.cause)
+        yield self._audit(
+            entry, answer.outcome, answer.status, answer.message, answer.cause, answer.audited
+        )
         return answer
 
     # -- the round trip -----------------------------------------------------------------
@@ -195,11 +208,19 @@ class Commander:
         try:
             reply = yield waiting
         except ReplyTimeout:
-            maybe = "; the command may still have been executed" if action == "device_ctrl" else ""
-            raise DeviceAnswer(
-                request_id, "timeout", f"no answer from the collector within {timeout:g} s{maybe}"
-            ) from None
+            # A device_ctrl answered (and audited) by the collector just before: that answer.
+            reply = (yield self._settle(request_id)) if action == "device_ctrl" else None
+            if reply is None:
+                maybe = (
+                    "; the command may still have been executed" if action == "device_ctrl" else ""
+                )
+                raise DeviceAnswer(
+                    request_id,
+                    "timeout",
+                    f"no answer from the collector within {timeout:g} s{maybe}",
+                ) from None
         answer = DeviceAnswer.from_reply(request_id, reply)
+        answer.audited = action == "device_ctrl" and reply.get("audited") is True
         if action == "device_ctrl" and answer.outcome == "refused":
             answer.field = "value"  # the collector cannot send this value to this point
         if answer.status >= 400:
@@ -207,19 +228,39 @@ class Commander:
         return answer
 
     @inlineCallbacks
+    def _settle(self, request_id: str) -> Any:
+        """The wait for a device_ctrl's answer timed out: None when it did time out (this
+        end audits it), or the collector's answer that came first (audited with it)."""
+        try:
+            text = yield self.commands.settle(request_id)
+        except Exception:
+            self.log.failure("settling device_ctrl {request_id}", request_id=request_id)
+            return None
+        return None if text is None else parse_reply(request_id, text)
+
+    @inlineCallbacks
     def _audit(
-        self, entry: dict[str, Any], outcome: str, status: int, message: str, cause: Any
+        self,
+        entry: dict[str, Any],
+        outcome: str,
+        status: int,
+        message: str,
+        cause: Any,
+        audited: bool = False,
     ) -> Any:
-        """Append one command to the bounded audit stream; a failure is logged, not raised."""
+        """Append one command to the bounded audit stream (unless the collector ``audited``
+        it with its answer); a failure is logged, not raised."""
         if self.metrics is not None:
             self.metrics.commands.labels(outcome).inc()
         fields = dict(
             entry, outcome=outcome, status=str(status), message=message[:500], cause=cause or ""
         )
         try:
-            yield self.commands.append_audit(
-                {name: str(text) for name, text in fields.items()}, self.settings.ctrl_log_length
-            )
+            if not audited:
+                yield self.commands.append_audit(
+                    {name: str(text) for name, text in fields.items()},
+                    self.settings.ctrl_log_length,
+                )
         except Exception:
             self.log.failure("device_ctrl audit entry not written: {entry}", entry=fields)
         # One line per command, with its outcome (the collector does not log it again).

@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from pydatacoll import errors
-from pydatacoll.model import ControlOutcome, Sample
+from pydatacoll.model import OUTCOME_STATUS, ControlOutcome, Sample
 
 from .base import ManagerBase, Running
 
@@ -134,15 +134,29 @@ class RequestHandler(ManagerBase):
 
     def _reply(self, message: dict[str, Any], outcome: ControlOutcome) -> Any:
         body = {"request_id": message.get("request_id"), **outcome.to_json()}
-        if self.member is None:
-            d = self.reply_store.publish_reply(message["reply_to"], body)
-        else:
-            # Cluster mode: answered only under the device's current lease (a lease lost
-            # meanwhile: no answer, the API times out; never one for another's device).
-            device_id = str(message.get("device_id"))
+        device_id = str(message.get("device_id"))
+        # Cluster mode: answered only under the device's current lease (a lease lost
+        # meanwhile: no answer, the API times out; never one for another's device).
+        token = None if self.member is None else self.token_of(device_id)
+        audit = _audit_entry(message, outcome)
+        if audit is None:
             d = self.reply_store.publish_reply(
-                message["reply_to"], body, device_id, self.token_of(device_id)
+                message["reply_to"], body, *((device_id, token) if token is not None else ())
             )
+        else:
+            # A device_ctrl: its audit entry goes with the answer (one round trip).
+            body["audited"] = True
+            length = message.get("audit_length")
+            d = self.reply_store.answer_ctrl(
+                str(message.get("request_id")),
+                message["reply_to"],
+                body,
+                audit,
+                length if isinstance(length, int) and length > 0 else 10000,
+                device_id,
+                token,
+            )
+        if token is not None:
 
             def fenced(heard: Any) -> Any:
                 if heard is not None and int(heard) < 0:
@@ -156,3 +170,33 @@ class RequestHandler(ManagerBase):
 
             d.addCallback(fenced)
         return d.addErrback(lambda f: self.log.warn("cannot reply: {e}", e=f.getErrorMessage()))
+
+
+#: The audit entry's fields a device_ctrl request carries (``audit``), then the outcome's.
+AUDIT_FIELDS = (
+    "time",
+    "request_id",
+    "client",
+    "token_id",
+    "device_id",
+    "term_id",
+    "item_id",
+    "value",
+    "select",
+)
+
+
+def _audit_entry(message: dict[str, Any], outcome: ControlOutcome) -> dict[str, str] | None:
+    """The audit entry of a device_ctrl answer, or None when the request asks for none
+    (device_call, or an API that audits itself)."""
+    audit = message.get("audit")
+    if not isinstance(audit, dict):
+        return None
+    entry = {name: str(audit.get(name, ""))[:512] for name in AUDIT_FIELDS}
+    entry.update(
+        outcome=outcome.outcome,
+        status=str(OUTCOME_STATUS.get(outcome.outcome, 500)),
+        message=outcome.message[:500],
+        cause=outcome.cause or "",
+    )
+    return entry

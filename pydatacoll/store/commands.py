@@ -21,6 +21,9 @@ from pydatacoll.store import keys
 from pydatacoll.store.cluster import LuaScript
 
 REQUEST = LuaScript(files("pydatacoll.store").joinpath("ctrl_request.lua").read_text("utf-8"))
+SETTLE = LuaScript(files("pydatacoll.store").joinpath("ctrl_settle.lua").read_text("utf-8"))
+#: Milliseconds a device_ctrl's answer is kept at its done key (``keys.CTRL_DONE``).
+DONE_TTL_MS = 60000
 
 
 @implementer(ICommandStore)
@@ -47,6 +50,13 @@ class CommandStore:
             json.dumps(message, ensure_ascii=False),
         ]
         return REQUEST(self.redis, args).addCallback(_decode)
+
+    def settle(self, request_id: str) -> Deferred[str | None]:
+        """The API's wait for a device_ctrl's answer timed out: None when the API is first
+        to settle it (the API audits the timeout), else the collector's JSON answer, which
+        came first and is audited already (``store/ctrl_settle.lua``)."""
+        d = SETTLE(self.redis, [keys.CTRL_DONE % request_id, DONE_TTL_MS])
+        return d.addCallback(lambda r: r if isinstance(r, str) and r != "timeout" else None)
 
     def append_audit(self, fields: dict[str, str], max_length: int) -> Deferred[str]:
         """Append one command to the audit stream, kept to ``max_length`` entries; fires

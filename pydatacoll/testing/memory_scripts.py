@@ -178,6 +178,27 @@ def _ctrl_request(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
     return [0, int(store._publish(channel, message))]
 
 
+def _ctrl_answer(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/ctrl_answer.lua: the answer with its audit entry, once, under the lease."""
+    lease, token, channel, text, done, ttl, log, maxlen = args[:8]
+    if lease != "" and not lease_is_current(store, lease, token):
+        return -1
+    if store.live_get(done) is None:
+        store.set_px(done, text, int(ttl))
+        fields = args[8:]
+        store._xadd(log, dict(zip(fields[::2], fields[1::2], strict=True)), int(maxlen))
+    return int(store._publish(channel, text))
+
+
+def _ctrl_settle(store: MemoryRedis, keys: Any, args: list[str]) -> Any:
+    """store/ctrl_settle.lua: settle a timed-out device_ctrl, or the answer that won."""
+    done, ttl = args
+    if store.live_get(done) is None:
+        store.set_px(done, "timeout", int(ttl))
+        return 0
+    return store.live_get(done)
+
+
 def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.store import cluster, commands, devices
 
@@ -192,6 +213,8 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
         cluster.LEAVE.sha: _collector_leave,
         devices.REPLY.sha: _reply,
         commands.REQUEST.sha: _ctrl_request,
+        commands.SETTLE.sha: _ctrl_settle,
+        devices.CTRL_ANSWER.sha: _ctrl_answer,
     }
 
 

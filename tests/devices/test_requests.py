@@ -105,6 +105,33 @@ class RequestTests(SynchronousTestCase):
         answer = DeviceAnswer.from_reply("r1", self.successResultOf(self.request("ctrl")))
         self.assertEqual((answer.status, answer.cause), (409, "COT 47"))
 
+    def test_ctrl_answer_carries_its_audit_entry_once(self) -> None:
+        """The collector writes a device_ctrl's audit entry with its answer (one round
+        trip), unless the API settled the request as timed out first."""
+        audit = {"time": "T", "request_id": "r1", "client": "c", "token_id": "-"}
+        audit.update(device_id="d", term_id="t", item_id="i", value="1", select="null")
+        self.runtime.control = defer.succeed(ControlOutcome("negative", "no", "COT 47"))
+        reply = self.successResultOf(self.request("ctrl", audit=audit, audit_length=3))
+        self.assertIs(reply["audited"], True)
+        ((_, entry),) = self.store.data[keys.CTRL_LOG]
+        self.assertEqual(
+            entry,
+            {**audit, "outcome": "negative", "status": "409", "message": "no", "cause": "COT 47"},
+        )
+        self.assertEqual(
+            json.loads(self.store.live_get(keys.CTRL_DONE % "r1") or "")["outcome"], "negative"
+        )
+        # r2 settled by the API (timed out) before the collector answers: no second entry.
+        self.store.set_px(keys.CTRL_DONE % "r2", "timeout", 60000)
+        self.runtime.control = defer.succeed(ControlOutcome("confirmed", "late"))
+        reply = self.successResultOf(self.request("ctrl", audit={**audit, "request_id": "r2"}))
+        self.assertEqual(reply["outcome"], "confirmed")  # published: the API counts it late
+        self.assertEqual(len(self.store.data[keys.CTRL_LOG]), 1)
+        # A device_call, or a request without "audit", is not audited here.
+        self.runtime.control = defer.succeed(ControlOutcome("confirmed", "ok"))
+        self.assertNotIn("audited", self.successResultOf(self.request("ctrl")))
+        self.assertEqual(len(self.store.data[keys.CTRL_LOG]), 1)
+
     def test_unknown_point_is_not_found(self) -> None:
         reply = self.successResultOf(self.request("call", item_id="nope"))
         self.assertEqual(reply["outcome"], "not_found")

@@ -11,6 +11,7 @@ from pydatacoll.interfaces import ICommandStore
 from pydatacoll.store import keys
 from pydatacoll.store.commands import CommandStore
 from pydatacoll.store.config import ConfigStore
+from pydatacoll.store.devices import DeviceStore
 from pydatacoll.store.events import EventStore
 from tests.store.contract import SEED, device, op
 
@@ -64,3 +65,19 @@ class CommandStoreContract:
             yield store.append_audit({"request_id": f"r{n}", "outcome": "confirmed"}, 2)
         entries = yield EventStore(self.redis).read_audit(10, None, None)
         self.assertEqual([fields["request_id"] for _, fields in entries], ["r2", "r1"])
+
+    @inlineCallbacks
+    def test_settle_against_the_collectors_answer(self):
+        """Whoever sets a device_ctrl's done key first audits it: the API settling a
+        timeout (None), or the collector's answer (store/ctrl_answer.lua), returned."""
+        store = CommandStore(self.redis)
+        self.assertIsNone((yield store.settle("r1")))
+        self.assertIsNone((yield store.settle("r1")))  # still the API's: "timeout"
+        devices = DeviceStore(self.redis)
+        audit = {"request_id": "r2", "outcome": "confirmed"}
+        yield devices.answer_ctrl("r2", "CHANNEL:REPLY:x:r2", {"outcome": "confirmed"}, audit, 9)
+        self.assertEqual(json.loads((yield store.settle("r2"))), {"outcome": "confirmed"})
+        # r1 was settled by the API: the collector's answer then writes no entry.
+        yield devices.answer_ctrl("r1", "CHANNEL:REPLY:x:r1", {"outcome": "confirmed"}, audit, 9)
+        entries = yield EventStore(self.redis).read_audit(10, None, None)
+        self.assertEqual([fields for _, fields in entries], [audit])
