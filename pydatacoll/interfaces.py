@@ -308,7 +308,9 @@ class IDeviceStore(Interface):
         """Publish the JSON answer ``body`` (a dict) to a request's ``reply_to``; with a
         lease ``token`` only while it is ``device_id``'s current lease (else -1)."""
 
-    def answer_ctrl(request_id, channel, body, audit, max_length, device_id=None, token=None):  # type: ignore[no-untyped-def]
+    def answer_ctrl(
+        request_id, channel, body, audit, max_length, device_id=None, token=None, done_ttl_ms=60000
+    ):  # type: ignore[no-untyped-def]
         """`publish_reply` of a device_ctrl's answer with its audit entry ``audit``
         (name -> text) in one round trip, the entry written only if the API has not
         settled the request as timed out first."""

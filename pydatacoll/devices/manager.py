@@ -284,13 +284,14 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
     def _pause_senders(self, samples: Sequence[Sample]) -> None:
         """While congested: pause the devices of ``samples`` that still read."""
         for device_id in {sample.device_id for sample in samples}:
-            if device_id not in self._paused:
-                self._pause(device_id)
+            self._pause(device_id)
 
     def _pause(self, device_id: str) -> None:
         running = self.running_devices.get(device_id)
         if running is None or running.runtime is None or self._commands.get(device_id):
             return
+        if self._paused.get(device_id) is running.runtime:
+            return  # paused already (a restarted device has a new runtime: paused anew)
         self._paused[device_id] = running.runtime
         self._set_input(running.runtime, pause=True)
 

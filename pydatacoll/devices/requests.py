@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from pydatacoll import errors
 from pydatacoll.model import OUTCOME_STATUS, ControlOutcome, Sample
+from pydatacoll.store.commands import DONE_TTL_MS
 
 from .base import ManagerBase, Running
 
@@ -139,6 +140,15 @@ class RequestHandler(ManagerBase):
         # meanwhile: no answer, the API times out; never one for another's device).
         token = None if self.member is None else self.token_of(device_id)
         audit = _audit_entry(message, outcome)
+        # The done key outlives the API's deadline by DONE_TTL_MS (the API settles a
+        # timeout at its deadline, for as long); an answer later than that is not audited
+        # here: the API has audited the timeout.
+        deadline = message.get("deadline")
+        done_ttl = DONE_TTL_MS
+        if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
+            done_ttl += int((deadline - time.time()) * 1000)
+        if done_ttl <= 0:
+            audit = None
         if audit is None:
             d = self.reply_store.publish_reply(
                 message["reply_to"], body, *((device_id, token) if token is not None else ())
@@ -155,6 +165,7 @@ class RequestHandler(ManagerBase):
                 length if isinstance(length, int) and length > 0 else 10000,
                 device_id,
                 token,
+                done_ttl,
             )
         if token is not None:
 

@@ -167,15 +167,17 @@ class DeviceStore:
         max_length: int,
         device_id: str | None = None,
         token: str | None = None,
+        done_ttl_ms: int = DONE_TTL_MS,
     ) -> Deferred[Any]:
         """PUBLISH a device_ctrl's answer and append its audit entry, in one script call
         (``store/ctrl_answer.lua``): the entry only if the API has not settled the request
-        as timed out first; with a lease ``token`` only under ``device_id``'s current
-        lease (fires with -1, nothing written, when it is not)."""
+        as timed out first (the done key kept ``done_ttl_ms``); with a lease ``token``
+        only under ``device_id``'s current lease (fires with -1, nothing written, when it
+        is not)."""
         text = json.dumps(body, default=str)
         lease = keys.LEASE % device_id if token is not None and device_id is not None else ""
         args: list[Any] = [lease, token or "", channel, text, keys.CTRL_DONE % request_id]
-        args += [DONE_TTL_MS, keys.CTRL_LOG, max_length]
+        args += [max(1, int(done_ttl_ms)), keys.CTRL_LOG, max_length]
         for name, value in audit.items():
             args += [name, value]
         return CTRL_ANSWER(self.redis, args)

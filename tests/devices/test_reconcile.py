@@ -103,9 +103,16 @@ class FollowTests(SynchronousTestCase):
         # A device that delivers samples while the ingest is still congested is paused too.
         self.manager.samples_received([Sample("f", "t", "i1", 1.0, receive_time=0.0)])
         self.assertEqual((flood.paused, quiet.paused, late.paused), (True, False, True))
+        # A flooding device restarted meanwhile: its new runtime is paused in turn.
+        self.store.data[keys.DEVICE % "d"]["port"] = "2"
+        self.manager.reconcile({"d"})
+        restarted = self.driver.runtimes["d"]
+        self.assertIsNot(restarted, flood)
+        self.manager.samples_received([Sample("d", "t", "i1", 2.0, receive_time=0.0)])
+        self.assertTrue(restarted.paused)
         ingest.congested = False
         self.manager._congestion(False)
-        self.assertEqual((flood.paused, quiet.paused, late.paused), (False, False, False))
+        self.assertEqual((restarted.paused, quiet.paused, late.paused), (False, False, False))
 
     def test_samples_go_to_the_ingest_path_then_the_sinks(self) -> None:
         sample = Sample("d", "t", "i1", 2.5, receive_time=self.clock.seconds())

@@ -132,6 +132,25 @@ class RequestTests(SynchronousTestCase):
         self.assertNotIn("audited", self.successResultOf(self.request("ctrl")))
         self.assertEqual(len(self.store.data[keys.CTRL_LOG]), 1)
 
+    def test_an_answer_long_after_the_deadline_is_not_audited_here(self) -> None:
+        """The API settled the command as timed out at its deadline and keeps that for
+        DONE_TTL_MS: an answer later still is published but not audited (no second
+        entry once the API's mark has expired)."""
+        from pydatacoll.devices import requests
+        from pydatacoll.store.commands import DONE_TTL_MS
+
+        now = [time.time()]
+        self.patch(requests, "time", type("Clock", (), {"time": staticmethod(lambda: now[0])}))
+        confirmation: defer.Deferred[ControlOutcome] = defer.Deferred()
+        self.runtime.control = confirmation
+        audit = {"request_id": "r1"}
+        answer = self.request("ctrl", audit=audit, deadline=now[0] + 5)
+        now[0] += 5 + DONE_TTL_MS / 1000 + 1
+        confirmation.callback(ControlOutcome("confirmed", "very late"))
+        reply = self.successResultOf(answer)
+        self.assertEqual((reply["outcome"], "audited" in reply), ("confirmed", False))
+        self.assertNotIn(keys.CTRL_LOG, self.store.data)
+
     def test_unknown_point_is_not_found(self) -> None:
         reply = self.successResultOf(self.request("call", item_id="nope"))
         self.assertEqual(reply["outcome"], "not_found")
