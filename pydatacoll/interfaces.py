@@ -345,6 +345,13 @@ class IDeviceStore(Interface):
         """Publish the JSON answer ``body`` (a dict) to a request's ``reply_to``; with a
         lease ``token`` only while it is ``device_id``'s current lease (else -1)."""
 
+    def answer_ctrl(
+        request_id, channel, body, audit, max_length, device_id=None, token=None, done_ttl_ms=60000
+    ):  # type: ignore[no-untyped-def]
+        """`publish_reply` of a device_ctrl's answer with its audit entry ``audit``
+        (name -> text) in one round trip, the entry written only if the API has not
+        settled the request as timed out first."""
+
 
 class ISubscriber(IService):
     """A pub/sub subscription kept up across store restarts, a service.
@@ -486,6 +493,22 @@ class IEventStore(Interface):
 
     def alarm_history(limit, since_ms, until_ms):  # type: ignore[no-untyped-def]
         """Deferred list of alarm events (with their ``id``), newest first."""
+
+
+class ICommandStore(Interface):
+    """The command path's writes: a request sent in one round trip, and its audit."""
+
+    def send_request(ids, channel, message):  # type: ignore[no-untyped-def]
+        """Publish ``message`` on ``channel`` if the point ``ids`` exists: Deferred
+        ``(None, subscribers)``, or ``(field, 0)`` naming the first id not stored."""
+
+    def settle(request_id):  # type: ignore[no-untyped-def]
+        """The wait for a device_ctrl's answer timed out: Deferred None (the caller audits
+        the timeout) or the collector's JSON answer that came first (audited already)."""
+
+    def append_audit(fields, max_length):  # type: ignore[no-untyped-def]
+        """Append one audit entry (name -> text), keeping at most ``max_length``;
+        Deferred entry id."""
 
 
 class ILiveStore(Interface):

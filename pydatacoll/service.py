@@ -17,6 +17,7 @@ from pydatacoll.metrics import ProcessMetrics, metrics_site
 from pydatacoll.ordered import OrderedService
 from pydatacoll.processing.history import history_reader
 from pydatacoll.processing.loader import PluginDirectory
+from pydatacoll.store.commands import CommandStore
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.config_cache import ConfigCache, redis_subscription
 from pydatacoll.store.embedded import DataDirLock, EmbeddedRedis, find_redis_server
@@ -24,9 +25,10 @@ from pydatacoll.store.redis import RedisClient
 
 
 def make_root_service(settings: Settings, reactor: Any) -> MultiService:
-    """Children in start order: ``redis-server`` (embedded only), ``redis``, then
-    ``collector`` (roles all and collector), ``replies``, ``stream``, ``config-cache``
-    and ``api`` (roles all and api), or ``metrics`` (role collector with ``[collector]
+    """Children in start order: ``redis-server`` (embedded only), ``redis``,
+    ``command-redis`` (roles all, api and gateway: the commands' own connection), then
+    ``collector`` (roles all and collector), ``replies``, ``stream``, ``config-cache`` and
+    ``api`` (roles all and api), or ``metrics`` (role collector with ``[collector]
     metrics_endpoint``), then ``gateway-replies`` and ``gateway`` (roles all and
     gateway)."""
     root = OrderedService()
@@ -48,6 +50,12 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     )
     client.setName("redis")
     client.setServiceParent(root)
+    command_redis = None
+    if settings.runs_api or settings.runs_gateway:
+        # Commands on a connection of their own: never queued behind other traffic.
+        command_redis = client.dedicated()
+        command_redis.setName("command-redis")
+        command_redis.setServiceParent(root)
     processors = None
     metrics = ProcessMetrics(reactor)
     if settings.runs_collector:
@@ -59,7 +67,7 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     else:
         metrics.watch_redis(client)
     if settings.runs_api:
-        _add_api(root, settings, reactor, client, embedded, processors, metrics)
+        _add_api(root, settings, reactor, client, embedded, processors, metrics, command_redis)
     elif settings.metrics_endpoint and settings.runs_collector:
         token = settings.api_token if settings.protect_reads else None
         listener = strports.service(
@@ -68,12 +76,17 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
         listener.setName("metrics")
         listener.setServiceParent(root)
     if settings.runs_gateway:
-        _add_gateway(root, settings, reactor, client, embedded)
+        _add_gateway(root, settings, reactor, client, embedded, command_redis)
     return root
 
 
 def _add_gateway(
-    root: MultiService, settings: Settings, reactor: Any, client: RedisClient, embedded: Any
+    root: MultiService,
+    settings: Settings,
+    reactor: Any,
+    client: RedisClient,
+    embedded: Any,
+    command_redis: Any,
 ) -> None:
     """The northbound gateways, with a reply listener of their own for commands."""
     from pydatacoll.gateway.service import GatewayService
@@ -83,7 +96,7 @@ def _add_gateway(
     )
     replies.setName("gateway-replies")
     replies.setServiceParent(root)
-    commander = make_commander(client, settings, reactor, replies)
+    commander = make_commander(client, settings, reactor, replies, command_redis=command_redis)
     gateway = GatewayService(client, reactor, commander=commander)
     gateway.setName("gateway")
     gateway.setServiceParent(root)
@@ -97,6 +110,7 @@ def _add_api(
     embedded: Any,
     processors: Any,
     metrics: ProcessMetrics,
+    command_redis: Any,
 ) -> None:
     """The reply listener of device_call/device_ctrl, the event stream and the REST API."""
     replies = ReplyListener(
@@ -124,6 +138,7 @@ def _add_api(
         stream_hub=hub,
         metrics=metrics,
         config_cache=cache,
+        commands=CommandStore(command_redis),
     )
     api_service = strports.service(settings.api_listen, api.site(), reactor=reactor)
     api_service.setName("api")

@@ -22,10 +22,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pydatacoll import errors
-from pydatacoll.control.replies import DeviceAnswer, ReplyListener, ReplyTimeout
-from pydatacoll.interfaces import ICommander, IConfigStore, IEventStore, IPointStore
+from pydatacoll.control.replies import DeviceAnswer, ReplyListener, ReplyTimeout, parse_reply
+from pydatacoll.interfaces import (
+    ICommander,
+    ICommandStore,
+    IConfigStore,
+    IEventStore,
+    IPointStore,
+)
 from pydatacoll.model import is_valid_id, iso_time
 from pydatacoll.store import keys
+from pydatacoll.store.commands import CommandStore
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.events import EventStore
 from pydatacoll.store.points import PointStore
@@ -45,9 +52,11 @@ class CommandSettings:
 class Commander:
     """device_call / device_ctrl over the stores and one reply listener.
 
-    ``config`` tells whether a point exists, ``points`` publishes the request,
-    ``events`` takes the audit entries; ``replies`` (None: every request is answered
-    ``unavailable``) receives the collector's answers; ``settings`` gives
+    ``commands`` (an `ICommandStore`, default one on ``config``'s client) checks the
+    point and publishes the request in one round trip, and takes the audit entries;
+    ``config`` names a missing point when nothing can be sent; ``points`` and ``events``
+    are the API's stores (kept for its callers); ``replies`` (None: every request is
+    answered ``unavailable``) receives the collector's answers; ``settings`` gives
     ``device_timeout`` and ``ctrl_log_length`` (read at each request); ``clock`` the
     times; ``metrics`` (optional) counts the outcomes of device_ctrl.
     """
@@ -63,6 +72,7 @@ class Commander:
         settings: Any,
         clock: Any,
         metrics: Any = None,
+        commands: ICommandStore | None = None,
     ) -> None:
         self.config = config
         self.points = points
@@ -71,6 +81,10 @@ class Commander:
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
+        #: Requests and audit entries (default: on the configuration store's client).
+        self.commands: ICommandStore = (
+            commands if commands is not None else CommandStore(config.redis)  # type: ignore[attr-defined]
+        )
 
     def device_call(self, request_id: str, ids: dict[str, str]) -> Deferred[Any]:
         """Read a point now: fires with the `DeviceAnswer` (2xx) or fails with it (or
@@ -118,16 +132,29 @@ class Commander:
                 raise errors.ValidationError("select must be true, false or null", field="select")
             if refused is not None:
                 raise DeviceAnswer(request_id, "refused", refused)
-            extra = {"value": value, "select": select, "client": client, "token_id": token_id}
+            extra = {
+                "value": value,
+                "select": select,
+                "client": client,
+                "token_id": token_id,
+                # The collector writes the entry with its answer (one round trip less).
+                "audit": {name: str(text) for name, text in entry.items()},
+                "audit_length": self.settings.ctrl_log_length,
+            }
             answer = yield self._round_trip("device_ctrl", request_id, ids, extra, timeout)
         except errors.ApiError as e:
             outcome = e.outcome if isinstance(e, DeviceAnswer) else e.code
-            yield self._audit(entry, outcome, e.status, e.message, getattr(e, "cause", None))
+            cause = getattr(e, "cause", None)
+            yield self._audit(
+                entry, outcome, e.status, e.message, cause, getattr(e, "audited", False)
+            )
             raise
         except Exception:
             yield self._audit(entry, "failed", 500, "internal error", None)
             raise
-        yield self._audit(entry, answer.outcome, answer.status, answer.message, answer.cause)
+        yield self._audit(
+            entry, answer.outcome, answer.status, answer.message, answer.cause, answer.audited
+        )
         return answer
 
     # -- the round trip -----------------------------------------------------------------
@@ -140,13 +167,24 @@ class Commander:
         extra: dict[str, Any],
         timeout: float | None,
     ) -> Any:
-        """Publish one request and await its own reply: a `DeviceAnswer` (raised if not 2xx)."""
-        yield find_term_item(self.config, ids["term_id"], ids["item_id"], ids["device_id"])
+        """Publish one request and await its own reply: a `DeviceAnswer` (raised if not 2xx).
+
+        One Redis round trip checks the point and publishes (`ICommandStore.send_request`).
+        """
         if self.replies is None:
+            yield find_term_item(self.config, ids["term_id"], ids["item_id"], ids["device_id"])
             raise DeviceAnswer(request_id, "unavailable", "device requests are not served here")
         if timeout is None:
             timeout = self.settings.device_timeout
-        waiting = self.replies.wait(request_id, timeout)  # before publishing: no reply missed
+        for name in ("term_id", "item_id", "device_id"):
+            if not is_valid_id(ids[name]):
+                raise errors.NotFound(f"{name} not found!", field=name)
+        try:
+            waiting = self.replies.wait(request_id, timeout)  # before publishing: none missed
+        except errors.Unavailable:
+            # Nothing can be sent; a point that does not exist is still named first (404).
+            yield find_term_item(self.config, ids["term_id"], ids["item_id"], ids["device_id"])
+            raise
         message = {
             "request_id": request_id,
             **ids,
@@ -155,10 +193,13 @@ class Commander:
             "deadline": self.clock.seconds() + timeout,
         }
         try:
-            receivers = yield self.points.publish(_CHANNELS[action], message)
+            missing, receivers = yield self.commands.send_request(ids, _CHANNELS[action], message)
         except BaseException:
             _forget(waiting)
             raise
+        if missing is not None:
+            _forget(waiting)
+            raise errors.NotFound(f"{missing} not found!", field=missing)
         if not receivers:
             _forget(waiting)
             raise DeviceAnswer(
@@ -167,11 +208,19 @@ class Commander:
         try:
             reply = yield waiting
         except ReplyTimeout:
-            maybe = "; the command may still have been executed" if action == "device_ctrl" else ""
-            raise DeviceAnswer(
-                request_id, "timeout", f"no answer from the collector within {timeout:g} s{maybe}"
-            ) from None
+            # A device_ctrl answered (and audited) by the collector just before: that answer.
+            reply = (yield self._settle(request_id)) if action == "device_ctrl" else None
+            if reply is None:
+                maybe = (
+                    "; the command may still have been executed" if action == "device_ctrl" else ""
+                )
+                raise DeviceAnswer(
+                    request_id,
+                    "timeout",
+                    f"no answer from the collector within {timeout:g} s{maybe}",
+                ) from None
         answer = DeviceAnswer.from_reply(request_id, reply)
+        answer.audited = action == "device_ctrl" and reply.get("audited") is True
         if action == "device_ctrl" and answer.outcome == "refused":
             answer.field = "value"  # the collector cannot send this value to this point
         if answer.status >= 400:
@@ -179,19 +228,39 @@ class Commander:
         return answer
 
     @inlineCallbacks
+    def _settle(self, request_id: str) -> Any:
+        """The wait for a device_ctrl's answer timed out: None when it did time out (this
+        end audits it), or the collector's answer that came first (audited with it)."""
+        try:
+            text = yield self.commands.settle(request_id)
+        except Exception:
+            self.log.failure("settling device_ctrl {request_id}", request_id=request_id)
+            return None
+        return None if text is None else parse_reply(request_id, text)
+
+    @inlineCallbacks
     def _audit(
-        self, entry: dict[str, Any], outcome: str, status: int, message: str, cause: Any
+        self,
+        entry: dict[str, Any],
+        outcome: str,
+        status: int,
+        message: str,
+        cause: Any,
+        audited: bool = False,
     ) -> Any:
-        """Append one command to the bounded audit stream; a failure is logged, not raised."""
+        """Append one command to the bounded audit stream (unless the collector ``audited``
+        it with its answer); a failure is logged, not raised."""
         if self.metrics is not None:
             self.metrics.commands.labels(outcome).inc()
         fields = dict(
             entry, outcome=outcome, status=str(status), message=message[:500], cause=cause or ""
         )
         try:
-            yield self.events.append_audit(
-                {name: str(text) for name, text in fields.items()}, self.settings.ctrl_log_length
-            )
+            if not audited:
+                yield self.commands.append_audit(
+                    {name: str(text) for name, text in fields.items()},
+                    self.settings.ctrl_log_length,
+                )
         except Exception:
             self.log.failure("device_ctrl audit entry not written: {entry}", entry=fields)
         # One line per command, with its outcome (the collector does not log it again).
@@ -230,11 +299,25 @@ def find_term_item(
 
 
 def make_commander(
-    redis: Any, settings: Any, clock: Any, replies: Any, metrics: Any = None
+    redis: Any,
+    settings: Any,
+    clock: Any,
+    replies: Any,
+    metrics: Any = None,
+    command_redis: Any = None,
 ) -> Commander:
-    """A `Commander` over the stores on the Redis client ``redis`` and ``replies``."""
+    """A `Commander` over the stores on the Redis client ``redis`` and ``replies``; its
+    requests and audit entries go through ``command_redis`` (default ``redis``): give it
+    a connection of its own (`RedisClient.dedicated`)."""
     return Commander(
-        ConfigStore(redis), PointStore(redis), EventStore(redis), replies, settings, clock, metrics
+        ConfigStore(redis),
+        PointStore(redis),
+        EventStore(redis),
+        replies,
+        settings,
+        clock,
+        metrics,
+        CommandStore(command_redis if command_redis is not None else redis),
     )
 
 

@@ -61,6 +61,8 @@ class DeviceAnswer(errors.ApiError):
         self.retry_after = RETRY_AFTER.get(outcome)
         self.cause = cause
         self.sample = sample
+        #: Whether the collector wrote the command's audit entry with its answer.
+        self.audited = False
 
     @classmethod
     def refusal(cls, request_id: str, error: errors.ApiError) -> DeviceAnswer:
@@ -260,7 +262,7 @@ class ReplyListener(MultiService):
         d, timer = entry
         if timer.active():
             timer.cancel()
-        d.callback(_parse(request_id, message))
+        d.callback(parse_reply(request_id, message))
 
     def _expire(self, request_id: str) -> None:
         entry = self._pending.pop(request_id, None)
@@ -268,7 +270,7 @@ class ReplyListener(MultiService):
             entry[0].errback(ReplyTimeout(request_id))
 
 
-def _parse(request_id: str, message: Any) -> dict[str, Any]:
+def parse_reply(request_id: str, message: Any) -> dict[str, Any]:
     """A reply as a dict; a broken one becomes a ``failed`` outcome that says so."""
     try:
         if isinstance(message, bytes):

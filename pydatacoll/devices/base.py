@@ -44,6 +44,8 @@ class ManagerBase(MultiService):
     redis: Any
     #: An `IDeviceStore`.
     store: Any
+    #: The `IDeviceStore` the answers to requests go through (their own connection).
+    reply_store: Any
     #: The `IIngest` path every sample goes to first.
     ingest: Any
     #: `IConfigSink`s: every sample after the ingest path, and every configuration change.
@@ -62,11 +64,23 @@ class ManagerBase(MultiService):
     _handing_over: dict[str, Lease]
     #: Devices whose link is closing: the Deferred that fires when it is closed.
     _closing: dict[str, Deferred[Any]]
+    #: Devices whose input is paused because the ingest is congested: id -> runtime.
+    _paused: dict[str, Any]
+    #: Requests (device_call / device_ctrl) in flight per device id.
+    _commands: dict[str, int]
     #: The cluster member (`pydatacoll.devices.cluster`); None without the cluster.
     member: Any = None
 
     def samples_received(self, samples: Sequence[Sample]) -> None:
         """Every batch from every device (see `DeviceManager.samples_received`)."""
+        raise NotImplementedError
+
+    def _pause(self, device_id: str) -> None:
+        """Pause a device's input while the ingest is congested (`DeviceManager._pause`)."""
+        raise NotImplementedError
+
+    def _set_input(self, runtime: Any, *, pause: bool) -> None:
+        """Pause or resume a runtime's input (`DeviceManager._set_input`)."""
         raise NotImplementedError
 
     def _cluster_apply(self, device_id: str, config: DeviceConfig | None) -> bool:

@@ -142,6 +142,12 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         )
         self.ingest.setName("ingest")
         self.ingest.setServiceParent(self)
+        # Answers to requests on a connection of their own: never behind other traffic.
+        self.reply_redis = redis.dedicated()
+        if self.reply_redis is not redis:
+            self.reply_redis.setName("reply-redis")
+            self.reply_redis.setServiceParent(self)
+        self.reply_store = DeviceStore(self.reply_redis)
         self.sinks = list(sinks)
         self.running_devices = {}
         self._backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
@@ -153,6 +159,10 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         #: is closed and its samples written; a reconcile meanwhile must not restart it.
         self._handing_over = {}
         self._closing = {}
+        #: Devices paused because the ingest is congested: device id -> its runtime.
+        self._paused = {}
+        #: Requests in flight per device (its input is never paused meanwhile).
+        self._commands = {}
         subscribe = subscribe or redis_subscription(redis, reactor)
         self.subscriber = subscribe(
             self._message,
@@ -199,7 +209,8 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         devices = [
             child
             for child in self
-            if child not in (self.ingest, self.subscriber, self.ingest.redis, self.member)
+            if child
+            not in (self.ingest, self.subscriber, self.ingest.redis, self.reply_redis, self.member)
         ]
         yield defer.DeferredList(
             [defer.maybeDeferred(child.stopService) for child in devices], consumeErrors=True
@@ -211,6 +222,8 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         yield defer.maybeDeferred(self.ingest.stopService)
         if self.ingest.redis is not self.redis:
             yield defer.maybeDeferred(self.ingest.redis.stopService)
+        if self.reply_redis is not self.redis:
+            yield defer.maybeDeferred(self.reply_redis.stopService)
         self.running_devices.clear()
 
     # --- samples ---------------------------------------------------------------------
@@ -228,6 +241,8 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
                 for s in samples
             ]
         self.ingest.samples_received(samples)
+        if self.ingest.congested:
+            self._pause_senders(samples)
         for sink in self.sinks:
             try:
                 sink.samples_received(samples)
@@ -239,24 +254,55 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         self.reconcile()
 
     def _congestion(self, congested: bool) -> None:
-        """Pause (or resume) the devices' input while Redis is slower than they are."""
+        """Pause (or resume) the input of the devices that flood Redis.
+
+        Only a device with samples waiting in the ingest buffer is paused (those that
+        send more than Redis takes), never one with a command in flight (its
+        confirmation must be read at once); a device that delivers samples while the
+        ingest stays congested is paused then (`_pause_senders`). Below the low water
+        every paused device reads again.
+        """
+        if congested:
+            waiting = {sample.device_id for sample in self.ingest.buffer}
+        else:
+            waiting = set()
         self.rate_limited.emit(
             LogLevel.info,
             "ingest",
             "ingest {what}: {n} samples wait",
             n=len(self.ingest.buffer),
-            what="congested, pausing the devices" if congested else "caught up",
+            what=f"congested, pausing {len(waiting)} devices" if congested else "caught up",
         )
-        for running in self.running_devices.values():
-            if running.runtime is None:
-                continue
-            try:
-                if congested:
-                    running.runtime.pause_input()
-                else:
-                    running.runtime.resume_input()
-            except Exception:
-                self.log.failure("pausing or resuming a device")
+        if congested:
+            for device_id in waiting:
+                self._pause(device_id)
+        else:
+            paused, self._paused = self._paused, {}
+            for runtime in paused.values():
+                self._set_input(runtime, pause=False)
+
+    def _pause_senders(self, samples: Sequence[Sample]) -> None:
+        """While congested: pause the devices of ``samples`` that still read."""
+        for device_id in {sample.device_id for sample in samples}:
+            self._pause(device_id)
+
+    def _pause(self, device_id: str) -> None:
+        running = self.running_devices.get(device_id)
+        if running is None or running.runtime is None or self._commands.get(device_id):
+            return
+        if self._paused.get(device_id) is running.runtime:
+            return  # paused already (a restarted device has a new runtime: paused anew)
+        self._paused[device_id] = running.runtime
+        self._set_input(running.runtime, pause=True)
+
+    def _set_input(self, runtime: Any, *, pause: bool) -> None:
+        try:
+            if pause:
+                runtime.pause_input()
+            else:
+                runtime.resume_input()
+        except Exception:
+            self.log.failure("pausing or resuming a device")
 
     # --- messages --------------------------------------------------------------------
 

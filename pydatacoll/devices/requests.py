@@ -14,7 +14,8 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from pydatacoll import errors
-from pydatacoll.model import ControlOutcome, Sample
+from pydatacoll.model import OUTCOME_STATUS, ControlOutcome, Sample
+from pydatacoll.store.commands import DONE_TTL_MS
 
 from .base import ManagerBase, Running
 
@@ -53,15 +54,34 @@ class RequestHandler(ManagerBase):
             )
             return
         self._requests += 1
+        self._command_started(device_id)
         d = defer.maybeDeferred(self._run_request, kind, running, message)
         d.addErrback(lambda f: ControlOutcome("failed", f.getErrorMessage()))
         d.addCallback(lambda outcome: self._reply(message, outcome))
-        d.addBoth(self._request_done)
+        d.addBoth(self._request_done, device_id)
 
-    def _request_done(self, result: Any) -> None:
+    def _request_done(self, result: Any, device_id: str) -> None:
         self._requests -= 1
+        self._command_done(device_id)
         if isinstance(result, Failure):
             self.log.failure("answering a request", result)
+
+    def _command_started(self, device_id: str) -> None:
+        """A request for ``device_id`` starts: its input reads (even while the ingest is
+        congested) until its last request is answered, so its reply is not held back."""
+        self._commands[device_id] = self._commands.get(device_id, 0) + 1
+        runtime = self._paused.pop(device_id, None)
+        if runtime is not None:
+            self._set_input(runtime, pause=False)
+
+    def _command_done(self, device_id: str) -> None:
+        left = self._commands.get(device_id, 0) - 1
+        if left > 0:
+            self._commands[device_id] = left
+            return
+        self._commands.pop(device_id, None)
+        if self.ingest.congested and any(s.device_id == device_id for s in self.ingest.buffer):
+            self._pause(device_id)  # still flooding: paused again until the ingest catches up
 
     def _run_request(self, kind: str, running: Running, message: dict[str, Any]) -> Any:
         runtime = running.runtime
@@ -115,15 +135,39 @@ class RequestHandler(ManagerBase):
 
     def _reply(self, message: dict[str, Any], outcome: ControlOutcome) -> Any:
         body = {"request_id": message.get("request_id"), **outcome.to_json()}
-        if self.member is None:
-            d = self.store.publish_reply(message["reply_to"], body)
-        else:
-            # Cluster mode: answered only under the device's current lease (a lease lost
-            # meanwhile: no answer, the API times out; never one for another's device).
-            device_id = str(message.get("device_id"))
-            d = self.store.publish_reply(
-                message["reply_to"], body, device_id, self.token_of(device_id)
+        device_id = str(message.get("device_id"))
+        # Cluster mode: answered only under the device's current lease (a lease lost
+        # meanwhile: no answer, the API times out; never one for another's device).
+        token = None if self.member is None else self.token_of(device_id)
+        audit = _audit_entry(message, outcome)
+        # The done key outlives the API's deadline by DONE_TTL_MS (the API settles a
+        # timeout at its deadline, for as long); an answer later than that is not audited
+        # here: the API has audited the timeout.
+        deadline = message.get("deadline")
+        done_ttl = DONE_TTL_MS
+        if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
+            done_ttl += int((deadline - time.time()) * 1000)
+        if done_ttl <= 0:
+            audit = None
+        if audit is None:
+            d = self.reply_store.publish_reply(
+                message["reply_to"], body, *((device_id, token) if token is not None else ())
             )
+        else:
+            # A device_ctrl: its audit entry goes with the answer (one round trip).
+            body["audited"] = True
+            length = message.get("audit_length")
+            d = self.reply_store.answer_ctrl(
+                str(message.get("request_id")),
+                message["reply_to"],
+                body,
+                audit,
+                length if isinstance(length, int) and length > 0 else 10000,
+                device_id,
+                token,
+                done_ttl,
+            )
+        if token is not None:
 
             def fenced(heard: Any) -> Any:
                 if heard is not None and int(heard) < 0:
@@ -137,3 +181,33 @@ class RequestHandler(ManagerBase):
 
             d.addCallback(fenced)
         return d.addErrback(lambda f: self.log.warn("cannot reply: {e}", e=f.getErrorMessage()))
+
+
+#: The audit entry's fields a device_ctrl request carries (``audit``), then the outcome's.
+AUDIT_FIELDS = (
+    "time",
+    "request_id",
+    "client",
+    "token_id",
+    "device_id",
+    "term_id",
+    "item_id",
+    "value",
+    "select",
+)
+
+
+def _audit_entry(message: dict[str, Any], outcome: ControlOutcome) -> dict[str, str] | None:
+    """The audit entry of a device_ctrl answer, or None when the request asks for none
+    (device_call, or an API that audits itself)."""
+    audit = message.get("audit")
+    if not isinstance(audit, dict):
+        return None
+    entry = {name: str(audit.get(name, ""))[:512] for name in AUDIT_FIELDS}
+    entry.update(
+        outcome=outcome.outcome,
+        status=str(OUTCOME_STATUS.get(outcome.outcome, 500)),
+        message=outcome.message[:500],
+        cause=outcome.cause or "",
+    )
+    return entry

@@ -21,6 +21,7 @@ from pydatacoll.interfaces import IDeviceStore
 from pydatacoll.model import Device, Term, TermItem, decode_fields
 from pydatacoll.store import keys
 from pydatacoll.store.cluster import LuaScript, guarded
+from pydatacoll.store.commands import DONE_TTL_MS
 from pydatacoll.store.status import write_statuses
 
 DEVICE_CONFIG_SCRIPT = (
@@ -32,6 +33,10 @@ REPLY = LuaScript(guarded(files("pydatacoll.store").joinpath("reply.lua").read_t
 #: Cluster mode: statuses and frame logs written only under the writer's current lease.
 STATUS_FENCED = LuaScript(
     guarded(files("pydatacoll.store").joinpath("status_fenced.lua").read_text("utf-8"))
+)
+#: A device_ctrl's answer with its audit entry (fenced in cluster mode).
+CTRL_ANSWER = LuaScript(
+    guarded(files("pydatacoll.store").joinpath("ctrl_answer.lua").read_text("utf-8"))
 )
 _TEMPLATES = (keys.DEVICE, keys.DEVICE_TERMS, keys.TERM, keys.TERM_ITEMS, keys.TERM_ITEM)
 
@@ -174,3 +179,27 @@ class DeviceStore:
             return REPLY(self.redis, [keys.LEASE % device_id, token, channel, text])
         d: Deferred[Any] = self.redis.call("publish", channel, text)
         return d
+
+    def answer_ctrl(
+        self,
+        request_id: str,
+        channel: str,
+        body: Mapping[str, Any],
+        audit: Mapping[str, str],
+        max_length: int,
+        device_id: str | None = None,
+        token: str | None = None,
+        done_ttl_ms: int = DONE_TTL_MS,
+    ) -> Deferred[Any]:
+        """PUBLISH a device_ctrl's answer and append its audit entry, in one script call
+        (``store/ctrl_answer.lua``): the entry only if the API has not settled the request
+        as timed out first (the done key kept ``done_ttl_ms``); with a lease ``token``
+        only under ``device_id``'s current lease (fires with -1, nothing written, when it
+        is not)."""
+        text = json.dumps(body, default=str)
+        lease = keys.LEASE % device_id if token is not None and device_id is not None else ""
+        args: list[Any] = [lease, token or "", channel, text, keys.CTRL_DONE % request_id]
+        args += [max(1, int(done_ttl_ms)), keys.CTRL_LOG, max_length]
+        for name, value in audit.items():
+            args += [name, value]
+        return CTRL_ANSWER(self.redis, args)

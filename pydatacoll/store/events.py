@@ -10,6 +10,7 @@ from zope.interface import implementer
 
 from pydatacoll.interfaces import IEventStore
 from pydatacoll.store import keys
+from pydatacoll.store.commands import append_audit
 from pydatacoll.store.streams import read_stream
 
 
@@ -26,13 +27,7 @@ class EventStore:
     def append_audit(self, fields: dict[str, str], max_length: int) -> Deferred[str]:
         """Append one command to the audit stream, kept to ``max_length`` entries; fires
         with the entry's id."""
-        flat: list[str] = []
-        for name, text in fields.items():
-            flat += [name, str(text)]
-        d: Deferred[str] = self.redis.call(
-            "execute_command", "XADD", keys.CTRL_LOG, "MAXLEN", "=", max_length, "*", *flat
-        )
-        return d.addCallback(str)
+        return append_audit(self.redis, fields, max_length)
 
     def read_audit(
         self, limit: int, since_ms: int | None, until_ms: int | None

@@ -44,6 +44,9 @@ DEVICE_STATUS = "HS:DEVICE_STATUS:%s"
 FRAME_LOG = "LST:FRAME:%s"
 #: device_ctrl audit stream (bounded by [api] ctrl_log_length).
 CTRL_LOG = "XS:CTRL_LOG"
+#: A device_ctrl's answer, set once (NX, expiring) by whoever audits it: the collector
+#: (its answer) or the API (``timeout``).
+CTRL_DONE = "STR:CTRL_DONE:%s"
 #: Active alarms, field {device}:{term}:{item}:{kind} -> JSON event; and their history.
 ALARMS = "HS:ALARM"
 ALARM_LOG = "XS:ALARM_LOG"
@@ -116,6 +119,10 @@ def documentation() -> dict[str, Any]:
     return {
         "str": {
             CONFIG_VERSION: "configuration version, incremented by every change",
+            CTRL_DONE % "{request_id}": (
+                "a device_ctrl's answer (or 'timeout'), set once by whoever audits it, "
+                "kept a minute"
+            ),
         },
         "hash": {
             DEVICE % "{device_id}": "device; one JSON value per field",

@@ -14,7 +14,10 @@ from zope.interface import implementer
 from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
 from pydatacoll.interfaces import IRedisClient
+from pydatacoll.store.replies_parser import install as _fast_replies
 from pydatacoll.store.sentinel import MasterResolver, sentinel_pool
+
+_fast_replies()  # every Redis connection of the process: no reactor turn per bulk string
 
 #: Longest wait (s, before jitter) between two attempts to reach Redis, for the pool and
 #: every subscription: once Redis is reachable again, everything is back within it.

@@ -203,8 +203,45 @@ def _formula_status_delete(store: MemoryRedis, keys: Any, args: list[Any]) -> in
     return store._hdel(args[0], [args[2]])
 
 
+def _ctrl_request(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
+    """store/ctrl_request.lua: the point's lookups, then PUBLISH the request."""
+    device_key, term_key, item_key, term_item_key, device_id, channel, message = args
+    for key, field in ((device_key, "device_id"), (term_key, "term_id"), (item_key, "item_id")):
+        if not store._exists(key):
+            return [1, field]
+    owner = store._hget(term_item_key, "device_id")
+    try:
+        decoded = json.loads(owner if owner is not None else "null")
+    except ValueError:
+        decoded = None
+    if decoded != device_id:
+        return [1, "term_item"]
+    return [0, int(store._publish(channel, message))]
+
+
+def _ctrl_answer(store: MemoryRedis, keys: Any, args: list[str]) -> int:
+    """store/ctrl_answer.lua: the answer with its audit entry, once, under the lease."""
+    lease, token, channel, text, done, ttl, log, maxlen = args[:8]
+    if lease != "" and not lease_is_current(store, lease, token):
+        return -1
+    if store.live_get(done) is None:
+        store.set_px(done, text, int(ttl))
+        fields = args[8:]
+        store._xadd(log, dict(zip(fields[::2], fields[1::2], strict=True)), int(maxlen))
+    return int(store._publish(channel, text))
+
+
+def _ctrl_settle(store: MemoryRedis, keys: Any, args: list[str]) -> Any:
+    """store/ctrl_settle.lua: settle a timed-out device_ctrl, or the answer that won."""
+    done, ttl = args
+    if store.live_get(done) is None:
+        store.set_px(done, "timeout", int(ttl))
+        return 0
+    return store.live_get(done)
+
+
 def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.store import cluster, devices, processing
+    from pydatacoll.store import cluster, commands, devices, processing
 
     return {
         cluster.ACQUIRE.sha: _lease_acquire,
@@ -219,6 +256,9 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
         devices.STATUS_FENCED.sha: _status_fenced,
         processing.FORMULA_STATUS_FENCED.sha: _formula_status_fenced,
         processing.FORMULA_STATUS_DELETE.sha: _formula_status_delete,
+        commands.REQUEST.sha: _ctrl_request,
+        commands.SETTLE.sha: _ctrl_settle,
+        devices.CTRL_ANSWER.sha: _ctrl_answer,
     }
 
 

@@ -239,7 +239,7 @@ class DeviceApiTests(_DeviceApiCase):
     @inlineCallbacks
     def test_redis_lost_while_publishing_is_503_and_nothing_waits(self):
         fake = self.collector()
-        self.memory.fail_next("publish")
+        self.memory.fail_next("evalsha")  # the lookups and the PUBLISH: one script call
         status, body = yield self.call("POST", "/api/v1/device_call", POINT)
         self.assertEqual((status, body["error"]), (503, "redis_unavailable"))
         self.assertEqual((fake.requests, self.replies.pending), ([], 0))

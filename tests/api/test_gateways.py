@@ -179,7 +179,8 @@ class GatewayRouteTests(GatewayRouteMixin, MemoryApiCase):
 
 class GatewayRoleTests(TestCase):
     def test_roles(self):
-        """The gateway runs in the all and gateway roles, with its own reply listener."""
+        """The gateway runs in the all and gateway roles, with its own reply listener; the
+        commands of the API and the gateway have a connection of their own."""
         from twisted.internet import reactor
 
         from pydatacoll.config import load_settings
@@ -189,18 +190,14 @@ class GatewayRoleTests(TestCase):
             (
                 "all",
                 [
-                    "collector",
-                    "replies",
-                    "stream",
-                    "config-cache",
-                    "api",
-                    "gateway-replies",
-                    "gateway",
+                    "command-redis",
+                    *("collector", "replies", "stream", "config-cache", "api"),
+                    *("gateway-replies", "gateway"),
                 ],
             ),
-            ("gateway", ["gateway-replies", "gateway"]),
+            ("gateway", ["command-redis", "gateway-replies", "gateway"]),
             ("collector", ["collector"]),
-            ("api", ["replies", "stream", "config-cache", "api"]),
+            ("api", ["command-redis", "replies", "stream", "config-cache", "api"]),
         ):
             settings = load_settings(None, {"redis": "redis://127.0.0.1:1/0", "role": role})
             children = [s.name for s in make_root_service(settings, reactor)]

@@ -133,6 +133,17 @@ class CommanderTests(SynchronousTestCase):
                 "token_id": "tok",
                 "reply_to": keys.REPLY % ("me", "r1"),
                 "deadline": self.clock.seconds() + 2.0,
+                # What the collector's audit entry needs (it writes it with its answer).
+                "audit": {
+                    "time": iso_time(self.clock.seconds()),
+                    "request_id": "r1",
+                    "client": "10.0.0.9:4000",
+                    "token_id": "tok",
+                    **IDS,
+                    "value": "7",
+                    "select": "true",
+                },
+                "audit_length": 5,
             },
         )
         (entry,) = self.audit()
@@ -195,6 +206,27 @@ class CommanderTests(SynchronousTestCase):
         self.assertEqual(self.replies.late_replies, 1)
         (entry,) = self.audit()  # the late confirmation changes nothing
         self.assertEqual((entry["outcome"], entry["status"]), ("timeout", "504"))
+        # Settled: a collector answering now finds the request taken and audits nothing.
+        self.assertEqual(self.memory.live_get(keys.CTRL_DONE % "r1"), "timeout")
+        self.assert_nothing_waits()
+
+    def test_an_answer_the_collector_audited_is_not_audited_again(self):
+        self.script = lambda c, r: {"outcome": "confirmed", "message": "done", "audited": True}
+        answer = self.successResultOf(self.ctrl())
+        self.assertEqual((answer.outcome, answer.audited), ("confirmed", True))
+        self.assertEqual(self.audit(), [])  # the (fake) collector's entry would be the one
+        self.assertEqual(self.metrics.commands.counts, {"confirmed": 1})
+
+    def test_an_answer_settled_before_it_arrived_is_the_answer(self):
+        """The collector answered (and audited) just before the API's timer fired, its
+        message not read yet: the API answers with it and writes no second entry."""
+        self.script = lambda c, r: None
+        d = self.ctrl()
+        body = {"request_id": "r1", "outcome": "negative", "message": "no", "audited": True}
+        self.memory.set_px(keys.CTRL_DONE % "r1", json.dumps(body), 60000)
+        self.clock.advance(2.0)
+        self.assert_failed_with(d, "negative", 409)
+        self.assertEqual(self.audit(), [])
         self.assert_nothing_waits()
 
     def test_a_timeout_of_the_callers_own(self):
@@ -218,7 +250,7 @@ class CommanderTests(SynchronousTestCase):
         self.assertEqual((self.requests, self.audit()[0]["outcome"]), ([], "unavailable"))
 
     def test_store_lost_while_publishing_is_audited_and_nothing_waits(self):
-        self.memory.fail_next("publish")
+        self.memory.fail_next("evalsha")  # the lookups and the PUBLISH: one script call
         self.assert_failed_with(self.ctrl(), "redis_unavailable", 503)
         self.assertEqual(self.requests, [])
         (entry,) = self.audit()

@@ -3,6 +3,7 @@ configuration written the way ConfigStore writes it, and a manager on MemoryRedi
 
 from __future__ import annotations
 
+import collections
 import json
 from typing import Any
 
@@ -61,6 +62,21 @@ class FakeRuntime(Service):
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "last_value_time": self.last_value_time, "counters": {}}
+
+
+class HeldIngest:
+    """An ingest path that holds every sample, as when Redis is slower than the devices
+    (``congested`` is what the test sets); stands in for ``manager.ingest``."""
+
+    def __init__(self) -> None:
+        self.buffer: collections.deque[Any] = collections.deque()
+        self.congested = False
+
+    def samples_received(self, samples: Any) -> None:
+        self.buffer.extend(samples)
+
+    def mark_not_topical(self, device_id: str) -> None:
+        pass
 
 
 @implementer(IProtocolDriver)

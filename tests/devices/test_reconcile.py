@@ -17,7 +17,7 @@ from pydatacoll.store import keys
 from pydatacoll.store.subscriber import Subscriber
 from pydatacoll.testing.memory import MemoryRedis
 
-from .support import FakeDriver, RecordingSink, add_point, configure, memory_manager
+from .support import FakeDriver, HeldIngest, RecordingSink, add_point, configure, memory_manager
 
 
 class FollowTests(SynchronousTestCase):
@@ -89,12 +89,30 @@ class FollowTests(SynchronousTestCase):
         self.assertEqual(set(self.manager.running_devices), {"d", "e"})
         self.assertEqual(self.manager.version, 5)
 
-    def test_congestion_pauses_and_resumes_every_device(self) -> None:
-        runtime = self.driver.runtimes["d"]
+    def test_congestion_pauses_only_the_devices_with_samples_waiting(self) -> None:
+        configure(self.store, "e", version=1)
+        configure(self.store, "f", version=1)
+        self.manager.reconcile()
+        flood, quiet, late = (self.driver.runtimes[d] for d in "def")
+        ingest = HeldIngest()
+        self.patch(self.manager, "ingest", ingest)
+        ingest.samples_received([Sample("d", "t", "i1", 1.0, receive_time=0.0)])
+        ingest.congested = True
         self.manager._congestion(True)  # what the ingest path calls above its high water
-        self.assertTrue(runtime.paused)
+        self.assertEqual((flood.paused, quiet.paused, late.paused), (True, False, False))
+        # A device that delivers samples while the ingest is still congested is paused too.
+        self.manager.samples_received([Sample("f", "t", "i1", 1.0, receive_time=0.0)])
+        self.assertEqual((flood.paused, quiet.paused, late.paused), (True, False, True))
+        # A flooding device restarted meanwhile: its new runtime is paused in turn.
+        self.store.data[keys.DEVICE % "d"]["port"] = "2"
+        self.manager.reconcile({"d"})
+        restarted = self.driver.runtimes["d"]
+        self.assertIsNot(restarted, flood)
+        self.manager.samples_received([Sample("d", "t", "i1", 2.0, receive_time=0.0)])
+        self.assertTrue(restarted.paused)
+        ingest.congested = False
         self.manager._congestion(False)
-        self.assertFalse(runtime.paused)
+        self.assertEqual((restarted.paused, quiet.paused, late.paused), (False, False, False))
 
     def test_samples_go_to_the_ingest_path_then_the_sinks(self) -> None:
         sample = Sample("d", "t", "i1", 2.5, receive_time=self.clock.seconds())

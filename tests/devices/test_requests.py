@@ -19,7 +19,7 @@ from pydatacoll.store import keys
 from pydatacoll.testing.memory import MemoryRedis
 from pydatacoll.testing.memory_subscriber import memory_subscription
 
-from .support import FakeDriver, RecordingSink, add_point, configure, memory_manager
+from .support import FakeDriver, HeldIngest, RecordingSink, add_point, configure, memory_manager
 
 
 class RequestTests(SynchronousTestCase):
@@ -76,10 +76,80 @@ class RequestTests(SynchronousTestCase):
             ("timeout", "no answer", "t1 expired"),
         )
 
+    def test_a_command_reads_its_device_while_the_ingest_is_congested(self) -> None:
+        """A flooding device paused for congestion reads again while a command of its
+        runs (its confirmation must not wait for the ingest), and is paused again once
+        answered if it still has samples waiting; the API gets its answer meanwhile."""
+        ingest = HeldIngest()
+        self.patch(self.manager, "ingest", ingest)
+        ingest.samples_received([Sample("d", "t", "i", 1.0, receive_time=0.0)])
+        ingest.congested = True
+        self.manager._congestion(True)
+        self.assertTrue(self.runtime.paused)
+        confirmation: defer.Deferred[ControlOutcome] = defer.Deferred()
+        self.runtime.control = confirmation
+        answer = self.request("ctrl", value=1)
+        self.assertFalse(self.runtime.paused)  # reading: the confirmation can come in
+        # Its samples arriving meanwhile do not pause it again.
+        self.manager.samples_received([Sample("d", "t", "i", 2.0, receive_time=0.0)])
+        self.assertFalse(self.runtime.paused)
+        confirmation.callback(ControlOutcome("confirmed", "done"))
+        self.assertEqual(self.successResultOf(answer)["outcome"], "confirmed")
+        self.assertTrue(self.runtime.paused)  # still flooding, still congested
+        ingest.congested = False
+        self.manager._congestion(False)
+        self.assertFalse(self.runtime.paused)
+
     def test_ctrl_answers_the_device_outcome(self) -> None:
         self.runtime.control = defer.succeed(ControlOutcome("negative", "no", "COT 47"))
         answer = DeviceAnswer.from_reply("r1", self.successResultOf(self.request("ctrl")))
         self.assertEqual((answer.status, answer.cause), (409, "COT 47"))
+
+    def test_ctrl_answer_carries_its_audit_entry_once(self) -> None:
+        """The collector writes a device_ctrl's audit entry with its answer (one round
+        trip), unless the API settled the request as timed out first."""
+        audit = {"time": "T", "request_id": "r1", "client": "c", "token_id": "-"}
+        audit.update(device_id="d", term_id="t", item_id="i", value="1", select="null")
+        self.runtime.control = defer.succeed(ControlOutcome("negative", "no", "COT 47"))
+        reply = self.successResultOf(self.request("ctrl", audit=audit, audit_length=3))
+        self.assertIs(reply["audited"], True)
+        ((_, entry),) = self.store.data[keys.CTRL_LOG]
+        self.assertEqual(
+            entry,
+            {**audit, "outcome": "negative", "status": "409", "message": "no", "cause": "COT 47"},
+        )
+        self.assertEqual(
+            json.loads(self.store.live_get(keys.CTRL_DONE % "r1") or "")["outcome"], "negative"
+        )
+        # r2 settled by the API (timed out) before the collector answers: no second entry.
+        self.store.set_px(keys.CTRL_DONE % "r2", "timeout", 60000)
+        self.runtime.control = defer.succeed(ControlOutcome("confirmed", "late"))
+        reply = self.successResultOf(self.request("ctrl", audit={**audit, "request_id": "r2"}))
+        self.assertEqual(reply["outcome"], "confirmed")  # published: the API counts it late
+        self.assertEqual(len(self.store.data[keys.CTRL_LOG]), 1)
+        # A device_call, or a request without "audit", is not audited here.
+        self.runtime.control = defer.succeed(ControlOutcome("confirmed", "ok"))
+        self.assertNotIn("audited", self.successResultOf(self.request("ctrl")))
+        self.assertEqual(len(self.store.data[keys.CTRL_LOG]), 1)
+
+    def test_an_answer_long_after_the_deadline_is_not_audited_here(self) -> None:
+        """The API settled the command as timed out at its deadline and keeps that for
+        DONE_TTL_MS: an answer later still is published but not audited (no second
+        entry once the API's mark has expired)."""
+        from pydatacoll.devices import requests
+        from pydatacoll.store.commands import DONE_TTL_MS
+
+        now = [time.time()]
+        self.patch(requests, "time", type("Clock", (), {"time": staticmethod(lambda: now[0])}))
+        confirmation: defer.Deferred[ControlOutcome] = defer.Deferred()
+        self.runtime.control = confirmation
+        audit = {"request_id": "r1"}
+        answer = self.request("ctrl", audit=audit, deadline=now[0] + 5)
+        now[0] += 5 + DONE_TTL_MS / 1000 + 1
+        confirmation.callback(ControlOutcome("confirmed", "very late"))
+        reply = self.successResultOf(answer)
+        self.assertEqual((reply["outcome"], "audited" in reply), ("confirmed", False))
+        self.assertNotIn(keys.CTRL_LOG, self.store.data)
 
     def test_unknown_point_is_not_found(self) -> None:
         reply = self.successResultOf(self.request("call", item_id="nope"))

@@ -141,7 +141,7 @@ class CommandPathTests(SynchronousTestCase):
         )
 
     def test_store_down_is_negative(self):
-        self.redis.fail_next("publish")
+        self.redis.fail_next("evalsha")  # the request: one script call
         answer = self.successResultOf(self.path.execute("g", POINT, self.request(), 2.0))
         self.assertFalse(answer.ok)
         self.assertIn("redis_unavailable: Redis is not reachable", answer.message)

@@ -442,6 +442,8 @@ class RedisOutageTests(TestCase):
         def values():
             return [e["data"]["value"] for e in parser.of_kind("sample")]
 
+        # The client is served (the hub subscribed) before the first sample is published.
+        yield until(lambda: len(hub.clients) == 1, what="the stream client")
         ingest.samples_received([Sample("1", "10", "1000", 1.0, receive_time=1.0)])
         yield until(lambda: values() == [1.0], what="the first sample")
         # stored and not published (as if published while the subscription was down):

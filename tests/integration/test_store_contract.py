@@ -7,6 +7,7 @@ from twisted.trial.unittest import TestCase
 from pydatacoll.config import load_settings
 from pydatacoll.store.redis import RedisClient
 from pydatacoll.testing.redis import RedisView, shared_redis
+from tests.store.commands_contract import CommandStoreContract
 from tests.store.contract import (
     ConfigStoreContract,
     EventStoreContract,
@@ -51,4 +52,8 @@ class RedisSnapshotTests(RedisStoreCase, SnapshotContract):
 
 
 class RedisLiveStoreTests(RedisStoreCase, LiveStoreContract):
+    pass
+
+
+class RedisCommandStoreTests(RedisStoreCase, CommandStoreContract):
     pass

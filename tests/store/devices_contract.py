@@ -30,6 +30,13 @@ def fields(body: dict[str, Any]) -> dict[str, str]:
     return {name: json.dumps(value) for name, value in body.items()}
 
 
+def _pairs(flat: Any) -> Any:
+    """A stream entry's fields (a flat list from Redis, a dict from MemoryRedis)."""
+    if isinstance(flat, dict):
+        return flat.items()
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
 class DeviceStoreContract:
     """The tests; mixed into a trial TestCase that sets ``self.redis`` and ``self.clock``."""
 
@@ -164,6 +171,31 @@ class DeviceStoreContract:
         self.assertEqual([int(n) for n in result], [0, 0])
         frames = yield self.redis.call("lrange", keys.FRAME_LOG % "d", 0, -1)
         self.assertEqual(frames, ["5", "6"])
+
+    @defer.inlineCallbacks
+    def test_a_ctrl_answer_with_its_audit_entry(self) -> Any:
+        """store/ctrl_answer.lua: the entry once per request, bounded, under the lease."""
+        store = DeviceStore(self.redis)
+        body = {"request_id": "r1", "outcome": "confirmed", "audited": True}
+        entry = {"time": "T", "request_id": "r1", "outcome": "confirmed", "status": "200"}
+        heard = yield store.answer_ctrl("r1", "CHANNEL:REPLY:nobody:r1", body, entry, 2)
+        self.assertEqual(int(heard), 0)
+        again = yield store.answer_ctrl("r1", "CHANNEL:REPLY:nobody:r1", body, entry, 2)
+        self.assertEqual(int(again), 0)  # published again, not audited again
+        log = yield self.redis.call("execute_command", "XRANGE", keys.CTRL_LOG, "-", "+")
+        self.assertEqual([dict(_pairs(fields)) for _, fields in log], [entry])
+        done = yield self.redis.call("get", keys.CTRL_DONE % "r1")
+        self.assertEqual(json.loads(done), body)
+        # Cluster mode: nothing at all without the device's current lease.
+        yield self.redis.call("set", keys.LEASE % "d", "7 b")
+        for n, token in ((2, "6 a"), (3, "7 b"), (4, "7 b"), (5, "7 b")):
+            fields = {**entry, "request_id": f"r{n}"}
+            answer = ("CHANNEL:REPLY:nobody:x", body, fields, 2, "d", token)
+            heard = yield store.answer_ctrl(f"r{n}", *answer)
+            self.assertEqual(int(heard), -1 if token == "6 a" else 0)
+        log = yield self.redis.call("execute_command", "XRANGE", keys.CTRL_LOG, "-", "+")
+        self.assertEqual([dict(_pairs(f))["request_id"] for _, f in log], ["r4", "r5"])
+        self.assertIsNone((yield self.redis.call("get", keys.CTRL_DONE % "r2")))
 
     @defer.inlineCallbacks
     def test_not_topical_marks_of_the_ingest_script(self) -> Any:

@@ -5,6 +5,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from pydatacoll.testing.memory import MemoryRedis
+from tests.store.commands_contract import CommandStoreContract
 from tests.store.contract import (
     ConfigStoreContract,
     EventStoreContract,
@@ -43,4 +44,8 @@ class MemorySnapshotTests(MemoryStoreCase, SnapshotContract):
 
 
 class MemoryLiveStoreTests(MemoryStoreCase, LiveStoreContract):
+    pass
+
+
+class MemoryCommandStoreTests(MemoryStoreCase, CommandStoreContract):
     pass
