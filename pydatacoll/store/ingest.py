@@ -58,11 +58,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pydatacoll.interfaces import IIngest
-from pydatacoll.model import Sample, iso_time
+from pydatacoll.model import Sample
 from pydatacoll.retry import Backoff
 from pydatacoll.store import keys
 from pydatacoll.store.cluster import guarded
 from pydatacoll.store.redis import bulk
+from pydatacoll.store.sample_text import _Times, encode
 
 _SCRIPT = guarded(files("pydatacoll.store").joinpath("ingest.lua").read_text(encoding="utf-8"))
 _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
@@ -105,62 +106,10 @@ PREFIXES = 100_000
 _TEMPLATES_BULK = bulk(_TEMPLATES)
 _MESSAGE_SAMPLES_BULK, _PUBLISH_POINTS, _EMPTY = bulk(str(MESSAGE_SAMPLES)), bulk("1"), bulk("")
 
-_INFINITIES = (math.inf, -math.inf)
+_INF = math.inf
 #: The token of a device whose lease this collector does not hold (cluster mode): it
 #: never matches a lease (``"EPOCH COLLECTOR_ID"``), so the script refuses its samples.
 NO_LEASE = "-"
-
-
-class _Times:
-    """ISO texts of epoch seconds, memoised: the samples of a frame share their times."""
-
-    def __init__(self) -> None:
-        self.cache: dict[float, str] = {}
-
-    def text(self, seconds: float) -> str:
-        text = self.cache.get(seconds)
-        if text is None:
-            if len(self.cache) > 4096:  # bounded: times move on
-                self.cache.clear()
-            try:
-                text = iso_time(seconds) or ""
-            except (ValueError, OverflowError, OSError, TypeError):
-                text = ""  # NaN or out of range (a device's clock): no time, never a crash
-            self.cache[seconds] = text
-        return text
-
-
-def _value_json(value: Any) -> str | None:
-    """The JSON text of a value, or None for one JSON cannot carry (NaN, infinities)."""
-    kind = type(value)
-    if kind is float:
-        if value != value or value in _INFINITIES:
-            return None
-        return repr(value)
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int:
-        return str(value)
-    if value is None:
-        return "null"
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def encode(sample: Sample, times: _Times) -> str:
-    """The stored JSON text of a sample (as `Sample.to_json`, without spaces)."""
-    value = _value_json(sample.value)
-    quality = sample.quality
-    flags = sample.flags
-    if value is None:  # not JSON: stored as null, invalid
-        value, quality, flags = "null", "invalid", (*flags, "not_finite")
-    flags_text = json.dumps(list(flags)) if flags else "[]"
-    source = sample.source_time
-    source_text = "" if source is None else times.text(source)
-    source_text = '"' + source_text + '"' if source_text else "null"  # no (valid) time: null
-    return (
-        f'{{"value":{value},"quality":"{quality}","flags":{flags_text},'
-        f'"source_time":{source_text},"receive_time":"{times.text(sample.receive_time)}"}}'
-    )
 
 
 @implementer(IIngest)
@@ -385,7 +334,20 @@ class RedisIngest(Service):
                 if prefix is None:
                     prefix = prefixes[point] = bulk(point[0]) + bulk(point[1])
                 append(prefix)
-                append(bulk(encode(sample, times)))
+                value = sample.value
+                if (
+                    type(value) is float
+                    and -_INF < value < _INF
+                    and sample.source_time is None
+                    and not sample.flags
+                ):  # the usual sample, as `encode` writes it, in one step
+                    text = (
+                        f'{{"value":{value!r},"quality":"{sample.quality}","flags":[],'
+                        f'"source_time":null,"receive_time":"{times.text(sample.receive_time)}"}}'
+                    )
+                else:
+                    text = encode(sample, times)
+                append(f"${len(text)}\r\n{text}\r\n" if text.isascii() else bulk(text))
         return "".join(parts), argc
 
     def _no_script(self, failure: Any, body: str, argc: int) -> Any:

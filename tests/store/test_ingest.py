@@ -17,7 +17,7 @@ from pydatacoll.interfaces import IIngest
 from pydatacoll.model import Sample
 from pydatacoll.store import ingest, keys
 from pydatacoll.store.ingest import RedisIngest, encode
-from pydatacoll.store.redis import decode_command
+from pydatacoll.store.redis import bulk, decode_command
 from pydatacoll.testing.memory import MemoryRedis
 
 
@@ -154,6 +154,16 @@ class IngestTests(SynchronousTestCase):
                 },
             ),
             (
+                Sample("d", "t", "i", -0.1, "questionable", (), None, 3.0),
+                {
+                    "value": -0.1,
+                    "quality": "questionable",
+                    "flags": [],
+                    "source_time": None,
+                    "receive_time": "1970-01-01T00:00:03.000+00:00",
+                },
+            ),
+            (
                 Sample("d", "t", "i", True, "questionable", ("NT", "SB"), None, 3.0),
                 {
                     "value": True,
@@ -184,8 +194,12 @@ class IngestTests(SynchronousTestCase):
                 },
             ),
         ]
+        sink = RedisIngest(None, Clock(), 100, 100)
         for sample, expected in cases:
             self.assertEqual(json.loads(encode(sample, ingest._Times())), expected)
+            # the path's shortcut for the usual sample writes what encode writes
+            body, _ = sink._encode([("d", [sample])])
+            self.assertTrue(body.endswith(bulk(encode(sample, ingest._Times()))))
             if sample.value == sample.value:
                 self.assertEqual(json.loads(encode(sample, ingest._Times())), sample.to_json())
 
@@ -259,10 +273,11 @@ class LoopNeverDiesTests(SynchronousTestCase):
             return real(sample, times)
 
         self.patch(ingest, "encode", broken)
-        self.ingest.samples_received([Sample("d", "t", "bad", 1.0)])
+        # an int: a float takes the path's own shortcut (tested in test_encoding)
+        self.ingest.samples_received([Sample("d", "t", "bad", 1)])
         self.clock.advance(ingest.LINGER)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        self.ingest.samples_received([Sample("d", "t", "good", 2.0)])
+        self.ingest.samples_received([Sample("d", "t", "good", 2)])
         self.clock.advance(5)
         self.assertEqual(len(self.redis.calls), 1)
         self.assertEqual(self.redis.answer()[8:11], ["1", "t", "good"])
@@ -363,7 +378,7 @@ class PublicationTests(SynchronousTestCase):
 
 class EncodingTests(SynchronousTestCase):
     def test_resp_round_trip(self):
-        from pydatacoll.store.redis import bulk, encode_command
+        from pydatacoll.store.redis import encode_command
 
         args = ["EVALSHA", "abc", 0, "é \r\n x", b"\x00bytes"]
         data = encode_command(*args)
