@@ -23,8 +23,8 @@ In one run it
 4. waits for the first stored sample, warms up, then for ``--duration`` seconds measures
    samples stored per second *from Redis itself*: the delta of ``INFO commandstats``
    calls of ``XADD`` (the ingest script runs exactly one ``XADD`` per stored sample, next
-   to one ``HSET`` of the latest value and one ``PUBLISH`` on the point's channel; those
-   deltas are printed too, as a check), and the CPU of the daemon, of redis-server and of
+   to one ``HSET`` per device and call and one ``PUBLISH`` per 40 samples of a device;
+   those deltas are printed too, as a check), and the CPU of the daemon, of redis-server and of
    the simulator from ``/proc/PID/stat`` (utime + stime), with the machine's busy cores;
    the device status adds samples decoded and the ingest path's dropped and buffered
    counts;
