@@ -48,10 +48,12 @@ def _connect(host: str, port: int, timeout: float = 5.0) -> tuple[c104.Client, c
 
 
 def _point(station: c104.Station, ioa: int) -> c104.Point:
-    # The flood may have made c104 create the point already (add_point then returns None).
-    return station.get_point(io_address=ioa) or station.add_point(
+    # The flood may have made c104 create the point already (add_point then returns None),
+    # also between the two calls (a loaded machine): then it is looked up again.
+    point = station.get_point(io_address=ioa) or station.add_point(
         io_address=ioa, type=c104.Type.M_ME_NC_1
     )
+    return point or station.get_point(io_address=ioa)
 
 
 def measure_c104_client(

@@ -298,6 +298,15 @@ OPTIONS += (
     ),
     Option(
         "collector",
+        "publish_points",
+        "publish_points",
+        "false",
+        _boolean,
+        "Also publish every sample on its point's channel CHANNEL:DEVICE_DATA:{device}:"
+        "{term}:{item} (one more PUBLISH per sample; the device channel has them all).",
+    ),
+    Option(
+        "collector",
         "frame_log_length",
         "frame_log_length",
         "0",
@@ -425,6 +434,7 @@ class Settings:
     role: str = "all"
     history_length: int = 1000
     buffer_samples: int = 100000
+    publish_points: bool = False
     frame_log_length: int = 0
     ctrl_log_length: int = 10000
     stream_clients: int = 100

@@ -281,6 +281,9 @@ class IIngest(ISampleSink, IService):
     settled_version = Attribute(
         "the configuration version every running point is known to match ('' while catching up)"
     )
+    unsettled = Attribute(
+        "ids of devices whose points may have changed since (their samples' owners are checked)"
+    )
     congested = Attribute("whether the devices' input is paused because the store lags")
 
     def mark_not_topical(device_id):  # type: ignore[no-untyped-def]
@@ -300,6 +303,9 @@ class IRedisClient(Interface):
     def call(command, *args, **kwargs):  # type: ignore[no-untyped-def]
         """Run one command: a Deferred, failing at once with `StoreUnavailable` while
         Redis cannot be reached."""
+
+    def call_encoded(command):  # type: ignore[no-untyped-def]
+        """Run one command given whole in RESP form (bytes), as `call` runs it."""
 
     def when_connected():  # type: ignore[no-untyped-def]
         """A Deferred that fires when a connection is up (at once if one is)."""

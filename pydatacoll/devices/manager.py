@@ -139,6 +139,7 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
             settings.buffer_samples,
             on_congestion=self._congestion,
             token_of=self.token_of if settings.cluster else None,
+            publish_points=settings.publish_points,
         )
         self.ingest.setName("ingest")
         self.ingest.setServiceParent(self)

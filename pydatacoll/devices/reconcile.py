@@ -105,8 +105,14 @@ class Reconciler(StatusWriter):
             self._backoff.reset()
             if not self._again and not self._dirty:
                 # Every change up to this version is applied: the ingest script may
-                # trust that each running point is where it is configured.
-                self.ingest.settled_version = self._read_version
+                # trust that each running point is where it is configured. The changes
+                # heard since the pass read it touched no device (or the pass would run
+                # again): settled at the newest of them.
+                settled = self._read_version
+                if self.version is not None and self.version > version_number(settled):
+                    settled = str(self.version)
+                self.ingest.settled_version = settled
+                self.ingest.unsettled.clear()
                 return
 
     @defer.inlineCallbacks
@@ -279,32 +285,25 @@ class Reconciler(StatusWriter):
             self.log.failure("checking the configuration version")
 
     def _change(self, message: dict[str, Any]) -> None:
-        self.ingest.settled_version = ""  # check every point until this change is applied
         version = message.get("version")
+        ingest = self.ingest
         if isinstance(version, int) and self.version is not None:
             if version != self.version + 1:
+                ingest.settled_version = ""  # a gap: check every point until reconciled
                 self.version = version
                 self.reconcile()
                 self._notify_sinks(message)
                 return
             self.version = version
-        touched: set[str] = set()
-        entity = message.get("entity")
-        for body in (message.get("data"), message.get("old")):
-            if not isinstance(body, dict):
-                continue
-            if entity == "device" and body.get("id") is not None:
-                touched.add(str(body["id"]))
-            elif body.get("device_id") is not None:
-                touched.add(str(body["device_id"]))
-        if entity == "device" and message.get("id") is not None:
-            touched.add(str(message["id"]))
-        cascade = message.get("cascade")
-        if isinstance(cascade, dict):
-            for removed in cascade.values():
-                for body in removed if isinstance(removed, list) else ():
-                    if isinstance(body, dict) and body.get("device_id") is not None:
-                        touched.add(str(body["device_id"]))
+        touched = _touched(message)
+        if isinstance(version, int) and ingest.settled_version == str(version - 1):
+            # Settled up to the previous change: only the devices this one touched may
+            # have points elsewhere now (a change to an item, a formula or a gateway
+            # touches none), so only their samples' owners are checked until applied.
+            ingest.unsettled.update(touched)
+            ingest.settled_version = str(version)
+        else:
+            ingest.settled_version = ""  # check every point until this change is applied
         if touched:
             self.reconcile(touched)
         self._notify_sinks(message)
@@ -315,6 +314,29 @@ class Reconciler(StatusWriter):
                 sink.config_changed(message)
             except Exception:
                 self.log.failure("a processor failed on a configuration change")
+
+
+def _touched(message: dict[str, Any]) -> set[str]:
+    """The devices a change message names: the device itself, the device of a term or a
+    term-item before and after, and those of what a delete cascaded to."""
+    touched: set[str] = set()
+    entity = message.get("entity")
+    for body in (message.get("data"), message.get("old")):
+        if not isinstance(body, dict):
+            continue
+        if entity == "device" and body.get("id") is not None:
+            touched.add(str(body["id"]))
+        elif body.get("device_id") is not None:
+            touched.add(str(body["device_id"]))
+    if entity == "device" and message.get("id") is not None:
+        touched.add(str(message["id"]))
+    cascade = message.get("cascade")
+    if isinstance(cascade, dict):
+        for removed in cascade.values():
+            for body in removed if isinstance(removed, list) else ():
+                if isinstance(body, dict) and body.get("device_id") is not None:
+                    touched.add(str(body["device_id"]))
+    return touched
 
 
 def version_number(text: Any) -> int:

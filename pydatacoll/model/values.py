@@ -27,7 +27,7 @@ def iso_time(seconds: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds")
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=True, init=False)
 class Sample:
     """One value of a point, scaled, with its quality and times (epoch seconds).
 
@@ -43,6 +43,28 @@ class Sample:
     flags: tuple[str, ...] = ()
     source_time: float | None = None
     receive_time: float = 0.0
+
+    def __init__(
+        self,
+        device_id: str,
+        term_id: str,
+        item_id: str,
+        value: Any,
+        quality: str = "good",
+        flags: tuple[str, ...] = (),
+        source_time: float | None = None,
+        receive_time: float = 0.0,
+    ) -> None:
+        # A sample per point per frame: the slots' own setters, about a fifth cheaper
+        # than attrs' frozen __init__ (object.__setattr__ for each field).
+        _set_device_id(self, device_id)
+        _set_term_id(self, term_id)
+        _set_item_id(self, item_id)
+        _set_value(self, value)
+        _set_quality(self, quality)
+        _set_flags(self, flags)
+        _set_source_time(self, source_time)
+        _set_receive_time(self, receive_time)
 
     @property
     def point(self) -> tuple[str, str, str]:
@@ -86,6 +108,15 @@ class Sample:
             seconds(message.get("receive_time")) or 0.0,
         )
 
+
+_set_device_id = Sample.__dict__["device_id"].__set__
+_set_term_id = Sample.__dict__["term_id"].__set__
+_set_item_id = Sample.__dict__["item_id"].__set__
+_set_value = Sample.__dict__["value"].__set__
+_set_quality = Sample.__dict__["quality"].__set__
+_set_flags = Sample.__dict__["flags"].__set__
+_set_source_time = Sample.__dict__["source_time"].__set__
+_set_receive_time = Sample.__dict__["receive_time"].__set__
 
 #: device_call / device_ctrl outcomes and the HTTP status the API answers with.
 OUTCOME_STATUS = {

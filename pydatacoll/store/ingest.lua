@@ -1,19 +1,29 @@
--- Store a batch of samples: latest values, bounded history, publications; one round trip.
--- ARGV: templates (JSON), maxlen, settled configuration version ("" = unknown), then per
--- device: device_id, token, n, and n times term_id, item_id, sample JSON; or device_id,
--- token, -1: mark
--- the latest sample of each of the device's points not topical (it went offline), in the
--- order of the batch, so a value read before that never overwrites the mark.
+-- Store a batch of samples: latest values, bounded history, live publication; one round trip.
+-- ARGV: templates (JSON), maxlen, settled configuration version ("" = unknown), samples
+-- per device message, "1" to publish each sample on its point's channel too (else ""),
+-- the ids of the unsettled devices (space separated), then per device: device_id, token,
+-- n, and n times term_id, item_id, sample JSON; or device_id, token, -1: mark the latest
+-- sample of each of the device's points not topical (it went offline), in the order of
+-- the batch, so a value read before that never overwrites the mark.
 -- Ids are [A-Za-z0-9_.-] (checked by the model), so they go into JSON text as they are.
 -- While the collector's configuration is settled at the stored version, every sample's
--- point is known to be on its device; otherwise each point's owner is checked, and a
--- sample of a point deleted or moved meanwhile is skipped (no orphan data).
+-- point is known to be on its device, except on an unsettled device (a change touched
+-- it and the collector has not applied it yet); otherwise each point's owner is checked
+-- (one HGET), and a sample of a point deleted or moved meanwhile is skipped (no orphan
+-- data).
 -- token: "" (no cluster) or the writer's lease of the device, "EPOCH COLLECTOR_ID": a
 -- segment whose lease is not current (lease_is_current, store/lease_guard.lua, put in
 -- front of this script) is refused whole and its samples counted as fenced.
+-- Cost: every Lua string is hashed whole when it is made, so each sample makes few: the
+-- device message is assembled from pieces by one table.concat per message of at most
+-- ARGV[4] samples (a few KB: one buffer), never by concatenating messages.
 local t = cjson.decode(ARGV[1])
 local maxlen = ARGV[2]
 local check = ARGV[3] == "" or redis.call("GET", t.config_version) ~= ARGV[3]
+local per_message = tonumber(ARGV[4])
+local per_point = ARGV[5] == "1"
+local unsettled = {}
+for device in string.gmatch(ARGV[6], "%S+") do unsettled[device] = true end
 local written, skipped, fenced = 0, 0, 0
 
 -- "NT" added to the flags and "good" made "questionable", in the stored text itself (no
@@ -23,33 +33,40 @@ local function mark_not_topical(device)
   local key = string.format(t.device_values, device)
   local fields = redis.call("HGETALL", key)
   local prefix = '{"device_id":"' .. device .. '","term_id":"'
+  local channel = string.format(t.device_samples, device)
+  local head = '{"device_id":"' .. device .. '","samples":['
   local marked, messages = {}, {}
   for k = 1, #fields, 2 do
     local point, sample = fields[k], fields[k + 1]
-    local head, quality, flags, tail =
+    local front, quality, flags, tail =
       string.match(sample, '^(.*),"quality":"(%a+)","flags":%[(.-)%],(.*)$')
-    if head and not string.find(flags, '"NT"', 1, true) then
+    if front and not string.find(flags, '"NT"', 1, true) then
       if quality == "good" then quality = "questionable" end
       if flags == "" then flags = '"NT"' else flags = flags .. ',"NT"' end
-      local text = head .. ',"quality":"' .. quality .. '","flags":[' .. flags .. '],' .. tail
+      local text = front .. ',"quality":"' .. quality .. '","flags":[' .. flags .. '],' .. tail
       marked[#marked + 1] = point
       marked[#marked + 1] = text
       local term, item = string.match(point, "^([^:]*):(.*)$")
       local message = prefix .. term .. '","item_id":"' .. item .. '",' .. string.sub(text, 2)
-      redis.call("PUBLISH", string.format(t.device_data, device, term, item), message)
+      if per_point then
+        redis.call("PUBLISH", string.format(t.device_data, device, term, item), message)
+      end
       messages[#messages + 1] = message
+      if #messages == per_message then
+        redis.call("PUBLISH", channel, head .. table.concat(messages, ",") .. "]}")
+        messages = {}
+      end
     end
   end
   for k = 1, #marked, 1000 do
     redis.call("HSET", key, unpack(marked, k, math.min(k + 999, #marked)))
   end
   if #messages > 0 then
-    redis.call("PUBLISH", string.format(t.device_samples, device),
-      '{"device_id":"' .. device .. '","samples":[' .. table.concat(messages, ",") .. "]}")
+    redis.call("PUBLISH", channel, head .. table.concat(messages, ",") .. "]}")
   end
 end
 
-local i = 4
+local i = 7
 while i <= #ARGV do
   local device, token, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   i = i + 3
@@ -63,37 +80,61 @@ while i <= #ARGV do
     mark_not_topical(device)
     n = 0
   end
+  local check_owner = check or unsettled[device]
   local owner_text = '"' .. device .. '"'
   local prefix = '{"device_id":"' .. device .. '","term_id":"'
-  local latest, messages = {}, {}
+  local channel = string.format(t.device_samples, device)
+  -- the device message: pieces[1] is its head; each sample adds 9 pieces, the last a
+  -- separator that the message's end replaces with "]}"
+  local pieces = {'{"device_id":"' .. device .. '","samples":['}
+  local used, in_message = 1, 0
+  local latest, nl = {}, 0
   for _ = 1, n do
     local term, item, sample = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     i = i + 3
-    local ok = true
-    if check then
-      ok = redis.call("HGET", string.format(t.term_item, term, item), "device_id") == owner_text
-    end
-    if ok then
-      latest[#latest + 1] = term .. ":" .. item
-      latest[#latest + 1] = sample
+    if not check_owner
+      or redis.call("HGET", string.format(t.term_item, term, item), "device_id") == owner_text
+    then
+      latest[nl + 1] = term .. ":" .. item
+      latest[nl + 2] = sample
+      nl = nl + 2
       local id = redis.call("XADD", string.format(t.point_data, device, term, item),
         "MAXLEN", "~", maxlen, "*", "sample", sample)
-      local message = prefix .. term .. '","item_id":"' .. item .. '","id":"' .. id .. '",'
-        .. string.sub(sample, 2)
-      redis.call("PUBLISH", string.format(t.device_data, device, term, item), message)
-      messages[#messages + 1] = message
+      local rest = string.sub(sample, 2)
+      if per_point then
+        redis.call("PUBLISH", string.format(t.device_data, device, term, item),
+          prefix .. term .. '","item_id":"' .. item .. '","id":"' .. id .. '",' .. rest)
+      end
+      pieces[used + 1] = prefix
+      pieces[used + 2] = term
+      pieces[used + 3] = '","item_id":"'
+      pieces[used + 4] = item
+      pieces[used + 5] = '","id":"'
+      pieces[used + 6] = id
+      pieces[used + 7] = '",'
+      pieces[used + 8] = rest
+      pieces[used + 9] = ","
+      used = used + 9
+      in_message = in_message + 1
+      if in_message == per_message then
+        pieces[used] = "]}"
+        redis.call("PUBLISH", channel, table.concat(pieces, "", 1, used))
+        used, in_message = 1, 0
+      end
       written = written + 1
     else
       skipped = skipped + 1
     end
   end
-  if #latest > 0 then
+  if in_message > 0 then
+    pieces[used] = "]}"
+    redis.call("PUBLISH", channel, table.concat(pieces, "", 1, used))
+  end
+  if nl > 0 then
     local key = string.format(t.device_values, device)
-    for k = 1, #latest, 1000 do  -- unpack in chunks: Lua's C stack is limited
-      redis.call("HSET", key, unpack(latest, k, math.min(k + 999, #latest)))
+    for k = 1, nl, 1000 do  -- unpack in chunks: Lua's C stack is limited
+      redis.call("HSET", key, unpack(latest, k, math.min(k + 999, nl)))
     end
-    redis.call("PUBLISH", string.format(t.device_samples, device),
-      '{"device_id":"' .. device .. '","samples":[' .. table.concat(messages, ",") .. "]}")
   end
 end
 return {written, skipped, fenced}

@@ -1,10 +1,13 @@
 """The ingest path: samples into Redis in batches, with bounds for overload and outages.
 
-Every batch is one ``EVALSHA`` of ``store/ingest.lua``. For each sample the script sets
-the point's latest value (``HS:VALUE:{device}``), appends it to the point's bounded
-history stream (``XS:DATA:...``, ``MAXLEN ~ [collector] history_length``) and
-publishes it on the point's data channel. It then sends one message per device on the
-device channel. Nothing waits per sample, so one round trip carries many frames.
+Every batch is one ``EVALSHA`` of ``store/ingest.lua``: per sample it sets the point's
+latest value (``HS:VALUE:{device}``) and appends it to the point's bounded history
+(``XS:DATA:...``, ``MAXLEN ~ [collector] history_length``); each device's samples go to
+``CHANNEL:DEVICE_SAMPLES:{device}`` in messages of at most ``MESSAGE_SAMPLES``, and with
+``[collector] publish_points`` also one by one to their point's ``CHANNEL:DEVICE_DATA``.
+A few small batches (``BATCH``) are in flight on the path's own connection, so no script
+holds Redis for long. The command is built here in RESP form (`RedisClient.call_encoded`):
+txredisapi's encoding of each argument cost more than the rest of the collector.
 
 Samples wait in memory as they arrived and are encoded only when their batch is written.
 There are two bounds:
@@ -23,6 +26,9 @@ in the same stream: the script then flags the latest sample of each of the devic
 points ``NT`` (not topical), after every sample of that device that arrived before the
 mark and before any that arrives after it. At most one mark per device waits (a newer one
 replaces it); marks are never dropped by the outage bound.
+
+The script checks a sample's point owner (one ``HGET``) only when the stored version is
+not ``settled_version`` or its device is in ``unsettled`` (`pydatacoll.devices.reconcile`).
 
 In cluster mode (docs/cluster.rst) each device's segment of a batch carries the token of
 the lease under which its collector runs it (``token_of(device_id)``, read when the batch
@@ -52,13 +58,18 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pydatacoll.interfaces import IIngest
-from pydatacoll.model import Sample, iso_time
+from pydatacoll.model import Sample
 from pydatacoll.retry import Backoff
 from pydatacoll.store import keys
 from pydatacoll.store.cluster import guarded
+from pydatacoll.store.redis import bulk
+from pydatacoll.store.sample_text import _Times, encode
 
 _SCRIPT = guarded(files("pydatacoll.store").joinpath("ingest.lua").read_text(encoding="utf-8"))
 _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+#: The commands' first arguments in RESP form, after the argument count.
+_EVALSHA_HEAD = "$7\r\nEVALSHA\r\n" + bulk(_SHA) + "$1\r\n0\r\n"
+_EVAL_HEAD = "$4\r\nEVAL\r\n" + bulk(_SCRIPT) + "$1\r\n0\r\n"
 _TEMPLATES = json.dumps(
     {
         "term_item": keys.TERM_ITEM,
@@ -71,11 +82,15 @@ _TEMPLATES = json.dumps(
     }
 )
 #: Samples per script call: large enough to amortise the round trip, small enough that
-#: one call never holds Redis for long (a few ms).
-BATCH = 2000
-#: Script calls in flight on the ingest connection: the next batch is encoded while
-#: Redis runs the previous one (one connection keeps them in order).
-IN_FLIGHT = 2
+#: one call holds Redis for about a millisecond only (a command of another client waits
+#: at most that long behind the ingest).
+BATCH = 250
+#: Script calls in flight on the ingest connection: the next batches are encoded while
+#: Redis runs the previous ones (one connection keeps them in order).
+IN_FLIGHT = 8
+#: Samples per message on CHANNEL:DEVICE_SAMPLES: one message stays within Lua's string
+#: buffer (8 KiB), which keeps its assembly linear (store/ingest.lua).
+MESSAGE_SAMPLES = 40
 #: Seconds a partial batch waits for more samples: many small reads (500 Modbus devices)
 #: then share one script call instead of one each.
 LINGER = 0.02
@@ -86,62 +101,15 @@ FLUSH_TIMEOUT = 5.0
 RETRY_INITIAL = 0.5
 RETRY_MAX = 5.0
 
-_INFINITIES = (math.inf, -math.inf)
+#: Points whose RESP arguments are kept (then the cache starts again).
+PREFIXES = 100_000
+_TEMPLATES_BULK = bulk(_TEMPLATES)
+_MESSAGE_SAMPLES_BULK, _PUBLISH_POINTS, _EMPTY = bulk(str(MESSAGE_SAMPLES)), bulk("1"), bulk("")
+
+_INF = math.inf
 #: The token of a device whose lease this collector does not hold (cluster mode): it
 #: never matches a lease (``"EPOCH COLLECTOR_ID"``), so the script refuses its samples.
 NO_LEASE = "-"
-
-
-class _Times:
-    """ISO texts of epoch seconds, memoised: the samples of a frame share their times."""
-
-    def __init__(self) -> None:
-        self.cache: dict[float, str] = {}
-
-    def text(self, seconds: float) -> str:
-        text = self.cache.get(seconds)
-        if text is None:
-            if len(self.cache) > 4096:  # bounded: times move on
-                self.cache.clear()
-            try:
-                text = iso_time(seconds) or ""
-            except (ValueError, OverflowError, OSError, TypeError):
-                text = ""  # NaN or out of range (a device's clock): no time, never a crash
-            self.cache[seconds] = text
-        return text
-
-
-def _value_json(value: Any) -> str | None:
-    """The JSON text of a value, or None for one JSON cannot carry (NaN, infinities)."""
-    kind = type(value)
-    if kind is float:
-        if value != value or value in _INFINITIES:
-            return None
-        return repr(value)
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int:
-        return str(value)
-    if value is None:
-        return "null"
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def encode(sample: Sample, times: _Times) -> str:
-    """The stored JSON text of a sample (as `Sample.to_json`, without spaces)."""
-    value = _value_json(sample.value)
-    quality = sample.quality
-    flags = sample.flags
-    if value is None:  # not JSON: stored as null, invalid
-        value, quality, flags = "null", "invalid", (*flags, "not_finite")
-    flags_text = json.dumps(list(flags)) if flags else "[]"
-    source = sample.source_time
-    source_text = "" if source is None else times.text(source)
-    source_text = '"' + source_text + '"' if source_text else "null"  # no (valid) time: null
-    return (
-        f'{{"value":{value},"quality":"{quality}","flags":{flags_text},'
-        f'"source_time":{source_text},"receive_time":"{times.text(sample.receive_time)}"}}'
-    )
 
 
 @implementer(IIngest)
@@ -158,6 +126,7 @@ class RedisIngest(Service):
         buffer_samples: int,
         on_congestion: Callable[[bool], None] | None = None,
         token_of: Callable[[str], str] | None = None,
+        publish_points: bool = False,
     ) -> None:
         self.redis = redis
         self.clock = reactor
@@ -173,6 +142,10 @@ class RedisIngest(Service):
         self.token_of = token_of
         #: The configuration version the collector runs at ("" while it is catching up).
         self.settled_version = ""
+        #: Devices a change touched that the collector has not applied yet.
+        self.unsettled: set[str] = set()
+        #: Each sample also on its point's channel (``[collector] publish_points``).
+        self.publish_points = publish_points
         self.congested = False
         self.written = 0
         self.skipped = 0
@@ -183,6 +156,8 @@ class RedisIngest(Service):
         #: Called with (samples, seconds) after each batch written (the metrics).
         self.observe_batch: Callable[[int, float], None] | None = None
         self._times = _Times()
+        #: (term_id, item_id) -> their two arguments in RESP form (at most PREFIXES).
+        self._prefixes: dict[tuple[str, str], str] = {}
         #: Batches sent and not yet answered, oldest first: (samples, Deferred).
         #: ... and the marks they carry: (samples, Deferred, [(number, device_id)]).
         self._in_flight: collections.deque[
@@ -300,25 +275,22 @@ class RedisIngest(Service):
             for _, device_id in marks:
                 del self._marks[device_id]
         batch = [self.buffer.popleft() for _ in range(count)]
-        times = self._times
-        args: list[Any] = [_TEMPLATES, self.history_length, self.settled_version]
+        segments: list[tuple[str, list[Sample] | None]]
         if not marks:
-            groups: dict[str, list[Any]] = {}
+            groups: dict[str, list[Sample]] = {}
             for sample in batch:
                 group = groups.get(sample.device_id)
                 if group is None:
                     group = groups[sample.device_id] = []
-                group += (sample.term_id, sample.item_id, encode(sample, times))
-            token = self._token
-            for device_id, group in groups.items():
-                args += (device_id, token(device_id), len(group) // 3)
-                args += group
+                group.append(sample)
+            segments = list(groups.items())
         else:
-            args += _segments(batch, first, marks, times, self._token)
-        d = self.redis.call("evalsha", _SHA, [], args)
+            segments = _segments(batch, first, marks)
+        body, argc = self._encode(segments)
+        d = self.redis.call_encoded(f"*{argc + 3}\r\n{_EVALSHA_HEAD}{body}".encode())
         entry = (batch, d, marks)
         self._in_flight.append(entry)  # before the callbacks: they may run at once
-        d.addErrback(self._no_script, args)
+        d.addErrback(self._no_script, body, argc)
         if self.observe_batch is not None:
             d.addCallback(self._observe, len(batch), self.clock.seconds())
         d.addCallbacks(self._written, self._failed, callbackArgs=(entry,), errbackArgs=(entry,))
@@ -328,10 +300,60 @@ class RedisIngest(Service):
         """The lease token a device's samples are written under ("": no check)."""
         return "" if self.token_of is None else self.token_of(device_id)
 
-    def _no_script(self, failure: Any, args: list[Any]) -> Any:
+    def _encode(self, segments: list[tuple[str, list[Sample] | None]]) -> tuple[str, int]:
+        """The script's arguments in RESP form, and their number."""
+        unsettled = self.unsettled
+        checked = " ".join(d for d, _ in segments if d in unsettled) if unsettled else ""
+        parts = [
+            _TEMPLATES_BULK,
+            bulk(str(self.history_length)),
+            bulk(self.settled_version),
+            _MESSAGE_SAMPLES_BULK,
+            _PUBLISH_POINTS if self.publish_points else _EMPTY,
+            bulk(checked),
+        ]
+        argc = len(parts)
+        times = self._times
+        token = self._token
+        prefixes = self._prefixes
+        if len(prefixes) > PREFIXES:  # bounded: points come and go
+            prefixes.clear()
+        append = parts.append
+        for device_id, samples in segments:
+            append(bulk(device_id))
+            append(bulk(token(device_id)))
+            if samples is None:  # a mark
+                append("$2\r\n-1\r\n")
+                argc += 3
+                continue
+            append(bulk(str(len(samples))))
+            argc += 3 + 3 * len(samples)
+            for sample in samples:
+                point = sample.term_id, sample.item_id
+                prefix = prefixes.get(point)
+                if prefix is None:
+                    prefix = prefixes[point] = bulk(point[0]) + bulk(point[1])
+                append(prefix)
+                value = sample.value
+                if (
+                    type(value) is float
+                    and -_INF < value < _INF
+                    and sample.source_time is None
+                    and not sample.flags
+                ):  # the usual sample, as `encode` writes it, in one step
+                    text = (
+                        f'{{"value":{value!r},"quality":"{sample.quality}","flags":[],'
+                        f'"source_time":null,"receive_time":"{times.text(sample.receive_time)}"}}'
+                    )
+                else:
+                    text = encode(sample, times)
+                append(f"${len(text)}\r\n{text}\r\n" if text.isascii() else bulk(text))
+        return "".join(parts), argc
+
+    def _no_script(self, failure: Any, body: str, argc: int) -> Any:
         message = failure.getErrorMessage()
         if "NOSCRIPT" in message or "No script matching" in message:  # txredisapi's wording
-            return self.redis.call("eval", _SCRIPT, [], args)
+            return self.redis.call_encoded(f"*{argc + 3}\r\n{_EVAL_HEAD}{body}".encode())
         return failure
 
     def _observe(self, reply: Any, count: int, started: float) -> Any:
@@ -453,17 +475,13 @@ class RedisIngest(Service):
 
 
 def _segments(
-    batch: list[Sample],
-    first: int,
-    marks: list[tuple[int, str]],
-    times: _Times,
-    token: Callable[[str], str],
-) -> list[Any]:
-    """Script arguments for a batch with marks: a device's samples before its mark, the
-    mark (device_id, token, -1), then its samples after; ``first`` numbers the batch's first
+    batch: list[Sample], first: int, marks: list[tuple[int, str]]
+) -> list[tuple[str, list[Sample] | None]]:
+    """The segments of a batch with marks: a device's samples before its mark, the mark
+    (device_id, None), then its samples after; ``first`` numbers the batch's first
     sample, and a mark numbered n comes after sample n - 1."""
-    segments: list[tuple[str, list[Any] | None]] = []
-    open_groups: dict[str, list[Any]] = {}
+    segments: list[tuple[str, list[Sample] | None]] = []
+    open_groups: dict[str, list[Sample]] = {}
     position = 0
     for index, sample in enumerate(batch):
         while position < len(marks) and marks[position][0] <= first + index:
@@ -475,16 +493,10 @@ def _segments(
         if group is None:
             group = open_groups[sample.device_id] = []
             segments.append((sample.device_id, group))
-        group += (sample.term_id, sample.item_id, encode(sample, times))
+        group.append(sample)
     for _, device_id in marks[position:]:
         segments.append((device_id, None))
-    args: list[Any] = []
-    for device_id, group in segments:
-        if group is None:
-            args += (device_id, token(device_id), -1)
-        else:
-            args += (device_id, token(device_id), len(group) // 3, *group)
-    return args
+    return segments
 
 
 def _quietly(d: defer.Deferred[Any]) -> defer.Deferred[None]:

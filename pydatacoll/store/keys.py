@@ -73,8 +73,10 @@ TERM_ITEM_FRESH = "CHANNEL:TERM_ITEM_FRESH"
 TERM_ITEM_DEL = "CHANNEL:TERM_ITEM_DEL"
 DEVICE_CALL = "CHANNEL:DEVICE_CALL"
 DEVICE_CTRL = "CHANNEL:DEVICE_CTRL"
+#: One sample of a point (only with [collector] publish_points = true).
 DEVICE_DATA = "CHANNEL:DEVICE_DATA:%s:%s:%s"
-#: Every sample of a device, in batches: {"device_id", "samples": [message, ...]}.
+#: Every sample of a device, in batches of at most 40 (store/ingest.py MESSAGE_SAMPLES):
+#: {"device_id", "samples": [message, ...]}.
 DEVICE_SAMPLES = "CHANNEL:DEVICE_SAMPLES:%s"
 #: A device's status, JSON, on every write: CHANNEL:DEVICE_STATUS:{device_id}.
 DEVICE_STATUS_CHANNEL = "CHANNEL:DEVICE_STATUS:%s"
@@ -210,9 +212,14 @@ def documentation() -> dict[str, Any]:
                 '"timeout"|"failed", "message", "cause" (the device\'s reason), "sample"}'
             ),
             DEVICE_SAMPLES % "{device_id}": (
-                'every sample of a device, one message per frame or scan: {"device_id", '
-                '"samples": [{"device_id", "term_id", "item_id", "id" (its entry id in '
-                'XS:DATA), "value", "quality", "flags", "source_time", "receive_time"}, ...]}'
+                "every sample of a device, in the order stored, in batches: each ingest "
+                "script call (up to 250 samples of one or more frames or scans) sends the "
+                "device's samples in messages of at most 40, "
+                '{"device_id", "samples": [{"device_id", "term_id", "item_id", "id" (its '
+                'entry id in XS:DATA), "value", "quality", "flags", "source_time", '
+                '"receive_time"}, ...]}; when the device goes offline or cannot run, the '
+                'latest sample of each of its points again, without "id" (no new entry), '
+                'with "NT" added to its flags and "good" quality made "questionable"'
             ),
             DEVICE_STATUS_CHANNEL % "{device_id}": (
                 "a device's status on every write (state changes within 1 s, and every 2 s): "
@@ -234,11 +241,13 @@ def documentation() -> dict[str, Any]:
                 "XS:ALARM_LOG)}"
             ),
             DEVICE_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
+                "only with [collector] publish_points = true (one more PUBLISH per sample; "
+                "CHANNEL:DEVICE_SAMPLES has every sample anyway): "
                 'a new sample of a point: {"device_id", "term_id", "item_id", "id" (its '
                 'entry id in XS:DATA), "value", "quality", "flags", "source_time", '
                 '"receive_time"}; when its device goes offline or cannot run, its latest '
-                'sample again with "NT" (not topical) added to its flags and "good" quality '
-                'made "questionable"'
+                'sample again (without "id") with "NT" (not topical) added to its flags and '
+                '"good" quality made "questionable"'
             ),
         },
     }

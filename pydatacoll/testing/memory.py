@@ -25,6 +25,7 @@ from zope.interface import implementer
 from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
 from pydatacoll.interfaces import IRedisClient
+from pydatacoll.store.redis import decode_command
 
 
 @implementer(IRedisClient)
@@ -122,6 +123,15 @@ class MemoryRedis:
             return succeed(handler(*args, **kwargs))
         except Exception as e:
             return fail(e)
+
+    def call_encoded(self, command: bytes) -> Deferred[Any]:
+        """A command in RESP form (`pydatacoll.store.redis.call_encoded`), decoded and run
+        as `call` runs it: ``EVAL``/``EVALSHA`` only (what the ingest path sends)."""
+        name, *args = decode_command(command)
+        if name.lower() not in ("eval", "evalsha"):
+            raise NotImplementedError(f"MemoryRedis has no encoded {name}")
+        numkeys = int(args[1])
+        return self.call(name, args[0], args[2 : 2 + numkeys], args[2 + numkeys :])
 
     # -- commands ----------------------------------------------------------------------------
     def _typed(self, key: str, kind: type) -> Any:

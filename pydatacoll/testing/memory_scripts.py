@@ -34,9 +34,20 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
     """store/ingest.lua: latest values, bounded history, publications, NT marks."""
     t = json.loads(args[0])
     maxlen, settled = int(args[1]), args[2]
+    per_message, per_point, unsettled = int(args[3]), args[4] == "1", set(args[5].split())
     check = settled == "" or store._get(t["config_version"]) != settled
     written = skipped = fenced = 0
-    i = 3
+
+    def publish(device: str, messages: list[str]) -> None:
+        """The device's messages, at most per_message samples each."""
+        for k in range(0, len(messages), per_message):
+            body = ",".join(messages[k : k + per_message])
+            store._publish(
+                t["device_samples"] % device,
+                '{"device_id":"' + device + '","samples":[' + body + "]}",
+            )
+
+    i = 6
     while i < len(args):
         device, token, n = args[i], args[i + 1], int(args[i + 2])
         i += 3
@@ -60,31 +71,31 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
                 store._hset(values, point, text)
                 term, _, item = point.partition(":")
                 message = prefix + term + '","item_id":"' + item + '",' + text[1:]
-                store._publish(t["device_data"] % (device, term, item), message)
+                if per_point:
+                    store._publish(t["device_data"] % (device, term, item), message)
                 messages.append(message)
-            if messages:
-                body = '{"device_id":"' + device + '","samples":[' + ",".join(messages) + "]}"
-                store._publish(t["device_samples"] % device, body)
+            publish(device, messages)
             continue
+        check_owner = check or device in unsettled
         messages = []
         for _ in range(n):
             term, item, sample = args[i], args[i + 1], args[i + 2]
             i += 3
-            owner = store._hget(t["term_item"] % (term, item), "device_id")
-            if check and owner != json.dumps(device):
-                skipped += 1
-                continue
+            if check_owner:
+                owner = store._hget(t["term_item"] % (term, item), "device_id")
+                if owner != json.dumps(device):
+                    skipped += 1
+                    continue
             store._hset(values, f"{term}:{item}", sample)
             entry_id = store._xadd(
                 t["point_data"] % (device, term, item), {"sample": sample}, maxlen
             )
             message = f'{prefix}{term}","item_id":"{item}","id":"{entry_id}",{sample[1:]}'
-            store._publish(t["device_data"] % (device, term, item), message)
+            if per_point:
+                store._publish(t["device_data"] % (device, term, item), message)
             messages.append(message)
             written += 1
-        if messages:
-            body = '{"device_id":"' + device + '","samples":[' + ",".join(messages) + "]}"
-            store._publish(t["device_samples"] % device, body)
+        publish(device, messages)
     return [written, skipped, fenced]
 
 

@@ -210,11 +210,13 @@ class StatusAndTopicalityTests(SynchronousTestCase):
                 (3.5, "questionable", ["NT"]),
             )
         self.assertEqual(self.value("i1", "b")["flags"], [])  # other devices untouched
-        # On each point's channel, and with few script calls (not one per point).
+        # On the device's channel, and with few script calls (not one per point).
         data = [
-            json.loads(m)
+            sample
             for c, m in self.store.published[published:]
-            if c == keys.DEVICE_DATA % ("a", "ta", "i1")
+            if c == keys.DEVICE_SAMPLES % "a"
+            for sample in json.loads(m)["samples"]
+            if sample["item_id"] == "i1"
         ]
         self.assertEqual([(m["value"], m["flags"]) for m in data], [(3.5, []), (3.5, ["NT"])])
         calls = sum(1 for c, _ in self.store.calls if c == "evalsha") - scripts

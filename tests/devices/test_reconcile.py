@@ -73,6 +73,28 @@ class FollowTests(SynchronousTestCase):
         self.assertNotIn("d", self.manager.running_devices)
         self.assertFalse(self.driver.runtimes["d"].running)
 
+    def test_only_the_devices_a_change_touches_are_unsettled(self) -> None:
+        """The ingest script checks point owners (an HGET per sample) only where a change
+        may have moved points: a change touching no device, or other devices, leaves the
+        running device trusted; one touching it makes it checked until it is applied."""
+        ingest = self.manager.ingest
+        self.assertEqual((ingest.settled_version, ingest.unsettled), ("1", set()))
+        self.publish("item", "add", data={"id": "x"})  # touches no device
+        self.assertEqual((ingest.settled_version, ingest.unsettled), ("2", set()))
+        self.store.fail_next("evalsha")  # reading d's configuration fails once
+        add_point(self.store, "d", "t", "i2")
+        self.publish("term_item", "add", data={"device_id": "d", "term_id": "t", "item_id": "i2"})
+        self.assertEqual((ingest.settled_version, ingest.unsettled), ("3", {"d"}))
+        self.clock.advance(1)  # the reconcile is retried and applies the change
+        self.assertEqual((ingest.settled_version, ingest.unsettled), ("3", set()))
+        self.assertEqual(self.points(), ["i1", "i2"])
+        self.version += 1  # a message was lost: everything is checked until reconciled
+        self.store.fail_next("smembers")
+        self.publish("item", "add", data={"id": "y"})
+        self.assertEqual(ingest.settled_version, "")
+        self.clock.advance(1)
+        self.assertEqual((ingest.settled_version, ingest.unsettled), ("5", set()))
+
     def test_a_version_gap_reconciles_everything(self) -> None:
         configure(self.store, "e", version=1)  # created without a message of its own
         self.version += 1  # a message was lost

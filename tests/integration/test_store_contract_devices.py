@@ -3,13 +3,17 @@ redis-server: the same tests MemoryRedis passes, so its script emulations cannot
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from pydatacoll.config import load_settings
-from pydatacoll.store.redis import RedisClient
+from pydatacoll.model import Sample
+from pydatacoll.store import keys
+from pydatacoll.store.ingest import RedisIngest
+from pydatacoll.store.redis import RedisClient, encode_command
 from pydatacoll.testing.redis import shared_redis
 from tests.store.devices_contract import DeviceStoreContract
 
@@ -26,3 +30,21 @@ class RedisDeviceStoreTests(DeviceStoreContract, TestCase):
         self.clock = reactor
         yield self.redis.when_connected()
         yield self.redis.call("flushdb")
+
+    @defer.inlineCallbacks
+    def test_encoded_commands_and_the_eval_fallback(self) -> Any:
+        """A command in RESP form answers as `call` does; after SCRIPT FLUSH (a restarted
+        Redis) the ingest path's EVALSHA falls back to EVAL and stores the sample."""
+        yield self.redis.call("set", "k", "é")
+        value = yield self.redis.call_encoded(encode_command("GET", "k"))
+        self.assertEqual(value, "é")
+        yield self.redis.call("set", keys.CONFIG_VERSION, "1")
+        yield self.redis.call("execute_command", "SCRIPT", "FLUSH")
+        sink = RedisIngest(self.redis, self.clock, 100, 1000)
+        sink.settled_version = "1"
+        sink.startService()
+        sink.samples_received([Sample("d", "t", "i", 2.5, receive_time=1.5)])
+        yield sink.stopService()
+        self.assertEqual((sink.status()["written"], sink.status()["write_failures"]), (1, 0))
+        stored = yield self.redis.call("hget", keys.DEVICE_VALUES % "d", "t:i")
+        self.assertEqual(json.loads(stored)["value"], 2.5)

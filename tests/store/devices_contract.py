@@ -238,6 +238,38 @@ class DeviceStoreContract:
         self.assertEqual(json.loads(other["t:a"])["flags"], [])
 
     @defer.inlineCallbacks
+    def test_owner_checks_of_the_ingest_script(self) -> Any:
+        """A point moved to x: checked (and skipped) on an unsettled device, trusted on a
+        settled one, checked everywhere once the stored version moved on."""
+        for device_id, term_id in (("d", "t"), ("e", "u")):
+            for item_id, owner in (("a", device_id), ("moved", "x")):
+                yield self.redis.call(
+                    "hset", keys.TERM_ITEM % (term_id, item_id), "device_id", json.dumps(owner)
+                )
+        yield self.redis.call("set", keys.CONFIG_VERSION, "1")
+        batch = [
+            Sample(device_id, term_id, item_id, 1.0, receive_time=1.5)
+            for device_id, term_id in (("d", "t"), ("e", "u"))
+            for item_id in ("a", "moved")
+        ]
+        sink = RedisIngest(self.redis, self.clock, 100, 1000)
+        sink.settled_version = "1"
+        sink.unsettled = {"d"}  # a change touched d; the collector has not applied it yet
+        sink.startService()
+        sink.samples_received(batch)
+        yield sink.stopService()
+        self.assertEqual((sink.status()["written"], sink.status()["skipped"]), (3, 1))
+        stored = yield self.redis.call("hgetall", keys.DEVICE_VALUES % "d")
+        self.assertEqual(set(stored), {"t:a"})
+        yield self.redis.call("set", keys.CONFIG_VERSION, "2")  # a change not heard yet
+        sink = RedisIngest(self.redis, self.clock, 100, 1000)
+        sink.settled_version = "1"
+        sink.startService()
+        sink.samples_received(batch)
+        yield sink.stopService()
+        self.assertEqual((sink.status()["written"], sink.status()["skipped"]), (2, 2))
+
+    @defer.inlineCallbacks
     def test_the_ingest_script_refuses_a_lease_that_is_not_current(self) -> Any:
         """Cluster mode: d's lease is "7 b"; a writes under a stale "6 a" (fenced, samples
         and mark alike), b under the current one (stored); e has no lease at all."""

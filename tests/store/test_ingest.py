@@ -17,6 +17,7 @@ from pydatacoll.interfaces import IIngest
 from pydatacoll.model import Sample
 from pydatacoll.store import ingest, keys
 from pydatacoll.store.ingest import RedisIngest, encode
+from pydatacoll.store.redis import bulk, decode_command
 from pydatacoll.testing.memory import MemoryRedis
 
 
@@ -31,7 +32,9 @@ class ScriptedRedis:
         self.waiters.append(d)
         return d
 
-    def call(self, command, sha, keys, args):
+    def call_encoded(self, command):
+        name, _, numkeys, *args = decode_command(command)
+        assert (name, numkeys) == ("EVALSHA", "0")
         d = defer.Deferred()
         self.calls.append((args, d))
         return d
@@ -48,9 +51,9 @@ class ScriptedRedis:
 
 def segments(args):
     """(device_id, token, n) of each segment of a script call."""
-    found, i = [], 3
+    found, i = [], 6
     while i < len(args):
-        device_id, token, n = args[i], args[i + 1], args[i + 2]
+        device_id, token, n = args[i], args[i + 1], int(args[i + 2])
         found.append((device_id, token, n))
         i += 3 + 3 * max(n, 0)
     return found
@@ -63,6 +66,7 @@ def samples(n, start=0):
 class IngestTests(SynchronousTestCase):
     def setUp(self):
         self.patch(ingest, "BATCH", 10)
+        self.patch(ingest, "IN_FLIGHT", 2)
         self.patch(ingest, "HIGH_WATER", 40)
         self.patch(ingest, "LOW_WATER", 10)
         self.redis = ScriptedRedis()
@@ -80,9 +84,9 @@ class IngestTests(SynchronousTestCase):
         self.ingest.samples_received(samples(25))
         self.assertEqual(len(self.redis.calls), 2)  # the next batch is sent while one runs
         args = self.redis.answer()
-        self.assertEqual(args[3:6], ["d", "", 10])  # no cluster: no lease token
-        self.assertEqual(args[6:8], ["t", "i0"])
-        self.assertEqual(json.loads(args[8])["value"], 0.0)
+        self.assertEqual(args[6:9], ["d", "", "10"])  # no cluster: no lease token
+        self.assertEqual(args[9:11], ["t", "i0"])
+        self.assertEqual(json.loads(args[11])["value"], 0.0)
         self.redis.answer()
         self.redis.answer()
         self.assertEqual(self.ingest.status()["written"], 25)
@@ -107,7 +111,7 @@ class IngestTests(SynchronousTestCase):
         self.redis.connected = True
         self.clock.advance(0.5)
         first = self.redis.answer()
-        self.assertEqual(first[7], "i10")
+        self.assertEqual(first[10], "i10")
 
     def test_a_failure_puts_every_batch_in_flight_back_in_order(self):
         self.ingest.samples_received(samples(30))
@@ -117,7 +121,7 @@ class IngestTests(SynchronousTestCase):
         self.assertEqual([s.item_id for s in self.ingest.buffer][:3], ["i0", "i1", "i2"])
         self.assertEqual(len(self.ingest.buffer), 30)
         self.clock.advance(0.5)
-        self.assertEqual(self.redis.answer()[7], "i0")
+        self.assertEqual(self.redis.answer()[10], "i0")
 
     def test_small_batches_linger_to_share_a_call(self):
         for i in range(3):
@@ -125,7 +129,7 @@ class IngestTests(SynchronousTestCase):
         self.assertEqual(self.redis.calls, [])
         self.clock.advance(ingest.LINGER)
         args = self.redis.answer()
-        self.assertEqual(args[3:6], ["d", "", 6])
+        self.assertEqual(args[6:9], ["d", "", "6"])
 
     def test_stop_writes_what_waits(self):
         self.ingest.samples_received(samples(25))
@@ -146,6 +150,16 @@ class IngestTests(SynchronousTestCase):
                     "quality": "good",
                     "flags": [],
                     "source_time": "1970-01-01T00:00:02.000+00:00",
+                    "receive_time": "1970-01-01T00:00:03.000+00:00",
+                },
+            ),
+            (
+                Sample("d", "t", "i", -0.1, "questionable", (), None, 3.0),
+                {
+                    "value": -0.1,
+                    "quality": "questionable",
+                    "flags": [],
+                    "source_time": None,
                     "receive_time": "1970-01-01T00:00:03.000+00:00",
                 },
             ),
@@ -180,8 +194,12 @@ class IngestTests(SynchronousTestCase):
                 },
             ),
         ]
+        sink = RedisIngest(None, Clock(), 100, 100)
         for sample, expected in cases:
             self.assertEqual(json.loads(encode(sample, ingest._Times())), expected)
+            # the path's shortcut for the usual sample writes what encode writes
+            body, _ = sink._encode([("d", [sample])])
+            self.assertTrue(body.endswith(bulk(encode(sample, ingest._Times()))))
             if sample.value == sample.value:
                 self.assertEqual(json.loads(encode(sample, ingest._Times())), sample.to_json())
 
@@ -189,6 +207,7 @@ class IngestTests(SynchronousTestCase):
 class MarkOrderTests(SynchronousTestCase):
     def setUp(self):
         self.patch(ingest, "BATCH", 10)
+        self.patch(ingest, "IN_FLIGHT", 2)
         self.redis = ScriptedRedis()
         self.clock = Clock()
         self.ingest = RedisIngest(self.redis, self.clock, 100, 100)
@@ -254,13 +273,14 @@ class LoopNeverDiesTests(SynchronousTestCase):
             return real(sample, times)
 
         self.patch(ingest, "encode", broken)
-        self.ingest.samples_received([Sample("d", "t", "bad", 1.0)])
+        # an int: a float takes the path's own shortcut (tested in test_encoding)
+        self.ingest.samples_received([Sample("d", "t", "bad", 1)])
         self.clock.advance(ingest.LINGER)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        self.ingest.samples_received([Sample("d", "t", "good", 2.0)])
+        self.ingest.samples_received([Sample("d", "t", "good", 2)])
         self.clock.advance(5)
         self.assertEqual(len(self.redis.calls), 1)
-        self.assertEqual(self.redis.answer()[5:8], [1, "t", "good"])
+        self.assertEqual(self.redis.answer()[8:11], ["1", "t", "good"])
 
 
 class ReconnectTests(SynchronousTestCase):
@@ -284,6 +304,7 @@ class ReconnectTests(SynchronousTestCase):
 class DrainedTests(SynchronousTestCase):
     def setUp(self):
         self.patch(ingest, "BATCH", 10)
+        self.patch(ingest, "IN_FLIGHT", 2)
         self.redis = ScriptedRedis()
         self.clock = Clock()
         self.ingest = RedisIngest(self.redis, self.clock, 100, 100)
@@ -309,3 +330,72 @@ class DrainedTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.clock.advance(0.1)
         self.successResultOf(d)
+
+
+class PublicationTests(SynchronousTestCase):
+    """What subscribers get (MemoryRedis's emulation; the same script on a real
+    redis-server in tests.integration.test_store_contract_devices)."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.store = MemoryRedis()
+        self.store._set(keys.CONFIG_VERSION, "1")
+
+    def run_ingest(self, count, **options):
+        sink = RedisIngest(self.store, self.clock, 100, 1000, **options)
+        sink.settled_version = "1"
+        sink.startService()
+        sink.samples_received(samples(count))
+        self.clock.advance(ingest.LINGER)
+        self.assertEqual(sink.status()["written"], count)
+        return [(c, m) for c, m in self.store.published]
+
+    def test_every_sample_on_the_device_channel_in_messages_of_at_most_forty(self):
+        published = self.run_ingest(100)
+        self.assertEqual({c for c, _ in published}, {keys.DEVICE_SAMPLES % "d"})
+        messages = [json.loads(m) for _, m in published]
+        self.assertEqual([len(m["samples"]) for m in messages], [40, 40, 20])
+        received = [s for m in messages for s in m["samples"]]
+        self.assertEqual([s["item_id"] for s in received], [f"i{i}" for i in range(100)])
+        stored = self.store.data[keys.POINT_DATA % ("d", "t", "i7")]
+        self.assertEqual(received[7]["id"], stored[-1][0])  # its entry id in the history
+        self.assertEqual(
+            received[7],
+            {"device_id": "d", "term_id": "t", "item_id": "i7", "id": received[7]["id"]}
+            | json.loads(stored[-1][1]["sample"]),
+        )
+
+    def test_the_point_channels_only_when_asked(self):
+        published = self.run_ingest(3, publish_points=True)
+        points = [(c, json.loads(m)) for c, m in published if c != keys.DEVICE_SAMPLES % "d"]
+        self.assertEqual(
+            [c for c, _ in points], [keys.DEVICE_DATA % ("d", "t", f"i{i}") for i in range(3)]
+        )
+        self.assertEqual([m["value"] for _, m in points], [0.0, 1.0, 2.0])
+        device = json.loads(dict(published)[keys.DEVICE_SAMPLES % "d"])
+        self.assertEqual(device["samples"], [m for _, m in points])
+
+
+class EncodingTests(SynchronousTestCase):
+    def test_resp_round_trip(self):
+        from pydatacoll.store.redis import encode_command
+
+        args = ["EVALSHA", "abc", 0, "é \r\n x", b"\x00bytes"]
+        data = encode_command(*args)
+        self.assertTrue(data.startswith(b"*5\r\n$7\r\nEVALSHA\r\n"))
+        self.assertEqual(decode_command(data), ["EVALSHA", "abc", "0", "é \r\n x", "\x00bytes"])
+        self.assertEqual(bulk("é"), "$2\r\né\r\n")  # a length in bytes
+        self.assertRaises(ValueError, decode_command, data + b"x")
+        self.assertRaises(ValueError, decode_command, b"*1\r\n$3\r\nab\r\n")
+
+    def test_a_text_value_with_any_character_reaches_redis_whole(self):
+        store = MemoryRedis()
+        store._set(keys.CONFIG_VERSION, "1")
+        sink = RedisIngest(store, Clock(), 100, 1000)
+        sink.settled_version = "1"
+        sink.startService()
+        value = 'naïve \r\n\t "quoted" 温度'
+        sink.samples_received([Sample("d", "t", "i", value, receive_time=1.5)])
+        sink.stopService()
+        stored = json.loads(store._hgetall(keys.DEVICE_VALUES % "d")["t:i"])
+        self.assertEqual(stored["value"], value)
