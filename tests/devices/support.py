@@ -71,6 +71,7 @@ class HeldIngest:
     def __init__(self) -> None:
         self.buffer: collections.deque[Any] = collections.deque()
         self.congested = False
+        self.unsettled: set[str] = set()
 
     def samples_received(self, samples: Any) -> None:
         self.buffer.extend(samples)
