@@ -83,10 +83,17 @@ class StatusWriter(ManagerBase):
 
     def _state_now(self, running: Running) -> str:
         """The device's state as `device_status` would report it now."""
-        if running.runtime is None:
+        runtime = running.runtime
+        if runtime is None:
             return running.state
         try:
-            return normalise(running.runtime.status().get("state"))
+            # A runtime may tell its state alone (``link_state()``): this runs for every
+            # device every STATE_CHECK_INTERVAL, and a whole status costs a dict of
+            # counters (at 5,000 IEC 104 links, half the collector's quiet CPU).
+            link_state = getattr(runtime, "link_state", None)
+            if link_state is not None:
+                return normalise(link_state())
+            return normalise(runtime.status().get("state"))
         except Exception:
             return "error"
 
