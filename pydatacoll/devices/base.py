@@ -55,6 +55,8 @@ class ManagerBase(MultiService):
     _frames: dict[str, collections.deque[str]]
     #: The state last written for each device.
     _written_state: dict[str, str]
+    #: When each device's status was last written (reactor seconds).
+    _written_at: dict[str, float]
     #: Devices whose state is not live (their non-good samples are flagged NT).
     _not_live: set[str]
     #: Cluster mode: the leases of the devices running here (empty otherwise).

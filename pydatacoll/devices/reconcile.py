@@ -214,6 +214,7 @@ class Reconciler(StatusWriter):
         running = self.running_devices.pop(device_id, None)
         self._frames.pop(device_id, None)
         self._written_state.pop(device_id, None)
+        self._written_at.pop(device_id, None)
         self._not_live.discard(device_id)
         if running is None or running.runtime is None:
             closing = self._closing.get(device_id)

@@ -104,3 +104,39 @@ class BatchedReadTests(SynchronousTestCase):
         self.assertEqual(len(driver.runtimes), READ_BATCH)
         self.assertEqual(store.answer_all(), 50)
         self.assertEqual(sorted(driver.runtimes), sorted(ids))
+
+
+class StatusRefreshTests(SynchronousTestCase):
+    def status_writes(self, store: MemoryRedis, since: int) -> list[list[str]]:
+        """The device ids of each status script call after ``store.calls[since]``."""
+        from pydatacoll.store.status import _SHA
+
+        found = []
+        for name, args in store.calls[since:]:
+            if name == "evalsha" and args[0] == _SHA:
+                found.append(list(args[2][2::2]))
+        return found
+
+    def test_devices_started_apart_are_refreshed_apart_every_interval(self) -> None:
+        from pydatacoll.devices.status import STATUS_INTERVAL
+
+        clock, store = Clock(), MemoryRedis()
+        configure(store, "a")
+        manager = memory_manager(store, clock, FakeDriver())
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        for _ in range(4):
+            clock.advance(STATE_CHECK_INTERVAL)
+        configure(store, "a", "b")
+        manager.reconcile(["b"])
+        clock.advance(STATE_CHECK_INTERVAL)
+        mark = len(store.calls)
+        for _ in range(int(4 * STATUS_INTERVAL / STATE_CHECK_INTERVAL)):
+            clock.advance(STATE_CHECK_INTERVAL)
+        writes = self.status_writes(store, mark)
+        # Never both in one call (they started a second apart), each one every interval.
+        self.assertEqual(sorted(len(w) for w in writes), [1] * len(writes))
+        for device_id in ("a", "b"):
+            self.assertIn(sum(w == [device_id] for w in writes), (4, 5))
+        updated = json.loads(store.data[keys.DEVICE_STATUS % "a"]["status"])["updated"]
+        self.assertIsNotNone(updated)
