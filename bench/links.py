@@ -195,11 +195,16 @@ def post_config(base: str, document: dict) -> dict[str, int]:
         elements = document[collection]
         for start in range(0, len(elements), BATCH):
             body = json.dumps(elements[start : start + BATCH]).encode()
-            conn.request(
-                "POST", f"/api/v2/{collection}", body, {"Content-Type": "application/json"}
-            )
-            response = conn.getresponse()
-            text = response.read()
+            for attempt in range(4):
+                conn.request(
+                    "POST", f"/api/v2/{collection}", body, {"Content-Type": "application/json"}
+                )
+                response = conn.getresponse()
+                text = response.read()
+                if response.status != 503 or attempt == 3:
+                    break
+                # A v2 batch is an upsert: sent again, it changes nothing twice.
+                stored["retried_503"] = stored.get("retried_503", 0) + 1
             if response.status >= 400:
                 raise BenchError(f"POST /api/v2/{collection}: {response.status} {text[:300]!r}")
             stored[collection] = stored.get(collection, 0) + len(json.loads(text))

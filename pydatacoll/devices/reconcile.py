@@ -215,6 +215,7 @@ class Reconciler(StatusWriter):
         self._frames.pop(device_id, None)
         self._written_state.pop(device_id, None)
         self._written_at.pop(device_id, None)
+        self._status_texts.pop(device_id, None)
         self._not_live.discard(device_id)
         if running is None or running.runtime is None:
             closing = self._closing.get(device_id)

@@ -40,10 +40,13 @@ class StatusWriter(ManagerBase):
     """The status and frame-log part of the device manager."""
 
     def device_status(
-        self, device_id: str, ingest: dict[str, Any] | None = None
+        self,
+        device_id: str,
+        ingest: dict[str, Any] | None = None,
+        raw: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """The status of a running device, as written to Redis (``ingest``: the ingest
-        path's status, when the caller has it already)."""
+        path's status, ``raw``: the runtime's ``status()``, when the caller has them)."""
         running = self.running_devices.get(device_id)
         if running is None:
             return None
@@ -51,7 +54,7 @@ class StatusWriter(ManagerBase):
         body: dict[str, Any] = {"device_id": device_id, "protocol": running.config.device.protocol}
         if running.runtime is not None:
             try:
-                body.update(running.runtime.status())
+                body.update(running.runtime.status() if raw is None else raw)
             except Exception as exc:
                 body.update(state="error", last_error=str(exc))
             state = normalise(body.get("state"))
@@ -142,15 +145,21 @@ class StatusWriter(ManagerBase):
                 ]
             else:
                 names = list(device_ids)
-            ingest = self.ingest.status()  # shared by every device: built once
+            # The ingest path's status and the time are the same in every status: each
+            # is encoded once and appended to the device's own part.
+            ingest = self.ingest.status()
+            tail = (
+                f', "ingest": {json.dumps(ingest, default=str)}, '
+                f'"updated": {json.dumps(iso_time(now))}}}'
+            )
             for device_id in names:
-                status = self.device_status(device_id, ingest)
-                if status is None:
+                written = self._status_text(device_id, ingest, tail)
+                if written is None:
                     continue
-                statuses[device_id] = json.dumps(status, default=str)
+                statuses[device_id], state = written
                 self._written_at[device_id] = now
                 previous = self._written_state.get(device_id)
-                self._written_state[device_id] = state = status["state"]
+                self._written_state[device_id] = state
                 if state in NOT_LIVE:
                     self._not_live.add(device_id)
                     if previous not in NOT_LIVE:
@@ -173,6 +182,56 @@ class StatusWriter(ManagerBase):
             if not ok and not result.check(errors.StoreUnavailable):
                 self.log.failure("writing the device status", result)
                 break
+
+    def _status_text(
+        self, device_id: str, ingest: dict[str, Any], tail: str
+    ) -> tuple[str, str] | None:
+        """(JSON status, state) of a running device, ``tail`` (ingest and time) appended.
+
+        The device's own part is encoded again only when the runtime's ``status()`` (a
+        new object on every call), the manager's error or the lease differ from the
+        last write: most refreshes of a quiet device reuse its text (at 5,000 IEC 104
+        links, encoding every status every 2 s was most of the collector's quiet CPU).
+        """
+        running = self.running_devices.get(device_id)
+        if running is None:
+            return None
+        raw: dict[str, Any] | None = None
+        key: Any = None
+        if running.runtime is not None:
+            try:
+                raw = running.runtime.status()
+            except Exception:
+                raw = None  # device_status reports the error (and caches nothing)
+            lease = self._leases.get(device_id)
+            key = (
+                raw,
+                running.error,
+                running.since,
+                None if lease is None else (lease.collector_id, lease.epoch),
+            )
+            cached = self._status_texts.get(device_id)
+            if raw is not None and cached is not None and cached[0] == key:
+                return cached[1] + tail, cached[2]
+        status = self.device_status(device_id, ingest, raw)
+        if status is None:
+            return None
+        status.pop("ingest", None)
+        status.pop("updated", None)
+        own = json.dumps(status, default=str)[:-1]  # without its closing brace
+        if raw is not None:
+            # The key again: device_status may have moved running.since (a new state).
+            lease = self._leases.get(device_id)
+            key = (
+                raw,
+                running.error,
+                running.since,
+                None if lease is None else (lease.collector_id, lease.epoch),
+            )
+            self._status_texts[device_id] = (key, own, status["state"])
+        else:
+            self._status_texts.pop(device_id, None)
+        return own + tail, status["state"]
 
     def _frame_observer(self, device_id: str) -> Callable[[str, bytes], None] | None:
         """The frame observer of a device's link; None when the frame log is off."""

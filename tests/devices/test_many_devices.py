@@ -140,3 +140,43 @@ class StatusRefreshTests(SynchronousTestCase):
             self.assertIn(sum(w == [device_id] for w in writes), (4, 5))
         updated = json.loads(store.data[keys.DEVICE_STATUS % "a"]["status"])["updated"]
         self.assertIsNotNone(updated)
+
+    def test_an_unchanged_status_is_not_encoded_again_but_stays_current(self) -> None:
+        from pydatacoll.devices import status as status_module
+        from pydatacoll.devices.status import STATUS_INTERVAL
+
+        clock, store = Clock(), MemoryRedis()
+        configure(store, "a")
+        driver = FakeDriver()
+        manager = memory_manager(store, clock, driver)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        clock.advance(STATE_CHECK_INTERVAL)
+        built = []
+        original = status_module.StatusWriter.device_status
+
+        def counting(writer: Any, *args: Any, **kwargs: Any) -> Any:
+            built.append(args[0])
+            return original(writer, *args, **kwargs)
+
+        self.patch(status_module.StatusWriter, "device_status", counting)
+        first = json.loads(store.data[keys.DEVICE_STATUS % "a"]["status"])
+        clock.advance(STATUS_INTERVAL)
+        second = json.loads(store.data[keys.DEVICE_STATUS % "a"]["status"])
+        self.assertEqual(built, [])  # refreshed from the cached text
+        self.assertGreater(second["updated"], first["updated"])  # ... with the new time
+        self.assertIn("ingest", second)
+        self.assertEqual(
+            {k: v for k, v in second.items() if k not in ("updated", "ingest")},
+            {k: v for k, v in first.items() if k not in ("updated", "ingest")},
+        )
+        driver.runtimes["a"].last_value_time = clock.seconds()  # the runtime's status moved
+        clock.advance(STATUS_INTERVAL)
+        third = json.loads(store.data[keys.DEVICE_STATUS % "a"]["status"])
+        self.assertEqual(built, ["a"])
+        self.assertIsNotNone(third["last_value_time"])
+        driver.runtimes["a"].state = "started"  # a new state: written at once, logged
+        clock.advance(STATE_CHECK_INTERVAL)
+        self.assertEqual(
+            json.loads(store.data[keys.DEVICE_STATUS % "a"]["status"])["state"], "online"
+        )
