@@ -200,6 +200,14 @@ def _device_config_script(store: MemoryRedis, keys: Any, args: list[str]) -> str
     return json.dumps({"device": device, "terms": terms})
 
 
+# --- scale: store/members.lua ---
+
+
+def _members_script(store: MemoryRedis, keys: Any, args: list[str]) -> str:
+    """store/members.lua: a set's members as one JSON array text."""
+    return json.dumps(sorted(store._smembers(args[0])))
+
+
 def scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
     from pydatacoll.store import config, devices, ingest, snapshot, status
     from pydatacoll.testing.memory_config import config_dump_script, config_script
@@ -208,6 +216,7 @@ def scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
         ingest._SHA: _ingest_script,
         status._SHA: _status_script,
         devices.DEVICE_CONFIG_SHA: _device_config_script,
+        config.MEMBERS_SHA: _members_script,
         hashlib.sha1(config._SCRIPT.encode()).hexdigest(): config_script,
         hashlib.sha1(snapshot._SCRIPT.encode()).hexdigest(): config_dump_script,
         **_cluster_scripts(),
