@@ -22,10 +22,6 @@ from pydatacoll.store.redis import when_connected
 Point = tuple[str, str, str]
 
 
-#: Terms whose term-items `PointConfigStore.term_items` reads at once.
-TERMS_AT_ONCE = 100
-
-
 def _entry_sample(entry: Any) -> dict[str, Any] | None:
     _entry_id, flat = entry
     fields = dict(zip(flat[::2], flat[1::2], strict=False))
@@ -56,26 +52,17 @@ class PointConfigStore:
     @inlineCallbacks
     def term_items(self) -> Any:
         """Every configured term-item's decoded fields by ``(term_id, item_id)``."""
-        terms = sorted((yield self.redis.call("smembers", keys.TERMS)))
+        terms = yield self.redis.call("smembers", keys.TERMS)
         found: dict[tuple[str, str], dict[str, Any]] = {}
-        # TERMS_AT_ONCE terms' reads in flight together (pipelined): 5,000 terms cost
-        # 2 x 5,000 / TERMS_AT_ONCE round trips, not 10,000 one after the other.
-        for start in range(0, len(terms), TERMS_AT_ONCE):
-            chunk = terms[start : start + TERMS_AT_ONCE]
-            members = yield gatherResults(
-                [self.redis.call("smembers", keys.TERM_ITEMS % t) for t in chunk],
-                consumeErrors=True,
-            ).addErrback(_first_error)
-            points = [
-                (t, i) for t, items in zip(chunk, members, strict=True) for i in sorted(items)
-            ]
+        for term_id in sorted(terms):
+            items = sorted((yield self.redis.call("smembers", keys.TERM_ITEMS % term_id)))
             hashes = yield gatherResults(
-                [self.redis.call("hgetall", keys.TERM_ITEM % point) for point in points],
+                [self.redis.call("hgetall", keys.TERM_ITEM % (term_id, i)) for i in items],
                 consumeErrors=True,
             ).addErrback(_first_error)
-            for point, fields in zip(points, hashes, strict=True):
+            for item_id, fields in zip(items, hashes, strict=True):
                 if fields:
-                    found[point] = decode_fields(fields)
+                    found[(term_id, item_id)] = decode_fields(fields)
         return found
 
     def term_item(self, term_id: str, item_id: str) -> Deferred[dict[str, Any]]:

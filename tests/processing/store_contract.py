@@ -16,7 +16,7 @@ from pydatacoll.model import iso_time
 from pydatacoll.store import keys
 from pydatacoll.store.alarms import AlarmStore
 from pydatacoll.store.plugins import PluginStatusStore
-from pydatacoll.store.processing import TERMS_AT_ONCE, FormulaStore, PointConfigStore
+from pydatacoll.store.processing import FormulaStore, PointConfigStore
 
 POINT = ("1", "10", "1000")
 
@@ -81,12 +81,6 @@ class ProcessingStoreContract:
             },
         )
         self.assertEqual((yield store.term_item("10", "1001"))["history"], "none")
-        # More terms than are read at once: every chunk's points, none twice.
-        for n in range(2 * TERMS_AT_ONCE + 1):
-            yield self.seed_term_item(f"m{n}", "1", {"device_id": "3", "up_limit": n})
-        found = yield store.term_items()
-        self.assertEqual(len(found), 3 + 2 * TERMS_AT_ONCE + 1)
-        self.assertEqual(found[(f"m{2 * TERMS_AT_ONCE}", "1")]["up_limit"], 2 * TERMS_AT_ONCE)
         self.assertEqual((yield store.term_item("10", "9999")), {})
         yield store.when_connected()
 
