@@ -296,12 +296,19 @@ class Reconciler(StatusWriter):
         self.ingest.settled_version = ""  # check every point until this change is applied
         version = message.get("version")
         if isinstance(version, int) and self.version is not None:
-            if version != self.version + 1:
+            if version <= self.version:
+                # Older than the version a full pass read before reading the devices:
+                # that pass has the change already. Only its devices are read again (a
+                # full pass here, moving the version back, made every message still
+                # queued behind a configuration burst start another full pass).
+                pass
+            elif version != self.version + 1:
                 self.version = version
                 self.reconcile()
                 self._notify_sinks(message)
                 return
-            self.version = version
+            else:
+                self.version = version
         touched: set[str] = set()
         entity = message.get("entity")
         for body in (message.get("data"), message.get("old")):
