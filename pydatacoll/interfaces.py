@@ -34,7 +34,11 @@ class IDeviceRuntime(Interface):
         """Command a point: a Deferred firing with a `ControlOutcome`."""
 
     def status():  # type: ignore[no-untyped-def]
-        """The link state, since when, the last error and the counters, as a JSON object."""
+        """The link state, since when, the last error and the counters, as a JSON object.
+
+        A runtime may also have ``link_state()``, the ``state`` of this object alone,
+        cheaply: the device manager looks at every device's state four times a second,
+        and uses it when present (it builds the whole status otherwise)."""
 
     def pause_input():  # type: ignore[no-untyped-def]
         """Stop taking new data from the device (the sample pipeline is congested):

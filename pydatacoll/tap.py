@@ -76,7 +76,25 @@ def makeService(options: Options) -> Any:  # noqa: N802 (twistd API)
 
     from pydatacoll.service import make_root_service
 
+    raise_open_files_limit()
     try:
         return make_root_service(options["settings"], reactor)
     except EmbeddedRedisError as e:
         raise usage.UsageError(str(e)) from None
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft limit of open files (RLIMIT_NOFILE) to the hard limit; (soft, hard)
+    afterwards. Each device link holds a socket: the usual soft limit of 1024 would stop
+    a collector at about 1,000 links (docs/operations.rst, "Many links"); the hard limit is the
+    administrator's (systemd: ``LimitNOFILE=`` in etc/pydatacoll.service)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # e.g. an infinite hard limit the kernel refuses as a soft one
+    return soft, hard

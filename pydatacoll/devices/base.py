@@ -57,6 +57,11 @@ class ManagerBase(MultiService):
     _frames: dict[str, collections.deque[str]]
     #: The state last written for each device.
     _written_state: dict[str, str]
+    #: When each device's status was last written (reactor seconds).
+    _written_at: dict[str, float]
+    #: Device id -> (what its status was built from, its JSON without the closing
+    #: brace, its state): reused while the runtime reports the same (`StatusWriter`).
+    _status_texts: dict[str, tuple[Any, str, str]]
     #: Devices whose state is not live (their non-good samples are flagged NT).
     _not_live: set[str]
     #: Cluster mode: the leases of the devices running here (empty otherwise).

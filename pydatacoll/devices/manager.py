@@ -154,6 +154,8 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         self._backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         self._frames = {}
         self._written_state = {}
+        self._written_at = {}
+        self._status_texts = {}
         self._not_live = set()
         self._leases = {}
         #: Leases being given back: the device is stopping, its lease kept until its link

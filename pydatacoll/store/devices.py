@@ -84,25 +84,23 @@ def read_device_config(redis: Any, device_id: str) -> Deferred[DeviceConfig | No
 
 
 def decode_device_config(reply: Any) -> DeviceConfig | None:
-    """The `DeviceConfig` of a ``device_config.lua`` reply; terms and term-items by id."""
+    """The `DeviceConfig` of a ``device_config.lua`` reply (one JSON text, or None when
+    the device is not stored); terms and term-items by id."""
     if not reply:
         return None
-    device = Device.from_json(decode_fields(_pairs(reply[0])))
+    found = json.loads(reply)
+    device = Device.from_json(decode_fields(found["device"]))
     terms = []
     term_items = []
-    for _term_id, term_fields, points in sorted(reply[1:], key=lambda entry: str(entry[0])):
-        terms.append(Term.from_json(decode_fields(_pairs(term_fields))))
-        by_item = dict(zip(points[::2], points[1::2], strict=True))
-        for item_id in sorted(by_item):
-            term_items.append(TermItem.from_json(decode_fields(_pairs(by_item[item_id]))))
+    # cjson encodes an empty table as {}: every level is an object.
+    stored_terms = found.get("terms") or {}
+    for term_id in sorted(stored_terms, key=str):
+        entry = stored_terms[term_id]
+        terms.append(Term.from_json(decode_fields(entry["fields"])))
+        points = entry.get("points") or {}
+        for item_id in sorted(points):
+            term_items.append(TermItem.from_json(decode_fields(points[item_id])))
     return DeviceConfig(device, tuple(terms), tuple(term_items))
-
-
-def _pairs(flat: Any) -> dict[str, str]:
-    """An HGETALL reply (a flat list inside a script's reply, or a dict) as a dict."""
-    if isinstance(flat, dict):
-        return flat
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 @implementer(IDeviceStore)

@@ -44,6 +44,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pydatacoll.protocols.iec104.asdu import (
     TYPES,
@@ -306,6 +307,34 @@ def start_simulator(
     return defer.succeed((listening, registry))
 
 
+def start_simulators(
+    reactor: Any,
+    port: int,
+    count: int,
+    interface: str = "127.0.0.1",
+    config: SimulatorConfig | None = None,
+) -> defer.Deferred[list[tuple[IListeningPort, StationRegistry]]]:
+    """Listen on ``count`` consecutive ports from ``port`` (0: ``count`` free ports), each
+    with its own `StationRegistry` (a change sent to one port's connections only); fires
+    with a (port, registry) per port, in port order. All or nothing: a port that cannot
+    be listened on closes the others and fails."""
+    results: list[tuple[IListeningPort, StationRegistry]] = []
+    for n in range(count):
+        d = start_simulator(reactor, port + n if port else 0, interface, config)
+        failure: list[Any] = []
+        d.addCallbacks(results.append, failure.append)  # start_simulator fires at once
+        if failure:
+            stopped = [defer.maybeDeferred(lst.stopListening) for lst, _registry in results]
+            closed = defer.DeferredList(stopped, consumeErrors=True)
+            error: Failure = failure[0]
+            return closed.addCallback(_fail_with, error)
+    return defer.succeed(results)
+
+
+def _fail_with(_result: Any, failure: Failure) -> Failure:
+    return failure
+
+
 def main(reactor: Any, argv: Sequence[str] | None = None) -> defer.Deferred[None]:
     """Run the simulator until the process is stopped (for `twisted.internet.task.react`)."""
     from twisted.internet.task import LoopingCall
@@ -317,7 +346,10 @@ def main(reactor: Any, argv: Sequence[str] | None = None) -> defer.Deferred[None
         textFileLogObserver,
     )
 
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.ports < 1 or (args.ports > 1 and not args.port):
+        cli.error("--ports N needs N >= 1 and, above 1, a --port other than 0")
     level = LogLevel.debug if args.debug else LogLevel.info
     globalLogBeginner.beginLoggingTo(
         [
@@ -337,18 +369,23 @@ def main(reactor: Any, argv: Sequence[str] | None = None) -> defer.Deferred[None
     config = demo_config(
         args.ca, args.points, flood, LinkParams(k=args.k, w=args.w), args.end_of_init
     )
-    d = start_simulator(reactor, args.port, args.interface, config)
+    if args.ports > 1:
+        raise_nofile_limit()
+    d = start_simulators(reactor, args.port, args.ports, args.interface, config)
 
-    def started(result: tuple[IListeningPort, StationRegistry]) -> defer.Deferred[None]:
-        listening, registry = result
-        address: Any = listening.getHost()
+    def started(results: list[tuple[IListeningPort, StationRegistry]]) -> defer.Deferred[None]:
+        registries = [registry for _listening, registry in results]
+        address: Any = results[0][0].getHost()
         log.info(
-            "iec104 simulator listening on {host}:{port} (CA {ca}, {points} points{flood})",
+            "iec104 simulator listening on {host}:{port} (CA {ca}, {points} points{flood}{ports})",
             host=address.host,
             port=address.port,
             ca=args.ca,
             points=args.points,
             flood=", flood" if flood else "",
+            ports=f", {args.ports} ports: {address.port}..{address.port + args.ports - 1}"
+            if args.ports > 1
+            else "",
         )
         sys.stdout.flush()
         if args.spontaneous_interval > 0 and args.points > 0:
@@ -356,6 +393,7 @@ def main(reactor: Any, argv: Sequence[str] | None = None) -> defer.Deferred[None
 
             def change() -> None:
                 try:
+                    registry = rng.choice(registries)
                     ioa = rng.randint(1, args.points)
                     registry.update(args.ca, ioa, round(rng.uniform(-1000, 1000), 3))
                 except Exception:
@@ -365,6 +403,20 @@ def main(reactor: Any, argv: Sequence[str] | None = None) -> defer.Deferred[None
         return defer.Deferred()  # never fires: runs until SIGINT/SIGTERM
 
     return d.addCallback(started)
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 if __name__ == "__main__":

@@ -76,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--interface", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=2404, help="TCP port (0 = a free one)")
+    parser.add_argument(
+        "--ports",
+        type=int,
+        default=1,
+        help="listen on N consecutive ports from --port (which must not be 0 then), one "
+        "station each (for many links in one process)",
+    )
     parser.add_argument("--ca", type=int, default=1, help="common address")
     parser.add_argument("--points", type=int, default=100, help="float points at IOA 1..N")
     parser.add_argument("--flood", action="store_true", help="flood SQ=1 float frames")

@@ -276,27 +276,31 @@ def _cluster_scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]
 # --- i12dev: store/device_config.lua ---
 
 
-def _device_config_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[Any]:
-    """store/device_config.lua: a device, its terms and term-items as nested lists."""
-
-    def flat(key: str) -> list[str]:
-        return [text for pair in store._hgetall(key).items() for text in pair]
-
+def _device_config_script(store: MemoryRedis, keys: Any, args: list[str]) -> str | None:
+    """store/device_config.lua: a device, its terms and term-items as one JSON text."""
     device_key, device_terms, term_key, term_items, term_item, device_id = args[:6]
-    device = flat(device_key % device_id)
+    device = dict(store._hgetall(device_key % device_id))
     if not device:
-        return []
-    reply: list[Any] = [device]
+        return None
+    terms: dict[str, Any] = {}
     for term_id in store._smembers(device_terms % device_id):
-        term = flat(term_key % term_id)
+        term = dict(store._hgetall(term_key % term_id))
         if term:
-            points: list[Any] = []
+            points: dict[str, Any] = {}
             for item_id in store._smembers(term_items % term_id):
-                fields = flat(term_item % (term_id, item_id))
+                fields = dict(store._hgetall(term_item % (term_id, item_id)))
                 if fields:
-                    points += (item_id, fields)
-            reply.append([term_id, term, points])
-    return reply
+                    points[item_id] = fields
+            terms[term_id] = {"fields": term, "points": points}
+    return json.dumps({"device": device, "terms": terms})
+
+
+# --- scale: store/members.lua ---
+
+
+def _members_script(store: MemoryRedis, keys: Any, args: list[str]) -> str:
+    """store/members.lua: a set's members as one JSON array text."""
+    return json.dumps(sorted(store._smembers(args[0])))
 
 
 def scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
@@ -307,6 +311,7 @@ def scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
         ingest._SHA: _ingest_script,
         status._SHA: _status_script,
         devices.DEVICE_CONFIG_SHA: _device_config_script,
+        config.MEMBERS_SHA: _members_script,
         hashlib.sha1(config._SCRIPT.encode()).hexdigest(): config_script,
         hashlib.sha1(snapshot._SCRIPT.encode()).hexdigest(): config_dump_script,
         **_cluster_scripts(),

@@ -101,6 +101,23 @@ class FollowTests(SynchronousTestCase):
         self.publish("item", "add", data={"id": "x"})
         self.assertEqual(set(self.manager.running_devices), {"d", "e"})
 
+    def test_messages_older_than_a_full_pass_do_not_start_another(self) -> None:
+        # A full pass read version 9 (a burst of changes was applied meanwhile); the
+        # burst's messages, still queued, arrive afterwards with versions 3, 4, 5.
+        self.store.data[keys.CONFIG_VERSION] = "9"
+        self.manager.reconcile()
+        self.assertEqual(self.manager.version, 9)
+        configure(self.store, "e", version=9)  # not named by any of the messages
+        for version in (3, 4, 5):
+            message = {"entity": "item", "op": "add", "version": version, "data": {"id": "x"}}
+            self.store.call("publish", keys.CHANGE_CHANNELS["item"]["add"], json.dumps(message))
+        self.assertEqual(self.manager.version, 9)  # not moved back
+        self.assertNotIn("e", self.manager.running_devices)  # no full pass started
+        self.assertEqual(len(self.sink.changes), 3)  # the processors still see each one
+        message = {"entity": "item", "op": "add", "version": 10, "data": {"id": "x"}}
+        self.store.call("publish", keys.CHANGE_CHANNELS["item"]["add"], json.dumps(message))
+        self.assertEqual(self.manager.version, 10)  # the next one follows on
+
     def test_a_resubscription_catches_up(self) -> None:
         configure(self.store, "e", version=5)  # changed while the subscription was down
         self.store.down()

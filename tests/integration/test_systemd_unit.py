@@ -87,6 +87,8 @@ class UnitTests(SynchronousTestCase):
         self.assertTrue(int(settings["StartLimitBurst"][0]) > 0)
         self.assertTrue(int(settings["StartLimitIntervalSec"][0]) > 0)
         self.assertNotIn("redis", " ".join(settings.get("After", []) + settings.get("Wants", [])))
+        # One socket per device link: room for thousands (the daemon raises its soft limit).
+        self.assertGreaterEqual(int(settings["LimitNOFILE"][0]), 16384)
         exec_start = settings["ExecStart"][0]
         self.assertIn("--data-dir ${STATE_DIRECTORY}", exec_start)
         with open(os.path.join(ROOT, "README.rst")) as f:

@@ -8,6 +8,8 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from pydatacoll.protocols.iec104.asdu import TYPES, Asdu, Cause, Quality, TypeId
@@ -29,6 +31,7 @@ from pydatacoll.testing.iec104_sim import (
     StationRegistry,
     demo_config,
     start_simulator,
+    start_simulators,
 )
 
 UTC = datetime.UTC
@@ -519,3 +522,73 @@ class DemoConfigTests(unittest.SynchronousTestCase):
         station = registry.stations[1]
         self.assertEqual(len(station.points), 13)
         self.assertEqual(sorted(station.commands), [20001, 20002, 20003])
+
+
+class ManyPortsTest(unittest.TestCase):
+    """`start_simulators`: one station per port, a change reaching that port's links only."""
+
+    @defer.inlineCallbacks
+    def test_each_port_has_its_own_station(self) -> Any:
+        started = yield start_simulators(reactor, 0, 3, "127.0.0.1", demo_config(CA, 2))
+        for listening, _registry in started:
+            self.addCleanup(listening.stopListening)
+        self.assertEqual(len(started), 3)
+        ports = {listening.getHost().port for listening, _registry in started}
+        self.assertEqual(len(ports), 3)
+        registries = [registry for _listening, registry in started]
+        self.assertEqual(len({id(r) for r in registries}), 3)
+        masters = []
+        received: list[list[Asdu]] = [[], [], []]
+        for n, (listening, _registry) in enumerate(started):
+            ready: defer.Deferred[None] = defer.Deferred()
+
+            def on_event(kind: str, data: dict[str, Any], ready: Any = ready) -> None:
+                if kind == "started" and not ready.called:
+                    ready.callback(None)
+
+            master = Iec104Master(
+                reactor,
+                None,
+                StationParams(interrogate_on_start=False, clock_sync_on_start=False),
+                on_data=received[n].append,
+                on_event=on_event,
+            )
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getHost().port)
+            yield connectProtocol(endpoint, master)
+            yield ready
+            self.addCleanup(master.transport.loseConnection)
+            masters.append(master)
+        registries[1].update(CA, 2, 42.5)
+        for _ in range(100):
+            if received[1]:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual([len(r) for r in received], [0, 1, 0])
+        self.assertEqual(received[1][0].values[0], 42.5)
+
+    @defer.inlineCallbacks
+    def test_a_busy_port_fails_all(self) -> Any:
+        # A free port whose next one can be taken here: the second of the two.
+        for _attempt in range(20):
+            free = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+            base = free.getHost().port
+            try:
+                taken = reactor.listenTCP(base + 1, Factory(), interface="127.0.0.1")
+            except CannotListenError:
+                yield free.stopListening()
+                continue
+            yield free.stopListening()
+            break
+        else:
+            self.fail("no two consecutive free ports")
+        self.addCleanup(taken.stopListening)
+        try:
+            yield start_simulators(reactor, base, 2, "127.0.0.1", demo_config(CA, 2))
+        except CannotListenError:
+            pass
+        else:
+            self.fail("listening on a taken port succeeded")
+        # The first port was closed again: it can be listened on.
+        again = reactor.listenTCP(base, Factory(), interface="127.0.0.1")
+        yield again.stopListening()

@@ -338,6 +338,11 @@ class Iec104Runtime(Service):
             )
         )
 
+    def link_state(self) -> str:
+        """The ``state`` `status` would report, without building the status: what the
+        device manager looks at several times a second for every device."""
+        return self.client.state.value
+
     def status(self) -> dict[str, Any]:
         """Link state and counters, points updated, last value time."""
         status = self.client.status()

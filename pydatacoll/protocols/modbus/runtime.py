@@ -195,21 +195,30 @@ class ModbusRuntime(Service):
 
         return d.addCallbacks(done, failed)
 
-    def status(self) -> dict[str, Any]:
-        """Link state and counters, scans, points updated, last value time."""
-        stats = self.poller.stats()
-        link = stats.get("link", {})
-        state = link.get("state", "unknown")
-        reason = link.get("reason")
+    def link_state(self) -> str:
+        """The ``state`` `status` would report, without building the status: what the
+        device manager looks at several times a second for every device."""
+        return self._state(self.poller.client.stats)[0]
+
+    def _state(self, link: Any) -> tuple[str, str | None]:
+        """(state, reason) from the link counters ``link`` (attributes)."""
+        state, reason = link.state, link.reason
         if state == "connected":
             # Online only once the device has answered a request on this connection:
             # a peer that accepts and then answers garbage is not online.
-            problems = self.poller.client.stats.problems()
-            if link.get("answered"):
+            problems = link.problems()
+            if link.answered:
                 state = "online"
             elif problems is not None:
                 state = "error"
                 reason = f"connected, but no valid response: {problems}"
+        return state, reason
+
+    def status(self) -> dict[str, Any]:
+        """Link state and counters, scans, points updated, last value time."""
+        stats = self.poller.stats()
+        link = stats.get("link", {})
+        state, reason = self._state(self.poller.client.stats)
         return {
             "protocol": "modbus",
             "state": state,

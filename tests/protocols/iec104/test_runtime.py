@@ -12,6 +12,7 @@ from pydatacoll.interfaces import IDeviceRuntime, IProtocolDriver
 from pydatacoll.model import Device, Term, TermItem
 from pydatacoll.protocols.iec104.asdu import COMMAND_FOR_MONITOR, TypeId, command_type_for
 from pydatacoll.protocols.iec104.client import CommandResult, Outcome, _MasterFactory
+from pydatacoll.protocols.iec104.link import LinkState
 from pydatacoll.protocols.iec104.runtime import Iec104Runtime, driver
 
 
@@ -139,3 +140,14 @@ class InterfaceTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "paused")
         built.resume_input()
         self.assertEqual(transport.producerState, "producing")
+
+    def test_link_state_is_the_state_of_the_status(self):
+        device = Device.from_json({"id": "1", "protocol": "iec104", "ip": "127.0.0.1"})
+        term = Term.from_json({"id": "10", "device_id": "1", "address": 1})
+        built = Iec104Runtime(device, [term], [], sink=None, reactor=Clock())
+        seen = []
+        for state in LinkState:
+            built.client.state = state
+            self.assertEqual(built.link_state(), built.status()["state"])
+            seen.append(built.link_state())
+        self.assertEqual(seen, [s.value for s in LinkState])
