@@ -27,9 +27,11 @@ the highest version V such that the messages of every change up to V have been h
   this or another API process, a hole in the versions, the version gone backwards)
   reads the hash from Redis, as without a cache.
 
-An entry is stored only when no change message arrived while its ``HGETALL`` was on the
-way (else the reply might predate a change already handled), and only while the
-subscription is up and has a base version; losing the subscription clears everything,
+An entry is stored only when the base version was known when its ``HGETALL`` was sent
+(on a pool of connections a command sent earlier may run later, so a fill sent while the
+base is read may predate a change the base counts), when no change message arrived while
+it was on the way (else the reply might predate a change already handled), and only
+while the subscription is up and has a base version; losing the subscription clears everything,
 and a new one starts again from the version read after it was confirmed.
 
 So a read never returns a state older than the newest change acknowledged before the
@@ -227,9 +229,14 @@ class ConfigCache(Service, Generic[T]):
         if self.seen is None and not self._basing and self.subscriber.subscribed:
             self._restart_base()  # the last base read failed: try again
         generation = self.generation
+        # Stored only if the base version was already known when the HGETALL was sent:
+        # then the HGETALL runs after the base GET ran (whatever pool connection each
+        # took), and every change after the base has bumped ``generation``. A fill sent
+        # while the base is read may run before a change that the base counts.
+        based = self.seen is not None
         fields = yield self.redis.call("hgetall", ENTITY_KEYS[entity] % entity_id)
         rendered = render(fields)
-        if self.generation == generation and self.seen is not None:
+        if based and self.generation == generation and self.seen is not None:
             self._store(key, rendered)
         return rendered
 
