@@ -69,7 +69,7 @@ class PoolReorderTests(SynchronousTestCase):
         cache: ConfigCache[Any] = ConfigCache(redis, subscription, 100, clock)
         cache.startService()
         self.addCleanup(cache.stopService)
-        base = redis.pending("get")
+        base = redis.pending("mget")
         subscription.holding = True
 
         read = cache.read("device", "1", name_of)
@@ -100,10 +100,10 @@ class PoolReorderTests(SynchronousTestCase):
         cache: ConfigCache[Any] = ConfigCache(redis, HeldSubscription(memory), 100, clock)
         cache.startService()
         self.addCleanup(cache.stopService)
-        redis.reply(redis.pending("get"))  # the base: 1
+        redis.reply(redis.pending("mget"))  # the base: 1
         read = cache.read("device", "1", name_of)
         clock.advance(0)
-        redis.reply(redis.pending("get"))
+        redis.reply(redis.pending("mget"))
         redis.reply(redis.pending("hgetall"))
         self.assertEqual(self.successResultOf(read), "first")
         self.assertEqual(cache.entries, {("device", "1"): "first"})
