@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 from twisted.internet import reactor
@@ -11,7 +12,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from pydatacoll.config import load_settings
-from pydatacoll.store import keys
+from pydatacoll.store import keys, subscriber
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.config_cache import ConfigCache, redis_subscription
 from pydatacoll.store.redis import RedisClient
@@ -95,3 +96,20 @@ class HistoryTests(RealRedisCase):
                 break
             yield deferLater(reactor, 0.01, lambda: None)
         self.assertEqual([m["history"] for m in heard], [first, second, third])
+
+
+class LivenessTests(RealRedisCase):
+    @inlineCallbacks
+    def test_subscription_has_tcp_keepalive(self) -> None:
+        """The subscription sends nothing once subscribed: without TCP keepalive a master
+        gone silently (its replica promoted) leaves it "subscribed" for hours, deaf."""
+        db0 = yield self.client(0)
+        cache = yield self.cache_on(db0)
+        sock = cache.subscriber._conn.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        self.assertEqual(
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), subscriber.KEEPALIVE_IDLE
+        )
+        self.assertEqual(
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), subscriber.KEEPALIVE_COUNT
+        )
