@@ -14,7 +14,8 @@
 -- "version" (text) refuses with {"retry"} when STR:CONFIG_VERSION is no longer it. Each applied op bumps the configuration version and publishes one
 -- change message. STR:CONFIG_HISTORY becomes "<origin>:<stamp>" (origin: kept, or this
 -- change's TIME when the key is absent; stamp: this change's TIME), carried in the message
--- as "history". The reply is JSON: {"ok": true, "results": [...]} or
+-- as "history". A STR:CONFIG_VERSION that INCR could not take (not an integer, or 19
+-- digits and more) fails the script before anything is written. The reply is JSON: {"ok": true, "results": [...]} or
 -- {"error": status, "code", "message", "field", "index"} or {"retry": true}.
 
 local request = cjson.decode(ARGV[1])
@@ -459,7 +460,11 @@ end
 
 if request.check_only then return '{"ok":true,"results":[]}' end
 
--- Still nothing written: the history this change continues.
+-- Still nothing written: the version must take the INCRs, and the history is known.
+local current = redis.call("GET", key("config_version"))
+if current and (not string.match(current, "^%-?%d+$") or #current > 18) then
+  return redis.error_reply("ERR STR:CONFIG_VERSION cannot be incremented: " .. current)
+end
 local now = redis.call("TIME")
 stamp = string.format("%s.%06d", now[1], tonumber(now[2]))
 origin = string.match(redis.call("GET", key("config_history")) or "", "^([^:]+):") or stamp

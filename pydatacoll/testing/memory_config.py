@@ -403,6 +403,9 @@ class _ConfigScript:
             return '{"retry":true}'
         if self.request.get("check_only"):
             return '{"ok":true,"results":[]}'
+        current = self.store._get(self.key("config_version"))
+        if current is not None and (not re.fullmatch(r"-?\d+", current) or len(current) > 18):
+            raise RuntimeError(f"ERR STR:CONFIG_VERSION cannot be incremented: {current}")
         self.stamp = _stamp(self.store)
         history = self.store._get(self.key("config_history")) or ""
         self.origin = history.partition(":")[0] if ":" in history else self.stamp

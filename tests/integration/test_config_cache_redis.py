@@ -113,3 +113,28 @@ class LivenessTests(RealRedisCase):
         self.assertEqual(
             sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), subscriber.KEEPALIVE_COUNT
         )
+
+
+class BadVersionTests(RealRedisCase):
+    @inlineCallbacks
+    def test_change_refused_and_nothing_cached_when_the_version_is_bad(self) -> None:
+        """STR:CONFIG_VERSION made a non-number: config.lua used to write the hash, then
+        fail at INCR (no message), while the cache took the version as 0 and kept
+        serving the old state. Now the change writes nothing and no read is cached."""
+        db0 = yield self.client(0)
+        store = ConfigStore(db0)
+        yield store.apply([device_op("create", "1", "first")])
+        cache = yield self.cache_on(db0)
+        yield db0.call("set", keys.CONFIG_VERSION, "not a number")
+        for _ in range(3):
+            self.assertEqual((yield cache.read("device", "1", name_of)), "first")
+        self.assertEqual((cache.hits, cache.entries), (0, {}))
+        try:
+            yield store.apply([device_op("put", "1", "second")])
+        except Exception as e:
+            self.assertIn("cannot be incremented", str(e))
+        else:
+            self.fail("applied over a bad version")
+        stored = yield db0.call("hget", "HS:DEVICE:1", "name")
+        self.assertEqual(stored, '"first"')
+        self.assertEqual((yield cache.read("device", "1", name_of)), "first")
