@@ -140,6 +140,12 @@ def _origin(history: str) -> str:
     return history.partition(":")[0]
 
 
+#: Why the cache was cleared and started again: the history read by a fence was not the
+#: one counted (version backwards, another origin or stamp), a change message without a
+#: version, a hole in the versions, the subscription lost, the base read failed, too
+#: many messages while the base was read.
+RESET_REASONS = ("history", "message", "hole", "lost", "no_base", "early")
+
 #: Versions whose history stamp the cache keeps (a fence older than that is a miss).
 HISTORY_KEPT = 1024
 
@@ -204,9 +210,8 @@ class ConfigCache(Service, Generic[T]):
         self.misses = 0
         #: Entries dropped at ``max_entries`` (the oldest first).
         self.dropped = 0
-        #: Times the cache was cleared and its base read again because Redis's history
-        #: did not match (version backwards, another stamp, a bad message).
-        self.resets = 0
+        #: Times the cache was cleared, by reason (`RESET_REASONS`).
+        self.resets: dict[str, int] = dict.fromkeys(RESET_REASONS, 0)
 
     # -- service --------------------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802 (Twisted API)
@@ -255,11 +260,11 @@ class ConfigCache(Service, Generic[T]):
             # The version went backwards, or it is another history's: Redis lost data
             # (flushed, or a replica that was behind took over). Nothing held can be
             # trusted: cleared, base read again.
-            self._reset("version {version} ({history}) after {seen}", version, history)
+            self._reset("history", "version {version} ({history}) after {seen}", version, history)
         elif seen is not None and seen >= version and known is not None and known != history:
             # The same version with another history stamp: a replica that was behind took
             # over and as many changes were made on it since (or a flush, then as many).
-            self._reset("version {version} is {history}, not {known}", version, history)
+            self._reset("history", "version {version} is {history}, not {known}", version, history)
         elif seen is not None and seen >= version and known == history and key in self.entries:
             self.hits += 1
             return self.entries[key]
@@ -299,13 +304,14 @@ class ConfigCache(Service, Generic[T]):
             version, history = int(change["version"]), str(change["history"])
         except (ValueError, TypeError, KeyError):
             self.log.warn("change message without a version on {channel}", channel=channel)
-            self._reset("change message without a version or history", None, None)
+            self._reset("message", "change message without a version or history", None, None)
             return
         seen = self.seen
         if seen is None:
             if self._basing and len(self._early) < HISTORY_KEPT:
                 self._early.append((version, history))
             elif self._basing:  # too many while the base is read: read it again
+                self.resets["early"] += 1
                 self._restart_base()
             return  # no base read under way (it failed): the next read starts one
         if self.origin is None:
@@ -322,6 +328,7 @@ class ConfigCache(Service, Generic[T]):
                 version=version,
                 seen=seen,
             )
+            self.resets["hole"] += 1
             self.history.clear()
             self._heard(version, history)
 
@@ -331,15 +338,15 @@ class ConfigCache(Service, Generic[T]):
         while len(self.history) > HISTORY_KEPT:
             del self.history[next(iter(self.history))]
 
-    def _reset(self, reason: str, version: int | None, history: str | None) -> None:
+    def _reset(self, reason: str, text: str, version: int | None, history: str | None) -> None:
         self.log.warn(
-            "configuration cache cleared: " + reason,
+            "configuration cache cleared: " + text,
             version=version,
             history=history,
             seen=self.seen,
             known=self.history.get(version) if version is not None else None,
         )
-        self.resets += 1
+        self.resets[reason] += 1
         self._restart_base()
 
     def _subscribed(self) -> None:
@@ -382,13 +389,21 @@ class ConfigCache(Service, Generic[T]):
         if epoch != self._epoch:
             return
         self._basing = False
+        self.resets["no_base"] += 1
         self.log.info(
             "configuration cache: base version not read ({error}); reads go to Redis",
             error=failure.getErrorMessage(),
         )
 
     def _lost(self) -> None:
+        self.resets["lost"] += 1
         self._forget()
+
+    @property
+    def serving(self) -> bool:
+        """Whether a read can be answered from memory now: the subscription is up and
+        its base version is known (else every read goes to Redis)."""
+        return self.subscriber is not None and self.subscriber.subscribed and self.seen is not None
 
     def _forget(self) -> None:
         self.generation += 1

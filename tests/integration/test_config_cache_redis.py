@@ -66,7 +66,7 @@ class OtherDatabaseTests(RealRedisCase):
         self.assertEqual(cache.seen, 1)
         for _ in range(3):
             self.assertEqual((yield cache.read("device", "1", name_of)), "here")
-        self.assertEqual((cache.hits, cache.misses, cache.resets), (2, 1, 0))
+        self.assertEqual((cache.hits, cache.misses, cache.resets["history"]), (2, 1, 0))
 
 
 class HistoryTests(RealRedisCase):

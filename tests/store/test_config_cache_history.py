@@ -65,7 +65,7 @@ class SameVersionDifferentContentTests(CacheCase):
         self.memory.data = replica
         self.change(self.there, "put", "1", "third")
         self.assertEqual(self.successResultOf(self.read()), "third")
-        self.assertEqual(self.cache.resets, 1)
+        self.assertEqual(self.cache.resets["history"], 1)
 
     def test_flushall_then_regrowth_to_seen(self) -> None:
         """FLUSHALL, then as many changes as ``seen`` whose messages are still on their
