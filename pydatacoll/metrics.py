@@ -368,7 +368,8 @@ def _config_cache_families(cache: Any) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "pydatacoll_config_cache_dropped",
-        "Entries dropped at [api] config_cache (the oldest; read from Redis again).",
+        "Entries dropped at [api] config_cache (the least recently used, or the oldest "
+        "of 1000 absent ones; read from Redis again).",
         value=cache.dropped,
     )
     yield GaugeMetricFamily(

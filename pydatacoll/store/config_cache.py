@@ -50,7 +50,9 @@ version lower than ``seen`` (Redis lost data) clears the cache, but a hand edit 
 entity hash is not seen until the next change.
 
 The fence's waiting reads are HTTP requests in flight (bounded by the connections);
-the entries are at most ``max_entries``, the oldest dropped first (a dropped entry is
+the entries are at most ``max_entries``, the least recently used dropped first, and of
+them at most `ABSENT_MAX` are of entities not stored (a 404: any client can ask for
+unknown ids; the oldest of those is dropped first) (a dropped entry is
 read from Redis again).
 """
 
@@ -146,6 +148,9 @@ def _origin(history: str) -> str:
 #: many messages while the base was read.
 RESET_REASONS = ("history", "message", "hole", "lost", "no_base", "early")
 
+#: At most this many entries of entities not stored (cached 404s), within max_entries.
+ABSENT_MAX = 1000
+
 #: Versions whose history stamp the cache keeps (a fence older than that is a miss).
 HISTORY_KEPT = 1024
 
@@ -188,6 +193,8 @@ class ConfigCache(Service, Generic[T]):
         self.subscriber: Any = None
         #: (entity, id) -> the rendered entity (None: not stored).
         self.entries: dict[tuple[str, str], Any] = {}
+        #: The keys of ``entries`` that are of entities not stored, oldest first.
+        self.absent: dict[tuple[str, str], None] = {}
         #: Every change up to this version has cleared the cache; None: no base (the
         #: subscription is down or its base version is being read).
         self.seen: int | None = None
@@ -267,7 +274,8 @@ class ConfigCache(Service, Generic[T]):
             self._reset("history", "version {version} is {history}, not {known}", version, history)
         elif seen is not None and seen >= version and known == history and key in self.entries:
             self.hits += 1
-            return self.entries[key]
+            entry = self.entries[key] = self.entries.pop(key)  # the most recently used now
+            return entry
         self.misses += 1
         if self.seen is None and not self._basing and self.subscriber.subscribed:
             self._restart_base()  # the last base read failed: try again
@@ -285,20 +293,33 @@ class ConfigCache(Service, Generic[T]):
             and self.generation == generation
             and self.seen is not None
         ):
-            self._store(key, rendered)
+            self._store(key, rendered, not fields)
         return rendered
 
-    def _store(self, key: tuple[str, str], rendered: Any) -> None:
+    def _store(self, key: tuple[str, str], rendered: Any, absent: bool) -> None:
         self.entries.pop(key, None)
         self.entries[key] = rendered
+        self.absent.pop(key, None)
+        if absent:
+            self.absent[key] = None
+            if len(self.absent) > min(ABSENT_MAX, self.max_entries):
+                self._drop(next(iter(self.absent)))
         while len(self.entries) > self.max_entries:
-            del self.entries[next(iter(self.entries))]
-            self.dropped += 1
+            self._drop(next(iter(self.entries)))  # the least recently used
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        del self.entries[key]
+        self.absent.pop(key, None)
+        self.dropped += 1
+
+    def _clear(self) -> None:
+        self.entries.clear()
+        self.absent.clear()
 
     # -- the subscription -------------------------------------------------------------------
     def _message(self, channel: str, message: str) -> None:
         self.generation += 1
-        self.entries.clear()
+        self._clear()
         try:
             change = json.loads(message)
             version, history = int(change["version"]), str(change["history"])
@@ -409,7 +430,7 @@ class ConfigCache(Service, Generic[T]):
         self.generation += 1
         self._epoch += 1
         self._basing = False
-        self.entries.clear()
+        self._clear()
         self.seen = None
         self.history.clear()
         self.origin = None
