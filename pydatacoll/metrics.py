@@ -368,9 +368,27 @@ def _config_cache_families(cache: Any) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "pydatacoll_config_cache_dropped",
-        "Entries dropped at [api] config_cache (the oldest; read from Redis again).",
+        "Entries dropped at [api] config_cache (the least recently used, or the oldest "
+        "of 1000 absent ones; read from Redis again).",
         value=cache.dropped,
     )
+    yield GaugeMetricFamily(
+        "pydatacoll_config_cache_serving",
+        "1 while the configuration cache can answer from memory (subscribed, base version "
+        "known); 0: every read goes to Redis.",
+        value=1.0 if cache.serving else 0.0,
+    )
+    resets = CounterMetricFamily(
+        "pydatacoll_config_cache_resets",
+        "Times the configuration cache was cleared and started again, by reason: history "
+        "(Redis's history not the one counted: flushed, a lagging replica promoted), "
+        "message (without a version), hole (a change not heard), lost (subscription), "
+        "no_base (base version not read), early (too many changes while it was read).",
+        labels=["reason"],
+    )
+    for reason, count in cache.resets.items():
+        resets.add_metric([reason], count)
+    yield resets
 
 
 def _stream_families(hub: Any) -> Iterator[Metric]:

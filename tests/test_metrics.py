@@ -204,3 +204,29 @@ class ConfigCacheFamiliesTests(SynchronousTestCase):
         self.assertEqual(found[("pydatacoll_config_cache_reads_total", (("answer", "redis"),))], 3)
         self.assertEqual(found[("pydatacoll_config_cache_entries", ())], 2)
         self.assertEqual(found[("pydatacoll_config_cache_dropped_total", ())], 1)
+
+    def test_serving_and_resets(self):
+        """Whether the cache answers from memory, and why it restarted: after a lost
+        subscription it serves nothing (every read goes to Redis) until subscribed."""
+        from pydatacoll.store.config_cache import ConfigCache
+        from pydatacoll.testing.memory import MemoryRedis
+        from tests.store.test_config_cache import HeldSubscription
+
+        memory = MemoryRedis()
+        subscription = HeldSubscription(memory)
+        cache = ConfigCache(memory, subscription, 2)
+        cache.startService()
+        metrics = ProcessMetrics(Clock())
+        metrics.watch_config_cache(cache)
+
+        def found():
+            return parse(self.successResultOf(metrics.exposition()).decode())
+
+        self.assertEqual(found()[("pydatacoll_config_cache_serving", ())], 1)
+        subscription.lose()
+        now = found()
+        self.assertEqual(now[("pydatacoll_config_cache_serving", ())], 0)
+        self.assertEqual(now[("pydatacoll_config_cache_resets_total", (("reason", "lost"),))], 1)
+        self.assertEqual(now[("pydatacoll_config_cache_resets_total", (("reason", "history"),))], 0)
+        subscription.connect()
+        self.assertEqual(found()[("pydatacoll_config_cache_serving", ())], 1)

@@ -12,12 +12,17 @@
 -- before it in the same batch (not what a delete cascades to), so one batch may create a
 -- device, its terms and their points. "check_only": true stops after the checks;
 -- "version" (text) refuses with {"retry"} when STR:CONFIG_VERSION is no longer it. Each applied op bumps the configuration version and publishes one
--- change message. The reply is JSON: {"ok": true, "results": [...]} or
+-- change message. STR:CONFIG_HISTORY becomes "<origin>:<stamp>" (origin: kept, or this
+-- change's TIME when the key is absent; stamp: this change's TIME), carried in the message
+-- as "history". A STR:CONFIG_VERSION that INCR could not take (not an integer, or 19
+-- digits and more) fails the script before anything is written. The reply is JSON: {"ok": true, "results": [...]} or
 -- {"error": status, "code", "message", "field", "index"} or {"retry": true}.
 
 local request = cjson.decode(ARGV[1])
 local K = request.k
 local ops = request.ops
+
+local origin, stamp -- STR:CONFIG_HISTORY's parts for this call (set before any write)
 
 local function key(name, ...)
   return string.format(K[name], ...)
@@ -427,13 +432,15 @@ local function apply(op)
   end
   local data = flat_json(redis.call("HGETALL", k))
   local version = redis.call("INCR", key("config_version"))
+  local history = origin .. ":" .. stamp
+  redis.call("SET", key("config_history"), history)
   local message = "{" .. '"entity":' .. quote(op.entity) .. ',"op":' .. quote(kind)
     .. ',"id":' .. quote(op.id) .. ',"data":' .. data .. ',"old":' .. flat_json(old)
   if kind == "del" then
     message = message .. ',"cascade":{"terms":' .. array_json(cascade_terms)
       .. ',"term_items":' .. array_json(cascade_points) .. "}"
   end
-  message = message .. ',"version":' .. version .. "}"
+  message = message .. ',"version":' .. version .. ',"history":' .. quote(history) .. "}"
   redis.call("PUBLISH", request.c[op.entity][kind], message)
   return data
 end
@@ -452,6 +459,15 @@ if not ok then
 end
 
 if request.check_only then return '{"ok":true,"results":[]}' end
+
+-- Still nothing written: the version must take the INCRs, and the history is known.
+local current = redis.call("GET", key("config_version"))
+if current and (not string.match(current, "^%-?%d+$") or #current > 18) then
+  return redis.error_reply("ERR STR:CONFIG_VERSION cannot be incremented: " .. current)
+end
+local now = redis.call("TIME")
+stamp = string.format("%s.%06d", now[1], tonumber(now[2]))
+origin = string.match(redis.call("GET", key("config_history")) or "", "^([^:]+):") or stamp
 
 local results = {}
 for index, op in ipairs(ops) do results[index] = apply(op) end

@@ -25,6 +25,9 @@ TERM_ITEM = "HS:TERM_ITEM:%s:%s"
 TERM_ITEMS = "SET:TERM_ITEM:%s"
 ITEM_TERMS = "SET:ITEM_TERM:%s"
 CONFIG_VERSION = "STR:CONFIG_VERSION"
+#: "<origin>:<stamp>" of the last change: <origin> is set (Redis TIME) by the first change
+#: of a history and kept, <stamp> is the TIME of each change (config.lua).
+CONFIG_HISTORY = "STR:CONFIG_HISTORY"
 #: Formulas (calculated points); the reverse index is keyed by the point "d:t:i".
 FORMULA = "HS:FORMULA:%s"
 FORMULAS = "SET:FORMULA"
@@ -112,7 +115,8 @@ CHANGE_CHANNELS: dict[str, dict[str, str]] = {
 _CHANGE = (
     '{"entity", "op": "add"|"fresh"|"del", "id", "data" (the entity after), '
     '"old" (before; fresh and del), "cascade" (del: removed terms and term-items), '
-    '"version" (STR:CONFIG_VERSION after the change)}'
+    '"version" (STR:CONFIG_VERSION after the change), '
+    '"history" (STR:CONFIG_HISTORY after the change)}'
 )
 
 
@@ -124,6 +128,10 @@ def documentation() -> dict[str, Any]:
             CTRL_DONE % "{request_id}": (
                 "a device_ctrl's answer (or 'timeout'), set once by whoever audits it, "
                 "kept a minute"
+            ),
+            CONFIG_HISTORY: (
+                "<origin>:<stamp> of the last configuration change (origin: the TIME of "
+                "the first change since the key was absent; stamp: the TIME of the change)"
             ),
         },
         "hash": {
@@ -267,6 +275,7 @@ def lua_templates() -> dict[str, str]:
         "term_items": TERM_ITEMS,
         "item_terms": ITEM_TERMS,
         "config_version": CONFIG_VERSION,
+        "config_history": CONFIG_HISTORY,
         "point_data": POINT_DATA,
         "device_values": DEVICE_VALUES,
         "device_status": DEVICE_STATUS,

@@ -18,6 +18,7 @@ as a child service; tests use the in-memory `pydatacoll.testing.memory_subscribe
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,31 @@ from pydatacoll.store.redis import RECONNECT_MAX_DELAY
 from pydatacoll.store.sentinel import MasterResolver, client_endpoint
 
 Handler = Callable[[str, str], None]  # (channel, message)
+
+#: TCP keepalive of a subscriber connection (it sends nothing once subscribed): a Redis
+#: host gone without a FIN/RST (power loss, partition, a paused VM) is noticed after
+#: about IDLE + COUNT * INTERVAL seconds (25 s), and the connection counts as lost.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
+
+
+def keep_alive(transport: Any) -> None:
+    """TCP keepalive on ``transport`` (where the transport and the platform allow)."""
+    if not hasattr(transport, "setTcpKeepAlive"):
+        return
+    transport.setTcpKeepAlive(True)
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if not isinstance(sock, socket.socket):
+        return
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
 
 #: First delay (s) before connecting again; it doubles up to RECONNECT_MAX_DELAY.
 RECONNECT_INITIAL_DELAY = 0.5
@@ -64,6 +90,7 @@ class _Protocol(txredisapi.SubscriberProtocol):
         self.subscriber._message(channel, message)
 
     def connectionMade(self) -> Any:  # noqa: N802 (Twisted API)
+        keep_alive(self.transport)  # a silent dead master must end the subscription
         made = super().connectionMade()  # AUTH (when there is a password) runs now
         self.subscriber._connected(self)
         return made

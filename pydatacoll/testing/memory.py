@@ -146,6 +146,9 @@ class MemoryRedis:
         value = self.data.get(key)
         return value if value is None or isinstance(value, str) else self._typed(key, str)
 
+    def _mget(self, *names: str) -> list[Any]:
+        return [self._get(name) for name in names]
+
     def _set(self, key: str, value: Any) -> str:
         self.data[key] = str(value)
         return "OK"

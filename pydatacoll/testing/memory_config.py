@@ -370,6 +370,8 @@ class _ConfigScript:
             self.write_hash(k, fields)
         data = _flat_json(self.hgetall(k))
         version = s._incr(self.key("config_version"))
+        history = f"{self.origin}:{self.stamp}"
+        s._set(self.key("config_history"), history)
         message = (
             "{"
             + f'"entity":{_quote(entity)},"op":{_quote(kind)},"id":{_quote(op["id"])},'
@@ -380,7 +382,7 @@ class _ConfigScript:
                 f',"cascade":{{"terms":[{",".join(self.cascade_terms)}],'
                 f'"term_items":[{",".join(self.cascade_points)}]}}'
             )
-        message += f',"version":{version}}}'
+        message += f',"version":{version},"history":{_quote(history)}}}'
         s._publish(self.request["c"][entity][kind], message)
         return data
 
@@ -401,8 +403,22 @@ class _ConfigScript:
             return '{"retry":true}'
         if self.request.get("check_only"):
             return '{"ok":true,"results":[]}'
+        current = self.store._get(self.key("config_version"))
+        if current is not None and (not re.fullmatch(r"-?\d+", current) or len(current) > 18):
+            raise RuntimeError(f"ERR STR:CONFIG_VERSION cannot be incremented: {current}")
+        self.stamp = _stamp(self.store)
+        history = self.store._get(self.key("config_history")) or ""
+        self.origin = history.partition(":")[0] if ":" in history else self.stamp
         results = [self.apply(op) for op in ops]
         return '{"ok":true,"results":[' + ",".join(results) + "]}"
+
+
+def _stamp(store: Any) -> str:
+    """config.lua's TIME as "seconds.microseconds", later than the store's last stamp
+    (a MemoryRedis clock may stand still; Redis's TIME does not repeat)."""
+    now = max(int(store._seconds() * 1_000_000), getattr(store, "_config_stamp", 0) + 1)
+    store._config_stamp = now
+    return f"{now // 1_000_000}.{now % 1_000_000:06d}"
 
 
 def config_script(store: Any, keys: Any, args: list[str]) -> str:

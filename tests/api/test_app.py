@@ -99,7 +99,8 @@ class ApiRouteTests:
         status, _ = yield self.call("DELETE", "/api/v1/devices/1")
         self.assertEqual(status, 204)
         self.assertEqual(
-            sorted((yield self.sync.keys("*"))), ["HS:ITEM:2000", "SET:ITEM", "STR:CONFIG_VERSION"]
+            sorted((yield self.sync.keys("*"))),
+            ["HS:ITEM:2000", "SET:ITEM", "STR:CONFIG_HISTORY", "STR:CONFIG_VERSION"],
         )
 
     @inlineCallbacks

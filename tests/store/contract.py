@@ -149,6 +149,27 @@ class ConfigStoreContract:
         self.assertEqual((yield store.list_ids("device")), ["1", "2"])
 
     @inlineCallbacks
+    def test_a_version_that_cannot_be_incremented_writes_nothing(self):
+        """config.lua: STR:CONFIG_VERSION not an integer, or too big for INCR: the change
+        fails before anything is written (else the hash was written with no INCR and no
+        change message, and the configuration cache served the old state for good)."""
+        store = ConfigStore(self.redis)
+        yield store.apply([op("create", device("1"))])
+        before = yield store.get_fields("device", "1")
+        changed = Device.from_json({"id": "1", "protocol": "iec104", "ip": "10.9.9.9"})
+        for bad in ("not a number", "9223372036854775807"):
+            yield self.redis.call("set", keys.CONFIG_VERSION, bad)
+            try:
+                yield store.apply([op("put", changed), op("create", device("2"))])
+            except Exception as e:  # Redis's script error (or the emulation's)
+                self.assertIn("cannot be incremented", str(e))
+            else:
+                self.fail("applied over a version that cannot be incremented")
+            self.assertEqual((yield store.get_fields("device", "1")), before)
+            self.assertEqual((yield store.list_ids("device")), ["1"])
+            self.assertEqual((yield self.redis.call("get", keys.CONFIG_VERSION)), bad)
+
+    @inlineCallbacks
     def test_an_update_that_raced_is_retried(self):
         store = ConfigStore(self.redis)
         yield store.apply(SEED)

@@ -318,7 +318,7 @@ class SubscriptionTests(CacheCase):
 
     def test_base_version_read_fails(self) -> None:
         self.subscription.lose()
-        self.memory.fail_next("get")
+        self.memory.fail_next("mget")
         self.subscription.connect()
         self.assertIsNone(self.cache.seen)
         self.assert_from_redis("first")  # reads the base again first: the fill is stored
@@ -408,11 +408,11 @@ class BoundTests(SynchronousTestCase):
         fence = VersionFence(redis, clock)
         first = fence.version()
         clock.advance(0)
-        memory.fail_next("get")
+        memory.fail_next("mget")
         waiting = [fence.version(), fence.version()]
         clock.advance(0)
         self.assertEqual(len(redis.held), 2)
         redis.release()
-        self.assertEqual(self.successResultOf(first), 0)
+        self.assertEqual(self.successResultOf(first), (0, ""))
         for d in waiting:
             self.failureResultOf(d, StoreUnavailable)
