@@ -25,7 +25,6 @@ from pydatacoll.api.plumbing import (
 )
 from pydatacoll.config import Settings
 from pydatacoll.control.commander import Commander, find_term_item
-from pydatacoll.interfaces import ICommandStore, IConfigStore, IEventStore, IPointStore
 from pydatacoll.model import (
     ENTITIES,
     Device,
@@ -42,6 +41,7 @@ from pydatacoll.store.config import MAX_RETRIES, RetryChange
 from pydatacoll.store.config_cache import ConfigCache
 from pydatacoll.store.events import EventStore
 from pydatacoll.store.points import PointStore
+from pydatacoll.store_interfaces import ICommandStore, IConfigStore, IEventStore, IPointStore
 
 
 class ApiCore:

@@ -23,19 +23,14 @@ from zope.interface import implementer
 
 from pydatacoll import errors
 from pydatacoll.control.replies import DeviceAnswer, ReplyListener, ReplyTimeout, parse_reply
-from pydatacoll.interfaces import (
-    ICommander,
-    ICommandStore,
-    IConfigStore,
-    IEventStore,
-    IPointStore,
-)
+from pydatacoll.interfaces import ICommander
 from pydatacoll.model import is_valid_id, iso_time
 from pydatacoll.store import keys
 from pydatacoll.store.commands import CommandStore
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.events import EventStore
 from pydatacoll.store.points import PointStore
+from pydatacoll.store_interfaces import ICommandStore, IConfigStore, IEventStore, IPointStore
 
 _CHANNELS = {"device_call": keys.DEVICE_CALL, "device_ctrl": keys.DEVICE_CTRL}
 

@@ -11,9 +11,9 @@ from twisted.internet.defer import inlineCallbacks
 
 from pydatacoll.errors import ValidationError
 from pydatacoll.expression import ExpressionError, compile_expression, evaluate
-from pydatacoll.interfaces import IPointConfigStore
 from pydatacoll.model import parse_point, worst_quality
 from pydatacoll.store.processing import PointConfigStore
+from pydatacoll.store_interfaces import IPointConfigStore
 
 Point = tuple[str, str, str]
 

@@ -15,9 +15,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from zope.interface import implementer
 
-from pydatacoll.interfaces import IAlarmStore
 from pydatacoll.store import keys
 from pydatacoll.store.cluster import LuaScript, guarded
+from pydatacoll.store_interfaces import IAlarmStore
 
 SCRIPT = files("pydatacoll.store").joinpath("alarm_event.lua").read_text(encoding="utf-8")
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()

@@ -19,8 +19,8 @@ import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from pydatacoll.interfaces import IClusterStore
 from pydatacoll.store import keys
+from pydatacoll.store_interfaces import IClusterStore
 
 
 def _read(name: str) -> str:

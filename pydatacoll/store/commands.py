@@ -16,9 +16,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from pydatacoll.interfaces import ICommandStore
 from pydatacoll.store import keys
 from pydatacoll.store.cluster import LuaScript
+from pydatacoll.store_interfaces import ICommandStore
 
 REQUEST = LuaScript(files("pydatacoll.store").joinpath("ctrl_request.lua").read_text("utf-8"))
 SETTLE = LuaScript(files("pydatacoll.store").joinpath("ctrl_settle.lua").read_text("utf-8"))

@@ -12,10 +12,10 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from zope.interface import implementer
 
 from pydatacoll.errors import ApiError, Conflict, NotFound, ValidationError
-from pydatacoll.interfaces import IConfigStore
 from pydatacoll.store import keys
 from pydatacoll.store.devices import DeviceConfig, read_device_config, run_script
 from pydatacoll.store.redis import RedisClient
+from pydatacoll.store_interfaces import IConfigStore
 
 _SCRIPT = files("pydatacoll.store").joinpath("config.lua").read_text(encoding="utf-8")
 #: A set's members as one JSON text (5,000 device ids: one bulk string to parse, not

@@ -17,12 +17,12 @@ import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from pydatacoll.interfaces import IDeviceStore
 from pydatacoll.model import Device, Term, TermItem, decode_fields
 from pydatacoll.store import keys
 from pydatacoll.store.cluster import LuaScript, guarded
 from pydatacoll.store.commands import DONE_TTL_MS
 from pydatacoll.store.status import write_statuses
+from pydatacoll.store_interfaces import IDeviceStore
 
 DEVICE_CONFIG_SCRIPT = (
     files("pydatacoll.store").joinpath("device_config.lua").read_text(encoding="utf-8")

@@ -8,10 +8,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from pydatacoll.interfaces import IEventStore
 from pydatacoll.store import keys
 from pydatacoll.store.commands import append_audit
 from pydatacoll.store.streams import read_stream
+from pydatacoll.store_interfaces import IEventStore
 
 
 @implementer(IEventStore)

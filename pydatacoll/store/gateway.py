@@ -9,10 +9,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks
 from zope.interface import implementer
 
-from pydatacoll.interfaces import IGatewayStore
 from pydatacoll.store import keys
 from pydatacoll.store.config import natural_key
 from pydatacoll.store.redis import when_connected
+from pydatacoll.store_interfaces import IGatewayStore
 
 
 @implementer(IGatewayStore)

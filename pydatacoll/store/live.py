@@ -9,8 +9,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from zope.interface import implementer
 
-from pydatacoll.interfaces import ILiveStore
 from pydatacoll.store import keys
+from pydatacoll.store_interfaces import ILiveStore
 
 
 @implementer(ILiveStore)

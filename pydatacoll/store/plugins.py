@@ -16,10 +16,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from zope.interface import implementer
 
-from pydatacoll.interfaces import IPluginStatusStore
 from pydatacoll.model import iso_time
 from pydatacoll.store import keys
 from pydatacoll.store.redis import when_connected
+from pydatacoll.store_interfaces import IPluginStatusStore
 
 
 def parse_iso(text: Any) -> float | None:

@@ -9,10 +9,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from zope.interface import implementer
 
-from pydatacoll.interfaces import IPointStore
 from pydatacoll.model import decode_fields
 from pydatacoll.store import keys
 from pydatacoll.store.streams import json_field, read_stream
+from pydatacoll.store_interfaces import IPointStore
 
 
 @inlineCallbacks

@@ -15,11 +15,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from zope.interface import implementer
 
-from pydatacoll.interfaces import IFormulaStore, IPointConfigStore
 from pydatacoll.model import decode_fields
 from pydatacoll.store import keys
 from pydatacoll.store.cluster import LuaScript, guarded
 from pydatacoll.store.redis import when_connected
+from pydatacoll.store_interfaces import IFormulaStore, IPointConfigStore
 
 #: A deleted formula's status removed only while the formula does not exist.
 FORMULA_STATUS_DELETE = LuaScript(

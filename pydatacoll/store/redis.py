@@ -13,9 +13,9 @@ from zope.interface import implementer
 
 from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
-from pydatacoll.interfaces import IRedisClient
 from pydatacoll.store.replies_parser import install as _fast_replies
 from pydatacoll.store.sentinel import MasterResolver, sentinel_pool
+from pydatacoll.store_interfaces import IRedisClient
 
 _fast_replies()  # every Redis connection of the process: no reactor turn per bulk string
 

@@ -12,9 +12,9 @@ import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from pydatacoll.interfaces import ISnapshotReader
 from pydatacoll.store import keys
 from pydatacoll.store.redis import RedisClient
+from pydatacoll.store_interfaces import ISnapshotReader
 
 _SCRIPT = files("pydatacoll.store").joinpath("config_dump.lua").read_text(encoding="utf-8")
 #: The script's SHA1 (`pydatacoll.testing.memory` emulates it under this name).

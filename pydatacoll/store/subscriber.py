@@ -31,10 +31,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pydatacoll.config import RedisAddress
-from pydatacoll.interfaces import ISubscriber
 from pydatacoll.retry import exponential
 from pydatacoll.store.redis import RECONNECT_MAX_DELAY
 from pydatacoll.store.sentinel import MasterResolver, client_endpoint
+from pydatacoll.store_interfaces import ISubscriber
 
 Handler = Callable[[str, str], None]  # (channel, message)
 

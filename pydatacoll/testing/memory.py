@@ -24,8 +24,8 @@ from zope.interface import implementer
 
 from pydatacoll.config import RedisAddress
 from pydatacoll.errors import StoreUnavailable
-from pydatacoll.interfaces import IRedisClient
 from pydatacoll.store.redis import decode_command
+from pydatacoll.store_interfaces import IRedisClient
 
 
 @implementer(IRedisClient)

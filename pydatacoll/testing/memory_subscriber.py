@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pydatacoll.interfaces import ISubscriber
+from pydatacoll.store_interfaces import ISubscriber
 from pydatacoll.testing.memory import MemoryRedis
 
 

@@ -11,8 +11,8 @@ from zope.interface.verify import verifyObject
 
 from pydatacoll import errors
 from pydatacoll.api.replies import DeviceAnswer, ReplyListener, ReplyTimeout
-from pydatacoll.interfaces import ISubscriber
 from pydatacoll.store import keys
+from pydatacoll.store_interfaces import ISubscriber
 from pydatacoll.testing.memory import MemoryRedis
 from pydatacoll.testing.memory_subscriber import memory_subscription
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from pydatacoll.interfaces import IClusterStore
 from pydatacoll.store.cluster import ClusterStore, Lease
+from pydatacoll.store_interfaces import IClusterStore
 
 #: Lease and heartbeat lifetimes of the contract (s): short for the real server's sake.
 LEASE = 0.3

@@ -11,10 +11,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from pydatacoll.devices.status import STATUS_INTERVAL, iso_times
-from pydatacoll.interfaces import IConfigSink, ISampleSink, ISubscriber
+from pydatacoll.interfaces import IConfigSink, ISampleSink
 from pydatacoll.model import Sample
 from pydatacoll.store import keys
 from pydatacoll.store.subscriber import Subscriber
+from pydatacoll.store_interfaces import ISubscriber
 from pydatacoll.testing.memory import MemoryRedis
 
 from .support import FakeDriver, HeldIngest, RecordingSink, add_point, configure, memory_manager

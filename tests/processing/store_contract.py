@@ -11,12 +11,17 @@ import json
 from twisted.internet.defer import inlineCallbacks
 from zope.interface.verify import verifyObject
 
-from pydatacoll.interfaces import IAlarmStore, IFormulaStore, IPluginStatusStore, IPointConfigStore
 from pydatacoll.model import iso_time
 from pydatacoll.store import keys
 from pydatacoll.store.alarms import AlarmStore
 from pydatacoll.store.plugins import PluginStatusStore
 from pydatacoll.store.processing import FormulaStore, PointConfigStore
+from pydatacoll.store_interfaces import (
+    IAlarmStore,
+    IFormulaStore,
+    IPluginStatusStore,
+    IPointConfigStore,
+)
 
 POINT = ("1", "10", "1000")
 

@@ -7,12 +7,12 @@ import json
 from twisted.internet.defer import inlineCallbacks
 from zope.interface.verify import verifyObject
 
-from pydatacoll.interfaces import ICommandStore
 from pydatacoll.store import keys
 from pydatacoll.store.commands import CommandStore
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.devices import DeviceStore
 from pydatacoll.store.events import EventStore
+from pydatacoll.store_interfaces import ICommandStore
 from tests.store.contract import SEED, device, op
 
 POINT = {"device_id": "1", "term_id": "10", "item_id": "1000"}

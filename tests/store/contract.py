@@ -13,7 +13,6 @@ from twisted.internet.defer import inlineCallbacks
 from zope.interface.verify import verifyObject
 
 from pydatacoll import errors
-from pydatacoll.interfaces import IConfigStore, IEventStore, ILiveStore, IPointStore
 from pydatacoll.model import Device, Formula, Item, Term, TermItem
 from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore, RetryChange
@@ -21,6 +20,7 @@ from pydatacoll.store.events import EventStore
 from pydatacoll.store.live import LiveStore
 from pydatacoll.store.points import PointStore
 from pydatacoll.store.snapshot import read_snapshot
+from pydatacoll.store_interfaces import IConfigStore, IEventStore, ILiveStore, IPointStore
 
 
 def op(kind, entity):

@@ -17,12 +17,12 @@ from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from pydatacoll.errors import ValidationError
-from pydatacoll.interfaces import IDeviceStore, IRedisClient
 from pydatacoll.model import Device, Sample, Term, TermItem
 from pydatacoll.store import keys
 from pydatacoll.store.config import ConfigStore
 from pydatacoll.store.devices import DeviceStore
 from pydatacoll.store.ingest import RedisIngest
+from pydatacoll.store_interfaces import IDeviceStore, IRedisClient
 
 
 def fields(body: dict[str, Any]) -> dict[str, str]:

@@ -14,9 +14,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from pydatacoll.interfaces import IGatewayStore
 from pydatacoll.store import keys
 from pydatacoll.store.gateway import GatewayStore
+from pydatacoll.store_interfaces import IGatewayStore
 from pydatacoll.testing.memory import MemoryRedis
 
 

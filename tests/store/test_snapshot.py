@@ -11,9 +11,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from pydatacoll.interfaces import ISnapshotReader
 from pydatacoll.store import keys
 from pydatacoll.store.snapshot import ENTITY_ORDER, SnapshotReader, read_snapshot
+from pydatacoll.store_interfaces import ISnapshotReader
 from pydatacoll.testing.memory import MemoryRedis
 
 DEVICE = {"id": '"007"', "protocol": '"iec104"', "ip": '"127.0.0.1"', "port": "2404"}

@@ -13,10 +13,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from pydatacoll.config import RedisAddress
-from pydatacoll.interfaces import ISubscriber
 from pydatacoll.retry import exponential
 from pydatacoll.store.redis import RECONNECT_MAX_DELAY
 from pydatacoll.store.subscriber import Subscriber, default_retry_policy
+from pydatacoll.store_interfaces import ISubscriber
 
 
 def feed(protocol: Any, *words: str | int) -> None:
