@@ -9,6 +9,13 @@ then wait several whole turns each, and a large reply can take longer than the r
 timeout (seen: the reconcile of a 4800-point device failed with "Not received Redis
 response in 5.0 seconds" under a flood).
 
+It also removes a misrouted answer: when the deferred rest of a read ran after the reply
+timeout of its command (both due in the same turn of a busy reactor), the timeout failed
+the waiting commands and the late reply stayed queued, to answer the next command sent
+on that connection before it closed (seen at 5,000 links under load: ``GET
+STR:CONFIG_VERSION`` answered with a device's configuration;
+``tests/store/test_replies_parser.py`` LateReplyTests).
+
 `install` (idempotent, done when `pydatacoll.store.redis` is imported, which every
 connection's module imports) parses the rest at once, in a loop (no
 recursion, however many elements a reply has). The replies and their order are the same.

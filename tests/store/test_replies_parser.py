@@ -53,3 +53,33 @@ class ParserTests(SynchronousTestCase):
         patched = replies_parser.txredisapi.LineReceiver.dataReceived
         replies_parser.install()
         self.assertIs(replies_parser.txredisapi.LineReceiver.dataReceived, patched)
+
+
+class _AbortableTransport(StringTransport):
+    def abortConnection(self):  # noqa: N802 (Twisted API)
+        self.aborted = True
+
+
+class LateReplyTests(SynchronousTestCase):
+    """A reply that arrives when its command's reply timeout is due, on a busy reactor:
+    txredisapi's own parser deferred the rest of the read to a ``callLater(0)`` that
+    ran after the timeout, which failed the waiting commands and left the late reply
+    queued, and the next command sent on the connection before it closed was answered
+    with it (seen at 5000 links under load: ``GET STR:CONFIG_VERSION`` answered with a
+    device's configuration). Parsed at once, the reply goes to its own command."""
+
+    def test_the_next_command_never_gets_a_late_reply(self):
+        clock = Clock()
+        protocol = replies_parser.txredisapi.RedisProtocol(replyTimeout=5, convertNumbers=False)
+        protocol.callLater = clock.callLater
+        protocol.transport = _AbortableTransport()
+        protocol.connected = 1
+        first = protocol.execute_command("HGETALL", "device")
+        clock.rightNow = 5.0  # the reactor was busy: the reply is read when the timeout is due
+        protocol.dataReceived(b"*2\r\n" + bulk(b"name") + bulk(b"rtu"))
+        clock.advance(0)  # the due calls: the timeout, and whatever the parser deferred
+        second = protocol.execute_command("GET", "STR:CONFIG_VERSION")
+        protocol.dataReceived(b"$2\r\n41\r\n")
+        clock.advance(0)
+        self.assertEqual(self.successResultOf(first), ["name", "rtu"])
+        self.assertEqual(self.successResultOf(second), "41")  # never the late ["name", "rtu"]
