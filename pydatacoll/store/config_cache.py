@@ -69,6 +69,7 @@ from twisted.python.failure import Failure
 
 from pydatacoll.store import keys
 from pydatacoll.store.config import ENTITY_KEYS
+from pydatacoll.store.redis import when_connected
 from pydatacoll.store.subscriber import Subscriber
 
 T = TypeVar("T")
@@ -371,7 +372,14 @@ class ConfigCache(Service, Generic[T]):
         self._restart_base()
 
     def _subscribed(self) -> None:
-        self._restart_base()
+        # At start the subscription may be up before the pool: the base is read once the
+        # pool can be used (a read failing meanwhile left the cache off until the next
+        # resubscription, and logged "not reachable" on a normal start).
+        when_connected(self.redis).addCallback(self._pool_ready)
+
+    def _pool_ready(self, _: Any) -> None:
+        if self.subscriber is not None and self.subscriber.subscribed:
+            self._restart_base()
 
     def _restart_base(self) -> None:
         """Clear, and read the base version anew (changes heard meanwhile are kept)."""

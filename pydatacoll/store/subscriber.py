@@ -45,22 +45,28 @@ KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
 
 
 def keep_alive(transport: Any) -> None:
-    """TCP keepalive on ``transport`` (where the transport and the platform allow)."""
-    if not hasattr(transport, "setTcpKeepAlive"):
-        return
-    transport.setTcpKeepAlive(True)
+    """TCP keepalive on ``transport`` where it is a TCP connection and the platform
+    allows; nothing on a Unix socket (the embedded Redis: no host to lose silently),
+    and never an error (a refusal leaves the connection as it was)."""
     handle = getattr(transport, "getHandle", None)
     sock = handle() if handle is not None else None
-    if not isinstance(sock, socket.socket):
-        return
-    for name, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    if not isinstance(sock, socket.socket) or sock.family not in (
+        socket.AF_INET,
+        socket.AF_INET6,
     ):
-        option = getattr(socket, name, None)
-        if option is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+            ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:
+        return
 
 
 #: First delay (s) before connecting again; it doubles up to RECONNECT_MAX_DELAY.

@@ -241,6 +241,17 @@ class FaultTests(SynchronousTestCase):
         self.assertNotIn("not reachable", text)
         self.assertNotIn("not written", text)
         self.assertNotIn("retrying", text)
+        # nothing failed on the way either (TCP keepalive on the embedded server's Unix
+        # socket raised in every subscription's connectionMade: no subscription at all)
+        self.assertNotIn("Traceback", text)
+        self.assertNotIn("Unhandled", text)
+        for subscription in (
+            "device manager subscription",
+            "gateway subscription",
+            "reply listener",
+            "configuration cache",
+        ):
+            self.assertIn(f"{subscription}: subscribed", text)
 
     def test_status_and_values_tell_the_truth(self):
         """Status within 1 s of each link change, published; values NT while offline;

@@ -416,3 +416,21 @@ class BoundTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(first), (0, ""))
         for d in waiting:
             self.failureResultOf(d, StoreUnavailable)
+
+
+class PoolAfterSubscriptionTests(SynchronousTestCase):
+    def test_the_base_is_read_once_the_pool_is_up(self) -> None:
+        """At start the subscription may be up before the pool: the base version is read
+        when the pool comes up, not tried at once and given up ("base version not read
+        (Redis is not reachable)": the cache stayed off until a resubscription)."""
+        memory = MemoryRedis()
+        self.successResultOf(ConfigStore(memory).apply([device_op("create", "1", "first")]))
+        memory.down()
+        cache: ConfigCache[str | None] = ConfigCache(memory, HeldSubscription(memory), 100, Clock())
+        cache.startService()
+        self.addCleanup(cache.stopService)
+        self.assertFalse(cache.serving)
+        self.assertEqual(cache.resets["no_base"], 0)  # not tried while the pool is down
+        memory.up()
+        self.assertTrue(cache.serving)
+        self.assertEqual(cache.resets["no_base"], 0)

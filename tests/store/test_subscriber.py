@@ -4,6 +4,7 @@ No redis-server: the test plays Redis's side of the protocol."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
@@ -14,6 +15,7 @@ from zope.interface.verify import verifyObject
 
 from pydatacoll.config import RedisAddress
 from pydatacoll.retry import exponential
+from pydatacoll.store import subscriber
 from pydatacoll.store.redis import RECONNECT_MAX_DELAY
 from pydatacoll.store.subscriber import Subscriber, default_retry_policy
 from pydatacoll.store_interfaces import ISubscriber
@@ -187,3 +189,30 @@ class ChannelsChangedMidwayTests(SubscriberHarness):
         self.assertFalse(self.subscriber.subscribed)  # not before C is gone
         feed(protocol, "unsubscribe", "C", 2)
         self.assertEqual((self.subscriber.subscribed, self.subscriptions), (True, 1))
+
+
+class KeepAliveTests(SynchronousTestCase):
+    """`keep_alive` on the subscription's transport: TCP keepalive on a TCP connection;
+    nothing, and no error, on a Unix socket (the embedded Redis: an error there ended
+    every subscription of the default daemon in its connectionMade)."""
+
+    def transport(self, sock):
+        self.addCleanup(sock.close)
+        return type("Transport", (), {"getHandle": lambda _: sock})()
+
+    def test_tcp(self):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        subscriber.keep_alive(self.transport(sock))
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            self.assertEqual(idle, subscriber.KEEPALIVE_IDLE)
+
+    def test_unix_socket_is_left_alone(self):
+        left, right = socket.socketpair(socket.AF_UNIX)
+        self.addCleanup(right.close)
+        subscriber.keep_alive(self.transport(left))  # raised EOPNOTSUPP before
+        self.assertEqual(left.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
+
+    def test_no_socket(self):
+        subscriber.keep_alive(object())  # a test transport without a handle
