@@ -329,9 +329,10 @@ def start_redis(stack: contextlib.ExitStack, workdir: Path) -> tuple[Child, int]
 
 
 def start_simulator(
-    stack: contextlib.ExitStack, workdir: Path, port: int, points: int, k: int, w: int
+    stack: contextlib.ExitStack, workdir: Path, points: int, k: int, w: int, port: int = 0
 ) -> tuple[Child, int]:
-    """Our IEC 104 simulator flooding on ``port``; the child and its port."""
+    """Our IEC 104 simulator flooding on ``port`` (0: a free one); the child and its
+    port. (bench/ctrl.py, gateway.py and mqtt.py use it too.)"""
     argv = [
         sys.executable,
         "-m", "pydatacoll.testing.iec104_sim",
@@ -446,7 +447,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         wait_until("the collector applying the points", lambda: applied in daemon.log_text(),
                    daemon, START_TIMEOUT)  # fmt: skip
         figures["configure_s"] = round(time.perf_counter() - started, 2)
-        sim, sim_port = start_simulator(stack, workdir, sim_port, args.points, args.k, args.w)
+        sim, sim_port = start_simulator(stack, workdir, args.points, args.k, args.w, port=sim_port)
 
         def flowing() -> bool:
             return redis.commandstats().get("xadd", (0, 0))[0] > 0
