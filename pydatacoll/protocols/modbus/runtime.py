@@ -216,13 +216,16 @@ class ModbusRuntime(Service):
         state, reason = link.state, link.reason
         if state == "connected":
             # Online only once the device has answered a request on this connection:
-            # a peer that accepts and then answers garbage is not online.
-            problems = link.problems()
+            # a peer that accepts and then answers garbage is not online. (The problems
+            # are put in words only when they are reported: the state watch asks every
+            # device four times a second.)
             if link.answered:
                 state = "online"
-            elif problems is not None:
-                state = "error"
-                reason = f"connected, but no valid response: {problems}"
+            else:
+                problems = link.problems()
+                if problems is not None:
+                    state = "error"
+                    reason = f"connected, but no valid response: {problems}"
         return state, reason
 
     def status(self) -> dict[str, Any]:
