@@ -1,12 +1,14 @@
-"""The daemon's start: the open-files limit raised for many device links."""
+"""The daemon's start: the open-files limit raised for many device links, the garbage
+collector's thresholds raised for many short-lived objects."""
 
 from __future__ import annotations
 
+import gc
 import resource
 
 from twisted.trial import unittest
 
-from pydatacoll.tap import raise_open_files_limit
+from pydatacoll.tap import GC_THRESHOLDS, raise_open_files_limit, tune_gc
 
 
 class OpenFilesLimitTests(unittest.SynchronousTestCase):
@@ -29,3 +31,14 @@ class OpenFilesLimitTests(unittest.SynchronousTestCase):
             raise unittest.SkipTest("an infinite hard limit")
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.assertEqual(raise_open_files_limit(), (hard, hard))
+
+
+class GcThresholdTests(unittest.SynchronousTestCase):
+    def test_thresholds_raised(self) -> None:
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        gc.set_threshold(700, 10, 10)
+        self.assertEqual(tune_gc(), (700, 10, 10))
+        self.assertEqual(gc.get_threshold(), GC_THRESHOLDS)
+        # young collections far rarer than CPython's default (every 700 allocations)
+        self.assertGreaterEqual(gc.get_threshold()[0], 50_000)

@@ -17,6 +17,12 @@ from pydatacoll.protocols.modbus.config import ModbusPoint
 from pydatacoll.protocols.modbus.pdu import MAX_READ_BITS, MAX_READ_REGISTERS
 
 
+def key_ids(key: str) -> tuple[str, str]:
+    """``(term_id, item_id)`` of a point key ``term_id:item_id``."""
+    term_id, _, item_id = key.partition(":")
+    return term_id, item_id
+
+
 @attrs.frozen
 class PlannedRead:
     """One read request and the points it serves (each with its offset in the read)."""
@@ -27,12 +33,16 @@ class PlannedRead:
     count: int
     interval: float
     points: tuple[tuple[ModbusPoint, int], ...]
-    #: The points' keys, and the qualities of a good answer: built once, shared by batches.
+    #: The points' keys, their ``(term_id, item_id)`` pairs and the qualities of a good
+    #: answer: built once, shared by the batches of every scan.
     keys: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    ids: tuple[tuple[str, str], ...] = attrs.field(init=False, eq=False, repr=False)
     all_good: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "keys", tuple(p.key for p, _ in self.points))
+        keys = tuple(p.key for p, _ in self.points)
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "ids", tuple(key_ids(key) for key in keys))
         object.__setattr__(self, "all_good", ("good",) * len(self.points))
 
     @property

@@ -371,7 +371,7 @@ class ModbusPoller(Service):
         data = response.bits if read.table.is_bits else response.registers
         self._deliver(ReadBatch(
             self.device_id, read.unit_id, read.table.value, read.address, read.count,
-            sent, now, read.keys, *decode_read(read, data),
+            sent, now, read.keys, *decode_read(read, data), ids=read.ids,
         ))  # fmt: skip
 
     def _read_failed(
@@ -398,7 +398,7 @@ class ModbusPoller(Service):
         self._deliver(ReadBatch(
             self.device_id, read.unit_id, read.table.value, read.address, read.count,
             sent, now, read.keys, (None,) * n, (quality,) * n,
-            error=str(error) or type(error).__name__,
+            error=str(error) or type(error).__name__, ids=read.ids,
         ))  # fmt: skip
 
     def _refused_read(self, schedule: _Schedule, read: PlannedRead) -> None:

@@ -26,6 +26,7 @@ from pydatacoll.protocols.modbus.config import (  # noqa: F401 (re-exported: old
     check_point,
     sort_points,
 )
+from pydatacoll.protocols.modbus.planner import key_ids
 from pydatacoll.protocols.modbus.poller import GOOD, ModbusPoller, PointValue, ReadBatch
 
 _ERRORS: tuple[tuple[type[Exception], type[errors.DeviceError]], ...] = (
@@ -131,20 +132,30 @@ class ModbusRuntime(Service):
         self.poller.resume_input()
 
     def _on_batch(self, batch: ReadBatch) -> None:
+        # 15,000 samples a second at 500 devices x 30 points: the point ids come split
+        # (the planned read's, split once), and an all-good read (the usual one) is
+        # turned into samples by one comprehension, without a quality test per point.
         device_id = self.device_id
         when = batch.time
-        samples = []
-        for key, value, quality in zip(batch.keys, batch.values, batch.qualities, strict=True):
-            term_id, _, item_id = key.partition(":")
-            if quality == GOOD:
-                samples.append(Sample(device_id, term_id, item_id, value, "good", (), when, when))
-            else:
-                samples.append(
-                    Sample(device_id, term_id, item_id, None, "invalid", (quality,), when, when)
+        ids = batch.ids or tuple(key_ids(key) for key in batch.keys)
+        qualities = batch.qualities
+        if qualities.count(GOOD) == len(qualities):
+            samples = [
+                Sample(device_id, term_id, item_id, value, GOOD, (), when, when)
+                for (term_id, item_id), value in zip(ids, batch.values, strict=True)
+            ]
+        else:
+            samples = [
+                Sample(device_id, term_id, item_id, value, GOOD, (), when, when)
+                if quality == GOOD
+                else Sample(device_id, term_id, item_id, None, "invalid", (quality,), when, when)
+                for (term_id, item_id), value, quality in zip(
+                    ids, batch.values, qualities, strict=True
                 )
+            ]
         self.points_updated += len(samples)
         self.last_value_time = when
-        self._scan.extend(samples)
+        self._scan += samples
         if len(self._scan) >= MAX_SCAN_SAMPLES:
             self._flush()
 
@@ -205,13 +216,16 @@ class ModbusRuntime(Service):
         state, reason = link.state, link.reason
         if state == "connected":
             # Online only once the device has answered a request on this connection:
-            # a peer that accepts and then answers garbage is not online.
-            problems = link.problems()
+            # a peer that accepts and then answers garbage is not online. (The problems
+            # are put in words only when they are reported: the state watch asks every
+            # device four times a second.)
             if link.answered:
                 state = "online"
-            elif problems is not None:
-                state = "error"
-                reason = f"connected, but no valid response: {problems}"
+            else:
+                problems = link.problems()
+                if problems is not None:
+                    state = "error"
+                    reason = f"connected, but no valid response: {problems}"
         return state, reason
 
     def status(self) -> dict[str, Any]:

@@ -55,7 +55,9 @@ class ReadBatch:
 
     ``keys[i]`` (``term_id:item_id``) has ``values[i]`` (scaled; None unless good) and
     ``qualities[i]``. Parallel tuples rather than an object per point keep the hot path
-    lean; `point_values` gives `PointValue` objects for code that prefers them.
+    lean; `point_values` gives `PointValue` objects for code that prefers them. ``ids``
+    holds the keys split into ``(term_id, item_id)`` (the planned read's, split once
+    when it was planned); empty when the maker of the batch did not give them.
     """
 
     device_id: str
@@ -70,6 +72,7 @@ class ReadBatch:
     values: tuple[Any, ...]
     qualities: tuple[str, ...]
     error: str | None = None
+    ids: tuple[tuple[str, str], ...] = ()
 
     def point_values(self) -> tuple[PointValue, ...]:
         """One `PointValue` per point."""

@@ -1,5 +1,6 @@
 """The link protocol over a StringTransport and a Clock: matching, timeouts, late replies."""
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError
@@ -50,6 +51,9 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), (7, 8))
         stats = protocol.stats.snapshot()
         self.assertEqual((stats["requests"], stats["responses"], stats["rtt_last"]), (1, 1, 0.25))
+        # every public counter, in field order, and nothing private
+        public = [a.name for a in attrs.fields(type(protocol.stats)) if a.name[0] != "_"]
+        self.assertEqual(list(stats), public)
 
     def test_one_in_flight_by_default(self):
         clock, protocol, transport = connect()

@@ -95,3 +95,47 @@ class InterfaceTests(SynchronousTestCase):
         self.assertTrue(runtime.poller.input_paused)
         runtime.resume_input()
         self.assertFalse(runtime.poller.input_paused)
+
+
+class BatchToSamplesTests(SynchronousTestCase):
+    """A read's batch becomes one sample per point, handed on when the scan is done."""
+
+    def _runtime(self):
+        items = [item("t1", "a", protocol_code=0), item("t1", "b.c", protocol_code=1)]
+        sink = _Sink()
+        return ModbusRuntime(DEVICE, TERMS, items, sink, MemoryReactorClock()), sink
+
+    def test_planned_reads_carry_the_split_point_ids(self):
+        runtime, _ = self._runtime()
+        (schedule,) = runtime.poller.schedules.values()
+        (read,) = schedule.reads
+        self.assertEqual(read.ids, (("t1", "a"), ("t1", "b.c")))
+
+    def test_good_and_bad_points_with_and_without_ids(self):
+        from pydatacoll.model import Sample
+        from pydatacoll.protocols.modbus.values import ReadBatch
+
+        runtime, sink = self._runtime()
+        keys = ("t1:a", "t1:b.c")
+        for ids in ((("t1", "a"), ("t1", "b.c")), ()):
+            sink.samples.clear()
+            runtime._on_batch(
+                ReadBatch("d1", 1, "holding", 0, 2, 1.0, 2.0, keys, (7, 8), ("good", "good"),
+                          ids=ids)
+            )  # fmt: skip
+            runtime._on_batch(
+                ReadBatch("d1", 1, "holding", 0, 2, 3.0, 4.0, keys, (5, None),
+                          ("good", "timeout"), ids=ids)
+            )  # fmt: skip
+            runtime._flush()
+            self.assertEqual(
+                sink.samples,
+                [
+                    Sample("d1", "t1", "a", 7, "good", (), 2.0, 2.0),
+                    Sample("d1", "t1", "b.c", 8, "good", (), 2.0, 2.0),
+                    Sample("d1", "t1", "a", 5, "good", (), 4.0, 4.0),
+                    Sample("d1", "t1", "b.c", None, "invalid", ("timeout",), 4.0, 4.0),
+                ],
+            )
+        self.assertEqual(runtime.points_updated, 8)
+        self.assertEqual(runtime.last_value_time, 4.0)
