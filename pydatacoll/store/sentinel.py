@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
@@ -46,11 +46,24 @@ class MasterResolver:
         self.sentinel.discovery_timeout = SENTINEL_DELAY
         for connection in self.sentinel.sentinels:
             connection._factory.maxDelay = SENTINEL_DELAY
+        #: One Deferred per lookup in flight, fired when it has settled: a lookup holds a
+        #: timer of txredisapi's (up to `SENTINEL_DELAY`) that `disconnect` waits for.
+        self._looking: set[Deferred[None]] = set()
 
     def master(self) -> Deferred[tuple[str, int]]:
         """The master's (host, port); fails with ``txredisapi.MasterNotFoundError`` when no
         Sentinel names a healthy master within `SENTINEL_DELAY`."""
         d: Deferred[tuple[str, int]] = self.sentinel.discover_master(self.address.master_name)
+        if not d.called:
+            settled: Deferred[None] = Deferred()
+            self._looking.add(settled)
+
+            def done(result: Any) -> Any:
+                self._looking.discard(settled)
+                settled.callback(None)
+                return result
+
+            d.addBoth(done)
         return d
 
     def master_address(self) -> Deferred[RedisAddress]:
@@ -63,8 +76,11 @@ class MasterResolver:
         )
 
     def disconnect(self) -> Deferred[Any]:
-        """Close the connections to the Sentinels."""
+        """Close the connections to the Sentinels; fires once every lookup in flight has
+        settled too (its timer gone: nothing of the resolver is left in the reactor)."""
+        looking = list(self._looking)
         d: Deferred[Any] = self.sentinel.disconnect()
+        d.addBoth(lambda result: DeferredList(looking).addCallback(lambda _: result))
         return d
 
 
