@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -124,6 +125,33 @@ def serve_modbus(
         return
 
 
+def configure_devices(
+    ok: Any, peers: dict[str, Any], device_ids: Any, *, scan_interval: float, timeout: float
+) -> None:
+    """Through the API (``ok(method, path, body)``): item "reg", and per device a Modbus
+    device on its peer's port with one term ``t<device>`` reading holding register 0."""
+    ok("POST", "/api/v1/items", {"id": "reg"})
+    for device_id in device_ids:
+        device = {
+            "id": device_id,
+            "protocol": "modbus",
+            "ip": "127.0.0.1",
+            "port": peers[device_id].port,
+            "scan_interval": scan_interval,
+            "timeout": timeout,
+            "reconnect_initial": 0.2,
+            "reconnect_max": 1,
+        }
+        ok("POST", "/api/v1/devices", device)
+        term = f"t{device_id}"
+        ok("POST", "/api/v1/terms", {"id": term, "device_id": device_id, "address": 1})
+        ok(
+            "POST",
+            f"/api/v1/terms/{term}/items",
+            {"item_id": "reg", "protocol_code": 0, "code_type": "holding"},
+        )
+
+
 class ClusterDaemonTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.workdir = tempfile.mkdtemp()
@@ -145,29 +173,7 @@ class ClusterDaemonTests(SynchronousTestCase):
         return reply
 
     def configure(self) -> None:
-        self.ok("POST", "/api/v1/items", {"id": "reg"})
-        for device_id in DEVICES:
-            self.ok(
-                "POST",
-                "/api/v1/devices",
-                {
-                    "id": device_id,
-                    "protocol": "modbus",
-                    "ip": "127.0.0.1",
-                    "port": self.peers[device_id].port,
-                    "scan_interval": 0.5,
-                    "timeout": 0.5,
-                    "reconnect_initial": 0.2,
-                    "reconnect_max": 1,
-                },
-            )
-            term = f"t{device_id}"
-            self.ok("POST", "/api/v1/terms", {"id": term, "device_id": device_id, "address": 1})
-            self.ok(
-                "POST",
-                f"/api/v1/terms/{term}/items",
-                {"item_id": "reg", "protocol_code": 0, "code_type": "holding"},
-            )
+        configure_devices(self.ok, self.peers, DEVICES, scan_interval=0.5, timeout=0.5)
 
     def start_collector(self, collector_id: str) -> None:
         daemon = CollectorDaemon(

@@ -54,29 +54,7 @@ class ClusterSigstopTests(SynchronousTestCase):
         self.collectors: dict[str, CollectorDaemon] = {}
 
     def configure(self) -> None:
-        self.ok("POST", "/api/v1/items", {"id": "reg"})
-        for device_id in DEVICES:
-            self.ok(
-                "POST",
-                "/api/v1/devices",
-                {
-                    "id": device_id,
-                    "protocol": "modbus",
-                    "ip": "127.0.0.1",
-                    "port": self.peers[device_id].port,
-                    "scan_interval": 0.25,
-                    "timeout": 1,
-                    "reconnect_initial": 0.2,
-                    "reconnect_max": 1,
-                },
-            )
-            term = f"t{device_id}"
-            self.ok("POST", "/api/v1/terms", {"id": term, "device_id": device_id, "address": 1})
-            self.ok(
-                "POST",
-                f"/api/v1/terms/{term}/items",
-                {"item_id": "reg", "protocol_code": 0, "code_type": "holding"},
-            )
+        daemons.configure_devices(self.ok, self.peers, DEVICES, scan_interval=0.25, timeout=1)
 
     def status(self, device_id: str) -> dict:
         status, body = request("GET", f"{self.api.base}/api/v1/devices/{device_id}/status")
