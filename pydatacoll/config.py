@@ -307,6 +307,17 @@ OPTIONS += (
     ),
     Option(
         "collector",
+        "command_hold",
+        "command_hold",
+        "0.1",
+        number_option(0.0, 10.0),
+        "Seconds, at most, that a device_call/device_ctrl in flight holds back the data of "
+        "this process (IEC 104 links that sent lately stop reading, the ingest sends no new "
+        "script), so the command finds the reactor and Redis free; data is held at most half "
+        "the time. 0: commands queue behind data.",
+    ),
+    Option(
+        "collector",
         "frame_log_length",
         "frame_log_length",
         "0",
@@ -435,6 +446,7 @@ class Settings:
     history_length: int = 1000
     buffer_samples: int = 100000
     publish_points: bool = False
+    command_hold: float = 0.1
     frame_log_length: int = 0
     ctrl_log_length: int = 10000
     stream_clients: int = 100

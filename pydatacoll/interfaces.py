@@ -48,6 +48,11 @@ class IDeviceRuntime(Interface):
     def resume_input():  # type: ignore[no-untyped-def]
         """Take data again after `pause_input` (a no-op when not paused)."""
 
+    # Optional: ``lossless_pause = True`` says `pause_input` loses nothing (an IEC 104
+    # link stops reading; the RTU keeps its data). Only such devices are held back while
+    # a command is in flight (`pydatacoll.control.priority`); a polling runtime whose
+    # pause skips scans leaves it out (false).
+
 
 class IProtocolDriver(Interface):
     """What the device manager needs to run devices of one protocol."""
@@ -171,6 +176,10 @@ class IIngest(ISampleSink, IService):
 
     def mark_not_topical(device_id):  # type: ignore[no-untyped-def]
         """Flag the latest value of each of the device's points NT, in sample order."""
+
+    def hold(holding):  # type: ignore[no-untyped-def]
+        """Send nothing new to the store while ``holding`` (a command is in flight);
+        samples keep being queued, within the buffer's bound."""
 
     def status():  # type: ignore[no-untyped-def]
         """The counters (written, skipped, dropped, buffered...) as a JSON object."""

@@ -247,6 +247,7 @@ class _Snapshot(Collector):
                 if status is not None:
                     statuses[device_id] = status
             yield from _ingest_families(manager.ingest.status())
+            yield from _priority_families(manager.priority.status())
             if metrics.processors is not None:
                 plugins = metrics.processors.status()
         elif metrics.live is not None:
@@ -326,6 +327,29 @@ def _ingest_families(status: dict[str, Any]) -> Iterator[Metric]:
         ("pydatacoll_ingest_samples_dropped", "dropped", "Samples dropped: buffer full."),
         ("pydatacoll_ingest_write_failures", "write_failures", "Failed batch writes."),
         ("pydatacoll_ingest_pauses", "pauses", "Times the devices' input was paused."),
+    ):
+        yield CounterMetricFamily(name, doc, value=status[key])
+
+
+def _priority_families(status: dict[str, Any]) -> Iterator[Metric]:
+    """Commands ahead of data (`pydatacoll.control.priority`)."""
+    for name, key, doc in (
+        (
+            "pydatacoll_command_holds",
+            "holds",
+            "Times a command in flight held the data back ([collector] command_hold).",
+        ),
+        (
+            "pydatacoll_command_holds_capped",
+            "capped",
+            "Holds ended by their bound while the command was still in flight.",
+        ),
+        (
+            "pydatacoll_command_unheld",
+            "unheld",
+            "Commands that held nothing: holds had taken half the time lately.",
+        ),
+        ("pydatacoll_command_held_seconds", "held_seconds", "Seconds the data was held."),
     ):
         yield CounterMetricFamily(name, doc, value=status[key])
 

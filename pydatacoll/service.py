@@ -11,6 +11,7 @@ from pydatacoll.api.app import ApiApp
 from pydatacoll.api.stream import StreamHub
 from pydatacoll.config import Settings
 from pydatacoll.control.commander import make_commander
+from pydatacoll.control.priority import CommandPriority
 from pydatacoll.control.replies import ReplyListener
 from pydatacoll.devices.collector import make_collector
 from pydatacoll.metrics import ProcessMetrics, metrics_site
@@ -58,8 +59,11 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
         command_redis.setServiceParent(root)
     processors = None
     metrics = ProcessMetrics(reactor)
+    # One per process: a command of the API (or a gateway) holds this process's data back
+    # while it is in flight, as a command the collector part answers does.
+    priority = CommandPriority(reactor, settings.command_hold)
     if settings.runs_collector:
-        collector = make_collector(settings, reactor, client)
+        collector = make_collector(settings, reactor, client, priority)
         collector.setName("collector")
         collector.setServiceParent(root)
         processors = collector.getServiceNamed("processors")
@@ -67,7 +71,9 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
     else:
         metrics.watch_redis(client)
     if settings.runs_api:
-        _add_api(root, settings, reactor, client, embedded, processors, metrics, command_redis)
+        _add_api(
+            root, settings, reactor, client, embedded, processors, metrics, command_redis, priority
+        )
     elif settings.metrics_endpoint and settings.runs_collector:
         token = settings.api_token if settings.protect_reads else None
         listener = strports.service(
@@ -76,7 +82,7 @@ def make_root_service(settings: Settings, reactor: Any) -> MultiService:
         listener.setName("metrics")
         listener.setServiceParent(root)
     if settings.runs_gateway:
-        _add_gateway(root, settings, reactor, client, embedded, command_redis)
+        _add_gateway(root, settings, reactor, client, embedded, command_redis, priority)
     return root
 
 
@@ -87,6 +93,7 @@ def _add_gateway(
     client: RedisClient,
     embedded: Any,
     command_redis: Any,
+    priority: CommandPriority,
 ) -> None:
     """The northbound gateways, with a reply listener of their own for commands."""
     from pydatacoll.gateway.service import GatewayService
@@ -96,7 +103,9 @@ def _add_gateway(
     )
     replies.setName("gateway-replies")
     replies.setServiceParent(root)
-    commander = make_commander(client, settings, reactor, replies, command_redis=command_redis)
+    commander = make_commander(
+        client, settings, reactor, replies, command_redis=command_redis, priority=priority
+    )
     gateway = GatewayService(client, reactor, commander=commander)
     gateway.setName("gateway")
     gateway.setServiceParent(root)
@@ -111,6 +120,7 @@ def _add_api(
     processors: Any,
     metrics: ProcessMetrics,
     command_redis: Any,
+    priority: CommandPriority,
 ) -> None:
     """The reply listener of device_call/device_ctrl, the event stream and the REST API."""
     replies = ReplyListener(
@@ -139,6 +149,7 @@ def _add_api(
         metrics=metrics,
         config_cache=cache,
         commands=CommandStore(command_redis),
+        priority=priority,
     )
     api_service = strports.service(settings.api_listen, api.site(), reactor=reactor)
     api_service.setName("api")

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from pydatacoll.control.priority import CommandPriority
 from pydatacoll.metrics import ProcessMetrics, device_figures, metrics_site
 from tests.api.test_app import http_call
 
@@ -59,6 +60,8 @@ class _Ingest:
 class _Manager:
     def __init__(self):
         self.ingest = _Ingest()
+        self.priority = CommandPriority(Clock(), 0.1)
+        self.priority.holds, self.priority.capped, self.priority.held_seconds = 7, 1, 0.25
         self.running_devices = {"m1": None, "c1": None, "gone": None}
 
     def device_status(self, device_id):
@@ -124,6 +127,9 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(found[("pydatacoll_ingest_samples_dropped_total", ())], 2)
         self.assertEqual(found[("pydatacoll_ingest_buffered_samples", ())], 3)
         self.assertEqual(found[("pydatacoll_ingest_congested", ())], 1)
+        self.assertEqual(found[("pydatacoll_command_holds_total", ())], 7)
+        self.assertEqual(found[("pydatacoll_command_holds_capped_total", ())], 1)
+        self.assertEqual(found[("pydatacoll_command_held_seconds_total", ())], 0.25)
         self.assertEqual(found[("pydatacoll_ingest_batch_samples_sum", ())], 250)
         self.assertEqual(found[("pydatacoll_ingest_redis_round_trip_seconds_count", ())], 1)
         self.assertEqual(found[("pydatacoll_plugin_up", (("plugin", "limits"),))], 1)

@@ -25,6 +25,7 @@ from pydatacoll.api.plumbing import (
 )
 from pydatacoll.config import Settings
 from pydatacoll.control.commander import Commander, find_term_item
+from pydatacoll.control.priority import CommandPriority
 from pydatacoll.model import (
     ENTITIES,
     Device,
@@ -51,8 +52,9 @@ class ApiCore:
     client when not given) the values, statuses, channels, audit log and alarms;
     ``replies`` receives the collector's answers to device_call/device_ctrl (without it
     those routes answer 503); ``commands`` (an `ICommandStore`, default on the same
-    client) sends their requests and takes the audit entries; ``clock`` gives the times
-    of requests and audit entries;
+    client) sends their requests and takes the audit entries; ``priority`` (a
+    `CommandPriority`) holds this process's data back while one is in flight;
+    ``clock`` gives the times of requests and audit entries;
     ``history`` (an `IHistoryReader`) serves ranges older than Redis holds;
     ``config_cache`` (a started `ConfigCache`) serves entity reads from memory when that
     is provably current (without it every read is one HGETALL).
@@ -76,6 +78,7 @@ class ApiCore:
         events: IEventStore | None = None,
         config_cache: ConfigCache[Any] | None = None,
         commands: ICommandStore | None = None,
+        priority: CommandPriority | None = None,
     ) -> None:
         self.store = store
         self.config_cache: ConfigCache[Any] = (
@@ -93,7 +96,15 @@ class ApiCore:
         self.clock = clock or (replies.clock if replies is not None else WallClock())
         #: device_call / device_ctrl and their audit (the one command path).
         self.commander = Commander(
-            store, self.points, self.events, replies, settings, self.clock, metrics, commands
+            store,
+            self.points,
+            self.events,
+            replies,
+            settings,
+            self.clock,
+            metrics,
+            commands,
+            priority,
         )
         if plugins is None:
             plugins = PluginDirectory(settings, store.redis, self.clock)

@@ -17,11 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from pydatacoll import errors
+from pydatacoll.control.priority import CommandPriority
 from pydatacoll.control.replies import DeviceAnswer, ReplyListener, ReplyTimeout, parse_reply
 from pydatacoll.interfaces import ICommander
 from pydatacoll.model import is_valid_id, iso_time
@@ -53,7 +54,9 @@ class Commander:
     are the API's stores (kept for its callers); ``replies`` (None: every request is
     answered ``unavailable``) receives the collector's answers; ``settings`` gives
     ``device_timeout`` and ``ctrl_log_length`` (read at each request); ``clock`` the
-    times; ``metrics`` (optional) counts the outcomes of device_ctrl.
+    times; ``metrics`` (optional) counts the outcomes of device_ctrl; ``priority``
+    (optional, a `CommandPriority`) holds this process's data back while a command is
+    in flight.
     """
 
     log = Logger()
@@ -68,6 +71,7 @@ class Commander:
         clock: Any,
         metrics: Any = None,
         commands: ICommandStore | None = None,
+        priority: CommandPriority | None = None,
     ) -> None:
         self.config = config
         self.points = points
@@ -80,13 +84,14 @@ class Commander:
         self.commands: ICommandStore = (
             commands if commands is not None else CommandStore(config.redis)  # type: ignore[attr-defined]
         )
+        #: Commands ahead of data in this process (None: no hold).
+        self.priority = priority
 
     def device_call(self, request_id: str, ids: dict[str, str]) -> Deferred[Any]:
         """Read a point now: fires with the `DeviceAnswer` (2xx) or fails with it (or
         with the `errors.ApiError` refusing the request: 404, 503...)."""
-        return self._round_trip("device_call", request_id, ids, {}, None)
+        return self._ahead_of_data(ids, self._round_trip, "device_call", request_id, ids, {}, None)
 
-    @inlineCallbacks
     def device_ctrl(
         self,
         request_id: str,
@@ -96,13 +101,43 @@ class Commander:
         token_id: str,
         refused: str | None = None,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> Deferred[Any]:
         """Validate, send and audit one command; every outcome gets its audit entry.
 
         Fires with the `DeviceAnswer` or fails with the `errors.ApiError` the REST route
         answers; ``refused`` (a reason) audits the command as refused without sending
         it; ``timeout`` (default: ``device_timeout``) bounds the wait for the reply.
         """
+        args = (request_id, ids, body, client, token_id, refused, timeout)
+        if refused is not None:
+            return self._device_ctrl(*args)  # audited only: nothing to hold data for
+        return self._ahead_of_data(ids, self._device_ctrl, *args)
+
+    def _ahead_of_data(self, ids: dict[str, str], work: Any, *args: Any) -> Deferred[Any]:
+        """``work(*args)`` with this process's data held back meanwhile (`priority`)."""
+        priority = self.priority
+        if priority is None:
+            return maybeDeferred(work, *args)
+        device_id = str(ids.get("device_id"))
+        priority.begin(device_id)
+
+        def done(result: Any) -> Any:
+            priority.end(device_id)
+            return result
+
+        return maybeDeferred(work, *args).addBoth(done)
+
+    @inlineCallbacks
+    def _device_ctrl(
+        self,
+        request_id: str,
+        ids: dict[str, str],
+        body: dict[str, Any],
+        client: str,
+        token_id: str,
+        refused: str | None,
+        timeout: float | None,
+    ) -> Any:
         entry = {
             "time": iso_time(self.clock.seconds()),
             "request_id": request_id,
@@ -300,6 +335,7 @@ def make_commander(
     replies: Any,
     metrics: Any = None,
     command_redis: Any = None,
+    priority: CommandPriority | None = None,
 ) -> Commander:
     """A `Commander` over the stores on the Redis client ``redis`` and ``replies``; its
     requests and audit entries go through ``command_redis`` (default ``redis``): give it
@@ -313,16 +349,20 @@ def make_commander(
         clock,
         metrics,
         CommandStore(command_redis if command_redis is not None else redis),
+        priority,
     )
 
 
-def commander_factory(redis: Any, settings: Any, clock: Any) -> Callable[[], Commander]:
+def commander_factory(
+    redis: Any, settings: Any, clock: Any, priority: CommandPriority | None = None
+) -> Callable[[], Commander]:
     """Builds, on demand, a `Commander` with a reply listener of its own on the server the
     pool ``redis`` connects to (its owner starts and stops ``commander.replies``): for a
     processor plugin commanding devices (the MQTT plugin)."""
 
     def build() -> Commander:
-        return make_commander(redis, settings, clock, ReplyListener(clock, address_source=redis))
+        replies = ReplyListener(clock, address_source=redis)
+        return make_commander(redis, settings, clock, replies, priority=priority)
 
     return build
 

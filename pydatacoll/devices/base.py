@@ -73,6 +73,14 @@ class ManagerBase(MultiService):
     _paused: dict[str, Any]
     #: Requests (device_call / device_ctrl) in flight per device id.
     _commands: dict[str, int]
+    #: Devices held back while a command is in flight (`RequestHandler.hold_data`).
+    _held: dict[str, Any]
+    #: Devices that delivered samples since the last state check, and in the one before
+    #: (those a command's hold pauses).
+    _senders: set[str]
+    _senders_before: set[str]
+    #: Commands ahead of data in this process (`pydatacoll.control.priority`).
+    priority: Any
     #: The cluster member (`pydatacoll.devices.cluster`); None without the cluster.
     member: Any = None
 

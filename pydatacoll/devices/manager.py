@@ -34,6 +34,7 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from pydatacoll.config import Settings
+from pydatacoll.control.priority import CommandPriority
 from pydatacoll.interfaces import ISampleSink
 from pydatacoll.logs import RateLimitedLog
 from pydatacoll.model import Sample
@@ -120,6 +121,7 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         *,
         subscribe: SubscriptionFactory | None = None,
         cluster_store: Any = None,
+        priority: CommandPriority | None = None,
     ) -> None:
         super().__init__()
         self.redis = redis
@@ -166,6 +168,14 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         self._paused = {}
         #: Requests in flight per device (its input is never paused meanwhile).
         self._commands = {}
+        #: Commands ahead of data: this process's (shared with its API) or one of its own.
+        self.priority = (
+            priority if priority is not None else CommandPriority(reactor, settings.command_hold)
+        )
+        self.priority.add_holder(self)
+        self._held = {}
+        self._senders = set()
+        self._senders_before = set()
         subscribe = subscribe or redis_subscription(redis, reactor)
         self.subscriber = subscribe(
             self._message,
@@ -205,6 +215,7 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
             self._retry.cancel()
         self._retry = None
         self.rate_limited.stop()
+        self.priority.stop()
         if self.member is not None:
             # Its devices stop (links closed), then their leases go back, then it leaves.
             yield defer.maybeDeferred(self.member.stopService)
@@ -233,6 +244,10 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
 
     def samples_received(self, samples: Sequence[Sample]) -> None:
         """Every batch from every device (and from the processors' ``emit``)."""
+        if samples:
+            # A device's batch is its own (a processor's may mix: its devices are not
+            # links); a command's hold pauses those that sent lately.
+            self._senders.add(samples[0].device_id)
         if self._not_live:
             # What a device reports while it is not live (its driver's "not_connected"
             # placeholders) is not topical either; a good value is fresh and stays as is.
@@ -281,8 +296,9 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
                 self._pause(device_id)
         else:
             paused, self._paused = self._paused, {}
-            for runtime in paused.values():
-                self._set_input(runtime, pause=False)
+            for device_id, runtime in paused.items():
+                if self._held.get(device_id) is not runtime:  # else: a command's hold ends it
+                    self._set_input(runtime, pause=False)
 
     def _pause_senders(self, samples: Sequence[Sample]) -> None:
         """While congested: pause the devices of ``samples`` that still read."""
@@ -296,7 +312,8 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
         if self._paused.get(device_id) is running.runtime:
             return  # paused already (a restarted device has a new runtime: paused anew)
         self._paused[device_id] = running.runtime
-        self._set_input(running.runtime, pause=True)
+        if self._held.get(device_id) is not running.runtime:
+            self._set_input(running.runtime, pause=True)
 
     def _set_input(self, runtime: Any, *, pause: bool) -> None:
         try:
@@ -330,6 +347,7 @@ class DeviceManager(RequestHandler, Reconciler, ClusterMode):
             "devices": len(self.running_devices),
             "subscribed": self.subscriber.subscribed,
             "ingest": self.ingest.status(),
+            "command_priority": self.priority.status(),
             "config_version": self.version,
             **({"collector": self.collector_id} if self.member is not None else {}),
         }

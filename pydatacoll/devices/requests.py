@@ -8,6 +8,7 @@ with Retry-After), never a queue.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 from twisted.internet import defer
@@ -68,13 +69,16 @@ class RequestHandler(ManagerBase):
 
     def _command_started(self, device_id: str) -> None:
         """A request for ``device_id`` starts: its input reads (even while the ingest is
-        congested) until its last request is answered, so its reply is not held back."""
+        congested) until its last request is answered, so its reply is not held back;
+        the other devices' data is held meanwhile (`pydatacoll.control.priority`)."""
         self._commands[device_id] = self._commands.get(device_id, 0) + 1
         runtime = self._paused.pop(device_id, None)
-        if runtime is not None:
+        if runtime is not None and device_id not in self._held:
             self._set_input(runtime, pause=False)
+        self.priority.begin(device_id)
 
     def _command_done(self, device_id: str) -> None:
+        self.priority.end(device_id)
         left = self._commands.get(device_id, 0) - 1
         if left > 0:
             self._commands[device_id] = left
@@ -82,6 +86,42 @@ class RequestHandler(ManagerBase):
         self._commands.pop(device_id, None)
         if self.ingest.congested and any(s.device_id == device_id for s in self.ingest.buffer):
             self._pause(device_id)  # still flooding: paused again until the ingest catches up
+
+    # --- commands ahead of data (the `DataHolder` of `pydatacoll.control.priority`) ---
+
+    def hold_data(self, exempt: Collection[str]) -> None:
+        """Hold back the devices that sent data lately and pause without loss (not those
+        in ``exempt`` or with a request in flight), and the ingest's new scripts."""
+        for device_id in self._senders | self._senders_before:
+            running = self.running_devices.get(device_id)
+            if (
+                running is None
+                or running.runtime is None
+                or device_id in exempt
+                or device_id in self._commands
+                or device_id in self._held
+                or not getattr(running.runtime, "lossless_pause", False)
+            ):
+                continue
+            self._held[device_id] = running.runtime
+            if self._paused.get(device_id) is not running.runtime:
+                self._set_input(running.runtime, pause=True)
+        self.ingest.hold(True)
+
+    def release_device(self, device_id: str) -> None:
+        """A command for a held device starts: it reads again now."""
+        runtime = self._held.pop(device_id, None)
+        if runtime is not None and self._paused.get(device_id) is not runtime:
+            self._set_input(runtime, pause=False)
+
+    def release_data(self) -> None:
+        """The hold ends: every held device reads again (unless the ingest's congestion
+        pauses it), and the ingest writes again."""
+        held, self._held = self._held, {}
+        for device_id, runtime in held.items():
+            if self._paused.get(device_id) is not runtime:
+                self._set_input(runtime, pause=False)
+        self.ingest.hold(False)
 
     def _run_request(self, kind: str, running: Running, message: dict[str, Any]) -> Any:
         runtime = running.runtime

@@ -108,6 +108,7 @@ class StatusWriter(ManagerBase):
         of those due for their refresh (written ``STATUS_INTERVAL`` ago or more)."""
         # Run by a LoopingCall: it must never raise, or the loop would stop for good.
         try:
+            self._senders_before, self._senders = self._senders, set()
             due_before = self.reactor.seconds() - STATUS_INTERVAL + STATE_CHECK_INTERVAL / 2
             written_at = self._written_at
             changed = [

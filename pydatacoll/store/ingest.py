@@ -147,6 +147,8 @@ class RedisIngest(Service):
         #: Each sample also on its point's channel (``[collector] publish_points``).
         self.publish_points = publish_points
         self.congested = False
+        #: While a command is in flight (`hold`): no new script is sent.
+        self.holding = False
         self.written = 0
         self.skipped = 0
         self.fenced = 0
@@ -226,6 +228,14 @@ class RedisIngest(Service):
                     call.cancel()
                 d.callback(None)
 
+    def hold(self, holding: bool) -> None:
+        """Send no new script while ``holding`` (a command is in flight: it finds Redis
+        free, `pydatacoll.control.priority`); the scripts in flight still complete, and
+        the samples wait in the bounded buffer as when Redis is slow."""
+        self.holding = holding
+        if not holding:
+            self._kick()
+
     def _kick(self) -> None:
         buffer = self.buffer
         if self._retry is None and self.running and self._linger is None:
@@ -254,7 +264,9 @@ class RedisIngest(Service):
         # A failure (even at once, Redis being away) schedules a retry and ends the loop.
         try:
             while (
-                (self.buffer or self._marks)
+                not getattr(self, "_holding", False)
+                and (self.buffer or self._marks)
+                and not self.holding
                 and len(self._in_flight) < IN_FLIGHT
                 and self._retry is None
             ):
@@ -442,6 +454,7 @@ class RedisIngest(Service):
     def stopService(self) -> Any:
         """Write what waits (for up to ``FLUSH_TIMEOUT`` s), then stop."""
         super().stopService()
+        self.holding = False
         for call in (self._retry, self._linger):
             if call is not None and call.active():
                 call.cancel()

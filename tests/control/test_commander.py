@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 
 from pydatacoll import errors
 from pydatacoll.control.commander import Commander, CommandSettings, make_commander
+from pydatacoll.control.priority import LINGER, CommandPriority
 from pydatacoll.control.replies import DeviceAnswer, ReplyListener
 from pydatacoll.interfaces import ICommander
 from pydatacoll.model import iso_time
@@ -323,3 +324,49 @@ class CommanderTests(SynchronousTestCase):
         error = self.assert_failed_with(d, "timeout", 504)
         self.assertNotIn("executed", error.message)
         self.assertEqual(self.metrics.commands.counts, {})
+
+
+class CommandPriorityTests(CommanderTests):
+    """The API's end of commands ahead of data: the process's data is held from the
+    request until its answer is audited, whatever the outcome."""
+
+    def setUp(self):
+        super().setUp()
+        from tests.control.test_priority import Holder
+
+        self.priority = CommandPriority(self.clock, max_hold=0.1)
+        self.holder = Holder()
+        self.priority.add_holder(self.holder)
+        self.commander.priority = self.priority
+        self.seen = []
+        self.script = lambda channel, request: (
+            self.seen.append(self.holder.held)
+            or {
+                "outcome": "confirmed",
+                "message": "done",
+            }
+        )
+
+    def assert_nothing_waits(self):
+        self.clock.advance(LINGER)  # the hold outlives the answer that long
+        super().assert_nothing_waits()
+
+    def test_held_from_request_to_answer(self):
+        self.successResultOf(self.ctrl())
+        self.clock.advance(LINGER)
+        self.assertEqual(self.seen, [True])  # the collector got it while data was held
+        self.assertEqual(self.holder.calls, [("hold", ["1"]), "release"])
+        self.successResultOf(self.commander.device_call("r2", dict(IDS)))
+        self.clock.advance(LINGER)
+        self.assertEqual(self.seen, [True, True])
+        self.assertFalse(self.priority.held)
+
+    def test_released_on_a_timeout_and_a_refusal(self):
+        self.script = lambda channel, request: None  # nobody answers
+        d = self.ctrl()
+        self.assertTrue(self.priority.held)
+        self.clock.advance(2.0)
+        self.assert_failed_with(d, "timeout", 504)
+        self.assertEqual(self.priority.status()["commands"], 0)
+        self.failureResultOf(self.ctrl(refused="read-only token"), errors.ApiError)
+        self.assertEqual(self.priority.status()["holds"], 1)  # the refusal held nothing

@@ -71,6 +71,7 @@ class HeldIngest:
     def __init__(self) -> None:
         self.buffer: collections.deque[Any] = collections.deque()
         self.congested = False
+        self.holding = False
         self.unsettled: set[str] = set()
 
     def samples_received(self, samples: Any) -> None:
@@ -78,6 +79,9 @@ class HeldIngest:
 
     def mark_not_topical(self, device_id: str) -> None:
         pass
+
+    def hold(self, holding: bool) -> None:
+        self.holding = holding
 
 
 @implementer(IProtocolDriver)

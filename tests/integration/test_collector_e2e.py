@@ -6,10 +6,12 @@ Everything is configured over REST only. The same scenario runs with one daemon
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -114,6 +116,8 @@ class ModbusSim:
 
 class Scenario:
     """The walk through; ``api`` is the daemon serving REST."""
+
+    holds_in_api = False
 
     def setUp(self):
         self.workdir = tempfile.mkdtemp()
@@ -274,6 +278,13 @@ class Scenario:
         self.assertEqual(
             [entry["outcome"] for entry in log][:3], ["negative", "confirmed", "confirmed"]
         )
+        if self.holds_in_api:
+            # Commands ahead of data: each request held this process's data meanwhile
+            # (2 device_call and 3 device_ctrl, seconds apart: the budget never runs out).
+            text = urllib.request.urlopen(self.api.base + "/metrics", timeout=10).read()
+            holds = re.search(rb"^pydatacoll_command_holds_total (\S+)$", text, re.M)
+            self.assertIsNotNone(holds, text[:2000])
+            self.assertGreaterEqual(float(holds.group(1)), 5.0)
 
         # The Modbus server dies: offline, device_call 503; it returns: values flow.
         self.modbus.kill()
@@ -318,6 +329,8 @@ class Scenario:
 
 
 class OneDaemonTests(Scenario, SynchronousTestCase):
+    holds_in_api = True  # the API and the collector share one process and its holds
+
     def start_daemons(self):
         self.api = self.daemon()
 

@@ -92,6 +92,31 @@ class IngestTests(SynchronousTestCase):
         self.assertEqual(self.ingest.status()["written"], 25)
         self.assertEqual(self.redis.calls, [])
 
+    def test_held_sends_nothing_new_but_completes_what_is_in_flight(self):
+        """A command in flight holds the ingest: the scripts sent complete, no new one
+        goes out; released, it writes everything in order."""
+        self.ingest.samples_received(samples(10))
+        self.ingest.hold(True)
+        self.ingest.samples_received(samples(15, start=10))
+        self.assertEqual(len(self.redis.calls), 1)
+        self.redis.answer()
+        self.clock.advance(1)
+        self.assertEqual((self.ingest.written, self.redis.calls), (10, []))
+        self.ingest.hold(False)
+        first = self.redis.answer()
+        self.redis.answer()
+        self.assertEqual(first[9:11], ["t", "i10"])
+        self.assertEqual(self.ingest.written, 25)
+
+    def test_stopping_while_held_writes_everything(self):
+        self.ingest.hold(True)
+        self.ingest.samples_received(samples(15))
+        stopped = self.ingest.stopService()
+        self.redis.answer()
+        self.redis.answer()
+        self.successResultOf(stopped)
+        self.assertEqual(self.ingest.written, 15)
+
     def test_overload_pauses_the_devices_until_caught_up(self):
         self.ingest.samples_received(samples(50))
         self.assertEqual(self.switches, [True])

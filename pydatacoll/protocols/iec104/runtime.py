@@ -144,6 +144,9 @@ class Iec104Runtime(Service):
     """One IEC 104 device: a supervised master and the map from objects to points."""
 
     log = Logger()
+    #: `pause_input` stops reading the link: the RTU keeps its data (k window), so the
+    #: device may be held while a command is in flight (`pydatacoll.control.priority`).
+    lossless_pause = True
 
     def __init__(
         self,
