@@ -233,8 +233,9 @@ class RedisIngest(Service):
     def hold(self, holding: bool) -> None:
         """Send no new script while ``holding`` (a command is in flight: it finds Redis
         free, `pydatacoll.control.priority`); the scripts in flight still complete, and
-        the samples wait in the bounded buffer as when Redis is slow. A hand-over waiting
-        in `drained` is not held, nor the last writes of a stopping ingest."""
+        the samples wait in the buffer, up to half its high water (the congestion that
+        pauses pollers is never brought on by a hold). A hand-over waiting in `drained`
+        is not held, nor the last writes of a stopping ingest."""
         self.holding = holding and bool(self.running)
         if not holding:
             self._kick()
@@ -268,7 +269,11 @@ class RedisIngest(Service):
         try:
             while (
                 (self.buffer or self._marks)
-                and (not self.holding or self._drain_waiters)  # a hand-over waits for none
+                and (
+                    not self.holding
+                    or self._drain_waiters  # a hand-over is not held back
+                    or len(self.buffer) >= self.high_water // 2  # nor congestion brought on
+                )
                 and len(self._in_flight) < IN_FLIGHT
                 and self._retry is None
             ):

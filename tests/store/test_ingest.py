@@ -125,6 +125,20 @@ class IngestTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(self.ingest.written, 15)
 
+    def test_a_hold_never_makes_the_ingest_congested(self):
+        """While held, samples from devices that are not held (pollers, the commanded
+        RTU) pile up; past half the high water the ingest writes again, so a hold never
+        brings the congestion that pauses pollers (their pause skips scans)."""
+        self.ingest.hold(True)
+        for start in range(0, 50, 5):
+            self.ingest.samples_received(samples(5, start))
+            self.clock.advance(ingest.LINGER / 2)  # 5 samples every 10 ms
+            if self.redis.calls:
+                self.redis.answer()
+        self.assertEqual(self.switches, [])
+        self.assertGreater(self.ingest.written, 0)
+        self.assertLess(len(self.ingest.buffer), ingest.HIGH_WATER)
+
     def test_a_hold_while_stopping_does_not_stall_the_last_writes(self):
         """A command that starts while the ingest writes what waits before it stops
         (a late request, the API of the same process) holds nothing: the flush must not
