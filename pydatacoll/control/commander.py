@@ -109,7 +109,7 @@ class Commander:
         it; ``timeout`` (default: ``device_timeout``) bounds the wait for the reply.
         """
         args = (request_id, ids, body, client, token_id, refused, timeout)
-        if refused is not None:
+        if refused is not None or _invalid_body(body) is not None:
             return self._device_ctrl(*args)  # audited only: nothing to hold data for
         return self._ahead_of_data(ids, self._device_ctrl, *args)
 
@@ -148,18 +148,10 @@ class Commander:
             "select": _short_json(body.get("select")),
         }
         try:
-            value = body.get("value")
-            # JSON true/false go to the driver as they are: a coil or an IEC 104 single
-            # command takes them, a double command maps them to 2/1, others to 1/0.
-            if not isinstance(value, (bool, int, float, str)) or (
-                isinstance(value, str) and len(value) > 256
-            ):
-                raise errors.ValidationError(
-                    "value must be a number, true/false, or a short string", field="value"
-                )
-            select = body.get("select")  # None: the term-item's default mode
-            if select is not None and not isinstance(select, bool):
-                raise errors.ValidationError("select must be true, false or null", field="select")
+            invalid = _invalid_body(body)
+            if invalid is not None:
+                raise invalid
+            value, select = body.get("value"), body.get("select")
             if refused is not None:
                 raise DeviceAnswer(request_id, "refused", refused)
             extra = {
@@ -326,6 +318,23 @@ def find_term_item(
     ):
         raise errors.NotFound("term_item not found!", field="term_item")
     return fields
+
+
+def _invalid_body(body: dict[str, Any]) -> errors.ValidationError | None:
+    """Why a device_ctrl body cannot be sent (None: it can)."""
+    value = body.get("value")
+    # JSON true/false go to the driver as they are: a coil or an IEC 104 single command
+    # takes them, a double command maps them to 2/1, others to 1/0.
+    if not isinstance(value, (bool, int, float, str)) or (
+        isinstance(value, str) and len(value) > 256
+    ):
+        return errors.ValidationError(
+            "value must be a number, true/false, or a short string", field="value"
+        )
+    select = body.get("select")  # None: the term-item's default mode
+    if select is not None and not isinstance(select, bool):
+        return errors.ValidationError("select must be true, false or null", field="select")
+    return None
 
 
 def make_commander(

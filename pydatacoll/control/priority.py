@@ -9,8 +9,9 @@ script. The command's steps then find this reactor, Redis and the CPU free inste
 queueing behind the flood (issue 13, target 4; ``docs/collector.rst``).
 
 Bounds, so commands never starve the data: one hold lasts at most ``max_hold`` seconds,
-and holds are paid from a bucket of ``max_hold`` seconds refilled at half speed, so data
-is held at most half the time over any stretch longer than ``2 * max_hold``. The device
+and holds are paid from a bucket of ``max_hold`` seconds refilled at half speed, so over
+any stretch of T seconds data is held at most ``max_hold + T / 2`` (half the time in the
+long run; commands back to back for ``2 * max_hold`` hold about three quarters). The device
 a command is for is never held (its confirmation must be read at once). ``max_hold`` 0:
 nothing is ever held.
 """

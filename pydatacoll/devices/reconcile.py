@@ -223,6 +223,7 @@ class Reconciler(StatusWriter):
         self._written_at.pop(device_id, None)
         self._status_texts.pop(device_id, None)
         self._not_live.discard(device_id)
+        self._held.pop(device_id, None)  # a new run is held anew, never the stopped one resumed
         if running is None or running.runtime is None:
             closing = self._closing.get(device_id)
             if closing is None:

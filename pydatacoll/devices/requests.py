@@ -73,8 +73,8 @@ class RequestHandler(ManagerBase):
         the other devices' data is held meanwhile (`pydatacoll.control.priority`)."""
         self._commands[device_id] = self._commands.get(device_id, 0) + 1
         runtime = self._paused.pop(device_id, None)
-        if runtime is not None and device_id not in self._held:
-            self._set_input(runtime, pause=False)
+        if runtime is not None and self._held.get(device_id) is not runtime:
+            self._set_input(runtime, pause=False)  # (a held one reads as the hold frees it)
         self.priority.begin(device_id)
 
     def _command_done(self, device_id: str) -> None:

@@ -207,6 +207,8 @@ class RedisIngest(Service):
         d: defer.Deferred[None] = defer.Deferred()
         call = self.clock.callLater(timeout, self._drain_timeout, d)
         self._drain_waiters.append((target, d, call))
+        if self.holding:
+            self._kick()  # held back for a command: a hand-over is not
         return d
 
     def _answered(self) -> int:
@@ -231,8 +233,10 @@ class RedisIngest(Service):
     def hold(self, holding: bool) -> None:
         """Send no new script while ``holding`` (a command is in flight: it finds Redis
         free, `pydatacoll.control.priority`); the scripts in flight still complete, and
-        the samples wait in the bounded buffer as when Redis is slow."""
-        self.holding = holding
+        the samples wait in the buffer, up to half its high water (the congestion that
+        pauses pollers is never brought on by a hold). A hand-over waiting in `drained`
+        is not held, nor the last writes of a stopping ingest."""
+        self.holding = holding and bool(self.running)
         if not holding:
             self._kick()
 
@@ -264,9 +268,12 @@ class RedisIngest(Service):
         # A failure (even at once, Redis being away) schedules a retry and ends the loop.
         try:
             while (
-                not getattr(self, "_holding", False)
-                and (self.buffer or self._marks)
-                and not self.holding
+                (self.buffer or self._marks)
+                and (
+                    not self.holding
+                    or self._drain_waiters  # a hand-over is not held back
+                    or len(self.buffer) >= self.high_water // 2  # nor congestion brought on
+                )
                 and len(self._in_flight) < IN_FLIGHT
                 and self._retry is None
             ):

@@ -370,3 +370,13 @@ class CommandPriorityTests(CommanderTests):
         self.assertEqual(self.priority.status()["commands"], 0)
         self.failureResultOf(self.ctrl(refused="read-only token"), errors.ApiError)
         self.assertEqual(self.priority.status()["holds"], 1)  # the refusal held nothing
+
+    def test_an_invalid_command_holds_nothing(self):
+        """A value or select the API refuses before sending anything only writes its
+        audit entry: like a refusal, it holds no data and spends none of the budget."""
+        for body in ({"value": {"nested": 1}}, {"value": "x" * 300}, {"value": 1, "select": 2}):
+            d = self.ctrl(body)
+            self.assert_failed_with(d, "invalid", 400)
+        self.assertEqual(self.holder.calls, [])
+        self.assertEqual(self.priority.status()["holds"], 0)
+        self.assertEqual(len(self.audit()), 3)  # each still audited

@@ -171,3 +171,31 @@ class CommandHoldTests(SynchronousTestCase):
         manager.priority.begin("d")
         self.assertFalse(manager.ingest.holding)
         manager.priority.end("d")
+
+    def test_a_device_restarted_while_held_reads_for_its_own_command(self) -> None:
+        """f is held, then restarted (its configuration changed) while the hold goes on,
+        and congestion pauses its new run: a command for f must read the new run, not
+        resume the stopped one it replaced."""
+        self.send("f")
+        answer = self.command()
+        self.assertEqual(self.paused(), {"f"})
+        first = self.runtimes["f"]
+        self.store.data[keys.DEVICE % "f"]["port"] = "2"
+        self.store.data[keys.CONFIG_VERSION] = "2"
+        change = {"entity": "device", "op": "fresh", "version": 2, "id": "f"}
+        self.store.call("publish", keys.CHANGE_CHANNELS["device"]["fresh"], json.dumps(change))
+        second = self.runtimes["f"]
+        self.assertIsNot(second, first)
+        ingest = HeldIngest()  # congested at will
+        self.patch(self.manager, "ingest", ingest)
+        ingest.buffer.append(Sample("f", "tf", "i", 1.0, receive_time=0.0))
+        ingest.congested = True
+        self.manager._congestion(True)
+        self.assertTrue(second.paused)
+        second.control = defer.Deferred()
+        command = self.command("f", "r2")
+        self.assertFalse(second.paused)  # its confirmation must be read at once
+        second.control.callback(ControlOutcome("confirmed", "f done"))
+        self.successResultOf(command)
+        self.confirmation.callback(ControlOutcome("confirmed", "done"))
+        self.successResultOf(answer)

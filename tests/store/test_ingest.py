@@ -63,6 +63,14 @@ def samples(n, start=0):
     return [Sample("d", "t", f"i{i}", float(i), receive_time=1.5) for i in range(start, start + n)]
 
 
+class TickingClock(Clock):
+    """A `Clock` whose every reading is a millisecond later."""
+
+    def seconds(self):
+        self.rightNow += 0.001
+        return self.rightNow
+
+
 class IngestTests(SynchronousTestCase):
     def setUp(self):
         self.patch(ingest, "BATCH", 10)
@@ -116,6 +124,35 @@ class IngestTests(SynchronousTestCase):
         self.redis.answer()
         self.successResultOf(stopped)
         self.assertEqual(self.ingest.written, 15)
+
+    def test_a_hold_never_makes_the_ingest_congested(self):
+        """While held, samples from devices that are not held (pollers, the commanded
+        RTU) pile up; past half the high water the ingest writes again, so a hold never
+        brings the congestion that pauses pollers (their pause skips scans)."""
+        self.ingest.hold(True)
+        for start in range(0, 50, 5):
+            self.ingest.samples_received(samples(5, start))
+            self.clock.advance(ingest.LINGER / 2)  # 5 samples every 10 ms
+            if self.redis.calls:
+                self.redis.answer()
+        self.assertEqual(self.switches, [])
+        self.assertGreater(self.ingest.written, 0)
+        self.assertLess(len(self.ingest.buffer), ingest.HIGH_WATER)
+
+    def test_a_hold_while_stopping_does_not_stall_the_last_writes(self):
+        """A command that starts while the ingest writes what waits before it stops
+        (a late request, the API of the same process) holds nothing: the flush must not
+        spin without writing until its timeout and leave samples behind."""
+        clock = TickingClock()  # each reading of the time moves it on (a busy loop ends)
+        stopping = RedisIngest(self.redis, clock, 100, 100)
+        stopping.startService()
+        stopping.samples_received(samples(25))  # two scripts in flight, five wait
+        stopped = stopping.stopService()
+        stopping.hold(True)
+        while self.redis.calls:
+            self.redis.answer()
+        self.successResultOf(stopped)
+        self.assertEqual((stopping.written, len(stopping.buffer)), (25, 0))
 
     def test_overload_pauses_the_devices_until_caught_up(self):
         self.ingest.samples_received(samples(50))
@@ -355,6 +392,19 @@ class DrainedTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.clock.advance(0.1)
         self.successResultOf(d)
+
+    def test_a_hold_does_not_keep_a_hand_over_waiting(self):
+        """A device handed over waits for its last samples (`drained`) before its lease
+        goes: a command's hold must not make that wait run out (the samples would then
+        be refused under the next owner's lease)."""
+        self.ingest.hold(True)  # a command in flight, held for as long as it may be
+        self.ingest.samples_received(samples(15))
+        d = self.ingest.drained(2)
+        self.redis.answer()
+        self.redis.answer()
+        self.successResultOf(d)
+        self.assertEqual(self.ingest.written, 15)
+        self.assertEqual(self.clock.seconds(), 0)  # not by the timeout
 
 
 class PublicationTests(SynchronousTestCase):
