@@ -310,7 +310,7 @@ OPTIONS += (
         "command_hold",
         "command_hold",
         "0.1",
-        number_option(0.0, 10.0),
+        number_option(0.0, 1.0),
         "Seconds, at most, that a device_call/device_ctrl in flight holds back the data of "
         "this process (IEC 104 links that sent lately stop reading, the ingest sends no new "
         "script), so the command finds the reactor and Redis free; data is held at most half "

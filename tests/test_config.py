@@ -85,6 +85,17 @@ class ConfigTests(SynchronousTestCase):
             load_settings(path)
         self.assertEqual(caught.exception.key, "api.max_body")
 
+    def test_command_hold_stays_below_one_second(self):
+        """A held IEC 104 link sends no acknowledgement: t2 (10 s) + the hold must stay
+        below t1 (15 s), with room to spare."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[collector]\ncommand_hold = 2\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_settings(path)
+        self.assertEqual(caught.exception.key, "collector.command_hold")
+        self.assertEqual(load_settings(None, {"command_hold": "1"}).command_hold, 1.0)
+
     def test_twistd_prints_a_bad_value_alone(self):
         """A real twistd with a bad value: the one-line error on stderr, no usage text,
         exit status 1; --help still shows the usage."""
