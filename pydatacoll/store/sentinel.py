@@ -36,35 +36,68 @@ class MasterResolver:
 
     log = Logger()
 
-    def __init__(self, address: RedisAddress, *, timeout: float) -> None:
+    def __init__(self, address: RedisAddress, *, timeout: float, clock: Any = None) -> None:
         if not address.sentinels or address.master_name is None:
             raise ValueError(f"{address.describe()} is not a Sentinel address")
         self.address = address
+        #: The lookups' timers run on ``clock`` (default: the reactor txredisapi uses).
+        self.clock = clock if clock is not None else txredisapi.reactor
         self.sentinel = txredisapi.Sentinel(
             list(address.sentinels), connectTimeout=timeout, replyTimeout=SENTINEL_DELAY
         )
         self.sentinel.discovery_timeout = SENTINEL_DELAY
         for connection in self.sentinel.sentinels:
             connection._factory.maxDelay = SENTINEL_DELAY
-        #: One Deferred per lookup in flight, fired when it has settled: a lookup holds a
-        #: timer of txredisapi's (up to `SENTINEL_DELAY`) that `disconnect` waits for.
+        #: One Deferred per lookup in flight, fired when it has settled (its timer gone):
+        #: `disconnect` waits for them.
         self._looking: set[Deferred[None]] = set()
+        self._closed = False
+        # The pool's connections look the master up through the same object: every
+        # lookup is this one, whose timer never outlives it.
+        self.sentinel.discover_master = self._discover  # type: ignore[method-assign]
 
     def master(self) -> Deferred[tuple[str, int]]:
         """The master's (host, port); fails with ``txredisapi.MasterNotFoundError`` when no
         Sentinel names a healthy master within `SENTINEL_DELAY`."""
-        d: Deferred[tuple[str, int]] = self.sentinel.discover_master(self.address.master_name)
-        if not d.called:
-            settled: Deferred[None] = Deferred()
-            self._looking.add(settled)
+        return self._discover(self.address.master_name or "")
 
-            def done(result: Any) -> Any:
-                self._looking.discard(settled)
+    def _discover(self, service_name: str) -> Deferred[tuple[str, int]]:
+        """txredisapi's ``discover_master`` with its timer kept here: txredisapi's was
+        left running when a Sentinel answered at once (its ``cancel`` ran before the
+        timer existed), and `disconnect` could not wait for it (a dirty reactor)."""
+        result: Deferred[tuple[str, int]] = Deferred()
+        if self._closed:
+            result.errback(txredisapi.MasterNotFoundError("the resolver is closed"))
+            return result
+        settled: Deferred[None] = Deferred()
+        self._looking.add(settled)
+
+        def finish() -> None:
+            if timer.active():
+                timer.cancel()
+            self._looking.discard(settled)
+            if not settled.called:
                 settled.callback(None)
-                return result
 
-            d.addBoth(done)
-        return d
+        def answered(response: Any) -> None:
+            if result.called:
+                return
+            state = response.get(service_name) if isinstance(response, dict) else None
+            if state and self.sentinel.check_master_state(state):
+                result.callback((state["ip"], int(state["port"])))
+                finish()
+
+        def timed_out() -> None:
+            if not result.called:
+                result.errback(
+                    txredisapi.MasterNotFoundError(f"No master found for {service_name}")
+                )
+            finish()
+
+        timer = self.clock.callLater(SENTINEL_DELAY, timed_out)
+        for connection in self.sentinel.sentinels:
+            connection.sentinel_masters().addCallbacks(answered, lambda _: None)
+        return result
 
     def master_address(self) -> Deferred[RedisAddress]:
         """The master as a plain ``redis://`` `RedisAddress` (same db and password)."""
@@ -78,6 +111,7 @@ class MasterResolver:
     def disconnect(self) -> Deferred[Any]:
         """Close the connections to the Sentinels; fires once every lookup in flight has
         settled too (its timer gone: nothing of the resolver is left in the reactor)."""
+        self._closed = True
         looking = list(self._looking)
         d: Deferred[Any] = self.sentinel.disconnect()
         d.addBoth(lambda result: DeferredList(looking).addCallback(lambda _: result))

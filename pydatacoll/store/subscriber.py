@@ -195,7 +195,9 @@ class Subscriber(Service):
             return
         address = self._address()
         if address.sentinels and self._resolver is None:
-            self._resolver = MasterResolver(address, timeout=self._connect_timeout)
+            self._resolver = MasterResolver(
+                address, timeout=self._connect_timeout, clock=self.reactor
+            )
         endpoint = client_endpoint(self.reactor, address, self._connect_timeout, self._resolver)
         factory = _Factory(self, address.password)
         self._service = ClientService(

@@ -40,3 +40,36 @@ class DisconnectTests(TestCase):
         self.assertTrue(lookup.called)  # settled before disconnect fired: no timer left
         yield deferLater(reactor, 0, lambda: None)
         self.failureResultOf(lookup, txredisapi.MasterNotFoundError)
+
+
+class _AnsweringSentinel:
+    """A Sentinel connection that names a healthy master at once (synchronously)."""
+
+    def sentinel_masters(self) -> Any:
+        from twisted.internet.defer import succeed
+
+        state = {"ip": "10.0.0.7", "port": "6390", "is_master": True, "is_sdown": False}
+        state.update(is_odown=False, **{"num-other-sentinels": 2})
+        return succeed({"mymaster": state})
+
+
+class LookupTimerTests(TestCase):
+    @inlineCallbacks
+    def test_an_answer_at_once_leaves_no_timer(self) -> Any:
+        """txredisapi's own lookup kept its timer when a Sentinel answered before the
+        timer was made (its cancel failed): up to SENTINEL_DELAY in the reactor."""
+        from twisted.internet.task import Clock
+
+        address = parse_redis_url(f"sentinel://127.0.0.1:{closed_port()}/mymaster?db=0")
+        clock = Clock()
+        resolver = MasterResolver(address, timeout=0.5, clock=clock)
+        real = resolver.sentinel.sentinels
+        resolver.sentinel.sentinels = [_AnsweringSentinel()]
+        self.assertEqual(self.successResultOf(resolver.master()), ("10.0.0.7", 6390))
+        # the pool's path (txredisapi calls discover_master on the same object)
+        found = resolver.sentinel.discover_master("mymaster")
+        self.assertEqual(self.successResultOf(found), ("10.0.0.7", 6390))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        resolver.sentinel.sentinels = real
+        yield resolver.disconnect()
+        self.failureResultOf(resolver.master(), txredisapi.MasterNotFoundError)
