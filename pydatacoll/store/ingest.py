@@ -70,12 +70,19 @@ _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 #: The commands' first arguments in RESP form, after the argument count.
 _EVALSHA_HEAD = "$7\r\nEVALSHA\r\n" + bulk(_SHA) + "$1\r\n0\r\n"
 _EVAL_HEAD = "$4\r\nEVAL\r\n" + bulk(_SCRIPT) + "$1\r\n0\r\n"
+#: A point's history stream and channel end with its field in HS:VALUE ("term:item"): the
+#: script makes each key as head .. field (one concatenation; string.format cost Redis
+#: about 3,200 instructions per sample, docs/benchmarks.rst).
+_POINT_TAIL = "%s:%s"
+assert keys.POINT_DATA.endswith(":" + _POINT_TAIL) and keys.DEVICE_DATA.endswith(":" + _POINT_TAIL)
 _TEMPLATES = json.dumps(
     {
         "term_item": keys.TERM_ITEM,
         "device_values": keys.DEVICE_VALUES,
         "point_data": keys.POINT_DATA,
+        "point_data_head": keys.POINT_DATA.removesuffix(_POINT_TAIL),
         "device_data": keys.DEVICE_DATA,
+        "device_data_head": keys.DEVICE_DATA.removesuffix(_POINT_TAIL),
         "device_samples": keys.DEVICE_SAMPLES,
         "config_version": keys.CONFIG_VERSION,
         "lease": keys.LEASE,

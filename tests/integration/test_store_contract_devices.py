@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from pydatacoll.config import load_settings
@@ -14,8 +15,9 @@ from pydatacoll.model import Sample
 from pydatacoll.store import keys
 from pydatacoll.store.ingest import RedisIngest
 from pydatacoll.store.redis import RedisClient, encode_command
+from pydatacoll.store.subscriber import Subscriber
 from pydatacoll.testing.redis import shared_redis
-from tests.store.devices_contract import DeviceStoreContract
+from tests.store.devices_contract import DeviceStoreContract, _pairs
 
 
 class RedisDeviceStoreTests(DeviceStoreContract, TestCase):
@@ -48,3 +50,43 @@ class RedisDeviceStoreTests(DeviceStoreContract, TestCase):
         self.assertEqual((sink.status()["written"], sink.status()["write_failures"]), (1, 0))
         stored = yield self.redis.call("hget", keys.DEVICE_VALUES % "d", "t:i")
         self.assertEqual(json.loads(stored)["value"], 2.5)
+
+    @defer.inlineCallbacks
+    def test_the_script_makes_each_point_key_from_its_device_and_field(self) -> Any:
+        """The real script's history stream and point channel of each sample (it builds
+        them from per-device heads, store/ingest.lua), with publish_points on."""
+        messages: list[tuple[str, str]] = []
+        subscribed: defer.Deferred[None] = defer.Deferred()
+        watcher = Subscriber(
+            reactor,
+            lambda: load_settings(None, {"redis": shared_redis().url}).redis,
+            lambda channel, message: messages.append((channel, message)),
+            patterns=[keys.DEVICE_DATA % ("*", "*", "*")],
+            on_subscribed=lambda: None if subscribed.called else subscribed.callback(None),
+            name="point channels",
+        )
+        watcher.startService()
+        self.addCleanup(watcher.stopService)
+        yield subscribed
+        yield self.redis.call("set", keys.CONFIG_VERSION, "1")
+        sink = RedisIngest(self.redis, self.clock, 100, 1000, publish_points=True)
+        sink.settled_version = "1"
+        sink.startService()
+        points = [("d", "t", "a"), ("d", "t2", "b.c"), ("e", "t", "a")]
+        sink.samples_received(
+            [Sample(*p, float(n), receive_time=1.5) for n, p in enumerate(points)]
+        )
+        yield sink.stopService()
+        for n, point in enumerate(points):
+            [(_, fields)] = yield self.redis.call(
+                "execute_command", "XRANGE", keys.POINT_DATA % point, "-", "+"
+            )
+            self.assertEqual(json.loads(dict(_pairs(fields))["sample"])["value"], float(n))
+        for _ in range(50):
+            if len(messages) == len(points):
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(
+            [(c, json.loads(m)["value"]) for c, m in messages],
+            [(keys.DEVICE_DATA % p, float(n)) for n, p in enumerate(points)],
+        )
