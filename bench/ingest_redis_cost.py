@@ -15,7 +15,8 @@ redis-server executes per stored sample do not. In one run it
    ``--rounds`` rounds and off again: a round is one sample of every point, in ingest
    script calls of ``ingest.BATCH`` samples built by the collector's own encoder
    (`RedisIngest._encode`: short floats as IEC 104 ``M_ME_NC_1`` gives them, one receive
-   time per 48-point frame);
+   time per 48-point frame; the first round trims every history, as a collector's first
+   sample of a point does, and the next ones only every ``trim_interval`` samples);
 3. prints the instructions per stored sample, the calls of each command per sample
    (``INFO commandstats``) and the top functions of the profile (``callgrind_annotate``,
    self and inclusive).
@@ -103,13 +104,11 @@ def prefill(redis: Resp, points: int, entries: int, history: int, rng: random.Ra
         send_all(redis, batch)
 
 
-def round_commands(points: int, history: int, rng: random.Random, now: float) -> list[bytes]:
-    """One sample of every point, as the collector's script calls."""
+def round_commands(sink: Any, points: int, rng: random.Random, now: float) -> list[bytes]:
+    """One sample of every point, as the collector's script calls (``sink`` encodes)."""
     from pydatacoll.model import Sample
     from pydatacoll.store import ingest
 
-    sink = ingest.RedisIngest(None, None, history, 100_000)
-    sink.settled_version = "1"
     samples = [
         Sample(
             DEVICE_ID,
@@ -197,12 +196,14 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
             redis.sock.settimeout(600)
         stack.callback(redis.close)
         now = time.time()
-        first = round_commands(args.points, args.history, rng, now)
+        sink = ingest.RedisIngest(None, None, args.history, 100_000)
+        sink.settled_version = "1"
+        if args.trim_every:
+            sink.trims.every = args.trim_every
+        first = round_commands(sink, args.points, rng, now)
         first[0] = first[0].replace(ingest._EVALSHA_HEAD.encode(), ingest._EVAL_HEAD.encode(), 1)
         run_round(redis, first)  # loads the script; every hash field exists afterwards
-        rounds = [
-            round_commands(args.points, args.history, rng, now + r + 1) for r in range(args.rounds)
-        ]
+        rounds = [round_commands(sink, args.points, rng, now + r + 1) for r in range(args.rounds)]
         before = redis.commandstats()
         if not args.no_valgrind:
             subprocess.run(["callgrind_control", "-i", "on", str(server.process.pid)], check=True,
@@ -246,6 +247,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--prefill", type=int, default=None, help="entries per stream first")
     parser.add_argument("--rounds", type=int, default=2, help="samples per point measured")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--trim-every",
+        type=int,
+        metavar="N",
+        help="trim each history every N samples (default: the collector's, trim_interval)",
+    )
     parser.add_argument(
         "--redis-server",
         metavar="PATH",

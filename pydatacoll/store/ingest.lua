@@ -2,9 +2,12 @@
 -- ARGV: templates (JSON), maxlen, settled configuration version ("" = unknown), samples
 -- per device message, "1" to publish each sample on its point's channel too (else ""),
 -- the ids of the unsettled devices (space separated), then per device: device_id, token,
--- n, and n times term_id, item_id, sample JSON; or device_id, token, -1: mark the latest
--- sample of each of the device's points not topical (it went offline), in the order of
--- the batch, so a value read before that never overwrites the mark.
+-- n, trims, and n times term_id, item_id, sample JSON; or device_id, token, -1, "": mark
+-- the latest sample of each of the device's points not topical (it went offline), in the
+-- order of the batch, so a value read before that never overwrites the mark.
+-- trims: the numbers (1 to n, space separated) of the samples after which their point's
+-- history is trimmed, XTRIM MAXLEN ~ maxlen. The collector asks for it every few samples of
+-- a point, not at every XADD (store/ingest.py: the bound this keeps).
 -- Ids are [A-Za-z0-9_.-] (checked by the model), so they go into JSON text as they are.
 -- While the collector's configuration is settled at the stored version, every sample's
 -- point is known to be on its device, except on an unsettled device (a change touched
@@ -70,8 +73,8 @@ end
 
 local i = 7
 while i <= #ARGV do
-  local device, token, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  i = i + 3
+  local device, token, n, trims = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  i = i + 4
   if token ~= "" and not lease_is_current(string.format(t.lease, device), token) then
     if n > 0 then
       fenced = fenced + n
@@ -94,7 +97,12 @@ while i <= #ARGV do
   local pieces = {'{"device_id":"' .. device .. '","samples":['}
   local used, in_message = 1, 0
   local latest, nl = {}, 0
-  for _ = 1, n do
+  local trim = nil
+  if trims ~= "" then
+    trim = {}
+    for number in string.gmatch(trims, "%d+") do trim[tonumber(number)] = true end
+  end
+  for number = 1, n do
     local term, item, sample = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     i = i + 3
     if not check_owner
@@ -104,8 +112,11 @@ while i <= #ARGV do
       latest[nl + 1] = field
       latest[nl + 2] = sample
       nl = nl + 2
-      local id = redis.call("XADD", data_head .. field, "MAXLEN", "~", maxlen, "*", "sample",
-        sample)
+      local key = data_head .. field
+      local id = redis.call("XADD", key, "*", "sample", sample)
+      if trim ~= nil and trim[number] then
+        redis.call("XTRIM", key, "MAXLEN", "~", maxlen)
+      end
       local rest = string.sub(sample, 2)
       if per_point then
         redis.call("PUBLISH", channel_head .. field,
