@@ -2,9 +2,13 @@
 -- ARGV: templates (JSON), maxlen, settled configuration version ("" = unknown), samples
 -- per device message, "1" to publish each sample on its point's channel too (else ""),
 -- the ids of the unsettled devices (space separated), then per device: device_id, token,
--- n, trims, and n times term_id, item_id, sample JSON; or device_id, token, -1, "": mark
+-- n, trims, and n times field, ids, sample JSON; or device_id, token, -1, "": mark
 -- the latest sample of each of the device's points not topical (it went offline), in the
 -- order of the batch, so a value read before that never overwrites the mark.
+-- field: "term_id:item_id", the point's field in the values hash (and the end of its
+-- stream's and channel's key); ids: term_id .. '","item_id":"' .. item_id, the point's
+-- part of its message (both made once per point by the collector: no Lua string per
+-- sample for them).
 -- trims: the numbers (1 to n, space separated) of the samples after which their point's
 -- history is trimmed, XTRIM MAXLEN ~ maxlen. The collector asks for it every few samples of
 -- a point, not at every XADD (store/ingest.py: the bound this keeps).
@@ -89,13 +93,14 @@ while i <= #ARGV do
   local owner_text = '"' .. device .. '"'
   local prefix = '{"device_id":"' .. device .. '","term_id":"'
   local channel = string.format(t.device_samples, device)
-  -- a point's stream and channel: head .. "term:item", its field in the values hash
+  -- a point's stream, channel and owner: head .. field
   local data_head = string.format(t.point_data_head, device)
   local channel_head = string.format(t.device_data_head, device)
-  -- the device message: pieces[1] is its head; each sample adds 9 pieces, the last a
-  -- separator that the message's end replaces with "]}"
-  local pieces = {'{"device_id":"' .. device .. '","samples":['}
-  local used, in_message = 1, 0
+  -- a device message: 6 pieces per sample, the first opening the message or its element
+  local first = '{"device_id":"' .. device .. '","samples":[' .. prefix
+  local joiner = "," .. prefix
+  local pieces = {}
+  local used, in_message = 0, 0
   local latest, nl = {}, 0
   local trim = nil
   if trims ~= "" then
@@ -103,12 +108,11 @@ while i <= #ARGV do
     for number in string.gmatch(trims, "%d+") do trim[tonumber(number)] = true end
   end
   for number = 1, n do
-    local term, item, sample = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local field, ids, sample = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     i = i + 3
     if not check_owner
-      or redis.call("HGET", string.format(t.term_item, term, item), "device_id") == owner_text
+      or redis.call("HGET", t.term_item_head .. field, "device_id") == owner_text
     then
-      local field = term .. ":" .. item
       latest[nl + 1] = field
       latest[nl + 2] = sample
       nl = nl + 2
@@ -120,23 +124,20 @@ while i <= #ARGV do
       local rest = string.sub(sample, 2)
       if per_point then
         redis.call("PUBLISH", channel_head .. field,
-          prefix .. term .. '","item_id":"' .. item .. '","id":"' .. id .. '",' .. rest)
+          prefix .. ids .. '","id":"' .. id .. '",' .. rest)
       end
-      pieces[used + 1] = prefix
-      pieces[used + 2] = term
-      pieces[used + 3] = '","item_id":"'
-      pieces[used + 4] = item
-      pieces[used + 5] = '","id":"'
-      pieces[used + 6] = id
-      pieces[used + 7] = '",'
-      pieces[used + 8] = rest
-      pieces[used + 9] = ","
-      used = used + 9
+      if in_message == 0 then pieces[used + 1] = first else pieces[used + 1] = joiner end
+      pieces[used + 2] = ids
+      pieces[used + 3] = '","id":"'
+      pieces[used + 4] = id
+      pieces[used + 5] = '",'
+      pieces[used + 6] = rest
+      used = used + 6
       in_message = in_message + 1
       if in_message == per_message then
-        pieces[used] = "]}"
-        redis.call("PUBLISH", channel, table.concat(pieces, "", 1, used))
-        used, in_message = 1, 0
+        pieces[used + 1] = "]}"
+        redis.call("PUBLISH", channel, table.concat(pieces, "", 1, used + 1))
+        used, in_message = 0, 0
       end
       written = written + 1
     else
@@ -144,8 +145,8 @@ while i <= #ARGV do
     end
   end
   if in_message > 0 then
-    pieces[used] = "]}"
-    redis.call("PUBLISH", channel, table.concat(pieces, "", 1, used))
+    pieces[used + 1] = "]}"
+    redis.call("PUBLISH", channel, table.concat(pieces, "", 1, used + 1))
   end
   if nl > 0 then
     local key = string.format(t.device_values, device)

@@ -74,14 +74,16 @@ _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 #: The commands' first arguments in RESP form, after the argument count.
 _EVALSHA_HEAD = "$7\r\nEVALSHA\r\n" + bulk(_SHA) + "$1\r\n0\r\n"
 _EVAL_HEAD = "$4\r\nEVAL\r\n" + bulk(_SCRIPT) + "$1\r\n0\r\n"
-#: A point's history stream and channel end with its field in HS:VALUE ("term:item"): the
-#: script makes each key as head .. field (one concatenation; string.format cost Redis
-#: about 3,200 instructions per sample, docs/benchmarks.rst).
+#: A point's history stream, channel and configuration end with its field in HS:VALUE
+#: ("term:item"): the script makes each key as head .. field (one concatenation;
+#: string.format cost Redis about 3,200 instructions per sample, docs/benchmarks.rst).
 _POINT_TAIL = "%s:%s"
-assert keys.POINT_DATA.endswith(":" + _POINT_TAIL) and keys.DEVICE_DATA.endswith(":" + _POINT_TAIL)
+assert all(
+    k.endswith(":" + _POINT_TAIL) for k in (keys.POINT_DATA, keys.DEVICE_DATA, keys.TERM_ITEM)
+)
 _TEMPLATES = json.dumps(
     {
-        "term_item": keys.TERM_ITEM,
+        "term_item_head": keys.TERM_ITEM.removesuffix(_POINT_TAIL),
         "device_values": keys.DEVICE_VALUES,
         "point_data": keys.POINT_DATA,
         "point_data_head": keys.POINT_DATA.removesuffix(_POINT_TAIL),
@@ -167,7 +169,8 @@ class RedisIngest(Service):
         #: Called with (samples, seconds) after each batch written (the metrics).
         self.observe_batch: Callable[[int, float], None] | None = None
         self._times = _Times()
-        #: (term_id, item_id) -> their two arguments in RESP form (at most PREFIXES).
+        #: (term_id, item_id) -> the point's field and ids arguments (store/ingest.lua) in
+        #: RESP form (at most PREFIXES).
         self._prefixes: dict[tuple[str, str], str] = {}
         self.trims = TrimSchedule(history_length)
         #: Batches sent and not yet answered, oldest first: (samples, Deferred).
@@ -348,7 +351,10 @@ class RedisIngest(Service):
                 point = sample.term_id, sample.item_id
                 prefix = prefixes.get(point)
                 if prefix is None:
-                    prefix = prefixes[point] = bulk(point[0]) + bulk(point[1])
+                    term_id, item_id = point
+                    prefix = prefixes[point] = bulk(f"{term_id}:{item_id}") + bulk(
+                        f'{term_id}","item_id":"{item_id}'
+                    )
                 append(prefix)
                 value = sample.value
                 if (

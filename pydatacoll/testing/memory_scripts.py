@@ -80,22 +80,22 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
         check_owner = check or device in unsettled
         messages = []
         for number in range(1, n + 1):
-            term, item, sample = args[i], args[i + 1], args[i + 2]
+            field, ids, sample = args[i], args[i + 1], args[i + 2]
             i += 3
             if check_owner:
-                owner = store._hget(t["term_item"] % (term, item), "device_id")
+                owner = store._hget(t["term_item_head"] + field, "device_id")
                 if owner != json.dumps(device):
                     skipped += 1
                     continue
-            store._hset(values, f"{term}:{item}", sample)
-            key = t["point_data"] % (device, term, item)
+            store._hset(values, field, sample)
+            key = t["point_data_head"] % device + field
             entry_id = store._xadd(key, {"sample": sample})
             if number in trim:  # XTRIM MAXLEN ~ (exactly, here)
                 stream = store._typed(key, list)
                 del stream[: max(0, len(stream) - maxlen)]
-            message = f'{prefix}{term}","item_id":"{item}","id":"{entry_id}",{sample[1:]}'
+            message = f'{prefix}{ids}","id":"{entry_id}",{sample[1:]}'
             if per_point:
-                store._publish(t["device_data"] % (device, term, item), message)
+                store._publish(t["device_data_head"] % device + field, message)
             messages.append(message)
             written += 1
         publish(device, messages)

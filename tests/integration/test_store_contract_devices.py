@@ -52,18 +52,19 @@ class RedisDeviceStoreTests(DeviceStoreContract, TestCase):
         self.assertEqual(json.loads(stored)["value"], 2.5)
 
     @defer.inlineCallbacks
-    def test_the_script_makes_each_point_key_from_its_device_and_field(self) -> Any:
+    def test_the_script_keys_and_messages_of_each_sample(self) -> Any:
         """The real script's history stream and point channel of each sample (it builds
-        them from per-device heads, store/ingest.lua), with publish_points on."""
+        them from per-device heads, store/ingest.lua), with publish_points on, and the
+        device messages: the same samples, at most 40 a message, in order."""
         messages: list[tuple[str, str]] = []
         subscribed: defer.Deferred[None] = defer.Deferred()
         watcher = Subscriber(
             reactor,
             lambda: load_settings(None, {"redis": shared_redis().url}).redis,
             lambda channel, message: messages.append((channel, message)),
-            patterns=[keys.DEVICE_DATA % ("*", "*", "*")],
+            patterns=[keys.DEVICE_DATA % ("*", "*", "*"), keys.DEVICE_SAMPLES % "*"],
             on_subscribed=lambda: None if subscribed.called else subscribed.callback(None),
-            name="point channels",
+            name="sample channels",
         )
         watcher.startService()
         self.addCleanup(watcher.stopService)
@@ -72,7 +73,7 @@ class RedisDeviceStoreTests(DeviceStoreContract, TestCase):
         sink = RedisIngest(self.redis, self.clock, 100, 1000, publish_points=True)
         sink.settled_version = "1"
         sink.startService()
-        points = [("d", "t", "a"), ("d", "t2", "b.c"), ("e", "t", "a")]
+        points = [("d", "t", f"a{n}") for n in range(41)] + [("d", "t2", "b.c"), ("e", "t", "a")]
         sink.samples_received(
             [Sample(*p, float(n), receive_time=1.5) for n, p in enumerate(points)]
         )
@@ -83,10 +84,18 @@ class RedisDeviceStoreTests(DeviceStoreContract, TestCase):
             )
             self.assertEqual(json.loads(dict(_pairs(fields))["sample"])["value"], float(n))
         for _ in range(50):
-            if len(messages) == len(points):
+            if len(messages) == len(points) + 3:
                 break
             yield deferLater(reactor, 0.02, lambda: None)
+        singles = [(c, json.loads(m)) for c, m in messages if c.startswith("CHANNEL:DEVICE_DATA")]
         self.assertEqual(
-            [(c, json.loads(m)["value"]) for c, m in messages],
+            [(c, m["value"]) for c, m in singles],
             [(keys.DEVICE_DATA % p, float(n)) for n, p in enumerate(points)],
         )
+        batches = [(c, json.loads(m)) for c, m in messages if c.startswith("CHANNEL:DEVICE_SAMP")]
+        self.assertEqual(
+            [(c, m["device_id"], len(m["samples"])) for c, m in batches],
+            [(keys.DEVICE_SAMPLES % "d", "d", 40), (keys.DEVICE_SAMPLES % "d", "d", 2),
+             (keys.DEVICE_SAMPLES % "e", "e", 1)],
+        )  # fmt: skip
+        self.assertEqual([s for _, m in batches for s in m["samples"]], [m for _, m in singles])

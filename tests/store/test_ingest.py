@@ -85,7 +85,7 @@ class IngestTests(SynchronousTestCase):
         self.assertEqual(len(self.redis.calls), 2)  # the next batch is sent while one runs
         args = self.redis.answer()
         self.assertEqual(args[6:9], ["d", "", "10"])  # no cluster: no lease token
-        self.assertEqual(args[10:12], ["t", "i0"])
+        self.assertEqual(args[10:12], ["t:i0", 't","item_id":"i0'])  # field, ids
         self.assertEqual(json.loads(args[12])["value"], 0.0)
         self.redis.answer()
         self.redis.answer()
@@ -111,7 +111,7 @@ class IngestTests(SynchronousTestCase):
         self.redis.connected = True
         self.clock.advance(0.5)
         first = self.redis.answer()
-        self.assertEqual(first[11], "i10")
+        self.assertEqual(first[10], "t:i10")
 
     def test_a_failure_puts_every_batch_in_flight_back_in_order(self):
         self.ingest.samples_received(samples(30))
@@ -121,7 +121,7 @@ class IngestTests(SynchronousTestCase):
         self.assertEqual([s.item_id for s in self.ingest.buffer][:3], ["i0", "i1", "i2"])
         self.assertEqual(len(self.ingest.buffer), 30)
         self.clock.advance(0.5)
-        self.assertEqual(self.redis.answer()[11], "i0")
+        self.assertEqual(self.redis.answer()[10], "t:i0")
 
     def test_histories_are_trimmed_again_after_a_failure_or_a_fence(self):
         """The first sample of each point asks for a trim, the next ones only every
@@ -300,7 +300,7 @@ class LoopNeverDiesTests(SynchronousTestCase):
         self.ingest.samples_received([Sample("d", "t", "good", 2)])
         self.clock.advance(5)
         self.assertEqual(len(self.redis.calls), 1)
-        self.assertEqual(self.redis.answer()[8:12], ["1", "1", "t", "good"])
+        self.assertEqual(self.redis.answer()[8:11], ["1", "1", "t:good"])
 
 
 class ReconnectTests(SynchronousTestCase):
