@@ -196,7 +196,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
             redis.sock.settimeout(600)
         stack.callback(redis.close)
         now = time.time()
-        sink = ingest.RedisIngest(None, None, args.history, 100_000)
+        sink = ingest.RedisIngest(
+            None, None, args.history, 100_000, publish_points=args.publish_points
+        )
         sink.settled_version = "1"
         if args.trim_every:
             sink.trims.every = args.trim_every
@@ -260,6 +262,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "names the profile's functions)",
     )
     parser.add_argument("--no-valgrind", action="store_true")
+    parser.add_argument(
+        "--publish-points", action="store_true", help="[collector] publish_points = true"
+    )
     parser.add_argument("--keep", metavar="FILE", help="copy the callgrind output there")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)

@@ -12,7 +12,8 @@ default), and at most ``trim_interval - 1`` samples come before the next trim: a
 holds at most ``history_length + trim_interval + 99`` entries with Redis's defaults. A
 request that may not have run (a failed, lost or fenced batch) must not be counted as run:
 `TrimSchedule.forget` then starts every count again, so each point is trimmed at its next
-sample.
+sample. (A stream far longer than that, after ``history_length`` was lowered, shrinks by
+at most 10,000 entries a trim: Redis's own limit of ``~``, as with ``XADD ... MAXLEN ~``.)
 """
 
 from __future__ import annotations
