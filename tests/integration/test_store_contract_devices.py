@@ -92,6 +92,15 @@ class RedisDeviceStoreTests(DeviceStoreContract, TestCase):
             [(c, m["value"]) for c, m in singles],
             [(keys.DEVICE_DATA % p, float(n)) for n, p in enumerate(points)],
         )
+        stream_ids = yield self.redis.call(
+            "execute_command", "XRANGE", keys.POINT_DATA % points[-2], "-", "+"
+        )
+        self.assertEqual(
+            singles[-2][1],
+            {"device_id": "d", "term_id": "t2", "item_id": "b.c", "id": stream_ids[0][0]}
+            | {"value": 41.0, "quality": "good", "flags": [], "source_time": None}
+            | {"receive_time": "1970-01-01T00:00:01.500+00:00"},
+        )
         batches = [(c, json.loads(m)) for c, m in messages if c.startswith("CHANNEL:DEVICE_SAMP")]
         self.assertEqual(
             [(c, m["device_id"], len(m["samples"])) for c, m in batches],
