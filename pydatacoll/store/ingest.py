@@ -2,7 +2,7 @@
 
 Every batch is one ``EVALSHA`` of ``store/ingest.lua``: per sample it sets the point's
 latest value (``HS:VALUE:{device}``) and appends it to the point's bounded history
-(``XS:DATA:...``, ``MAXLEN ~ [collector] history_length``); each device's samples go to
+(``XS:DATA:...``); each device's samples go to
 ``CHANNEL:DEVICE_SAMPLES:{device}`` in messages of at most ``MESSAGE_SAMPLES``, and with
 ``[collector] publish_points`` also one by one to their point's ``CHANNEL:DEVICE_DATA``.
 A few small batches (``BATCH``) are in flight on the path's own connection, so no script
@@ -37,6 +37,9 @@ is not the device's current lease, and those samples (and marks) are counted ``f
 and never retried: a collector that was paused or cut off past its lease cannot write
 over the device's new owner.
 
+A point's history is trimmed (``XTRIM MAXLEN ~ history_length``) after its first sample
+and then every few (`pydatacoll.store.history_trim`: the bound that keeps).
+
 On shutdown the samples still waiting are written first, for up to ``FLUSH_TIMEOUT``
 seconds.
 """
@@ -62,6 +65,7 @@ from pydatacoll.model import Sample
 from pydatacoll.retry import Backoff
 from pydatacoll.store import keys
 from pydatacoll.store.cluster import guarded
+from pydatacoll.store.history_trim import TrimSchedule
 from pydatacoll.store.redis import bulk
 from pydatacoll.store.sample_text import _Times, encode
 
@@ -70,12 +74,21 @@ _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 #: The commands' first arguments in RESP form, after the argument count.
 _EVALSHA_HEAD = "$7\r\nEVALSHA\r\n" + bulk(_SHA) + "$1\r\n0\r\n"
 _EVAL_HEAD = "$4\r\nEVAL\r\n" + bulk(_SCRIPT) + "$1\r\n0\r\n"
+#: A point's history stream, channel and configuration end with its field in HS:VALUE
+#: ("term:item"): the script makes each key as head .. field (one concatenation;
+#: string.format cost Redis about 3,200 instructions per sample, docs/benchmarks.rst).
+_POINT_TAIL = "%s:%s"
+assert all(
+    k.endswith(":" + _POINT_TAIL) for k in (keys.POINT_DATA, keys.DEVICE_DATA, keys.TERM_ITEM)
+)
 _TEMPLATES = json.dumps(
     {
-        "term_item": keys.TERM_ITEM,
+        "term_item_head": keys.TERM_ITEM.removesuffix(_POINT_TAIL),
         "device_values": keys.DEVICE_VALUES,
         "point_data": keys.POINT_DATA,
+        "point_data_head": keys.POINT_DATA.removesuffix(_POINT_TAIL),
         "device_data": keys.DEVICE_DATA,
+        "device_data_head": keys.DEVICE_DATA.removesuffix(_POINT_TAIL),
         "device_samples": keys.DEVICE_SAMPLES,
         "config_version": keys.CONFIG_VERSION,
         "lease": keys.LEASE,
@@ -158,8 +171,10 @@ class RedisIngest(Service):
         #: Called with (samples, seconds) after each batch written (the metrics).
         self.observe_batch: Callable[[int, float], None] | None = None
         self._times = _Times()
-        #: (term_id, item_id) -> their two arguments in RESP form (at most PREFIXES).
+        #: (term_id, item_id) -> the point's field and ids arguments (store/ingest.lua) in
+        #: RESP form (at most PREFIXES).
         self._prefixes: dict[tuple[str, str], str] = {}
+        self.trims = TrimSchedule(history_length)
         #: Batches sent and not yet answered, oldest first: (samples, Deferred).
         #: ... and the marks they carry: (samples, Deferred, [(number, device_id)]).
         self._in_flight: collections.deque[
@@ -282,6 +297,7 @@ class RedisIngest(Service):
             # A bug (a sample that cannot be encoded): that batch is lost and logged; the
             # path goes on with the next one rather than stop writing for good.
             self.log.failure("ingest: a batch could not be sent")
+            self.trims.forget()  # its trim requests with it
             if self.running and self._retry is None:
                 self._retry = self.clock.callLater(self.backoff.peek(), self._write)
 
@@ -337,21 +353,27 @@ class RedisIngest(Service):
         prefixes = self._prefixes
         if len(prefixes) > PREFIXES:  # bounded: points come and go
             prefixes.clear()
+        due = self.trims.due
         append = parts.append
         for device_id, samples in segments:
             append(bulk(device_id))
-            append(bulk(token(device_id)))
+            device_token = token(device_id)
+            append(bulk(device_token))
             if samples is None:  # a mark
-                append("$2\r\n-1\r\n")
-                argc += 3
+                append("$2\r\n-1\r\n$0\r\n\r\n")
+                argc += 4
                 continue
             append(bulk(str(len(samples))))
-            argc += 3 + 3 * len(samples)
+            append(bulk(due(device_id, device_token, samples)))
+            argc += 4 + 3 * len(samples)
             for sample in samples:
                 point = sample.term_id, sample.item_id
                 prefix = prefixes.get(point)
                 if prefix is None:
-                    prefix = prefixes[point] = bulk(point[0]) + bulk(point[1])
+                    term_id, item_id = point
+                    prefix = prefixes[point] = bulk(f"{term_id}:{item_id}") + bulk(
+                        f'{term_id}","item_id":"{item_id}'
+                    )
                 append(prefix)
                 value = sample.value
                 if (
@@ -392,6 +414,7 @@ class RedisIngest(Service):
         self.written += written
         self.skipped += skipped
         if fenced:
+            self.trims.forget()  # the refused segments' trims did not run
             self.fenced += fenced
             self.log.warn(
                 "{n} samples refused: their device's lease is no longer this collector's",
@@ -411,6 +434,7 @@ class RedisIngest(Service):
         # Put every batch in flight back in front, in order (a later one may have been
         # written: then it is written twice, never lost), and retry with capped backoff.
         self.failures += 1
+        self.trims.forget()  # their trims may not have run
         count = 0
         for batch, _, marks in reversed(self._in_flight):
             self.buffer.extendleft(reversed(batch))
@@ -454,6 +478,7 @@ class RedisIngest(Service):
         # A bug in the reply handling must not stop the loop (house style 5).
         self.log.failure("ingest loop", failure)
         self._in_flight.clear()
+        self.trims.forget()
         if self._retry is None and self.running:
             self._retry = self.clock.callLater(self.backoff.peek(), self._write)
 

@@ -181,8 +181,9 @@ def documentation() -> dict[str, Any]:
         },
         "stream": {
             POINT_DATA % ("{device_id}", "{term_id}", "{item_id}"): (
-                "bounded sample history of a point; entry field 'sample' holds the JSON "
-                "sample {value, quality, flags, source_time, receive_time}"
+                "bounded sample history of a point (history_length plus at most "
+                "trim_interval + 99 entries, store/history_trim.py); entry field 'sample' "
+                "holds the JSON sample {value, quality, flags, source_time, receive_time}"
             ),
             CTRL_LOG: (
                 "device_ctrl audit: fields time, request_id, client, token_id, device_id, "

@@ -49,8 +49,9 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
 
     i = 6
     while i < len(args):
-        device, token, n = args[i], args[i + 1], int(args[i + 2])
-        i += 3
+        device, token, n, trims = args[i], args[i + 1], int(args[i + 2]), args[i + 3]
+        i += 4
+        trim = {int(number) for number in trims.split()}
         if token != "" and not lease_is_current(store, t["lease"] % device, token):
             if n > 0:
                 fenced += n
@@ -78,21 +79,23 @@ def _ingest_script(store: MemoryRedis, keys: Any, args: list[str]) -> list[int]:
             continue
         check_owner = check or device in unsettled
         messages = []
-        for _ in range(n):
-            term, item, sample = args[i], args[i + 1], args[i + 2]
+        for number in range(1, n + 1):
+            field, ids, sample = args[i], args[i + 1], args[i + 2]
             i += 3
             if check_owner:
-                owner = store._hget(t["term_item"] % (term, item), "device_id")
+                owner = store._hget(t["term_item_head"] + field, "device_id")
                 if owner != json.dumps(device):
                     skipped += 1
                     continue
-            store._hset(values, f"{term}:{item}", sample)
-            entry_id = store._xadd(
-                t["point_data"] % (device, term, item), {"sample": sample}, maxlen
-            )
-            message = f'{prefix}{term}","item_id":"{item}","id":"{entry_id}",{sample[1:]}'
+            store._hset(values, field, sample)
+            key = t["point_data_head"] % device + field
+            entry_id = store._xadd(key, {"sample": sample})
+            if number in trim:  # XTRIM MAXLEN ~ (exactly, here)
+                stream = store._typed(key, list)
+                del stream[: max(0, len(stream) - maxlen)]
+            message = f'{prefix}{ids}","id":"{entry_id}",{sample[1:]}'
             if per_point:
-                store._publish(t["device_data"] % (device, term, item), message)
+                store._publish(t["device_data_head"] % device + field, message)
             messages.append(message)
             written += 1
         publish(device, messages)

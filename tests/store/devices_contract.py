@@ -309,3 +309,24 @@ class DeviceStoreContract:
         self.assertEqual((sink.status()["written"], sink.status()["fenced"]), (1, 0))
         stored = yield self.redis.call("hgetall", keys.DEVICE_VALUES % "d")
         self.assertEqual(json.loads(stored["td:b"])["value"], 3.0)
+
+    @defer.inlineCallbacks
+    def test_the_history_stays_bounded(self) -> Any:
+        """600 samples of one point, history_length 20: the script trims the stream every
+        trim_interval(20) = 2 samples (MAXLEN ~: whole nodes of up to 100 entries), so it
+        holds from 20 to 20 + 2 + 99 entries, the newest last."""
+        yield self.redis.call("set", keys.CONFIG_VERSION, "1")
+        sink = RedisIngest(self.redis, self.clock, 20, 1000)
+        sink.settled_version = "1"
+        sink.startService()
+        sink.samples_received(
+            [Sample("d", "t", "a", float(n), receive_time=1.5) for n in range(600)]
+        )
+        yield sink.stopService()
+        self.assertEqual(sink.status()["written"], 600)
+        history = yield self.redis.call(
+            "execute_command", "XRANGE", keys.POINT_DATA % ("d", "t", "a"), "-", "+"
+        )
+        self.assertTrue(20 <= len(history) <= 121, len(history))
+        values = [json.loads(dict(_pairs(fields))["sample"])["value"] for _, fields in history]
+        self.assertEqual(values, [float(n) for n in range(600 - len(history), 600)])

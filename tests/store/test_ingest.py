@@ -55,7 +55,7 @@ def segments(args):
     while i < len(args):
         device_id, token, n = args[i], args[i + 1], int(args[i + 2])
         found.append((device_id, token, n))
-        i += 3 + 3 * max(n, 0)
+        i += 4 + 3 * max(n, 0)
     return found
 
 
@@ -93,8 +93,8 @@ class IngestTests(SynchronousTestCase):
         self.assertEqual(len(self.redis.calls), 2)  # the next batch is sent while one runs
         args = self.redis.answer()
         self.assertEqual(args[6:9], ["d", "", "10"])  # no cluster: no lease token
-        self.assertEqual(args[9:11], ["t", "i0"])
-        self.assertEqual(json.loads(args[11])["value"], 0.0)
+        self.assertEqual(args[10:12], ["t:i0", 't","item_id":"i0'])  # field, ids
+        self.assertEqual(json.loads(args[12])["value"], 0.0)
         self.redis.answer()
         self.redis.answer()
         self.assertEqual(self.ingest.status()["written"], 25)
@@ -173,7 +173,7 @@ class IngestTests(SynchronousTestCase):
         self.redis.connected = True
         self.clock.advance(0.5)
         first = self.redis.answer()
-        self.assertEqual(first[10], "i10")
+        self.assertEqual(first[10], "t:i10")
 
     def test_a_failure_puts_every_batch_in_flight_back_in_order(self):
         self.ingest.samples_received(samples(30))
@@ -183,7 +183,27 @@ class IngestTests(SynchronousTestCase):
         self.assertEqual([s.item_id for s in self.ingest.buffer][:3], ["i0", "i1", "i2"])
         self.assertEqual(len(self.ingest.buffer), 30)
         self.clock.advance(0.5)
-        self.assertEqual(self.redis.answer()[10], "i0")
+        self.assertEqual(self.redis.answer()[10], "t:i0")
+
+    def test_histories_are_trimmed_again_after_a_failure_or_a_fence(self):
+        """The first sample of each point asks for a trim, the next ones only every
+        trim_interval(100) = 10; a failed or fenced batch may not have trimmed, so the
+        next sample of each point asks again."""
+        everyone = " ".join(str(n) for n in range(1, 11))
+        self.ingest.samples_received(samples(10))
+        self.assertEqual(self.redis.answer()[9], everyone)
+        self.ingest.samples_received(samples(10))
+        self.assertEqual(self.redis.answer()[9], "")
+        self.ingest.samples_received(samples(10))
+        self.redis.fail()
+        self.clock.advance(0.5)
+        self.assertEqual(self.redis.answer()[9], everyone)
+        self.ingest.samples_received(samples(10))
+        args, d = self.redis.calls.pop(0)
+        self.assertEqual(args[9], "")
+        d.callback([0, 0, 10])  # refused: the lease is no longer ours
+        self.ingest.samples_received(samples(10))
+        self.assertEqual(self.redis.answer()[9], everyone)
 
     def test_small_batches_linger_to_share_a_call(self):
         for i in range(3):
@@ -342,7 +362,7 @@ class LoopNeverDiesTests(SynchronousTestCase):
         self.ingest.samples_received([Sample("d", "t", "good", 2)])
         self.clock.advance(5)
         self.assertEqual(len(self.redis.calls), 1)
-        self.assertEqual(self.redis.answer()[8:11], ["1", "t", "good"])
+        self.assertEqual(self.redis.answer()[8:11], ["1", "1", "t:good"])
 
 
 class ReconnectTests(SynchronousTestCase):
