@@ -307,11 +307,11 @@ def _members_script(store: MemoryRedis, keys: Any, args: list[str]) -> str:
 
 
 def scripts() -> dict[str, Callable[[MemoryRedis, Any, list[Any]], Any]]:
-    from pydatacoll.store import config, devices, ingest, snapshot, status
+    from pydatacoll.store import config, devices, ingest_script, snapshot, status
     from pydatacoll.testing.memory_config import config_dump_script, config_script
 
     return {
-        ingest._SHA: _ingest_script,
+        ingest_script._SHA: _ingest_script,
         status._SHA: _status_script,
         devices.DEVICE_CONFIG_SHA: _device_config_script,
         config.MEMBERS_SHA: _members_script,
