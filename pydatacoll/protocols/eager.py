@@ -25,6 +25,7 @@ def write_now(transport: Any, data: bytes) -> None:
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting
+        and not transport._aborting  # what is written after an abort is dropped
         and not transport._writeDisconnecting
         and not transport._writeDisconnected
         and not transport._tempDataLen

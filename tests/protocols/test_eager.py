@@ -7,7 +7,7 @@ import socket
 from twisted.internet import main, tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from pydatacoll.protocols.eager import write_now
@@ -22,7 +22,7 @@ class WriteNowTests(SynchronousTestCase):
         self.addCleanup(ours.close)
         self.addCleanup(self.peer.close)
         self.peer.settimeout(1.0)
-        self.reactor = MemoryReactor()
+        self.reactor = MemoryReactorClock()
         self.transport = tcp.Connection(ours, Protocol(), self.reactor)
         self.transport.connected = True
 
@@ -64,6 +64,13 @@ class WriteNowTests(SynchronousTestCase):
         self.transport.disconnecting = True
         write_now(self.transport, b"abc")
         self.assertEqual(self.transport._tempDataBuffer, [b"abc"])
+
+    def test_aborted_connection_sends_nothing_more(self) -> None:
+        self.transport.abortConnection()
+        write_now(self.transport, b"abc")
+        self.peer.setblocking(False)
+        with self.assertRaises(BlockingIOError):
+            self.peer.recv(100)
 
     def test_other_transports_write(self) -> None:
         transport = StringTransport()
