@@ -1,11 +1,13 @@
 """Entity validation."""
 
+import datetime
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pydatacoll.errors import ValidationError
-from pydatacoll.model import ENTITIES, Device, TermItem
+from pydatacoll.model import ENTITIES, Device, TermItem, iso_time
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -123,3 +125,24 @@ class SchemaAgreementTests(SynchronousTestCase):
         ranged = Field("t1", "number", "", minimum=0.1, maximum=255)
         self.assertRaises(ValidationError, ranged.convert, "15")
         self.assertEqual(ranged.convert(15), 15)
+
+
+class IsoTimeTests(SynchronousTestCase):
+    @given(
+        st.floats(0, 253402300799.999, allow_nan=False)
+        | st.integers(0, 253402300799)
+        | st.builds(round, st.floats(1.6e9, 1.9e9), st.integers(0, 7))
+        | st.builds(lambda s, m: s + m / 2e6, st.integers(1.6e9, 1.9e9), st.integers(0, 2_000_000))
+    )
+    def test_as_datetime_writes_it(self, seconds):
+        """The memoised whole second and the milliseconds give datetime's own text."""
+        moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+        self.assertEqual(iso_time(seconds), moment.isoformat(timespec="milliseconds"))
+        self.assertEqual(iso_time(seconds), moment.isoformat(timespec="milliseconds"))
+
+    def test_outside_the_shortcut(self):
+        self.assertIsNone(iso_time(None))
+        self.assertEqual(iso_time(-0.5), "1969-12-31T23:59:59.500+00:00")
+        self.assertEqual(iso_time(0.9999996), "1970-01-01T00:00:01.000+00:00")
+        with self.assertRaises((ValueError, OverflowError, OSError)):
+            iso_time(1e20)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,10 +20,33 @@ def worst_quality(qualities: Any) -> str:
     return max(qualities, key=QUALITIES.index, default="good")
 
 
+#: "YYYY-MM-DDTHH:MM:SS" of the whole epoch seconds `iso_time` wrote lately (bounded).
+_WHOLE_SECONDS: dict[int, str] = {}
+#: Year 10000: datetime's end.
+_TIME_END = 253402300800
+
+
 def iso_time(seconds: float | None) -> str | None:
     """Epoch seconds as an ISO 8601 UTC time with milliseconds (``...T06:40:00.123+00:00``)."""
     if seconds is None:
         return None
+    kind = type(seconds)
+    if (kind is float or kind is int) and 0 <= seconds < _TIME_END:
+        # Every sample's and status's times (thousands a second): the text of the whole
+        # second is made once; the milliseconds are what datetime gives (its microseconds
+        # rounded half to even, then cut to milliseconds), by test.
+        fraction, whole = math.modf(seconds)
+        micro = round(fraction * 1e6)
+        if micro >= 1_000_000:
+            whole, micro = whole + 1, micro - 1_000_000
+        second = int(whole)
+        text = _WHOLE_SECONDS.get(second)
+        if text is None:
+            if len(_WHOLE_SECONDS) > 4096:
+                _WHOLE_SECONDS.clear()
+            moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
+            text = _WHOLE_SECONDS[second] = moment.isoformat()[:19]
+        return f"{text}.{micro // 1000:03d}+00:00"
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.isoformat(timespec="milliseconds")
 

@@ -317,6 +317,8 @@ class FormulasProcessor(ClusterInputs, Service):
             self._receive(samples)
 
     def _receive(self, samples: Sequence[Sample]) -> None:
+        if not self._users and not self._own:
+            return  # no formula reads any point: every batch of every device passes by
         triggered: set[str] = set()
         for sample in samples:
             point = sample.point

@@ -330,6 +330,11 @@ class RedisIngest(Service):
             prefixes.clear()
         due = self.trims.due
         append = parts.append
+        # A number's text ends with what follows its value (quality, times), the same for
+        # the samples of one read (500 Modbus devices: 15,000 a second): made once by
+        # `encode` for each new (quality, source time, receive time), then reused.
+        tail_of: tuple[Any, ...] = ()
+        tail = ""
         for device_id, samples in segments:
             append(bulk(device_id))
             device_token = token(device_id)
@@ -351,16 +356,14 @@ class RedisIngest(Service):
                     )
                 append(prefix)
                 value = sample.value
-                if (
-                    type(value) is float
-                    and -_INF < value < _INF
-                    and sample.source_time is None
-                    and not sample.flags
-                ):  # the usual sample, as `encode` writes it, in one step
-                    text = (
-                        f'{{"value":{value!r},"quality":"{sample.quality}","flags":[],'
-                        f'"source_time":null,"receive_time":"{times.text(sample.receive_time)}"}}'
-                    )
+                kind = type(value)
+                if (kind is int or (kind is float and -_INF < value < _INF)) and not sample.flags:
+                    number = str(value) if kind is int else repr(value)
+                    key = (sample.quality, sample.source_time, sample.receive_time)
+                    if key != tail_of:
+                        tail_of = key
+                        tail = encode(sample, times)[len(number) + 9 :]  # after '{"value":'
+                    text = '{"value":' + number + tail
                 else:
                     text = encode(sample, times)
                 append(f"${len(text)}\r\n{text}\r\n" if text.isascii() else bulk(text))

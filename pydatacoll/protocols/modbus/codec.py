@@ -142,6 +142,11 @@ class PointFormat:
             mode = _STRUCT
         object.__setattr__(self, "_mode", mode)
 
+    @property
+    def plain_word(self) -> bool:
+        """Whether the value is the register itself (an uint16 in the usual byte order)."""
+        return self._mode == _WORD
+
     def decode(self, data: Sequence[Any], offset: int) -> bool | int | float | str:
         """The raw value at ``offset`` of a block of registers (or of bits)."""
         mode = self._mode

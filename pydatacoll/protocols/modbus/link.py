@@ -31,6 +31,7 @@ from pydatacoll.errors import (
     ModbusTimeout,
 )
 from pydatacoll.logs import RateLimitedLog, logger
+from pydatacoll.protocols.eager import write_now
 from pydatacoll.protocols.modbus import pdu as pdus
 from pydatacoll.protocols.modbus.codec import Table
 from pydatacoll.protocols.modbus.framing import decode_adus, encode_adu
@@ -285,7 +286,7 @@ class ModbusLink(Protocol):
             frame = encode_adu(tid, transaction.unit_id, transaction.request.pdu)
             if self.frame_observer is not None:
                 self.frame_observer("tx", frame)
-            self.transport.write(frame)
+            write_now(self.transport, frame)  # not on the next reactor turn
             if self.request_pause > 0:
                 # the pause runs from the answer, see _done; nothing else goes out meanwhile
                 break

@@ -8,6 +8,9 @@ raises `ModbusFrameError`; an exception response is a `Response` with ``exceptio
 
 from __future__ import annotations
 
+import functools
+import itertools
+import struct
 from collections.abc import Sequence
 
 import attrs
@@ -42,6 +45,9 @@ _READ_CLASSES: dict[Table, type[ModbusPDU]] = {
     Table.INPUT: ReadInputRegistersRequest,
 }
 
+#: The eight coils of a byte of a bit read's response, the lowest address first.
+_BITS = tuple(tuple(bool(byte >> bit & 1) for bit in range(8)) for byte in range(256))
+
 # A client-side decoder: it knows the response classes of every function code.
 _DECODER = DecodePDU(is_server=False)
 
@@ -73,8 +79,13 @@ def _encode(pdu: ModbusPDU) -> bytes:
     return bytes([pdu.function_code]) + pdu.encode()
 
 
+@functools.lru_cache(maxsize=4096)
 def read_request(table: Table, address: int, count: int) -> Request:
-    """FC1/2/3/4: read ``count`` bits or registers from ``address``."""
+    """FC1/2/3/4: read ``count`` bits or registers from ``address``.
+
+    Memoised (a `Request` is a frozen value): a poller asks for the same few reads on
+    every scan, and building pymodbus' request PDU each time cost more than sending it.
+    """
     limit = MAX_READ_BITS if table.is_bits else MAX_READ_REGISTERS
     if not 1 <= count <= limit or not 0 <= address <= 65536 - count:
         raise ValueError(f"cannot read {count} from {address} ({table.value})")
@@ -145,16 +156,20 @@ def decode_response(request: Request, pdu: bytes) -> Response:
         raise ModbusFrameError(f"byte count {pdu[1]} (expected {expected - 2})", offset=1, data=pdu)
     if request.echo and pdu[1:] != request.echo:
         raise ModbusFrameError("the response does not echo the write", offset=1, data=pdu)
+    # Reads, checked above to the byte, are decoded here rather than by pymodbus (its
+    # response objects, a struct call per register and a debug line built every time):
+    # one per device per scan, the poller's hot path. The same values, by test.
+    if function in (3, 4):
+        return Response(function, registers=struct.unpack(f">{request.count}H", pdu[2:]))
+    if function in (1, 2):
+        bits = itertools.chain.from_iterable(_BITS[byte] for byte in pdu[2:])
+        return Response(function, bits=tuple(itertools.islice(bits, request.count)))
     try:
         decoded = _DECODER.decode(pdu)
     except Exception:  # pymodbus raises what it likes; all of it is bad bytes to us
         decoded = None
     if decoded is None:
         raise ModbusFrameError("pymodbus cannot decode the PDU", offset=0, data=pdu)
-    if function in (1, 2):
-        return Response(function, bits=tuple(decoded.bits[: request.count]))
-    if function in (3, 4):
-        return Response(function, registers=tuple(decoded.registers))
     if function in (15, 16) and (decoded.address, decoded.count) != (
         request.address,
         request.count,

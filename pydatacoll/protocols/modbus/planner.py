@@ -38,12 +38,24 @@ class PlannedRead:
     keys: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
     ids: tuple[tuple[str, str], ...] = attrs.field(init=False, eq=False, repr=False)
     all_good: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    #: When every point is a register as it is (uint16, not scaled): the offsets of the
+    #: points' registers in the response, and whether they are all of them in order
+    #: (then the values are the registers): `decode_read`'s shortcut. None otherwise.
+    word_offsets: tuple[int, ...] | None = attrs.field(init=False, eq=False, repr=False)
+    whole_words: bool = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         keys = tuple(p.key for p, _ in self.points)
         object.__setattr__(self, "keys", keys)
         object.__setattr__(self, "ids", tuple(key_ids(key) for key in keys))
         object.__setattr__(self, "all_good", ("good",) * len(self.points))
+        plain = not self.table.is_bits and all(
+            p.format.plain_word and p.coefficient is None and p.base_val is None
+            for p, _ in self.points
+        )
+        offsets = tuple(offset for _, offset in self.points) if plain else None
+        object.__setattr__(self, "word_offsets", offsets)
+        object.__setattr__(self, "whole_words", offsets == tuple(range(self.count)))
 
     @property
     def bridges_gap(self) -> bool:

@@ -84,6 +84,11 @@ class ReadBatch:
 
 def decode_read(read: PlannedRead, data: Sequence[Any]) -> tuple[tuple[Any, ...], tuple[str, ...]]:
     """The scaled values of a read's registers (or bits) and their qualities."""
+    offsets = read.word_offsets
+    if offsets is not None:  # registers as they are (integers: always finite)
+        if read.whole_words:
+            return tuple(data), read.all_good
+        return tuple([data[offset] for offset in offsets]), read.all_good
     values: list[Any] = []
     append = values.append
     invalid = False

@@ -137,3 +137,34 @@ class ResponseTests(SynchronousTestCase):
                 pdus.read_request(table, 0, count)
         with self.assertRaises(ValueError):
             pdus.read_request(Table.HOLDING, 65535, 2)
+
+    @given(
+        st.sampled_from(list(Table)),
+        st.integers(0, 65535),
+        st.data(),
+    )
+    def test_reads_decode_as_pymodbus_does(self, table, address, data):
+        """Our decoding of a read's response gives what pymodbus' own decoder gives."""
+        limit = pdus.MAX_READ_BITS if table.is_bits else pdus.MAX_READ_REGISTERS
+        count = data.draw(st.integers(1, min(limit, 65536 - address)))
+        request = pdus.read_request(table, address, count)
+        size = (count + 7) // 8 if table.is_bits else 2 * count
+        payload = data.draw(st.binary(min_size=size, max_size=size))
+        pdu = bytes([request.function_code, size]) + payload
+        response = pdus.decode_response(request, pdu)
+        theirs = pdus._DECODER.decode(pdu)
+        if table.is_bits:
+            self.assertEqual(response.bits, tuple(theirs.bits[:count]))
+            self.assertEqual(response.registers, ())
+        else:
+            self.assertEqual(response.registers, tuple(theirs.registers))
+            self.assertEqual(response.bits, ())
+
+    def test_read_requests_are_shared_values(self):
+        """A poller's same read is one frozen value, built once (and still checked)."""
+        first = pdus.read_request(Table.HOLDING, 10, 30)
+        self.assertIs(pdus.read_request(Table.HOLDING, 10, 30), first)
+        self.assertEqual(first.pdu, bytes.fromhex("03000a001e"))
+        self.assertIsNot(pdus.read_request(Table.INPUT, 10, 30), first)
+        with self.assertRaises(ValueError):
+            pdus.read_request(Table.HOLDING, 10, 0)

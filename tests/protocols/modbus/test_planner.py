@@ -1,12 +1,16 @@
 """Poll planning: every point covered by exactly one read, no read over the limits."""
 
+import math
+
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pydatacoll.protocols.modbus.codec import point_format
+from pydatacoll.protocols.modbus.codec import point_format, scale
 from pydatacoll.protocols.modbus.config import ModbusPoint
 from pydatacoll.protocols.modbus.planner import PlanLimits, plan_reads, split_read
+from pydatacoll.protocols.modbus.values import decode_read
 
 FORMATS = [
     point_format("holding", "uint16"),
@@ -83,3 +87,39 @@ class PlannerTests(SynchronousTestCase):
         # a bit of register 5 and the register itself share one read
         reads = plan_reads([point(0, 5), point(1, 5, FORMATS[4]), point(2, 6, FORMATS[1])])
         self.assertEqual([(r.address, r.count, len(r.points)) for r in reads], [(5, 3, 3)])
+
+    @given(points(), limits, st.data())
+    def test_plain_registers_decode_as_each_point_does(self, pts, lim, data):
+        """`decode_read`'s shortcut (every point a plain uint16 register) gives what each
+        point's own decoding gives; reads with any other point take the long way."""
+        scaled = data.draw(st.booleans())
+        pts = [attrs.evolve(p, coefficient=2.0) if scaled and i == 0 else p
+               for i, p in enumerate(pts)]  # fmt: skip
+        for read in plan_reads(pts, lim):
+            size = read.count
+            words = tuple(data.draw(st.lists(st.integers(0, 65535), min_size=size, max_size=size)))
+            block = tuple(bool(w & 1) for w in words) if read.table.is_bits else words
+            values, qualities = decode_read(read, block)
+            plain = all(
+                p.format.data_type == "uint16" and p.format.bit is None and p.coefficient is None
+                for p, _ in read.points
+            )
+            self.assertEqual(read.word_offsets is not None, plain and not read.table.is_bits)
+            expected = [scale(p.format.decode(block, o), p.coefficient, p.base_val)
+                        if p.coefficient is not None else p.format.decode(block, o)
+                        for p, o in read.points]  # fmt: skip
+            finite = [not (isinstance(v, float) and not math.isfinite(v)) for v in expected]
+            self.assertEqual(list(qualities), ["good" if ok else "invalid" for ok in finite])
+            self.assertEqual(
+                list(values), [v if ok else None for v, ok in zip(expected, finite, strict=True)]
+            )
+
+    def test_a_whole_read_of_registers_is_the_registers(self):
+        pts = [ModbusPoint(f"t:{i}", 1, 10 + i, FORMATS[0]) for i in range(30)]
+        (read,) = plan_reads(pts)
+        self.assertTrue(read.whole_words)
+        registers = tuple(range(100, 130))
+        self.assertEqual(decode_read(read, registers), (registers, ("good",) * 30))
+        (gapped,) = plan_reads([pts[0], pts[2]])
+        self.assertFalse(gapped.whole_words)
+        self.assertEqual(decode_read(gapped, (7, 8, 9))[0], (7, 9))
