@@ -303,7 +303,9 @@ class IngestTests(SynchronousTestCase):
         ]
         body, _ = RedisIngest(None, Clock(), 100, 100)._encode([("d", read)])
         expected = "".join(
-            bulk("t") + bulk(sample.item_id) + bulk(encode(sample, ingest._Times()))
+            bulk(f"t:{sample.item_id}")
+            + bulk(f't","item_id":"{sample.item_id}')
+            + bulk(encode(sample, ingest._Times()))
             for sample in read
         )
         self.assertTrue(body.endswith(expected))
