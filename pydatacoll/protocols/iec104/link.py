@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from pydatacoll.errors import ApciError, AsduError, Iec104Error, UnknownTypeError
 from pydatacoll.logs import RateLimitedLog
+from pydatacoll.protocols.eager import write_now
 from pydatacoll.protocols.iec104 import apci
 from pydatacoll.protocols.iec104.apci import IFrame, SFrame, UFrame, UFunction
 from pydatacoll.protocols.iec104.asdu import (
@@ -361,7 +362,9 @@ class Iec104Link(Protocol):
         self.counters.frames_sent += 1
         if self.frame_observer is not None:
             self.frame_observer("tx", frame)
-        self.transport.write(frame)
+        # At once, not on the next reactor turn: a command's I-frame leaves before the
+        # rest of this turn's work (and an S-frame costs no epoll_ctl pair).
+        write_now(self.transport, frame)
 
     # --- timers ----------------------------------------------------------------------
 
