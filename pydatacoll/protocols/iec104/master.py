@@ -64,6 +64,8 @@ MAX_AWAITED_TERMINATIONS = 1024
 class Iec104Master(Iec104Link):
     """The controlling station's end of the link."""
 
+    eager = True  # commands and acknowledgements go out at once (`Iec104Link.eager`)
+
     log = logger()  # drops debug: "interrogation sent", "clock sync sent"
 
     def __init__(
@@ -83,9 +85,9 @@ class Iec104Master(Iec104Link):
         self.on_data = on_data
         self.on_event = on_event
         self._pending: dict[tuple[Any, ...], _Pending] = {}
-        #: Commands confirmed at ACT_CON whose ACT_TERM may still come: key -> type id
-        #: (bounded: the oldest are forgotten past MAX_AWAITED_TERMINATIONS).
-        self._terminations: collections.OrderedDict[tuple[Any, ...], int] = (
+        #: Commands confirmed at ACT_CON whose ACT_TERM may still come: key -> (type id,
+        #: how many) (bounded: the oldest are forgotten past MAX_AWAITED_TERMINATIONS).
+        self._terminations: collections.OrderedDict[tuple[Any, ...], tuple[int, int]] = (
             collections.OrderedDict()
         )
         self._periodic: list[IDelayedCall] = []
@@ -421,13 +423,20 @@ class Iec104Master(Iec104Link):
         for ioa in asdu.ioas:
             key = ("cmd", ca, ioa)
             pending = self._pending.get(key)
+            awaited = self._terminations.get(key) if cause == Cause.ACTIVATION_TERM else None
             if (
-                pending is None
-                and cause == Cause.ACTIVATION_TERM
-                and self._terminations.get(key) == asdu.type_id
+                awaited is not None
+                and awaited[0] == asdu.type_id
+                and (pending is None or not pending.confirmed)
             ):
-                # The ACT_TERM of a command that succeeded at its ACT_CON: expected.
-                del self._terminations[key]
+                # The ACT_TERM of an earlier command that succeeded at its ACT_CON: expected.
+                # A command sent since for this point is not answered by it (the station
+                # answers in order: its ACT_CON comes after); taken for the new one, a
+                # command the station then refused was reported a success.
+                if awaited[1] > 1:
+                    self._terminations[key] = (awaited[0], awaited[1] - 1)
+                else:
+                    del self._terminations[key]
                 self.log.debug("{name}: {asdu}", name=self.name, asdu=asdu.describe())
                 continue
             if pending is None or pending.request.type_id != asdu.type_id:
@@ -482,8 +491,9 @@ class Iec104Master(Iec104Link):
                 )
 
     def _await_termination(self, key: tuple[Any, ...], type_id: int) -> None:
-        self._terminations.pop(key, None)
-        self._terminations[key] = type_id
+        awaited = self._terminations.pop(key, None)
+        count = awaited[1] + 1 if awaited is not None and awaited[0] == type_id else 1
+        self._terminations[key] = (type_id, count)
         while len(self._terminations) > MAX_AWAITED_TERMINATIONS:
             self._terminations.popitem(last=False)
 

@@ -276,6 +276,33 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(results(s.master.command(1, 1, 45, False))[0].outcome, Outcome.BUSY)
         self.assertEqual(len(results(s.master.command(1, 2, 45, False))), 0)
 
+    def test_an_earlier_commands_termination_never_answers_the_next(self):
+        """A command confirmed at ACT_CON, a second one for the same point sent before
+        the first's ACT_TERM came in: that ACT_TERM is the first's, and the second is
+        answered by its own replies (here a refusal), never reported terminated."""
+        s = Station()
+        s.start()
+        first = results(s.master.command(1, 1, 45, True))
+        (cmd1,) = s.received()
+        s.send(s.reply(cmd1, Cause.ACTIVATION_CON))
+        self.assertEqual(first[0].outcome, Outcome.CONFIRMED)
+        second = results(s.master.command(1, 1, 45, False))
+        (cmd2,) = s.received()
+        s.send(s.reply(cmd1, Cause.ACTIVATION_TERM))  # the first command's
+        self.assertEqual(second, [])
+        s.send(s.reply(cmd2, Cause.ACTIVATION_CON, negative=True))
+        self.assertEqual(second[0].outcome, Outcome.NEGATIVE)
+        # Two confirmed back to back, both terminations after: both expected, none stray.
+        third = results(s.master.command(1, 1, 45, True))
+        (cmd3,) = s.received()
+        s.send(s.reply(cmd3, Cause.ACTIVATION_CON))
+        fourth = results(s.master.command(1, 1, 45, False))
+        (cmd4,) = s.received()
+        s.send(s.reply(cmd4, Cause.ACTIVATION_CON))
+        self.assertEqual((third[0].outcome, fourth[0].outcome), (Outcome.CONFIRMED,) * 2)
+        s.send(s.reply(cmd3, Cause.ACTIVATION_TERM), s.reply(cmd4, Cause.ACTIVATION_TERM))
+        self.assertEqual(s.master._terminations, {})
+
     def test_wait_for_termination(self):
         s = Station(
             StationParams(
