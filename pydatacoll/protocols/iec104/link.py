@@ -102,6 +102,12 @@ class Iec104Link(Protocol):
     """One end of an IEC 104 connection (see the module docstring)."""
 
     log = Logger()
+    #: Frames go out at once (`write_now`, with TCP_NODELAY), not on the next reactor
+    #: turn: the controlling station's commands and acknowledgements must not wait for
+    #: the rest of a turn's work (nor for Nagle's algorithm: an S-frame held until the
+    #: previous one is acknowledged stalls the station's k window). An outstation that
+    #: streams data keeps Twisted's buffered writes: a turn's frames leave in one send.
+    eager = False
 
     def __init__(
         self,
@@ -141,6 +147,10 @@ class Iec104Link(Protocol):
     # --- Protocol --------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        if self.eager:
+            no_delay = getattr(self.transport, "setTcpNoDelay", None)
+            if no_delay is not None:
+                no_delay(True)
         now = self.clock.seconds()
         self._last_rx = self._last_tx = now
         self.state = LinkState.STOPPED
@@ -362,9 +372,10 @@ class Iec104Link(Protocol):
         self.counters.frames_sent += 1
         if self.frame_observer is not None:
             self.frame_observer("tx", frame)
-        # At once, not on the next reactor turn: a command's I-frame leaves before the
-        # rest of this turn's work (and an S-frame costs no epoll_ctl pair).
-        write_now(self.transport, frame)
+        if self.eager:
+            write_now(self.transport, frame)
+        else:
+            self.transport.write(frame)
 
     # --- timers ----------------------------------------------------------------------
 

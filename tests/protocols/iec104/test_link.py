@@ -263,3 +263,43 @@ class HostileBytesTests(SynchronousTestCase):
             self.assertIsNotNone(link.counters.last_error)
         link.connectionLost()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class EagerTests(SynchronousTestCase):
+    """The controlling station sends at once with TCP_NODELAY, on a real loopback TCP
+    connection (an S-frame held by Nagle's algorithm stalls the station's k window); an
+    outstation keeps Twisted's buffered writes (a turn's frames leave in one send)."""
+
+    def test_master_sends_at_once_with_nodelay_outstation_buffers(self):
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.testing import MemoryReactorClock
+
+        from pydatacoll.protocols.iec104.master import Iec104Master
+        from pydatacoll.protocols.iec104.station import Iec104Outstation
+
+        s_frame = b"\x68\x04\x01\x00\x00\x00"
+        for cls, eager in ((Iec104Master, True), (Iec104Outstation, False)):
+            listener = socket.create_server(("127.0.0.1", 0))
+            self.addCleanup(listener.close)
+            peer = socket.create_connection(listener.getsockname())
+            self.addCleanup(peer.close)
+            ours, _ = listener.accept()
+            self.addCleanup(ours.close)
+            link = cls(Clock()) if eager else cls(Clock(), None)  # no database: none read
+            transport = tcp.Connection(ours, link, MemoryReactorClock())
+            transport.connected = True
+            link.makeConnection(transport)
+            nodelay = ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            self.assertEqual(bool(nodelay), eager, cls.__name__)
+            sent_before = len(transport._tempDataBuffer)
+            link._write(s_frame, 0.0)
+            if eager:
+                peer.settimeout(1.0)
+                received = b""
+                while not received.endswith(s_frame):
+                    received += peer.recv(100)  # after what connectionMade sent, if any
+                self.assertEqual(len(transport._tempDataBuffer), sent_before)
+            else:
+                self.assertEqual(transport._tempDataBuffer[-1], s_frame)  # the next turn
