@@ -12,7 +12,12 @@ default), and at most ``trim_interval - 1`` samples come before the next trim: a
 holds at most ``history_length + trim_interval + 99`` entries with Redis's defaults. A
 request that may not have run (a failed, lost or fenced batch) must not be counted as run:
 `TrimSchedule.forget` then starts every count again, so each point is trimmed at its next
-sample. (A stream far longer than that, after ``history_length`` was lowered, shrinks by
+sample. So does a change of the collector's settled configuration version (`RedisIngest`):
+a term moved to another device takes its stream along (store/config.lua renames it), and
+the counts this collector made under either device before do not describe that stream. (A
+stream renamed while the collector's version stays unknown, "" from a gap until the
+reconcile that follows, may hold up to ``trim_interval - 1`` entries more until the next
+change or failure.) (A stream far longer than that, after ``history_length`` was lowered, shrinks by
 at most 10,000 entries a trim: Redis's own limit of ``~``, as with ``XADD ... MAXLEN ~``.)
 """
 

@@ -150,6 +150,9 @@ class RedisIngest(Service):
         #: RESP form (at most PREFIXES).
         self._prefixes: dict[tuple[str, str], str] = {}
         self.trims = TrimSchedule(history_length)
+        #: `settled_version` when the trim counts were last started again: a change to
+        #: the configuration may have moved a term's history to another device and back.
+        self._trims_settled = ""
         #: Batches sent and not yet answered, oldest first: (samples, Deferred).
         #: ... and the marks they carry: (samples, Deferred, [(number, device_id)]).
         self._in_flight: collections.deque[
@@ -328,6 +331,9 @@ class RedisIngest(Service):
         prefixes = self._prefixes
         if len(prefixes) > PREFIXES:  # bounded: points come and go
             prefixes.clear()
+        if self.settled_version != self._trims_settled:
+            self._trims_settled = self.settled_version
+            self.trims.forget()  # a moved term brings its stream, not its count
         due = self.trims.due
         append = parts.append
         # A number's text ends with what follows its value (quality, times), the same for

@@ -330,3 +330,35 @@ class DeviceStoreContract:
         self.assertTrue(20 <= len(history) <= 121, len(history))
         values = [json.loads(dict(_pairs(fields))["sample"])["value"] for _, fields in history]
         self.assertEqual(values, [float(n) for n in range(600 - len(history), 600)])
+
+    @defer.inlineCallbacks
+    def test_a_term_moved_away_and_back_keeps_its_history_bounded(self) -> Any:
+        """Term t moves from d to e and back (store/config.lua renames its stream along,
+        then the collector hears of the new version): the count made on d before the
+        moves does not hold back the trims, the stream keeps history_length + 100 + 99."""
+        yield self.redis.call("set", keys.CONFIG_VERSION, "1")
+        yield self.hash(keys.TERM_ITEM % ("t", "i"), {"device_id": "d"})
+        sink = RedisIngest(self.redis, self.clock, 1000, 10_000)  # trims every 100 samples
+        sink.settled_version = "1"
+        lengths = []
+        for version, (device_id, count) in enumerate((("d", 1001), ("e", 100), ("d", 99)), 1):
+            if version > 1:
+                old, new = ("d", "e") if device_id == "e" else ("e", "d")
+                yield self.redis.call(
+                    "rename", keys.POINT_DATA % (old, "t", "i"), keys.POINT_DATA % (new, "t", "i")
+                )
+                yield self.hash(keys.TERM_ITEM % ("t", "i"), {"device_id": new})
+                yield self.redis.call("set", keys.CONFIG_VERSION, str(version))
+                sink.settled_version = str(version)  # as reconcile does on the message
+                sink.unsettled.update({old, new})
+            sink.startService()
+            sink.samples_received(
+                [Sample(device_id, "t", "i", float(n), receive_time=1.5) for n in range(count)]
+            )
+            yield sink.stopService()  # writes them all
+            history = yield self.redis.call(
+                "execute_command", "XRANGE", keys.POINT_DATA % (device_id, "t", "i"), "-", "+"
+            )
+            lengths.append(len(history))
+        self.assertEqual((sink.status()["written"], sink.status()["skipped"]), (1200, 0))
+        self.assertLessEqual(max(lengths), 1000 + 100 + 99, lengths)
