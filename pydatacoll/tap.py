@@ -105,11 +105,13 @@ def raise_open_files_limit() -> tuple[int, int]:
 #: 10). A collector allocates tens of thousands of short-lived objects a second (a
 #: `Sample` and its tuples per point per read): with the default, a young collection
 #: ran every 700 of them and the older generations, which hold the whole configuration,
-#: were walked often. Measured with ``bench/modbus_poll.py`` (500 Modbus devices x 30
-#: points a second): the daemon 0.389 -> 0.337 core (docs/benchmarks.rst). Most of
-#: these objects are freed by their reference counts, not by the collector; the
-#: thresholds only make its passes rarer.
-GC_THRESHOLDS = (100_000, 50, 50)
+#: were walked often (``bench/modbus_poll.py``: the daemon 0.389 -> 0.337 core with
+#: 100,000 / 50 / 50). But every REST request leaves cyclic garbage that only the
+#: collector frees (werkzeug's recursive route matcher, Klein's render closures: about
+#: 30 objects a request), and a young pass over 100,000 of them held the reactor 100 to
+#: 180 ms: REST p99 190 ms, and every command waiting meanwhile. 30,000 / 20 / 50 keeps
+#: each young pass near 30 ms and the old generations rare (docs/benchmarks.rst).
+GC_THRESHOLDS = (30_000, 20, 50)
 
 
 def tune_gc() -> tuple[int, ...]:
