@@ -101,6 +101,13 @@ def machine_busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def stolen_seconds() -> float:
+    """CPU seconds the hypervisor gave other guests while ours waited, all cores, since
+    boot (``/proc/stat``'s steal): on a shared virtual machine the figures vary with it."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of process ``pid`` in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -395,6 +402,7 @@ def snapshot(redis: Resp, children: dict[str, Child]) -> dict[str, Any]:
     """Wall time, commandstats and the CPU seconds of every child, read together."""
     cpu = {name: cpu_seconds(child.process.pid) for name, child in children.items()}
     cpu["machine"] = machine_busy_seconds()
+    cpu["stolen"] = stolen_seconds()
     return {"time": time.perf_counter(), "stats": redis.commandstats(), "cpu": cpu}
 
 
@@ -623,6 +631,10 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     print(f"load average at the end of the window: {load} (nproc {os.cpu_count()})")
     others = cpu["machine"] - cpu["daemon"] - cpu["redis"] - cpu["simulator"]
     print(f"machine busy {cpu['machine']:.2f} cores, of which {others:.2f} not ours")
+    print(
+        f"stolen by the hypervisor (steal): {cpu.get('stolen', 0.0):.2f} cores "
+        "(a shared virtual machine: with steal the figures are not the machine's best)"
+    )
     for problem in figures.get("problems", []):
         print(f"warning: {problem}")
     if "py_spy_error" in figures:
