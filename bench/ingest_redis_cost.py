@@ -44,32 +44,16 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a script: bench/ is on sys.path
     from ingest import Resp, redis_ping
-    from rest import HOST, BenchError, Child, free_port, use_checkout, wait_until
+    from rest import BenchError, Child, free_port, redis_argv, use_checkout, wait_until
 else:
     from .ingest import Resp, redis_ping
-    from .rest import HOST, BenchError, Child, free_port, use_checkout, wait_until
+    from .rest import BenchError, Child, free_port, redis_argv, use_checkout, wait_until
 
 DEVICE_ID = "1"
 TERM_ID = "1"
 #: Points per IEC 104 frame in bench/ingest.py's flood (one receive time each).
 FRAME_POINTS = 48
 PIPELINE = 2000
-
-
-def redis_argv(port: int, data_dir: Path, binary: str | None) -> list[str]:
-    """A private redis-server without persistence, on ``data_dir``'s dump.rdb."""
-    binary = binary or shutil.which("redis-server")
-    if binary is None:
-        raise BenchError("redis-server is not on PATH (Debian: apt-get install -y redis-server)")
-    return [
-        binary,
-        "--port", str(port),
-        "--bind", HOST,
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(data_dir),
-        "--daemonize", "no",
-    ]  # fmt: skip
 
 
 def short_float(rng: random.Random) -> float:

@@ -278,16 +278,14 @@ def redis_ping(port: int) -> bool:
         return False
 
 
-def start_redis(stack: contextlib.ExitStack, workdir: Path) -> int:
-    """Start a private ``redis-server`` without persistence; its port."""
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
+def redis_argv(port: int, data_dir: Path, binary: str | None = None) -> list[str]:
+    """A private ``redis-server`` (``binary``, default the one on PATH) without
+    persistence, in ``data_dir``, on 127.0.0.1:``port``."""
+    binary = binary or shutil.which("redis-server")
+    if binary is None:
         raise BenchError("redis-server is not on PATH (Debian: apt-get install -y redis-server)")
-    port = free_port()
-    data_dir = workdir / "redis"
-    data_dir.mkdir()
-    argv = [
-        redis_server,
+    return [
+        binary,
         "--port", str(port),
         "--bind", HOST,
         "--save", "",
@@ -295,7 +293,14 @@ def start_redis(stack: contextlib.ExitStack, workdir: Path) -> int:
         "--dir", str(data_dir),
         "--daemonize", "no",
     ]  # fmt: skip
-    child = Child("redis-server", argv, workdir / "redis.log")
+
+
+def start_redis(stack: contextlib.ExitStack, workdir: Path) -> int:
+    """Start a private ``redis-server`` without persistence; its port."""
+    port = free_port()
+    data_dir = workdir / "redis"
+    data_dir.mkdir()
+    child = Child("redis-server", redis_argv(port, data_dir), workdir / "redis.log")
     stack.callback(child.stop)
     wait_until("redis-server", lambda: redis_ping(port), child)
     return port
