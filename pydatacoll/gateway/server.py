@@ -87,6 +87,8 @@ class GatewayServer(Service):
         self._online: dict[str, bool] = {}
         self._points: dict[int, GatewayPoint] = {}
         self._station: dict[int, StationPoint] = {}
+        #: New points waiting for their latest value before they are served.
+        self._held: dict[int, StationPoint] = {}
         self._by_source: dict[tuple[str, str, str], list[int]] = {}
         self._sent: dict[int, PointValue] = {}
         self._sbo: dict[str, bool] = {}  # device id -> its protocol can select first
@@ -202,12 +204,19 @@ class GatewayServer(Service):
 
     # --- points and values -----------------------------------------------------------
 
-    def update_points(self, points: Iterable[GatewayPoint]) -> frozenset[str]:
-        """Take a new point list (connections stay up); the devices newly referenced."""
+    def update_points(
+        self, points: Iterable[GatewayPoint], *, hold_new: bool = False
+    ) -> frozenset[str]:
+        """Take a new point list (connections stay up); the devices newly referenced.
+
+        ``hold_new``: a point not served before is left out of the station's points
+        (interrogations) until `serve_held`, once its latest value has been read: never
+        served as a placeholder meanwhile. Its samples are kept from now on.
+        """
         before = self.devices
         self._points = {p.ioa: p for p in points}
         self._devices = frozenset(p.device_id for p in self._points.values())
-        self._station = {
+        station = {
             p.ioa: StationPoint(
                 p.ioa,
                 p.type_id,
@@ -217,6 +226,9 @@ class GatewayServer(Service):
             )
             for p in self._points.values()
         }
+        held = {ioa for ioa in station if ioa not in self._station} if hold_new else set()
+        self._held = {ioa: station.pop(ioa) for ioa in held}
+        self._station = station
         by_source: dict[tuple[str, str, str], list[int]] = {}
         for p in self._points.values():
             by_source.setdefault(p.point, []).append(p.ioa)
@@ -226,6 +238,11 @@ class GatewayServer(Service):
         for ioa in set(self._sent) - set(self._points):
             del self._sent[ioa]
         return self.devices - before
+
+    def serve_held(self) -> None:
+        """Serve the points `update_points` held back (their values have been read)."""
+        self._station.update(self._held)
+        self._held = {}
 
     def load(
         self,

@@ -251,9 +251,13 @@ class GatewayService(MultiService):
             return
         if running is not None:
             if json.dumps(gateway.to_json(), sort_keys=True, default=str) == running.key:
-                running.update_points(points)
-                # Every device again: a point newly mapped gets its device's latest value.
-                yield self._load(running, running.devices)
+                # A point newly mapped is served once its device's latest value is read
+                # (every device again), never as a placeholder meanwhile.
+                running.update_points(points, hold_new=True)
+                try:
+                    yield self._load(running, running.devices)
+                finally:
+                    running.serve_held()  # a failed read: served as not topical, as before
                 return
             self.log.info("gateway {id} changed: restarting it", id=gateway_id)
             yield self._stop(gateway_id)

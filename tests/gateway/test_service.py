@@ -8,8 +8,9 @@ no redis-server, no wait (the real-Redis versions: tests/integration/test_gatewa
 """
 
 import json
+from typing import Any
 
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -195,6 +196,40 @@ class GatewayServiceTests(GatewayHarness, SynchronousTestCase):
         self.assertEqual(
             (status["state"], status["points"], len(status["connections"])), ("listening", 2, 1)
         )
+
+    def test_a_new_point_is_served_only_with_its_value(self):
+        """A point added to a running gateway is left out of interrogations until its
+        device's latest value has been read: never served as a placeholder (NT|IV)."""
+        master = self.connect()
+        self.redis.call("hset", keys.DEVICE_VALUES % "d1", "t1:b", json.dumps(sample("t1", "b", 1)))
+        store = self.service.store
+        reads: list[tuple[Deferred, Any]] = []
+        real = store.device_values
+
+        def slow(devices):
+            held: Deferred = Deferred()
+            reads.append((held, real(devices)))  # answered, but handed on later
+            return held
+
+        self.patch(store, "device_values", slow)
+        self.config.put_point(
+            {
+                "gateway_id": "g",
+                "ioa": 11,
+                "type_id": 1,
+                "device_id": "d1",
+                "term_id": "t1",
+                "item_id": "b",
+            }  # fmt: skip
+        )
+        self.assertEqual(len(reads), 1)
+        self.assertNotIn(11, self.service.gateways["g"].station_points())
+        self.assertEqual(self.interrogate(master), {10: (5.5, 0)})
+        held, answer = reads[0]
+        answer.chainDeferred(held)
+        self.reactor.flush()
+        self.assertIn(11, self.service.gateways["g"].station_points())
+        self.assertEqual(self.interrogate(master), {10: (5.5, 0), 11: (True, 0)})
 
     def test_published_status_is_taken_at_once(self):
         """A status the collector publishes (at each state change) counts before the
