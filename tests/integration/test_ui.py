@@ -131,7 +131,15 @@ class _PageCase(SynchronousTestCase):
             ],
             "formulas": [],
         }  # fmt: skip
-        status, body = self.rest("PUT", "/api/v1/config", config)
+        # A protected daemon is taken as started once it answers 401, which it does before
+        # its Redis pool is connected: until then the PUT is refused whole (503).
+        status, body = wait(
+            lambda: (lambda reply: None if reply[0] == 503 else reply)(
+                self.rest("PUT", "/api/v1/config", config)
+            ),
+            30,
+            "the daemon's Redis pool",
+        )
         self.assertEqual(status, 200, body)
 
         def collecting():
